@@ -1,0 +1,48 @@
+//! Command-line flags. `DD_*` environment variables are resolved in `config`, which also reads
+//! the target's own environment and records where each value came from.
+
+use clap::Parser;
+
+use crate::config::ExporterKind;
+
+/// Traces an unmodified, running process with eBPF and sends its traces to Datadog.
+#[derive(Debug, Parser)]
+#[command(name = "ddtrace-agent", about, long_about = None, disable_version_flag = true)]
+pub struct Cli {
+    /// The process to instrument.
+    #[arg(long)]
+    pub pid: u32,
+
+    /// Service name (default: DD_SERVICE of the target or of this daemon, else inferred from the target).
+    #[arg(long)]
+    pub service: Option<String>,
+
+    /// Environment, e.g. prod (default: DD_ENV).
+    #[arg(long)]
+    pub env: Option<String>,
+
+    /// Version of the traced application (default: DD_VERSION).
+    #[arg(long)]
+    pub version: Option<String>,
+
+    /// Datadog agent URL (default: DD_TRACE_AGENT_URL, else DD_AGENT_HOST/DD_TRACE_AGENT_PORT, else http://localhost:8126).
+    #[arg(long)]
+    pub agent_url: Option<String>,
+
+    /// Where traces go: the Datadog agent, or the console (needs no Datadog account).
+    #[arg(long, value_enum, default_value = "datadog")]
+    pub exporter: ExporterKind,
+
+    /// Trace calls of a function by symbol: FILE:SYMBOL (FILE as the target sees it, or a file
+    /// name the target maps). Repeatable. Spans are named `trace.annotation`, as with DD_TRACE_METHODS.
+    #[arg(long = "trace-function", value_name = "FILE:SYMBOL")]
+    pub trace_functions: Vec<String>,
+
+    /// Print the kernel and pipeline counters every N seconds (they are always printed at exit).
+    #[arg(long, value_name = "SECONDS")]
+    pub stats: Option<u64>,
+
+    /// Benchmark baseline only: attach the empty programs to FILE:SYMBOL and trace nothing.
+    #[arg(long, value_name = "FILE:SYMBOL", hide = true)]
+    pub bench_empty_probes: Option<String>,
+}

@@ -1,0 +1,98 @@
+use std::collections::BTreeMap;
+
+/// The role of the operation, as Datadog's `span.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Internal,
+    Client,
+    Server,
+    Producer,
+    Consumer,
+}
+
+impl SpanKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Internal => "internal",
+            Self::Client => "client",
+            Self::Server => "server",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+        }
+    }
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextError {
+    pub kind: String,
+    pub message: String,
+}
+
+/// What an integration says about an operation; the shape products read. Like dd-trace-py's
+/// `core.context_with_data(...)` keyword arguments, it is generic: no product or library in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContextData {
+    /// Operation name, e.g. `sqlite.query`.
+    pub name: &'static str,
+    pub resource: String,
+    /// e.g. `sql`, `web`, `http`.
+    pub span_type: &'static str,
+    pub component: &'static str,
+    pub kind: SpanKind,
+    pub meta: BTreeMap<String, String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub error: Option<ContextError>,
+}
+
+impl ContextData {
+    pub fn new(name: &'static str, component: &'static str, span_type: &'static str, kind: SpanKind) -> Self {
+        Self {
+            name,
+            resource: String::new(),
+            span_type,
+            component,
+            kind,
+            meta: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = resource.into();
+        self
+    }
+
+    pub fn with_meta(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.meta.insert(key.to_string(), value.into());
+        self
+    }
+}
+
+/// One operation on one thread of a target, with its place in the thread's tree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionContext {
+    pub id: u64,
+    pub trace_id: u128,
+    /// 0 for the root of a tree.
+    pub parent_id: u64,
+    /// The root of this context's tree (itself for a root).
+    pub root_id: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub start_unix_ns: i64,
+    /// 0 while the context is open.
+    pub end_unix_ns: i64,
+    pub data: ContextData,
+}
+
+impl ExecutionContext {
+    pub fn is_root(&self) -> bool {
+        self.parent_id == 0
+    }
+
+    pub fn duration_ns(&self) -> i64 {
+        (self.end_unix_ns - self.start_unix_ns).max(0)
+    }
+}

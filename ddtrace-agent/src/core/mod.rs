@@ -1,0 +1,15 @@
+//! The abstraction between integrations and products, as in dd-trace-py's `core`: integrations
+//! open and close [`ExecutionContext`]s on threads of the target; products listen to the
+//! [`EventHub`] (`context.started.<name>`, `context.ended.<name>`). Core knows neither side.
+
+mod clock;
+mod context;
+mod hub;
+mod ids;
+mod tree;
+
+pub use clock::WallClock;
+pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
+pub use hub::{CoreEvent, EventHub};
+pub use ids::{new_span_id, new_trace_id};
+pub use tree::{ContextId, ContextTree};

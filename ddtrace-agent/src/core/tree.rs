@@ -1,0 +1,183 @@
+use std::collections::HashMap;
+
+use super::{
+    clock::WallClock,
+    context::{ContextData, ExecutionContext},
+    hub::{CoreEvent, EventHub},
+    ids::{new_span_id, new_trace_id},
+};
+
+/// Identifies an open context (its span id).
+pub type ContextId = u64;
+
+/// The per-thread trees of [`ExecutionContext`]s of the traced processes. Each thread has a stack
+/// of open contexts: a new context's parent is the innermost open one on its thread.
+pub struct ContextTree {
+    clock: WallClock,
+    /// tid -> open contexts, innermost last.
+    threads: HashMap<u32, Vec<ExecutionContext>>,
+    hub: EventHub,
+    /// Contexts ended because an enclosing one ended first (their exit event was lost).
+    pub abandoned: u64,
+}
+
+impl ContextTree {
+    pub fn new(clock: WallClock, hub: EventHub) -> Self {
+        Self { clock, threads: HashMap::new(), hub, abandoned: 0 }
+    }
+
+    pub fn hub_mut(&mut self) -> &mut EventHub {
+        &mut self.hub
+    }
+
+    /// Opens a context on thread `tid`, child of the thread's innermost open context.
+    pub fn start(&mut self, tgid: u32, tid: u32, ktime_ns: u64, data: ContextData) -> ContextId {
+        let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
+        let context = self.new_context(tgid, tid, start_unix_ns, data);
+        let id = context.id;
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.threads.entry(tid).or_default().push(context);
+        id
+    }
+
+    /// Ends the open context `id` of thread `tid`, letting the caller fill in what it learnt at
+    /// the end (status, error). Contexts opened inside it and still open end with it.
+    /// Returns false when no such context is open.
+    pub fn end(&mut self, tid: u32, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
+        let end_unix_ns = self.clock.to_unix_ns(ktime_ns);
+        let Some(stack) = self.threads.get_mut(&tid) else { return false };
+        let Some(position) = stack.iter().rposition(|c| c.id == id) else { return false };
+        let mut ended: Vec<ExecutionContext> = stack.drain(position..).collect();
+        if stack.is_empty() {
+            self.threads.remove(&tid);
+        }
+        // Innermost first, so children always end before their parent.
+        let mut finish = Some(finish);
+        while let Some(mut context) = ended.pop() {
+            context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
+            if context.id == id {
+                if let Some(finish) = finish.take() {
+                    finish(&mut context.data);
+                }
+            } else {
+                self.abandoned += 1;
+            }
+            self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+        }
+        true
+    }
+
+    /// Records an operation already over (both ends known), as a child of the thread's innermost
+    /// open context.
+    pub fn record(&mut self, tgid: u32, tid: u32, start_ktime_ns: u64, end_ktime_ns: u64, data: ContextData) {
+        let start_unix_ns = self.clock.to_unix_ns(start_ktime_ns);
+        let mut context = self.new_context(tgid, tid, start_unix_ns, data);
+        context.end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+    }
+
+    /// Ends every open context of process `tgid` (it exited) and tells the listeners.
+    pub fn end_process(&mut self, tgid: u32, ktime_ns: u64) {
+        let threads: Vec<(u32, ContextId)> = self
+            .threads
+            .iter()
+            .filter_map(|(tid, stack)| stack.first().filter(|c| c.tgid == tgid).map(|c| (*tid, c.id)))
+            .collect();
+        for (tid, root) in threads {
+            self.end(tid, root, ktime_ns, |_| {});
+        }
+        self.hub.dispatch("process.exited", &CoreEvent::ProcessExited(tgid));
+    }
+
+    /// Contexts open now, all threads together.
+    pub fn open_contexts(&self) -> usize {
+        self.threads.values().map(Vec::len).sum()
+    }
+
+    fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
+        let id = new_span_id();
+        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()) {
+            Some(parent) => (parent.trace_id, parent.id, parent.root_id),
+            None => (new_trace_id(start_unix_ns), 0, id),
+        };
+        ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns: 0, data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::core::SpanKind;
+
+    fn tree_recording_ends() -> (ContextTree, Arc<Mutex<Vec<ExecutionContext>>>) {
+        let ended = Arc::new(Mutex::new(Vec::new()));
+        let mut hub = EventHub::new();
+        let sink = ended.clone();
+        hub.on("context.ended", move |event| {
+            if let CoreEvent::ContextEnded(c) = event {
+                sink.lock().unwrap().push((*c).clone());
+            }
+        });
+        (ContextTree::new(WallClock::calibrate(), hub), ended)
+    }
+
+    fn data(name: &'static str) -> ContextData {
+        ContextData::new(name, "test", "custom", SpanKind::Internal)
+    }
+
+    #[test]
+    fn nested_contexts_share_the_trace_and_point_to_their_parent() {
+        let (mut tree, ended) = tree_recording_ends();
+        let outer = tree.start(1, 10, 1_000, data("outer"));
+        let inner = tree.start(1, 10, 2_000, data("inner"));
+        assert!(tree.end(10, inner, 3_000, |d| d.resource = "done".into()));
+        assert!(tree.end(10, outer, 4_000, |_| {}));
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 2);
+        let (inner, outer) = (&ended[0], &ended[1]);
+        assert_eq!(inner.parent_id, outer.id);
+        assert_eq!(inner.trace_id, outer.trace_id);
+        assert_eq!(inner.root_id, outer.id);
+        assert!(outer.is_root());
+        assert_eq!(inner.duration_ns(), 1_000);
+        assert_eq!(inner.data.resource, "done");
+        assert_eq!(tree.open_contexts(), 0);
+    }
+
+    #[test]
+    fn threads_have_separate_trees() {
+        let (mut tree, ended) = tree_recording_ends();
+        let a = tree.start(1, 10, 1_000, data("a"));
+        let b = tree.start(1, 11, 1_500, data("b"));
+        tree.end(10, a, 2_000, |_| {});
+        tree.end(11, b, 2_000, |_| {});
+        let ended = ended.lock().unwrap();
+        assert!(ended[0].is_root() && ended[1].is_root());
+        assert_ne!(ended[0].trace_id, ended[1].trace_id);
+    }
+
+    #[test]
+    fn ending_a_parent_ends_children_whose_exit_was_lost() {
+        let (mut tree, ended) = tree_recording_ends();
+        let outer = tree.start(1, 10, 1_000, data("outer"));
+        tree.start(1, 10, 2_000, data("lost"));
+        tree.end(10, outer, 5_000, |_| {});
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.iter().map(|c| c.data.name).collect::<Vec<_>>(), vec!["lost", "outer"]);
+        assert_eq!(tree.abandoned, 1);
+        assert!(!tree.end(10, outer, 6_000, |_| {}), "already ended");
+    }
+
+    #[test]
+    fn process_exit_ends_its_open_contexts() {
+        let (mut tree, ended) = tree_recording_ends();
+        tree.start(7, 70, 1_000, data("open"));
+        tree.start(8, 80, 1_000, data("other process"));
+        tree.end_process(7, 9_000);
+        assert_eq!(ended.lock().unwrap().len(), 1);
+        assert_eq!(tree.open_contexts(), 1);
+    }
+}

@@ -1,0 +1,225 @@
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    core::ContextTree,
+    integrations::Integration,
+    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId},
+    symbols::{ElfSymbols, SymbolError},
+    target::{MappedObject, Process, TargetError},
+};
+
+/// The dynamic linker calls this (empty) function after every change to the list of loaded
+/// objects: the debugger rendezvous (`r_brk`). A probe on it tells us a library was just
+/// dlopen'ed, with no timer and no rescans in between: our counterpart of dd-trace-py's import
+/// hooks.
+const LINKER_RENDEZVOUS_SYMBOL: &str = "_dl_debug_state";
+static LINKER_PROBE: ProbeDef = ProbeDef::entry(LINKER_RENDEZVOUS_SYMBOL).urgent();
+
+/// What a probe id leads to.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Integration { integration: usize, probe: usize },
+    LibraryLoaded,
+}
+
+/// One line of the attach report a user reads at start and when libraries arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachOutcome {
+    Attached { integration: &'static str, probes: usize, path: PathBuf },
+    Waiting { integration: &'static str, library: &'static str },
+    Failed { integration: &'static str, path: PathBuf, reason: String },
+}
+
+impl std::fmt::Display for AttachOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Attached { integration, probes, path } => {
+                write!(f, "{integration}: attached {probes} probes to {}", path.display())
+            }
+            Self::Waiting { integration, library } => {
+                write!(f, "{integration}: waiting for {library} (not loaded yet)")
+            }
+            Self::Failed { integration, path, reason } => {
+                write!(f, "{integration}: not attached to {}: {reason}", path.display())
+            }
+        }
+    }
+}
+
+/// Attaches integrations to the libraries a process maps, now and whenever it maps more, and
+/// routes kernel events to the integration that owns the probe.
+pub struct Instrumenter {
+    programs: KernelPrograms,
+    integrations: Vec<Box<dyn Integration>>,
+    routes: Vec<Option<Route>>,
+    /// (device, inode, integration index) already instrumented.
+    attached: HashSet<(String, u64, usize)>,
+    watching_linker: bool,
+    /// Library-load notifications handled (each one a rescan of the maps).
+    pub library_events: u64,
+}
+
+impl Instrumenter {
+    pub fn new(programs: KernelPrograms, integrations: Vec<Box<dyn Integration>>) -> Self {
+        Self { programs, integrations, routes: Vec::new(), attached: HashSet::new(), watching_linker: false, library_events: 0 }
+    }
+
+    pub fn programs(&self) -> &KernelPrograms {
+        &self.programs
+    }
+
+    pub fn programs_mut(&mut self) -> &mut KernelPrograms {
+        &mut self.programs
+    }
+
+    /// Starts tracing `process`: lets it through the kernel filter, attaches every integration
+    /// whose library it maps, and watches the dynamic linker for libraries loaded later.
+    pub fn instrument(&mut self, process: &Process) -> Result<Vec<AttachOutcome>, InstrumentError> {
+        self.programs.track_process(process.pid)?;
+        let objects = process.mapped_objects()?;
+        let mut outcomes = self.attach_new_libraries(process, &objects);
+        if let Err(reason) = self.watch_linker(process, &objects) {
+            tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
+        }
+        for (index, integration) in self.integrations.iter().enumerate() {
+            if !self.attached.iter().any(|(_, _, i)| *i == index)
+                && !outcomes.iter().any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
+            {
+                outcomes.push(AttachOutcome::Waiting { integration: integration.name(), library: integration.library().display() });
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Routes one kernel event. Returns attach outcomes when the event was a library load.
+    pub fn handle(&mut self, event: &ProbeEvent, process: &Process, contexts: &mut ContextTree) -> Vec<AttachOutcome> {
+        tracing::trace!(?event, "kernel event");
+        match self.routes.get(event.probe_id() as usize).copied().flatten() {
+            Some(Route::Integration { integration, probe }) => {
+                self.integrations[integration].on_event(probe, event, contexts);
+                Vec::new()
+            }
+            Some(Route::LibraryLoaded) => {
+                self.library_events += 1;
+                match process.mapped_objects() {
+                    Ok(objects) => self.attach_new_libraries(process, &objects),
+                    Err(_) => Vec::new(), // the process is exiting
+                }
+            }
+            None => Vec::new(),
+        }
+    }
+
+    pub fn process_exited(&mut self, tgid: u32) {
+        for integration in &mut self.integrations {
+            integration.on_process_exit(tgid);
+        }
+        self.programs.untrack_process(tgid);
+    }
+
+    fn attach_new_libraries(&mut self, process: &Process, objects: &[MappedObject]) -> Vec<AttachOutcome> {
+        let mut outcomes = Vec::new();
+        let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid)).ok();
+        for object in objects {
+            for index in 0..self.integrations.len() {
+                let key = (object.dev.clone(), object.inode, index);
+                if self.attached.contains(&key) {
+                    continue;
+                }
+                let library = self.integrations[index].library();
+                let by_name = library.matches_file(&object.path);
+                let is_executable = executable.as_deref() == Some(object.path.as_path());
+                if !by_name && !(is_executable && library.marker_symbol().is_some()) {
+                    continue;
+                }
+                let host_path = process.host_path(&object.path);
+                let symbols = match ElfSymbols::load(&host_path) {
+                    Ok(symbols) => symbols,
+                    Err(error) => {
+                        self.attached.insert(key);
+                        if by_name {
+                            outcomes.push(self.failed(index, &object.path, error.to_string()));
+                        }
+                        continue;
+                    }
+                };
+                // A statically linked copy of the library counts only if its marker is there.
+                if !by_name && !library.marker_symbol().is_some_and(|m| symbols.has_function(m)) {
+                    self.attached.insert(key);
+                    continue;
+                }
+                self.attached.insert(key);
+                outcomes.push(match self.attach_integration(index, &symbols, &host_path, process.pid) {
+                    Ok(probes) => AttachOutcome::Attached {
+                        integration: self.integrations[index].name(),
+                        probes,
+                        path: object.path.clone(),
+                    },
+                    Err(reason) => self.failed(index, &object.path, reason),
+                });
+            }
+        }
+        outcomes
+    }
+
+    fn failed(&self, index: usize, path: &Path, reason: String) -> AttachOutcome {
+        AttachOutcome::Failed { integration: self.integrations[index].name(), path: path.to_path_buf(), reason }
+    }
+
+    /// Attaches every probe of integration `index`; a missing optional symbol is skipped, a
+    /// missing required one fails the integration for this library.
+    fn attach_integration(&mut self, index: usize, symbols: &ElfSymbols, host_path: &Path, pid: u32) -> Result<usize, String> {
+        let probes = self.integrations[index].probes();
+        let mut locations = Vec::new();
+        for (probe_index, def) in probes.iter().enumerate() {
+            match symbols.function_entry(def.symbol) {
+                Ok(location) => locations.push((probe_index, def, location)),
+                Err(error @ SymbolError::MissingSymbol { .. }) if def.required => return Err(error.to_string()),
+                Err(error) => tracing::debug!(%error, "optional probe skipped"),
+            }
+        }
+        for (probe_index, def, location) in &locations {
+            let id = self.programs.attach(def, host_path, location.file_offset, pid).map_err(|e| e.to_string())?;
+            self.route(id, Route::Integration { integration: index, probe: *probe_index });
+        }
+        Ok(locations.len())
+    }
+
+    fn watch_linker(&mut self, process: &Process, objects: &[MappedObject]) -> Result<(), String> {
+        if self.watching_linker {
+            return Ok(());
+        }
+        let linker = objects
+            .iter()
+            .find(|o| {
+                o.path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
+            })
+            .ok_or("no dynamic linker mapped (static executable)")?;
+        let host_path = process.host_path(&linker.path);
+        let symbols = ElfSymbols::load(&host_path).map_err(|e| e.to_string())?;
+        let location = symbols.function_entry(LINKER_RENDEZVOUS_SYMBOL).map_err(|e| e.to_string())?;
+        let id = self.programs.attach(&LINKER_PROBE, &host_path, location.file_offset, process.pid).map_err(|e| e.to_string())?;
+        self.route(id, Route::LibraryLoaded);
+        self.watching_linker = true;
+        Ok(())
+    }
+
+    fn route(&mut self, id: ProbeId, route: Route) {
+        let id = id as usize;
+        if self.routes.len() <= id {
+            self.routes.resize(id + 1, None);
+        }
+        self.routes[id] = Some(route);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstrumentError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+}

@@ -1,0 +1,192 @@
+//! The daemon's run loop: wires the layers together for one target process and runs until the
+//! target exits or the daemon is told to stop, then flushes and detaches.
+
+mod instrumenter;
+
+use std::{collections::HashMap, time::Duration};
+
+pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::Cli,
+    config::{Config, ExporterKind, SettingsInput},
+    core::{ContextTree, EventHub, WallClock},
+    integrations::{self, Integration, TracedFunction},
+    intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
+    probes::KernelPrograms,
+    products::{
+        tracing::{TraceTags, TracingProduct},
+        Product, ProductManager,
+    },
+    target::{read_environ, ExitWatch, Process},
+};
+
+/// Why the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    TargetExited,
+    Signal,
+}
+
+/// Resolves settings from the flags, this daemon's environment and the target's.
+pub fn resolve_config(cli: &Cli, process: &Process) -> Config {
+    SettingsInput {
+        cli_service: cli.service.clone(),
+        cli_env: cli.env.clone(),
+        cli_version: cli.version.clone(),
+        cli_agent_url: cli.agent_url.clone(),
+        daemon_env: std::env::vars().collect::<HashMap<_, _>>(),
+        target_env: read_environ(process.pid),
+        target_cmdline: process.cmdline(),
+        target_comm: process.comm(),
+    }
+    .resolve()
+}
+
+fn trace_sink(kind: ExporterKind, config: &Config) -> anyhow::Result<Box<dyn TraceSink>> {
+    Ok(match kind {
+        ExporterKind::Console => Box::new(ConsoleExporter::stdout()),
+        ExporterKind::Datadog => Box::new(AgentExporter::new(
+            &config.agent_url.value,
+            env!("CARGO_PKG_VERSION"),
+            &config.service.value,
+            config.env.value.as_deref(),
+            config.version.value.as_deref(),
+        )?),
+    })
+}
+
+/// Runs the agent against `cli.pid` until the target exits or a signal arrives.
+pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
+    let process = Process::open(cli.pid)?;
+    if let Some(spec) = &cli.bench_empty_probes {
+        return run_empty_baseline(&process, spec).await;
+    }
+    let config = resolve_config(&cli, &process);
+    let mut integrations: Vec<Box<dyn Integration>> = integrations::all();
+    for spec in &cli.trace_functions {
+        integrations.push(Box::new(TracedFunction::parse(spec)?));
+    }
+
+    let mut programs = KernelPrograms::load(kernel_log_level())?;
+    let mut reader = programs.take_event_reader()?;
+    if let Some(logger) = programs.take_kernel_logger() {
+        tokio::spawn(drain_kernel_log(logger));
+    }
+
+    let mut hub = EventHub::new();
+    let tags = TraceTags {
+        service: config.service.value.clone(),
+        env: config.env.value.clone(),
+        version: config.version.value.clone(),
+        tags: config.tags.value.clone(),
+    };
+    let sink = trace_sink(cli.exporter, &config)?;
+    let products: Vec<Box<dyn Product>> = vec![Box::new(TracingProduct::new(tags, sink))];
+    let mut manager = ProductManager::new(products);
+    let started = manager.start_all(&mut hub);
+    let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
+
+    let destination = match cli.exporter {
+        ExporterKind::Console => "the console".to_string(),
+        ExporterKind::Datadog => format!("the Datadog agent at {}", config.agent_url.value),
+    };
+    eprintln!(
+        "ddtrace-agent: tracing pid {} ({}) as service {} ({}), products [{}], traces to {destination}",
+        process.pid,
+        process.comm().unwrap_or_default(),
+        config.service.value,
+        config.service.origin.as_str(),
+        started.join(", "),
+    );
+
+    let exit_watch = ExitWatch::new(process.pid)?;
+    let mut instrumenter = Instrumenter::new(programs, integrations);
+    for outcome in instrumenter.instrument(&process)? {
+        eprintln!("ddtrace-agent: {outcome}");
+    }
+    manager.post_preload();
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
+    stats_tick.tick().await;
+    let mut batch = Vec::with_capacity(1024);
+    let reason = loop {
+        tokio::select! {
+            _ = reader.next_batch(&mut batch) => {
+                for event in batch.drain(..) {
+                    for outcome in instrumenter.handle(&event, &process, &mut contexts) {
+                        eprintln!("ddtrace-agent: {outcome}");
+                    }
+                }
+            }
+            _ = exit_watch.exited() => break StopReason::TargetExited,
+            _ = sigint.recv() => break StopReason::Signal,
+            _ = sigterm.recv() => break StopReason::Signal,
+            _ = stats_tick.tick(), if cli.stats.is_some() => {
+                eprintln!("ddtrace-agent: stats: {} open_contexts={}", instrumenter.programs().counters(), contexts.open_contexts());
+            }
+        }
+    };
+
+    // Events the target produced before it went away are still in the ring buffer.
+    reader.drain(&mut batch);
+    for event in batch.drain(..) {
+        instrumenter.handle(&event, &process, &mut contexts);
+    }
+    contexts.end_process(process.pid, WallClock::monotonic_now_ns());
+    instrumenter.process_exited(process.pid);
+    manager.at_exit(true);
+    eprintln!(
+        "ddtrace-agent: {} ({}); kernel: {}; malformed_events={} abandoned_contexts={} library_loads={}",
+        match reason {
+            StopReason::TargetExited => "target exited",
+            StopReason::Signal => "stopped by signal",
+        },
+        process.pid,
+        instrumenter.programs().counters(),
+        reader.malformed,
+        contexts.abandoned,
+        instrumenter.library_events,
+    );
+    // Dropping the instrumenter detaches every probe.
+    drop(instrumenter);
+    Ok(reason)
+}
+
+/// `cargo xtask bench`'s baseline: the empty programs on one function, and nothing else.
+async fn run_empty_baseline(process: &Process, spec: &str) -> anyhow::Result<StopReason> {
+    let (file, symbol) = spec.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("expected FILE:SYMBOL, got {spec}"))?;
+    let mut programs = KernelPrograms::load(0)?;
+    let host_path = process.host_path(std::path::Path::new(file));
+    let location = crate::symbols::ElfSymbols::load(&host_path)?.function_entry(symbol)?;
+    programs.attach_empty_baseline(&host_path, location.file_offset, process.pid)?;
+    eprintln!("ddtrace-agent: empty baseline probes attached to {symbol} in {file}");
+    let exit_watch = ExitWatch::new(process.pid)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = exit_watch.exited() => Ok(StopReason::TargetExited),
+        _ = sigint.recv() => Ok(StopReason::Signal),
+        _ = sigterm.recv() => Ok(StopReason::Signal),
+    }
+}
+
+/// aya-log's level for kernel diagnostics: off unless `DDTRACE_KERNEL_LOG` asks (0-5).
+fn kernel_log_level() -> u8 {
+    std::env::var("DDTRACE_KERNEL_LOG").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
+    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else { return };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

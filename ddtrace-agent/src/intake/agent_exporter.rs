@@ -1,0 +1,760 @@
+//! A [`TraceSink`] that sends trace chunks to a Datadog agent's `/v0.4/traces` endpoint with
+//! libdatadog's `TraceExporter` (msgpack encoding, the tracer headers, retries, `/info` polling).
+//!
+//! Runtime: the exporter's sync API drives its own tokio runtime (a libdatadog
+//! `ForkSafeRuntime` with one worker thread) with `block_on`, which panics when the calling
+//! thread is already inside a tokio runtime, and dropping that runtime panics there too. The
+//! flush thread that calls [`TraceSink::send`] is a plain `std::thread`, where this costs nothing;
+//! when a call does come from inside tokio (construction from `async fn main`, a drop in a task),
+//! it is moved to a short-lived scoped thread instead of panicking.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libdd_capabilities_impl::NativeCapabilities;
+use libdd_data_pipeline::trace_exporter::agent_response::AgentResponse;
+use libdd_data_pipeline::trace_exporter::error::{BuilderErrorKind, TraceExporterError};
+use libdd_data_pipeline::trace_exporter::{
+    TraceExporter, TraceExporterBuilder, TraceExporterInputFormat, TraceExporterOutputFormat,
+};
+use libdd_shared_runtime::ForkSafeRuntime;
+use libdd_trace_utils::span::span_pool::PooledChunks;
+use libdd_trace_utils::span::v04::{SpanSlice, VecMap};
+use tracing::debug;
+
+use super::traces::{Span, TraceChunk};
+use super::{IntakeError, TraceSink};
+
+/// Sent as `Datadog-Meta-Lang`. The agent and backend only use the language to label payloads
+/// (receiver stats, the service's runtime facet); it does not change how traces are processed.
+/// We instrument native libraries in processes written in any language, so the honest label is
+/// the mechanism, not a guess at the target's language ("rust" would describe the daemon, not
+/// the traced code).
+pub const LANGUAGE: &str = "ebpf";
+
+/// How long shutdown waits for the exporter's background workers (the `/info` poller).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How much of an agent error body to keep in an error message.
+const MAX_ERROR_BODY: usize = 512;
+
+type Exporter = TraceExporter<NativeCapabilities, ForkSafeRuntime>;
+
+/// Sends trace chunks to the Datadog agent (v0.4 protocol).
+#[derive(Debug)]
+pub struct AgentExporter {
+    /// `None` once shut down.
+    exporter: Option<Exporter>,
+    /// Owned here (also shared with `exporter`) so that shutdown can stop its tokio runtime.
+    runtime: Arc<ForkSafeRuntime>,
+    agent_url: String,
+    defaults: SpanDefaults,
+}
+
+/// Values the daemon fills into spans that do not carry their own, as in-process tracers do.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpanDefaults {
+    pub service: String,
+    pub env: Option<String>,
+    pub app_version: Option<String>,
+}
+
+impl AgentExporter {
+    /// Builds an exporter for the agent at `agent_url` (`http://host:port` or
+    /// `unix:///path/to/apm.socket`; `/v0.4/traces` is appended).
+    ///
+    /// `tracer_version` is sent as `Datadog-Meta-Tracer-Version` (the agent requires it; an empty
+    /// string is replaced by this crate's version). `service`, `env` and `app_version` are the
+    /// defaults for spans that do not set `service`, `env` and `version` themselves.
+    ///
+    /// Does not contact the agent: an agent that is down is reported by [`TraceSink::send`].
+    pub fn new(
+        agent_url: &str,
+        tracer_version: &str,
+        service: &str,
+        env: Option<&str>,
+        app_version: Option<&str>,
+    ) -> Result<Self, IntakeError> {
+        let tracer_version = if tracer_version.is_empty() {
+            env!("CARGO_PKG_VERSION")
+        } else {
+            tracer_version
+        };
+        // The "language version" of an eBPF tracer is the kernel it runs on.
+        let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+
+        let (exporter, runtime) = outside_tokio(|| -> Result<_, IntakeError> {
+            let runtime = Arc::new(ForkSafeRuntime::with_worker_threads(1).map_err(|e| {
+                IntakeError::ExporterSetup {
+                    url: agent_url.to_owned(),
+                    reason: format!("could not start the exporter's runtime: {e}"),
+                }
+            })?);
+            let mut builder = TraceExporterBuilder::<ForkSafeRuntime>::new();
+            builder
+                .set_url(agent_url)
+                .set_shared_runtime(runtime.clone())
+                .set_input_format(TraceExporterInputFormat::V04)
+                .set_output_format(TraceExporterOutputFormat::V04)
+                .set_language(LANGUAGE)
+                .set_language_version(&kernel_release)
+                .set_tracer_version(tracer_version)
+                .set_service(service)
+                // The daemon does not fork; workers need no restart hooks.
+                .set_restart_after_fork(false);
+            if let Some(env) = env {
+                builder.set_env(env);
+            }
+            if let Some(version) = app_version {
+                builder.set_app_version(version);
+            }
+            // Left off on purpose: client-side stats (`enable_stats`), telemetry
+            // (`enable_telemetry`), health metrics. The agent computes stats from what we send.
+            let exporter = builder
+                .build::<NativeCapabilities>()
+                .map_err(|e| setup_error(agent_url, e))?;
+            Ok((exporter, runtime))
+        })?;
+
+        Ok(Self {
+            exporter: Some(exporter),
+            runtime,
+            agent_url: agent_url.to_owned(),
+            defaults: SpanDefaults {
+                service: service.to_owned(),
+                env: env.map(str::to_owned),
+                app_version: app_version.map(str::to_owned),
+            },
+        })
+    }
+
+    /// The agent base URL this exporter sends to.
+    pub fn agent_url(&self) -> &str {
+        &self.agent_url
+    }
+}
+
+impl TraceSink for AgentExporter {
+    fn send(&mut self, chunks: Vec<TraceChunk>) -> Result<(), IntakeError> {
+        let Some(exporter) = self.exporter.as_ref() else {
+            return Err(IntakeError::SendFailed {
+                url: self.agent_url.clone(),
+                chunks: chunks.len(),
+                reason: "the exporter was already shut down".to_owned(),
+            });
+        };
+        let payload: Vec<Vec<SpanSlice<'_>>> = chunks
+            .iter()
+            .filter(|c| !c.spans.is_empty())
+            .map(|c| to_libdd_chunk(c, &self.defaults))
+            .collect();
+        if payload.is_empty() {
+            return Ok(());
+        }
+        let count = payload.len();
+        let result =
+            outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None));
+        match result {
+            Ok(AgentResponse::Changed { body }) => {
+                debug!(chunks = count, agent_response = %body, "sent traces to the agent");
+                Ok(())
+            }
+            Ok(AgentResponse::Unchanged) => {
+                debug!(chunks = count, "sent traces to the agent");
+                Ok(())
+            }
+            Err(e) => Err(send_error(&self.agent_url, count, e)),
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<(), IntakeError> {
+        let Some(exporter) = self.exporter.take() else {
+            return Ok(());
+        };
+        let runtime = &self.runtime;
+        outside_tokio(move || {
+            let workers = exporter.shutdown(Some(SHUTDOWN_TIMEOUT));
+            // Stops the tokio runtime itself, so that dropping `self` later is cheap anywhere.
+            let runtime = runtime.shutdown(Some(SHUTDOWN_TIMEOUT));
+            workers
+                .map_err(|e| e.to_string())
+                .and(runtime.map_err(|e| e.to_string()))
+        })
+        .map_err(|reason| IntakeError::Shutdown {
+            url: self.agent_url.clone(),
+            reason,
+        })
+    }
+}
+
+impl Drop for AgentExporter {
+    fn drop(&mut self) {
+        if let Err(e) = TraceSink::shutdown(self) {
+            debug!(error = %e, "trace exporter shutdown on drop");
+        }
+    }
+}
+
+/// Converts one chunk to libdatadog's v0.4 span model, borrowing the strings.
+///
+/// What Datadog tracers do at this point, done here because the spans come from outside any
+/// tracer:
+/// - `trace_id` carries the low 64 bits; the first span (the local root) carries the high 64 bits
+///   as `_dd.p.tid` (16 lowercase hex digits) when they are not zero, i.e. for 128-bit ids;
+/// - the local root gets `_dd.top_level = 1` and, unless a sampling decision was already made,
+///   `_sampling_priority_v1 = 1` (auto keep: the daemon does no sampling);
+/// - empty services take the daemon's service; `env` and (for spans of that service) `version`
+///   are filled in when configured and absent.
+///
+/// We do not claim `Datadog-Client-Computed-Top-Level`, so the agent still computes top-level
+/// spans itself; marking the root is harmless and matches what tracers send.
+pub(crate) fn to_libdd_chunk<'a>(
+    chunk: &'a TraceChunk,
+    defaults: &'a SpanDefaults,
+) -> Vec<SpanSlice<'a>> {
+    chunk
+        .spans
+        .iter()
+        .enumerate()
+        .map(|(i, span)| {
+            let mut converted = to_libdd_span(span, defaults);
+            if i == 0 {
+                mark_local_root(&mut converted, span.trace_id);
+            }
+            converted
+        })
+        .collect()
+}
+
+fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a> {
+    let service: &'a str = if span.service.is_empty() {
+        &defaults.service
+    } else {
+        &span.service
+    };
+    let mut meta = VecMap::with_capacity(span.meta.len() + 2);
+    for (k, v) in &span.meta {
+        meta.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
+    }
+    if let Some(env) = defaults.env.as_deref() {
+        if !span.meta.contains_key("env") {
+            meta.insert(Cow::Borrowed("env"), Cow::Borrowed(env));
+        }
+    }
+    if let Some(version) = defaults.app_version.as_deref() {
+        // Like in-process tracers: the app's version describes the app's own service only.
+        if service == defaults.service && !span.meta.contains_key("version") {
+            meta.insert(Cow::Borrowed("version"), Cow::Borrowed(version));
+        }
+    }
+    let mut metrics = VecMap::with_capacity(span.metrics.len() + 2);
+    for (k, v) in &span.metrics {
+        metrics.insert(Cow::Borrowed(k.as_str()), *v);
+    }
+    SpanSlice {
+        service: Cow::Borrowed(service),
+        name: Cow::Borrowed(&span.name),
+        resource: Cow::Borrowed(&span.resource),
+        r#type: Cow::Borrowed(&span.span_type),
+        trace_id: u128::from(span.trace_id as u64),
+        span_id: span.span_id,
+        parent_id: span.parent_id,
+        start: span.start_unix_ns,
+        duration: span.duration_ns,
+        error: span.error,
+        meta,
+        metrics,
+        ..Default::default()
+    }
+}
+
+fn mark_local_root(root: &mut SpanSlice<'_>, trace_id: u128) {
+    let high = (trace_id >> 64) as u64;
+    if high != 0 {
+        root.meta.insert_or_replace(
+            Cow::Borrowed("_dd.p.tid"),
+            Cow::Owned(format!("{high:016x}")),
+        );
+    }
+    root.metrics
+        .insert_or_replace(Cow::Borrowed("_dd.top_level"), 1.0);
+    if !root.metrics.contains_key("_sampling_priority_v1") {
+        root.metrics
+            .insert(Cow::Borrowed("_sampling_priority_v1"), 1.0);
+    }
+}
+
+fn setup_error(url: &str, e: TraceExporterError) -> IntakeError {
+    match e {
+        TraceExporterError::Builder(BuilderErrorKind::InvalidUri(reason)) => {
+            IntakeError::InvalidAgentUrl {
+                url: url.to_owned(),
+                reason,
+            }
+        }
+        other => IntakeError::ExporterSetup {
+            url: url.to_owned(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn send_error(url: &str, chunks: usize, e: TraceExporterError) -> IntakeError {
+    use std::io::ErrorKind;
+    match e {
+        TraceExporterError::Network(e) => IntakeError::AgentUnreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        },
+        TraceExporterError::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::TimedOut | ErrorKind::ConnectionRefused | ErrorKind::NotFound
+            ) =>
+        {
+            IntakeError::AgentUnreachable {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            }
+        }
+        TraceExporterError::Request(e) => {
+            let mut body: String = e.msg().trim().chars().take(MAX_ERROR_BODY).collect();
+            if body.len() < e.msg().trim().len() {
+                body.push_str("...");
+            }
+            IntakeError::AgentRejected {
+                url: url.to_owned(),
+                chunks,
+                status: e.status().as_u16(),
+                body,
+            }
+        }
+        other => IntakeError::SendFailed {
+            url: url.to_owned(),
+            chunks,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Runs `f` on the current thread, or on a scoped thread when the current one is inside a tokio
+/// runtime, where libdatadog's blocking calls (and dropping its runtime) would panic.
+fn outside_tokio<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    const TRACE_ID: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
+
+    fn defaults() -> SpanDefaults {
+        SpanDefaults {
+            service: "billing".to_owned(),
+            env: Some("test".to_owned()),
+            app_version: Some("1.2.3".to_owned()),
+        }
+    }
+
+    fn sample_chunk(trace_id: u128) -> TraceChunk {
+        let root = Span {
+            trace_id,
+            span_id: 11,
+            parent_id: 0,
+            name: "http.request".to_owned(),
+            resource: "GET /users/?".to_owned(),
+            service: "billing".to_owned(),
+            span_type: "web".to_owned(),
+            start_unix_ns: 1_700_000_000_000_000_000,
+            duration_ns: 5_000_000,
+            meta: BTreeMap::from([("http.method".to_owned(), "GET".to_owned())]),
+            ..Default::default()
+        };
+        let child = Span {
+            trace_id,
+            span_id: 12,
+            parent_id: 11,
+            name: "sqlite.query".to_owned(),
+            resource: "SELECT * FROM users WHERE id = ?".to_owned(),
+            service: "sqlite".to_owned(),
+            span_type: "sql".to_owned(),
+            start_unix_ns: 1_700_000_000_001_000_000,
+            duration_ns: 1_234_000,
+            error: 1,
+            meta: BTreeMap::from([("error.message".to_owned(), "no such table".to_owned())]),
+            metrics: BTreeMap::from([("db.row_count".to_owned(), 0.0)]),
+        };
+        TraceChunk {
+            spans: vec![root, child],
+        }
+    }
+
+    #[test]
+    fn conversion_splits_the_128_bit_trace_id() {
+        let chunk = sample_chunk(TRACE_ID);
+        let d = defaults();
+        let spans = to_libdd_chunk(&chunk, &d);
+        assert_eq!(spans.len(), 2);
+        let (root, child) = (&spans[0], &spans[1]);
+
+        assert_eq!(root.trace_id, 0xfedc_ba98_7654_3210);
+        assert_eq!(child.trace_id, 0xfedc_ba98_7654_3210);
+        assert_eq!(
+            root.meta.get("_dd.p.tid").map(|v| v.as_ref()),
+            Some("0123456789abcdef")
+        );
+        // Propagated tags belong on the chunk root only.
+        assert!(child.meta.get("_dd.p.tid").is_none());
+
+        assert_eq!((root.span_id, root.parent_id), (11, 0));
+        assert_eq!((child.span_id, child.parent_id), (12, 11));
+        assert_eq!(root.name, "http.request");
+        assert_eq!(child.resource, "SELECT * FROM users WHERE id = ?");
+        assert_eq!(child.r#type, "sql");
+        assert_eq!(child.error, 1);
+        assert_eq!(child.duration, 1_234_000);
+        assert_eq!(child.start, 1_700_000_000_001_000_000);
+        assert_eq!(child.metrics.get("db.row_count"), Some(&0.0));
+    }
+
+    #[test]
+    fn conversion_marks_the_local_root_only() {
+        let chunk = sample_chunk(TRACE_ID);
+        let d = defaults();
+        let spans = to_libdd_chunk(&chunk, &d);
+        assert_eq!(spans[0].metrics.get("_sampling_priority_v1"), Some(&1.0));
+        assert_eq!(spans[0].metrics.get("_dd.top_level"), Some(&1.0));
+        assert!(spans[1].metrics.get("_sampling_priority_v1").is_none());
+        assert!(spans[1].metrics.get("_dd.top_level").is_none());
+
+        // A decision made upstream (here: user reject) is kept.
+        let mut chunk = sample_chunk(TRACE_ID);
+        chunk.spans[0]
+            .metrics
+            .insert("_sampling_priority_v1".to_owned(), -1.0);
+        let spans = to_libdd_chunk(&chunk, &d);
+        assert_eq!(spans[0].metrics.get("_sampling_priority_v1"), Some(&-1.0));
+    }
+
+    #[test]
+    fn conversion_of_64_bit_ids_has_no_tid() {
+        let chunk = sample_chunk(0x42);
+        let d = defaults();
+        let spans = to_libdd_chunk(&chunk, &d);
+        assert_eq!(spans[0].trace_id, 0x42);
+        assert!(spans[0].meta.get("_dd.p.tid").is_none());
+    }
+
+    #[test]
+    fn conversion_fills_service_env_and_version() {
+        let mut chunk = sample_chunk(TRACE_ID);
+        chunk.spans[0].service.clear();
+        let d = defaults();
+        let spans = to_libdd_chunk(&chunk, &d);
+        assert_eq!(spans[0].service, "billing");
+        assert_eq!(spans[0].meta.get("env").map(|v| v.as_ref()), Some("test"));
+        assert_eq!(
+            spans[0].meta.get("version").map(|v| v.as_ref()),
+            Some("1.2.3")
+        );
+        // The sqlite span is another service: env yes, the app's version no.
+        assert_eq!(spans[1].service, "sqlite");
+        assert_eq!(spans[1].meta.get("env").map(|v| v.as_ref()), Some("test"));
+        assert!(spans[1].meta.get("version").is_none());
+    }
+
+    #[test]
+    fn works_from_inside_a_tokio_runtime() {
+        // Construction, a failed send and the drop all happen on a runtime thread; none may panic.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let exporter = AgentExporter::new("http://127.0.0.1:9", "0.1.0", "svc", None, None);
+            let exporter = exporter.unwrap();
+            drop(exporter);
+        });
+    }
+
+    #[test]
+    fn invalid_url_is_reported() {
+        let err = AgentExporter::new("http://[::1", "0.1.0", "svc", None, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("http://[::1"), "{msg}");
+        assert!(msg.contains("--agent-url"), "{msg}");
+    }
+
+    #[test]
+    fn unreachable_agent_is_reported() {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut exporter = AgentExporter::new(&url, "0.1.0", "svc", None, None).unwrap();
+        let err = exporter.send(vec![sample_chunk(TRACE_ID)]).unwrap_err();
+        assert!(
+            matches!(err, IntakeError::AgentUnreachable { .. }),
+            "unexpected error: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&url) && msg.contains("DD_TRACE_AGENT_URL"),
+            "{msg}"
+        );
+    }
+
+    // ---- against a real Datadog test agent ----------------------------------------------------
+
+    /// A `ddapm-test-agent` child process (`pip install ddapm-test-agent`), killed on drop.
+    struct TestAgent {
+        child: Child,
+        port: u16,
+        log: PathBuf,
+    }
+
+    impl TestAgent {
+        fn start(enabled_checks: &str) -> TestAgent {
+            let port = free_port();
+            let (otlp_http, otlp_grpc) = (free_port(), free_port());
+            let log = std::env::temp_dir().join(format!("ddtrace-agent-test-agent-{port}.log"));
+            let log_file = std::fs::File::create(&log).unwrap();
+            let child = Command::new("ddapm-test-agent")
+                .arg("--port")
+                .arg(port.to_string())
+                // Its OTLP listeners default to 4317/4318: keep parallel test runs apart.
+                .arg("--otlp-http-port")
+                .arg(otlp_http.to_string())
+                .arg("--otlp-grpc-port")
+                .arg(otlp_grpc.to_string())
+                .env("ENABLED_CHECKS", enabled_checks)
+                // Keep check failures for GET /test/trace_check/failures (they also turn the
+                // trace request itself into a 400).
+                .env("DD_POOL_TRACE_CHECK_FAILURES", "true")
+                // Otherwise the test agent proxies everything to a real agent.
+                .env_remove("DD_TRACE_AGENT_URL")
+                .env_remove("DD_AGENT_URL")
+                .current_dir(std::env::temp_dir())
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().unwrap())
+                .stderr(log_file)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "could not start ddapm-test-agent ({e}); install it with \
+                         `pip install ddapm-test-agent` and make sure it is on PATH"
+                    )
+                });
+            let mut agent = TestAgent { child, port, log };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(status) = agent.child.try_wait().unwrap() {
+                    panic!(
+                        "ddapm-test-agent exited early ({status}):\n{}",
+                        agent.log_text()
+                    );
+                }
+                if matches!(http_get(port, "/info"), Ok((200, _))) {
+                    return agent;
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "ddapm-test-agent did not answer on port {port} within 30s:\n{}",
+                        agent.log_text()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        fn url(&self) -> String {
+            format!("http://127.0.0.1:{}", self.port)
+        }
+
+        fn log_text(&self) -> String {
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        }
+
+        /// All traces the agent holds, as JSON: a list of traces, each a list of spans.
+        fn traces(&self) -> Vec<Vec<serde_json::Value>> {
+            let (status, body) = http_get(self.port, "/test/traces").unwrap();
+            assert_eq!(status, 200, "GET /test/traces: {body}");
+            serde_json::from_str(&body).unwrap()
+        }
+    }
+
+    impl Drop for TestAgent {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+
+    fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Minimal blocking HTTP/1.0 GET: returns (status, body).
+    fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| std::io::Error::other(format!("malformed response: {response:?}")))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+        Ok((status, body.to_owned()))
+    }
+
+    fn find_span(traces: &[Vec<serde_json::Value>], span_id: u64) -> Option<&serde_json::Value> {
+        traces
+            .iter()
+            .flatten()
+            .find(|s| s["span_id"].as_u64() == Some(span_id))
+    }
+
+    #[test]
+    fn spans_reach_the_datadog_test_agent() {
+        let agent =
+            TestAgent::start("trace_count_header,meta_tracer_version_header,trace_content_length");
+
+        // The daemon's way: send from a plain flush thread.
+        let url = agent.url();
+        std::thread::spawn(move || {
+            let mut exporter =
+                AgentExporter::new(&url, "0.1.0", "billing", Some("test"), Some("1.2.3")).unwrap();
+            exporter.send(vec![sample_chunk(TRACE_ID)]).unwrap();
+            exporter.shutdown().unwrap();
+        })
+        .join()
+        .unwrap();
+
+        // And from inside a tokio runtime, which libdatadog's blocking API does not allow as is.
+        let second_trace = TRACE_ID ^ 0x1111;
+        let mut chunk = sample_chunk(second_trace);
+        for (i, span) in chunk.spans.iter_mut().enumerate() {
+            span.span_id = 21 + i as u64;
+            span.parent_id = if i == 0 { 0 } else { 21 };
+        }
+        let url = agent.url();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let mut exporter =
+                    AgentExporter::new(&url, "0.1.0", "billing", None, None).unwrap();
+                exporter.send(vec![chunk]).unwrap();
+                // Dropped here, inside the runtime.
+            });
+
+        let traces = agent.traces();
+        let root = find_span(&traces, 11)
+            .unwrap_or_else(|| panic!("root span missing from {traces:#?}\n{}", agent.log_text()));
+        assert_eq!(root["name"], "http.request");
+        assert_eq!(root["resource"], "GET /users/?");
+        assert_eq!(root["service"], "billing");
+        assert_eq!(root["type"], "web");
+        assert_eq!(root["trace_id"].as_u64(), Some(TRACE_ID as u64));
+        assert_eq!(root["parent_id"].as_u64().unwrap_or(0), 0);
+        assert_eq!(root["meta"]["_dd.p.tid"], "0123456789abcdef");
+        assert_eq!(root["meta"]["env"], "test");
+        assert_eq!(root["meta"]["version"], "1.2.3");
+        assert_eq!(root["metrics"]["_sampling_priority_v1"], 1.0);
+        assert_eq!(root["metrics"]["_dd.top_level"], 1.0);
+
+        let child = find_span(&traces, 12).expect("child span missing");
+        assert_eq!(child["name"], "sqlite.query");
+        assert_eq!(child["resource"], "SELECT * FROM users WHERE id = ?");
+        assert_eq!(child["service"], "sqlite");
+        assert_eq!(child["parent_id"].as_u64(), Some(11));
+        assert_eq!(child["trace_id"].as_u64(), Some(TRACE_ID as u64));
+        assert_eq!(child["error"].as_i64(), Some(1));
+        assert_eq!(child["duration"].as_i64(), Some(1_234_000));
+
+        let second = find_span(&traces, 21).expect("span sent from inside tokio missing");
+        assert_eq!(second["trace_id"].as_u64(), Some(second_trace as u64));
+
+        // The headers Datadog tracers send.
+        let (status, body) = http_get(agent.port, "/test/session/requests").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        let traces_requests: Vec<&serde_json::Value> = requests
+            .iter()
+            .filter(|r| {
+                r["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("/v0.4/traces"))
+            })
+            .collect();
+        assert_eq!(traces_requests.len(), 2, "{requests:#?}");
+        for request in traces_requests {
+            // Header names arrive as sent (hyper lowercases them).
+            let headers: BTreeMap<String, String> = request["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap_or("").to_owned()))
+                .collect();
+            let header = |name: &str| headers.get(name).map(String::as_str);
+            assert_eq!(header("datadog-meta-lang"), Some(LANGUAGE), "{headers:?}");
+            assert_eq!(
+                header("datadog-meta-tracer-version"),
+                Some("0.1.0"),
+                "{headers:?}"
+            );
+            assert_eq!(header("x-datadog-trace-count"), Some("1"), "{headers:?}");
+            assert_eq!(
+                header("content-type"),
+                Some("application/msgpack"),
+                "{headers:?}"
+            );
+            assert!(header("datadog-meta-lang-version").is_some(), "{headers:?}");
+            assert!(header("content-length").is_some(), "{headers:?}");
+        }
+
+        let (status, body) = http_get(agent.port, "/test/trace_check/failures").unwrap();
+        assert_eq!(status, 200, "test agent checks failed:\n{body}");
+        // And the checks did run (a typo in ENABLED_CHECKS would silently skip them).
+        let (status, body) = http_get(agent.port, "/test/trace_check/summary").unwrap();
+        assert_eq!(status, 200, "{body}");
+        let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for check in [
+            "trace_count_header",
+            "meta_tracer_version_header",
+            "trace_content_length",
+        ] {
+            assert_eq!(summary[check]["Passed_Checks"], 2, "{check}: {summary}");
+            assert_eq!(summary[check]["Failed_Checks"], 0, "{check}: {summary}");
+        }
+    }
+}

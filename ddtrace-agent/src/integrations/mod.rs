@@ -1,0 +1,94 @@
+//! One module per instrumented library. An integration says which library it matches, which
+//! symbols it probes with what capture, and how its events open and close execution contexts.
+//! It knows nothing of products: it only talks to `core`.
+
+mod sqlite;
+mod sqlite_text;
+mod traced_function;
+
+use std::path::Path;
+
+use crate::{
+    core::ContextTree,
+    probes::{ProbeDef, ProbeEvent},
+};
+
+pub use traced_function::{TracedFunction, TracedFunctionError};
+
+/// Every library integration this agent has: the one place to add one.
+pub fn all() -> Vec<Box<dyn Integration>> {
+    vec![Box::new(sqlite::SqliteIntegration::default())]
+}
+
+/// Which mapped files an integration instruments.
+#[derive(Debug, Clone, Copy)]
+pub enum LibraryMatch {
+    /// A shared library, by file name.
+    SharedLibrary {
+        /// Shown to users: "waiting for libsqlite3".
+        display: &'static str,
+        /// File names start with one of these, followed by `.so` or `-`.
+        file_prefixes: &'static [&'static str],
+        /// A symbol that proves the library is linked in statically (checked in the executable).
+        marker_symbol: &'static str,
+    },
+    /// One file, by absolute path or by file name.
+    File(&'static str),
+}
+
+impl LibraryMatch {
+    pub fn display(&self) -> &'static str {
+        match self {
+            Self::SharedLibrary { display, .. } => display,
+            Self::File(file) => file,
+        }
+    }
+
+    pub fn matches_file(&self, path: &Path) -> bool {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
+        match self {
+            Self::SharedLibrary { file_prefixes, .. } => file_prefixes
+                .iter()
+                .any(|prefix| name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-'))),
+            Self::File(file) if file.starts_with('/') => path == Path::new(file),
+            Self::File(file) => name == *file,
+        }
+    }
+
+    /// The symbol to look for in the executable when no shared library matched.
+    pub fn marker_symbol(&self) -> Option<&'static str> {
+        match self {
+            Self::SharedLibrary { marker_symbol, .. } => Some(marker_symbol),
+            Self::File(_) => None,
+        }
+    }
+}
+
+/// The daemon-side counterpart of a dd-trace-py integration's `patch()`.
+pub trait Integration: Send {
+    fn name(&self) -> &'static str;
+    fn library(&self) -> LibraryMatch;
+    /// The probes to attach to a matching library; events carry the index into this slice.
+    fn probes(&self) -> &'static [ProbeDef];
+    /// An event of probe `probe_index` fired in a traced process.
+    fn on_event(&mut self, probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree);
+    /// Process `tgid` exited: forget its state.
+    fn on_process_exit(&mut self, _tgid: u32) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_match_accepts_versioned_sonames_only() {
+        let m = LibraryMatch::SharedLibrary { display: "libsqlite3", file_prefixes: &["libsqlite3"], marker_symbol: "sqlite3_step" };
+        assert!(m.matches_file(Path::new("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6")));
+        assert!(m.matches_file(Path::new("/opt/libsqlite3.so")));
+        assert!(!m.matches_file(Path::new("/usr/lib/libsqlite3x.so")));
+        assert!(!m.matches_file(Path::new("/usr/lib/python3.11/_sqlite3.so")));
+        assert!(LibraryMatch::File("app").matches_file(Path::new("/srv/app")));
+        assert!(LibraryMatch::File("/srv/app").matches_file(Path::new("/srv/app")));
+        assert!(!LibraryMatch::File("/srv/app").matches_file(Path::new("/other/app")));
+    }
+}

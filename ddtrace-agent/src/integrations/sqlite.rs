@@ -1,0 +1,285 @@
+//! SQLite (`libsqlite3`, which Python's `sqlite3` module uses): a `sqlite.query` span for each
+//! statement execution, named as dd-trace-py's sqlite3 integration names it.
+//!
+//! A statement's SQL is captured when it is prepared (`sqlite3_prepare*`: the SQL argument at
+//! entry, the `sqlite3_stmt*` written through `ppStmt` at exit). An execution is the first
+//! `sqlite3_step` after a prepare or a `sqlite3_reset`; later steps fetch rows of the same
+//! execution (dd-trace-py's span covers `execute`, not the fetches). A prepare that fails is an
+//! error span of its own, since no step follows it.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{
+    sqlite_text::{first_statement, result_code, SQLITE_DONE, SQLITE_OK, SQLITE_ROW},
+    Integration, LibraryMatch,
+};
+use crate::{
+    core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
+    obfuscation::obfuscate_sql,
+    probes::{Capture, ProbeDef, ProbeEvent},
+};
+
+/// Resource of executions whose statement was prepared before the agent attached: its SQL was
+/// never seen, and reading it out of SQLite's private structures is not safe across versions.
+pub const UNKNOWN_STATEMENT_RESOURCE: &str = "sqlite3_step (statement prepared before ddtrace-agent attached)";
+
+const PREPARE_V2: usize = 0;
+const PREPARE_V3: usize = 1;
+const PREPARE_LEGACY: usize = 2;
+const STEP: usize = 3;
+const RESET: usize = 4;
+const FINALIZE: usize = 5;
+
+static PROBES: [ProbeDef; 6] = [
+    // int sqlite3_prepare_v2(sqlite3 *db, const char *zSql, int nByte, sqlite3_stmt **ppStmt, const char **pzTail)
+    ProbeDef::entry("sqlite3_prepare_v2").with_exit().capturing(Capture::StringArg(1)).out_pointer(3),
+    // int sqlite3_prepare_v3(sqlite3 *db, const char *zSql, int nByte, unsigned prepFlags, sqlite3_stmt **ppStmt, ...)
+    ProbeDef::entry("sqlite3_prepare_v3").with_exit().capturing(Capture::StringArg(1)).out_pointer(4),
+    ProbeDef::entry("sqlite3_prepare").with_exit().capturing(Capture::StringArg(1)).out_pointer(3),
+    // int sqlite3_step(sqlite3_stmt*)
+    ProbeDef::entry("sqlite3_step").with_exit().required(),
+    ProbeDef::entry("sqlite3_reset"),
+    ProbeDef::entry("sqlite3_finalize"),
+];
+
+/// Statements SQLite finalizes internally (schema loading) never pass through
+/// `sqlite3_finalize`; their entries are replaced when the address is reused, and the whole
+/// table is dropped if it still grows past this bound.
+const STATEMENT_LIMIT: usize = 65_536;
+
+/// Obfuscated resources are cached by raw SQL: apps that prepare the same text over and over
+/// pay for obfuscation once. Bounded: cleared when full.
+const RESOURCE_CACHE_LIMIT: usize = 4096;
+
+struct Statement {
+    resource: Arc<str>,
+    /// No step since the prepare or the last reset: the next step starts an execution.
+    fresh: bool,
+}
+
+struct PendingPrepare {
+    tgid: u32,
+    ktime_ns: u64,
+    sql: Option<Box<[u8]>>,
+}
+
+#[derive(Default)]
+pub struct SqliteIntegration {
+    /// (tgid, sqlite3_stmt address) -> statement.
+    statements: HashMap<(u32, u64), Statement>,
+    /// tid -> prepares in progress, innermost last.
+    prepares: HashMap<u32, Vec<PendingPrepare>>,
+    /// tid -> steps in progress, innermost last; `None` for steps that fetch rows.
+    steps: HashMap<u32, Vec<(u32, Option<ContextId>)>>,
+    resources: HashMap<Box<[u8]>, Arc<str>>,
+}
+
+impl SqliteIntegration {
+    fn resource_for(&mut self, sql: &[u8]) -> Arc<str> {
+        if let Some(resource) = self.resources.get(sql) {
+            return resource.clone();
+        }
+        let text = String::from_utf8_lossy(sql);
+        let resource: Arc<str> = obfuscate_sql(first_statement(&text)).into();
+        if self.resources.len() >= RESOURCE_CACHE_LIMIT {
+            self.resources.clear();
+        }
+        self.resources.insert(sql.into(), resource.clone());
+        resource
+    }
+
+    fn query_context(resource: &str) -> ContextData {
+        ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client)
+            .with_resource(resource)
+            .with_meta("db.system", "sqlite")
+    }
+
+    fn on_prepare(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) {
+        match event {
+            ProbeEvent::Entry(entry) => self.prepares.entry(entry.tid).or_default().push(PendingPrepare {
+                tgid: entry.tgid,
+                ktime_ns: entry.ktime_ns,
+                sql: entry.capture.clone(),
+            }),
+            ProbeEvent::Exit(exit) => {
+                let Some(pending) = self.prepares.get_mut(&exit.tid).and_then(Vec::pop) else { return };
+                let resource = match &pending.sql {
+                    Some(sql) => self.resource_for(sql),
+                    None => Arc::from("?"),
+                };
+                let rc = exit.ret as i32;
+                if rc == SQLITE_OK {
+                    // A NULL statement means the text held only whitespace or comments.
+                    if let Some(stmt) = exit.out_value.filter(|stmt| *stmt != 0) {
+                        if self.statements.len() >= STATEMENT_LIMIT {
+                            self.statements.clear();
+                        }
+                        self.statements.insert((exit.tgid, stmt), Statement { resource, fresh: true });
+                    }
+                    return;
+                }
+                let mut data = Self::query_context(&resource);
+                data.error = Some(sqlite_error(rc));
+                contexts.record(pending.tgid, exit.tid, pending.ktime_ns, exit.ktime_ns, data);
+            }
+        }
+    }
+
+    fn on_step(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) {
+        match event {
+            ProbeEvent::Entry(entry) => {
+                let key = (entry.tgid, entry.args[0]);
+                let resource = match self.statements.get_mut(&key) {
+                    Some(statement) if statement.fresh => {
+                        statement.fresh = false;
+                        Some(statement.resource.clone())
+                    }
+                    Some(_) => None,
+                    None => {
+                        let resource: Arc<str> = Arc::from(UNKNOWN_STATEMENT_RESOURCE);
+                        self.statements.insert(key, Statement { resource: resource.clone(), fresh: false });
+                        Some(resource)
+                    }
+                };
+                let context = resource
+                    .map(|resource| contexts.start(entry.tgid, entry.tid, entry.ktime_ns, Self::query_context(&resource)));
+                self.steps.entry(entry.tid).or_default().push((entry.tgid, context));
+            }
+            ProbeEvent::Exit(exit) => {
+                let Some((_, Some(context))) = self.steps.get_mut(&exit.tid).and_then(Vec::pop) else { return };
+                let rc = exit.ret as i32;
+                contexts.end(exit.tid, context, exit.ktime_ns, |data| {
+                    if rc != SQLITE_ROW && rc != SQLITE_DONE {
+                        data.error = Some(sqlite_error(rc));
+                    }
+                });
+            }
+        }
+    }
+}
+
+fn sqlite_error(rc: i32) -> ContextError {
+    let (name, message) = result_code(rc);
+    ContextError { kind: name.to_string(), message: format!("{message} (SQLite result code {rc})") }
+}
+
+impl Integration for SqliteIntegration {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn library(&self) -> LibraryMatch {
+        LibraryMatch::SharedLibrary { display: "libsqlite3", file_prefixes: &["libsqlite3"], marker_symbol: "sqlite3_step" }
+    }
+
+    fn probes(&self) -> &'static [ProbeDef] {
+        &PROBES
+    }
+
+    fn on_event(&mut self, probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree) {
+        match (probe_index, event) {
+            (PREPARE_V2 | PREPARE_V3 | PREPARE_LEGACY, _) => self.on_prepare(event, contexts),
+            (STEP, _) => self.on_step(event, contexts),
+            (RESET, ProbeEvent::Entry(entry)) => {
+                if let Some(statement) = self.statements.get_mut(&(entry.tgid, entry.args[0])) {
+                    statement.fresh = true;
+                }
+            }
+            (FINALIZE, ProbeEvent::Entry(entry)) => {
+                self.statements.remove(&(entry.tgid, entry.args[0]));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_process_exit(&mut self, tgid: u32) {
+        self.statements.retain(|(owner, _), _| *owner != tgid);
+        self.prepares.retain(|_, stack| stack.first().is_none_or(|p| p.tgid != tgid));
+        self.steps.retain(|_, stack| stack.first().is_none_or(|(owner, _)| *owner != tgid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc as StdArc, Mutex};
+
+    use super::*;
+    use crate::{
+        core::{CoreEvent, EventHub, ExecutionContext, WallClock},
+        probes::{EntryData, ExitData},
+    };
+
+    fn harness() -> (SqliteIntegration, ContextTree, StdArc<Mutex<Vec<ExecutionContext>>>) {
+        let ended = StdArc::new(Mutex::new(Vec::new()));
+        let sink = ended.clone();
+        let mut hub = EventHub::new();
+        hub.on("context.ended", move |e| {
+            if let CoreEvent::ContextEnded(c) = e {
+                sink.lock().unwrap().push((*c).clone());
+            }
+        });
+        (SqliteIntegration::default(), ContextTree::new(WallClock::calibrate(), hub), ended)
+    }
+
+    fn entry(t: u64, arg0: u64, capture: Option<&str>) -> ProbeEvent {
+        ProbeEvent::Entry(EntryData {
+            probe_id: 0,
+            tgid: 1,
+            tid: 2,
+            ktime_ns: t,
+            args: [arg0, 0, 0, 0, 0, 0],
+            capture: capture.map(|s| s.as_bytes().into()),
+            capture_truncated: false,
+        })
+    }
+
+    fn exit(t: u64, ret: u64, out: Option<u64>) -> ProbeEvent {
+        ProbeEvent::Exit(ExitData { probe_id: 0, tgid: 1, tid: 2, ktime_ns: t, ret, out_value: out })
+    }
+
+    #[test]
+    fn one_span_per_execution_with_obfuscated_sql() {
+        let (mut sqlite, mut tree, ended) = harness();
+        sqlite.on_event(PREPARE_V2, &entry(10, 0, Some("SELECT * FROM users WHERE id = 42")), &mut tree);
+        sqlite.on_event(PREPARE_V2, &exit(20, 0, Some(0xabc)), &mut tree);
+        // Execution 1: three steps (two rows, then done) -> one span.
+        for (t, rc) in [(30, 100), (50, 100), (60, 101)] {
+            sqlite.on_event(STEP, &entry(t, 0xabc, None), &mut tree);
+            sqlite.on_event(STEP, &exit(t + 5, rc, None), &mut tree);
+        }
+        // Execution 2 after a reset.
+        sqlite.on_event(RESET, &entry(70, 0xabc, None), &mut tree);
+        sqlite.on_event(STEP, &entry(80, 0xabc, None), &mut tree);
+        sqlite.on_event(STEP, &exit(90, 101, None), &mut tree);
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 2);
+        assert_eq!(ended[0].data.name, "sqlite.query");
+        assert!(!ended[0].data.resource.contains("42"), "{}", ended[0].data.resource);
+        assert_eq!(ended[0].duration_ns(), 5);
+        assert!(ended[0].data.error.is_none());
+    }
+
+    #[test]
+    fn failing_step_and_failing_prepare_are_errors() {
+        let (mut sqlite, mut tree, ended) = harness();
+        sqlite.on_event(PREPARE_V2, &entry(10, 0, Some("INSERT INTO t VALUES (1)")), &mut tree);
+        sqlite.on_event(PREPARE_V2, &exit(20, 0, Some(0x1)), &mut tree);
+        sqlite.on_event(STEP, &entry(30, 0x1, None), &mut tree);
+        sqlite.on_event(STEP, &exit(40, 2067, None), &mut tree);
+        sqlite.on_event(PREPARE_V2, &entry(50, 0, Some("SELEC nonsense")), &mut tree);
+        sqlite.on_event(PREPARE_V2, &exit(60, 1, None), &mut tree);
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 2);
+        assert_eq!(ended[0].data.error.as_ref().unwrap().kind, "SQLITE_CONSTRAINT");
+        assert_eq!(ended[1].data.error.as_ref().unwrap().kind, "SQLITE_ERROR");
+        assert_eq!((ended[1].start_unix_ns, ended[1].duration_ns()), (ended[1].end_unix_ns - 10, 10));
+    }
+
+    #[test]
+    fn statements_prepared_before_attach_get_a_span_with_a_placeholder_resource() {
+        let (mut sqlite, mut tree, ended) = harness();
+        sqlite.on_event(STEP, &entry(30, 0x9, None), &mut tree);
+        sqlite.on_event(STEP, &exit(40, 101, None), &mut tree);
+        assert_eq!(ended.lock().unwrap()[0].data.resource, UNKNOWN_STATEMENT_RESOURCE);
+    }
+}

@@ -1,0 +1,37 @@
+use aya::maps::{MapData, PerCpuArray};
+use ddtrace_common::counter;
+
+/// The kernel programs' counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub values: [u64; counter::COUNT as usize],
+}
+
+impl KernelCounters {
+    pub(super) fn read(map: &PerCpuArray<MapData, u64>) -> Self {
+        let mut values = [0u64; counter::COUNT as usize];
+        for (index, value) in values.iter_mut().enumerate() {
+            if let Ok(per_cpu) = map.get(&(index as u32), 0) {
+                *value = per_cpu.iter().sum();
+            }
+        }
+        Self { values }
+    }
+
+    pub fn get(&self, index: u32) -> u64 {
+        self.values[index as usize]
+    }
+
+    /// Events lost in the kernel, for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.get(counter::DROPPED_RING_FULL)
+    }
+}
+
+impl std::fmt::Display for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> =
+            counter::NAMES.iter().zip(self.values.iter()).map(|(name, value)| format!("{name}={value}")).collect();
+        write!(f, "{}", parts.join(" "))
+    }
+}

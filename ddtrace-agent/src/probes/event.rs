@@ -1,0 +1,164 @@
+use ddtrace_common::{
+    capture_flags, event_kind, exit_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent, ENTRY_ARGS,
+    MAX_CAPTURE,
+};
+
+/// A decoded kernel event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeEvent {
+    Entry(EntryData),
+    Exit(ExitData),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryData {
+    pub probe_id: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub args: [u64; ENTRY_ARGS],
+    /// The captured string argument, when the probe captures one and it could be read.
+    pub capture: Option<Box<[u8]>>,
+    pub capture_truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitData {
+    pub probe_id: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub ret: u64,
+    pub out_value: Option<u64>,
+}
+
+impl ProbeEvent {
+    pub fn probe_id(&self) -> u32 {
+        match self {
+            Self::Entry(e) => e.probe_id,
+            Self::Exit(e) => e.probe_id,
+        }
+    }
+
+    pub fn tgid(&self) -> u32 {
+        match self {
+            Self::Entry(e) => e.tgid,
+            Self::Exit(e) => e.tgid,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {len} bytes is shorter than its {kind} layout ({need} bytes)")]
+    TooShort { kind: &'static str, len: usize, need: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+}
+
+/// Reads a `#[repr(C)]` POD value from the front of `bytes`, checking the length first.
+fn read<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::TooShort { kind, len: bytes.len(), need });
+    }
+    // SAFETY: length checked above; T is a plain-old-data #[repr(C)] type from ddtrace-common,
+    // valid for any bit pattern; the read tolerates any alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Decodes one ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+    let header: EventHeader = read(bytes, "header")?;
+    match header.kind {
+        event_kind::ENTRY => {
+            let event: EntryEvent = read(bytes, "entry")?;
+            Ok(ProbeEvent::Entry(entry_data(&event, None, false)))
+        }
+        event_kind::ENTRY_WITH_CAPTURE => {
+            let event: EntryCaptureEvent = read(bytes, "entry with capture")?;
+            let capture = (event.capture_flags & capture_flags::READ_FAILED == 0).then(|| {
+                let len = (event.capture_len as usize).min(MAX_CAPTURE);
+                Box::<[u8]>::from(&event.capture[..len])
+            });
+            let truncated = event.capture_flags & capture_flags::TRUNCATED != 0;
+            Ok(ProbeEvent::Entry(entry_data(&event.entry, capture, truncated)))
+        }
+        event_kind::EXIT => {
+            let event: ExitEvent = read(bytes, "exit")?;
+            Ok(ProbeEvent::Exit(ExitData {
+                probe_id: header.probe_id,
+                tgid: header.tgid,
+                tid: header.tid,
+                ktime_ns: header.ktime_ns,
+                ret: event.ret,
+                out_value: (event.exit_flags & exit_flags::OUT_VALUE_VALID != 0).then_some(event.out_value),
+            }))
+        }
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+fn entry_data(event: &EntryEvent, capture: Option<Box<[u8]>>, capture_truncated: bool) -> EntryData {
+    EntryData {
+        probe_id: event.header.probe_id,
+        tgid: event.header.tgid,
+        tid: event.header.tid,
+        ktime_ns: event.header.ktime_ns,
+        args: event.args,
+        capture,
+        capture_truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T: Copy>(value: &T) -> Vec<u8> {
+        // SAFETY: reading the bytes of a POD value.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_exit_with_out_value() {
+        let event = ExitEvent {
+            header: EventHeader { kind: event_kind::EXIT, probe_id: 7, tgid: 10, tid: 11, ktime_ns: 99 },
+            ret: 101,
+            out_value: 0xdead,
+            exit_flags: exit_flags::OUT_VALUE_VALID,
+            _pad: 0,
+        };
+        let ProbeEvent::Exit(exit) = decode(&bytes_of(&event)).unwrap() else { panic!("not an exit") };
+        assert_eq!((exit.probe_id, exit.tid, exit.ret, exit.out_value), (7, 11, 101, Some(0xdead)));
+    }
+
+    #[test]
+    fn decodes_capture_bounded_by_its_length() {
+        let mut event = EntryCaptureEvent {
+            entry: EntryEvent {
+                header: EventHeader { kind: event_kind::ENTRY_WITH_CAPTURE, probe_id: 1, tgid: 2, tid: 3, ktime_ns: 4 },
+                args: [0; ENTRY_ARGS],
+            },
+            capture_len: 8,
+            capture_flags: 0,
+            capture: [0; MAX_CAPTURE],
+        };
+        event.capture[..9].copy_from_slice(b"SELECT 1\0");
+        let ProbeEvent::Entry(entry) = decode(&bytes_of(&event)).unwrap() else { panic!("not an entry") };
+        assert_eq!(entry.capture.as_deref(), Some(&b"SELECT 1"[..]));
+        // A lying length never reads past the buffer.
+        event.capture_len = u32::MAX;
+        let ProbeEvent::Entry(entry) = decode(&bytes_of(&event)).unwrap() else { panic!() };
+        assert_eq!(entry.capture.unwrap().len(), MAX_CAPTURE);
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { .. })));
+        let header = EventHeader { kind: 77, ..Default::default() };
+        assert_eq!(decode(&bytes_of(&header)), Err(DecodeError::UnknownKind(77)));
+        let header = EventHeader { kind: event_kind::EXIT, ..Default::default() };
+        assert!(matches!(decode(&bytes_of(&header)), Err(DecodeError::TooShort { kind: "exit", .. })));
+    }
+}

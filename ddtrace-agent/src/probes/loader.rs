@@ -1,0 +1,188 @@
+use std::path::Path;
+
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        ProgramError, UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use ddtrace_common::{names, ProbeSpec, MAX_PROBES};
+
+use super::{counters::KernelCounters, reader::EventReader, spec::ProbeDef};
+
+/// Index of a probe's spec in the kernel, passed to the programs as the attach cookie.
+pub type ProbeId = u32;
+
+/// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading eBPF programs was refused ({0}); run ddtrace-agent as root (sudo) or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")]
+    NotPermitted(String),
+    #[error("the embedded eBPF object could not be loaded: {0}")]
+    Load(String),
+    #[error("the eBPF object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
+    Missing(&'static str),
+    #[error("more than {MAX_PROBES} probes; detach some integrations")]
+    TooManyProbes,
+    #[error("attaching {program} to {symbol} in {path} (pid {pid}) failed: {reason}")]
+    Attach { program: &'static str, symbol: String, path: String, pid: u32, reason: String },
+    #[error("updating eBPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+fn is_permission_error(text: &str) -> bool {
+    // EPERM is a missing capability; EACCES from BPF_PROG_LOAD is the verifier saying no.
+    text.contains("Operation not permitted") || text.contains("os error 1)")
+}
+
+/// The loaded kernel programs and the maps the daemon writes.
+pub struct KernelPrograms {
+    ebpf: Ebpf,
+    specs: Array<MapData, ProbeSpec>,
+    tracked: BpfHashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    next_probe_id: ProbeId,
+}
+
+impl KernelPrograms {
+    /// Loads the embedded object and its generic entry/exit programs.
+    /// `kernel_log_level` is aya-log's level (0 = off): kernel diagnostics stay off the hot path
+    /// unless asked for.
+    pub fn load(kernel_log_level: u8) -> Result<Self, ProbeError> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &kernel_log_level, false)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                let text = format!("{e:#}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+                if is_permission_error(&text) { ProbeError::NotPermitted(text) } else { ProbeError::Load(text) }
+            })?;
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM] {
+            Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
+        }
+        let specs = Array::try_from(ebpf.take_map(names::PROBE_SPECS).ok_or(ProbeError::Missing(names::PROBE_SPECS))?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let tracked = BpfHashMap::try_from(
+            ebpf.take_map(names::TRACKED_PROCESSES).ok_or(ProbeError::Missing(names::TRACKED_PROCESSES))?,
+        )
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        Ok(Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 })
+    }
+
+    fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+        ebpf.program_mut(name)
+            .ok_or(ProbeError::Missing(name))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing(name))
+    }
+
+    /// The ring buffer reader (can be taken once).
+    pub fn take_event_reader(&mut self) -> Result<EventReader, ProbeError> {
+        let map = self.ebpf.take_map(names::EVENTS).ok_or(ProbeError::Missing(names::EVENTS))?;
+        EventReader::new(map)
+    }
+
+    /// The aya-log reader, drained by a background task.
+    pub fn take_kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
+    }
+
+    /// Starts letting events of process `tgid` through the in-kernel filter.
+    pub fn track_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
+        self.tracked
+            .insert(tgid, 1, 0)
+            .map_err(|e| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() })
+    }
+
+    pub fn untrack_process(&mut self, tgid: u32) {
+        let _ = self.tracked.remove(&tgid);
+    }
+
+    /// Attaches `def` at `file_offset` of `path` for process `pid` only, and returns the probe id
+    /// its events carry.
+    pub fn attach(&mut self, def: &ProbeDef, path: &Path, file_offset: u64, pid: u32) -> Result<ProbeId, ProbeError> {
+        if self.next_probe_id >= MAX_PROBES {
+            return Err(ProbeError::TooManyProbes);
+        }
+        let id = self.next_probe_id;
+        self.specs
+            .set(id, def.kernel_spec(), 0)
+            .map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
+        self.next_probe_id += 1;
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).expect("pid is never 0"));
+        // The entry program also saves out-pointers that the exit reads back.
+        let needs_entry = def.entry || def.out_pointer_arg.is_some();
+        let programs = [(needs_entry, names::ENTRY_PROGRAM), (def.exit, names::EXIT_PROGRAM)];
+        for (wanted, program) in programs {
+            if !wanted {
+                continue;
+            }
+            let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(id as u64) };
+            Self::uprobe(&mut self.ebpf, program)?
+                .attach(point, path, scope)
+                .map_err(|e| ProbeError::Attach {
+                    program,
+                    symbol: def.symbol.to_string(),
+                    path: path.display().to_string(),
+                    pid,
+                    reason: error_chain(&e),
+                })?;
+        }
+        Ok(id)
+    }
+
+    /// Loads the empty programs `cargo xtask bench` compares ours against and attaches them.
+    pub fn attach_empty_baseline(&mut self, path: &Path, file_offset: u64, pid: u32) -> Result<(), ProbeError> {
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).expect("pid is never 0"));
+        for program in [names::EMPTY_ENTRY_PROGRAM, names::EMPTY_EXIT_PROGRAM] {
+            let uprobe = Self::uprobe(&mut self.ebpf, program)?;
+            uprobe.load().map_err(|e| load_error(program, e))?;
+            uprobe.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), path, scope).map_err(|e| {
+                ProbeError::Attach { program, symbol: "baseline".into(), path: path.display().to_string(), pid, reason: error_chain(&e) }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sums of the kernel's per-CPU counters.
+    pub fn counters(&self) -> KernelCounters {
+        KernelCounters::read(&self.counters)
+    }
+}
+
+fn load_error(program: &'static str, error: ProgramError) -> ProbeError {
+    let text = error_chain(&error);
+    if is_permission_error(&text) {
+        ProbeError::NotPermitted(text)
+    } else {
+        ProbeError::Load(format!("program {program}: {text}"))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Older kernels charge eBPF maps to RLIMIT_MEMLOCK; newer ones use memory cgroups. Raising it
+/// is harmless either way.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid struct.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+}

@@ -1,0 +1,14 @@
+//! The kernel side, seen from the daemon: loading the embedded eBPF object, attaching uprobes
+//! with a probe spec each, reading and decoding the ring buffer, and the kernel's counters.
+
+mod counters;
+mod event;
+mod loader;
+mod reader;
+mod spec;
+
+pub use counters::KernelCounters;
+pub use event::{decode, DecodeError, EntryData, ExitData, ProbeEvent};
+pub use loader::{KernelPrograms, ProbeError, ProbeId};
+pub use reader::EventReader;
+pub use spec::{Capture, ProbeDef};

@@ -1,0 +1,88 @@
+use ddtrace_common::{probe_flags, ProbeSpec};
+
+/// What the kernel copies at a probe's entry, beyond the argument registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    Nothing,
+    /// The NUL-terminated string argument `n` (bounded by `MAX_CAPTURE`).
+    StringArg(u32),
+}
+
+/// One function an integration probes, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeDef {
+    pub symbol: &'static str,
+    /// Emit an event when the function is entered.
+    pub entry: bool,
+    /// Emit an event when it returns (a uretprobe: never on Go code).
+    pub exit: bool,
+    pub capture: Capture,
+    /// Argument `n` is a pointer to an out-parameter whose value is reported at exit.
+    pub out_pointer_arg: Option<u32>,
+    /// The daemon must act on this event at once (wake the reader).
+    pub urgent: bool,
+    /// Without this symbol the integration cannot work on that library.
+    pub required: bool,
+}
+
+impl ProbeDef {
+    /// An entry-only probe with nothing captured.
+    pub const fn entry(symbol: &'static str) -> Self {
+        Self { symbol, entry: true, exit: false, capture: Capture::Nothing, out_pointer_arg: None, urgent: false, required: false }
+    }
+
+    pub const fn with_exit(mut self) -> Self {
+        self.exit = true;
+        self
+    }
+
+    pub const fn capturing(mut self, capture: Capture) -> Self {
+        self.capture = capture;
+        self
+    }
+
+    pub const fn out_pointer(mut self, arg: u32) -> Self {
+        self.out_pointer_arg = Some(arg);
+        self
+    }
+
+    pub const fn urgent(mut self) -> Self {
+        self.urgent = true;
+        self
+    }
+
+    pub const fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    /// The kernel's view of this definition.
+    pub fn kernel_spec(&self) -> ProbeSpec {
+        let mut spec = ProbeSpec::default();
+        if let Capture::StringArg(n) = self.capture {
+            spec.flags |= probe_flags::CAPTURE_STRING;
+            spec.capture_arg = n;
+        }
+        if let Some(n) = self.out_pointer_arg {
+            spec.flags |= probe_flags::READ_OUT_POINTER_AT_EXIT;
+            spec.out_arg = n;
+        }
+        if self.urgent {
+            spec.flags |= probe_flags::WAKE_READER;
+        }
+        spec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_spec_carries_capture_and_out_pointer() {
+        let def = ProbeDef::entry("f").with_exit().capturing(Capture::StringArg(1)).out_pointer(3);
+        let spec = def.kernel_spec();
+        assert_eq!(spec.flags, probe_flags::CAPTURE_STRING | probe_flags::READ_OUT_POINTER_AT_EXIT);
+        assert_eq!((spec.capture_arg, spec.out_arg), (1, 3));
+    }
+}

@@ -1,0 +1,98 @@
+use std::collections::BTreeMap;
+
+use crate::{core::ExecutionContext, intake::traces::Span};
+
+/// Tags every span of this daemon's traces carries (unified service tagging and `DD_TAGS`).
+#[derive(Debug, Clone, Default)]
+pub struct TraceTags {
+    pub service: String,
+    pub env: Option<String>,
+    pub version: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Turns an ended execution context into a span. Generic: it reads only core's context shape.
+pub struct SpanBuilder {
+    tags: TraceTags,
+}
+
+impl SpanBuilder {
+    pub fn new(tags: TraceTags) -> Self {
+        Self { tags }
+    }
+
+    pub fn build(&self, context: &ExecutionContext) -> Span {
+        let data = &context.data;
+        let mut meta: BTreeMap<String, String> = self.tags.tags.iter().cloned().collect();
+        if let Some(env) = &self.tags.env {
+            meta.insert("env".into(), env.clone());
+        }
+        if let Some(version) = &self.tags.version {
+            meta.insert("version".into(), version.clone());
+        }
+        meta.insert("component".into(), data.component.to_string());
+        meta.insert("span.kind".into(), data.kind.as_str().to_string());
+        meta.extend(data.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut metrics = data.metrics.clone();
+        if context.is_root() {
+            metrics.insert("process_id".into(), context.tgid as f64);
+        }
+        let mut error = 0;
+        if let Some(e) = &data.error {
+            error = 1;
+            meta.insert("error.type".into(), e.kind.clone());
+            meta.insert("error.message".into(), e.message.clone());
+        }
+        Span {
+            trace_id: context.trace_id,
+            span_id: context.id,
+            parent_id: context.parent_id,
+            name: data.name.to_string(),
+            resource: if data.resource.is_empty() { data.name.to_string() } else { data.resource.clone() },
+            service: self.tags.service.clone(),
+            span_type: data.span_type.to_string(),
+            start_unix_ns: context.start_unix_ns,
+            duration_ns: context.duration_ns(),
+            error,
+            meta,
+            metrics,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{ContextData, ContextError, SpanKind};
+
+    #[test]
+    fn carries_unified_tags_kind_and_error() {
+        let builder = SpanBuilder::new(TraceTags {
+            service: "billing".into(),
+            env: Some("prod".into()),
+            version: Some("1.2".into()),
+            tags: vec![("team".into(), "db".into())],
+        });
+        let mut data = ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client).with_resource("SELECT ?");
+        data.error = Some(ContextError { kind: "SQLITE_ERROR".into(), message: "boom".into() });
+        let context = ExecutionContext {
+            id: 5,
+            trace_id: 9,
+            parent_id: 0,
+            root_id: 5,
+            tgid: 42,
+            tid: 43,
+            start_unix_ns: 100,
+            end_unix_ns: 350,
+            data,
+        };
+        let span = builder.build(&context);
+        assert_eq!((span.service.as_str(), span.resource.as_str(), span.duration_ns), ("billing", "SELECT ?", 250));
+        assert_eq!(span.meta["env"], "prod");
+        assert_eq!(span.meta["span.kind"], "client");
+        assert_eq!(span.meta["team"], "db");
+        assert_eq!(span.meta["error.type"], "SQLITE_ERROR");
+        assert_eq!(span.error, 1);
+        assert_eq!(span.metrics["process_id"], 42.0);
+    }
+}

@@ -1,0 +1,146 @@
+use std::{
+    sync::{
+        mpsc::{self, RecvTimeoutError, Sender},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::intake::{traces::TraceChunk, TraceSink};
+
+/// Counters of what the writer delivered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    pub sent_chunks: u64,
+    pub sent_spans: u64,
+    pub failed_chunks: u64,
+}
+
+enum Message {
+    Chunk(TraceChunk),
+    Shutdown,
+}
+
+/// Sends finished chunks from a thread of its own, so a slow or absent agent never stalls the
+/// event pipeline. Chunks are batched and flushed every `interval`.
+pub struct TraceWriter {
+    tx: Sender<Message>,
+    stats: Arc<Mutex<WriterStats>>,
+    done: mpsc::Receiver<()>,
+}
+
+/// The aggregator's end of the writer.
+#[derive(Clone)]
+pub struct ChunkSender(Sender<Message>);
+
+impl ChunkSender {
+    pub fn send(&self, chunk: TraceChunk) -> Result<(), ()> {
+        self.0.send(Message::Chunk(chunk)).map_err(|_| ())
+    }
+}
+
+impl TraceWriter {
+    pub fn spawn(mut sink: Box<dyn TraceSink>, interval: Duration) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<Message>();
+        let (done_tx, done) = mpsc::channel();
+        let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let thread_stats = stats.clone();
+        thread::Builder::new().name("trace-writer".into()).spawn(move || {
+            let mut batch: Vec<TraceChunk> = Vec::new();
+            let mut next_flush = Instant::now() + interval;
+            loop {
+                let wait = next_flush.saturating_duration_since(Instant::now());
+                let stop = match rx.recv_timeout(wait) {
+                    Ok(Message::Chunk(chunk)) => {
+                        batch.push(chunk);
+                        false
+                    }
+                    Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
+                    Err(RecvTimeoutError::Timeout) => false,
+                };
+                if stop {
+                    while let Ok(Message::Chunk(chunk)) = rx.try_recv() {
+                        batch.push(chunk);
+                    }
+                }
+                if stop || Instant::now() >= next_flush {
+                    flush(sink.as_mut(), &mut batch, &thread_stats);
+                    next_flush = Instant::now() + interval;
+                }
+                if stop {
+                    if let Err(error) = sink.shutdown() {
+                        tracing::warn!(%error, "trace sink shutdown");
+                    }
+                    let _ = done_tx.send(());
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { tx, stats, done })
+    }
+
+    pub fn sender(&self) -> ChunkSender {
+        ChunkSender(self.tx.clone())
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        *self.stats.lock().unwrap()
+    }
+
+    /// Sends what is buffered and stops, waiting at most `deadline` for the last send.
+    pub fn shutdown(self, deadline: Duration) -> WriterStats {
+        let _ = self.tx.send(Message::Shutdown);
+        if self.done.recv_timeout(deadline).is_err() {
+            tracing::warn!(?deadline, "trace writer did not finish its last flush in time; some traces may be lost");
+        }
+        self.stats()
+    }
+}
+
+fn flush(sink: &mut dyn TraceSink, batch: &mut Vec<TraceChunk>, stats: &Mutex<WriterStats>) {
+    if batch.is_empty() {
+        return;
+    }
+    let chunks = std::mem::take(batch);
+    let (count, spans) = (chunks.len() as u64, chunks.iter().map(|c| c.spans.len() as u64).sum::<u64>());
+    let result = sink.send(chunks);
+    let mut stats = stats.lock().unwrap();
+    match result {
+        Ok(()) => {
+            stats.sent_chunks += count;
+            stats.sent_spans += spans;
+        }
+        Err(error) => {
+            stats.failed_chunks += count;
+            tracing::warn!(%error, chunks = count, "traces not delivered");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::intake::{traces::Span, IntakeError};
+
+    struct Recording(Arc<Mutex<Vec<usize>>>);
+    impl TraceSink for Recording {
+        fn send(&mut self, chunks: Vec<TraceChunk>) -> Result<(), IntakeError> {
+            self.0.lock().unwrap().push(chunks.len());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shutdown_flushes_what_is_buffered() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let writer = TraceWriter::spawn(Box::new(Recording(sent.clone())), Duration::from_secs(3600)).unwrap();
+        let sender = writer.sender();
+        for _ in 0..3 {
+            sender.send(TraceChunk { spans: vec![Span::default()] }).unwrap();
+        }
+        let stats = writer.shutdown(Duration::from_secs(5));
+        assert_eq!(*sent.lock().unwrap(), vec![3]);
+        assert_eq!((stats.sent_chunks, stats.sent_spans), (3, 3));
+    }
+}

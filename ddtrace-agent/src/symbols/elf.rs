@@ -1,0 +1,140 @@
+use std::{
+    collections::HashMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// Errors of symbol resolution; each names the file and what a user can do.
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is not an ELF object this agent can read: {reason}")]
+    NotElf { path: PathBuf, reason: String },
+    #[error("symbol `{symbol}` not found in {path} (stripped binary, or another version of the library)")]
+    MissingSymbol { path: PathBuf, symbol: String },
+    #[error("symbol `{symbol}` in {path} is at {address:#x}, outside every loadable segment")]
+    NotInSegment { path: PathBuf, symbol: String, address: u64 },
+}
+
+/// Where to put a uprobe: an offset in the file, as the kernel wants it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeLocation {
+    pub file_offset: u64,
+    /// The function's virtual address in the ELF (for logs and tests).
+    pub address: u64,
+}
+
+/// The function symbols of one ELF file (dynamic and static tables together).
+pub struct ElfSymbols {
+    path: PathBuf,
+    data: Vec<u8>,
+    /// name -> virtual address of defined function symbols.
+    functions: HashMap<String, u64>,
+    /// (vaddr, memsz, file offset, filesz) of each PT_LOAD segment.
+    segments: Vec<(u64, u64, u64, u64)>,
+}
+
+/// `endbr64`: marks indirect-branch targets under CET. It does not touch the stack or argument
+/// registers, so a probe placed after it still sees the call's arguments and return address.
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
+impl ElfSymbols {
+    /// Reads and indexes `path` (a path on our side, e.g. under `/proc/<pid>/root`).
+    pub fn load(path: &Path) -> Result<Self, SymbolError> {
+        let data = fs::read(path).map_err(|source| SymbolError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, data)
+    }
+
+    fn parse(path: &Path, data: Vec<u8>) -> Result<Self, SymbolError> {
+        let not_elf = |reason: String| SymbolError::NotElf { path: path.to_path_buf(), reason };
+        let file = object::File::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
+        if file.format() != object::BinaryFormat::Elf {
+            return Err(not_elf(format!("{:?} format", file.format())));
+        }
+        let mut functions = HashMap::new();
+        for symbol in file.dynamic_symbols().chain(file.symbols()) {
+            if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
+                continue;
+            }
+            if let Ok(name) = symbol.name() {
+                functions.entry(name.to_string()).or_insert(symbol.address());
+            }
+        }
+        let segments = file
+            .segments()
+            .map(|segment| {
+                let (offset, filesz) = segment.file_range();
+                (segment.address(), segment.size(), offset, filesz)
+            })
+            .collect();
+        drop(file);
+        Ok(Self { path: path.to_path_buf(), data, functions, segments })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn has_function(&self, name: &str) -> bool {
+        self.functions.contains_key(name)
+    }
+
+    /// The file offset of function `name`'s first instruction worth probing.
+    pub fn function_entry(&self, name: &str) -> Result<ProbeLocation, SymbolError> {
+        let address = *self.functions.get(name).ok_or_else(|| SymbolError::MissingSymbol {
+            path: self.path.clone(),
+            symbol: name.to_string(),
+        })?;
+        let file_offset = self.file_offset(address).ok_or_else(|| SymbolError::NotInSegment {
+            path: self.path.clone(),
+            symbol: name.to_string(),
+            address,
+        })?;
+        let starts_with_endbr = self
+            .data
+            .get(file_offset as usize..file_offset as usize + ENDBR64.len())
+            .is_some_and(|bytes| bytes == ENDBR64);
+        let skip = if starts_with_endbr { ENDBR64.len() as u64 } else { 0 };
+        Ok(ProbeLocation { file_offset: file_offset + skip, address: address + skip })
+    }
+
+    fn file_offset(&self, address: u64) -> Option<u64> {
+        self.segments
+            .iter()
+            .find(|(vaddr, _memsz, _offset, filesz)| address >= *vaddr && address < vaddr + filesz)
+            .map(|(vaddr, _, offset, _)| address - vaddr + offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_libc_function_to_file_offset() {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let symbols = ElfSymbols::load(libc).expect("libc is readable ELF");
+        let location = symbols.function_entry("getpid").expect("getpid is exported");
+        assert!(location.file_offset > 0);
+        // The bytes at the offset are code: not a zero page.
+        let bytes = &symbols.data[location.file_offset as usize..location.file_offset as usize + 4];
+        assert_ne!(bytes, [0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn missing_symbol_names_file_and_symbol() {
+        let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+        let symbols = ElfSymbols::load(libc).unwrap();
+        let error = symbols.function_entry("no_such_function_xyz").unwrap_err().to_string();
+        assert!(error.contains("no_such_function_xyz") && error.contains("libc.so.6"), "{error}");
+    }
+
+    #[test]
+    fn non_elf_is_a_clear_error() {
+        let error = ElfSymbols::parse(Path::new("/tmp/x.txt"), b"hello".to_vec()).err().unwrap().to_string();
+        assert!(error.contains("not an ELF"), "{error}");
+    }
+}

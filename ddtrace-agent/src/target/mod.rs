@@ -1,0 +1,14 @@
+//! The process being instrumented: its identity, the ELF objects it maps, and its exit.
+//!
+//! Files are always opened through `/proc/<pid>/root`, so a process in another mount namespace
+//! (a container) is inspected through its own view of the filesystem.
+
+mod environ;
+mod exit_watch;
+mod maps;
+mod process;
+
+pub use environ::read_environ;
+pub use exit_watch::ExitWatch;
+pub use maps::{parse_maps, MappedObject};
+pub use process::{Process, TargetError};

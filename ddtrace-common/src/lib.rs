@@ -1,0 +1,194 @@
+//! The event ABI shared by the kernel programs (`ddtrace-ebpf`) and the daemon (`ddtrace-agent`).
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, with padding written out as explicit fields, so both
+//! sides agree byte for byte. The daemon never transmutes: it checks lengths and reads unaligned.
+#![no_std]
+
+/// Largest string argument the kernel copies out of the target (bytes, NUL included).
+/// Bounded so a probe never copies an unbounded amount of the target's memory.
+pub const MAX_CAPTURE: usize = 512;
+
+/// Size of the probe spec table: the most probes attached at once, all integrations together.
+pub const MAX_PROBES: u32 = 1024;
+
+/// Most processes the in-kernel filter tracks at once.
+pub const MAX_TRACKED_PROCESSES: u32 = 4096;
+
+/// Ring buffer size (a power of two and a multiple of the page size).
+pub const RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Submit without waking the reader until this much data waits: waking the reader on every
+/// event roughly doubles the cost of a probe (see `platform.md`). The reader also drains on a
+/// short timer, so a quiet process still gets its spans out promptly.
+pub const WAKEUP_THRESHOLD_BYTES: u64 = (RING_BUFFER_BYTES / 8) as u64;
+
+/// Argument registers copied on every entry event (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
+pub const ENTRY_ARGS: usize = 6;
+
+/// Bits of [`ProbeSpec::flags`].
+pub mod probe_flags {
+    /// Copy the NUL-terminated string pointed to by argument `capture_arg` at entry.
+    pub const CAPTURE_STRING: u32 = 1 << 0;
+    /// Remember argument `out_arg` (a pointer to an out-parameter) at entry and, at exit,
+    /// report the 8 bytes it points to (e.g. the `sqlite3_stmt*` written through `ppStmt`).
+    pub const READ_OUT_POINTER_AT_EXIT: u32 = 1 << 1;
+    /// Wake the reader at once: for rare events the daemon must act on quickly
+    /// (a library was just mapped and needs probes).
+    pub const WAKE_READER: u32 = 1 << 2;
+}
+
+/// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`
+/// before attaching, and passes `probe_id` as the attach cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeSpec {
+    pub flags: u32,
+    pub capture_arg: u32,
+    pub out_arg: u32,
+    pub _pad: u32,
+}
+
+/// [`EventHeader::kind`] values.
+pub mod event_kind {
+    pub const ENTRY: u32 = 1;
+    pub const ENTRY_WITH_CAPTURE: u32 = 2;
+    pub const EXIT: u32 = 3;
+}
+
+/// Common first bytes of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub probe_id: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC, converted to wall clock by the daemon.
+    pub ktime_ns: u64,
+}
+
+/// A function was entered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryEvent {
+    pub header: EventHeader,
+    pub args: [u64; ENTRY_ARGS],
+}
+
+/// A function was entered and one string argument was copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EntryCaptureEvent {
+    pub entry: EntryEvent,
+    /// Bytes of `capture` that hold the string, without the NUL.
+    pub capture_len: u32,
+    /// Bits of [`capture_flags`].
+    pub capture_flags: u32,
+    pub capture: [u8; MAX_CAPTURE],
+}
+
+/// Bits of [`EntryCaptureEvent::capture_flags`].
+pub mod capture_flags {
+    /// The string filled the whole buffer: it may have been cut.
+    pub const TRUNCATED: u32 = 1 << 0;
+    /// The string could not be read (bad pointer, page not present).
+    pub const READ_FAILED: u32 = 1 << 1;
+}
+
+/// A function returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// The return value register (rax).
+    pub ret: u64,
+    /// With `READ_OUT_POINTER_AT_EXIT`: the 8 bytes the saved out-pointer points to.
+    pub out_value: u64,
+    /// Bits of [`exit_flags`].
+    pub exit_flags: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`ExitEvent::exit_flags`].
+pub mod exit_flags {
+    /// `out_value` holds a value read through the out-pointer.
+    pub const OUT_VALUE_VALID: u32 = 1 << 0;
+}
+
+/// Key of the map that carries an out-pointer from a probe's entry to its exit.
+///
+/// The call frame is identified by the stack pointer at entry (it points at the return
+/// address; at the return probe it is 8 bytes higher), so nested and recursive calls of the
+/// same function on one thread each keep their own out-pointer (SQLite prepares statements
+/// from inside `sqlite3_prepare_v2` when it loads a schema).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutPointerKey {
+    pub pid_tgid: u64,
+    pub entry_stack_pointer: u64,
+}
+
+/// Indexes of the per-CPU counter array the daemon reports (`--stats`, and at exit).
+pub mod counter {
+    /// Events written to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Events dropped because the ring buffer was full.
+    pub const DROPPED_RING_FULL: u32 = 1;
+    /// String captures cut at `MAX_CAPTURE`.
+    pub const CAPTURE_TRUNCATED: u32 = 2;
+    /// String captures that could not be read.
+    pub const CAPTURE_FAILED: u32 = 3;
+    /// Probe hits with no spec for their cookie (a probe raced its detach).
+    pub const MISSING_SPEC: u32 = 4;
+    /// Out-pointers that could not be saved or read back.
+    pub const OUT_POINTER_LOST: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+    /// Human names, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events",
+        "dropped_ring_full",
+        "capture_truncated",
+        "capture_failed",
+        "missing_spec",
+        "out_pointer_lost",
+    ];
+}
+
+/// Names of maps and programs in the eBPF object, shared so neither side spells them twice.
+pub mod names {
+    pub const PROBE_SPECS: &str = "PROBE_SPECS";
+    pub const TRACKED_PROCESSES: &str = "TRACKED_PROCESSES";
+    pub const OUT_POINTERS: &str = "OUT_POINTERS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const ENTRY_PROGRAM: &str = "ddtrace_entry";
+    pub const EXIT_PROGRAM: &str = "ddtrace_exit";
+    /// Programs that do nothing: the baseline of `cargo xtask bench`.
+    pub const EMPTY_ENTRY_PROGRAM: &str = "bench_empty_entry";
+    pub const EMPTY_EXIT_PROGRAM: &str = "bench_empty_exit";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain #[repr(C)] structs of integers with explicit padding.
+    unsafe impl aya::Pod for ProbeSpec {}
+    unsafe impl aya::Pod for OutPointerKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layout_is_stable() {
+        assert_eq!(size_of::<EventHeader>(), 24);
+        assert_eq!(size_of::<EntryEvent>(), 72);
+        assert_eq!(size_of::<EntryCaptureEvent>(), 80 + MAX_CAPTURE);
+        assert_eq!(size_of::<ExitEvent>(), 48);
+        assert_eq!(size_of::<ProbeSpec>(), 16);
+        assert_eq!(size_of::<OutPointerKey>(), 16);
+    }
+}

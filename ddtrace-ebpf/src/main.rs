@@ -1,0 +1,255 @@
+//! Kernel-side programs of ddtrace-agent.
+//!
+//! Few and generic: one entry handler and one exit handler shared by every integration, told
+//! apart by the attach cookie (a probe id indexing `PROBE_SPECS`). No protocol parsing here: the
+//! programs filter by process, copy bounded data, and hand events to the daemon.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+        generated::bpf_get_attach_cookie,
+    },
+    macros::{map, uprobe, uretprobe},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+};
+use aya_log_ebpf::debug;
+use ddtrace_common::{
+    capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent,
+    EventHeader, ExitEvent, OutPointerKey, ProbeSpec, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES,
+    MAX_TRACKED_PROCESSES, RING_BUFFER_BYTES, WAKEUP_THRESHOLD_BYTES,
+};
+
+#[map(name = "PROBE_SPECS")]
+static PROBE_SPECS: Array<ProbeSpec> = Array::with_max_entries(MAX_PROBES, 0);
+
+/// tgid -> 1 for every process the daemon instruments. Probes may be shared by processes that
+/// map the same library file; only tracked ones produce events.
+#[map(name = "TRACKED_PROCESSES")]
+static TRACKED_PROCESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TRACKED_PROCESSES, 0);
+
+/// Out-pointers saved at entry, read back at exit. LRU so a lost exit never leaks an entry.
+#[map(name = "OUT_POINTERS")]
+static OUT_POINTERS: LruHashMap<OutPointerKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, programs do not migrate CPU while running.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Wake the reader only for urgent probes or when a good batch waits (see WAKEUP_THRESHOLD_BYTES).
+#[inline(always)]
+fn submit_flags(spec_flags: u32) -> u64 {
+    if spec_flags & probe_flags::WAKE_READER != 0 || EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Returns the probe's spec when the current process is tracked.
+#[inline(always)]
+fn tracked_spec<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<(u32, ProbeSpec)> {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: value is only compared for presence.
+    if unsafe { TRACKED_PROCESSES.get(&tgid) }.is_none() {
+        return None;
+    }
+    // SAFETY: helper reads the cookie of the link that fired this program.
+    let probe_id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    match PROBE_SPECS.get(probe_id) {
+        Some(spec) => Some((probe_id, *spec)),
+        None => {
+            count(counter::MISSING_SPEC);
+            debug!(ctx, "no spec for probe {}", probe_id);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn header(kind: u32, probe_id: u32, pid_tgid: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        probe_id,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        // SAFETY: plain helper call.
+        ktime_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+#[inline(always)]
+fn entry_args(ctx: &ProbeContext) -> [u64; ENTRY_ARGS] {
+    [
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u64>(1).unwrap_or(0),
+        ctx.arg::<u64>(2).unwrap_or(0),
+        ctx.arg::<u64>(3).unwrap_or(0),
+        ctx.arg::<u64>(4).unwrap_or(0),
+        ctx.arg::<u64>(5).unwrap_or(0),
+    ]
+}
+
+/// Argument `n` of the copied registers. Padded to a power of two and masked so the verifier
+/// sees a bounded stack read (a plain `% ENTRY_ARGS` or a match on `ctx` is rejected).
+#[inline(always)]
+fn select_arg(args: &[u64; ENTRY_ARGS], n: u32) -> u64 {
+    let mut padded = [0u64; 8];
+    padded[..ENTRY_ARGS].copy_from_slice(args);
+    padded[(n & 7) as usize]
+}
+
+/// The shared entry handler.
+#[uprobe]
+pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((probe_id, spec)) = tracked_spec(&ctx, pid_tgid) else {
+        return 0;
+    };
+    let args = entry_args(&ctx);
+
+    if spec.flags & probe_flags::READ_OUT_POINTER_AT_EXIT != 0 {
+        // SAFETY: regs points to the probe's saved registers.
+        let key = OutPointerKey { pid_tgid, entry_stack_pointer: unsafe { (*ctx.regs).rsp } };
+        let out_ptr = select_arg(&args, spec.out_arg);
+        if OUT_POINTERS.insert(&key, &out_ptr, 0).is_err() {
+            count(counter::OUT_POINTER_LOST);
+        }
+    }
+
+    let flags = submit_flags(spec.flags);
+    if spec.flags & probe_flags::CAPTURE_STRING != 0 {
+        let src = select_arg(&args, spec.capture_arg) as *const u8;
+        emit_entry_with_capture(src, probe_id, pid_tgid, args, flags);
+    } else {
+        emit_entry(probe_id, pid_tgid, args, flags);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], flags: u64) {
+    let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
+        count(counter::DROPPED_RING_FULL);
+        return;
+    };
+    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args });
+    slot.submit(flags);
+    count(counter::EVENTS);
+}
+
+#[inline(always)]
+fn emit_entry_with_capture(src: *const u8, probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], flags: u64) {
+    let Some(mut slot) = EVENTS.reserve::<EntryCaptureEvent>(0) else {
+        count(counter::DROPPED_RING_FULL);
+        return;
+    };
+    // Fill in place: the event is larger than the 512-byte eBPF stack.
+    let event = slot.as_mut_ptr();
+    // SAFETY: `event` points to reserved ring buffer memory of the right size; every field is
+    // written before submit. The string is read with the bounded user-memory helper.
+    unsafe {
+        (*event).entry = EntryEvent { header: header(event_kind::ENTRY_WITH_CAPTURE, probe_id, pid_tgid), args };
+        let buffer = &mut (*event).capture;
+        match bpf_probe_read_user_str_bytes(src, buffer) {
+            Ok(bytes) => {
+                let len = bytes.len();
+                (*event).capture_len = len as u32;
+                // The helper stops at MAX_CAPTURE - 1 bytes plus the NUL.
+                if len >= MAX_CAPTURE - 1 {
+                    (*event).capture_flags = capture_flags::TRUNCATED;
+                    count(counter::CAPTURE_TRUNCATED);
+                } else {
+                    (*event).capture_flags = 0;
+                }
+            }
+            Err(_) => {
+                (*event).capture_len = 0;
+                (*event).capture_flags = capture_flags::READ_FAILED;
+                count(counter::CAPTURE_FAILED);
+            }
+        }
+    }
+    slot.submit(flags);
+    count(counter::EVENTS);
+}
+
+/// The shared exit handler.
+#[uretprobe]
+pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((probe_id, spec)) = tracked_spec(&ctx, pid_tgid) else {
+        return 0;
+    };
+    let mut out_value = 0u64;
+    let mut flags_out = 0u32;
+    if spec.flags & probe_flags::READ_OUT_POINTER_AT_EXIT != 0 {
+        // `ret` popped the return address the entry's stack pointer pointed at.
+        // SAFETY: regs points to the probe's saved registers.
+        let key = OutPointerKey { pid_tgid, entry_stack_pointer: unsafe { (*ctx.regs).rsp }.wrapping_sub(8) };
+        // SAFETY: value copied out before the remove below.
+        match unsafe { OUT_POINTERS.get(&key) }.copied() {
+            Some(out_ptr) => {
+                let _ = OUT_POINTERS.remove(&key);
+                // SAFETY: bounded 8-byte read of user memory through the helper.
+                match unsafe { bpf_probe_read_user(out_ptr as *const u64) } {
+                    Ok(value) => {
+                        out_value = value;
+                        flags_out = exit_flags::OUT_VALUE_VALID;
+                    }
+                    Err(_) => count(counter::OUT_POINTER_LOST),
+                }
+            }
+            None => count(counter::OUT_POINTER_LOST),
+        }
+    }
+    let Some(mut slot) = EVENTS.reserve::<ExitEvent>(0) else {
+        count(counter::DROPPED_RING_FULL);
+        return 0;
+    };
+    slot.write(ExitEvent {
+        header: header(event_kind::EXIT, probe_id, pid_tgid),
+        ret: ctx.ret::<u64>(),
+        out_value,
+        exit_flags: flags_out,
+        _pad: 0,
+    });
+    slot.submit(submit_flags(spec.flags));
+    count(counter::EVENTS);
+    0
+}
+
+/// Empty programs: the baseline `cargo xtask bench` measures ours against.
+#[uprobe]
+pub fn bench_empty_entry(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+#[uretprobe]
+pub fn bench_empty_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

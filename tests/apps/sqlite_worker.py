@@ -1,0 +1,58 @@
+"""A small SQLite workload driven over stdin, so tests decide when each phase runs.
+
+Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
+`work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
+error), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
+"""
+import sys
+
+sqlite3 = None
+conn = None
+
+
+def ensure_db():
+    global sqlite3, conn
+    if sqlite3 is None:
+        import sqlite3 as module
+        sqlite3 = module
+    if conn is None:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, secret TEXT)")
+
+
+def work(rounds):
+    ensure_db()
+    for i in range(rounds):
+        conn.execute("INSERT INTO users (name, secret) VALUES (?, 'hunter2')", (f"user{i}",))
+        rows = conn.execute("SELECT id, name FROM users WHERE name = 'user0' AND id > 0").fetchall()
+        assert rows
+    conn.commit()
+
+
+def fail():
+    ensure_db()
+    try:
+        conn.execute("INSERT INTO users (id, name) VALUES (1, 'dup'), (1, 'dup')")
+    except sqlite3.IntegrityError:
+        pass
+    try:
+        conn.execute("SELEC broken FROM nowhere")
+    except sqlite3.OperationalError:
+        pass
+
+
+for line in sys.stdin:
+    command = line.split()
+    if not command:
+        continue
+    if command[0] == "import":
+        import sqlite3 as module
+        sqlite3 = module
+    elif command[0] == "work":
+        work(int(command[1]))
+    elif command[0] == "fail":
+        fail()
+    elif command[0] == "exit":
+        print("ok exit", flush=True)
+        break
+    print("ok " + " ".join(command), flush=True)

@@ -1,0 +1,69 @@
+//! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
+//!
+//! - `build-ebpf`: bootstrap nightly + bpf-linker if needed, build the kernel-side object.
+//! - `test`: build everything, install the Python test agent if needed, run the test suite.
+//! - `demo`: trace a bundled SQLite app and print its spans; needs root, no Datadog account.
+//! - `bench`: overhead benchmarks.
+//! - `bootstrap`: only the toolchain setup that `build-ebpf` starts with.
+
+mod bench;
+mod bootstrap;
+mod build_ebpf;
+mod demo;
+mod process;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and demo tasks for ddtrace-agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs (nightly rust-src, bpf-linker), if missing.
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// Build the kernel-side eBPF object (bootstraps the toolchain first).
+    BuildEbpf(build_ebpf::BuildEbpfArgs),
+    /// Build everything and run the test suite (as root: the tests load eBPF programs).
+    Test(test::TestArgs),
+    /// Trace a bundled Python SQLite app for a few seconds, printing spans to the console.
+    Demo(demo::DemoArgs),
+    /// Overhead benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Bootstrap(args) => bootstrap::ensure(&args).map(|_| ExitCode::SUCCESS),
+        Task::BuildEbpf(args) => build_ebpf::run(&args).map(|_| ExitCode::SUCCESS),
+        Task::Test(args) => test::run(&args),
+        Task::Demo(args) => demo::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    }
+}

@@ -1,0 +1,129 @@
+//! `cargo xtask test`: the one command that builds everything and runs the end-to-end tests.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::{
+    bootstrap::{self, BootstrapArgs},
+    build_ebpf,
+    process::{self, find_in_path, step},
+    workspace,
+};
+
+/// `cargo xtask test` options.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Passed to `cargo test` as is, e.g. `-- -p ddtrace-tests -- --nocapture`.
+    #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+    pub cargo_test_args: Vec<String>,
+}
+
+/// The Python package providing `ddapm-test-agent`, the trace intake the tests assert against.
+const TEST_AGENT_PACKAGE: &str = "ddapm-test-agent";
+
+pub fn run(args: &TestArgs) -> Result<ExitCode> {
+    let toolchain = bootstrap::ensure(&BootstrapArgs {
+        bpf_linker_root: None,
+    })?;
+    build_ebpf::build(&toolchain, true)?;
+    workspace::build_agent()?;
+    let extra_path = ensure_test_agent()?;
+
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        step(
+            "test",
+            "warning: not running as root; the tests load eBPF programs and need CAP_BPF, \
+             CAP_PERFMON and CAP_SYS_ADMIN",
+        );
+    }
+
+    // Default members: everything but the eBPF crate, which only builds for the BPF target.
+    let mut cmd = process::host_cargo();
+    cmd.current_dir(workspace::root())
+        .args(["test", "--release"])
+        .args(&args.cargo_test_args);
+    if let Some(dir) = extra_path {
+        process::prepend_path(&mut cmd, &dir);
+    }
+    step("test", format!("running: {}", process::describe(&cmd)));
+    let status = process::status(&mut cmd)?;
+    if status.success() {
+        step("test", "all tests passed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    step("test", format!("cargo test failed ({status})"));
+    let code = status
+        .code()
+        .and_then(|c| u8::try_from(c).ok())
+        .filter(|&c| c != 0);
+    Ok(ExitCode::from(code.unwrap_or(1)))
+}
+
+/// Installs the test agent if `ddapm-test-agent` is not on PATH. Returns a directory to add to
+/// the tests' PATH when pip put the script somewhere PATH does not reach (e.g. before a
+/// `pyenv rehash`, or in the user scheme).
+fn ensure_test_agent() -> Result<Option<PathBuf>> {
+    if let Some(path) = find_in_path("ddapm-test-agent") {
+        step(
+            "test-agent",
+            format!("ddapm-test-agent: already installed at {}", path.display()),
+        );
+        return Ok(None);
+    }
+    let mut install = Command::new("python3");
+    install.args(["-m", "pip", "install", TEST_AGENT_PACKAGE]);
+    step(
+        "test-agent",
+        format!(
+            "ddapm-test-agent: missing, installing: {}",
+            process::describe(&install)
+        ),
+    );
+    process::run(&mut install).map_err(|error| {
+        error.context(
+            "installing the Python test agent failed; on a system Python that refuses pip \
+             (PEP 668) use a virtualenv or `python3 -m pip install --break-system-packages \
+             ddapm-test-agent`",
+        )
+    })?;
+    if let Some(path) = find_in_path("ddapm-test-agent") {
+        step(
+            "test-agent",
+            format!("ddapm-test-agent: installed at {}", path.display()),
+        );
+        return Ok(None);
+    }
+    let scripts = process::output(Command::new("python3").args([
+        "-c",
+        "import os, sysconfig\n\
+         print(sysconfig.get_path('scripts'))\n\
+         print(sysconfig.get_path('scripts', os.name + '_user'))",
+    ]))?;
+    let dir = scripts
+        .lines()
+        .map(PathBuf::from)
+        .find(|dir| process::is_executable(&dir.join("ddapm-test-agent")));
+    match dir {
+        Some(dir) => {
+            step(
+                "test-agent",
+                format!(
+                    "ddapm-test-agent: installed in {}, adding it to the tests' PATH",
+                    dir.display()
+                ),
+            );
+            Ok(Some(dir))
+        }
+        None => anyhow::bail!(
+            "pip installed {TEST_AGENT_PACKAGE} but no `ddapm-test-agent` script is on PATH or in \
+             python3's script directories ({}); add its location to PATH",
+            scripts.split_whitespace().collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
