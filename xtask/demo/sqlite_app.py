@@ -3,6 +3,9 @@
 
 sqlite3 is imported only after a short delay, so the agent is already attached when the library
 gets loaded and has to notice it appear, as with a real app that imports its drivers lazily.
+It then waits --warmup seconds before the first statement: Python caches prepared statements, and
+one prepared before the agent's probes are in place is re-run without the agent ever seeing its
+SQL text (its spans would read "statement prepared before ddtrace-agent attached").
 Each iteration inserts a row, runs a parameterized select, and one statement that fails on purpose
 (an error span). Stops on SIGTERM/SIGINT or after --seconds.
 """
@@ -18,6 +21,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="stop after this long")
     parser.add_argument("--interval", type=float, default=0.5, help="pause between iterations")
     parser.add_argument("--import-delay", type=float, default=1.0, help="wait before importing sqlite3")
+    parser.add_argument("--warmup", type=float, default=1.0, help="wait after importing sqlite3")
     parser.add_argument("--db", default=":memory:", help="database file (default: in memory)")
     args = parser.parse_args()
 
@@ -37,12 +41,13 @@ def main() -> None:
         return
     import sqlite3  # noqa: PLC0415 - lazy on purpose, see the module docstring
 
+    print(f"sqlite demo app: sqlite {sqlite3.sqlite_version} loaded, first query in {args.warmup:g} s", flush=True)
+    time.sleep(args.warmup)
     conn = sqlite3.connect(args.db)
     conn.execute(
         "CREATE TABLE IF NOT EXISTS orders ("
         " id INTEGER PRIMARY KEY, customer TEXT NOT NULL, amount REAL NOT NULL)"
     )
-    print(f"sqlite demo app: sqlite {sqlite3.sqlite_version} loaded, looping", flush=True)
 
     deadline = time.monotonic() + args.seconds
     iterations = failures = 0

@@ -21,8 +21,8 @@ use crate::process::{self, cargo_home, find_in_path, is_executable, step};
 /// The toolchain that builds the eBPF crate.
 pub const NIGHTLY: &str = "nightly";
 
-/// The bpf-linker release we build: the newest whose features cover LLVM 21-23 and that builds
-/// with stable 1.95.
+/// The bpf-linker release we build: proven here with stable 1.95 and the nightly's LLVM 22 (its
+/// `llvm-21`..`llvm-23` features select the LLVM it binds to).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// `cargo xtask bootstrap` options.
@@ -103,9 +103,13 @@ struct NightlyInfo {
 impl NightlyInfo {
     fn query(rustup: &Path) -> Result<Self> {
         let toolchains = process::output(Command::new(rustup).args(["toolchain", "list"]))?;
-        let installed = toolchains
-            .lines()
-            .any(|line| line.starts_with(&format!("{NIGHTLY}-")) || line.trim() == NIGHTLY);
+        // `nightly-<host>` exactly: a dated `nightly-2026-...` is another toolchain. Checked before
+        // `rustup run`, which could otherwise auto-install whatever nightly is current.
+        let installed = toolchains.lines().any(|line| {
+            let name = line.split_whitespace().next().unwrap_or_default();
+            name.strip_prefix(&format!("{NIGHTLY}-"))
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+        });
         if !installed {
             bail!(
                 "the {NIGHTLY} toolchain is not installed; the eBPF crate needs it for \

@@ -49,7 +49,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
 
     // The app's own deadline is a backstop in case this process dies before stopping it.
     let script = workspace::root().join("xtask/demo/sqlite_app.py");
-    let mut app_cmd = Command::new(&args.python);
+    let mut app_cmd = Command::new(interpreter(&args.python)?);
     app_cmd
         .arg(&script)
         .args(["--seconds", &(args.seconds + 60).to_string()]);
@@ -120,6 +120,23 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     };
     step("demo", format!("the agent exited ({status})"));
     Ok(exit_code(status))
+}
+
+/// The interpreter binary behind `python` (e.g. a pyenv shim, which is a shell script that
+/// execs it). The agent inspects its target when it starts: it must see Python, not the shim.
+fn interpreter(python: &str) -> Result<PathBuf> {
+    let mut query = Command::new(python);
+    query.args(["-c", "import sys; print(sys.executable)"]);
+    let executable = process::output(&mut query)
+        .with_context(|| format!("cannot run the demo app's interpreter `{python}`"))?;
+    let executable = PathBuf::from(executable.trim());
+    if !process::is_executable(&executable) {
+        bail!(
+            "`{python}` reports its executable as {}, which is not executable",
+            executable.display()
+        );
+    }
+    Ok(executable)
 }
 
 /// A child process that is terminated if this process returns early (error or panic).

@@ -25,7 +25,7 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The release agent binary that [`build_agent`] produces.
-pub fn agent_binary() -> PathBuf {
+fn agent_binary() -> PathBuf {
     target_dir().join("release").join("ddtrace-agent")
 }
 
@@ -42,6 +42,6 @@ pub fn build_agent() -> Result<PathBuf> {
 }
 
 /// `path` relative to the workspace root when it is inside it, for shorter messages.
-pub fn relative(path: &Path) -> &Path {
+fn relative(path: &Path) -> &Path {
     path.strip_prefix(root()).unwrap_or(path)
 }

@@ -55,8 +55,10 @@ pub struct Instrumenter {
     programs: KernelPrograms,
     integrations: Vec<Box<dyn Integration>>,
     routes: Vec<Option<Route>>,
-    /// (device, inode, integration index) already instrumented.
-    attached: HashSet<(String, u64, usize)>,
+    /// (device, inode, integration index) already looked at, attached or not.
+    examined: HashSet<(String, u64, usize)>,
+    /// Integrations attached to at least one object.
+    attached_integrations: HashSet<usize>,
     watching_linker: bool,
     /// Library-load notifications handled (each one a rescan of the maps).
     pub library_events: u64,
@@ -64,7 +66,15 @@ pub struct Instrumenter {
 
 impl Instrumenter {
     pub fn new(programs: KernelPrograms, integrations: Vec<Box<dyn Integration>>) -> Self {
-        Self { programs, integrations, routes: Vec::new(), attached: HashSet::new(), watching_linker: false, library_events: 0 }
+        Self {
+            programs,
+            integrations,
+            routes: Vec::new(),
+            examined: HashSet::new(),
+            attached_integrations: HashSet::new(),
+            watching_linker: false,
+            library_events: 0,
+        }
     }
 
     pub fn programs(&self) -> &KernelPrograms {
@@ -85,7 +95,7 @@ impl Instrumenter {
             tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
         }
         for (index, integration) in self.integrations.iter().enumerate() {
-            if !self.attached.iter().any(|(_, _, i)| *i == index)
+            if !self.attached_integrations.contains(&index)
                 && !outcomes.iter().any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
             {
                 outcomes.push(AttachOutcome::Waiting { integration: integration.name(), library: integration.library().display() });
@@ -126,7 +136,7 @@ impl Instrumenter {
         for object in objects {
             for index in 0..self.integrations.len() {
                 let key = (object.dev.clone(), object.inode, index);
-                if self.attached.contains(&key) {
+                if self.examined.contains(&key) {
                     continue;
                 }
                 let library = self.integrations[index].library();
@@ -139,7 +149,7 @@ impl Instrumenter {
                 let symbols = match ElfSymbols::load(&host_path) {
                     Ok(symbols) => symbols,
                     Err(error) => {
-                        self.attached.insert(key);
+                        self.examined.insert(key);
                         if by_name {
                             outcomes.push(self.failed(index, &object.path, error.to_string()));
                         }
@@ -148,16 +158,19 @@ impl Instrumenter {
                 };
                 // A statically linked copy of the library counts only if its marker is there.
                 if !by_name && !library.marker_symbol().is_some_and(|m| symbols.has_function(m)) {
-                    self.attached.insert(key);
+                    self.examined.insert(key);
                     continue;
                 }
-                self.attached.insert(key);
+                self.examined.insert(key);
                 outcomes.push(match self.attach_integration(index, &symbols, &host_path, process.pid) {
-                    Ok(probes) => AttachOutcome::Attached {
+                    Ok(probes) => {
+                        self.attached_integrations.insert(index);
+                        AttachOutcome::Attached {
                         integration: self.integrations[index].name(),
                         probes,
                         path: object.path.clone(),
-                    },
+                        }
+                    }
                     Err(reason) => self.failed(index, &object.path, reason),
                 });
             }

@@ -1,0 +1,108 @@
+//! The real `ddtrace-agent` binary, run against a target.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::workspace_root;
+
+/// The release binary built by `cargo xtask test`.
+pub fn agent_binary() -> PathBuf {
+    let path = workspace_root().join("target/release/ddtrace-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo xtask build-ebpf && cargo build --release -p ddtrace-agent` (or run `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
+
+/// A running daemon; its stderr is collected line by line.
+pub struct AgentProcess {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Starts `ddtrace-agent` with `args` (stdout discarded unless the console exporter is asked).
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(agent_binary())
+            .args(args)
+            .env("RUST_LOG", "warn,ddtrace_agent=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ddtrace-agent starts");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Self { child, stderr }
+    }
+
+    /// Attaches to `pid`, sending traces to `agent_url`, with a fixed service name.
+    pub fn attach(pid: u32, agent_url: &str, extra: &[&str]) -> Self {
+        let pid = pid.to_string();
+        let mut args = vec!["--pid", &pid, "--agent-url", agent_url, "--service", "e2e-sqlite"];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a stderr line contains `needle`; panics with the stderr seen otherwise.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().iter().any(|line| line.contains(needle)) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("ddtrace-agent exited ({status}) before printing {needle:?}:\n{}", self.stderr_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("ddtrace-agent did not print {needle:?} within {timeout:?}:\n{}", self.stderr_text());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the daemon to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the stderr thread catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ddtrace-agent still running after {timeout:?}:\n{}", self.stderr_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

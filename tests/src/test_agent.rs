@@ -1,0 +1,114 @@
+//! Datadog's own test agent (`ddapm-test-agent` from PyPI), started per test on free ports,
+//! with payload checks on and error responses on.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::http::{free_port, get};
+
+/// The checks every test runs with.
+pub const ENABLED_CHECKS: &str = "trace_count_header,meta_tracer_version_header,trace_content_length";
+
+/// A running `ddapm-test-agent`, killed on drop.
+pub struct TestAgent {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl TestAgent {
+    /// Starts it and waits until it answers. Panics with a clear message when it cannot run.
+    pub fn start() -> TestAgent {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("ddapm-test-agent-{port}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ddapm-test-agent")
+            .args(["--port", &port.to_string()])
+            // Its OTLP listeners default to fixed ports: keep parallel tests apart.
+            .args(["--otlp-http-port", &free_port().to_string(), "--otlp-grpc-port", &free_port().to_string()])
+            .env("ENABLED_CHECKS", ENABLED_CHECKS)
+            // Keep failures for /test/trace_check/failures; a failing payload also gets an error
+            // response, so the daemon sees it.
+            .env("DD_POOL_TRACE_CHECK_FAILURES", "true")
+            .env("DD_DISABLE_ERROR_RESPONSES", "false")
+            // Otherwise the test agent forwards to a real agent.
+            .env_remove("DD_TRACE_AGENT_URL")
+            .env_remove("DD_AGENT_URL")
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not start ddapm-test-agent ({e}): install it with `pip install ddapm-test-agent` (the README's test command does)")
+            });
+        let mut agent = TestAgent { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                panic!("ddapm-test-agent exited early ({status}):\n{}", agent.log_text());
+            }
+            if matches!(get(port, "/info"), Ok((200, _))) {
+                return agent;
+            }
+            assert!(Instant::now() < deadline, "ddapm-test-agent did not answer on port {port} within 30 s:\n{}", agent.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every trace received: a list of traces, each a list of spans (JSON objects).
+    pub fn traces(&self) -> Vec<Vec<serde_json::Value>> {
+        let (status, body) = get(self.port, "/test/traces").expect("GET /test/traces");
+        assert_eq!(status, 200, "GET /test/traces: {body}");
+        serde_json::from_str(&body).expect("traces are JSON")
+    }
+
+    /// Every span received, flattened.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.traces().into_iter().flatten().collect()
+    }
+
+    /// Waits until `ready` holds for the spans received, or the timeout passes; returns the spans.
+    pub fn wait_for_spans(&self, timeout: Duration, ready: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if ready(&spans) || Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Panics unless the enabled checks ran and none failed.
+    pub fn assert_checks_passed(&self) {
+        let (status, body) = get(self.port, "/test/trace_check/failures").expect("GET failures");
+        assert_eq!(status, 200, "test agent checks failed:\n{body}");
+        let (status, body) = get(self.port, "/test/trace_check/summary").expect("GET summary");
+        assert_eq!(status, 200, "{body}");
+        let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+        for check in ENABLED_CHECKS.split(',') {
+            let passed = summary[check]["Passed_Checks"].as_u64().unwrap_or(0);
+            let failed = summary[check]["Failed_Checks"].as_u64().unwrap_or(0);
+            assert!(passed > 0 && failed == 0, "check {check}: passed {passed}, failed {failed}: {summary}");
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}

@@ -1,0 +1,173 @@
+//! SQLite queries of a live, unmodified Python process, traced by the real daemon with the real
+//! eBPF programs, checked in what reached Datadog's test agent.
+
+use std::time::Duration;
+
+use ddtrace_tests::{agent_process::AgentProcess, target_app::SqliteWorker, test_agent::TestAgent, unix_now_ns};
+use serde_json::Value;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+const UNKNOWN_STATEMENT: &str = "sqlite3_step (statement prepared before ddtrace-agent attached)";
+
+/// The test agent shows a root's parent id 0 as null.
+fn parent_id(span: &Value) -> u64 {
+    span["parent_id"].as_u64().unwrap_or(0)
+}
+
+fn resource(span: &Value) -> &str {
+    span["resource"].as_str().unwrap_or("")
+}
+
+fn with_resource<'a>(spans: &'a [Value], prefix: &str) -> Vec<&'a Value> {
+    spans.iter().filter(|s| resource(s).starts_with(prefix)).collect()
+}
+
+/// What every `sqlite.query` span must look like.
+fn assert_sqlite_span_shape(span: &Value, window: (i64, i64)) {
+    assert_eq!(span["name"], "sqlite.query", "{span}");
+    assert_eq!(span["type"], "sql", "{span}");
+    assert_eq!(span["service"], "e2e-sqlite", "{span}");
+    assert_eq!(span["meta"]["db.system"], "sqlite", "{span}");
+    assert_eq!(span["meta"]["component"], "sqlite", "{span}");
+    assert_eq!(span["meta"]["span.kind"], "client", "{span}");
+    let start = span["start"].as_i64().unwrap();
+    let duration = span["duration"].as_i64().unwrap();
+    assert!(duration > 0 && duration < 1_000_000_000, "implausible duration {duration} ns: {span}");
+    assert!(start >= window.0 && start + duration <= window.1, "span outside the test's time window {window:?}: {span}");
+    assert!(!resource(span).contains("hunter2"), "secret leaked into the resource: {span}");
+}
+
+/// Parents are in the same trace; the chunk's root carries `_dd.p.tid` like Datadog tracers.
+fn assert_trace_structure(agent: &TestAgent) {
+    for trace in agent.traces() {
+        let root = trace.iter().find(|s| parent_id(s) == 0).expect("each trace has a root");
+        let tid = root["meta"]["_dd.p.tid"].as_str().expect("root has _dd.p.tid");
+        assert_eq!(tid.len(), 16, "{root}");
+        for span in &trace {
+            assert_eq!(span["trace_id"], root["trace_id"], "{span}");
+            let parent = parent_id(span);
+            assert!(parent == 0 || trace.iter().any(|s| s["span_id"].as_u64() == Some(parent)), "orphan span {span}");
+        }
+    }
+}
+
+#[test]
+fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    let window_start = unix_now_ns();
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+
+    // libsqlite3 arrives by dlopen; the daemon must instrument it within 100 ms, without a timer.
+    worker.run("import");
+    std::thread::sleep(Duration::from_millis(100));
+    worker.run("work 3");
+    worker.run("fail");
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", Duration::from_secs(1));
+    worker.exit();
+
+    // The target exited: the daemon flushes and exits cleanly by itself.
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "daemon exit {status}:\n{}", daemon.stderr_text());
+    let window = (window_start, unix_now_ns());
+    let spans = agent.spans();
+    let stderr = daemon.stderr_text();
+
+    let create = with_resource(&spans, "CREATE TABLE users");
+    let inserts = with_resource(&spans, "INSERT INTO users ( name, secret ) VALUES");
+    let selects = with_resource(&spans, "SELECT id, name FROM users WHERE name = ? AND id > ?");
+    assert_eq!(create.len(), 1, "spans: {spans:#?}\n{stderr}");
+    assert_eq!(inserts.len(), 3, "spans: {spans:#?}");
+    assert_eq!(selects.len(), 3, "spans: {spans:#?}");
+    assert_eq!(with_resource(&spans, "COMMIT").len(), 1, "spans: {spans:#?}");
+    for span in spans.iter() {
+        assert_sqlite_span_shape(span, window);
+    }
+    assert!(spans.iter().all(|s| resource(s) != UNKNOWN_STATEMENT), "every statement was prepared after attach: {spans:#?}");
+    // Obfuscated as the Datadog agent does.
+    assert_eq!(resource(selects[0]), "SELECT id, name FROM users WHERE name = ? AND id > ?");
+
+    // SQLite re-reads its schema while it runs CREATE TABLE: that query is the CREATE's child.
+    let create_id = create[0]["span_id"].as_u64().unwrap();
+    let children: Vec<&Value> = spans.iter().filter(|s| parent_id(s) == create_id).collect();
+    assert!(!children.is_empty() && children.iter().all(|c| resource(c).contains("sqlite_master")), "{spans:#?}");
+
+    // The failing statements are errors with SQLite's message.
+    let constraint = with_resource(&spans, "INSERT INTO users ( id, name )");
+    assert_eq!(constraint.len(), 1, "{spans:#?}");
+    assert_eq!(constraint[0]["error"], 1);
+    assert_eq!(constraint[0]["meta"]["error.type"], "SQLITE_CONSTRAINT");
+    let syntax = with_resource(&spans, "SELEC broken");
+    assert_eq!(syntax.len(), 1, "{spans:#?}");
+    assert_eq!(syntax[0]["error"], 1);
+    assert!(syntax[0]["meta"]["error.message"].as_str().unwrap().contains("SQL logic error"));
+    let errors = spans.iter().filter(|s| s["error"] == 1).count();
+    assert_eq!(errors, 2, "only the two failing statements are errors: {spans:#?}");
+
+    assert_trace_structure(&agent);
+    agent.assert_checks_passed();
+    assert!(stderr.contains("dropped_ring_full=0"), "{stderr}");
+    assert!(stderr.contains("target exited"), "{stderr}");
+}
+
+#[test]
+fn attach_after_import_traces_cached_statements_and_names_new_ones() {
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    // These statements are prepared now and kept in Python's statement cache.
+    worker.run("work 1");
+    let window_start = unix_now_ns();
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("work 2");
+    worker.run("fail");
+    // Everything done right before exit is flushed too.
+    worker.run("work 1");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "daemon exit {status}:\n{}", daemon.stderr_text());
+    let window = (window_start, unix_now_ns());
+
+    let spans = agent.spans();
+    for span in &spans {
+        assert_sqlite_span_shape(span, window);
+    }
+    // 3 INSERT + 3 SELECT executions of cached statements: spans, with a placeholder resource.
+    let unknown = with_resource(&spans, UNKNOWN_STATEMENT);
+    assert_eq!(unknown.len(), 6, "{spans:#?}");
+    // Statements prepared after attach are named.
+    assert_eq!(with_resource(&spans, "SELEC broken").len(), 1, "{spans:#?}");
+    assert_eq!(with_resource(&spans, "INSERT INTO users ( id, name )").len(), 1, "{spans:#?}");
+    assert_trace_structure(&agent);
+    agent.assert_checks_passed();
+}
+
+#[test]
+fn a_pid_that_does_not_exist_is_one_clear_error() {
+    // Find a pid that is not in use.
+    let pid = (400_000..500_000u32).find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()).unwrap();
+    let mut daemon = AgentProcess::start(&["--pid", &pid.to_string(), "--exporter", "console"]);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    let stderr = daemon.stderr_text();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    assert!(lines[0].contains(&format!("process {pid} does not exist")), "{stderr}");
+}
+
+#[test]
+fn a_process_without_sqlite_keeps_running_and_says_what_it_waits_for() {
+    let agent = TestAgent::start();
+    let worker = SqliteWorker::spawn(); // never imports sqlite3
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3 (not loaded yet)", ATTACH_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(daemon.is_running(), "daemon stopped:\n{}", daemon.stderr_text());
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "SIGINT is a clean stop: {status}\n{}", daemon.stderr_text());
+    assert!(daemon.stderr_text().contains("stopped by signal"), "{}", daemon.stderr_text());
+    assert!(agent.spans().is_empty());
+    worker.exit();
+}
