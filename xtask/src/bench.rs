@@ -62,8 +62,8 @@ const OURS_ATTACHED: &str = "attached 1 probes to";
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    if args.rounds == 0 || args.calls == 0 {
-        bail!("--rounds and --calls must be at least 1");
+    if args.rounds == 0 || args.calls == 0 || args.cycles == 0 {
+        bail!("--rounds, --calls and --cycles must be at least 1");
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -94,48 +94,62 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
 
     // One target process for every configuration: the same code placement, page tables and
-    // caches in all three, so the differences are the probes' alone; attaching to a process that
-    // is already running is also how the agent is used. A last unprobed pass checks that
-    // detaching restored the plain cost and that the machine did not drift meanwhile.
+    // caches throughout, so the differences are the probes' alone; attaching to a process that is
+    // already running is also how the agent is used. (b) and (c) alternate for several cycles so
+    // that the VM's slow drifts (seen: +-20% over seconds) weigh on both alike. A last unprobed
+    // pass checks that detaching restored the plain cost.
     let mut target = Target::start(&target_binary)?;
     let probe_spec = format!("{}:{SYMBOL}", target_binary.display());
-    let timed = |target: &mut Target, label: &str| -> Result<Phase> {
-        let phase = target.measure(label, args.warmup_calls, args.calls, args.rounds)?;
-        step("bench", format!("{label}: {:.1} ns/call (rounds: {})", phase.median_wall(), phase.rounds_text()));
-        Ok(phase)
+    let pid = target.pid.to_string();
+    let attach_timeout = Duration::from_secs(args.attach_timeout);
+    let measure = |target: &mut Target, label: &str| -> Result<Vec<Sample>> {
+        let samples = target.measure(args.warmup_calls, args.calls, args.rounds)?;
+        let rounds: Vec<String> = samples.iter().map(|s| format!("{:.1}", s.wall_ns)).collect();
+        step("bench", format!("{label}: wall ns/call per round: {}", rounds.join(" ")));
+        Ok(samples)
     };
 
-    let unprobed = timed(&mut target, "(a) unprobed")?;
+    let unprobed = Phase::new("(a)  unprobed", vec![measure(&mut target, "(a) unprobed")?]);
+    let mut empty = Phase::new("(b)  empty entry+exit programs", Vec::new());
+    let mut ours = Phase::new("(c)  ddtrace entry+exit programs + daemon", Vec::new());
+    let mut counters = KernelCounters::default();
+    let mut agent_cpu = Duration::ZERO;
+    for cycle in 1..=args.cycles {
+        let mut agent = Agent::start(
+            &agent_binary,
+            &["--pid", &pid, "--bench-empty-probes", &probe_spec],
+            EMPTY_ATTACHED,
+            attach_timeout,
+        )?;
+        empty.cycles.push(measure(&mut target, &format!("(b) empty programs, cycle {cycle}"))?);
+        agent.stop()?;
 
-    let attach_timeout = Duration::from_secs(args.attach_timeout);
-    let mut empty_agent = Agent::start(
-        &agent_binary,
-        &["--pid", &target.pid.to_string(), "--bench-empty-probes", &probe_spec],
-        EMPTY_ATTACHED,
-        attach_timeout,
-    )?;
-    let empty = timed(&mut target, "(b) empty entry+exit probes")?;
-    empty_agent.stop()?;
+        let mut agent = Agent::start(
+            &agent_binary,
+            &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console"],
+            OURS_ATTACHED,
+            attach_timeout,
+        )?;
+        ours.cycles.push(measure(&mut target, &format!("(c) ddtrace programs, cycle {cycle}"))?);
+        let children_cpu_before = children_cpu_time();
+        let stderr = agent.stop()?;
+        agent_cpu += children_cpu_time().saturating_sub(children_cpu_before);
+        let cycle_counters = KernelCounters::parse(&stderr).with_context(|| {
+            format!("the agent's exit line with its kernel counters is missing; its stderr:\n{}", stderr.join("\n"))
+        })?;
+        counters.events += cycle_counters.events;
+        counters.dropped_ring_full += cycle_counters.dropped_ring_full;
+    }
 
-    let mut our_agent = Agent::start(
-        &agent_binary,
-        &["--pid", &target.pid.to_string(), "--trace-function", &probe_spec, "--exporter", "console"],
-        OURS_ATTACHED,
-        attach_timeout,
-    )?;
-    let ours = timed(&mut target, "(c) ddtrace entry+exit probes")?;
-    let our_stderr = our_agent.stop()?;
-    let counters = KernelCounters::parse(&our_stderr).with_context(|| {
-        format!("the agent's exit line with its kernel counters is missing; its stderr:\n{}", our_stderr.join("\n"))
-    })?;
-
-    let unprobed_after = timed(&mut target, "(a') unprobed, after detaching")?;
+    let unprobed_after =
+        Phase::new("(a') unprobed, after detaching", vec![measure(&mut target, "(a') unprobed, after detaching")?]);
     target.exit()?;
 
     let report = Report {
         first_instruction,
         target_binary,
         rounds: args.rounds,
+        cycles: args.cycles,
         calls: args.calls,
         warmup_calls: args.warmup_calls,
         unprobed,
@@ -143,12 +157,23 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         ours,
         unprobed_after,
         counters,
+        agent_cpu,
     };
     print!("{}", report.table());
     let json_path = out_dir.join("uprobe-cost.json");
     fs::write(&json_path, report.json()).with_context(|| format!("could not write {}", json_path.display()))?;
     step("bench", format!("figures written to {}", relative(&json_path).display()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// CPU time (user + system) of this process's children that have been waited for.
+fn children_cpu_time() -> Duration {
+    // SAFETY: rusage is plain data; getrusage only writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage; RUSAGE_CHILDREN cannot fail.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 /// Compiles the C target into `out_dir/call_loop`.

@@ -356,11 +356,6 @@ fn outside_tokio<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Instant;
 
     const TRACE_ID: u128 = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210;
 
@@ -518,121 +513,12 @@ mod tests {
         );
     }
 
-    // ---- against a real Datadog test agent ----------------------------------------------------
+    // ---- against a real Datadog test agent (the harness shared with tests/) -------------------
 
-    /// A `ddapm-test-agent` child process (`pip install ddapm-test-agent`), killed on drop.
-    struct TestAgent {
-        child: Child,
-        port: u16,
-        log: PathBuf,
-    }
-
-    impl TestAgent {
-        fn start(enabled_checks: &str) -> TestAgent {
-            let port = free_port();
-            let (otlp_http, otlp_grpc) = (free_port(), free_port());
-            let log = std::env::temp_dir().join(format!("ddtrace-agent-test-agent-{port}.log"));
-            let log_file = std::fs::File::create(&log).unwrap();
-            let child = Command::new("ddapm-test-agent")
-                .arg("--port")
-                .arg(port.to_string())
-                // Its OTLP listeners default to 4317/4318: keep parallel test runs apart.
-                .arg("--otlp-http-port")
-                .arg(otlp_http.to_string())
-                .arg("--otlp-grpc-port")
-                .arg(otlp_grpc.to_string())
-                .env("ENABLED_CHECKS", enabled_checks)
-                // Keep check failures for GET /test/trace_check/failures (they also turn the
-                // trace request itself into a 400).
-                .env("DD_POOL_TRACE_CHECK_FAILURES", "true")
-                // Otherwise the test agent proxies everything to a real agent.
-                .env_remove("DD_TRACE_AGENT_URL")
-                .env_remove("DD_AGENT_URL")
-                .current_dir(std::env::temp_dir())
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().unwrap())
-                .stderr(log_file)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "could not start ddapm-test-agent ({e}); install it with \
-                         `pip install ddapm-test-agent` and make sure it is on PATH"
-                    )
-                });
-            let mut agent = TestAgent { child, port, log };
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Some(status) = agent.child.try_wait().unwrap() {
-                    panic!(
-                        "ddapm-test-agent exited early ({status}):\n{}",
-                        agent.log_text()
-                    );
-                }
-                if matches!(http_get(port, "/info"), Ok((200, _))) {
-                    return agent;
-                }
-                if Instant::now() > deadline {
-                    panic!(
-                        "ddapm-test-agent did not answer on port {port} within 30s:\n{}",
-                        agent.log_text()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-
-        fn url(&self) -> String {
-            format!("http://127.0.0.1:{}", self.port)
-        }
-
-        fn log_text(&self) -> String {
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        }
-
-        /// All traces the agent holds, as JSON: a list of traces, each a list of spans.
-        fn traces(&self) -> Vec<Vec<serde_json::Value>> {
-            let (status, body) = http_get(self.port, "/test/traces").unwrap();
-            assert_eq!(status, 200, "GET /test/traces: {body}");
-            serde_json::from_str(&body).unwrap()
-        }
-    }
-
-    impl Drop for TestAgent {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_file(&self.log);
-        }
-    }
-
-    fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    /// Minimal blocking HTTP/1.0 GET: returns (status, body).
-    fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other(format!("malformed response: {response:?}")))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-        Ok((status, body.to_owned()))
-    }
+    use ddtrace_tests::{
+        http::{free_port, get as http_get},
+        test_agent::TestAgent,
+    };
 
     fn find_span(traces: &[Vec<serde_json::Value>], span_id: u64) -> Option<&serde_json::Value> {
         traces
@@ -643,8 +529,7 @@ mod tests {
 
     #[test]
     fn spans_reach_the_datadog_test_agent() {
-        let agent =
-            TestAgent::start("trace_count_header,meta_tracer_version_header,trace_content_length");
+        let agent = TestAgent::start();
 
         // The daemon's way: send from a plain flush thread.
         let url = agent.url();
@@ -742,19 +627,6 @@ mod tests {
             assert!(header("content-length").is_some(), "{headers:?}");
         }
 
-        let (status, body) = http_get(agent.port, "/test/trace_check/failures").unwrap();
-        assert_eq!(status, 200, "test agent checks failed:\n{body}");
-        // And the checks did run (a typo in ENABLED_CHECKS would silently skip them).
-        let (status, body) = http_get(agent.port, "/test/trace_check/summary").unwrap();
-        assert_eq!(status, 200, "{body}");
-        let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
-        for check in [
-            "trace_count_header",
-            "meta_tracer_version_header",
-            "trace_content_length",
-        ] {
-            assert_eq!(summary[check]["Passed_Checks"], 2, "{check}: {summary}");
-            assert_eq!(summary[check]["Failed_Checks"], 0, "{check}: {summary}");
-        }
+        agent.assert_checks_passed();
     }
 }
