@@ -31,7 +31,6 @@ impl AgentProcess {
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(agent_binary())
             .args(args)
-            .env("RUST_LOG", "warn,ddtrace_agent=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

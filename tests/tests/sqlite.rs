@@ -51,6 +51,13 @@ fn assert_trace_structure(agent: &TestAgent) {
     }
 }
 
+/// The daemon reports how long after the dynamic linker's notice a library got its probes.
+fn attach_latency_us(stderr: &str) -> u64 {
+    let line = stderr.lines().find(|l| l.contains("sqlite: attached")).expect("attach line");
+    let (_, tail) = line.rsplit_once('(').unwrap_or_else(|| panic!("no latency in {line:?}"));
+    tail.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no latency in {line:?}"))
+}
+
 #[test]
 fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
     let agent = TestAgent::start();
@@ -65,6 +72,8 @@ fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
     worker.run("work 3");
     worker.run("fail");
     daemon.wait_for_stderr("sqlite: attached 6 probes to", Duration::from_secs(1));
+    let latency_us = attach_latency_us(&daemon.stderr_text());
+    assert!(latency_us < 100_000, "libsqlite3 instrumented {latency_us} µs after dlopen (goal: < 100 ms)");
     worker.exit();
 
     // The target exited: the daemon flushes and exits cleanly by itself.
@@ -170,4 +179,38 @@ fn a_process_without_sqlite_keeps_running_and_says_what_it_waits_for() {
     assert!(daemon.stderr_text().contains("stopped by signal"), "{}", daemon.stderr_text());
     assert!(agent.spans().is_empty());
     worker.exit();
+}
+
+#[test]
+fn an_unreachable_agent_loses_the_traces_but_not_the_target_nor_the_daemon() {
+    let closed_port = ddtrace_tests::http::free_port();
+    let mut worker = SqliteWorker::spawn();
+    worker.run("import");
+    let mut daemon = AgentProcess::attach(worker.pid(), &format!("http://127.0.0.1:{closed_port}"), &[]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("work 2");
+    // The target is not slowed down or stopped by a dead intake.
+    worker.run("work 2");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{closed_port} is unreachable")), "the user is told why:\n{stderr}");
+    assert!(stderr.contains("failed_chunks="), "{stderr}");
+}
+
+#[test]
+fn without_privileges_the_daemon_says_what_it_needs() {
+    let worker = SqliteWorker::spawn();
+    // As `nobody`, the target (root's) cannot even be inspected.
+    let output = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(ddtrace_tests::agent_process::agent_binary())
+        .args(["--pid", &worker.pid().to_string(), "--exporter", "console"])
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("permission denied") && stderr.contains("root"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one clear line:\n{stderr}");
 }

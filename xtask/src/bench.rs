@@ -31,9 +31,12 @@ use crate::{
 /// `cargo xtask bench` options.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Timed rounds per configuration; the median is reported.
+    /// Timed rounds per configuration and cycle; the median over all of them is reported.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+    /// How many times (b) and (c) are measured in alternation.
+    #[arg(long, default_value_t = 2)]
+    pub cycles: usize,
     /// Calls of the probed function per round.
     #[arg(long, default_value_t = 200_000)]
     pub calls: u64,
@@ -55,6 +58,8 @@ const SYMBOL: &str = "bench_work";
 /// Frame pointer kept so `bench_work` starts with `push %rbp`, which the kernel emulates; no CET
 /// so there is no `endbr64` in front of it. See the C file's header.
 const CFLAGS: &[&str] = &["-O1", "-fno-omit-frame-pointer", "-fcf-protection=none", "-Wall", "-Wextra"];
+/// Above this share of busy CPU before the run, the figures are flagged as noisy.
+const BUSY_WARNING: f64 = 0.10;
 /// Lines the agent prints to stderr once its probes are live.
 const EMPTY_ATTACHED: &str = "empty baseline probes attached";
 const OURS_ATTACHED: &str = "attached 1 probes to";
@@ -98,6 +103,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     // already running is also how the agent is used. (b) and (c) alternate for several cycles so
     // that the VM's slow drifts (seen: +-20% over seconds) weigh on both alike. A last unprobed
     // pass checks that detaching restored the plain cost.
+    let background = CpuLoad::sample(Duration::from_secs(1))?;
+    step("bench", format!("before the run, other work kept {:.0}% of the CPUs busy", 100.0 * background.busy));
+    if background.busy > BUSY_WARNING {
+        step("bench", "WARNING: the machine is not idle; the figures below will be noisy (re-run when it is)");
+    }
+
     let mut target = Target::start(&target_binary)?;
     let probe_spec = format!("{}:{SYMBOL}", target_binary.display());
     let pid = target.pid.to_string();
@@ -146,6 +157,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     target.exit()?;
 
     let report = Report {
+        background_busy: background.busy,
         first_instruction,
         target_binary,
         rounds: args.rounds,
@@ -164,6 +176,35 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     fs::write(&json_path, report.json()).with_context(|| format!("could not write {}", json_path.display()))?;
     step("bench", format!("figures written to {}", relative(&json_path).display()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// How busy all CPUs together were over a short window, from `/proc/stat`.
+struct CpuLoad {
+    /// Fraction of CPU time not idle (0..1).
+    busy: f64,
+}
+
+impl CpuLoad {
+    fn sample(window: Duration) -> Result<Self> {
+        let (busy_before, total_before) = Self::read()?;
+        thread::sleep(window);
+        let (busy_after, total_after) = Self::read()?;
+        let total = total_after.saturating_sub(total_before).max(1);
+        Ok(Self { busy: busy_after.saturating_sub(busy_before) as f64 / total as f64 })
+    }
+
+    /// (busy, total) clock ticks of the aggregate `cpu` line.
+    fn read() -> Result<(u64, u64)> {
+        let stat = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
+        let line = stat.lines().find(|line| line.starts_with("cpu ")).context("/proc/stat has no `cpu` line")?;
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
+        if ticks.len() < 5 {
+            bail!("unexpected /proc/stat line: {line}");
+        }
+        let total: u64 = ticks.iter().sum();
+        Ok((total - ticks[3] - ticks[4], total))
+    }
 }
 
 /// CPU time (user + system) of this process's children that have been waited for.
@@ -309,12 +350,12 @@ impl Target {
         Sample::parse(&line).with_context(|| format!("unexpected reply from the target (pid {}): {line:?}", self.pid))
     }
 
-    fn measure(&mut self, label: &str, warmup_calls: u64, calls: u64, rounds: usize) -> Result<Phase> {
+    /// Untimed warm-up calls, then `rounds` timed rounds of `calls` calls.
+    fn measure(&mut self, warmup_calls: u64, calls: u64, rounds: usize) -> Result<Vec<Sample>> {
         if warmup_calls > 0 {
             self.run_calls(warmup_calls)?;
         }
-        let samples = (0..rounds).map(|_| self.run_calls(calls)).collect::<Result<Vec<_>>>()?;
-        Ok(Phase { label: label.to_string(), samples })
+        (0..rounds).map(|_| self.run_calls(calls)).collect()
     }
 
     fn exit(mut self) -> Result<()> {
@@ -447,32 +488,35 @@ impl Sample {
     }
 }
 
-/// The rounds of one configuration.
+/// The rounds of one configuration, by cycle.
 struct Phase {
-    label: String,
-    samples: Vec<Sample>,
+    label: &'static str,
+    cycles: Vec<Vec<Sample>>,
 }
 
 impl Phase {
+    fn new(label: &'static str, cycles: Vec<Vec<Sample>>) -> Self {
+        Self { label, cycles }
+    }
+
+    fn samples(&self) -> impl Iterator<Item = &Sample> {
+        self.cycles.iter().flatten()
+    }
+
     fn median_wall(&self) -> f64 {
-        median(self.samples.iter().map(|s| s.wall_ns))
+        median(self.samples().map(|s| s.wall_ns))
     }
 
     fn median_cpu(&self) -> f64 {
-        median(self.samples.iter().map(|s| s.cpu_ns))
+        median(self.samples().map(|s| s.cpu_ns))
     }
 
-    fn rounds_text(&self) -> String {
-        self.samples.iter().map(|s| format!("{:.1}", s.wall_ns)).collect::<Vec<_>>().join(" ")
+    fn cycle_medians(&self) -> Vec<f64> {
+        self.cycles.iter().map(|cycle| median(cycle.iter().map(|s| s.wall_ns))).collect()
     }
 
-    /// (max - min) / median of the wall times: how much the rounds disagree.
-    fn spread(&self) -> f64 {
-        let (min, max) = self
-            .samples
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| (lo.min(s.wall_ns), hi.max(s.wall_ns)));
-        (max - min) / self.median_wall()
+    fn wall_range(&self) -> (f64, f64) {
+        self.samples().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| (lo.min(s.wall_ns), hi.max(s.wall_ns)))
     }
 }
 
@@ -489,6 +533,7 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// The kernel counters from the agent's exit line
 /// (`ddtrace-agent: ... kernel: events=N dropped_ring_full=M ...`).
+#[derive(Debug, Default)]
 struct KernelCounters {
     events: u64,
     dropped_ring_full: u64,
@@ -510,16 +555,22 @@ impl KernelCounters {
 }
 
 struct Report {
+    /// Share of CPU other work used just before the run.
+    background_busy: f64,
     first_instruction: String,
     target_binary: PathBuf,
     rounds: usize,
+    cycles: usize,
     calls: u64,
     warmup_calls: u64,
     unprobed: Phase,
     empty: Phase,
     ours: Phase,
     unprobed_after: Phase,
+    /// Summed over the cycles' (c) agents.
     counters: KernelCounters,
+    /// CPU time of the (c) agents over their whole lives, start-up included.
+    agent_cpu: Duration,
 }
 
 impl Report {
@@ -535,37 +586,55 @@ impl Report {
         self.ours.median_wall() / self.unprobed.median_wall()
     }
 
+    /// (c)/(b) within each cycle: how much the headline ratio moves from one cycle to the next.
+    fn cycle_ratios(&self) -> Vec<f64> {
+        self.ours.cycle_medians().iter().zip(self.empty.cycle_medians()).map(|(ours, empty)| ours / empty).collect()
+    }
+
     fn goal_met(&self) -> bool {
         self.ours_over_empty() <= GOAL_OURS_OVER_EMPTY
     }
 
-    /// One entry and one exit event per call made while (c) was attached.
+    /// Calls made while (c) was attached, over all cycles.
+    fn traced_calls(&self) -> u64 {
+        self.cycles as u64 * (self.warmup_calls + self.calls * self.rounds as u64)
+    }
+
+    /// One entry and one exit event per traced call.
     fn expected_events(&self) -> u64 {
-        2 * (self.warmup_calls + self.calls * self.rounds as u64)
+        2 * self.traced_calls()
+    }
+
+    fn agent_cpu_ns_per_call(&self) -> f64 {
+        self.agent_cpu.as_nanos() as f64 / self.traced_calls() as f64
     }
 
     fn table(&self) -> String {
         let mut out = String::new();
+        let samples = self.rounds * self.cycles;
         let _ = writeln!(
             out,
-            "\nuprobe cost per call of {SYMBOL} (first instruction `{}`), median of {} rounds x {} calls",
-            self.first_instruction, self.rounds, self.calls
+            "\nCost per call of {SYMBOL} (first instruction `{}`): median of {samples} rounds of {} calls \
+             ((b) and (c): {} cycles x {} rounds)",
+            self.first_instruction, self.calls, self.cycles, self.rounds
         );
-        let _ = writeln!(out, "  {:<40} {:>12} {:>12} {:>8}", "configuration", "wall ns", "cpu ns", "spread");
+        let _ = writeln!(out, "  {:<44} {:>12} {:>12}   {}", "configuration", "wall ns", "cpu ns", "rounds min..max (wall)");
         for phase in [&self.unprobed, &self.empty, &self.ours, &self.unprobed_after] {
+            let (min, max) = phase.wall_range();
             let _ = writeln!(
                 out,
-                "  {:<40} {:>12.1} {:>12.1} {:>7.1}%",
+                "  {:<44} {:>12.1} {:>12.1}   {min:.1}..{max:.1}",
                 phase.label,
                 phase.median_wall(),
                 phase.median_cpu(),
-                100.0 * phase.spread()
             );
         }
+        let ratios: Vec<String> = self.cycle_ratios().iter().map(|r| format!("{r:.2}")).collect();
         let _ = writeln!(
             out,
-            "  (c)/(b) = {:.3}   goal <= {GOAL_OURS_OVER_EMPTY}: {}",
+            "  (c)/(b) = {:.2}  (per cycle: {})   goal <= {GOAL_OURS_OVER_EMPTY}: {}",
             self.ours_over_empty(),
+            ratios.join(" "),
             if self.goal_met() { "met" } else { "GOAL MISSED" }
         );
         let _ = writeln!(out, "  (b)/(a) = {:.1}", self.empty_over_unprobed());
@@ -573,16 +642,33 @@ impl Report {
         let accounted = self.counters.events + self.counters.dropped_ring_full;
         let _ = writeln!(
             out,
-            "  (c) kernel events: {} submitted, {} dropped (ring full), {} expected (entry+exit per call){}",
+            "  (c) kernel events: {} submitted, {} dropped (ring full), {} expected (entry + exit per call){}",
             self.counters.events,
             self.counters.dropped_ring_full,
             self.expected_events(),
             if accounted == self.expected_events() { "" } else { "  <- MISMATCH" }
         );
+        let _ = writeln!(
+            out,
+            "  (c) agent CPU: {:.0} ns per traced call (user + system, whole agent lifetime)",
+            self.agent_cpu_ns_per_call()
+        );
+        let _ = writeln!(
+            out,
+            "  wall: the loop's CLOCK_MONOTONIC time; cpu: the target thread's CPU time. Wall above cpu is time \
+             the target lost to other tasks and interrupts (e.g. ring buffer wake-ups)."
+        );
+        if self.background_busy > BUSY_WARNING {
+            let _ = writeln!(
+                out,
+                "  NOTE: other work kept {:.0}% of the CPUs busy just before the run; these figures are noisy",
+                100.0 * self.background_busy
+            );
+        }
         if !self.goal_met() {
             let _ = writeln!(
                 out,
-                "GOAL MISSED: our programs cost {:.2}x the empty ones (goal <= {GOAL_OURS_OVER_EMPTY})",
+                "GOAL MISSED: our programs cost {:.2}x the empty ones per call (goal <= {GOAL_OURS_OVER_EMPTY})",
                 self.ours_over_empty()
             );
         }
@@ -590,15 +676,14 @@ impl Report {
     }
 
     fn json(&self) -> String {
+        let numbers = |values: &mut dyn Iterator<Item = f64>| values.map(number).collect::<Vec<_>>().join(", ");
         let phase = |phase: &Phase| {
-            let rounds: Vec<String> = phase.samples.iter().map(|s| number(s.wall_ns)).collect();
-            let cpu_rounds: Vec<String> = phase.samples.iter().map(|s| number(s.cpu_ns)).collect();
             format!(
                 "{{\"ns_per_call\": {}, \"cpu_ns_per_call\": {}, \"rounds_ns_per_call\": [{}], \"rounds_cpu_ns_per_call\": [{}]}}",
                 number(phase.median_wall()),
                 number(phase.median_cpu()),
-                rounds.join(", "),
-                cpu_rounds.join(", ")
+                numbers(&mut phase.samples().map(|s| s.wall_ns)),
+                numbers(&mut phase.samples().map(|s| s.cpu_ns)),
             )
         };
         format!(
@@ -606,33 +691,40 @@ impl Report {
   "symbol": "{SYMBOL}",
   "target": {target},
   "first_instruction": {first_instruction},
-  "rounds": {rounds},
   "calls_per_round": {calls},
+  "rounds_per_cycle": {rounds},
+  "cycles": {cycles},
   "warmup_calls": {warmup},
-  "statistic": "median",
+  "statistic": "median over all rounds",
+  "background_cpu_busy": {busy},
   "unprobed": {unprobed},
   "empty_probes": {empty},
   "ddtrace_probes": {ours},
   "unprobed_after": {after},
   "ratios": {{
     "ddtrace_over_empty": {c_b},
+    "ddtrace_over_empty_per_cycle": [{c_b_cycles}],
     "empty_over_unprobed": {b_a},
     "ddtrace_over_unprobed": {c_a}
   }},
   "goal": {{"ddtrace_over_empty_max": {goal}, "met": {met}}},
-  "ddtrace_events": {{"events": {events}, "dropped_ring_full": {dropped}, "expected": {expected}}}
+  "ddtrace_events": {{"events": {events}, "dropped_ring_full": {dropped}, "expected": {expected}}},
+  "ddtrace_agent_cpu_ns_per_call": {agent_cpu}
 }}
 "#,
             target = string(&self.target_binary.display().to_string()),
+            busy = number(self.background_busy),
             first_instruction = string(&self.first_instruction),
-            rounds = self.rounds,
             calls = self.calls,
+            rounds = self.rounds,
+            cycles = self.cycles,
             warmup = self.warmup_calls,
             unprobed = phase(&self.unprobed),
             empty = phase(&self.empty),
             ours = phase(&self.ours),
             after = phase(&self.unprobed_after),
             c_b = number(self.ours_over_empty()),
+            c_b_cycles = numbers(&mut self.cycle_ratios().into_iter()),
             b_a = number(self.empty_over_unprobed()),
             c_a = number(self.ours_over_unprobed()),
             goal = number(GOAL_OURS_OVER_EMPTY),
@@ -640,6 +732,7 @@ impl Report {
             events = self.counters.events,
             dropped = self.counters.dropped_ring_full,
             expected = self.expected_events(),
+            agent_cpu = number(self.agent_cpu_ns_per_call()),
         )
     }
 }

@@ -4,7 +4,7 @@ use std::{
 };
 
 use crate::{
-    core::ContextTree,
+    core::{ContextTree, WallClock},
     integrations::Integration,
     probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId},
     symbols::{ElfSymbols, SymbolError},
@@ -28,7 +28,13 @@ enum Route {
 /// One line of the attach report a user reads at start and when libraries arrive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachOutcome {
-    Attached { integration: &'static str, probes: usize, path: PathBuf },
+    Attached {
+        integration: &'static str,
+        probes: usize,
+        path: PathBuf,
+        /// For a library loaded after we attached: from the linker's notice to probes in place.
+        after_load: Option<std::time::Duration>,
+    },
     Waiting { integration: &'static str, library: &'static str },
     Failed { integration: &'static str, path: PathBuf, reason: String },
 }
@@ -36,8 +42,12 @@ pub enum AttachOutcome {
 impl std::fmt::Display for AttachOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Attached { integration, probes, path } => {
-                write!(f, "{integration}: attached {probes} probes to {}", path.display())
+            Self::Attached { integration, probes, path, after_load } => {
+                write!(f, "{integration}: attached {probes} probes to {}", path.display())?;
+                match after_load {
+                    Some(latency) => write!(f, " ({} µs after it was loaded)", latency.as_micros()),
+                    None => Ok(()),
+                }
             }
             Self::Waiting { integration, library } => {
                 write!(f, "{integration}: waiting for {library} (not loaded yet)")
@@ -114,10 +124,17 @@ impl Instrumenter {
             }
             Some(Route::LibraryLoaded) => {
                 self.library_events += 1;
-                match process.mapped_objects() {
-                    Ok(objects) => self.attach_new_libraries(process, &objects),
-                    Err(_) => Vec::new(), // the process is exiting
+                let Ok(objects) = process.mapped_objects() else {
+                    return Vec::new(); // the process is exiting
+                };
+                let mut outcomes = self.attach_new_libraries(process, &objects);
+                let latency = WallClock::monotonic_now_ns().saturating_sub(event.ktime_ns());
+                for outcome in &mut outcomes {
+                    if let AttachOutcome::Attached { after_load, .. } = outcome {
+                        *after_load = Some(std::time::Duration::from_nanos(latency));
+                    }
                 }
+                outcomes
             }
             None => Vec::new(),
         }
@@ -169,6 +186,7 @@ impl Instrumenter {
                         integration: self.integrations[index].name(),
                         probes,
                         path: object.path.clone(),
+                            after_load: None,
                         }
                     }
                     Err(reason) => self.failed(index, &object.path, reason),

@@ -40,6 +40,13 @@ impl ProbeEvent {
         }
     }
 
+    pub fn ktime_ns(&self) -> u64 {
+        match self {
+            Self::Entry(e) => e.ktime_ns,
+            Self::Exit(e) => e.ktime_ns,
+        }
+    }
+
     pub fn tgid(&self) -> u32 {
         match self {
             Self::Entry(e) => e.tgid,
