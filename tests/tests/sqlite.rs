@@ -121,7 +121,7 @@ fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
 }
 
 #[test]
-fn attach_after_import_traces_cached_statements_and_names_new_ones() {
+fn attach_after_import_names_cached_statements_and_new_ones() {
     let agent = TestAgent::start();
     let mut worker = SqliteWorker::spawn();
     // These statements are prepared now and kept in Python's statement cache.
@@ -130,6 +130,9 @@ fn attach_after_import_traces_cached_statements_and_names_new_ones() {
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
     daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
     worker.run("work 2");
+    // The SQL of cached statements is read from the live target when the daemon handles their
+    // first execution (within its 100 ms drain interval): a live service, not one about to exit.
+    std::thread::sleep(Duration::from_millis(500));
     worker.run("fail");
     // Everything done right before exit is flushed too.
     worker.run("work 1");
@@ -142,9 +145,12 @@ fn attach_after_import_traces_cached_statements_and_names_new_ones() {
     for span in &spans {
         assert_sqlite_span_shape(span, window);
     }
-    // 3 INSERT + 3 SELECT executions of cached statements: spans, with a placeholder resource.
-    let unknown = with_resource(&spans, UNKNOWN_STATEMENT);
-    assert_eq!(unknown.len(), 6, "{spans:#?}");
+    // 3 INSERT + 3 SELECT executions of statements prepared and cached before attach: their
+    // SQL is read back from the target, obfuscated like the rest.
+    let stderr = daemon.stderr_text();
+    assert_eq!(with_resource(&spans, "INSERT INTO users ( name, secret ) VALUES").len(), 3, "{spans:#?}\n{stderr}");
+    assert_eq!(with_resource(&spans, "SELECT id, name FROM users WHERE name = ? AND id > ?").len(), 3, "{spans:#?}");
+    assert!(with_resource(&spans, UNKNOWN_STATEMENT).is_empty(), "{spans:#?}");
     // Statements prepared after attach are named.
     assert_eq!(with_resource(&spans, "SELEC broken").len(), 1, "{spans:#?}");
     assert_eq!(with_resource(&spans, "INSERT INTO users ( id, name )").len(), 1, "{spans:#?}");

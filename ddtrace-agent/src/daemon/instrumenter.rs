@@ -216,6 +216,7 @@ impl Instrumenter {
             let id = self.programs.attach(def, host_path, location.file_offset, pid).map_err(|e| e.to_string())?;
             self.route(id, Route::Integration { integration: index, probe: *probe_index });
         }
+        self.integrations[index].on_library_attached(pid, symbols);
         Ok(locations.len())
     }
 

@@ -3,6 +3,7 @@
 //! It knows nothing of products: it only talks to `core`.
 
 mod sqlite;
+mod sqlite_layout;
 mod sqlite_text;
 mod traced_function;
 
@@ -11,6 +12,7 @@ use std::path::Path;
 use crate::{
     core::ContextTree,
     probes::{ProbeDef, ProbeEvent},
+    symbols::ElfSymbols,
 };
 
 pub use traced_function::{TracedFunction, TracedFunctionError};
@@ -72,6 +74,8 @@ pub trait Integration: Send {
     fn probes(&self) -> &'static [ProbeDef];
     /// An event of probe `probe_index` fired in a traced process.
     fn on_event(&mut self, probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree);
+    /// The integration's probes were attached to `library` for process `tgid`.
+    fn on_library_attached(&mut self, _tgid: u32, _library: &ElfSymbols) {}
     /// Process `tgid` exited: forget its state.
     fn on_process_exit(&mut self, _tgid: u32) {}
 }

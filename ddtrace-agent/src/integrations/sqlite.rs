@@ -6,10 +6,15 @@
 //! `sqlite3_step` after a prepare or a `sqlite3_reset`; later steps fetch rows of the same
 //! execution (dd-trace-py's span covers `execute`, not the fetches). A prepare that fails is an
 //! error span of its own, since no step follows it.
+//!
+//! Statements prepared before the agent attached (Python caches up to 128 per connection) are
+//! named by reading their SQL out of the target, read-only, at the `zSql` offset this build of
+//! SQLite uses (see `sqlite_layout`); when that is not possible they get a placeholder resource.
 
 use std::{collections::HashMap, sync::Arc};
 
 use super::{
+    sqlite_layout::{sql_field_offset, SCAN_BYTES},
     sqlite_text::{first_statement, result_code, SQLITE_DONE, SQLITE_OK, SQLITE_ROW},
     Integration, LibraryMatch,
 };
@@ -17,10 +22,12 @@ use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     obfuscation::obfuscate_sql,
     probes::{Capture, ProbeDef, ProbeEvent},
+    symbols::ElfSymbols,
+    target::memory,
 };
 
-/// Resource of executions whose statement was prepared before the agent attached: its SQL was
-/// never seen, and reading it out of SQLite's private structures is not safe across versions.
+/// Resource of executions whose statement was prepared before the agent attached and whose SQL
+/// could not be read back from the target.
 pub const UNKNOWN_STATEMENT_RESOURCE: &str = "sqlite3_step (statement prepared before ddtrace-agent attached)";
 
 const PREPARE_V2: usize = 0;
@@ -51,6 +58,10 @@ const STATEMENT_LIMIT: usize = 65_536;
 /// pay for obfuscation once. Bounded: cleared when full.
 const RESOURCE_CACHE_LIMIT: usize = 4096;
 
+/// The most SQL read back from the target for a statement prepared before attach; the same
+/// bound as the kernel's capture.
+const MAX_SQL_READ: usize = ddtrace_common::MAX_CAPTURE;
+
 struct Statement {
     resource: Arc<str>,
     /// No step since the prepare or the last reset: the next step starts an execution.
@@ -72,6 +83,8 @@ pub struct SqliteIntegration {
     /// tid -> steps in progress, innermost last; `None` for steps that fetch rows.
     steps: HashMap<u32, Vec<(u32, Option<ContextId>)>>,
     resources: HashMap<Box<[u8]>, Arc<str>>,
+    /// tgid -> offset of `zSql` in `sqlite3_stmt` for the library that process maps.
+    sql_offsets: HashMap<u32, u64>,
 }
 
 impl SqliteIntegration {
@@ -86,6 +99,22 @@ impl SqliteIntegration {
         }
         self.resources.insert(sql.into(), resource.clone());
         resource
+    }
+
+    /// The SQL of a statement prepared before we attached, read from the target (read-only,
+    /// bounded); the placeholder when it cannot be read.
+    fn resource_of_unknown_statement(&mut self, tgid: u32, stmt: u64) -> Arc<str> {
+        let sql = self
+            .sql_offsets
+            .get(&tgid)
+            .and_then(|offset| memory::read_u64(tgid, stmt.checked_add(*offset)?))
+            .filter(|pointer| *pointer != 0)
+            .and_then(|pointer| memory::read_c_string(tgid, pointer, MAX_SQL_READ))
+            .filter(|sql| !sql.is_empty() && std::str::from_utf8(sql).is_ok());
+        match sql {
+            Some(sql) => self.resource_for(&sql),
+            None => Arc::from(UNKNOWN_STATEMENT_RESOURCE),
+        }
     }
 
     fn query_context(resource: &str) -> ContextData {
@@ -136,7 +165,7 @@ impl SqliteIntegration {
                     }
                     Some(_) => None,
                     None => {
-                        let resource: Arc<str> = Arc::from(UNKNOWN_STATEMENT_RESOURCE);
+                        let resource = self.resource_of_unknown_statement(entry.tgid, entry.args[0]);
                         self.statements.insert(key, Statement { resource: resource.clone(), fresh: false });
                         Some(resource)
                     }
@@ -192,7 +221,20 @@ impl Integration for SqliteIntegration {
         }
     }
 
+    fn on_library_attached(&mut self, tgid: u32, library: &ElfSymbols) {
+        match library.function_code("sqlite3_sql", SCAN_BYTES).and_then(sql_field_offset) {
+            Some(offset) => {
+                self.sql_offsets.insert(tgid, offset);
+            }
+            None => tracing::info!(
+                library = %library.path().display(),
+                "statements prepared before attach will be named {UNKNOWN_STATEMENT_RESOURCE:?}: sqlite3_sql has an unknown shape"
+            ),
+        }
+    }
+
     fn on_process_exit(&mut self, tgid: u32) {
+        self.sql_offsets.remove(&tgid);
         self.statements.retain(|(owner, _), _| *owner != tgid);
         self.prepares.retain(|_, stack| stack.first().is_none_or(|p| p.tgid != tgid));
         self.steps.retain(|_, stack| stack.first().is_none_or(|(owner, _)| *owner != tgid));

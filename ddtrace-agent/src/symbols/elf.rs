@@ -101,6 +101,14 @@ impl ElfSymbols {
         Ok(ProbeLocation { file_offset: file_offset + skip, address: address + skip })
     }
 
+    /// The first `len` bytes of function `name`'s code, for integrations that read a library's
+    /// own code to learn its layout.
+    pub fn function_code(&self, name: &str, len: usize) -> Option<&[u8]> {
+        let address = *self.functions.get(name)?;
+        let start = self.file_offset(address)? as usize;
+        self.data.get(start..start + len).or_else(|| self.data.get(start..))
+    }
+
     fn file_offset(&self, address: u64) -> Option<u64> {
         self.segments
             .iter()

@@ -6,6 +6,7 @@
 mod environ;
 mod exit_watch;
 mod maps;
+pub mod memory;
 mod process;
 
 pub use environ::read_environ;
