@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
         ProgramError, UProbe,
@@ -43,7 +43,7 @@ fn is_permission_error(text: &str) -> bool {
 pub struct KernelPrograms {
     ebpf: Ebpf,
     specs: Array<MapData, ProbeSpec>,
-    tracked: BpfHashMap<MapData, u32, u32>,
+    tracked: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
@@ -69,7 +69,7 @@ impl KernelPrograms {
         }
         let specs = Array::try_from(ebpf.take_map(names::PROBE_SPECS).ok_or(ProbeError::Missing(names::PROBE_SPECS))?)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let tracked = BpfHashMap::try_from(
+        let tracked = Array::try_from(
             ebpf.take_map(names::TRACKED_PROCESSES).ok_or(ProbeError::Missing(names::TRACKED_PROCESSES))?,
         )
         .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -98,13 +98,21 @@ impl KernelPrograms {
 
     /// Starts letting events of process `tgid` through the in-kernel filter.
     pub fn track_process(&mut self, tgid: u32) -> Result<(), ProbeError> {
-        self.tracked
-            .insert(tgid, 1, 0)
-            .map_err(|e| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() })
+        self.set_tracked(tgid, true)
     }
 
     pub fn untrack_process(&mut self, tgid: u32) {
-        let _ = self.tracked.remove(&tgid);
+        let _ = self.set_tracked(tgid, false);
+    }
+
+    /// Flips bit `tgid` of the filter bitmap. Only this (single-threaded) daemon writes it.
+    fn set_tracked(&mut self, tgid: u32, tracked: bool) -> Result<(), ProbeError> {
+        let map_error = |e: aya::maps::MapError| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() };
+        let index = tgid / 64;
+        let word = self.tracked.get(&index, 0).map_err(map_error)?;
+        let bit = 1u64 << (tgid % 64);
+        let word = if tracked { word | bit } else { word & !bit };
+        self.tracked.set(index, word, 0).map_err(map_error)
     }
 
     /// Attaches `def` at `file_offset` of `path` for process `pid` only, and returns the probe id

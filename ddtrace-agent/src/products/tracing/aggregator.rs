@@ -30,8 +30,7 @@ impl TraceAggregator {
         if let Some(children) = self.pending.remove(&context.id) {
             spans.extend(children);
         }
-        // The writer is gone only at shutdown; nothing to do with the chunk then.
-        let _ = self.out.send(TraceChunk { spans });
+        self.out.send(TraceChunk { spans });
     }
 }
 

@@ -65,6 +65,7 @@ impl Product for TracingProduct {
                 sent_chunks = stats.sent_chunks,
                 sent_spans = stats.sent_spans,
                 failed_chunks = stats.failed_chunks,
+                dropped_chunks = stats.dropped_chunks,
                 "tracing: flushed at exit"
             );
         }

@@ -1,6 +1,7 @@
 use std::{
     sync::{
-        mpsc::{self, RecvTimeoutError, Sender},
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, SyncSender, TryRecvError, TrySendError},
         Arc, Mutex,
     },
     thread,
@@ -15,7 +16,13 @@ pub struct WriterStats {
     pub sent_chunks: u64,
     pub sent_spans: u64,
     pub failed_chunks: u64,
+    /// Chunks dropped because the queue to the sink was full (the sink is slower than the target).
+    pub dropped_chunks: u64,
 }
+
+/// Most chunks waiting for the sink. Past it, new chunks are dropped and counted: a slow or
+/// dead intake must not grow the daemon's memory without bound.
+pub const QUEUE_CAPACITY: usize = 65_536;
 
 enum Message {
     Chunk(TraceChunk),
@@ -25,43 +32,54 @@ enum Message {
 /// Sends finished chunks from a thread of its own, so a slow or absent agent never stalls the
 /// event pipeline. Chunks are batched and flushed every `interval`.
 pub struct TraceWriter {
-    tx: Sender<Message>,
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
     stats: Arc<Mutex<WriterStats>>,
+    thread: thread::Thread,
     done: mpsc::Receiver<()>,
 }
 
 /// The aggregator's end of the writer.
 #[derive(Clone)]
-pub struct ChunkSender(Sender<Message>);
+pub struct ChunkSender {
+    tx: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
 
 impl ChunkSender {
-    pub fn send(&self, chunk: TraceChunk) -> Result<(), ()> {
-        self.0.send(Message::Chunk(chunk)).map_err(|_| ())
+    /// Queues `chunk` without ever blocking the event pipeline; drops and counts it when full.
+    pub fn send(&self, chunk: TraceChunk) {
+        match self.tx.try_send(Message::Chunk(chunk)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
 impl TraceWriter {
     pub fn spawn(mut sink: Box<dyn TraceSink>, interval: Duration) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Message>();
+        let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_CAPACITY);
         let (done_tx, done) = mpsc::channel();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
         let thread_stats = stats.clone();
-        thread::Builder::new().name("trace-writer".into()).spawn(move || {
+        // The thread sleeps until the next flush and then drains the queue: senders never wake
+        // it, so handing a chunk over costs the event pipeline no context switch.
+        let thread = thread::Builder::new().name("trace-writer".into()).spawn(move || {
             let mut batch: Vec<TraceChunk> = Vec::new();
             let mut next_flush = Instant::now() + interval;
             loop {
-                let wait = next_flush.saturating_duration_since(Instant::now());
-                let stop = match rx.recv_timeout(wait) {
-                    Ok(Message::Chunk(chunk)) => {
-                        batch.push(chunk);
-                        false
-                    }
-                    Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => true,
-                    Err(RecvTimeoutError::Timeout) => false,
-                };
-                if stop {
-                    while let Ok(Message::Chunk(chunk)) = rx.try_recv() {
-                        batch.push(chunk);
+                thread::park_timeout(next_flush.saturating_duration_since(Instant::now()));
+                let mut stop = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(Message::Chunk(chunk)) => batch.push(chunk),
+                        Ok(Message::Shutdown) | Err(TryRecvError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
+                        Err(TryRecvError::Empty) => break,
                     }
                 }
                 if stop || Instant::now() >= next_flush {
@@ -77,20 +95,23 @@ impl TraceWriter {
                 }
             }
         })?;
-        Ok(Self { tx, stats, done })
+        Ok(Self { tx, dropped: Arc::new(AtomicU64::new(0)), stats, done, thread: thread.thread().clone() })
     }
 
     pub fn sender(&self) -> ChunkSender {
-        ChunkSender(self.tx.clone())
+        ChunkSender { tx: self.tx.clone(), dropped: self.dropped.clone() }
     }
 
     pub fn stats(&self) -> WriterStats {
-        *self.stats.lock().unwrap()
+        WriterStats { dropped_chunks: self.dropped.load(Ordering::Relaxed), ..*self.stats.lock().unwrap() }
     }
 
     /// Sends what is buffered and stops, waiting at most `deadline` for the last send.
     pub fn shutdown(self, deadline: Duration) -> WriterStats {
+        // Wake it first: with a full queue, the send below waits for it to drain.
+        self.thread.unpark();
         let _ = self.tx.send(Message::Shutdown);
+        self.thread.unpark();
         if self.done.recv_timeout(deadline).is_err() {
             tracing::warn!(?deadline, "trace writer did not finish its last flush in time; some traces may be lost");
         }
@@ -137,7 +158,7 @@ mod tests {
         let writer = TraceWriter::spawn(Box::new(Recording(sent.clone())), Duration::from_secs(3600)).unwrap();
         let sender = writer.sender();
         for _ in 0..3 {
-            sender.send(TraceChunk { spans: vec![Span::default()] }).unwrap();
+            sender.send(TraceChunk { spans: vec![Span::default()] });
         }
         let stats = writer.shutdown(Duration::from_secs(5));
         assert_eq!(*sent.lock().unwrap(), vec![3]);
