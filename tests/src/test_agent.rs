@@ -32,7 +32,9 @@ impl TestAgent {
             // Keep failures for /test/trace_check/failures; a failing payload also gets an error
             // response, so the daemon sees it.
             .env("DD_POOL_TRACE_CHECK_FAILURES", "true")
-            .env("DD_DISABLE_ERROR_RESPONSES", "false")
+            // Error responses stay on (its default). Any value here, even "false", is a
+            // truthy string to the test agent and would turn them off.
+            .env_remove("DD_DISABLE_ERROR_RESPONSES")
             // Otherwise the test agent forwards to a real agent.
             .env_remove("DD_TRACE_AGENT_URL")
             .env_remove("DD_AGENT_URL")

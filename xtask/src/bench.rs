@@ -22,8 +22,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::{
-    bootstrap::{self, BootstrapArgs},
-    build_ebpf,
     process::{self, find_in_path, step},
     workspace,
 };
@@ -84,13 +82,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     let agent_binary = match &args.agent {
         Some(agent) => agent.clone(),
-        None => {
-            let toolchain = bootstrap::ensure(&BootstrapArgs {
-                bpf_linker_root: None,
-            })?;
-            build_ebpf::build(&toolchain, true)?;
-            workspace::build_agent()?
-        }
+        None => workspace::build_everything()?,
     };
 
     let out_dir = workspace::target_dir().join("bench");

@@ -12,8 +12,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::{
-    bootstrap::{self, BootstrapArgs},
-    build_ebpf,
     process::{self, step},
     workspace,
 };
@@ -38,13 +36,7 @@ const AGENT_EXIT_GRACE: Duration = Duration::from_secs(15);
 pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let agent_binary = match &args.agent {
         Some(agent) => agent.clone(),
-        None => {
-            let toolchain = bootstrap::ensure(&BootstrapArgs {
-                bpf_linker_root: None,
-            })?;
-            build_ebpf::build(&toolchain, true)?;
-            workspace::build_agent()?
-        }
+        None => workspace::build_everything()?,
     };
 
     // The app's own deadline is a backstop in case this process dies before stopping it.

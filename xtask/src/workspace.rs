@@ -45,3 +45,10 @@ pub fn build_agent() -> Result<PathBuf> {
 fn relative(path: &Path) -> &Path {
     path.strip_prefix(root()).unwrap_or(path)
 }
+
+/// Bootstraps the toolchain, builds the eBPF object and the release agent; returns the agent.
+pub fn build_everything() -> Result<PathBuf> {
+    let toolchain = crate::bootstrap::ensure(&crate::bootstrap::BootstrapArgs { bpf_linker_root: None })?;
+    crate::build_ebpf::build(&toolchain, true)?;
+    build_agent()
+}

@@ -18,6 +18,8 @@ type Listener = Box<dyn FnMut(&CoreEvent<'_>) + Send>;
 #[derive(Default)]
 pub struct EventHub {
     listeners: HashMap<String, Vec<Listener>>,
+    /// Someone listens to a `context.<started|ended>.<name>` event.
+    operation_listeners: bool,
 }
 
 impl EventHub {
@@ -27,11 +29,8 @@ impl EventHub {
 
     /// Registers `listener` for `event` (e.g. `context.ended`, `context.started.sqlite.query`).
     pub fn on(&mut self, event: &str, listener: impl FnMut(&CoreEvent<'_>) + Send + 'static) {
+        self.operation_listeners |= ["context.started.", "context.ended."].iter().any(|base| event.starts_with(base));
         self.listeners.entry(event.to_string()).or_default().push(Box::new(listener));
-    }
-
-    pub fn has_listeners(&self, event: &str) -> bool {
-        self.listeners.get(event).is_some_and(|l| !l.is_empty())
     }
 
     /// Calls every listener of `event`, in registration order.
@@ -47,7 +46,7 @@ impl EventHub {
     /// someone listens to it, to keep allocation off the per-event path.
     pub(super) fn dispatch_context(&mut self, base: &str, payload: &CoreEvent<'_>, context: &ExecutionContext) {
         self.dispatch(base, payload);
-        if self.listeners.len() > 1 {
+        if self.operation_listeners {
             let specific = format!("{base}.{}", context.data.name);
             self.dispatch(&specific, payload);
         }
@@ -73,5 +72,29 @@ mod tests {
         hub.dispatch("a", &CoreEvent::ProcessExited(1));
         hub.dispatch("c", &CoreEvent::ProcessExited(1));
         assert_eq!(*seen.lock().unwrap(), vec!["a1", "a2"]);
+    }
+
+    #[test]
+    fn context_events_reach_generic_and_operation_listeners() {
+        use crate::core::{ContextData, ExecutionContext, SpanKind};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut hub = EventHub::new();
+        for name in ["context.ended", "context.ended.sqlite.query", "context.ended.other"] {
+            let s = seen.clone();
+            hub.on(name, move |_| s.lock().unwrap().push(name));
+        }
+        let context = ExecutionContext {
+            id: 1,
+            trace_id: 1,
+            parent_id: 0,
+            root_id: 1,
+            tgid: 1,
+            tid: 1,
+            start_unix_ns: 0,
+            end_unix_ns: 1,
+            data: ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client),
+        };
+        hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+        assert_eq!(*seen.lock().unwrap(), vec!["context.ended", "context.ended.sqlite.query"]);
     }
 }

@@ -26,10 +26,6 @@ impl ContextTree {
         Self { clock, threads: HashMap::new(), hub, abandoned: 0 }
     }
 
-    pub fn hub_mut(&mut self) -> &mut EventHub {
-        &mut self.hub
-    }
-
     /// Opens a context on thread `tid`, child of the thread's innermost open context.
     pub fn start(&mut self, tgid: u32, tid: u32, ktime_ns: u64, data: ContextData) -> ContextId {
         let start_unix_ns = self.clock.to_unix_ns(ktime_ns);

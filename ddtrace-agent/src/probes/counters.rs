@@ -22,10 +22,6 @@ impl KernelCounters {
         self.values[index as usize]
     }
 
-    /// Events lost in the kernel, for any reason.
-    pub fn dropped(&self) -> u64 {
-        self.get(counter::DROPPED_RING_FULL)
-    }
 }
 
 impl std::fmt::Display for KernelCounters {

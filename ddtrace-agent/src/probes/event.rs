@@ -47,12 +47,6 @@ impl ProbeEvent {
         }
     }
 
-    pub fn tgid(&self) -> u32 {
-        match self {
-            Self::Entry(e) => e.tgid,
-            Self::Exit(e) => e.tgid,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -69,10 +69,6 @@ impl Process {
             .unwrap_or_default()
     }
 
-    pub fn is_alive(&self) -> bool {
-        self.proc_dir.exists()
-    }
-
     fn io_error(&self, path: PathBuf, error: io::Error) -> TargetError {
         match error.kind() {
             io::ErrorKind::NotFound => TargetError::Exited { pid: self.pid },

@@ -33,10 +33,6 @@ impl TracingProduct {
         Self { tags, sink: Some(sink), writer: None }
     }
 
-    /// The writer's counters (after start).
-    pub fn stats(&self) -> Option<WriterStats> {
-        self.writer.as_ref().map(TraceWriter::stats)
-    }
 }
 
 impl Product for TracingProduct {
