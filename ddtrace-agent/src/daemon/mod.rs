@@ -15,10 +15,7 @@ use crate::{
     integrations::{self, Integration, TracedFunction},
     intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
     probes::KernelPrograms,
-    products::{
-        tracing::{TraceTags, TracingProduct},
-        Product, ProductManager,
-    },
+    products::{self, tracing::TraceTags, ProductInputs, ProductManager},
     target::{read_environ, ExitWatch, Process},
 };
 
@@ -83,8 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         tags: config.tags.value.clone(),
     };
     let sink = trace_sink(cli.exporter, &config)?;
-    let products: Vec<Box<dyn Product>> = vec![Box::new(TracingProduct::new(tags, sink))];
-    let mut manager = ProductManager::new(products);
+    let mut manager = ProductManager::new(products::registry(ProductInputs { trace_tags: tags, trace_sink: sink }));
     let started = manager.start_all(&mut hub);
     let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
 

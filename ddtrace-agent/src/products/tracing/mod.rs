@@ -33,6 +33,20 @@ impl TracingProduct {
         Self { tags, sink: Some(sink), writer: None }
     }
 
+    /// Sends what is buffered (waiting at most `EXIT_FLUSH_DEADLINE` when `join`) and closes the
+    /// writer; chunks that still arrive are dropped and counted.
+    fn flush_and_close(&mut self, join: bool, when: &'static str) {
+        if let Some(writer) = self.writer.take() {
+            let stats = writer.shutdown(if join { EXIT_FLUSH_DEADLINE } else { Duration::ZERO });
+            tracing::info!(
+                sent_chunks = stats.sent_chunks,
+                sent_spans = stats.sent_spans,
+                failed_chunks = stats.failed_chunks,
+                dropped_chunks = stats.dropped_chunks,
+                "tracing: flushed {when}"
+            );
+        }
+    }
 }
 
 impl Product for TracingProduct {
@@ -54,16 +68,24 @@ impl Product for TracingProduct {
         Ok(())
     }
 
-    fn at_exit(&mut self, join: bool) {
-        if let Some(writer) = self.writer.take() {
-            let stats = writer.shutdown(if join { EXIT_FLUSH_DEADLINE } else { Duration::ZERO });
-            tracing::info!(
-                sent_chunks = stats.sent_chunks,
-                sent_spans = stats.sent_spans,
-                failed_chunks = stats.failed_chunks,
-                dropped_chunks = stats.dropped_chunks,
-                "tracing: flushed at exit"
-            );
-        }
+    /// The daemon does not fork when the target does: the writer and the hub subscription keep
+    /// serving the child's spans as they are.
+    fn restart(&mut self, _join: bool) -> Result<(), ProductError> {
+        Ok(())
+    }
+
+    fn stop(&mut self, join: bool) -> Result<(), ProductError> {
+        self.flush_and_close(join, "on stop");
+        Ok(())
+    }
+
+    fn at_exit(&mut self, join: bool) -> Result<(), ProductError> {
+        self.flush_and_close(join, "at exit");
+        Ok(())
+    }
+
+    /// Nothing waits for the probes: spans start flowing as soon as they fire.
+    fn post_preload(&mut self) -> Result<(), ProductError> {
+        Ok(())
     }
 }
