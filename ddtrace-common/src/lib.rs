@@ -58,6 +58,12 @@ pub mod event_kind {
     pub const ENTRY: u32 = 1;
     pub const ENTRY_WITH_CAPTURE: u32 = 2;
     pub const EXIT: u32 = 3;
+    /// A tracked process forked (or made a thread: the daemon tells them apart).
+    pub const PROCESS_FORK: u32 = 4;
+    /// A tracked process exec'd a new program.
+    pub const PROCESS_EXEC: u32 = 5;
+    /// The last thread of a tracked process exited.
+    pub const PROCESS_EXIT: u32 = 6;
 }
 
 /// Common first bytes of every event.
@@ -120,6 +126,25 @@ pub mod exit_flags {
     pub const OUT_VALUE_VALID: u32 = 1 << 0;
 }
 
+/// A lifecycle event of a tracked process (`sched_process_{fork,exec,exit}` tracepoints).
+/// `header.tgid` is the tracked process; `header.probe_id` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessEvent {
+    pub header: EventHeader,
+    /// PROCESS_FORK: the new task's id (a process id, or a thread id for a new thread).
+    pub child_pid: u32,
+    pub _pad: u32,
+}
+
+/// Byte offsets of the tracepoint fields the lifecycle programs read. The layout changes
+/// between kernels (6.x turned the comm arrays into `__data_loc`), so the daemon reads each
+/// tracepoint's `format` file and sets these read-only globals at load time.
+pub mod tracepoint_globals {
+    pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+}
+
 /// Key of the map that carries an out-pointer from a probe's entry to its exit.
 ///
 /// The call frame is identified by the stack pointer at entry (it points at the return
@@ -172,6 +197,9 @@ pub mod names {
     /// Programs that do nothing: the baseline of `cargo xtask bench`.
     pub const EMPTY_ENTRY_PROGRAM: &str = "bench_empty_entry";
     pub const EMPTY_EXIT_PROGRAM: &str = "bench_empty_exit";
+    pub const FORK_PROGRAM: &str = "ddtrace_process_fork";
+    pub const EXEC_PROGRAM: &str = "ddtrace_process_exec";
+    pub const EXIT_PROCESS_PROGRAM: &str = "ddtrace_process_exit";
 }
 
 #[cfg(feature = "user")]
@@ -195,5 +223,6 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), 48);
         assert_eq!(size_of::<ProbeSpec>(), 16);
         assert_eq!(size_of::<OutPointerKey>(), 16);
+        assert_eq!(size_of::<ProcessEvent>(), 32);
     }
 }

@@ -14,15 +14,15 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::bpf_get_attach_cookie,
     },
-    macros::{map, uprobe, uretprobe},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use ddtrace_common::{
     capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent,
-    EventHeader, ExitEvent, OutPointerKey, ProbeSpec, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES,
+    EventHeader, ExitEvent, OutPointerKey, ProbeSpec, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES,
     RING_BUFFER_BYTES, TRACKED_PROCESS_WORDS, WAKEUP_THRESHOLD_BYTES,
 };
 
@@ -70,12 +70,34 @@ fn submit_flags(spec_flags: u32, record_bytes: u64) -> u64 {
     }
 }
 
+#[inline(always)]
+fn is_tracked(tgid: u32) -> bool {
+    let word = TRACKED_PROCESSES.get(tgid / 64).copied().unwrap_or(0);
+    word & (1u64 << (tgid % 64)) != 0
+}
+
+/// Sets or clears bit `tgid`. Not atomic (the BPF target has no atomic `or` in Rust's core): two
+/// CPUs flipping bits of the same 64-pid word at the same instant could lose one; the daemon
+/// re-asserts the bit when it handles the fork event, so such a loss lasts milliseconds.
+#[inline(always)]
+fn flip_tracked(tgid: u32, track: bool) {
+    if let Some(word) = TRACKED_PROCESSES.get_ptr_mut(tgid / 64) {
+        let bit = 1u64 << (tgid % 64);
+        // SAFETY: points into the array map's value, which the kernel keeps alive.
+        unsafe {
+            if track {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+}
+
 /// Returns the probe's spec when the current process is tracked.
 #[inline(always)]
 fn tracked_spec<C: EbpfContext>(ctx: &C, pid_tgid: u64) -> Option<(u32, ProbeSpec)> {
-    let tgid = (pid_tgid >> 32) as u32;
-    let word = TRACKED_PROCESSES.get(tgid / 64).copied().unwrap_or(0);
-    if word & (1u64 << (tgid % 64)) == 0 {
+    if !is_tracked((pid_tgid >> 32) as u32) {
         return None;
     }
     // SAFETY: helper reads the cookie of the link that fired this program.
@@ -239,6 +261,68 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
     });
     slot.submit(submit_flags(spec.flags, size_of::<ExitEvent>() as u64));
     count(counter::EVENTS);
+    0
+}
+
+/// Tracepoint field offsets, set by the daemon from the tracepoints' `format` files.
+#[unsafe(no_mangle)]
+static FORK_CHILD_PID_OFFSET: u32 = 20;
+#[unsafe(no_mangle)]
+static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+
+#[inline(always)]
+fn emit_process_event(kind: u32, pid_tgid: u64, child_pid: u32) {
+    let Some(mut slot) = EVENTS.reserve::<ProcessEvent>(0) else {
+        count(counter::DROPPED_RING_FULL);
+        return;
+    };
+    slot.write(ProcessEvent { header: header(kind, 0, pid_tgid), child_pid, _pad: 0 });
+    // Rare and acted on at once (new processes need their state; exits end the run).
+    slot.submit(BPF_RB_FORCE_WAKEUP as u64);
+    count(counter::EVENTS);
+}
+
+/// A tracked process forked: track the child before it runs its first instruction (this
+/// tracepoint fires in the parent before the child is woken), then tell the daemon.
+#[tracepoint]
+pub fn ddtrace_process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: volatile read of a load-time constant the daemon may override.
+    let offset = unsafe { core::ptr::read_volatile(&FORK_CHILD_PID_OFFSET) } as usize;
+    // SAFETY: bounded read of the tracepoint record through the helper.
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(offset) }) else { return 0 };
+    flip_tracked(child, true);
+    emit_process_event(event_kind::PROCESS_FORK, pid_tgid, child);
+    0
+}
+
+#[tracepoint]
+pub fn ddtrace_process_exec(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_tracked((pid_tgid >> 32) as u32) {
+        emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn ddtrace_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    // SAFETY: volatile read of a load-time constant the daemon may override.
+    let offset = unsafe { core::ptr::read_volatile(&EXIT_GROUP_DEAD_OFFSET) } as usize;
+    // SAFETY: bounded read of the tracepoint record through the helper.
+    let group_dead = unsafe { ctx.read_at::<u8>(offset) }.unwrap_or(0);
+    if group_dead != 0 {
+        flip_tracked(tgid, false);
+        emit_process_event(event_kind::PROCESS_EXIT, pid_tgid, 0);
+    }
     0
 }
 

@@ -1,14 +1,15 @@
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
-    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId},
+    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProcessChange, ProcessChangeKind},
     symbols::{ElfSymbols, SymbolError},
-    target::{MappedObject, Process, TargetError},
+    target::{is_process, MappedObject, Process, TargetError},
 };
 
 /// The dynamic linker calls this (empty) function after every change to the list of loaded
@@ -59,17 +60,47 @@ impl std::fmt::Display for AttachOutcome {
     }
 }
 
-/// Attaches integrations to the libraries a process maps, now and whenever it maps more, and
-/// routes kernel events to the integration that owns the probe.
+/// What happened to the set of traced processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessOutcome {
+    /// A traced process forked a child, now traced too.
+    Forked { parent: u32, child: u32 },
+    /// A traced process exec'd a new program; its libraries were looked at again.
+    Execed { pid: u32, program: String },
+    /// A traced process exited.
+    Exited { pid: u32 },
+}
+
+impl std::fmt::Display for ProcessOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Forked { parent, child } => write!(f, "pid {parent} forked {child}: tracing it too"),
+            Self::Execed { pid, program } => write!(f, "pid {pid} exec'd {program}: instrumenting it again"),
+            Self::Exited { pid } => write!(f, "pid {pid} exited"),
+        }
+    }
+}
+
+/// A library file an integration is attached to (once for every process that maps it).
+type LibraryKey = (String, u64, usize);
+
+/// Attaches integrations to the libraries traced processes map, now and whenever they map more,
+/// follows the processes' forks, execs and exits, and routes kernel events to the integration
+/// that owns the probe.
 pub struct Instrumenter {
     programs: KernelPrograms,
     integrations: Vec<Box<dyn Integration>>,
     routes: Vec<Option<Route>>,
+    /// The traced processes.
+    processes: HashMap<u32, Process>,
     /// (device, inode, integration index) already looked at, attached or not.
-    examined: HashSet<(String, u64, usize)>,
-    /// Integrations attached to at least one object.
-    attached_integrations: HashSet<usize>,
-    watching_linker: bool,
+    examined: HashSet<LibraryKey>,
+    /// Libraries with probes, and their symbols (integrations read them per process).
+    attached: HashMap<LibraryKey, Arc<ElfSymbols>>,
+    /// (tgid, library) pairs whose integration was told about that process.
+    announced: HashSet<(u32, LibraryKey)>,
+    /// (device, inode) of dynamic linkers whose rendezvous is probed.
+    linkers: HashSet<(String, u64)>,
     /// Library-load notifications handled (each one a rescan of the maps).
     pub library_events: u64,
 }
@@ -80,9 +111,11 @@ impl Instrumenter {
             programs,
             integrations,
             routes: Vec::new(),
+            processes: HashMap::new(),
             examined: HashSet::new(),
-            attached_integrations: HashSet::new(),
-            watching_linker: false,
+            attached: HashMap::new(),
+            announced: HashSet::new(),
+            linkers: HashSet::new(),
             library_events: 0,
         }
     }
@@ -93,15 +126,16 @@ impl Instrumenter {
 
     /// Starts tracing `process`: lets it through the kernel filter, attaches every integration
     /// whose library it maps, and watches the dynamic linker for libraries loaded later.
-    pub fn instrument(&mut self, process: &Process) -> Result<Vec<AttachOutcome>, InstrumentError> {
+    pub fn instrument(&mut self, process: Process) -> Result<Vec<AttachOutcome>, InstrumentError> {
         self.programs.track_process(process.pid)?;
         let objects = process.mapped_objects()?;
-        let mut outcomes = self.attach_new_libraries(process, &objects);
-        if let Err(reason) = self.watch_linker(process, &objects) {
+        let mut outcomes = self.attach_new_libraries(&process, &objects);
+        if let Err(reason) = self.watch_linker(&process, &objects) {
             tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
         }
+        self.processes.insert(process.pid, process);
         for (index, integration) in self.integrations.iter().enumerate() {
-            if !self.attached_integrations.contains(&index)
+            if !self.attached.keys().any(|(_, _, i)| *i == index)
                 && !outcomes.iter().any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
             {
                 outcomes.push(AttachOutcome::Waiting { integration: integration.name(), library: integration.library().display() });
@@ -111,7 +145,7 @@ impl Instrumenter {
     }
 
     /// Routes one kernel event. Returns attach outcomes when the event was a library load.
-    pub fn handle(&mut self, event: &ProbeEvent, process: &Process, contexts: &mut ContextTree) -> Vec<AttachOutcome> {
+    pub fn handle(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) -> Vec<AttachOutcome> {
         tracing::trace!(?event, "kernel event");
         match self.routes.get(event.probe_id() as usize).copied().flatten() {
             Some(Route::Integration { integration, probe }) => {
@@ -120,10 +154,11 @@ impl Instrumenter {
             }
             Some(Route::LibraryLoaded) => {
                 self.library_events += 1;
+                let Some(process) = self.processes.get(&event.tgid()).cloned() else { return Vec::new() };
                 let Ok(objects) = process.mapped_objects() else {
                     return Vec::new(); // the process is exiting
                 };
-                let mut outcomes = self.attach_new_libraries(process, &objects);
+                let mut outcomes = self.attach_new_libraries(&process, &objects);
                 let latency = WallClock::monotonic_now_ns().saturating_sub(event.ktime_ns());
                 for outcome in &mut outcomes {
                     if let AttachOutcome::Attached { after_load, .. } = outcome {
@@ -136,11 +171,87 @@ impl Instrumenter {
         }
     }
 
+    /// The traced processes.
+    pub fn process_ids(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+
+    pub fn is_tracing(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
+    /// Follows a fork, exec or exit reported by the kernel.
+    pub fn handle_process_change(
+        &mut self,
+        change: &ProcessChange,
+        contexts: &mut ContextTree,
+    ) -> (Option<ProcessOutcome>, Vec<AttachOutcome>) {
+        match change.kind {
+            ProcessChangeKind::Forked { child } => match is_process(child) {
+                // The kernel tracked the new task before it ran; a thread shares its process's
+                // bit already, so its own id must not stay marked.
+                Some(false) | None => {
+                    if !self.processes.contains_key(&child) {
+                        self.programs.untrack_process(child);
+                    }
+                    (None, Vec::new())
+                }
+                Some(true) => match Process::open(child) {
+                    Ok(process) => match self.instrument(process) {
+                        Ok(outcomes) => (
+                            Some(ProcessOutcome::Forked { parent: change.tgid, child }),
+                            outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })).collect(),
+                        ),
+                        Err(_) => (None, Vec::new()),
+                    },
+                    Err(_) => {
+                        self.programs.untrack_process(child);
+                        (None, Vec::new())
+                    }
+                },
+            },
+            ProcessChangeKind::Exec => {
+                let Some(process) = self.processes.get(&change.tgid).cloned() else { return (None, Vec::new()) };
+                // A new program: nothing the integrations knew of the old image holds.
+                contexts.end_process(change.tgid, change.ktime_ns);
+                for integration in &mut self.integrations {
+                    integration.on_process_exit(change.tgid);
+                }
+                self.announced.retain(|(tgid, _)| *tgid != change.tgid);
+                let outcomes = match process.mapped_objects() {
+                    Ok(objects) => {
+                        let outcomes = self.attach_new_libraries(&process, &objects);
+                        if let Err(reason) = self.watch_linker(&process, &objects) {
+                            tracing::debug!(pid = process.pid, %reason, "no dynamic linker after exec");
+                        }
+                        outcomes
+                    }
+                    Err(_) => Vec::new(),
+                };
+                let program = std::fs::read_link(format!("/proc/{}/exe", change.tgid))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                (Some(ProcessOutcome::Execed { pid: change.tgid, program }), outcomes)
+            }
+            ProcessChangeKind::Exited => {
+                if !self.processes.contains_key(&change.tgid) {
+                    return (None, Vec::new());
+                }
+                contexts.end_process(change.tgid, change.ktime_ns);
+                self.process_exited(change.tgid);
+                (Some(ProcessOutcome::Exited { pid: change.tgid }), Vec::new())
+            }
+        }
+    }
+
+    /// Forgets process `tgid` (it exited, or the daemon stops).
     pub fn process_exited(&mut self, tgid: u32) {
         for integration in &mut self.integrations {
             integration.on_process_exit(tgid);
         }
         self.programs.untrack_process(tgid);
+        self.processes.remove(&tgid);
+        self.announced.retain(|(pid, _)| *pid != tgid);
     }
 
     fn attach_new_libraries(&mut self, process: &Process, objects: &[MappedObject]) -> Vec<AttachOutcome> {
@@ -149,6 +260,13 @@ impl Instrumenter {
         for object in objects {
             for index in 0..self.integrations.len() {
                 let key = (object.dev.clone(), object.inode, index);
+                if let Some(symbols) = self.attached.get(&key).cloned() {
+                    // Probes already in place (another process maps the same file).
+                    if self.announced.insert((process.pid, key)) {
+                        self.integrations[index].on_library_attached(process.pid, &symbols);
+                    }
+                    continue;
+                }
                 if self.examined.contains(&key) {
                     continue;
                 }
@@ -174,10 +292,11 @@ impl Instrumenter {
                     self.examined.insert(key);
                     continue;
                 }
-                self.examined.insert(key);
+                self.examined.insert(key.clone());
                 outcomes.push(match self.attach_integration(index, &symbols, &host_path, process.pid) {
                     Ok(probes) => {
-                        self.attached_integrations.insert(index);
+                        self.announced.insert((process.pid, key.clone()));
+                        self.attached.insert(key, Arc::new(symbols));
                         AttachOutcome::Attached {
                         integration: self.integrations[index].name(),
                         probes,
@@ -217,21 +336,20 @@ impl Instrumenter {
     }
 
     fn watch_linker(&mut self, process: &Process, objects: &[MappedObject]) -> Result<(), String> {
-        if self.watching_linker {
-            return Ok(());
-        }
         let linker = objects
             .iter()
             .find(|o| {
                 o.path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
             })
             .ok_or("no dynamic linker mapped (static executable)")?;
+        if !self.linkers.insert((linker.dev.clone(), linker.inode)) {
+            return Ok(()); // its rendezvous is already probed, for every process
+        }
         let host_path = process.host_path(&linker.path);
         let symbols = ElfSymbols::load(&host_path).map_err(|e| e.to_string())?;
         let location = symbols.function_entry(LINKER_RENDEZVOUS_SYMBOL).map_err(|e| e.to_string())?;
         let id = self.programs.attach(&LINKER_PROBE, &host_path, location.file_offset, process.pid).map_err(|e| e.to_string())?;
         self.route(id, Route::LibraryLoaded);
-        self.watching_linker = true;
         Ok(())
     }
 

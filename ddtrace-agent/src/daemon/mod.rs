@@ -5,7 +5,7 @@ mod instrumenter;
 
 use std::{collections::HashMap, time::Duration};
 
-pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter};
+pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter, ProcessOutcome};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -14,9 +14,9 @@ use crate::{
     core::{ContextTree, EventHub, WallClock},
     integrations::{self, Integration, TracedFunction},
     intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
-    probes::KernelPrograms,
+    probes::{KernelEvent, KernelPrograms},
     products::{self, tracing::TraceTags, ProductInputs, ProductManager},
-    target::{read_environ, ExitWatch, Process},
+    target::{descendants, read_environ, ExitWatch, Process},
 };
 
 /// Why the run ended.
@@ -97,10 +97,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         started.join(", "),
     );
 
-    let exit_watch = ExitWatch::new(process.pid)?;
+    let root = process.pid;
+    let exit_watch = ExitWatch::new(root)?;
     let mut instrumenter = Instrumenter::new(programs, integrations);
-    for outcome in instrumenter.instrument(&process)? {
+    for outcome in instrumenter.instrument(process)? {
         eprintln!("ddtrace-agent: {outcome}");
+    }
+    // Children forked before we attached (gunicorn workers...): traced like the root.
+    for child in descendants(root) {
+        let Ok(child_process) = Process::open(child) else { continue };
+        if let Ok(outcomes) = instrumenter.instrument(child_process) {
+            eprintln!("ddtrace-agent: tracing child process {child} of {root} too");
+            print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
+        }
     }
     manager.post_preload();
 
@@ -109,39 +118,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(1024);
+    let mut root_exit_seen = false;
     let reason = loop {
         tokio::select! {
             _ = reader.next_batch(&mut batch) => {
-                for event in batch.drain(..) {
-                    for outcome in instrumenter.handle(&event, &process, &mut contexts) {
-                        eprintln!("ddtrace-agent: {outcome}");
-                    }
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+            }
+            _ = exit_watch.exited(), if !root_exit_seen => {
+                root_exit_seen = true;
+                // The kernel's exit event normally comes first; this covers its loss.
+                reader.drain(&mut batch);
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+                if instrumenter.is_tracing(root) {
+                    contexts.end_process(root, WallClock::monotonic_now_ns());
+                    instrumenter.process_exited(root);
                 }
             }
-            _ = exit_watch.exited() => break StopReason::TargetExited,
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
             _ = stats_tick.tick(), if cli.stats.is_some() => {
-                eprintln!("ddtrace-agent: stats: {} open_contexts={}", instrumenter.programs().counters(), contexts.open_contexts());
+                eprintln!(
+                    "ddtrace-agent: stats: {} processes={} open_contexts={}",
+                    instrumenter.programs().counters(),
+                    instrumenter.process_ids().len(),
+                    contexts.open_contexts(),
+                );
             }
+        }
+        if instrumenter.process_ids().is_empty() {
+            break StopReason::TargetExited;
         }
     };
 
-    // Events the target produced before it went away are still in the ring buffer.
+    // Events the processes produced before they went away are still in the ring buffer.
     reader.drain(&mut batch);
-    for event in batch.drain(..) {
-        instrumenter.handle(&event, &process, &mut contexts);
+    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+    for pid in instrumenter.process_ids() {
+        contexts.end_process(pid, WallClock::monotonic_now_ns());
+        instrumenter.process_exited(pid);
     }
-    contexts.end_process(process.pid, WallClock::monotonic_now_ns());
-    instrumenter.process_exited(process.pid);
     manager.at_exit(true);
     eprintln!(
-        "ddtrace-agent: {} ({}); kernel: {}; malformed_events={} abandoned_contexts={} library_loads={}",
+        "ddtrace-agent: {} ({root}); kernel: {}; malformed_events={} abandoned_contexts={} library_loads={}",
         match reason {
             StopReason::TargetExited => "target exited",
             StopReason::Signal => "stopped by signal",
         },
-        process.pid,
         instrumenter.programs().counters(),
         reader.malformed,
         contexts.abandoned,
@@ -150,6 +172,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     // Dropping the instrumenter detaches every probe.
     drop(instrumenter);
     Ok(reason)
+}
+
+fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
+    for outcome in outcomes {
+        eprintln!("ddtrace-agent: {outcome}");
+    }
+}
+
+/// Hands a batch of kernel events to the instrumenter, in order.
+fn handle_events(
+    batch: &mut Vec<KernelEvent>,
+    instrumenter: &mut Instrumenter,
+    contexts: &mut ContextTree,
+    manager: &mut ProductManager,
+) {
+    for event in batch.drain(..) {
+        match event {
+            KernelEvent::Probe(event) => print_attach_outcomes(instrumenter.handle(&event, contexts)),
+            KernelEvent::Process(change) => {
+                let (process_outcome, attach_outcomes) = instrumenter.handle_process_change(&change, contexts);
+                if let Some(outcome) = process_outcome {
+                    eprintln!("ddtrace-agent: {outcome}");
+                    if matches!(outcome, ProcessOutcome::Forked { .. }) {
+                        // The product protocol's after-fork hook.
+                        manager.restart(false);
+                    }
+                }
+                print_attach_outcomes(attach_outcomes);
+            }
+        }
+    }
 }
 
 /// `cargo xtask bench`'s baseline: the empty programs on one function, and nothing else.

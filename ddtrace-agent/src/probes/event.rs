@@ -1,7 +1,32 @@
 use ddtrace_common::{
-    capture_flags, event_kind, exit_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent, ENTRY_ARGS,
-    MAX_CAPTURE,
+    capture_flags, event_kind, exit_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent, ProcessEvent,
+    ENTRY_ARGS, MAX_CAPTURE,
 };
+
+/// Anything the kernel programs report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelEvent {
+    /// A probe of an integration (or of the dynamic linker) fired.
+    Probe(ProbeEvent),
+    /// A tracked process forked, exec'd or exited.
+    Process(ProcessChange),
+}
+
+/// A lifecycle change of a tracked process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessChange {
+    pub tgid: u32,
+    pub ktime_ns: u64,
+    pub kind: ProcessChangeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessChangeKind {
+    /// A new task: a child process, or a thread of `tgid` (the kernel cannot tell them apart).
+    Forked { child: u32 },
+    Exec,
+    Exited,
+}
 
 /// A decoded kernel event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +65,13 @@ impl ProbeEvent {
         }
     }
 
+    pub fn tgid(&self) -> u32 {
+        match self {
+            Self::Entry(e) => e.tgid,
+            Self::Exit(e) => e.tgid,
+        }
+    }
+
     pub fn ktime_ns(&self) -> u64 {
         match self {
             Self::Entry(e) => e.ktime_ns,
@@ -69,9 +101,25 @@ fn read<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
 }
 
 /// Decodes one ring buffer record.
-pub fn decode(bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     let header: EventHeader = read(bytes, "header")?;
+    let process_change = |kind| -> Result<KernelEvent, DecodeError> {
+        let event: ProcessEvent = read(bytes, "process")?;
+        let kind = match kind {
+            event_kind::PROCESS_FORK => ProcessChangeKind::Forked { child: event.child_pid },
+            event_kind::PROCESS_EXEC => ProcessChangeKind::Exec,
+            _ => ProcessChangeKind::Exited,
+        };
+        Ok(KernelEvent::Process(ProcessChange { tgid: header.tgid, ktime_ns: header.ktime_ns, kind }))
+    };
     match header.kind {
+        event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
+        other => decode_probe(bytes, &header, other).map(KernelEvent::Probe),
+    }
+}
+
+fn decode_probe(bytes: &[u8], header: &EventHeader, kind: u32) -> Result<ProbeEvent, DecodeError> {
+    match kind {
         event_kind::ENTRY => {
             let event: EntryEvent = read(bytes, "entry")?;
             Ok(ProbeEvent::Entry(entry_data(&event, None, false)))
@@ -130,7 +178,7 @@ mod tests {
             exit_flags: exit_flags::OUT_VALUE_VALID,
             _pad: 0,
         };
-        let ProbeEvent::Exit(exit) = decode(&bytes_of(&event)).unwrap() else { panic!("not an exit") };
+        let KernelEvent::Probe(ProbeEvent::Exit(exit)) = decode(&bytes_of(&event)).unwrap() else { panic!("not an exit") };
         assert_eq!((exit.probe_id, exit.tid, exit.ret, exit.out_value), (7, 11, 101, Some(0xdead)));
     }
 
@@ -146,12 +194,23 @@ mod tests {
             capture: [0; MAX_CAPTURE],
         };
         event.capture[..9].copy_from_slice(b"SELECT 1\0");
-        let ProbeEvent::Entry(entry) = decode(&bytes_of(&event)).unwrap() else { panic!("not an entry") };
+        let KernelEvent::Probe(ProbeEvent::Entry(entry)) = decode(&bytes_of(&event)).unwrap() else { panic!("not an entry") };
         assert_eq!(entry.capture.as_deref(), Some(&b"SELECT 1"[..]));
         // A lying length never reads past the buffer.
         event.capture_len = u32::MAX;
-        let ProbeEvent::Entry(entry) = decode(&bytes_of(&event)).unwrap() else { panic!() };
+        let KernelEvent::Probe(ProbeEvent::Entry(entry)) = decode(&bytes_of(&event)).unwrap() else { panic!() };
         assert_eq!(entry.capture.unwrap().len(), MAX_CAPTURE);
+    }
+
+    #[test]
+    fn decodes_process_changes() {
+        let event = ProcessEvent {
+            header: EventHeader { kind: event_kind::PROCESS_FORK, probe_id: 0, tgid: 10, tid: 10, ktime_ns: 5 },
+            child_pid: 11,
+            _pad: 0,
+        };
+        let change = KernelEvent::Process(ProcessChange { tgid: 10, ktime_ns: 5, kind: ProcessChangeKind::Forked { child: 11 } });
+        assert_eq!(decode(&bytes_of(&event)).unwrap(), change);
     }
 
     #[test]

@@ -4,13 +4,13 @@ use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        ProgramError, UProbe,
+        ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, ProbeSpec, MAX_PROBES};
+use ddtrace_common::{names, tracepoint_globals, ProbeSpec, MAX_PROBES};
 
-use super::{counters::KernelCounters, reader::EventReader, spec::ProbeDef};
+use super::{counters::KernelCounters, reader::EventReader, spec::ProbeDef, tracefs};
 
 /// Index of a probe's spec in the kernel, passed to the programs as the attach cookie.
 pub type ProbeId = u32;
@@ -56,8 +56,14 @@ impl KernelPrograms {
     /// unless asked for.
     pub fn load(kernel_log_level: u8) -> Result<Self, ProbeError> {
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &kernel_log_level, false)
+        let offsets = lifecycle_field_offsets();
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
+        if let Ok((child_pid, group_dead)) = &offsets {
+            loader.override_global(tracepoint_globals::FORK_CHILD_PID_OFFSET, child_pid, true);
+            loader.override_global(tracepoint_globals::EXIT_GROUP_DEAD_OFFSET, group_dead, true);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 let text = format!("{e:#}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
@@ -75,7 +81,37 @@ impl KernelPrograms {
         .map_err(|e| ProbeError::Load(e.to_string()))?;
         let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
-        Ok(Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 })
+        let mut programs = Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 };
+        match offsets {
+            Ok(_) => programs.attach_lifecycle_tracepoints()?,
+            Err(reason) => tracing::warn!(%reason, "children and exec of traced processes will not be followed"),
+        }
+        Ok(programs)
+    }
+
+    /// Fork, exec and exit of tracked processes, seen in the kernel as they happen.
+    fn attach_lifecycle_tracepoints(&mut self) -> Result<(), ProbeError> {
+        for (program, event) in [
+            (names::FORK_PROGRAM, "sched_process_fork"),
+            (names::EXEC_PROGRAM, "sched_process_exec"),
+            (names::EXIT_PROCESS_PROGRAM, "sched_process_exit"),
+        ] {
+            let tracepoint: &mut TracePoint = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(ProbeError::Missing(program))?
+                .try_into()
+                .map_err(|_| ProbeError::Missing(program))?;
+            tracepoint.load().map_err(|e| load_error(program, e))?;
+            tracepoint.attach("sched", event).map_err(|e| ProbeError::Attach {
+                program,
+                symbol: event.to_string(),
+                path: "tracefs".into(),
+                pid: 0,
+                reason: error_chain(&e),
+            })?;
+        }
+        Ok(())
     }
 
     fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
@@ -115,8 +151,13 @@ impl KernelPrograms {
         self.tracked.set(index, word, 0).map_err(map_error)
     }
 
-    /// Attaches `def` at `file_offset` of `path` for process `pid` only, and returns the probe id
-    /// its events carry.
+    /// Attaches `def` at `file_offset` of `path` and returns the probe id its events carry.
+    ///
+    /// The uprobe fires for every process that maps the file; the in-kernel bitmap keeps the
+    /// untracked ones out. Scoping the uprobe to one pid instead would miss the children of a
+    /// traced process until the daemon attached again for each, after they already ran: the
+    /// fork tracepoint marks a child tracked before its first instruction. `pid` is the process
+    /// the file was found in, for error messages.
     pub fn attach(&mut self, def: &ProbeDef, path: &Path, file_offset: u64, pid: u32) -> Result<ProbeId, ProbeError> {
         if self.next_probe_id >= MAX_PROBES {
             return Err(ProbeError::TooManyProbes);
@@ -126,7 +167,7 @@ impl KernelPrograms {
             .set(id, def.kernel_spec(), 0)
             .map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
         self.next_probe_id += 1;
-        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).expect("pid is never 0"));
+        let scope = UProbeScope::AllProcesses;
         // The entry program also saves out-pointers that the exit reads back.
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
         let programs = [(needs_entry, names::ENTRY_PROGRAM), (def.exit, names::EXIT_PROGRAM)];
@@ -165,6 +206,14 @@ impl KernelPrograms {
     pub fn counters(&self) -> KernelCounters {
         KernelCounters::read(&self.counters)
     }
+}
+
+/// Offsets of `child_pid` (fork) and `group_dead` (exit) on this kernel.
+fn lifecycle_field_offsets() -> Result<(u32, u32), String> {
+    tracefs::ensure_mounted().map_err(|e| format!("tracefs is not mounted and could not be mounted: {e}"))?;
+    let child_pid = tracefs::field_offset("sched", "sched_process_fork", "child_pid").map_err(|e| e.to_string())?;
+    let group_dead = tracefs::field_offset("sched", "sched_process_exit", "group_dead").map_err(|e| e.to_string())?;
+    Ok((child_pid, group_dead))
 }
 
 fn load_error(program: &'static str, error: ProgramError) -> ProbeError {

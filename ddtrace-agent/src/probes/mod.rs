@@ -6,9 +6,10 @@ mod event;
 mod loader;
 mod reader;
 mod spec;
+mod tracefs;
 
 pub use counters::KernelCounters;
-pub use event::{decode, DecodeError, EntryData, ExitData, ProbeEvent};
+pub use event::{decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind};
 pub use loader::{KernelPrograms, ProbeError, ProbeId};
 pub use reader::EventReader;
 pub use spec::{Capture, ProbeDef};

@@ -4,7 +4,7 @@ use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    event::{decode, ProbeEvent},
+    event::{decode, KernelEvent},
     loader::ProbeError,
 };
 
@@ -34,7 +34,7 @@ impl EventReader {
 
     /// Waits for events and appends them to `out`. Cancel-safe: nothing is lost if the future is
     /// dropped while waiting.
-    pub async fn next_batch(&mut self, out: &mut Vec<ProbeEvent>) {
+    pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) {
         tokio::select! {
             guard = self.ring.readable_mut() => {
                 if let Ok(mut guard) = guard {
@@ -47,7 +47,7 @@ impl EventReader {
     }
 
     /// Appends every event already in the ring buffer to `out`, without waiting.
-    pub fn drain(&mut self, out: &mut Vec<ProbeEvent>) {
+    pub fn drain(&mut self, out: &mut Vec<KernelEvent>) {
         let ring = self.ring.get_mut();
         while let Some(record) = ring.next() {
             match decode(&record) {

@@ -8,8 +8,10 @@ mod exit_watch;
 mod maps;
 pub mod memory;
 mod process;
+mod tree;
 
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
+pub use tree::{descendants, is_process};
