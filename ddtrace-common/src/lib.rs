@@ -84,6 +84,10 @@ pub struct EventHeader {
 pub struct EntryEvent {
     pub header: EventHeader,
     pub args: [u64; ENTRY_ARGS],
+    /// The call's frame: the stack pointer at entry (it points at the return address).
+    /// Entry and exit of one call carry the same frame, so the daemon pairs them even when
+    /// events were lost in between.
+    pub frame: u64,
 }
 
 /// A function was entered and one string argument was copied.
@@ -113,6 +117,9 @@ pub struct ExitEvent {
     pub header: EventHeader,
     /// The return value register (rax).
     pub ret: u64,
+    /// The call's frame, as at entry: the stack pointer after `ret` popped the return address,
+    /// minus 8.
+    pub frame: u64,
     /// With `READ_OUT_POINTER_AT_EXIT`: the 8 bytes the saved out-pointer points to.
     pub out_value: u64,
     /// Bits of [`exit_flags`].
@@ -218,9 +225,9 @@ mod tests {
     #[test]
     fn layout_is_stable() {
         assert_eq!(size_of::<EventHeader>(), 24);
-        assert_eq!(size_of::<EntryEvent>(), 72);
-        assert_eq!(size_of::<EntryCaptureEvent>(), 80 + MAX_CAPTURE);
-        assert_eq!(size_of::<ExitEvent>(), 48);
+        assert_eq!(size_of::<EntryEvent>(), 80);
+        assert_eq!(size_of::<EntryCaptureEvent>(), 88 + MAX_CAPTURE);
+        assert_eq!(size_of::<ExitEvent>(), 56);
         assert_eq!(size_of::<ProbeSpec>(), 16);
         assert_eq!(size_of::<OutPointerKey>(), 16);
         assert_eq!(size_of::<ProcessEvent>(), 32);

@@ -63,7 +63,9 @@ fn submit_flags(spec_flags: u32, record_bytes: u64) -> u64 {
     }
     // Includes the record just reserved (and its 8-byte ring header).
     let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if pending >= WAKEUP_THRESHOLD_BYTES && pending < WAKEUP_THRESHOLD_BYTES + record_bytes + 8 {
+    let crossing = pending >= WAKEUP_THRESHOLD_BYTES && pending < WAKEUP_THRESHOLD_BYTES + record_bytes + 8;
+    // Past twice the threshold the crossing was missed (or the reader lags): wake every time.
+    if crossing || pending >= 2 * WAKEUP_THRESHOLD_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -153,10 +155,11 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let args = entry_args(&ctx);
+    // SAFETY: regs points to the probe's saved registers.
+    let frame = unsafe { (*ctx.regs).rsp };
 
     if spec.flags & probe_flags::READ_OUT_POINTER_AT_EXIT != 0 {
-        // SAFETY: regs points to the probe's saved registers.
-        let key = OutPointerKey { pid_tgid, entry_stack_pointer: unsafe { (*ctx.regs).rsp } };
+        let key = OutPointerKey { pid_tgid, entry_stack_pointer: frame };
         let out_ptr = select_arg(&args, spec.out_arg);
         if OUT_POINTERS.insert(&key, &out_ptr, 0).is_err() {
             count(counter::OUT_POINTER_LOST);
@@ -165,26 +168,33 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
 
     if spec.flags & probe_flags::CAPTURE_STRING != 0 {
         let src = select_arg(&args, spec.capture_arg) as *const u8;
-        emit_entry_with_capture(src, probe_id, pid_tgid, args, spec.flags);
+        emit_entry_with_capture(src, probe_id, pid_tgid, args, frame, spec.flags);
     } else {
-        emit_entry(probe_id, pid_tgid, args, spec.flags);
+        emit_entry(probe_id, pid_tgid, args, frame, spec.flags);
     }
     0
 }
 
 #[inline(always)]
-fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], spec_flags: u32) {
+fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) {
     let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
         count(counter::DROPPED_RING_FULL);
         return;
     };
-    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args });
+    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args, frame });
     slot.submit(submit_flags(spec_flags, size_of::<EntryEvent>() as u64));
     count(counter::EVENTS);
 }
 
 #[inline(always)]
-fn emit_entry_with_capture(src: *const u8, probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], spec_flags: u32) {
+fn emit_entry_with_capture(
+    src: *const u8,
+    probe_id: u32,
+    pid_tgid: u64,
+    args: [u64; ENTRY_ARGS],
+    frame: u64,
+    spec_flags: u32,
+) {
     let Some(mut slot) = EVENTS.reserve::<EntryCaptureEvent>(0) else {
         count(counter::DROPPED_RING_FULL);
         return;
@@ -194,7 +204,7 @@ fn emit_entry_with_capture(src: *const u8, probe_id: u32, pid_tgid: u64, args: [
     // SAFETY: `event` points to reserved ring buffer memory of the right size; every field is
     // written before submit. The string is read with the bounded user-memory helper.
     unsafe {
-        (*event).entry = EntryEvent { header: header(event_kind::ENTRY_WITH_CAPTURE, probe_id, pid_tgid), args };
+        (*event).entry = EntryEvent { header: header(event_kind::ENTRY_WITH_CAPTURE, probe_id, pid_tgid), args, frame };
         let buffer = &mut (*event).capture;
         match bpf_probe_read_user_str_bytes(src, buffer) {
             Ok(bytes) => {
@@ -228,10 +238,11 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
     };
     let mut out_value = 0u64;
     let mut flags_out = 0u32;
+    // `ret` popped the return address the entry's stack pointer pointed at.
+    // SAFETY: regs points to the probe's saved registers.
+    let frame = unsafe { (*ctx.regs).rsp }.wrapping_sub(8);
     if spec.flags & probe_flags::READ_OUT_POINTER_AT_EXIT != 0 {
-        // `ret` popped the return address the entry's stack pointer pointed at.
-        // SAFETY: regs points to the probe's saved registers.
-        let key = OutPointerKey { pid_tgid, entry_stack_pointer: unsafe { (*ctx.regs).rsp }.wrapping_sub(8) };
+        let key = OutPointerKey { pid_tgid, entry_stack_pointer: frame };
         // SAFETY: value copied out before the remove below.
         match unsafe { OUT_POINTERS.get(&key) }.copied() {
             Some(out_ptr) => {
@@ -255,6 +266,7 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
     slot.write(ExitEvent {
         header: header(event_kind::EXIT, probe_id, pid_tgid),
         ret: ctx.ret::<u64>(),
+        frame,
         out_value,
         exit_flags: flags_out,
         _pad: 0,

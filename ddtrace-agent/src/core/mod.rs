@@ -2,12 +2,14 @@
 //! open and close [`ExecutionContext`]s on threads of the target; products listen to the
 //! [`EventHub`] (`context.started.<name>`, `context.ended.<name>`). Core knows neither side.
 
+mod call_stacks;
 mod clock;
 mod context;
 mod hub;
 mod ids;
 mod tree;
 
+pub use call_stacks::CallStacks;
 pub use clock::WallClock;
 pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
 pub use hub::{CoreEvent, EventHub};

@@ -12,10 +12,14 @@ pub type ContextId = u64;
 
 /// The per-thread trees of [`ExecutionContext`]s of the traced processes. Each thread has a stack
 /// of open contexts: a new context's parent is the innermost open one on its thread.
+///
+/// Contexts remember the call frame they were opened at. A context opened at the same or a
+/// higher frame than an open one proves that one's call returned without its exit event (lost
+/// in a full ring buffer): it is ended then, instead of swallowing every later span as a child.
 pub struct ContextTree {
     clock: WallClock,
-    /// tid -> open contexts, innermost last.
-    threads: HashMap<u32, Vec<ExecutionContext>>,
+    /// tid -> (frame, open context), innermost last.
+    threads: HashMap<u32, Vec<(u64, ExecutionContext)>>,
     hub: EventHub,
     /// Contexts ended because an enclosing one ended first (their exit event was lost).
     pub abandoned: u64,
@@ -26,14 +30,29 @@ impl ContextTree {
         Self { clock, threads: HashMap::new(), hub, abandoned: 0 }
     }
 
-    /// Opens a context on thread `tid`, child of the thread's innermost open context.
-    pub fn start(&mut self, tgid: u32, tid: u32, ktime_ns: u64, data: ContextData) -> ContextId {
+    /// Opens a context for the call at `frame` on thread `tid`, child of the thread's innermost
+    /// open context.
+    pub fn start(&mut self, tgid: u32, tid: u32, ktime_ns: u64, frame: u64, data: ContextData) -> ContextId {
+        self.end_returned_calls(tid, frame, ktime_ns);
         let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let context = self.new_context(tgid, tid, start_unix_ns, data);
         let id = context.id;
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
-        self.threads.entry(tid).or_default().push(context);
+        self.threads.entry(tid).or_default().push((frame, context));
         id
+    }
+
+    /// Ends, as abandoned, the open contexts of `tid` whose calls must have returned: those at
+    /// `frame` or above it (outer stack positions).
+    fn end_returned_calls(&mut self, tid: u32, frame: u64, ktime_ns: u64) {
+        let outermost_returned = self
+            .threads
+            .get(&tid)
+            .and_then(|stack| stack.iter().find(|(open, _)| *open <= frame).map(|(_, c)| c.id));
+        if let Some(id) = outermost_returned {
+            self.abandoned += 1;
+            self.end(tid, id, ktime_ns, |_| {});
+        }
     }
 
     /// Ends the open context `id` of thread `tid`, letting the caller fill in what it learnt at
@@ -42,8 +61,8 @@ impl ContextTree {
     pub fn end(&mut self, tid: u32, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
         let end_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let Some(stack) = self.threads.get_mut(&tid) else { return false };
-        let Some(position) = stack.iter().rposition(|c| c.id == id) else { return false };
-        let mut ended: Vec<ExecutionContext> = stack.drain(position..).collect();
+        let Some(position) = stack.iter().rposition(|(_, c)| c.id == id) else { return false };
+        let mut ended: Vec<ExecutionContext> = stack.drain(position..).map(|(_, c)| c).collect();
         if stack.is_empty() {
             self.threads.remove(&tid);
         }
@@ -78,7 +97,7 @@ impl ContextTree {
         let threads: Vec<(u32, ContextId)> = self
             .threads
             .iter()
-            .filter_map(|(tid, stack)| stack.first().filter(|c| c.tgid == tgid).map(|c| (*tid, c.id)))
+            .filter_map(|(tid, stack)| stack.first().filter(|(_, c)| c.tgid == tgid).map(|(_, c)| (*tid, c.id)))
             .collect();
         for (tid, root) in threads {
             self.end(tid, root, ktime_ns, |_| {});
@@ -93,7 +112,7 @@ impl ContextTree {
 
     fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
         let id = new_span_id();
-        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()) {
+        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c) {
             Some(parent) => (parent.trace_id, parent.id, parent.root_id),
             None => (new_trace_id(start_unix_ns), 0, id),
         };
@@ -127,8 +146,8 @@ mod tests {
     #[test]
     fn nested_contexts_share_the_trace_and_point_to_their_parent() {
         let (mut tree, ended) = tree_recording_ends();
-        let outer = tree.start(1, 10, 1_000, data("outer"));
-        let inner = tree.start(1, 10, 2_000, data("inner"));
+        let outer = tree.start(1, 10, 1_000, 0x1000, data("outer"));
+        let inner = tree.start(1, 10, 2_000, 0x0f00, data("inner"));
         assert!(tree.end(10, inner, 3_000, |d| d.resource = "done".into()));
         assert!(tree.end(10, outer, 4_000, |_| {}));
         let ended = ended.lock().unwrap();
@@ -146,8 +165,8 @@ mod tests {
     #[test]
     fn threads_have_separate_trees() {
         let (mut tree, ended) = tree_recording_ends();
-        let a = tree.start(1, 10, 1_000, data("a"));
-        let b = tree.start(1, 11, 1_500, data("b"));
+        let a = tree.start(1, 10, 1_000, 0x1000, data("a"));
+        let b = tree.start(1, 11, 1_500, 0x1000, data("b"));
         tree.end(10, a, 2_000, |_| {});
         tree.end(11, b, 2_000, |_| {});
         let ended = ended.lock().unwrap();
@@ -158,8 +177,8 @@ mod tests {
     #[test]
     fn ending_a_parent_ends_children_whose_exit_was_lost() {
         let (mut tree, ended) = tree_recording_ends();
-        let outer = tree.start(1, 10, 1_000, data("outer"));
-        tree.start(1, 10, 2_000, data("lost"));
+        let outer = tree.start(1, 10, 1_000, 0x1000, data("outer"));
+        tree.start(1, 10, 2_000, 0x0f00, data("lost"));
         tree.end(10, outer, 5_000, |_| {});
         let ended = ended.lock().unwrap();
         assert_eq!(ended.iter().map(|c| c.data.name).collect::<Vec<_>>(), vec!["lost", "outer"]);
@@ -168,10 +187,22 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_exit_does_not_make_later_calls_its_children() {
+        let (mut tree, ended) = tree_recording_ends();
+        tree.start(1, 10, 1_000, 0x1000, data("exit lost"));
+        let next = tree.start(1, 10, 2_000, 0x1000, data("next call"));
+        tree.end(10, next, 3_000, |_| {});
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 2);
+        assert!(ended.iter().all(|c| c.is_root()), "siblings, not parent and child: {ended:?}");
+        assert_eq!(tree.abandoned, 1);
+    }
+
+    #[test]
     fn process_exit_ends_its_open_contexts() {
         let (mut tree, ended) = tree_recording_ends();
-        tree.start(7, 70, 1_000, data("open"));
-        tree.start(8, 80, 1_000, data("other process"));
+        tree.start(7, 70, 1_000, 0x1000, data("open"));
+        tree.start(8, 80, 1_000, 0x1000, data("other process"));
         tree.end_process(7, 9_000);
         assert_eq!(ended.lock().unwrap().len(), 1);
         assert_eq!(tree.open_contexts(), 1);

@@ -157,20 +157,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
     }
+    let kernel_counters = instrumenter.programs().counters();
+    let library_loads = instrumenter.library_events;
+    // Detach before the flush: the processes stop paying for probes while we send.
+    drop(instrumenter);
     manager.at_exit(true);
     eprintln!(
-        "ddtrace-agent: {} ({root}); kernel: {}; malformed_events={} abandoned_contexts={} library_loads={}",
+        "ddtrace-agent: {} ({root}); kernel: {kernel_counters}; malformed_events={} abandoned_contexts={} library_loads={library_loads}",
         match reason {
             StopReason::TargetExited => "target exited",
             StopReason::Signal => "stopped by signal",
         },
-        instrumenter.programs().counters(),
         reader.malformed,
         contexts.abandoned,
-        instrumenter.library_events,
     );
-    // Dropping the instrumenter detaches every probe.
-    drop(instrumenter);
     Ok(reason)
 }
 

@@ -7,7 +7,11 @@
 //! nothing of integrations or of how spans were built.
 
 pub mod agent_exporter;
+mod blocking;
 pub mod console_exporter;
+pub mod identity;
+pub mod remote_config;
+pub mod telemetry;
 pub mod traces;
 
 /// Where finished trace chunks go. Implementations must not block the event pipeline for long;

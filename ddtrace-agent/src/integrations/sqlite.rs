@@ -19,7 +19,7 @@ use super::{
     Integration, LibraryMatch,
 };
 use crate::{
-    core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
+    core::{CallStacks, ContextData, ContextError, ContextId, ContextTree, SpanKind},
     obfuscation::obfuscate_sql,
     probes::{Capture, ProbeDef, ProbeEvent},
     symbols::ElfSymbols,
@@ -68,6 +68,13 @@ struct Statement {
     fresh: bool,
 }
 
+struct PendingStep {
+    tgid: u32,
+    statement: u64,
+    /// The execution's context; `None` for steps that fetch rows of an execution.
+    context: Option<ContextId>,
+}
+
 struct PendingPrepare {
     tgid: u32,
     ktime_ns: u64,
@@ -78,10 +85,10 @@ struct PendingPrepare {
 pub struct SqliteIntegration {
     /// (tgid, sqlite3_stmt address) -> statement.
     statements: HashMap<(u32, u64), Statement>,
-    /// tid -> prepares in progress, innermost last.
-    prepares: HashMap<u32, Vec<PendingPrepare>>,
-    /// tid -> steps in progress, innermost last; `None` for steps that fetch rows.
-    steps: HashMap<u32, Vec<(u32, Option<ContextId>)>>,
+    /// Prepares in progress, per thread and call frame.
+    prepares: CallStacks<PendingPrepare>,
+    /// Steps in progress, per thread and call frame.
+    steps: CallStacks<PendingStep>,
     resources: HashMap<Box<[u8]>, Arc<str>>,
     /// tgid -> offset of `zSql` in `sqlite3_stmt` for the library that process maps.
     sql_offsets: HashMap<u32, u64>,
@@ -125,13 +132,12 @@ impl SqliteIntegration {
 
     fn on_prepare(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) {
         match event {
-            ProbeEvent::Entry(entry) => self.prepares.entry(entry.tid).or_default().push(PendingPrepare {
-                tgid: entry.tgid,
-                ktime_ns: entry.ktime_ns,
-                sql: entry.capture.clone(),
-            }),
+            ProbeEvent::Entry(entry) => {
+                let pending = PendingPrepare { tgid: entry.tgid, ktime_ns: entry.ktime_ns, sql: entry.capture.clone() };
+                self.prepares.enter(entry.tid, entry.frame, pending);
+            }
             ProbeEvent::Exit(exit) => {
-                let Some(pending) = self.prepares.get_mut(&exit.tid).and_then(Vec::pop) else { return };
+                let Some((pending, _lost)) = self.prepares.exit(exit.tid, exit.frame) else { return };
                 let resource = match &pending.sql {
                     Some(sql) => self.resource_for(sql),
                     None => Arc::from("?"),
@@ -170,13 +176,23 @@ impl SqliteIntegration {
                         Some(resource)
                     }
                 };
-                let context = resource
-                    .map(|resource| contexts.start(entry.tgid, entry.tid, entry.ktime_ns, Self::query_context(&resource)));
-                self.steps.entry(entry.tid).or_default().push((entry.tgid, context));
+                let context = resource.map(|resource| {
+                    contexts.start(entry.tgid, entry.tid, entry.ktime_ns, entry.frame, Self::query_context(&resource))
+                });
+                // Steps whose exits were lost end with this entry (core ends their contexts).
+                self.steps.enter(entry.tid, entry.frame, PendingStep { tgid: entry.tgid, statement: key.1, context });
             }
             ProbeEvent::Exit(exit) => {
-                let Some((_, Some(context))) = self.steps.get_mut(&exit.tid).and_then(Vec::pop) else { return };
+                let Some((step, _lost)) = self.steps.exit(exit.tid, exit.frame) else { return };
                 let rc = exit.ret as i32;
+                if rc != SQLITE_ROW {
+                    // SQLite resets a statement by itself when it is stepped again after DONE or
+                    // an error: the next step starts a new execution even without sqlite3_reset.
+                    if let Some(statement) = self.statements.get_mut(&(step.tgid, step.statement)) {
+                        statement.fresh = true;
+                    }
+                }
+                let Some(context) = step.context else { return };
                 contexts.end(exit.tid, context, exit.ktime_ns, |data| {
                     if rc != SQLITE_ROW && rc != SQLITE_DONE {
                         data.error = Some(sqlite_error(rc));
@@ -236,8 +252,8 @@ impl Integration for SqliteIntegration {
     fn on_process_exit(&mut self, tgid: u32) {
         self.sql_offsets.remove(&tgid);
         self.statements.retain(|(owner, _), _| *owner != tgid);
-        self.prepares.retain(|_, stack| stack.first().is_none_or(|p| p.tgid != tgid));
-        self.steps.retain(|_, stack| stack.first().is_none_or(|(owner, _)| *owner != tgid));
+        self.prepares.forget(|p| p.tgid == tgid);
+        self.steps.forget(|step| step.tgid == tgid);
     }
 }
 
@@ -270,13 +286,14 @@ mod tests {
             tid: 2,
             ktime_ns: t,
             args: [arg0, 0, 0, 0, 0, 0],
+            frame: 0x1000,
             capture: capture.map(|s| s.as_bytes().into()),
             capture_truncated: false,
         })
     }
 
     fn exit(t: u64, ret: u64, out: Option<u64>) -> ProbeEvent {
-        ProbeEvent::Exit(ExitData { probe_id: 0, tgid: 1, tid: 2, ktime_ns: t, ret, out_value: out })
+        ProbeEvent::Exit(ExitData { probe_id: 0, tgid: 1, tid: 2, ktime_ns: t, ret, frame: 0x1000, out_value: out })
     }
 
     #[test]

@@ -2,11 +2,9 @@
 //! per call, as dd-trace-py's `DD_TRACE_METHODS` gives. Also what `cargo xtask bench` measures
 //! our probes with.
 
-use std::collections::HashMap;
-
 use super::{Integration, LibraryMatch};
 use crate::{
-    core::{ContextData, ContextId, ContextTree, SpanKind},
+    core::{CallStacks, ContextData, ContextId, ContextTree, SpanKind},
     probes::{ProbeDef, ProbeEvent},
 };
 
@@ -20,8 +18,8 @@ pub struct TracedFunction {
     file: &'static str,
     symbol: &'static str,
     probes: &'static [ProbeDef],
-    /// tid -> open calls, innermost last.
-    open: HashMap<u32, Vec<ContextId>>,
+    /// Open calls per thread and frame: (tgid, context).
+    open: CallStacks<(u32, ContextId)>,
 }
 
 impl TracedFunction {
@@ -34,7 +32,7 @@ impl TracedFunction {
         let file: &'static str = Box::leak(file.to_string().into_boxed_str());
         let symbol: &'static str = Box::leak(symbol.to_string().into_boxed_str());
         let probes: &'static [ProbeDef] = Box::leak(Box::new([ProbeDef::entry(symbol).with_exit().required()]));
-        Ok(Self { file, symbol, probes, open: HashMap::new() })
+        Ok(Self { file, symbol, probes, open: CallStacks::default() })
     }
 }
 
@@ -55,19 +53,19 @@ impl Integration for TracedFunction {
         match event {
             ProbeEvent::Entry(entry) => {
                 let data = ContextData::new("trace.annotation", "trace", "", SpanKind::Internal).with_resource(self.symbol);
-                let id = contexts.start(entry.tgid, entry.tid, entry.ktime_ns, data);
-                self.open.entry(entry.tid).or_default().push(id);
+                let id = contexts.start(entry.tgid, entry.tid, entry.ktime_ns, entry.frame, data);
+                self.open.enter(entry.tid, entry.frame, (entry.tgid, id));
             }
             ProbeEvent::Exit(exit) => {
-                if let Some(id) = self.open.get_mut(&exit.tid).and_then(Vec::pop) {
+                if let Some(((_, id), _lost)) = self.open.exit(exit.tid, exit.frame) {
                     contexts.end(exit.tid, id, exit.ktime_ns, |_| {});
                 }
             }
         }
     }
 
-    fn on_process_exit(&mut self, _tgid: u32) {
-        self.open.clear();
+    fn on_process_exit(&mut self, tgid: u32) {
+        self.open.forget(|(owner, _)| *owner == tgid);
     }
 }
 

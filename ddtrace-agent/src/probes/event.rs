@@ -42,6 +42,8 @@ pub struct EntryData {
     pub tid: u32,
     pub ktime_ns: u64,
     pub args: [u64; ENTRY_ARGS],
+    /// The call's frame (stack pointer at entry); its exit carries the same.
+    pub frame: u64,
     /// The captured string argument, when the probe captures one and it could be read.
     pub capture: Option<Box<[u8]>>,
     pub capture_truncated: bool,
@@ -54,6 +56,8 @@ pub struct ExitData {
     pub tid: u32,
     pub ktime_ns: u64,
     pub ret: u64,
+    /// The frame of the call that returned (as its entry saw it).
+    pub frame: u64,
     pub out_value: Option<u64>,
 }
 
@@ -69,6 +73,13 @@ impl ProbeEvent {
         match self {
             Self::Entry(e) => e.tgid,
             Self::Exit(e) => e.tgid,
+        }
+    }
+
+    pub fn frame(&self) -> u64 {
+        match self {
+            Self::Entry(e) => e.frame,
+            Self::Exit(e) => e.frame,
         }
     }
 
@@ -141,6 +152,7 @@ fn decode_probe(bytes: &[u8], header: &EventHeader, kind: u32) -> Result<ProbeEv
                 tid: header.tid,
                 ktime_ns: header.ktime_ns,
                 ret: event.ret,
+                frame: event.frame,
                 out_value: (event.exit_flags & exit_flags::OUT_VALUE_VALID != 0).then_some(event.out_value),
             }))
         }
@@ -155,6 +167,7 @@ fn entry_data(event: &EntryEvent, capture: Option<Box<[u8]>>, capture_truncated:
         tid: event.header.tid,
         ktime_ns: event.header.ktime_ns,
         args: event.args,
+        frame: event.frame,
         capture,
         capture_truncated,
     }
@@ -174,6 +187,7 @@ mod tests {
         let event = ExitEvent {
             header: EventHeader { kind: event_kind::EXIT, probe_id: 7, tgid: 10, tid: 11, ktime_ns: 99 },
             ret: 101,
+            frame: 0x7ff0,
             out_value: 0xdead,
             exit_flags: exit_flags::OUT_VALUE_VALID,
             _pad: 0,
@@ -188,6 +202,7 @@ mod tests {
             entry: EntryEvent {
                 header: EventHeader { kind: event_kind::ENTRY_WITH_CAPTURE, probe_id: 1, tgid: 2, tid: 3, ktime_ns: 4 },
                 args: [0; ENTRY_ARGS],
+                frame: 0x7ff0,
             },
             capture_len: 8,
             capture_flags: 0,

@@ -20,6 +20,10 @@ pub struct WriterStats {
     pub dropped_chunks: u64,
 }
 
+/// Chunks that make the writer flush before its interval: at high span rates it is woken every
+/// this many chunks, so the queue never fills while the sink keeps up.
+pub const BATCH_CHUNKS: u64 = 4096;
+
 /// Most chunks waiting for the sink. Past it, new chunks are dropped and counted: a slow or
 /// dead intake must not grow the daemon's memory without bound.
 pub const QUEUE_CAPACITY: usize = 65_536;
@@ -44,13 +48,19 @@ pub struct TraceWriter {
 pub struct ChunkSender {
     tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
+    queued: Arc<AtomicU64>,
+    writer: thread::Thread,
 }
 
 impl ChunkSender {
     /// Queues `chunk` without ever blocking the event pipeline; drops and counts it when full.
     pub fn send(&self, chunk: TraceChunk) {
         match self.tx.try_send(Message::Chunk(chunk)) {
-            Ok(()) => {}
+            Ok(()) => {
+                if self.queued.fetch_add(1, Ordering::Relaxed) % BATCH_CHUNKS == BATCH_CHUNKS - 1 {
+                    self.writer.unpark();
+                }
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -82,7 +92,7 @@ impl TraceWriter {
                         Err(TryRecvError::Empty) => break,
                     }
                 }
-                if stop || Instant::now() >= next_flush {
+                if stop || batch.len() as u64 >= BATCH_CHUNKS || Instant::now() >= next_flush {
                     flush(sink.as_mut(), &mut batch, &thread_stats);
                     next_flush = Instant::now() + interval;
                 }
@@ -99,7 +109,12 @@ impl TraceWriter {
     }
 
     pub fn sender(&self) -> ChunkSender {
-        ChunkSender { tx: self.tx.clone(), dropped: self.dropped.clone() }
+        ChunkSender {
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
+            queued: Arc::new(AtomicU64::new(0)),
+            writer: self.thread.clone(),
+        }
     }
 
     pub fn stats(&self) -> WriterStats {
