@@ -2,7 +2,7 @@
 
 Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
 `work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
-error), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
+error), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
 """
 import sys
 
@@ -52,6 +52,10 @@ for line in sys.stdin:
         work(int(command[1]))
     elif command[0] == "fail":
         fail()
+    elif command[0] == "exec":
+        print("ok exec", flush=True)
+        import os
+        os.execv(sys.executable, [sys.executable, "-u", __file__])
     elif command[0] == "exit":
         print("ok exit", flush=True)
         break

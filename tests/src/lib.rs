@@ -8,6 +8,14 @@ pub mod test_agent;
 
 use std::path::PathBuf;
 
+/// End-to-end tests take this lock so they run one at a time: each starts Python processes
+/// and a test agent, and timing goals (100 ms to instrument a library) are asserted on a
+/// machine with 2 cores.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

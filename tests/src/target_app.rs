@@ -56,6 +56,13 @@ impl SqliteWorker {
         assert_eq!(line.trim(), format!("ok {command}"), "worker answered {line:?} to {command:?}");
     }
 
+    /// Kills the worker with `signal` and reaps it.
+    pub fn kill(mut self, signal: i32) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait().unwrap();
+    }
+
     /// Asks the worker to exit and waits for it.
     pub fn exit(mut self) {
         self.run("exit");
@@ -65,6 +72,58 @@ impl SqliteWorker {
 }
 
 impl Drop for SqliteWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// gunicorn serving `tests/apps/wsgi_sqlite_app.py` with sync workers on a free port.
+pub struct Gunicorn {
+    child: Child,
+    pub port: u16,
+}
+
+impl Gunicorn {
+    pub fn start(workers: u32) -> Self {
+        let port = crate::http::free_port();
+        let child = Command::new(python_executable())
+            .args(["-m", "gunicorn", "--workers", &workers.to_string(), "--bind", &format!("127.0.0.1:{port}")])
+            .args(["--chdir", &workspace_root().join("tests/apps").display().to_string(), "wsgi_sqlite_app:app"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("gunicorn failed to start: {e} (pip install gunicorn; the README's test command does)"));
+        let server = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while crate::http::get(port, "/").is_err() {
+            assert!(std::time::Instant::now() < deadline, "gunicorn did not answer on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// One request; returns the pid of the worker that served it.
+    pub fn request(&self) -> u32 {
+        let (status, body) = crate::http::get(self.port, "/").expect("gunicorn answers");
+        assert_eq!(status, 200, "{body}");
+        body.split_whitespace().next().and_then(|pid| pid.parse().ok()).expect("the app answers its pid")
+    }
+
+    /// Stops the master (SIGTERM: it stops its workers) and waits for it.
+    pub fn stop(mut self) {
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Gunicorn {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

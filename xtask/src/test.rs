@@ -33,6 +33,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     build_ebpf::build(&toolchain, true)?;
     workspace::build_agent()?;
     let extra_path = ensure_test_agent()?;
+    ensure_target_app_modules()?;
 
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -63,6 +64,29 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         .and_then(|c| u8::try_from(c).ok())
         .filter(|&c| c != 0);
     Ok(ExitCode::from(code.unwrap_or(1)))
+}
+
+/// Python modules the end-to-end tests' target applications import.
+const TARGET_APP_MODULES: &[&str] = &["gunicorn"];
+
+/// Installs the target applications' Python modules that `python3` cannot import yet.
+fn ensure_target_app_modules() -> Result<()> {
+    for module in TARGET_APP_MODULES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if present {
+            step("test-apps", format!("python module {module}: already installed"));
+            continue;
+        }
+        step("test-apps", format!("python module {module}: missing, installing it with pip"));
+        process::run(Command::new("python3").args(["-m", "pip", "install", module]))
+            .map_err(|error| error.context(format!("installing the Python module {module} for the test apps failed")))?;
+    }
+    Ok(())
 }
 
 /// Installs the test agent if `ddapm-test-agent` is not on PATH. Returns a directory to add to

@@ -1,0 +1,127 @@
+//! Following the traced process tree: workers forked before and after the agent attached, a
+//! process that execs, and a process killed with SIGKILL.
+
+use std::{collections::HashSet, time::Duration};
+
+use ddtrace_tests::{
+    agent_process::AgentProcess,
+    target_app::{Gunicorn, SqliteWorker},
+    test_agent::TestAgent,
+};
+use serde_json::Value;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pids that served a sqlite.query span (roots carry the `process_id` metric).
+fn pids_with_spans(spans: &[Value], resource_prefix: &str) -> HashSet<u32> {
+    spans
+        .iter()
+        .filter(|s| s["resource"].as_str().unwrap_or("").starts_with(resource_prefix))
+        .filter_map(|s| s["metrics"]["process_id"].as_f64())
+        .map(|pid| pid as u32)
+        .collect()
+}
+
+/// Sends requests until `want` distinct workers answered (bounded), returning them.
+fn workers_serving(server: &Gunicorn, want: usize) -> HashSet<u32> {
+    let mut seen = HashSet::new();
+    for _ in 0..400 {
+        seen.insert(server.request());
+        if seen.len() >= want {
+            break;
+        }
+    }
+    seen
+}
+
+#[test]
+fn gunicorn_workers_forked_before_and_after_attach_are_all_traced() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = Gunicorn::start(2);
+    let mut daemon = AgentProcess::attach(server.master_pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("tracing child process", ATTACH_TIMEOUT);
+    let before = workers_serving(&server, 2);
+    assert_eq!(before.len(), 2, "both workers answered: {before:?}");
+
+    // A worker forked after the agent attached: the master replaces one it lost.
+    let replaced = *before.iter().next().unwrap();
+    // SAFETY: plain kill(2) of a gunicorn worker.
+    unsafe { libc::kill(replaced as i32, libc::SIGKILL) };
+    daemon.wait_for_stderr("forked", ATTACH_TIMEOUT);
+    let mut all = before.clone();
+    for _ in 0..400 {
+        all.insert(server.request());
+        if all.len() >= 3 {
+            break;
+        }
+    }
+    assert_eq!(all.len(), 3, "a new worker answered: {all:?}\n{}", daemon.stderr_text());
+    let after: HashSet<u32> = all.difference(&before).copied().collect();
+    // Its first requests are traced: it was tracked before its first instruction.
+    for _ in 0..20 {
+        server.request();
+    }
+
+    server.stop();
+    let status = daemon.wait_exit(Duration::from_secs(20));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("target exited"), "{stderr}");
+    let spans = agent.spans();
+    let traced = pids_with_spans(&spans, "INSERT INTO hits VALUES");
+    for pid in before.iter().chain(after.iter()) {
+        assert!(traced.contains(pid), "no spans from worker {pid}; traced {traced:?}\n{stderr}");
+    }
+    agent.assert_checks_passed();
+}
+
+#[test]
+fn a_process_that_execs_is_instrumented_again() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    worker.run("import");
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("work 1");
+    worker.run("exec");
+    daemon.wait_for_stderr("exec'd", ATTACH_TIMEOUT);
+    // The new image loads libsqlite3 again (by dlopen) and prepares its statements anew.
+    worker.run("import");
+    std::thread::sleep(Duration::from_millis(100));
+    worker.run("work 2");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    let spans = agent.spans();
+    let inserts = spans
+        .iter()
+        .filter(|s| s["resource"].as_str().unwrap_or("").starts_with("INSERT INTO users ( name, secret ) VALUES"))
+        .count();
+    assert_eq!(inserts, 3, "1 before and 2 after exec:\n{spans:#?}\n{stderr}");
+    agent.assert_checks_passed();
+}
+
+#[test]
+fn a_target_killed_with_sigkill_is_noticed_and_flushed() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    worker.run("import");
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("work 2");
+    worker.kill(libc::SIGKILL);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert!(stderr.contains("target exited"), "{stderr}");
+    let inserts = agent
+        .spans()
+        .iter()
+        .filter(|s| s["resource"].as_str().unwrap_or("").starts_with("INSERT INTO users ( name, secret ) VALUES"))
+        .count();
+    assert_eq!(inserts, 2, "{stderr}");
+}
