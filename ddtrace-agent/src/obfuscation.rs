@@ -22,9 +22,7 @@ pub fn obfuscate_sql_for_dbms(sql: &str, db_type: Option<&str>) -> String {
         // The agent leaves empty resources alone; there is nothing to hide.
         return String::new();
     }
-    let dbms = db_type
-        .and_then(|d| DbmsKind::try_from(d).ok())
-        .unwrap_or_default();
+    let dbms = db_type.and_then(|d| DbmsKind::try_from(d).ok()).unwrap_or_default();
     // The tokenizer runs on bytes copied out of another process; a panic on hostile input
     // must cost one resource, not the daemon.
     std::panic::catch_unwind(|| obfuscate_sql_resource(sql, &SqlConfig::default(), dbms))
@@ -53,10 +51,7 @@ mod tests {
 
     #[test]
     fn identifiers_and_placeholders_are_kept() {
-        assert_eq!(
-            obfuscate_sql("SELECT * FROM users WHERE id = ?"),
-            "SELECT * FROM users WHERE id = ?"
-        );
+        assert_eq!(obfuscate_sql("SELECT * FROM users WHERE id = ?"), "SELECT * FROM users WHERE id = ?");
     }
 
     #[test]
@@ -75,9 +70,6 @@ mod tests {
         let out = obfuscate_sql_for_dbms("SELECT $tag$secret$tag$ FROM t", Some("postgresql"));
         assert!(!out.contains("secret"), "{out}");
         // Unknown dialects fall back to the generic one rather than failing.
-        assert_eq!(
-            obfuscate_sql_for_dbms("SELECT 1", Some("sqlite")),
-            "SELECT ?"
-        );
+        assert_eq!(obfuscate_sql_for_dbms("SELECT 1", Some("sqlite")), "SELECT ?");
     }
 }

@@ -182,14 +182,8 @@ pub mod counter {
     /// Number of counters.
     pub const COUNT: u32 = 6;
     /// Human names, by index.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "events",
-        "dropped_ring_full",
-        "capture_truncated",
-        "capture_failed",
-        "missing_spec",
-        "out_pointer_lost",
-    ];
+    pub const NAMES: [&str; COUNT as usize] =
+        ["events", "dropped_ring_full", "capture_truncated", "capture_failed", "missing_spec", "out_pointer_lost"];
 }
 
 /// Names of maps and programs in the eBPF object, shared so neither side spells them twice.

@@ -21,9 +21,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use ddtrace_common::{
-    capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent,
-    EventHeader, ExitEvent, OutPointerKey, ProbeSpec, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES,
-    RING_BUFFER_BYTES, TRACKED_PROCESS_WORDS, WAKEUP_THRESHOLD_BYTES,
+    capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
+    OutPointerKey, ProbeSpec, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES, RING_BUFFER_BYTES,
+    TRACKED_PROCESS_WORDS, WAKEUP_THRESHOLD_BYTES,
 };
 
 #[map(name = "PROBE_SPECS")]

@@ -93,7 +93,11 @@ impl AgentProcess {
                 std::thread::sleep(Duration::from_millis(100));
                 return status;
             }
-            assert!(Instant::now() < deadline, "ddtrace-agent still running after {timeout:?}:\n{}", self.stderr_text());
+            assert!(
+                Instant::now() < deadline,
+                "ddtrace-agent still running after {timeout:?}:\n{}",
+                self.stderr_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

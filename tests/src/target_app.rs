@@ -11,10 +11,8 @@ use crate::workspace_root;
 pub fn python_executable() -> String {
     static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 runs");
+        let out =
+            Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().expect("python3 runs");
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     })
     .clone()
@@ -94,7 +92,9 @@ impl Gunicorn {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("gunicorn failed to start: {e} (pip install gunicorn; the README's test command does)"));
+            .unwrap_or_else(|e| {
+                panic!("gunicorn failed to start: {e} (pip install gunicorn; the README's test command does)")
+            });
         let server = Self { child, port };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while crate::http::get(port, "/").is_err() {

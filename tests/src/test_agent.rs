@@ -55,7 +55,11 @@ impl TestAgent {
             if matches!(get(port, "/info"), Ok((200, _))) {
                 return agent;
             }
-            assert!(Instant::now() < deadline, "ddapm-test-agent did not answer on port {port} within 30 s:\n{}", agent.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "ddapm-test-agent did not answer on port {port} within 30 s:\n{}",
+                agent.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -81,7 +85,11 @@ impl TestAgent {
     }
 
     /// Waits until `ready` holds for the spans received, or the timeout passes; returns the spans.
-    pub fn wait_for_spans(&self, timeout: Duration, ready: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub fn wait_for_spans(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let spans = self.spans();

@@ -33,7 +33,10 @@ fn assert_sqlite_span_shape(span: &Value, window: (i64, i64)) {
     let start = span["start"].as_i64().unwrap();
     let duration = span["duration"].as_i64().unwrap();
     assert!(duration > 0 && duration < 1_000_000_000, "implausible duration {duration} ns: {span}");
-    assert!(start >= window.0 && start + duration <= window.1, "span outside the test's time window {window:?}: {span}");
+    assert!(
+        start >= window.0 && start + duration <= window.1,
+        "span outside the test's time window {window:?}: {span}"
+    );
     assert!(!resource(span).contains("hunter2"), "secret leaked into the resource: {span}");
 }
 
@@ -94,7 +97,10 @@ fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
     for span in spans.iter() {
         assert_sqlite_span_shape(span, window);
     }
-    assert!(spans.iter().all(|s| resource(s) != UNKNOWN_STATEMENT), "every statement was prepared after attach: {spans:#?}");
+    assert!(
+        spans.iter().all(|s| resource(s) != UNKNOWN_STATEMENT),
+        "every statement was prepared after attach: {spans:#?}"
+    );
     // Obfuscated as the Datadog agent does.
     assert_eq!(resource(selects[0]), "SELECT id, name FROM users WHERE name = ? AND id > ?");
 

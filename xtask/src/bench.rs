@@ -55,13 +55,7 @@ const GOAL_OURS_OVER_EMPTY: f64 = 1.25;
 const SYMBOL: &str = "bench_work";
 /// Frame pointer kept so `bench_work` starts with `push %rbp`, which the kernel emulates; no CET
 /// so there is no `endbr64` in front of it. See the C file's header.
-const CFLAGS: &[&str] = &[
-    "-O1",
-    "-fno-omit-frame-pointer",
-    "-fcf-protection=none",
-    "-Wall",
-    "-Wextra",
-];
+const CFLAGS: &[&str] = &["-O1", "-fno-omit-frame-pointer", "-fcf-protection=none", "-Wall", "-Wextra"];
 /// Above this share of busy CPU before the run, the figures are flagged as noisy.
 const BUSY_WARNING: f64 = 0.10;
 /// Lines the agent prints to stderr once its probes are live.
@@ -76,9 +70,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "the benchmark loads eBPF programs: run it as root (e.g. `sudo -E cargo xtask bench`)"
-        );
+        bail!("the benchmark loads eBPF programs: run it as root (e.g. `sudo -E cargo xtask bench`)");
     }
     let agent_binary = match &args.agent {
         Some(agent) => agent.clone(),
@@ -86,14 +78,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
 
     let out_dir = workspace::target_dir().join("bench");
-    fs::create_dir_all(&out_dir)
-        .with_context(|| format!("could not create {}", out_dir.display()))?;
+    fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
     let target_binary = compile_target(&out_dir)?;
     let first_instruction = first_instruction(&target_binary, SYMBOL)?;
-    step(
-        "bench",
-        format!("{SYMBOL} starts with `{first_instruction}`"),
-    );
+    step("bench", format!("{SYMBOL} starts with `{first_instruction}`"));
     if !first_instruction.starts_with("push") {
         step(
             "bench",
@@ -105,18 +93,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
 
     let background = CpuLoad::sample(Duration::from_secs(1))?;
-    step(
-        "bench",
-        format!(
-            "before the run, other work kept {:.0}% of the CPUs busy",
-            100.0 * background.busy
-        ),
-    );
+    step("bench", format!("before the run, other work kept {:.0}% of the CPUs busy", 100.0 * background.busy));
     if background.busy > BUSY_WARNING {
-        step(
-            "bench",
-            "WARNING: the machine is not idle; the figures below will be noisy (re-run when it is)",
-        );
+        step("bench", "WARNING: the machine is not idle; the figures below will be noisy (re-run when it is)");
     }
 
     // One target process for every configuration: the same code placement, page tables and
@@ -130,14 +109,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let attach_timeout = Duration::from_secs(args.attach_timeout);
     let measure = |target: &mut Target, label: &str| -> Result<Vec<Sample>> {
         let samples = target.measure(args.warmup_calls, args.calls, args.rounds)?;
-        let rounds: Vec<String> = samples
-            .iter()
-            .map(|s| format!("{:.1}", s.wall_ns))
-            .collect();
-        step(
-            "bench",
-            format!("{label}: wall ns/call per round: {}", rounds.join(" ")),
-        );
+        let rounds: Vec<String> = samples.iter().map(|s| format!("{:.1}", s.wall_ns)).collect();
+        step("bench", format!("{label}: wall ns/call per round: {}", rounds.join(" ")));
         Ok(samples)
     };
 
@@ -153,46 +126,28 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             EMPTY_ATTACHED,
             attach_timeout,
         )?;
-        empty.cycles.push(measure(
-            &mut target,
-            &format!("(b) empty programs, cycle {cycle}"),
-        )?);
+        empty.cycles.push(measure(&mut target, &format!("(b) empty programs, cycle {cycle}"))?);
         agent.stop()?;
 
         let mut agent = Agent::start(
             &agent_binary,
-            &[
-                "--pid",
-                &pid,
-                "--trace-function",
-                &probe_spec,
-                "--exporter",
-                "console",
-            ],
+            &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console"],
             OURS_ATTACHED,
             attach_timeout,
         )?;
-        ours.cycles.push(measure(
-            &mut target,
-            &format!("(c) ddtrace programs, cycle {cycle}"),
-        )?);
+        ours.cycles.push(measure(&mut target, &format!("(c) ddtrace programs, cycle {cycle}"))?);
         let children_cpu_before = children_cpu_time();
         let stderr = agent.stop()?;
         agent_cpu += children_cpu_time().saturating_sub(children_cpu_before);
         let cycle_counters = KernelCounters::parse(&stderr).with_context(|| {
-            format!(
-                "the agent's exit line with its kernel counters is missing; its stderr:\n{}",
-                stderr.join("\n")
-            )
+            format!("the agent's exit line with its kernel counters is missing; its stderr:\n{}", stderr.join("\n"))
         })?;
         counters.events += cycle_counters.events;
         counters.dropped_ring_full += cycle_counters.dropped_ring_full;
     }
 
-    let unprobed_after = Phase::new(
-        "(a') unprobed, after detaching",
-        vec![measure(&mut target, "(a') unprobed, after detaching")?],
-    );
+    let unprobed_after =
+        Phase::new("(a') unprobed, after detaching", vec![measure(&mut target, "(a') unprobed, after detaching")?]);
     target.exit()?;
 
     let report = Report {
@@ -212,12 +167,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     print!("{}", report.table());
     let json_path = out_dir.join("uprobe-cost.json");
-    fs::write(&json_path, report.json())
-        .with_context(|| format!("could not write {}", json_path.display()))?;
-    step(
-        "bench",
-        format!("figures written to {}", relative(&json_path).display()),
-    );
+    fs::write(&json_path, report.json()).with_context(|| format!("could not write {}", json_path.display()))?;
+    step("bench", format!("figures written to {}", relative(&json_path).display()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -233,25 +184,15 @@ impl CpuLoad {
         thread::sleep(window);
         let (busy_after, total_after) = Self::read()?;
         let total = total_after.saturating_sub(total_before).max(1);
-        Ok(Self {
-            busy: busy_after.saturating_sub(busy_before) as f64 / total as f64,
-        })
+        Ok(Self { busy: busy_after.saturating_sub(busy_before) as f64 / total as f64 })
     }
 
     /// (busy, total) clock ticks of the aggregate `cpu` line.
     fn read() -> Result<(u64, u64)> {
         let stat = fs::read_to_string("/proc/stat").context("could not read /proc/stat")?;
-        let line = stat
-            .lines()
-            .find(|line| line.starts_with("cpu "))
-            .context("/proc/stat has no `cpu` line")?;
+        let line = stat.lines().find(|line| line.starts_with("cpu ")).context("/proc/stat has no `cpu` line")?;
         // user nice system idle iowait irq softirq steal (guest time is already in user).
-        let ticks: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        let ticks: Vec<u64> = line.split_whitespace().skip(1).take(8).filter_map(|v| v.parse().ok()).collect();
         if ticks.len() < 5 {
             bail!("unexpected /proc/stat line: {line}");
         }
@@ -274,14 +215,10 @@ fn children_cpu_time() -> Duration {
 fn compile_target(out_dir: &Path) -> Result<PathBuf> {
     let source = workspace::root().join("tests/apps/bench/call_loop.c");
     let binary = out_dir.join("call_loop");
-    let compiler =
-        find_in_path("cc").context("no C compiler: `cc` is not on PATH (install gcc)")?;
+    let compiler = find_in_path("cc").context("no C compiler: `cc` is not on PATH (install gcc)")?;
     let mut cmd = Command::new(compiler);
     cmd.args(CFLAGS).arg("-o").arg(&binary).arg(&source);
-    step(
-        "bench",
-        format!("compiling the target: {}", process::describe(&cmd)),
-    );
+    step("bench", format!("compiling the target: {}", process::describe(&cmd)));
     process::run(&mut cmd)?;
     // The agent resolves FILE as the target sees it; an absolute path is unambiguous.
     fs::canonicalize(&binary).with_context(|| format!("{} was not produced", binary.display()))
@@ -291,12 +228,7 @@ fn compile_target(out_dir: &Path) -> Result<PathBuf> {
 fn first_instruction(binary: &Path, symbol: &str) -> Result<String> {
     let objdump = find_in_path("objdump").context("`objdump` is not on PATH (install binutils)")?;
     let mut cmd = Command::new(objdump);
-    cmd.args([
-        "-d",
-        "--no-show-raw-insn",
-        &format!("--disassemble={symbol}"),
-    ])
-    .arg(binary);
+    cmd.args(["-d", "--no-show-raw-insn", &format!("--disassemble={symbol}")]).arg(binary);
     let listing = process::output(&mut cmd)?;
     // The symbol's header line `0000000000001199 <bench_work>:` is followed by `   1199:\tpush   %rbp`.
     let header = format!("<{symbol}>:");
@@ -306,12 +238,7 @@ fn first_instruction(binary: &Path, symbol: &str) -> Result<String> {
         .nth(1)
         .and_then(|line| line.split_once(":\t"))
         .map(|(_, instruction)| instruction.split_whitespace().collect::<Vec<_>>().join(" "));
-    instruction.with_context(|| {
-        format!(
-            "objdump shows no instruction for {symbol} in {}",
-            binary.display()
-        )
-    })
+    instruction.with_context(|| format!("objdump shows no instruction for {symbol} in {}", binary.display()))
 }
 
 /// `path` relative to the workspace root when it is inside it, for shorter messages.
@@ -385,34 +312,15 @@ impl Target {
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("could not start {}", binary.display()))?;
-        let stdin = child
-            .stdin
-            .take()
-            .context("the target's stdin was not piped")?;
-        let stdout = Lines::new(
-            child
-                .stdout
-                .take()
-                .context("the target's stdout was not piped")?,
-        );
+        let stdin = child.stdin.take().context("the target's stdin was not piped")?;
+        let stdout = Lines::new(child.stdout.take().context("the target's stdout was not piped")?);
         let pid = child.id();
-        let mut target = Self {
-            child,
-            stdin,
-            stdout,
-            pid,
-        };
+        let mut target = Self { child, stdin, stdout, pid };
         let ready = target.reply(Duration::from_secs(10))?;
         if !ready.starts_with("ready") {
-            bail!(
-                "the target {} printed {ready:?} instead of `ready pid=...`",
-                binary.display()
-            );
+            bail!("the target {} printed {ready:?} instead of `ready pid=...`", binary.display());
         }
-        step(
-            "bench",
-            format!("target running, pid {pid}: {}", relative(binary).display()),
-        );
+        step("bench", format!("target running, pid {pid}: {}", relative(binary).display()));
         Ok(target)
     }
 
@@ -421,17 +329,9 @@ impl Target {
             Ok(Some(line)) => Ok(line),
             Ok(None) => {
                 let status = wait_timeout(&mut self.child, Duration::from_secs(1))?;
-                bail!(
-                    "the target (pid {}) closed its output ({})",
-                    self.pid,
-                    status_text(status)
-                )
+                bail!("the target (pid {}) closed its output ({})", self.pid, status_text(status))
             }
-            Err(_) => bail!(
-                "the target (pid {}) did not answer within {} s",
-                self.pid,
-                timeout.as_secs()
-            ),
+            Err(_) => bail!("the target (pid {}) did not answer within {} s", self.pid, timeout.as_secs()),
         }
     }
 
@@ -441,15 +341,10 @@ impl Target {
             .and_then(|()| self.stdin.flush())
             .with_context(|| format!("could not write to the target (pid {})", self.pid))?;
         // Generous: 100 µs per call is 5x the single-stepped uprobe cost measured on these VMs.
-        let timeout = Duration::from_secs(30)
-            + Duration::from_micros(100).saturating_mul(calls.try_into().unwrap_or(u32::MAX));
+        let timeout =
+            Duration::from_secs(30) + Duration::from_micros(100).saturating_mul(calls.try_into().unwrap_or(u32::MAX));
         let line = self.reply(timeout)?;
-        Sample::parse(&line).with_context(|| {
-            format!(
-                "unexpected reply from the target (pid {}): {line:?}",
-                self.pid
-            )
-        })
+        Sample::parse(&line).with_context(|| format!("unexpected reply from the target (pid {}): {line:?}", self.pid))
     }
 
     /// Untimed warm-up calls, then `rounds` timed rounds of `calls` calls.
@@ -493,27 +388,12 @@ impl Agent {
     fn start(binary: &Path, args: &[&str], ready_marker: &str, timeout: Duration) -> Result<Self> {
         let mut cmd = Command::new(binary);
         // Spans go to stdout; printing them is the daemon's cost, not the target's.
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let command = process::describe(&cmd);
         step("bench", format!("starting the agent: {command}"));
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("could not start `{command}`"))?;
-        let stderr = Lines::new(
-            child
-                .stderr
-                .take()
-                .context("the agent's stderr was not piped")?,
-        );
-        let mut agent = Self {
-            child,
-            stderr,
-            seen: Vec::new(),
-            command,
-        };
+        let mut child = cmd.spawn().with_context(|| format!("could not start `{command}`"))?;
+        let stderr = Lines::new(child.stderr.take().context("the agent's stderr was not piped")?);
+        let mut agent = Self { child, stderr, seen: Vec::new(), command };
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -567,11 +447,7 @@ impl Agent {
         let status = wait_timeout(&mut self.child, Duration::from_secs(10))?;
         match status {
             Some(status) if status.success() => Ok(std::mem::take(&mut self.seen)),
-            _ => bail!(
-                "after SIGINT the agent {}; {}",
-                status_text(status),
-                self.printed()
-            ),
+            _ => bail!("after SIGINT the agent {}; {}", status_text(status), self.printed()),
         }
     }
 
@@ -597,10 +473,7 @@ impl Drop for Agent {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             signal(&self.child, libc::SIGINT);
-            if !matches!(
-                wait_timeout(&mut self.child, Duration::from_secs(5)),
-                Ok(Some(_))
-            ) {
+            if !matches!(wait_timeout(&mut self.child, Duration::from_secs(5)), Ok(Some(_))) {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
             }
@@ -623,10 +496,7 @@ impl Sample {
                 .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
                 .and_then(|value| value.parse::<f64>().ok())
         };
-        Some(Self {
-            wall_ns: field("ns_per_call")?,
-            cpu_ns: field("cpu_ns_per_call")?,
-        })
+        Some(Self { wall_ns: field("ns_per_call")?, cpu_ns: field("cpu_ns_per_call")? })
     }
 }
 
@@ -654,17 +524,11 @@ impl Phase {
     }
 
     fn cycle_medians(&self) -> Vec<f64> {
-        self.cycles
-            .iter()
-            .map(|cycle| median(cycle.iter().map(|s| s.wall_ns)))
-            .collect()
+        self.cycles.iter().map(|cycle| median(cycle.iter().map(|s| s.wall_ns))).collect()
     }
 
     fn wall_range(&self) -> (f64, f64) {
-        self.samples()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| {
-                (lo.min(s.wall_ns), hi.max(s.wall_ns))
-            })
+        self.samples().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), s| (lo.min(s.wall_ns), hi.max(s.wall_ns)))
     }
 }
 
@@ -698,10 +562,7 @@ impl KernelCounters {
                 .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
                 .and_then(|value| value.parse::<u64>().ok())
         };
-        Some(Self {
-            events: field("events")?,
-            dropped_ring_full: field("dropped_ring_full")?,
-        })
+        Some(Self { events: field("events")?, dropped_ring_full: field("dropped_ring_full")? })
     }
 }
 
@@ -739,12 +600,7 @@ impl Report {
 
     /// (c)/(b) within each cycle: how much the headline ratio moves from one cycle to the next.
     fn cycle_ratios(&self) -> Vec<f64> {
-        self.ours
-            .cycle_medians()
-            .iter()
-            .zip(self.empty.cycle_medians())
-            .map(|(ours, empty)| ours / empty)
-            .collect()
+        self.ours.cycle_medians().iter().zip(self.empty.cycle_medians()).map(|(ours, empty)| ours / empty).collect()
     }
 
     fn goal_met(&self) -> bool {
@@ -774,17 +630,8 @@ impl Report {
              ((b) and (c): {} cycles x {} rounds)",
             self.first_instruction, self.calls, self.cycles, self.rounds
         );
-        let _ = writeln!(
-            out,
-            "  {:<44} {:>12} {:>12}   rounds min..max (wall)",
-            "configuration", "wall ns", "cpu ns"
-        );
-        for phase in [
-            &self.unprobed,
-            &self.empty,
-            &self.ours,
-            &self.unprobed_after,
-        ] {
+        let _ = writeln!(out, "  {:<44} {:>12} {:>12}   rounds min..max (wall)", "configuration", "wall ns", "cpu ns");
+        for phase in [&self.unprobed, &self.empty, &self.ours, &self.unprobed_after] {
             let (min, max) = phase.wall_range();
             let _ = writeln!(
                 out,
@@ -794,21 +641,13 @@ impl Report {
                 phase.median_cpu(),
             );
         }
-        let ratios: Vec<String> = self
-            .cycle_ratios()
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect();
+        let ratios: Vec<String> = self.cycle_ratios().iter().map(|r| format!("{r:.2}")).collect();
         let _ = writeln!(
             out,
             "  (c)/(b) = {:.2}  (per cycle: {})   goal <= {GOAL_OURS_OVER_EMPTY}: {}",
             self.ours_over_empty(),
             ratios.join(" "),
-            if self.goal_met() {
-                "met"
-            } else {
-                "GOAL MISSED"
-            }
+            if self.goal_met() { "met" } else { "GOAL MISSED" }
         );
         let _ = writeln!(out, "  (b)/(a) = {:.1}", self.empty_over_unprobed());
         let _ = writeln!(out, "  (c)/(a) = {:.1}", self.ours_over_unprobed());
@@ -849,9 +688,7 @@ impl Report {
     }
 
     fn json(&self) -> String {
-        let numbers = |values: &mut dyn Iterator<Item = f64>| {
-            values.map(number).collect::<Vec<_>>().join(", ")
-        };
+        let numbers = |values: &mut dyn Iterator<Item = f64>| values.map(number).collect::<Vec<_>>().join(", ");
         let phase = |phase: &Phase| {
             format!(
                 "{{\"ns_per_call\": {}, \"cpu_ns_per_call\": {}, \"rounds_ns_per_call\": [{}], \"rounds_cpu_ns_per_call\": [{}]}}",

@@ -64,10 +64,7 @@ pub fn ensure(args: &BootstrapArgs) -> Result<EbpfToolchain> {
     let nightly = NightlyInfo::query(&rustup)?;
     step(
         "bootstrap",
-        format!(
-            "nightly toolchain: already installed ({}, LLVM {})",
-            nightly.rustc_version, nightly.llvm_version
-        ),
+        format!("nightly toolchain: already installed ({}, LLVM {})", nightly.rustc_version, nightly.llvm_version),
     );
     ensure_rust_src(&rustup)?;
     let bpf_linker = ensure_bpf_linker(&rustup, &nightly, args.bpf_linker_root.as_deref())?;
@@ -119,54 +116,33 @@ impl NightlyInfo {
             );
         }
         let verbose = process::output(
-            process::clear_parent_cargo_env(&mut Command::new(rustup))
-                .args(["run", NIGHTLY, "rustc", "-vV"]),
+            process::clear_parent_cargo_env(&mut Command::new(rustup)).args(["run", NIGHTLY, "rustc", "-vV"]),
         )?;
         let rustc_version = verbose.lines().next().unwrap_or_default().trim().to_owned();
         let llvm_version = verbose
             .lines()
             .find_map(|line| line.strip_prefix("LLVM version:"))
             .map(|version| version.trim().to_owned())
-            .with_context(|| {
-                format!("`rustc +{NIGHTLY} -vV` printed no `LLVM version:` line:\n{verbose}")
-            })?;
+            .with_context(|| format!("`rustc +{NIGHTLY} -vV` printed no `LLVM version:` line:\n{verbose}"))?;
         let llvm_major = llvm_version
             .split('.')
             .next()
             .and_then(|major| major.parse().ok())
             .with_context(|| format!("cannot read the LLVM major version from `{llvm_version}`"))?;
-        Ok(Self {
-            rustc_version,
-            llvm_version,
-            llvm_major,
-        })
+        Ok(Self { rustc_version, llvm_version, llvm_major })
     }
 }
 
 fn ensure_rust_src(rustup: &Path) -> Result<()> {
-    let installed = process::output(Command::new(rustup).args([
-        "component",
-        "list",
-        "--toolchain",
-        NIGHTLY,
-        "--installed",
-    ]))?;
+    let installed =
+        process::output(Command::new(rustup).args(["component", "list", "--toolchain", NIGHTLY, "--installed"]))?;
     if installed.lines().any(|line| line.trim() == "rust-src") {
-        step(
-            "bootstrap",
-            format!("rust-src for {NIGHTLY}: already installed"),
-        );
+        step("bootstrap", format!("rust-src for {NIGHTLY}: already installed"));
         return Ok(());
     }
     let mut add = Command::new(rustup);
     add.args(["component", "add", "rust-src", "--toolchain", NIGHTLY]);
-    step(
-        "bootstrap",
-        format!(
-            "rust-src for {NIGHTLY}: missing, installing: {}",
-            process::describe(&add)
-        ),
-    );
+    step("bootstrap", format!("rust-src for {NIGHTLY}: missing, installing: {}", process::describe(&add)));
     process::run(&mut add)
 }
 
@@ -185,14 +161,7 @@ fn ensure_bpf_linker(rustup: &Path, nightly: &NightlyInfo, root: Option<&Path>) 
     match existing {
         Some(path) => match process::output(Command::new(&path).arg("--version")) {
             Ok(version) => {
-                step(
-                    "bootstrap",
-                    format!(
-                        "bpf-linker: already installed at {} ({})",
-                        path.display(),
-                        version.trim()
-                    ),
-                );
+                step("bootstrap", format!("bpf-linker: already installed at {} ({})", path.display(), version.trim()));
                 warn_if_other_llvm(&path, nightly.llvm_major);
                 return Ok(path);
             }
@@ -229,13 +198,7 @@ fn ensure_bpf_linker(rustup: &Path, nightly: &NightlyInfo, root: Option<&Path>) 
     // A linker we built only needs its LLVM prefix back (e.g. after a cleanup): no rebuild.
     if existing_is_ours {
         if let Ok(version) = process::output(Command::new(&installed).arg("--version")) {
-            step(
-                "bootstrap",
-                format!(
-                    "bpf-linker: runs again with its LLVM prefix restored ({})",
-                    version.trim()
-                ),
-            );
+            step("bootstrap", format!("bpf-linker: runs again with its LLVM prefix restored ({})", version.trim()));
             return Ok(installed);
         }
     }
@@ -247,12 +210,7 @@ fn ensure_bpf_linker(rustup: &Path, nightly: &NightlyInfo, root: Option<&Path>) 
 
 /// `LLVM_PREFIX=<prefix> cargo install bpf-linker ... [--root <root>]`, then checks that
 /// `installed` (where that puts the binary) runs.
-fn cargo_install_bpf_linker(
-    llvm_major: u32,
-    prefix: &Path,
-    root: Option<&Path>,
-    installed: &Path,
-) -> Result<()> {
+fn cargo_install_bpf_linker(llvm_major: u32, prefix: &Path, root: Option<&Path>, installed: &Path) -> Result<()> {
     let mut install = process::host_cargo();
     install.env("LLVM_PREFIX", prefix).args([
         "install",
@@ -270,29 +228,12 @@ fn cargo_install_bpf_linker(
     if installed.exists() {
         install.arg("--force");
     }
-    step(
-        "bootstrap",
-        format!(
-            "bpf-linker: building (a few minutes): {}",
-            process::describe(&install)
-        ),
-    );
+    step("bootstrap", format!("bpf-linker: building (a few minutes): {}", process::describe(&install)));
     process::run(&mut install)?;
 
-    let version = process::output(Command::new(installed).arg("--version")).with_context(|| {
-        format!(
-            "bpf-linker was installed at {} but does not run",
-            installed.display()
-        )
-    })?;
-    step(
-        "bootstrap",
-        format!(
-            "bpf-linker: installed at {} ({})",
-            installed.display(),
-            version.trim()
-        ),
-    );
+    let version = process::output(Command::new(installed).arg("--version"))
+        .with_context(|| format!("bpf-linker was installed at {} but does not run", installed.display()))?;
+    step("bootstrap", format!("bpf-linker: installed at {} ({})", installed.display(), version.trim()));
     Ok(())
 }
 
@@ -306,11 +247,7 @@ fn warn_if_other_llvm(bpf_linker: &Path, llvm_major: u32) {
         return; // statically linked LLVM: nothing to compare cheaply
     };
     let after = &line[line.find("libLLVM").unwrap_or(0) + "libLLVM".len()..];
-    let digits: String = after
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = after.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
     if digits.parse::<u32>().is_ok_and(|major| major != llvm_major) {
         step(
             "bootstrap",
@@ -335,9 +272,7 @@ fn nightly_libllvm(rustup: &Path) -> Result<PathBuf> {
         .with_context(|| format!("cannot list {}", lib_dir.display()))?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("libLLVM.so."))
+            path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with("libLLVM.so."))
         })
         .collect();
     candidates.sort();
@@ -350,14 +285,7 @@ fn nightly_libllvm(rustup: &Path) -> Result<PathBuf> {
             lib_dir.display()
         ),
         [first, ..] => {
-            step(
-                "bootstrap",
-                format!(
-                    "several libLLVM.so.* in {}; using {}",
-                    lib_dir.display(),
-                    first.display()
-                ),
-            );
+            step("bootstrap", format!("several libLLVM.so.* in {}; using {}", lib_dir.display(), first.display()));
             Ok(first.clone())
         }
     }
@@ -371,9 +299,7 @@ fn nightly_libllvm(rustup: &Path) -> Result<PathBuf> {
 /// into it: `cargo clean` must not break the linker. One prefix per LLVM build, so a toolchain
 /// update does not pull the library from under an older bpf-linker.
 fn llvm_prefix(root: &Path, llvm_lib: &Path) -> Result<PathBuf> {
-    let lib_name = llvm_lib
-        .file_name()
-        .context("libLLVM path has no file name")?;
+    let lib_name = llvm_lib.file_name().context("libLLVM path has no file name")?;
     let prefix = root.join("llvm-prefix").join(lib_name);
     let lib_dir = prefix.join("lib");
     fs::create_dir_all(&lib_dir).with_context(|| format!("cannot create {}", lib_dir.display()))?;
@@ -386,26 +312,14 @@ fn llvm_prefix(root: &Path, llvm_lib: &Path) -> Result<PathBuf> {
                 .with_context(|| format!("cannot replace the stale symlink {}", link.display()))?,
             Err(error) if error.kind() == ErrorKind::NotFound => {}
             Err(error) => {
-                return Err(error).with_context(|| {
-                    format!("{} exists and is not a symlink; remove it", link.display())
-                })
+                return Err(error).with_context(|| format!("{} exists and is not a symlink; remove it", link.display()))
             }
         }
         symlink(llvm_lib, &link).with_context(|| format!("cannot create {}", link.display()))?;
         created.push(link_name.display().to_string());
     }
-    let what = if created.is_empty() {
-        "already there".to_owned()
-    } else {
-        format!("created {}", created.join(" and "))
-    };
-    step(
-        "bootstrap",
-        format!(
-            "LLVM prefix {} -> {}: {what}",
-            lib_dir.display(),
-            llvm_lib.display()
-        ),
-    );
+    let what =
+        if created.is_empty() { "already there".to_owned() } else { format!("created {}", created.join(" and ")) };
+    step("bootstrap", format!("LLVM prefix {} -> {}: {what}", lib_dir.display(), llvm_lib.display()));
     Ok(prefix)
 }

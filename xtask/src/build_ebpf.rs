@@ -41,30 +41,21 @@ pub fn build(toolchain: &EbpfToolchain, release: bool) -> Result<PathBuf> {
         // debuginfo is what bpf-linker turns into BTF; `--btf` asks it to emit it. Both are needed
         // for CO-RE relocations and for readable verifier logs. Encoded flags reach only the
         // target crates, not build scripts.
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            "-C\x1fdebuginfo=2\x1f-C\x1flink-arg=--btf",
-        )
+        .env("CARGO_ENCODED_RUSTFLAGS", "-C\x1fdebuginfo=2\x1f-C\x1flink-arg=--btf")
         .arg("build");
     if release {
         cmd.arg("--release");
     }
     cmd.args(["--target", TARGET, "-Z", "build-std=core", "-p", PACKAGE]);
-    step(
-        "build-ebpf",
-        format!("building: {}", process::describe(&cmd)),
-    );
+    step("build-ebpf", format!("building: {}", process::describe(&cmd)));
     process::run(&mut cmd)?;
 
     let profile = if release { "release" } else { "debug" };
-    let object = workspace::target_dir()
-        .join(TARGET)
-        .join(profile)
-        .join(PACKAGE);
-    let bytes = fs::read(&object)
-        .with_context(|| format!("the build succeeded but {} is missing", object.display()))?;
-    let sections = elf_sections(&bytes)
-        .with_context(|| format!("{} is not a readable ELF object", object.display()))?;
+    let object = workspace::target_dir().join(TARGET).join(profile).join(PACKAGE);
+    let bytes =
+        fs::read(&object).with_context(|| format!("the build succeeded but {} is missing", object.display()))?;
+    let sections =
+        elf_sections(&bytes).with_context(|| format!("{} is not a readable ELF object", object.display()))?;
     let size_of = |name: &str| sections.iter().find(|s| s.name == name).map(|s| s.size);
     let Some(btf) = size_of(".BTF") else {
         bail!(
@@ -73,8 +64,8 @@ pub fn build(toolchain: &EbpfToolchain, release: bool) -> Result<PathBuf> {
             object.display()
         );
     };
-    let programs = programs(&bytes, &sections)
-        .with_context(|| format!("cannot read the symbol table of {}", object.display()))?;
+    let programs =
+        programs(&bytes, &sections).with_context(|| format!("cannot read the symbol table of {}", object.display()))?;
     step(
         "build-ebpf",
         format!(
@@ -83,11 +74,7 @@ pub fn build(toolchain: &EbpfToolchain, release: bool) -> Result<PathBuf> {
             bytes.len(),
             size_of(".BTF.ext").unwrap_or(0),
             started.elapsed(),
-            if programs.is_empty() {
-                "none".to_owned()
-            } else {
-                programs.join(", ")
-            },
+            if programs.is_empty() { "none".to_owned() } else { programs.join(", ") },
         ),
     );
     Ok(object)
@@ -115,8 +102,7 @@ impl Section {
 
     fn data<'a>(&self, elf: &'a [u8]) -> Result<&'a [u8]> {
         let end = self.offset + usize::try_from(self.size)?;
-        elf.get(self.offset..end)
-            .with_context(|| format!("section {} is out of bounds", self.name))
+        elf.get(self.offset..end).with_context(|| format!("section {} is out of bounds", self.name))
     }
 }
 
@@ -125,9 +111,7 @@ struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn bytes(&self, offset: usize, len: usize) -> Result<&[u8]> {
-        self.0
-            .get(offset..offset + len)
-            .with_context(|| format!("truncated at offset {offset}"))
+        self.0.get(offset..offset + len).with_context(|| format!("truncated at offset {offset}"))
     }
 
     fn u16(&self, offset: usize) -> Result<usize> {
@@ -149,10 +133,8 @@ impl Reader<'_> {
 
     /// The NUL-terminated string at `offset` in the string table `table`.
     fn string(table: &[u8], offset: usize) -> Result<String> {
-        let bytes = table
-            .get(offset..)
-            .and_then(|rest| rest.split(|&b| b == 0).next())
-            .context("string out of bounds")?;
+        let bytes =
+            table.get(offset..).and_then(|rest| rest.split(|&b| b == 0).next()).context("string out of bounds")?;
         Ok(String::from_utf8_lossy(bytes).into_owned())
     }
 }
@@ -191,9 +173,7 @@ fn programs(elf: &[u8], sections: &[Section]) -> Result<Vec<String>> {
     let Some(symtab) = sections.iter().find(|s| s.kind == Section::SYMBOL_TABLE) else {
         return Ok(Vec::new());
     };
-    let strings = sections
-        .get(symtab.link)
-        .context("symbol table has no string table")?;
+    let strings = sections.get(symtab.link).context("symbol table has no string table")?;
     let (symbols, strings) = (Reader(symtab.data(elf)?), strings.data(elf)?);
     let mut programs = Vec::new();
     for at in (SYMBOL_SIZE..symbols.0.len()).step_by(SYMBOL_SIZE) {
@@ -202,8 +182,7 @@ fn programs(elf: &[u8], sections: &[Section]) -> Result<Vec<String>> {
         let section = sections.get(symbols.u16(at + 6)?);
         // `.text` holds helpers (memcpy, memset) and subprograms, not attachable programs.
         let is_program_section = |s: &&Section| s.is_code() && s.name != ".text";
-        if let Some(section) = section.filter(|s| is_function && is_global && is_program_section(s))
-        {
+        if let Some(section) = section.filter(|s| is_function && is_global && is_program_section(s)) {
             let name = Reader::string(strings, symbols.u32(at)? as usize)?;
             programs.push(format!("{name} ({})", section.name));
         }

@@ -42,28 +42,13 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     // The app's own deadline is a backstop in case this process dies before stopping it.
     let script = workspace::root().join("xtask/demo/sqlite_app.py");
     let mut app_cmd = Command::new(interpreter(&args.python)?);
-    app_cmd
-        .arg(&script)
-        .args(["--seconds", &(args.seconds + 60).to_string()]);
+    app_cmd.arg(&script).args(["--seconds", &(args.seconds + 60).to_string()]);
     let mut app = Guarded::spawn(&mut app_cmd)?;
     let app_pid = app.child.id();
-    step(
-        "demo",
-        format!(
-            "started the SQLite app, pid {app_pid}: {}",
-            process::describe(&app_cmd)
-        ),
-    );
+    step("demo", format!("started the SQLite app, pid {app_pid}: {}", process::describe(&app_cmd)));
 
     let mut agent_cmd = Command::new(&agent_binary);
-    agent_cmd.args([
-        "--pid",
-        &app_pid.to_string(),
-        "--service",
-        "demo-sqlite",
-        "--exporter",
-        "console",
-    ]);
+    agent_cmd.args(["--pid", &app_pid.to_string(), "--service", "demo-sqlite", "--exporter", "console"]);
     let mut agent = Guarded::spawn(&mut agent_cmd)?;
     step(
         "demo",
@@ -78,10 +63,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     while Instant::now() < deadline {
         if let Some(status) = agent.child.try_wait()? {
-            step(
-                "demo",
-                format!("the agent exited early ({status}); stopping the app"),
-            );
+            step("demo", format!("the agent exited early ({status}); stopping the app"));
             app.stop(Duration::from_secs(5))?;
             return Ok(exit_code(status));
         }
@@ -92,10 +74,7 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
         thread::sleep(Duration::from_millis(100));
     }
 
-    step(
-        "demo",
-        format!("stopping the app (SIGTERM to pid {app_pid})"),
-    );
+    step("demo", format!("stopping the app (SIGTERM to pid {app_pid})"));
     app.stop(Duration::from_secs(5))?;
 
     // The agent exits by itself once its target is gone.
@@ -119,14 +98,11 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode> {
 fn interpreter(python: &str) -> Result<PathBuf> {
     let mut query = Command::new(python);
     query.args(["-c", "import sys; print(sys.executable)"]);
-    let executable = process::output(&mut query)
-        .with_context(|| format!("cannot run the demo app's interpreter `{python}`"))?;
+    let executable =
+        process::output(&mut query).with_context(|| format!("cannot run the demo app's interpreter `{python}`"))?;
     let executable = PathBuf::from(executable.trim());
     if !process::is_executable(&executable) {
-        bail!(
-            "`{python}` reports its executable as {}, which is not executable",
-            executable.display()
-        );
+        bail!("`{python}` reports its executable as {}, which is not executable", executable.display());
     }
     Ok(executable)
 }
@@ -138,9 +114,7 @@ struct Guarded {
 
 impl Guarded {
     fn spawn(cmd: &mut Command) -> Result<Self> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("could not start `{}`", process::describe(cmd)))?;
+        let child = cmd.spawn().with_context(|| format!("could not start `{}`", process::describe(cmd)))?;
         Ok(Self { child })
     }
 

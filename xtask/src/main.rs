@@ -20,11 +20,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "Build, test and demo tasks for ddtrace-agent"
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, test and demo tasks for ddtrace-agent")]
 struct Cli {
     #[command(subcommand)]
     command: Task,

@@ -23,22 +23,18 @@ pub fn step(area: &str, message: impl Display) {
 /// Finds an executable named `name` in `PATH`, as a shell would.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 /// True if `path` is a regular file with an execute bit set.
 pub fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// Sets `cmd`'s PATH to ours with `dir` first (moved there if it was already present).
 pub fn prepend_path(cmd: &mut Command, dir: &Path) {
     let path = env::var_os("PATH").unwrap_or_default();
-    let dirs =
-        std::iter::once(dir.to_path_buf()).chain(env::split_paths(&path).filter(|d| d != dir));
+    let dirs = std::iter::once(dir.to_path_buf()).chain(env::split_paths(&path).filter(|d| d != dir));
     if let Ok(joined) = env::join_paths(dirs) {
         cmd.env("PATH", joined);
     }
@@ -55,15 +51,8 @@ pub fn cargo_home() -> Result<PathBuf> {
 
 /// Variables that select a toolchain or compiler. Inherited from `cargo run`, they would make a
 /// `cargo +nightly` child build with the outer (stable) rustc.
-const TOOLCHAIN_VARS: &[&str] = &[
-    "RUSTUP_TOOLCHAIN",
-    "RUSTC",
-    "RUSTDOC",
-    "RUSTC_WRAPPER",
-    "RUSTC_WORKSPACE_WRAPPER",
-    "RUSTFLAGS",
-    "RUSTDOCFLAGS",
-];
+const TOOLCHAIN_VARS: &[&str] =
+    &["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "RUSTDOCFLAGS"];
 
 /// `CARGO_*` variables that are user configuration rather than outer-build state; children keep them.
 const KEPT_CARGO_VARS: &[&str] = &[
@@ -100,14 +89,9 @@ pub fn host_cargo() -> Command {
     let mut cmd = Command::new(cargo);
     for (name, _) in env::vars_os() {
         let Some(name) = name.to_str() else { continue };
-        let per_package = [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
+        let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
             || name == "CARGO_PRIMARY_PACKAGE";
         if per_package {
             cmd.env_remove(name);
@@ -127,11 +111,7 @@ pub fn describe(cmd: &Command) -> String {
         if let Some(value) = value {
             // CARGO_ENCODED_RUSTFLAGS separates flags with 0x1f; show them as a shell would.
             let value = value.to_string_lossy().replace('\x1f', " ");
-            words.push(format!(
-                "{}={}",
-                name.to_string_lossy(),
-                quote(OsStr::new(&value))
-            ));
+            words.push(format!("{}={}", name.to_string_lossy(), quote(OsStr::new(&value))));
         }
     }
     words.push(quote(cmd.get_program()));
@@ -141,11 +121,7 @@ pub fn describe(cmd: &Command) -> String {
 
 fn quote(word: &OsStr) -> String {
     let word = word.to_string_lossy();
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=+:@,".contains(c))
-    {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=+:@,".contains(c)) {
         word.into_owned()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
@@ -154,8 +130,7 @@ fn quote(word: &OsStr) -> String {
 
 /// Runs `cmd` with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))
+    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
@@ -169,20 +144,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` capturing its output; fails, quoting stderr, unless it exits successfully.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd
-        .output()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    let Output { status, stdout, stderr } =
+        cmd.output().with_context(|| format!("could not start `{}`", describe(cmd)))?;
     if !status.success() {
-        bail!(
-            "`{}` failed ({status}): {}",
-            describe(cmd),
-            String::from_utf8_lossy(&stderr).trim()
-        );
+        bail!("`{}` failed ({status}): {}", describe(cmd), String::from_utf8_lossy(&stderr).trim());
     }
-    String::from_utf8(stdout)
-        .with_context(|| format!("`{}` printed non-UTF-8 output", describe(cmd)))
+    String::from_utf8(stdout).with_context(|| format!("`{}` printed non-UTF-8 output", describe(cmd)))
 }

@@ -27,9 +27,7 @@ pub struct TestArgs {
 const TEST_AGENT_PACKAGE: &str = "ddapm-test-agent";
 
 pub fn run(args: &TestArgs) -> Result<ExitCode> {
-    let toolchain = bootstrap::ensure(&BootstrapArgs {
-        bpf_linker_root: None,
-    })?;
+    let toolchain = bootstrap::ensure(&BootstrapArgs { bpf_linker_root: None })?;
     build_ebpf::build(&toolchain, true)?;
     workspace::build_agent()?;
     let extra_path = ensure_test_agent()?;
@@ -46,9 +44,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
 
     // Default members: everything but the eBPF crate, which only builds for the BPF target.
     let mut cmd = process::host_cargo();
-    cmd.current_dir(workspace::root())
-        .args(["test", "--release"])
-        .args(&args.cargo_test_args);
+    cmd.current_dir(workspace::root()).args(["test", "--release"]).args(&args.cargo_test_args);
     if let Some(dir) = extra_path {
         process::prepend_path(&mut cmd, &dir);
     }
@@ -59,10 +55,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     step("test", format!("cargo test failed ({status})"));
-    let code = status
-        .code()
-        .and_then(|c| u8::try_from(c).ok())
-        .filter(|&c| c != 0);
+    let code = status.code().and_then(|c| u8::try_from(c).ok()).filter(|&c| c != 0);
     Ok(ExitCode::from(code.unwrap_or(1)))
 }
 
@@ -83,8 +76,9 @@ fn ensure_target_app_modules() -> Result<()> {
             continue;
         }
         step("test-apps", format!("python module {module}: missing, installing it with pip"));
-        process::run(Command::new("python3").args(["-m", "pip", "install", module]))
-            .map_err(|error| error.context(format!("installing the Python module {module} for the test apps failed")))?;
+        process::run(Command::new("python3").args(["-m", "pip", "install", module])).map_err(|error| {
+            error.context(format!("installing the Python module {module} for the test apps failed"))
+        })?;
     }
     Ok(())
 }
@@ -94,21 +88,12 @@ fn ensure_target_app_modules() -> Result<()> {
 /// `pyenv rehash`, or in the user scheme).
 fn ensure_test_agent() -> Result<Option<PathBuf>> {
     if let Some(path) = find_in_path("ddapm-test-agent") {
-        step(
-            "test-agent",
-            format!("ddapm-test-agent: already installed at {}", path.display()),
-        );
+        step("test-agent", format!("ddapm-test-agent: already installed at {}", path.display()));
         return Ok(None);
     }
     let mut install = Command::new("python3");
     install.args(["-m", "pip", "install", TEST_AGENT_PACKAGE]);
-    step(
-        "test-agent",
-        format!(
-            "ddapm-test-agent: missing, installing: {}",
-            process::describe(&install)
-        ),
-    );
+    step("test-agent", format!("ddapm-test-agent: missing, installing: {}", process::describe(&install)));
     process::run(&mut install).map_err(|error| {
         error.context(
             "installing the Python test agent failed; on a system Python that refuses pip \
@@ -117,10 +102,7 @@ fn ensure_test_agent() -> Result<Option<PathBuf>> {
         )
     })?;
     if let Some(path) = find_in_path("ddapm-test-agent") {
-        step(
-            "test-agent",
-            format!("ddapm-test-agent: installed at {}", path.display()),
-        );
+        step("test-agent", format!("ddapm-test-agent: installed at {}", path.display()));
         return Ok(None);
     }
     let scripts = process::output(Command::new("python3").args([
@@ -129,18 +111,12 @@ fn ensure_test_agent() -> Result<Option<PathBuf>> {
          print(sysconfig.get_path('scripts'))\n\
          print(sysconfig.get_path('scripts', os.name + '_user'))",
     ]))?;
-    let dir = scripts
-        .lines()
-        .map(PathBuf::from)
-        .find(|dir| process::is_executable(&dir.join("ddapm-test-agent")));
+    let dir = scripts.lines().map(PathBuf::from).find(|dir| process::is_executable(&dir.join("ddapm-test-agent")));
     match dir {
         Some(dir) => {
             step(
                 "test-agent",
-                format!(
-                    "ddapm-test-agent: installed in {}, adding it to the tests' PATH",
-                    dir.display()
-                ),
+                format!("ddapm-test-agent: installed in {}, adding it to the tests' PATH", dir.display()),
             );
             Ok(Some(dir))
         }

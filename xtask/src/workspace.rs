@@ -11,9 +11,7 @@ use crate::process::{self, step};
 
 /// The workspace root (the parent of this xtask crate).
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives inside the workspace")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives inside the workspace")
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` if set, else `<root>/target`.
@@ -32,8 +30,7 @@ fn agent_binary() -> PathBuf {
 /// `cargo build --release -p ddtrace-agent`, with the toolchain that runs this xtask.
 pub fn build_agent() -> Result<PathBuf> {
     let mut cmd = process::host_cargo();
-    cmd.current_dir(root())
-        .args(["build", "--release", "-p", "ddtrace-agent"]);
+    cmd.current_dir(root()).args(["build", "--release", "-p", "ddtrace-agent"]);
     step("agent", format!("building: {}", process::describe(&cmd)));
     process::run(&mut cmd)?;
     let binary = agent_binary();

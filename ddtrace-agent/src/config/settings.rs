@@ -148,10 +148,8 @@ mod tests {
 
     #[test]
     fn service_is_inferred_when_set_nowhere() {
-        let input = SettingsInput {
-            target_cmdline: vec!["python3".into(), "/srv/app/worker.py".into()],
-            ..Default::default()
-        };
+        let input =
+            SettingsInput { target_cmdline: vec!["python3".into(), "/srv/app/worker.py".into()], ..Default::default() };
         assert_eq!(input.resolve().service, Setting { value: "worker".into(), origin: Origin::Inferred });
     }
 

@@ -45,10 +45,8 @@ impl ContextTree {
     /// Ends, as abandoned, the open contexts of `tid` whose calls must have returned: those at
     /// `frame` or above it (outer stack positions).
     fn end_returned_calls(&mut self, tid: u32, frame: u64, ktime_ns: u64) {
-        let outermost_returned = self
-            .threads
-            .get(&tid)
-            .and_then(|stack| stack.iter().find(|(open, _)| *open <= frame).map(|(_, c)| c.id));
+        let outermost_returned =
+            self.threads.get(&tid).and_then(|stack| stack.iter().find(|(open, _)| *open <= frame).map(|(_, c)| c.id));
         if let Some(id) = outermost_returned {
             self.abandoned += 1;
             self.end(tid, id, ktime_ns, |_| {});
@@ -112,7 +110,8 @@ impl ContextTree {
 
     fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
         let id = new_span_id();
-        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c) {
+        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c)
+        {
             Some(parent) => (parent.trace_id, parent.id, parent.root_id),
             None => (new_trace_id(start_unix_ns), 0, id),
         };

@@ -36,8 +36,15 @@ pub enum AttachOutcome {
         /// For a library loaded after we attached: from the linker's notice to probes in place.
         after_load: Option<std::time::Duration>,
     },
-    Waiting { integration: &'static str, library: &'static str },
-    Failed { integration: &'static str, path: PathBuf, reason: String },
+    Waiting {
+        integration: &'static str,
+        library: &'static str,
+    },
+    Failed {
+        integration: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for AttachOutcome {
@@ -136,9 +143,14 @@ impl Instrumenter {
         self.processes.insert(process.pid, process);
         for (index, integration) in self.integrations.iter().enumerate() {
             if !self.attached.keys().any(|(_, _, i)| *i == index)
-                && !outcomes.iter().any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
+                && !outcomes
+                    .iter()
+                    .any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
             {
-                outcomes.push(AttachOutcome::Waiting { integration: integration.name(), library: integration.library().display() });
+                outcomes.push(AttachOutcome::Waiting {
+                    integration: integration.name(),
+                    library: integration.library().display(),
+                });
             }
         }
         Ok(outcomes)
@@ -273,7 +285,7 @@ impl Instrumenter {
                 let library = self.integrations[index].library();
                 let by_name = library.matches_file(&object.path);
                 let is_executable = executable.as_deref() == Some(object.path.as_path());
-                if !by_name && !(is_executable && library.marker_symbol().is_some()) {
+                if !(by_name || is_executable && library.marker_symbol().is_some()) {
                     continue;
                 }
                 let host_path = process.host_path(&object.path);
@@ -298,9 +310,9 @@ impl Instrumenter {
                         self.announced.insert((process.pid, key.clone()));
                         self.attached.insert(key, Arc::new(symbols));
                         AttachOutcome::Attached {
-                        integration: self.integrations[index].name(),
-                        probes,
-                        path: object.path.clone(),
+                            integration: self.integrations[index].name(),
+                            probes,
+                            path: object.path.clone(),
                             after_load: None,
                         }
                     }
@@ -317,7 +329,13 @@ impl Instrumenter {
 
     /// Attaches every probe of integration `index`; a missing optional symbol is skipped, a
     /// missing required one fails the integration for this library.
-    fn attach_integration(&mut self, index: usize, symbols: &ElfSymbols, host_path: &Path, pid: u32) -> Result<usize, String> {
+    fn attach_integration(
+        &mut self,
+        index: usize,
+        symbols: &ElfSymbols,
+        host_path: &Path,
+        pid: u32,
+    ) -> Result<usize, String> {
         let probes = self.integrations[index].probes();
         let mut locations = Vec::new();
         for (probe_index, def) in probes.iter().enumerate() {
@@ -339,7 +357,10 @@ impl Instrumenter {
         let linker = objects
             .iter()
             .find(|o| {
-                o.path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
+                o.path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
             })
             .ok_or("no dynamic linker mapped (static executable)")?;
         if !self.linkers.insert((linker.dev.clone(), linker.inode)) {
@@ -348,7 +369,10 @@ impl Instrumenter {
         let host_path = process.host_path(&linker.path);
         let symbols = ElfSymbols::load(&host_path).map_err(|e| e.to_string())?;
         let location = symbols.function_entry(LINKER_RENDEZVOUS_SYMBOL).map_err(|e| e.to_string())?;
-        let id = self.programs.attach(&LINKER_PROBE, &host_path, location.file_offset, process.pid).map_err(|e| e.to_string())?;
+        let id = self
+            .programs
+            .attach(&LINKER_PROBE, &host_path, location.file_offset, process.pid)
+            .map_err(|e| e.to_string())?;
         self.route(id, Route::LibraryLoaded);
         Ok(())
     }

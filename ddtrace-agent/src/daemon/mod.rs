@@ -12,8 +12,8 @@ use crate::{
     cli::Cli,
     config::{Config, ExporterKind, SettingsInput},
     core::{ContextTree, EventHub, WallClock},
-    integrations::{self, Integration, TracedFunction},
     intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
+    integrations::{self, Integration, TracedFunction},
     probes::{KernelEvent, KernelPrograms},
     products::{self, tracing::TraceTags, ProductInputs, ProductManager},
     target::{descendants, read_environ, ExitWatch, Process},
@@ -230,7 +230,9 @@ fn kernel_log_level() -> u8 {
 
 async fn drain_kernel_log(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd lives.
-    let Ok(mut fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }) else {
+    let Ok(mut fd) =
+        (unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+    else {
         return;
     };
     loop {

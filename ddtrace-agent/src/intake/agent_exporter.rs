@@ -76,23 +76,18 @@ impl AgentExporter {
         env: Option<&str>,
         app_version: Option<&str>,
     ) -> Result<Self, IntakeError> {
-        let tracer_version = if tracer_version.is_empty() {
-            env!("CARGO_PKG_VERSION")
-        } else {
-            tracer_version
-        };
+        let tracer_version = if tracer_version.is_empty() { env!("CARGO_PKG_VERSION") } else { tracer_version };
         // The "language version" of an eBPF tracer is the kernel it runs on.
         let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
 
         let (exporter, runtime) = outside_tokio(|| -> Result<_, IntakeError> {
-            let runtime = Arc::new(ForkSafeRuntime::with_worker_threads(1).map_err(|e| {
-                IntakeError::ExporterSetup {
+            let runtime =
+                Arc::new(ForkSafeRuntime::with_worker_threads(1).map_err(|e| IntakeError::ExporterSetup {
                     url: agent_url.to_owned(),
                     reason: format!("could not start the exporter's runtime: {e}"),
-                }
-            })?);
+                })?);
             let mut builder = TraceExporterBuilder::<ForkSafeRuntime>::new();
             builder
                 .set_url(agent_url)
@@ -113,9 +108,7 @@ impl AgentExporter {
             }
             // Left off on purpose: client-side stats (`enable_stats`), telemetry
             // (`enable_telemetry`), health metrics. The agent computes stats from what we send.
-            let exporter = builder
-                .build::<NativeCapabilities>()
-                .map_err(|e| setup_error(agent_url, e))?;
+            let exporter = builder.build::<NativeCapabilities>().map_err(|e| setup_error(agent_url, e))?;
             Ok((exporter, runtime))
         })?;
 
@@ -146,17 +139,13 @@ impl TraceSink for AgentExporter {
                 reason: "the exporter was already shut down".to_owned(),
             });
         };
-        let payload: Vec<Vec<SpanSlice<'_>>> = chunks
-            .iter()
-            .filter(|c| !c.spans.is_empty())
-            .map(|c| to_libdd_chunk(c, &self.defaults))
-            .collect();
+        let payload: Vec<Vec<SpanSlice<'_>>> =
+            chunks.iter().filter(|c| !c.spans.is_empty()).map(|c| to_libdd_chunk(c, &self.defaults)).collect();
         if payload.is_empty() {
             return Ok(());
         }
         let count = payload.len();
-        let result =
-            outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None));
+        let result = outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None));
         match result {
             Ok(AgentResponse::Changed { body }) => {
                 debug!(chunks = count, agent_response = %body, "sent traces to the agent");
@@ -179,14 +168,9 @@ impl TraceSink for AgentExporter {
             let workers = exporter.shutdown(Some(SHUTDOWN_TIMEOUT));
             // Stops the tokio runtime itself, so that dropping `self` later is cheap anywhere.
             let runtime = runtime.shutdown(Some(SHUTDOWN_TIMEOUT));
-            workers
-                .map_err(|e| e.to_string())
-                .and(runtime.map_err(|e| e.to_string()))
+            workers.map_err(|e| e.to_string()).and(runtime.map_err(|e| e.to_string()))
         })
-        .map_err(|reason| IntakeError::Shutdown {
-            url: self.agent_url.clone(),
-            reason,
-        })
+        .map_err(|reason| IntakeError::Shutdown { url: self.agent_url.clone(), reason })
     }
 }
 
@@ -211,10 +195,7 @@ impl Drop for AgentExporter {
 ///
 /// We do not claim `Datadog-Client-Computed-Top-Level`, so the agent still computes top-level
 /// spans itself; marking the root is harmless and matches what tracers send.
-pub(crate) fn to_libdd_chunk<'a>(
-    chunk: &'a TraceChunk,
-    defaults: &'a SpanDefaults,
-) -> Vec<SpanSlice<'a>> {
+pub(crate) fn to_libdd_chunk<'a>(chunk: &'a TraceChunk, defaults: &'a SpanDefaults) -> Vec<SpanSlice<'a>> {
     chunk
         .spans
         .iter()
@@ -230,11 +211,7 @@ pub(crate) fn to_libdd_chunk<'a>(
 }
 
 fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a> {
-    let service: &'a str = if span.service.is_empty() {
-        &defaults.service
-    } else {
-        &span.service
-    };
+    let service: &'a str = if span.service.is_empty() { &defaults.service } else { &span.service };
     let mut meta = VecMap::with_capacity(span.meta.len() + 2);
     for (k, v) in &span.meta {
         meta.insert(Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()));
@@ -274,69 +251,40 @@ fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a
 fn mark_local_root(root: &mut SpanSlice<'_>, trace_id: u128) {
     let high = (trace_id >> 64) as u64;
     if high != 0 {
-        root.meta.insert_or_replace(
-            Cow::Borrowed("_dd.p.tid"),
-            Cow::Owned(format!("{high:016x}")),
-        );
+        root.meta.insert_or_replace(Cow::Borrowed("_dd.p.tid"), Cow::Owned(format!("{high:016x}")));
     }
-    root.metrics
-        .insert_or_replace(Cow::Borrowed("_dd.top_level"), 1.0);
+    root.metrics.insert_or_replace(Cow::Borrowed("_dd.top_level"), 1.0);
     if !root.metrics.contains_key("_sampling_priority_v1") {
-        root.metrics
-            .insert(Cow::Borrowed("_sampling_priority_v1"), 1.0);
+        root.metrics.insert(Cow::Borrowed("_sampling_priority_v1"), 1.0);
     }
 }
 
 fn setup_error(url: &str, e: TraceExporterError) -> IntakeError {
     match e {
         TraceExporterError::Builder(BuilderErrorKind::InvalidUri(reason)) => {
-            IntakeError::InvalidAgentUrl {
-                url: url.to_owned(),
-                reason,
-            }
+            IntakeError::InvalidAgentUrl { url: url.to_owned(), reason }
         }
-        other => IntakeError::ExporterSetup {
-            url: url.to_owned(),
-            reason: other.to_string(),
-        },
+        other => IntakeError::ExporterSetup { url: url.to_owned(), reason: other.to_string() },
     }
 }
 
 fn send_error(url: &str, chunks: usize, e: TraceExporterError) -> IntakeError {
     use std::io::ErrorKind;
     match e {
-        TraceExporterError::Network(e) => IntakeError::AgentUnreachable {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        },
+        TraceExporterError::Network(e) => IntakeError::AgentUnreachable { url: url.to_owned(), reason: e.to_string() },
         TraceExporterError::Io(e)
-            if matches!(
-                e.kind(),
-                ErrorKind::TimedOut | ErrorKind::ConnectionRefused | ErrorKind::NotFound
-            ) =>
+            if matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::ConnectionRefused | ErrorKind::NotFound) =>
         {
-            IntakeError::AgentUnreachable {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            }
+            IntakeError::AgentUnreachable { url: url.to_owned(), reason: e.to_string() }
         }
         TraceExporterError::Request(e) => {
             let mut body: String = e.msg().trim().chars().take(MAX_ERROR_BODY).collect();
             if body.len() < e.msg().trim().len() {
                 body.push_str("...");
             }
-            IntakeError::AgentRejected {
-                url: url.to_owned(),
-                chunks,
-                status: e.status().as_u16(),
-                body,
-            }
+            IntakeError::AgentRejected { url: url.to_owned(), chunks, status: e.status().as_u16(), body }
         }
-        other => IntakeError::SendFailed {
-            url: url.to_owned(),
-            chunks,
-            reason: other.to_string(),
-        },
+        other => IntakeError::SendFailed { url: url.to_owned(), chunks, reason: other.to_string() },
     }
 }
 
@@ -395,9 +343,7 @@ mod tests {
             meta: BTreeMap::from([("error.message".to_owned(), "no such table".to_owned())]),
             metrics: BTreeMap::from([("db.row_count".to_owned(), 0.0)]),
         };
-        TraceChunk {
-            spans: vec![root, child],
-        }
+        TraceChunk { spans: vec![root, child] }
     }
 
     #[test]
@@ -410,10 +356,7 @@ mod tests {
 
         assert_eq!(root.trace_id, 0xfedc_ba98_7654_3210);
         assert_eq!(child.trace_id, 0xfedc_ba98_7654_3210);
-        assert_eq!(
-            root.meta.get("_dd.p.tid").map(|v| v.as_ref()),
-            Some("0123456789abcdef")
-        );
+        assert_eq!(root.meta.get("_dd.p.tid").map(|v| v.as_ref()), Some("0123456789abcdef"));
         // Propagated tags belong on the chunk root only.
         assert!(child.meta.get("_dd.p.tid").is_none());
 
@@ -440,9 +383,7 @@ mod tests {
 
         // A decision made upstream (here: user reject) is kept.
         let mut chunk = sample_chunk(TRACE_ID);
-        chunk.spans[0]
-            .metrics
-            .insert("_sampling_priority_v1".to_owned(), -1.0);
+        chunk.spans[0].metrics.insert("_sampling_priority_v1".to_owned(), -1.0);
         let spans = to_libdd_chunk(&chunk, &d);
         assert_eq!(spans[0].metrics.get("_sampling_priority_v1"), Some(&-1.0));
     }
@@ -464,10 +405,7 @@ mod tests {
         let spans = to_libdd_chunk(&chunk, &d);
         assert_eq!(spans[0].service, "billing");
         assert_eq!(spans[0].meta.get("env").map(|v| v.as_ref()), Some("test"));
-        assert_eq!(
-            spans[0].meta.get("version").map(|v| v.as_ref()),
-            Some("1.2.3")
-        );
+        assert_eq!(spans[0].meta.get("version").map(|v| v.as_ref()), Some("1.2.3"));
         // The sqlite span is another service: env yes, the app's version no.
         assert_eq!(spans[1].service, "sqlite");
         assert_eq!(spans[1].meta.get("env").map(|v| v.as_ref()), Some("test"));
@@ -477,10 +415,7 @@ mod tests {
     #[test]
     fn works_from_inside_a_tokio_runtime() {
         // Construction, a failed send and the drop all happen on a runtime thread; none may panic.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let exporter = AgentExporter::new("http://127.0.0.1:9", "0.1.0", "svc", None, None);
             let exporter = exporter.unwrap();
@@ -502,15 +437,9 @@ mod tests {
         let url = format!("http://127.0.0.1:{port}");
         let mut exporter = AgentExporter::new(&url, "0.1.0", "svc", None, None).unwrap();
         let err = exporter.send(vec![sample_chunk(TRACE_ID)]).unwrap_err();
-        assert!(
-            matches!(err, IntakeError::AgentUnreachable { .. }),
-            "unexpected error: {err:?}"
-        );
+        assert!(matches!(err, IntakeError::AgentUnreachable { .. }), "unexpected error: {err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains(&url) && msg.contains("DD_TRACE_AGENT_URL"),
-            "{msg}"
-        );
+        assert!(msg.contains(&url) && msg.contains("DD_TRACE_AGENT_URL"), "{msg}");
     }
 
     // ---- against a real Datadog test agent (the harness shared with tests/) -------------------
@@ -521,10 +450,7 @@ mod tests {
     };
 
     fn find_span(traces: &[Vec<serde_json::Value>], span_id: u64) -> Option<&serde_json::Value> {
-        traces
-            .iter()
-            .flatten()
-            .find(|s| s["span_id"].as_u64() == Some(span_id))
+        traces.iter().flatten().find(|s| s["span_id"].as_u64() == Some(span_id))
     }
 
     #[test]
@@ -534,8 +460,7 @@ mod tests {
         // The daemon's way: send from a plain flush thread.
         let url = agent.url();
         std::thread::spawn(move || {
-            let mut exporter =
-                AgentExporter::new(&url, "0.1.0", "billing", Some("test"), Some("1.2.3")).unwrap();
+            let mut exporter = AgentExporter::new(&url, "0.1.0", "billing", Some("test"), Some("1.2.3")).unwrap();
             exporter.send(vec![sample_chunk(TRACE_ID)]).unwrap();
             exporter.shutdown().unwrap();
         })
@@ -550,17 +475,13 @@ mod tests {
             span.parent_id = if i == 0 { 0 } else { 21 };
         }
         let url = agent.url();
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let mut exporter =
-                    AgentExporter::new(&url, "0.1.0", "billing", None, None).unwrap();
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap().block_on(
+            async move {
+                let mut exporter = AgentExporter::new(&url, "0.1.0", "billing", None, None).unwrap();
                 exporter.send(vec![chunk]).unwrap();
                 // Dropped here, inside the runtime.
-            });
+            },
+        );
 
         let traces = agent.traces();
         let root = find_span(&traces, 11)
@@ -593,14 +514,8 @@ mod tests {
         let (status, body) = http_get(agent.port, "/test/session/requests").unwrap();
         assert_eq!(status, 200, "{body}");
         let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-        let traces_requests: Vec<&serde_json::Value> = requests
-            .iter()
-            .filter(|r| {
-                r["url"]
-                    .as_str()
-                    .is_some_and(|u| u.ends_with("/v0.4/traces"))
-            })
-            .collect();
+        let traces_requests: Vec<&serde_json::Value> =
+            requests.iter().filter(|r| r["url"].as_str().is_some_and(|u| u.ends_with("/v0.4/traces"))).collect();
         assert_eq!(traces_requests.len(), 2, "{requests:#?}");
         for request in traces_requests {
             // Header names arrive as sent (hyper lowercases them).
@@ -612,17 +527,9 @@ mod tests {
                 .collect();
             let header = |name: &str| headers.get(name).map(String::as_str);
             assert_eq!(header("datadog-meta-lang"), Some(LANGUAGE), "{headers:?}");
-            assert_eq!(
-                header("datadog-meta-tracer-version"),
-                Some("0.1.0"),
-                "{headers:?}"
-            );
+            assert_eq!(header("datadog-meta-tracer-version"), Some("0.1.0"), "{headers:?}");
             assert_eq!(header("x-datadog-trace-count"), Some("1"), "{headers:?}");
-            assert_eq!(
-                header("content-type"),
-                Some("application/msgpack"),
-                "{headers:?}"
-            );
+            assert_eq!(header("content-type"), Some("application/msgpack"), "{headers:?}");
             assert!(header("datadog-meta-lang-version").is_some(), "{headers:?}");
             assert!(header("content-length").is_some(), "{headers:?}");
         }

@@ -23,14 +23,10 @@ mod tests {
 
     #[test]
     fn blocks_on_a_runtime_from_inside_another() {
-        let outer = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let outer = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let value = outer.block_on(async {
             outside_tokio(|| {
-                let inner = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
+                let inner = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 inner.block_on(async { 42 })
             })
         });

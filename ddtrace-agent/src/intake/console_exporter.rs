@@ -42,17 +42,11 @@ impl<W: Write + Send> TraceSink for ConsoleExporter<W> {
         self.out
             .write_all(text.as_bytes())
             .and_then(|()| self.out.flush())
-            .map_err(|source| IntakeError::Write {
-                target: "the console",
-                source,
-            })
+            .map_err(|source| IntakeError::Write { target: "the console", source })
     }
 
     fn shutdown(&mut self) -> Result<(), IntakeError> {
-        self.out.flush().map_err(|source| IntakeError::Write {
-            target: "the console",
-            source,
-        })
+        self.out.flush().map_err(|source| IntakeError::Write { target: "the console", source })
     }
 }
 
@@ -71,33 +65,22 @@ pub fn format_chunk(chunk: &TraceChunk) -> String {
     let Some(local_root) = chunk.spans.first() else {
         return out;
     };
-    let _ = writeln!(
-        out,
-        "trace {:032x} (service {})",
-        local_root.trace_id,
-        display_or(&local_root.service, "<none>")
-    );
+    let _ = writeln!(out, "trace {:032x} (service {})", local_root.trace_id, display_or(&local_root.service, "<none>"));
 
     let spans = &chunk.spans;
     let present: HashSet<u64> = spans.iter().map(|s| s.span_id).collect();
     let mut children: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut roots = Vec::new();
     for (i, span) in spans.iter().enumerate() {
-        let has_parent_here = span.parent_id != 0
-            && span.parent_id != span.span_id
-            && present.contains(&span.parent_id);
+        let has_parent_here =
+            span.parent_id != 0 && span.parent_id != span.span_id && present.contains(&span.parent_id);
         if has_parent_here {
             children.entry(span.parent_id).or_default().push(i);
         } else {
             roots.push(i);
         }
     }
-    let by_start = |a: &usize, b: &usize| {
-        spans[*a]
-            .start_unix_ns
-            .cmp(&spans[*b].start_unix_ns)
-            .then(a.cmp(b))
-    };
+    let by_start = |a: &usize, b: &usize| spans[*a].start_unix_ns.cmp(&spans[*b].start_unix_ns).then(a.cmp(b));
     roots.sort_by(by_start);
     for list in children.values_mut() {
         list.sort_by(by_start);
@@ -105,26 +88,12 @@ pub fn format_chunk(chunk: &TraceChunk) -> String {
 
     let mut printed = vec![false; spans.len()];
     for &root in &roots {
-        print_tree(
-            root,
-            spans,
-            &children,
-            &mut printed,
-            &local_root.service,
-            &mut out,
-        );
+        print_tree(root, spans, &children, &mut printed, &local_root.service, &mut out);
     }
     // Spans caught in a parent cycle have no root above them: still show them.
     for i in 0..spans.len() {
         if !printed[i] {
-            print_tree(
-                i,
-                spans,
-                &children,
-                &mut printed,
-                &local_root.service,
-                &mut out,
-            );
+            print_tree(i, spans, &children, &mut printed, &local_root.service, &mut out);
         }
     }
     out
@@ -153,13 +122,7 @@ fn print_tree(
 }
 
 fn format_span_line(out: &mut String, span: &Span, depth: usize, root_service: &str) {
-    let _ = write!(
-        out,
-        "{:indent$}{}",
-        "",
-        one_line(&span.name),
-        indent = depth * 2
-    );
+    let _ = write!(out, "{:indent$}{}", "", one_line(&span.name), indent = depth * 2);
     if !span.resource.is_empty() && span.resource != span.name {
         let _ = write!(out, "  {}", one_line(&span.resource));
     }
@@ -183,9 +146,7 @@ fn format_span_line(out: &mut String, span: &Span, depth: usize, root_service: &
 
 /// Keeps one span on one line: captured SQL and messages often hold newlines and tabs.
 fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 fn display_or<'a>(s: &'a str, fallback: &'a str) -> &'a str {
@@ -223,15 +184,10 @@ mod tests {
         late.resource = "SELECT * FROM users\n WHERE id = ?".to_owned();
         late.span_type = "sql".to_owned();
         late.error = 1;
-        late.meta.insert(
-            "error.message".to_owned(),
-            "no such table: users".to_owned(),
-        );
+        late.meta.insert("error.message".to_owned(), "no such table: users".to_owned());
         let early = span(2, 1, "sqlite.connect", 200, 500);
         let grandchild = span(4, 2, "fs.open", 210, 100);
-        let chunk = TraceChunk {
-            spans: vec![root, late, early, grandchild],
-        };
+        let chunk = TraceChunk { spans: vec![root, late, early, grandchild] };
 
         let text = format_chunk(&chunk);
         let expected = "\
@@ -254,9 +210,7 @@ trace 5b1e00000000000100000000000000c2 (service billing)
         // 4 and 5 point at each other: malformed, but must not loop or vanish.
         let a = span(4, 5, "cycle.a", 70, 1_000);
         let b = span(5, 4, "cycle.b", 80, 1_000);
-        let chunk = TraceChunk {
-            spans: vec![root, orphan, other_service, a, b],
-        };
+        let chunk = TraceChunk { spans: vec![root, orphan, other_service, a, b] };
         let text = format_chunk(&chunk);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "  root  0.001 ms");
@@ -271,13 +225,9 @@ trace 5b1e00000000000100000000000000c2 (service billing)
     fn sink_writes_every_non_empty_chunk() {
         let mut sink = ConsoleExporter::new(Vec::new());
         sink.send(vec![
-            TraceChunk {
-                spans: vec![span(1, 0, "first", 0, 2_000_000)],
-            },
+            TraceChunk { spans: vec![span(1, 0, "first", 0, 2_000_000)] },
             TraceChunk::default(),
-            TraceChunk {
-                spans: vec![span(7, 0, "second", 0, 3_000_000)],
-            },
+            TraceChunk { spans: vec![span(7, 0, "second", 0, 3_000_000)] },
         ])
         .unwrap();
         sink.shutdown().unwrap();

@@ -75,14 +75,7 @@ pub fn new_runtime_id() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40; // version 4
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 fn kernel_release() -> String {
@@ -99,11 +92,7 @@ mod tests {
     fn runtime_ids_are_uuid_v4() {
         let id = new_runtime_id();
         let groups: Vec<&str> = id.split('-').collect();
-        assert_eq!(
-            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
-            [8, 4, 4, 4, 12],
-            "{id}"
-        );
+        assert_eq!(groups.iter().map(|g| g.len()).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{id}");
         assert!(groups[2].starts_with('4'), "{id}");
         assert!(matches!(&groups[3][..1], "8" | "9" | "a" | "b"), "{id}");
         assert_ne!(id, new_runtime_id());

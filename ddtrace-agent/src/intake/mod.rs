@@ -53,20 +53,11 @@ pub enum IntakeError {
         "the Datadog agent at {url} rejected {chunks} trace chunk(s) with HTTP {status}: \
          {body}; check the agent's logs (and its version: the v0.4 trace endpoint is required)"
     )]
-    AgentRejected {
-        url: String,
-        chunks: usize,
-        status: u16,
-        body: String,
-    },
+    AgentRejected { url: String, chunks: usize, status: u16, body: String },
 
     /// Anything else the exporter reported while sending (serialization, internal state).
     #[error("sending {chunks} trace chunk(s) to the Datadog agent at {url} failed: {reason}")]
-    SendFailed {
-        url: String,
-        chunks: usize,
-        reason: String,
-    },
+    SendFailed { url: String, chunks: usize, reason: String },
 
     /// Stopping the exporter's background workers did not finish cleanly.
     #[error("shutting down the trace exporter for {url} failed: {reason}; some data may be lost")]

@@ -24,14 +24,10 @@ use std::time::Duration;
 
 use libdd_capabilities_impl::{HttpClientCapability, NativeCapabilities};
 use libdd_common::Endpoint;
-use libdd_remote_config::fetch::{
-    ConfigApplyState, ConfigInvariants, ConfigOptions, SingleChangesFetcher,
-};
+use libdd_remote_config::fetch::{ConfigApplyState, ConfigInvariants, ConfigOptions, SingleChangesFetcher};
 use libdd_remote_config::file_change_tracker::{Change, FilePath};
 use libdd_remote_config::file_storage::{ParseFile, RawFile, RawFileStorage};
-use libdd_remote_config::{
-    RemoteConfigCapabilities, RemoteConfigPath, RemoteConfigProduct, Target,
-};
+use libdd_remote_config::{RemoteConfigCapabilities, RemoteConfigPath, RemoteConfigProduct, Target};
 use strum::IntoEnumIterator;
 use tracing::{debug, info, warn};
 
@@ -182,10 +178,7 @@ impl RemoteConfigClientBuilder {
             .enable_all()
             .thread_name("dd-remote-config")
             .build()
-            .map_err(|source| RemoteConfigError::Setup {
-                what: "tokio runtime",
-                source,
-            })?;
+            .map_err(|source| RemoteConfigError::Setup { what: "tokio runtime", source })?;
 
         let target = Target::new(
             identity.service,
@@ -263,10 +256,7 @@ impl RemoteConfigClient {
     pub fn poll(&mut self) -> Result<Vec<RemoteConfigChange>, RemoteConfigError> {
         let (fetcher, runtime) = (&mut self.fetcher, &self.runtime);
         let changes = outside_tokio(|| runtime.block_on(fetcher.fetch_changes::<Decoded>()))
-            .map_err(|e| RemoteConfigError::Poll {
-                url: self.agent_url.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| RemoteConfigError::Poll { url: self.agent_url.clone(), reason: format!("{e:#}") })?;
 
         let mut delivered = Vec::with_capacity(changes.len());
         for change in changes {
@@ -284,10 +274,7 @@ impl RemoteConfigClient {
             };
             if !is_apm_tracing(&file) {
                 // The agent only sends what we subscribed to; a stub may send anything.
-                debug!(
-                    path = file.path().as_str(),
-                    "ignoring a non-APM_TRACING config"
-                );
+                debug!(path = file.path().as_str(), "ignoring a non-APM_TRACING config");
                 continue;
             }
             let decoded = file.contents().clone();
@@ -299,8 +286,7 @@ impl RemoteConfigClient {
                         agent_url = %self.agent_url,
                         "remote configuration file ignored: {reason}"
                     );
-                    self.fetcher
-                        .set_config_state(&file, ConfigApplyState::Error(reason));
+                    self.fetcher.set_config_state(&file, ConfigApplyState::Error(reason));
                 }
             }
         }
@@ -312,10 +298,7 @@ impl RemoteConfigClient {
     /// Unknown paths are ignored.
     pub fn set_apply_result(&self, path: &str, result: Result<(), String>) {
         let Ok(path) = RemoteConfigPath::parse(path) else {
-            debug!(
-                path,
-                "apply result for an unparsable remote configuration path"
-            );
+            debug!(path, "apply result for an unparsable remote configuration path");
             return;
         };
         let state = match result {
@@ -328,10 +311,7 @@ impl RemoteConfigClient {
     /// Replaces the capabilities sent with the next polls (see
     /// [`RemoteConfigClientBuilder::capabilities`]), e.g. when a product starts or stops.
     pub fn set_capabilities(&mut self, bits: u64) {
-        self.fetcher.set_product_capabilities(
-            vec![RemoteConfigProduct::ApmTracing],
-            capabilities_from_bits(bits),
-        );
+        self.fetcher.set_product_capabilities(vec![RemoteConfigProduct::ApmTracing], capabilities_from_bits(bits));
     }
 
     /// The id this client reports itself under (random, one per client).
@@ -361,14 +341,8 @@ impl RemoteConfigClient {
         let thread = std::thread::Builder::new()
             .name("dd-rc-poller".to_owned())
             .spawn(move || run_poller(self, &inbox, on_change))
-            .map_err(|source| RemoteConfigError::Setup {
-                what: "poller thread",
-                source,
-            })?;
-        Ok(RemoteConfigPoller {
-            commands,
-            thread: Some(thread),
-        })
+            .map_err(|source| RemoteConfigError::Setup { what: "poller thread", source })?;
+        Ok(RemoteConfigPoller { commands, thread: Some(thread) })
     }
 }
 
@@ -490,19 +464,12 @@ fn describe(file: &RawFile<Decoded>, content: serde_json::Value) -> RemoteConfig
 /// Parses the agent URL the way libdatadog does, and rejects what it would panic or fail on
 /// later (no scheme, no host).
 fn agent_endpoint(url: &str, timeout: Duration) -> Result<Endpoint, RemoteConfigError> {
-    let invalid = |reason: String| RemoteConfigError::InvalidAgentUrl {
-        url: url.to_owned(),
-        reason,
-    };
+    let invalid = |reason: String| RemoteConfigError::InvalidAgentUrl { url: url.to_owned(), reason };
     let uri = libdd_common::parse_uri(url).map_err(|e| invalid(e.to_string()))?;
     match uri.scheme_str() {
         Some("http" | "https" | "unix") => {}
         Some(other) => return Err(invalid(format!("unsupported scheme {other:?}"))),
-        None => {
-            return Err(invalid(
-                "no scheme (http://, https:// or unix://)".to_owned(),
-            ))
-        }
+        None => return Err(invalid("no scheme (http://, https:// or unix://)".to_owned())),
     }
     if uri.authority().is_none() {
         return Err(invalid("no host".to_owned()));
@@ -559,8 +526,7 @@ mod tests {
 
     fn stub_config(agent: &TestAgent, path: &str, msg: serde_json::Value) {
         let body = json!({ "path": path, "msg": msg }).to_string();
-        let (status, response) =
-            http_post(agent.port, "/test/session/responses/config/path", &body).unwrap();
+        let (status, response) = http_post(agent.port, "/test/session/responses/config/path", &body).unwrap();
         assert_eq!(status, 202, "stubbing {path}: {response}");
     }
 
@@ -582,10 +548,7 @@ mod tests {
         let capabilities = capabilities_from_bits(SAMPLE_RATE | TRACING_ENABLED | 1 << 63 | 1);
         assert_eq!(
             capabilities,
-            [
-                RemoteConfigCapabilities::ApmTracingSampleRate,
-                RemoteConfigCapabilities::ApmTracingEnabled
-            ]
+            [RemoteConfigCapabilities::ApmTracingSampleRate, RemoteConfigCapabilities::ApmTracingEnabled]
         );
         assert!(capabilities_from_bits(0).is_empty());
     }
@@ -593,28 +556,18 @@ mod tests {
     #[test]
     fn unusable_agent_urls_are_reported() {
         for url in ["localhost:8126", "http://[::1", "ftp://agent:21"] {
-            let err = RemoteConfigClient::builder(url, identity())
-                .build()
-                .unwrap_err();
-            assert!(
-                matches!(err, RemoteConfigError::InvalidAgentUrl { .. }),
-                "{url}: {err:?}"
-            );
+            let err = RemoteConfigClient::builder(url, identity()).build().unwrap_err();
+            assert!(matches!(err, RemoteConfigError::InvalidAgentUrl { .. }), "{url}: {err:?}");
             assert!(err.to_string().contains("--agent-url"), "{err}");
         }
-        let err = RemoteConfigClient::builder("http://localhost:8126", ClientIdentity::new(""))
-            .build()
-            .unwrap_err();
+        let err = RemoteConfigClient::builder("http://localhost:8126", ClientIdentity::new("")).build().unwrap_err();
         assert!(matches!(err, RemoteConfigError::MissingService), "{err:?}");
     }
 
     #[test]
     fn unreachable_agent_is_a_poll_error() {
         let url = format!("http://127.0.0.1:{}", free_port());
-        let mut client = RemoteConfigClient::builder(&url, identity())
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
+        let mut client = RemoteConfigClient::builder(&url, identity()).timeout(Duration::from_secs(1)).build().unwrap();
         let err = client.poll().unwrap_err();
         assert!(matches!(err, RemoteConfigError::Poll { .. }), "{err:?}");
         assert!(err.to_string().contains(&url), "{err}");
@@ -624,17 +577,11 @@ mod tests {
     fn works_from_inside_a_tokio_runtime() {
         // Build, poll (failing) and drop on a runtime thread: none of it may panic.
         let url = format!("http://127.0.0.1:{}", free_port());
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async move {
-                let mut client = RemoteConfigClient::builder(&url, identity())
-                    .timeout(Duration::from_millis(500))
-                    .build()
-                    .unwrap();
-                assert!(client.poll().is_err());
-            });
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+            let mut client =
+                RemoteConfigClient::builder(&url, identity()).timeout(Duration::from_millis(500)).build().unwrap();
+            assert!(client.poll().is_err());
+        });
     }
 
     // ---- against a real Datadog test agent ------------------------------------------------
@@ -691,8 +638,7 @@ mod tests {
         assert_eq!(client.poll().unwrap(), []);
 
         // New content at the same path is an update.
-        let second =
-            json!({"lib_config": {"tracing_enabled": true, "tracing_sampling_rate": 0.25}});
+        let second = json!({"lib_config": {"tracing_enabled": true, "tracing_sampling_rate": 0.25}});
         stub_config(&agent, path, second.clone());
         let changes = poll_until_changed(&mut client);
         assert_eq!(
@@ -711,31 +657,17 @@ mod tests {
         stub_config(&agent, other_path, third.clone());
         let changes = poll_until_changed(&mut client);
         assert_eq!(changes.len(), 2, "{changes:#?}");
-        assert_eq!(
-            (changes[0].file().path.as_str(), &changes[0].file().content),
-            (path, &second)
-        );
-        assert!(
-            matches!(changes[0], RemoteConfigChange::Removed(_)),
-            "{changes:#?}"
-        );
-        assert_eq!(
-            (changes[1].file().path.as_str(), &changes[1].file().content),
-            (other_path, &third)
-        );
-        assert!(
-            matches!(changes[1], RemoteConfigChange::Added(_)),
-            "{changes:#?}"
-        );
+        assert_eq!((changes[0].file().path.as_str(), &changes[0].file().content), (path, &second));
+        assert!(matches!(changes[0], RemoteConfigChange::Removed(_)), "{changes:#?}");
+        assert_eq!((changes[1].file().path.as_str(), &changes[1].file().content), (other_path, &third));
+        assert!(matches!(changes[1], RemoteConfigChange::Added(_)), "{changes:#?}");
 
         // Invalid content is not delivered, and is reported to the agent as an apply error.
         let broken_path = "datadog/2/APM_TRACING/broken/config";
         stub_raw_config(&agent, broken_path, b"{not json");
         let changes = poll_until_changed(&mut client);
         assert!(
-            changes
-                .iter()
-                .all(|c| matches!(c, RemoteConfigChange::Removed(f) if f.path == other_path)),
+            changes.iter().all(|c| matches!(c, RemoteConfigChange::Removed(f) if f.path == other_path)),
             "{changes:#?}"
         );
         client.poll().unwrap();
@@ -755,25 +687,18 @@ mod tests {
         assert_eq!(tracer["language"], super::super::agent_exporter::LANGUAGE);
         assert_eq!(tracer["tags"], json!(["team:payments"]));
         assert!(!tracer["runtime_id"].as_str().unwrap_or("").is_empty());
-        assert_eq!(
-            capabilities_as_bits(&client_json["capabilities"]),
-            SAMPLE_RATE | CUSTOM_TAGS | TRACING_ENABLED
-        );
+        assert_eq!(capabilities_as_bits(&client_json["capabilities"]), SAMPLE_RATE | CUSTOM_TAGS | TRACING_ENABLED);
 
         // After the first config arrived, the client says it has it and applied it.
-        let acknowledged = requests.iter().find(|r| {
-            r["cached_target_files"]
-                .as_array()
-                .is_some_and(|files| files.iter().any(|f| f["path"] == path))
-        });
+        let acknowledged = requests
+            .iter()
+            .find(|r| r["cached_target_files"].as_array().is_some_and(|files| files.iter().any(|f| f["path"] == path)));
         let acknowledged = acknowledged.unwrap_or_else(|| panic!("{requests:#?}"));
-        let states = acknowledged["client"]["state"]["config_states"]
-            .as_array()
-            .unwrap();
+        let states = acknowledged["client"]["state"]["config_states"].as_array().unwrap();
         assert!(
-            states.iter().any(|s| s["id"] == "checkout-staging"
-                && s["product"] == "APM_TRACING"
-                && s["apply_state"] == 2),
+            states
+                .iter()
+                .any(|s| s["id"] == "checkout-staging" && s["product"] == "APM_TRACING" && s["apply_state"] == 2),
             "{acknowledged:#?}"
         );
         // The broken file was reported as an error (apply_state 3) in the last poll.
@@ -782,9 +707,7 @@ mod tests {
         assert!(
             states.iter().any(|s| s["id"] == "broken"
                 && s["apply_state"] == 3
-                && s["apply_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("JSON"))),
+                && s["apply_error"].as_str().is_some_and(|e| e.contains("JSON"))),
             "{last:#?}"
         );
     }
@@ -793,8 +716,7 @@ mod tests {
     fn poller_calls_back_and_follows_capability_changes() {
         let agent = TestAgent::start();
         let path = "datadog/2/APM_TRACING/checkout/config";
-        let config =
-            json!({"lib_config": {"tracing_enabled": false, "tracing_sampling_rate": 0.5}});
+        let config = json!({"lib_config": {"tracing_enabled": false, "tracing_sampling_rate": 0.5}});
         stub_config(&agent, path, config.clone());
 
         let (sender, received) = mpsc::channel();
@@ -818,14 +740,9 @@ mod tests {
         let reported = loop {
             let requests = config_requests(&agent);
             let last = requests.last().cloned().unwrap_or_default();
-            let error_reported = last["client"]["state"]["config_states"]
-                .as_array()
-                .is_some_and(|states| {
-                    states.iter().any(|s| {
-                        s["apply_state"] == 3
-                            && s["apply_error"] == "sampling rules are not supported"
-                    })
-                });
+            let error_reported = last["client"]["state"]["config_states"].as_array().is_some_and(|states| {
+                states.iter().any(|s| s["apply_state"] == 3 && s["apply_error"] == "sampling rules are not supported")
+            });
             let capabilities = capabilities_as_bits(&last["client"]["capabilities"]);
             if capabilities == TRACING_ENABLED | SAMPLE_RATE && error_reported {
                 break true;
@@ -871,12 +788,7 @@ mod tests {
             "target_files": [{"path": path, "raw": b64(raw)}],
             "client_configs": [path],
         });
-        let (status, body) = http_post(
-            agent.port,
-            "/test/session/responses/config",
-            &response.to_string(),
-        )
-        .unwrap();
+        let (status, body) = http_post(agent.port, "/test/session/responses/config", &response.to_string()).unwrap();
         assert_eq!(status, 202, "{body}");
     }
 
@@ -888,15 +800,9 @@ mod tests {
         let requests: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
         let bodies: Vec<serde_json::Value> = requests
             .iter()
-            .filter(|r| {
-                r["url"]
-                    .as_str()
-                    .is_some_and(|u| u.ends_with("/v0.7/config"))
-            })
+            .filter(|r| r["url"].as_str().is_some_and(|u| u.ends_with("/v0.7/config")))
             .filter_map(|r| {
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(r["body"].as_str()?)
-                    .ok()?;
+                let raw = base64::engine::general_purpose::STANDARD.decode(r["body"].as_str()?).ok()?;
                 serde_json::from_slice(&raw).ok()
             })
             .collect();
@@ -911,14 +817,11 @@ mod tests {
             serde_json::Value::String(b64) => base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .unwrap_or_else(|e| panic!("capabilities {b64:?}: {e}")),
-            serde_json::Value::Array(numbers) => numbers
-                .iter()
-                .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap())
-                .collect(),
+            serde_json::Value::Array(numbers) => {
+                numbers.iter().map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()).unwrap()).collect()
+            }
             other => panic!("unexpected capabilities {other}"),
         };
-        bytes
-            .iter()
-            .fold(0, |bits, byte| bits << 8 | u64::from(*byte))
+        bytes.iter().fold(0, |bits, byte| bits << 8 | u64::from(*byte))
     }
 }

@@ -48,17 +48,8 @@ pub struct ConfigurationEntry {
 
 impl ConfigurationEntry {
     /// A setting `name` = `value` that came from `origin`.
-    pub fn new(
-        name: impl Into<String>,
-        value: impl Into<String>,
-        origin: ConfigurationOrigin,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            value: Some(value.into()),
-            origin,
-            config_id: None,
-        }
+    pub fn new(name: impl Into<String>, value: impl Into<String>, origin: ConfigurationOrigin) -> Self {
+        Self { name: name.into(), value: Some(value.into()), origin, config_id: None }
     }
 
     /// Records the remote configuration that set this value.
@@ -102,11 +93,7 @@ pub enum TelemetryError {
 
     /// The worker did not take the message (its queue is full, or it has stopped).
     #[error("telemetry for the agent at {url} dropped {what}: {reason}")]
-    Dropped {
-        url: String,
-        what: &'static str,
-        reason: String,
-    },
+    Dropped { url: String, what: &'static str, reason: String },
 
     /// `app-closing` could not be confirmed sent within the time given.
     #[error(
@@ -161,10 +148,7 @@ impl TelemetryClientBuilder {
             return Err(TelemetryError::MissingService);
         }
         let url = self.agent_url;
-        if !["http://", "https://", "unix://"]
-            .iter()
-            .any(|scheme| url.starts_with(scheme))
-        {
+        if !["http://", "https://", "unix://"].iter().any(|scheme| url.starts_with(scheme)) {
             return Err(TelemetryError::InvalidAgentUrl {
                 url,
                 reason: "no http://, https:// or unix:// scheme".to_owned(),
@@ -189,35 +173,19 @@ impl TelemetryClientBuilder {
                 timeout_ms: self.timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64,
                 ..Default::default()
             })
-            .map_err(|e| TelemetryError::InvalidAgentUrl {
-                url: url.clone(),
-                reason: format!("{e:#}"),
-            })?;
+            .map_err(|e| TelemetryError::InvalidAgentUrl { url: url.clone(), reason: format!("{e:#}") })?;
 
         // Spawns its own thread and runtime: fine from anywhere.
         let handle = builder
             .run::<NativeCapabilities>()
-            .map_err(|e| TelemetryError::Setup {
-                url: url.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let client = TelemetryClient {
-            handle,
-            agent_url: url,
-            stopped: false,
-        };
+            .map_err(|e| TelemetryError::Setup { url: url.clone(), reason: format!("{e:#}") })?;
+        let client = TelemetryClient { handle, agent_url: url, stopped: false };
         // Queued before Start, so they are part of app-started.
         client.add_configuration(self.configuration)?;
         for (name, enabled) in self.products {
-            client
-                .handle
-                .add_product_change(name, enabled, None)
-                .map_err(|e| client.dropped("a product state", e))?;
+            client.handle.add_product_change(name, enabled, None).map_err(|e| client.dropped("a product state", e))?;
         }
-        client
-            .handle
-            .send_start()
-            .map_err(|e| client.dropped("app-started", e))?;
+        client.handle.send_start().map_err(|e| client.dropped("app-started", e))?;
         Ok(client)
     }
 }
@@ -290,9 +258,7 @@ impl TelemetryClient {
         if std::mem::replace(&mut self.stopped, true) {
             return Ok(());
         }
-        self.handle
-            .send_stop()
-            .map_err(|e| self.dropped("app-closing", e))?;
+        self.handle.send_stop().map_err(|e| self.dropped("app-closing", e))?;
 
         // libdatadog's wait has no upper bound of its own (it waits for the worker thread to
         // report that it ended); wait for it on a helper thread so a worker that never ends
@@ -300,12 +266,10 @@ impl TelemetryClient {
         let deadline = Instant::now() + timeout;
         let handle = self.handle.clone();
         let (done, finished) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("dd-telemetry-stop".to_owned())
-            .spawn(move || {
-                handle.wait_for_shutdown_deadline(deadline);
-                let _ = done.send(());
-            });
+        let spawned = std::thread::Builder::new().name("dd-telemetry-stop".to_owned()).spawn(move || {
+            handle.wait_for_shutdown_deadline(deadline);
+            let _ = done.send(());
+        });
         if let Err(e) = spawned {
             debug!(error = %e, "telemetry stop: not waiting for the worker");
             return Ok(());
@@ -313,18 +277,11 @@ impl TelemetryClient {
         // A little past the deadline: the worker needs a moment to notice the cancellation.
         finished
             .recv_timeout(timeout + Duration::from_millis(500))
-            .map_err(|_| TelemetryError::StopTimedOut {
-                url: self.agent_url.clone(),
-                timeout,
-            })
+            .map_err(|_| TelemetryError::StopTimedOut { url: self.agent_url.clone(), timeout })
     }
 
     fn dropped(&self, what: &'static str, e: anyhow::Error) -> TelemetryError {
-        TelemetryError::Dropped {
-            url: self.agent_url.clone(),
-            what,
-            reason: format!("{e:#}"),
-        }
+        TelemetryError::Dropped { url: self.agent_url.clone(), what, reason: format!("{e:#}") }
     }
 }
 
@@ -346,9 +303,7 @@ mod tests {
     use serde_json::Value;
 
     fn identity() -> ClientIdentity {
-        ClientIdentity::new("checkout")
-            .with_env("staging")
-            .with_app_version("1.2.3")
+        ClientIdentity::new("checkout").with_env("staging").with_app_version("1.2.3")
     }
 
     /// Every telemetry event the test agent received, oldest first, with message batches
@@ -386,10 +341,7 @@ mod tests {
     }
 
     fn find<'a>(events: &'a [(String, Value, Value)], kind: &str) -> &'a (String, Value, Value) {
-        events
-            .iter()
-            .find(|(k, ..)| k == kind)
-            .unwrap_or_else(|| panic!("no {kind} among {events:#?}"))
+        events.iter().find(|(k, ..)| k == kind).unwrap_or_else(|| panic!("no {kind} among {events:#?}"))
     }
 
     fn configuration_of(payload: &Value) -> Vec<(String, Value, String, Value)> {
@@ -421,16 +373,8 @@ mod tests {
                 .heartbeat_interval(Duration::from_millis(300))
                 .configuration([
                     ConfigurationEntry::new("DD_SERVICE", "checkout", ConfigurationOrigin::EnvVar),
-                    ConfigurationEntry::new(
-                        "DD_TRACE_ENABLED",
-                        "true",
-                        ConfigurationOrigin::Default,
-                    ),
-                    ConfigurationEntry::new(
-                        "DD_TRACE_SAMPLE_RATE",
-                        "1.0",
-                        ConfigurationOrigin::Code,
-                    ),
+                    ConfigurationEntry::new("DD_TRACE_ENABLED", "true", ConfigurationOrigin::Default),
+                    ConfigurationEntry::new("DD_TRACE_SAMPLE_RATE", "1.0", ConfigurationOrigin::Code),
                 ])
                 .product("tracing", true)
                 .start()
@@ -444,45 +388,21 @@ mod tests {
         assert_eq!(
             configuration_of(started),
             [
-                (
-                    "DD_SERVICE".to_owned(),
-                    Value::from("checkout"),
-                    "env_var".to_owned(),
-                    Value::Null
-                ),
-                (
-                    "DD_TRACE_ENABLED".to_owned(),
-                    Value::from("true"),
-                    "default".to_owned(),
-                    Value::Null
-                ),
-                (
-                    "DD_TRACE_SAMPLE_RATE".to_owned(),
-                    Value::from("1.0"),
-                    "code".to_owned(),
-                    Value::Null
-                ),
+                ("DD_SERVICE".to_owned(), Value::from("checkout"), "env_var".to_owned(), Value::Null),
+                ("DD_TRACE_ENABLED".to_owned(), Value::from("true"), "default".to_owned(), Value::Null),
+                ("DD_TRACE_SAMPLE_RATE".to_owned(), Value::from("1.0"), "code".to_owned(), Value::Null),
             ]
         );
-        assert_eq!(
-            started["products"]["tracing"]["enabled"], true,
-            "{started:#}"
-        );
+        assert_eq!(started["products"]["tracing"]["enabled"], true, "{started:#}");
         let application = &envelope["application"];
         assert_eq!(application["service_name"], "checkout");
         assert_eq!(application["env"], "staging");
         assert_eq!(application["service_version"], "1.2.3");
-        assert_eq!(
-            application["language_name"],
-            super::super::agent_exporter::LANGUAGE
-        );
+        assert_eq!(application["language_name"], super::super::agent_exporter::LANGUAGE);
         assert_eq!(application["tracer_version"], env!("CARGO_PKG_VERSION"));
         assert_eq!(envelope["runtime_id"], runtime_id.as_str());
         assert_eq!(envelope["api_version"], "v2");
-        assert!(!envelope["host"]["hostname"]
-            .as_str()
-            .unwrap_or("")
-            .is_empty());
+        assert!(!envelope["host"]["hostname"].as_str().unwrap_or("").is_empty());
         find(&events, "app-heartbeat");
 
         // A change after the start (say, by remote configuration) goes out with a heartbeat.
@@ -508,10 +428,7 @@ mod tests {
         );
         let events = wait_for_event(&agent, "app-integrations-change");
         let (_, integrations, _) = find(&events, "app-integrations-change");
-        assert_eq!(
-            integrations["integrations"][0]["name"], "sqlite",
-            "{integrations:#}"
-        );
+        assert_eq!(integrations["integrations"][0]["name"], "sqlite", "{integrations:#}");
 
         // And from inside a tokio runtime, which libdatadog's blocking calls do not allow as is.
         tokio::runtime::Builder::new_current_thread()
@@ -529,13 +446,8 @@ mod tests {
             let (status, body) = http_get(agent.port, "/test/session/apmtelemetry").unwrap();
             assert_eq!(status, 200);
             let envelopes: Vec<Value> = serde_json::from_str(&body).unwrap();
-            assert!(envelopes
-                .iter()
-                .all(|e| e["runtime_id"] == runtime_id.as_str()));
-            envelopes
-                .iter()
-                .filter_map(|e| e["seq_id"].as_u64())
-                .collect()
+            assert!(envelopes.iter().all(|e| e["runtime_id"] == runtime_id.as_str()));
+            envelopes.iter().filter_map(|e| e["seq_id"].as_u64()).collect()
         };
         let mut sorted = seq_ids.clone();
         sorted.sort_unstable();
@@ -549,33 +461,19 @@ mod tests {
     #[test]
     fn unreachable_agent_does_not_block_stop() {
         let url = format!("http://127.0.0.1:{}", ddtrace_tests::http::free_port());
-        let mut client = TelemetryClient::builder(&url, identity())
-            .timeout(Duration::from_secs(10))
-            .start()
-            .unwrap();
+        let mut client = TelemetryClient::builder(&url, identity()).timeout(Duration::from_secs(10)).start().unwrap();
         let started = Instant::now();
         // Whatever happens to the requests, stop returns within its bound.
         let _ = client.stop(Duration::from_millis(500));
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     }
 
     #[test]
     fn unusable_settings_are_reported() {
-        let err = TelemetryClient::builder("localhost:8126", identity())
-            .start()
-            .unwrap_err();
-        assert!(
-            matches!(err, TelemetryError::InvalidAgentUrl { .. }),
-            "{err:?}"
-        );
+        let err = TelemetryClient::builder("localhost:8126", identity()).start().unwrap_err();
+        assert!(matches!(err, TelemetryError::InvalidAgentUrl { .. }), "{err:?}");
         assert!(err.to_string().contains("--agent-url"), "{err}");
-        let err = TelemetryClient::builder("http://localhost:8126", ClientIdentity::new(""))
-            .start()
-            .unwrap_err();
+        let err = TelemetryClient::builder("http://localhost:8126", ClientIdentity::new("")).start().unwrap_err();
         assert!(matches!(err, TelemetryError::MissingService), "{err:?}");
     }
 }

@@ -49,9 +49,9 @@ impl LibraryMatch {
     pub fn matches_file(&self, path: &Path) -> bool {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else { return false };
         match self {
-            Self::SharedLibrary { file_prefixes, .. } => file_prefixes
-                .iter()
-                .any(|prefix| name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-'))),
+            Self::SharedLibrary { file_prefixes, .. } => file_prefixes.iter().any(|prefix| {
+                name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(".so") || rest.starts_with('-'))
+            }),
             Self::File(file) if file.starts_with('/') => path == Path::new(file),
             Self::File(file) => name == *file,
         }
@@ -86,7 +86,11 @@ mod tests {
 
     #[test]
     fn library_match_accepts_versioned_sonames_only() {
-        let m = LibraryMatch::SharedLibrary { display: "libsqlite3", file_prefixes: &["libsqlite3"], marker_symbol: "sqlite3_step" };
+        let m = LibraryMatch::SharedLibrary {
+            display: "libsqlite3",
+            file_prefixes: &["libsqlite3"],
+            marker_symbol: "sqlite3_step",
+        };
         assert!(m.matches_file(Path::new("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0.8.6")));
         assert!(m.matches_file(Path::new("/opt/libsqlite3.so")));
         assert!(!m.matches_file(Path::new("/usr/lib/libsqlite3x.so")));

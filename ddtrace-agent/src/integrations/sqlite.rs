@@ -214,7 +214,11 @@ impl Integration for SqliteIntegration {
     }
 
     fn library(&self) -> LibraryMatch {
-        LibraryMatch::SharedLibrary { display: "libsqlite3", file_prefixes: &["libsqlite3"], marker_symbol: "sqlite3_step" }
+        LibraryMatch::SharedLibrary {
+            display: "libsqlite3",
+            file_prefixes: &["libsqlite3"],
+            marker_symbol: "sqlite3_step",
+        }
     }
 
     fn probes(&self) -> &'static [ProbeDef] {

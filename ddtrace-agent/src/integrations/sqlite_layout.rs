@@ -11,13 +11,15 @@ pub const SCAN_BYTES: usize = 32;
 /// The offset of `zSql` in `sqlite3_stmt`, decoded from `sqlite3_sql`'s first bytes.
 pub fn sql_field_offset(code: &[u8]) -> Option<u64> {
     // REX.W 8B /r with reg = rax, rm = rdi: modrm 0x47 (disp8) or 0x87 (disp32).
-    code.windows(3).enumerate().find_map(|(at, window)| match window {
-        [0x48, 0x8b, 0x47] => code.get(at + 3).map(|d| *d as i8 as i64),
-        [0x48, 0x8b, 0x87] => code.get(at + 3..at + 7).map(|d| i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64),
-        _ => None,
-    })
-    .filter(|offset| *offset > 0)
-    .map(|offset| offset as u64)
+    code.windows(3)
+        .enumerate()
+        .find_map(|(at, window)| match window {
+            [0x48, 0x8b, 0x47] => code.get(at + 3).map(|d| *d as i8 as i64),
+            [0x48, 0x8b, 0x87] => code.get(at + 3..at + 7).map(|d| i32::from_le_bytes([d[0], d[1], d[2], d[3]]) as i64),
+            _ => None,
+        })
+        .filter(|offset| *offset > 0)
+        .map(|offset| offset as u64)
 }
 
 #[cfg(test)]

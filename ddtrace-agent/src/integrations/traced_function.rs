@@ -52,7 +52,8 @@ impl Integration for TracedFunction {
     fn on_event(&mut self, _probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree) {
         match event {
             ProbeEvent::Entry(entry) => {
-                let data = ContextData::new("trace.annotation", "trace", "", SpanKind::Internal).with_resource(self.symbol);
+                let data =
+                    ContextData::new("trace.annotation", "trace", "", SpanKind::Internal).with_resource(self.symbol);
                 let id = contexts.start(entry.tgid, entry.tid, entry.ktime_ns, entry.frame, data);
                 self.open.enter(entry.tid, entry.frame, (entry.tgid, id));
             }

@@ -21,7 +21,6 @@ impl KernelCounters {
     pub fn get(&self, index: u32) -> u64 {
         self.values[index as usize]
     }
-
 }
 
 impl std::fmt::Display for KernelCounters {

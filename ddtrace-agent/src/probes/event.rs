@@ -23,7 +23,9 @@ pub struct ProcessChange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcessChangeKind {
     /// A new task: a child process, or a thread of `tgid` (the kernel cannot tell them apart).
-    Forked { child: u32 },
+    Forked {
+        child: u32,
+    },
     Exec,
     Exited,
 }
@@ -89,7 +91,6 @@ impl ProbeEvent {
             Self::Exit(e) => e.ktime_ns,
         }
     }
-
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,7 +193,9 @@ mod tests {
             exit_flags: exit_flags::OUT_VALUE_VALID,
             _pad: 0,
         };
-        let KernelEvent::Probe(ProbeEvent::Exit(exit)) = decode(&bytes_of(&event)).unwrap() else { panic!("not an exit") };
+        let KernelEvent::Probe(ProbeEvent::Exit(exit)) = decode(&bytes_of(&event)).unwrap() else {
+            panic!("not an exit")
+        };
         assert_eq!((exit.probe_id, exit.tid, exit.ret, exit.out_value), (7, 11, 101, Some(0xdead)));
     }
 
@@ -209,7 +212,9 @@ mod tests {
             capture: [0; MAX_CAPTURE],
         };
         event.capture[..9].copy_from_slice(b"SELECT 1\0");
-        let KernelEvent::Probe(ProbeEvent::Entry(entry)) = decode(&bytes_of(&event)).unwrap() else { panic!("not an entry") };
+        let KernelEvent::Probe(ProbeEvent::Entry(entry)) = decode(&bytes_of(&event)).unwrap() else {
+            panic!("not an entry")
+        };
         assert_eq!(entry.capture.as_deref(), Some(&b"SELECT 1"[..]));
         // A lying length never reads past the buffer.
         event.capture_len = u32::MAX;
@@ -224,7 +229,11 @@ mod tests {
             child_pid: 11,
             _pad: 0,
         };
-        let change = KernelEvent::Process(ProcessChange { tgid: 10, ktime_ns: 5, kind: ProcessChangeKind::Forked { child: 11 } });
+        let change = KernelEvent::Process(ProcessChange {
+            tgid: 10,
+            ktime_ns: 5,
+            kind: ProcessChangeKind::Forked { child: 11 },
+        });
         assert_eq!(decode(&bytes_of(&event)).unwrap(), change);
     }
 

@@ -63,12 +63,14 @@ impl KernelPrograms {
             loader.override_global(tracepoint_globals::FORK_CHILD_PID_OFFSET, child_pid, true);
             loader.override_global(tracepoint_globals::EXIT_GROUP_DEAD_OFFSET, group_dead, true);
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                let text = format!("{e:#}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
-                if is_permission_error(&text) { ProbeError::NotPermitted(text) } else { ProbeError::Load(text) }
-            })?;
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            let text = format!("{e:#}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+            if is_permission_error(&text) {
+                ProbeError::NotPermitted(text)
+            } else {
+                ProbeError::Load(text)
+            }
+        })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
@@ -79,8 +81,9 @@ impl KernelPrograms {
             ebpf.take_map(names::TRACKED_PROCESSES).ok_or(ProbeError::Missing(names::TRACKED_PROCESSES))?,
         )
         .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let counters = PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
-            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
         let mut programs = Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 };
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints()?,
@@ -115,10 +118,7 @@ impl KernelPrograms {
     }
 
     fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
-        ebpf.program_mut(name)
-            .ok_or(ProbeError::Missing(name))?
-            .try_into()
-            .map_err(|_| ProbeError::Missing(name))
+        ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?.try_into().map_err(|_| ProbeError::Missing(name))
     }
 
     /// The ring buffer reader (can be taken once).
@@ -143,7 +143,8 @@ impl KernelPrograms {
 
     /// Flips bit `tgid` of the filter bitmap. Only this (single-threaded) daemon writes it.
     fn set_tracked(&mut self, tgid: u32, tracked: bool) -> Result<(), ProbeError> {
-        let map_error = |e: aya::maps::MapError| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() };
+        let map_error =
+            |e: aya::maps::MapError| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() };
         let index = tgid / 64;
         let word = self.tracked.get(&index, 0).map_err(map_error)?;
         let bit = 1u64 << (tgid % 64);
@@ -175,16 +176,17 @@ impl KernelPrograms {
             if !wanted {
                 continue;
             }
-            let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(file_offset), cookie: Some(id as u64) };
-            Self::uprobe(&mut self.ebpf, program)?
-                .attach(point, path, scope)
-                .map_err(|e| ProbeError::Attach {
-                    program,
-                    symbol: def.symbol.to_string(),
-                    path: path.display().to_string(),
-                    pid,
-                    reason: error_chain(&e),
-                })?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: Some(id as u64),
+            };
+            Self::uprobe(&mut self.ebpf, program)?.attach(point, path, scope).map_err(|e| ProbeError::Attach {
+                program,
+                symbol: def.symbol.to_string(),
+                path: path.display().to_string(),
+                pid,
+                reason: error_chain(&e),
+            })?;
         }
         Ok(id)
     }
@@ -196,7 +198,13 @@ impl KernelPrograms {
             let uprobe = Self::uprobe(&mut self.ebpf, program)?;
             uprobe.load().map_err(|e| load_error(program, e))?;
             uprobe.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), path, scope).map_err(|e| {
-                ProbeError::Attach { program, symbol: "baseline".into(), path: path.display().to_string(), pid, reason: error_chain(&e) }
+                ProbeError::Attach {
+                    program,
+                    symbol: "baseline".into(),
+                    path: path.display().to_string(),
+                    pid,
+                    reason: error_chain(&e),
+                }
             })?;
         }
         Ok(())

@@ -28,7 +28,15 @@ pub struct ProbeDef {
 impl ProbeDef {
     /// An entry-only probe with nothing captured.
     pub const fn entry(symbol: &'static str) -> Self {
-        Self { symbol, entry: true, exit: false, capture: Capture::Nothing, out_pointer_arg: None, urgent: false, required: false }
+        Self {
+            symbol,
+            entry: true,
+            exit: false,
+            capture: Capture::Nothing,
+            out_pointer_arg: None,
+            urgent: false,
+            required: false,
+        }
     }
 
     pub const fn with_exit(mut self) -> Self {

@@ -84,10 +84,10 @@ impl ElfSymbols {
 
     /// The file offset of function `name`'s first instruction worth probing.
     pub fn function_entry(&self, name: &str) -> Result<ProbeLocation, SymbolError> {
-        let address = *self.functions.get(name).ok_or_else(|| SymbolError::MissingSymbol {
-            path: self.path.clone(),
-            symbol: name.to_string(),
-        })?;
+        let address = *self
+            .functions
+            .get(name)
+            .ok_or_else(|| SymbolError::MissingSymbol { path: self.path.clone(), symbol: name.to_string() })?;
         let file_offset = self.file_offset(address).ok_or_else(|| SymbolError::NotInSegment {
             path: self.path.clone(),
             symbol: name.to_string(),

@@ -28,11 +28,7 @@ pub fn parse_maps(text: &str) -> Vec<MappedObject> {
         if inode == 0 || !path.starts_with('/') || path.ends_with(" (deleted)") {
             continue;
         }
-        let start = range
-            .split('-')
-            .next()
-            .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .unwrap_or(0);
+        let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
         if let Some(existing) = objects.iter_mut().find(|o| o.inode == inode && o.dev == dev) {
             existing.start = existing.start.min(start);
             continue;

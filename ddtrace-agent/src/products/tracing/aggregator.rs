@@ -67,7 +67,11 @@ mod tests {
     #[test]
     fn chunk_is_sent_when_the_root_ends_with_the_root_first() {
         let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let writer = crate::products::tracing::TraceWriter::spawn(Box::new(Collect(sent.clone())), std::time::Duration::from_secs(3600)).unwrap();
+        let writer = crate::products::tracing::TraceWriter::spawn(
+            Box::new(Collect(sent.clone())),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
         let mut aggregator = TraceAggregator::new(SpanBuilder::new(TraceTags::default()), writer.sender());
         aggregator.on_context_ended(&context(3, 2, 1));
         aggregator.on_context_ended(&context(2, 1, 1));

@@ -55,7 +55,8 @@ impl Product for TracingProduct {
     }
 
     fn start(&mut self, hub: &mut EventHub) -> Result<(), ProductError> {
-        let sink = self.sink.take().ok_or(ProductError::Start { product: "tracing", reason: "already started".into() })?;
+        let sink =
+            self.sink.take().ok_or(ProductError::Start { product: "tracing", reason: "already started".into() })?;
         let writer = TraceWriter::spawn(sink, FLUSH_INTERVAL)
             .map_err(|e| ProductError::Start { product: "tracing", reason: e.to_string() })?;
         let mut aggregator = TraceAggregator::new(SpanBuilder::new(self.tags.clone()), writer.sender());
