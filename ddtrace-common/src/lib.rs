@@ -40,6 +40,10 @@ pub mod probe_flags {
     /// Wake the reader at once: for rare events the daemon must act on quickly
     /// (a library was just mapped and needs probes).
     pub const WAKE_READER: u32 = 1 << 2;
+    /// Argument `length_arg` bounds the captured string (as SQLite's `nByte`: a byte count, or
+    /// negative for "up to the NUL"): SQL handed over with a length need not be NUL-terminated,
+    /// and the capture must not run into the memory after it.
+    pub const CAPTURE_LENGTH_ARG: u32 = 1 << 3;
 }
 
 /// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`
@@ -50,7 +54,7 @@ pub struct ProbeSpec {
     pub flags: u32,
     pub capture_arg: u32,
     pub out_arg: u32,
-    pub _pad: u32,
+    pub length_arg: u32,
 }
 
 /// [`EventHeader::kind`] values.

@@ -168,7 +168,15 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
 
     if spec.flags & probe_flags::CAPTURE_STRING != 0 {
         let src = select_arg(&args, spec.capture_arg) as *const u8;
-        emit_entry_with_capture(src, probe_id, pid_tgid, args, frame, spec.flags);
+        let mut limit = MAX_CAPTURE;
+        if spec.flags & probe_flags::CAPTURE_LENGTH_ARG != 0 {
+            let length = select_arg(&args, spec.length_arg) as i32;
+            // The helper copies at most limit - 1 bytes and a NUL: never past the caller's bytes.
+            if length >= 0 && (length as usize) < MAX_CAPTURE {
+                limit = length as usize + 1;
+            }
+        }
+        emit_entry_with_capture(src, limit, probe_id, pid_tgid, args, frame, spec.flags);
     } else {
         emit_entry(probe_id, pid_tgid, args, frame, spec.flags);
     }
@@ -189,6 +197,7 @@ fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64,
 #[inline(always)]
 fn emit_entry_with_capture(
     src: *const u8,
+    limit: usize,
     probe_id: u32,
     pid_tgid: u64,
     args: [u64; ENTRY_ARGS],
@@ -205,13 +214,15 @@ fn emit_entry_with_capture(
     // written before submit. The string is read with the bounded user-memory helper.
     unsafe {
         (*event).entry = EntryEvent { header: header(event_kind::ENTRY_WITH_CAPTURE, probe_id, pid_tgid), args, frame };
-        let buffer = &mut (*event).capture;
+        let limit = if limit > MAX_CAPTURE { MAX_CAPTURE } else { limit };
+        let buffer = &mut (&mut (*event).capture)[..limit];
         match bpf_probe_read_user_str_bytes(src, buffer) {
             Ok(bytes) => {
                 let len = bytes.len();
                 (*event).capture_len = len as u32;
-                // The helper stops at MAX_CAPTURE - 1 bytes plus the NUL.
-                if len >= MAX_CAPTURE - 1 {
+                // The helper stops at MAX_CAPTURE - 1 bytes plus the NUL: our bound, not the
+                // caller's length, cut the string.
+                if limit == MAX_CAPTURE && len >= MAX_CAPTURE - 1 {
                     (*event).capture_flags = capture_flags::TRUNCATED;
                     count(counter::CAPTURE_TRUNCATED);
                 } else {

@@ -2,7 +2,7 @@
 
 Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
 `work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
-error), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
+error), `with_length` (a statement prepared through the C API with a byte count), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
 """
 import sys
 
@@ -52,6 +52,20 @@ for line in sys.stdin:
         work(int(command[1]))
     elif command[0] == "fail":
         fail()
+    elif command[0] == "with_length":
+        # The C API the way rusqlite and Go drivers use it: SQL with a byte count, not
+        # NUL-terminated, followed by other memory that must never reach a span.
+        import ctypes
+
+        lib = ctypes.CDLL("libsqlite3.so.0")
+        db = ctypes.c_void_p()
+        assert lib.sqlite3_open(b":memory:", ctypes.byref(db)) == 0
+        buffer = ctypes.create_string_buffer(b"SELECT 7 LEAKEDSECRET", 21)
+        stmt = ctypes.c_void_p()
+        assert lib.sqlite3_prepare_v2(db, buffer, 8, ctypes.byref(stmt), None) == 0
+        assert lib.sqlite3_step(stmt) == 100
+        lib.sqlite3_finalize(stmt)
+        lib.sqlite3_close(db)
     elif command[0] == "exec":
         print("ok exec", flush=True)
         import os

@@ -232,3 +232,20 @@ fn without_privileges_the_daemon_says_what_it_needs() {
     assert!(stderr.contains("permission denied") && stderr.contains("root"), "{stderr}");
     assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one clear line:\n{stderr}");
 }
+
+#[test]
+fn sql_passed_with_a_length_is_captured_up_to_that_length_only() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    worker.run("import");
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("with_length");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", daemon.stderr_text());
+    let spans = agent.spans();
+    assert!(spans.iter().all(|s| !resource(s).contains("LEAKED")), "read past nByte: {spans:#?}");
+    assert_eq!(with_resource(&spans, "SELECT ?").len(), 1, "{spans:#?}");
+}

@@ -39,10 +39,10 @@ const FINALIZE: usize = 5;
 
 static PROBES: [ProbeDef; 6] = [
     // int sqlite3_prepare_v2(sqlite3 *db, const char *zSql, int nByte, sqlite3_stmt **ppStmt, const char **pzTail)
-    ProbeDef::entry("sqlite3_prepare_v2").with_exit().capturing(Capture::StringArg(1)).out_pointer(3),
+    ProbeDef::entry("sqlite3_prepare_v2").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(3),
     // int sqlite3_prepare_v3(sqlite3 *db, const char *zSql, int nByte, unsigned prepFlags, sqlite3_stmt **ppStmt, ...)
-    ProbeDef::entry("sqlite3_prepare_v3").with_exit().capturing(Capture::StringArg(1)).out_pointer(4),
-    ProbeDef::entry("sqlite3_prepare").with_exit().capturing(Capture::StringArg(1)).out_pointer(3),
+    ProbeDef::entry("sqlite3_prepare_v3").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(4),
+    ProbeDef::entry("sqlite3_prepare").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(3),
     // int sqlite3_step(sqlite3_stmt*)
     ProbeDef::entry("sqlite3_step").with_exit().required(),
     ProbeDef::entry("sqlite3_reset"),

@@ -19,6 +19,8 @@ pub struct ProbeDef {
     pub capture: Capture,
     /// Argument `n` is a pointer to an out-parameter whose value is reported at exit.
     pub out_pointer_arg: Option<u32>,
+    /// Argument `n` bounds the captured string (a byte count; negative means up to the NUL).
+    pub capture_length_arg: Option<u32>,
     /// The daemon must act on this event at once (wake the reader).
     pub urgent: bool,
     /// Without this symbol the integration cannot work on that library.
@@ -34,6 +36,7 @@ impl ProbeDef {
             exit: false,
             capture: Capture::Nothing,
             out_pointer_arg: None,
+            capture_length_arg: None,
             urgent: false,
             required: false,
         }
@@ -46,6 +49,11 @@ impl ProbeDef {
 
     pub const fn capturing(mut self, capture: Capture) -> Self {
         self.capture = capture;
+        self
+    }
+
+    pub const fn capture_length(mut self, arg: u32) -> Self {
+        self.capture_length_arg = Some(arg);
         self
     }
 
@@ -70,6 +78,10 @@ impl ProbeDef {
         if let Capture::StringArg(n) = self.capture {
             spec.flags |= probe_flags::CAPTURE_STRING;
             spec.capture_arg = n;
+        }
+        if let Some(n) = self.capture_length_arg {
+            spec.flags |= probe_flags::CAPTURE_LENGTH_ARG;
+            spec.length_arg = n;
         }
         if let Some(n) = self.out_pointer_arg {
             spec.flags |= probe_flags::READ_OUT_POINTER_AT_EXIT;
