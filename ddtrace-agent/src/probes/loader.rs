@@ -171,7 +171,9 @@ impl KernelPrograms {
         let scope = UProbeScope::AllProcesses;
         // The entry program also saves out-pointers that the exit reads back.
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
-        let programs = [(needs_entry, names::ENTRY_PROGRAM), (def.exit, names::EXIT_PROGRAM)];
+        // Exit first: a call entered between the two attaches then has neither event, rather
+        // than an entry whose exit never comes.
+        let programs = [(def.exit, names::EXIT_PROGRAM), (needs_entry, names::ENTRY_PROGRAM)];
         for (wanted, program) in programs {
             if !wanted {
                 continue;
