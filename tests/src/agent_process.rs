@@ -24,27 +24,39 @@ pub fn agent_binary() -> PathBuf {
 pub struct AgentProcess {
     child: Child,
     stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
+}
+
+/// Collects a child's output lines on a thread of its own.
+fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
 }
 
 impl AgentProcess {
-    /// Starts `ddtrace-agent` with `args` (stdout discarded unless the console exporter is asked).
+    /// Starts `ddtrace-agent` with `args`, collecting its stdout (the console exporter's span
+    /// trees) and stderr.
     pub fn start(args: &[&str]) -> Self {
         let mut child = Command::new(agent_binary())
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("ddtrace-agent starts");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        });
-        Self { child, stderr }
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        Self { child, stderr, stdout }
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
     }
 
     /// Attaches to `pid`, sending traces to `agent_url`, with a fixed service name.

@@ -249,3 +249,25 @@ fn sql_passed_with_a_length_is_captured_up_to_that_length_only() {
     assert!(spans.iter().all(|s| !resource(s).contains("LEAKED")), "read past nByte: {spans:#?}");
     assert_eq!(with_resource(&spans, "SELECT ?").len(), 1, "{spans:#?}");
 }
+
+#[test]
+fn the_console_exporter_prints_span_trees_without_any_agent() {
+    let _serial = ddtrace_tests::serial();
+    let mut worker = SqliteWorker::spawn();
+    worker.run("import");
+    let pid = worker.pid().to_string();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--service", "console-demo", "--exporter", "console"]);
+    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    worker.run("work 1");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}\n{}", daemon.stderr_text());
+    let stdout = daemon.stdout_text();
+    // A trace header, then the CREATE TABLE span with SQLite's schema query nested under it.
+    assert!(stdout.lines().any(|l| l.starts_with("trace ") && l.contains("(service console-demo)")), "{stdout}");
+    let create = stdout.lines().position(|l| l.trim_start().starts_with("sqlite.query  CREATE TABLE users")).expect(&stdout);
+    let child = stdout.lines().nth(create + 1).unwrap_or("");
+    assert!(child.starts_with("    sqlite.query  SELECT*FROM main . sqlite_master"), "nested one level deeper:\n{stdout}");
+    assert!(stdout.contains("INSERT INTO users ( name, secret ) VALUES ( ? )") && stdout.contains(" ms  [sql]"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
