@@ -11,6 +11,8 @@ pub enum Origin {
     DaemonEnvironment,
     TargetEnvironment,
     CommandLine,
+    /// Set through remote configuration (`APM_TRACING`) while the daemon runs.
+    RemoteConfig,
 }
 
 impl Origin {
@@ -21,6 +23,7 @@ impl Origin {
             Self::DaemonEnvironment => "env_var",
             Self::TargetEnvironment => "target_env_var",
             Self::CommandLine => "code",
+            Self::RemoteConfig => "remote_config",
         }
     }
 }
@@ -62,6 +65,14 @@ pub struct Config {
     pub version: Setting<Option<String>>,
     pub tags: Setting<Vec<(String, String)>>,
     pub agent_url: Setting<String>,
+    /// `DD_TRACE_ENABLED`: whether the tracing product runs (default true).
+    pub trace_enabled: Setting<bool>,
+    /// `DD_PROFILING_ENABLED` (default false). Resolved and reported; no profiling product yet.
+    pub profiling_enabled: Setting<bool>,
+    /// `DD_TRACE_SAMPLE_RATE`: the share of traces kept, in [0, 1]; `None` keeps them all.
+    pub trace_sample_rate: Setting<Option<f64>>,
+    /// `DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS` (default 5 s, as in-process tracers).
+    pub remote_config_poll_interval: Setting<f64>,
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
@@ -87,6 +98,25 @@ impl SettingsInput {
         }
     }
 
+    /// Resolves a setting read from the environment only (target, then daemon) and parsed by
+    /// `parse`. A value that does not parse is logged and skipped: the next source applies.
+    fn parsed<T>(&self, key: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Setting<T>> {
+        let sources = [(&self.target_env, Origin::TargetEnvironment), (&self.daemon_env, Origin::DaemonEnvironment)];
+        for (env, origin) in sources {
+            let Some(text) = non_empty(env.get(key)) else { continue };
+            match parse(&text) {
+                Some(value) => return Some(Setting { value, origin }),
+                None => tracing::warn!(
+                    setting = key,
+                    value = text,
+                    source = origin.as_str(),
+                    "ignoring an invalid value; using the next source or the default"
+                ),
+            }
+        }
+        None
+    }
+
     pub fn resolve(&self) -> Config {
         let service = self.string(&self.cli_service, "DD_SERVICE").unwrap_or_else(|| Setting {
             value: infer_service(&self.target_cmdline, self.target_comm.as_deref()),
@@ -106,8 +136,43 @@ impl SettingsInput {
             version: self.optional(&self.cli_version, "DD_VERSION"),
             tags,
             agent_url,
+            trace_enabled: self
+                .parsed("DD_TRACE_ENABLED", parse_bool)
+                .unwrap_or(Setting { value: true, origin: Origin::Default }),
+            profiling_enabled: self
+                .parsed("DD_PROFILING_ENABLED", parse_bool)
+                .unwrap_or(Setting { value: false, origin: Origin::Default }),
+            trace_sample_rate: match self.parsed("DD_TRACE_SAMPLE_RATE", parse_rate) {
+                Some(Setting { value, origin }) => Setting { value: Some(value), origin },
+                None => Setting { value: None, origin: Origin::Default },
+            },
+            remote_config_poll_interval: self
+                .parsed("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", parse_interval)
+                .unwrap_or(Setting { value: DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, origin: Origin::Default }),
         }
     }
+}
+
+/// As in-process tracers: `DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS` defaults to 5.
+pub const DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS: f64 = 5.0;
+
+/// Booleans as Datadog tracers accept them: true/false, 1/0, yes/no, on/off (any case).
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A sample rate: a number in [0, 1].
+pub fn parse_rate(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|rate| (0.0..=1.0).contains(rate))
+}
+
+/// A poll interval in seconds: positive and at most an hour.
+fn parse_interval(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok().filter(|seconds| *seconds > 0.0 && *seconds <= 3600.0)
 }
 
 /// `DD_TAGS`: `key:value` pairs separated by commas or spaces (as Datadog tracers accept them).
@@ -151,6 +216,38 @@ mod tests {
         let input =
             SettingsInput { target_cmdline: vec!["python3".into(), "/srv/app/worker.py".into()], ..Default::default() };
         assert_eq!(input.resolve().service, Setting { value: "worker".into(), origin: Origin::Inferred });
+    }
+
+    #[test]
+    fn typed_settings_have_defaults_origins_and_skip_invalid_values() {
+        let config = SettingsInput::default().resolve();
+        assert_eq!(config.trace_enabled, Setting { value: true, origin: Origin::Default });
+        assert_eq!(config.profiling_enabled, Setting { value: false, origin: Origin::Default });
+        assert_eq!(config.trace_sample_rate, Setting { value: None, origin: Origin::Default });
+        assert_eq!(config.remote_config_poll_interval.value, 5.0);
+
+        let input = SettingsInput {
+            daemon_env: env(&[
+                ("DD_TRACE_ENABLED", "false"),
+                ("DD_PROFILING_ENABLED", "1"),
+                ("DD_TRACE_SAMPLE_RATE", "0.25"),
+            ]),
+            target_env: env(&[
+                ("DD_TRACE_ENABLED", "True"),
+                ("DD_TRACE_SAMPLE_RATE", "1.5"),
+                ("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", "0.2"),
+            ]),
+            ..Default::default()
+        };
+        let config = input.resolve();
+        assert_eq!(config.trace_enabled, Setting { value: true, origin: Origin::TargetEnvironment });
+        assert_eq!(config.profiling_enabled, Setting { value: true, origin: Origin::DaemonEnvironment });
+        // 1.5 is out of range in the target's environment: the daemon's value applies.
+        assert_eq!(config.trace_sample_rate, Setting { value: Some(0.25), origin: Origin::DaemonEnvironment });
+        assert_eq!(config.remote_config_poll_interval.value, 0.2);
+        assert_eq!(parse_bool("nope"), None);
+        assert_eq!(parse_rate("0"), Some(0.0));
+        assert_eq!(parse_rate("-0.1"), None);
     }
 
     #[test]

@@ -15,7 +15,11 @@ use crate::{
     intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
     integrations::{self, Integration, TracedFunction},
     probes::{KernelEvent, KernelPrograms},
-    products::{self, tracing::TraceTags, ProductInputs, ProductManager},
+    products::{
+        self,
+        tracing::{TraceTags, TracingSettings},
+        ProductInputs, ProductManager,
+    },
     target::{descendants, read_environ, ExitWatch, Process},
 };
 
@@ -80,7 +84,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         tags: config.tags.value.clone(),
     };
     let sink = trace_sink(cli.exporter, &config)?;
-    let mut manager = ProductManager::new(products::registry(ProductInputs { trace_tags: tags, trace_sink: sink }));
+    let tracing_settings = TracingSettings {
+        enabled: config.trace_enabled.clone(),
+        sample_rate: config.trace_sample_rate.clone(),
+        tags: config.tags.clone(),
+    };
+    let mut manager =
+        ProductManager::new(products::registry(ProductInputs { trace_tags: tags, tracing_settings, trace_sink: sink }));
     let started = manager.start_all(&mut hub);
     let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
 

@@ -11,19 +11,20 @@ pub mod tracing;
 pub use manager::{OrderError, ProductManager, ProductStatus};
 pub use product_config::{ConfigEntry, ProductConfig};
 
-use self::tracing::{TraceTags, TracingProduct};
+use self::tracing::{TraceTags, TracingProduct, TracingSettings};
 use crate::{core::EventHub, intake::TraceSink};
 
 /// What the daemon hands the products it builds: one field per thing a product needs from it.
 pub struct ProductInputs {
     pub trace_tags: TraceTags,
+    pub tracing_settings: TracingSettings,
     pub trace_sink: Box<dyn TraceSink>,
 }
 
 /// Every product the daemon runs, in registration order (the order that breaks ties when
 /// requirements allow several). This is the one place products are registered.
 pub fn registry(inputs: ProductInputs) -> Vec<Box<dyn Product>> {
-    vec![Box::new(TracingProduct::new(inputs.trace_tags, inputs.trace_sink))]
+    vec![Box::new(TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink))]
 }
 
 /// Why a product operation failed. The manager logs it with the product's name and goes on with

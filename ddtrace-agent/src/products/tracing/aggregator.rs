@@ -1,6 +1,14 @@
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+};
 
-use super::{span_builder::SpanBuilder, writer::ChunkSender};
+use super::{
+    policy::{DropCounters, SharedPolicy},
+    sampler,
+    span_builder::SpanBuilder,
+    writer::ChunkSender,
+};
 use crate::{
     core::ExecutionContext,
     intake::traces::{Span, TraceChunk},
@@ -8,19 +16,40 @@ use crate::{
 
 /// Holds the spans of unfinished local trees; when a tree's root ends, its chunk (root first)
 /// goes to the writer. Children always end before their root (core guarantees it per thread).
+///
+/// The policy is applied here: nothing is built while tracing is disabled, and the sample rate
+/// decides on the local root whether the chunk is sent (kept) or only counted (dropped).
 pub struct TraceAggregator {
     builder: SpanBuilder,
     /// root context id -> finished descendants.
     pending: HashMap<u64, Vec<Span>>,
     out: ChunkSender,
+    policy: SharedPolicy,
+    /// The policy version `builder`'s tags come from.
+    policy_version: Option<u64>,
+    drops: Arc<DropCounters>,
 }
 
 impl TraceAggregator {
-    pub fn new(builder: SpanBuilder, out: ChunkSender) -> Self {
-        Self { builder, pending: HashMap::new(), out }
+    pub fn new(builder: SpanBuilder, out: ChunkSender, policy: SharedPolicy, drops: Arc<DropCounters>) -> Self {
+        Self { builder, pending: HashMap::new(), out, policy, policy_version: None, drops }
     }
 
     pub fn on_context_ended(&mut self, context: &ExecutionContext) {
+        let (enabled, sample_rate) = self.policy.read(|version, settings| {
+            if self.policy_version != Some(version) {
+                self.builder.set_tags(settings.tags.value.clone());
+                self.policy_version = Some(version);
+            }
+            (settings.enabled.value, settings.sample_rate.value)
+        });
+        if !enabled {
+            self.drops.while_disabled.fetch_add(1, Ordering::Relaxed);
+            if context.is_root() {
+                self.pending.remove(&context.id);
+            }
+            return;
+        }
         let span = self.builder.build(context);
         if !context.is_root() {
             self.pending.entry(context.root_id).or_default().push(span);
@@ -29,6 +58,17 @@ impl TraceAggregator {
         let mut spans = vec![span];
         if let Some(children) = self.pending.remove(&context.id) {
             spans.extend(children);
+        }
+        if let Some(rate) = sample_rate {
+            if !sampler::keeps(context.trace_id, rate) {
+                self.drops.sampled_out.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            // The product's decision: the exporter keeps a priority that is already set.
+            let root = &mut spans[0];
+            root.metrics.insert("_sampling_priority_v1".into(), sampler::PRIORITY_KEEP);
+            root.metrics.insert("_dd.rule_psr".into(), rate);
+            root.meta.insert("_dd.p.dm".into(), sampler::DECISION_MAKER_RULE.into());
         }
         self.out.send(TraceChunk { spans });
     }
@@ -72,7 +112,12 @@ mod tests {
             std::time::Duration::from_secs(3600),
         )
         .unwrap();
-        let mut aggregator = TraceAggregator::new(SpanBuilder::new(TraceTags::default()), writer.sender());
+        let mut aggregator = TraceAggregator::new(
+            SpanBuilder::new(TraceTags::default()),
+            writer.sender(),
+            SharedPolicy::default(),
+            Arc::default(),
+        );
         aggregator.on_context_ended(&context(3, 2, 1));
         aggregator.on_context_ended(&context(2, 1, 1));
         assert_eq!(aggregator.pending.len(), 1, "held until the root ends");
@@ -82,5 +127,70 @@ mod tests {
         let sent = sent.lock().unwrap();
         let chunk = &sent[0];
         assert_eq!(chunk.spans.iter().map(|s| s.span_id).collect::<Vec<_>>(), vec![1, 3, 2]);
+        // No rate configured: no sampling decision here (the exporter marks it auto keep).
+        assert!(!chunk.spans[0].metrics.contains_key("_sampling_priority_v1"));
+    }
+
+    fn traced(trace_id: u128, id: u64) -> ExecutionContext {
+        ExecutionContext { trace_id, ..context(id, 0, id) }
+    }
+
+    #[test]
+    fn sample_rate_keeps_marks_and_drops_and_disabled_builds_nothing() {
+        use crate::config::{Origin, Setting};
+        use crate::products::tracing::TracingSettings;
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = crate::products::tracing::TraceWriter::spawn(
+            Box::new(Collect(sent.clone())),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        let policy = SharedPolicy::new(TracingSettings {
+            sample_rate: Setting { value: Some(0.5), origin: Origin::TargetEnvironment },
+            tags: Setting { value: vec![("team".into(), "db".into())], origin: Origin::TargetEnvironment },
+            ..Default::default()
+        });
+        let drops = Arc::new(DropCounters::default());
+        let mut aggregator = TraceAggregator::new(
+            SpanBuilder::new(TraceTags::default()),
+            writer.sender(),
+            policy.clone(),
+            drops.clone(),
+        );
+        let ids: Vec<u128> = (1..=200u128).map(|i| i * 0x9e37_79b9_7f4a_7c15).collect();
+        for (i, id) in ids.iter().enumerate() {
+            aggregator.on_context_ended(&traced(*id, i as u64 + 1));
+        }
+        let kept: Vec<u128> = ids.iter().copied().filter(|id| sampler::keeps(*id, 0.5)).collect();
+        assert!(!kept.is_empty() && kept.len() < ids.len());
+        assert_eq!(drops.sampled_out() as usize, ids.len() - kept.len());
+
+        // Switched off (as remote configuration does): nothing is built or sent; on again: sent,
+        // with the new tags.
+        let mut settings = policy.get();
+        settings.enabled = Setting { value: false, origin: Origin::RemoteConfig };
+        policy.set(settings.clone());
+        aggregator.on_context_ended(&traced(kept[0], 1000));
+        assert_eq!(drops.while_disabled(), 1);
+        settings.enabled = Setting { value: true, origin: Origin::RemoteConfig };
+        settings.sample_rate.value = None;
+        settings.tags.value = vec![("team".into(), "payments".into())];
+        policy.set(settings);
+        aggregator.on_context_ended(&traced(7, 1001));
+
+        writer.shutdown(std::time::Duration::from_secs(5));
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), kept.len() + 1);
+        for (chunk, id) in sent.iter().zip(&kept) {
+            let root = &chunk.spans[0];
+            assert_eq!(root.trace_id, *id);
+            assert_eq!(root.metrics["_sampling_priority_v1"], 1.0);
+            assert_eq!(root.metrics["_dd.rule_psr"], 0.5);
+            assert_eq!(root.meta["_dd.p.dm"], "-3");
+            assert_eq!(root.meta["team"], "db");
+        }
+        let last = &sent.last().unwrap().spans[0];
+        assert_eq!((last.span_id, last.meta["team"].as_str()), (1001, "payments"));
+        assert!(!last.metrics.contains_key("_dd.rule_psr"));
     }
 }

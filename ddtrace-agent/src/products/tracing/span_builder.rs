@@ -21,6 +21,11 @@ impl SpanBuilder {
         Self { tags }
     }
 
+    /// Replaces the `DD_TAGS`-like tags (e.g. remote configuration's `tracing_tags`).
+    pub fn set_tags(&mut self, tags: Vec<(String, String)>) {
+        self.tags.tags = tags;
+    }
+
     pub fn build(&self, context: &ExecutionContext) -> Span {
         let data = &context.data;
         let mut meta: BTreeMap<String, String> = self.tags.tags.iter().cloned().collect();
