@@ -27,10 +27,17 @@ pub struct SqliteWorker {
 
 impl SqliteWorker {
     pub fn spawn() -> Self {
+        Self::spawn_with_env(&[])
+    }
+
+    /// Spawns it with `env` added to its environment (e.g. `DD_SERVICE`, which the daemon reads
+    /// from the target).
+    pub fn spawn_with_env(env: &[(&str, &str)]) -> Self {
         let script = workspace_root().join("tests/apps/sqlite_worker.py");
         let mut child = Command::new(python_executable())
             .arg("-u")
             .arg(&script)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

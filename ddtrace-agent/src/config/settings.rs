@@ -71,8 +71,14 @@ pub struct Config {
     pub profiling_enabled: Setting<bool>,
     /// `DD_TRACE_SAMPLE_RATE`: the share of traces kept, in [0, 1]; `None` keeps them all.
     pub trace_sample_rate: Setting<Option<f64>>,
+    /// `DD_REMOTE_CONFIGURATION_ENABLED` (default true; only used with the Datadog exporter).
+    pub remote_config_enabled: Setting<bool>,
     /// `DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS` (default 5 s, as in-process tracers).
     pub remote_config_poll_interval: Setting<f64>,
+    /// `DD_INSTRUMENTATION_TELEMETRY_ENABLED` (default true; only with the Datadog exporter).
+    pub telemetry_enabled: Setting<bool>,
+    /// `DD_TELEMETRY_HEARTBEAT_INTERVAL` in seconds (default 60, as in-process tracers).
+    pub telemetry_heartbeat_interval: Setting<f64>,
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
@@ -146,6 +152,15 @@ impl SettingsInput {
                 Some(Setting { value, origin }) => Setting { value: Some(value), origin },
                 None => Setting { value: None, origin: Origin::Default },
             },
+            remote_config_enabled: self
+                .parsed("DD_REMOTE_CONFIGURATION_ENABLED", parse_bool)
+                .unwrap_or(Setting { value: true, origin: Origin::Default }),
+            telemetry_enabled: self
+                .parsed("DD_INSTRUMENTATION_TELEMETRY_ENABLED", parse_bool)
+                .unwrap_or(Setting { value: true, origin: Origin::Default }),
+            telemetry_heartbeat_interval: self
+                .parsed("DD_TELEMETRY_HEARTBEAT_INTERVAL", parse_interval)
+                .unwrap_or(Setting { value: 60.0, origin: Origin::Default }),
             remote_config_poll_interval: self
                 .parsed("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", parse_interval)
                 .unwrap_or(Setting { value: DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, origin: Origin::Default }),

@@ -12,13 +12,16 @@ use crate::{
     cli::Cli,
     config::{Config, ExporterKind, SettingsInput},
     core::{ContextTree, EventHub, WallClock},
+    intake::identity::ClientIdentity,
     intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
     integrations::{self, Integration, TracedFunction},
     probes::{KernelEvent, KernelPrograms},
     products::{
         self,
+        remote_config::{RemoteConfigAgent, RemoteConfigInputs},
+        telemetry::{TelemetryAgent, TelemetryInputs},
         tracing::{TraceTags, TracingSettings},
-        ProductInputs, ProductManager,
+        ProductConfig, ProductInputs, ProductManager, SharedSummary,
     },
     target::{descendants, read_environ, ExitWatch, Process},
 };
@@ -89,9 +92,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         sample_rate: config.trace_sample_rate.clone(),
         tags: config.tags.clone(),
     };
-    let mut manager =
-        ProductManager::new(products::registry(ProductInputs { trace_tags: tags, tracing_settings, trace_sink: sink }));
+    // Remote configuration and telemetry speak for the target to the Datadog agent, with one
+    // identity (one runtime id); with another exporter there is no agent to talk to.
+    let identity = (cli.exporter == ExporterKind::Datadog).then(|| client_identity(&config));
+    let summary = SharedSummary::default();
+    let (apm_tracing_tx, mut apm_tracing) = tokio::sync::mpsc::unbounded_channel();
+    let mut manager = ProductManager::new(products::registry(ProductInputs {
+        trace_tags: tags,
+        tracing_settings,
+        trace_sink: sink,
+        remote_config: RemoteConfigInputs {
+            agent: identity
+                .clone()
+                .map(|identity| RemoteConfigAgent { agent_url: config.agent_url.value.clone(), identity }),
+            enabled: config.remote_config_enabled.clone(),
+            poll_interval_seconds: config.remote_config_poll_interval.clone(),
+            apm_tracing: apm_tracing_tx,
+            summary: summary.clone(),
+        },
+        telemetry: TelemetryInputs {
+            agent: identity.map(|identity| TelemetryAgent { agent_url: config.agent_url.value.clone(), identity }),
+            enabled: config.telemetry_enabled.clone(),
+            heartbeat_interval_seconds: config.telemetry_heartbeat_interval.clone(),
+            daemon_config: daemon_config(&config),
+            summary: summary.clone(),
+        },
+    }));
     let started = manager.start_all(&mut hub);
+    let _ = summary.set(manager.summary());
     let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
 
     let destination = match cli.exporter {
@@ -144,6 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
                     instrumenter.process_exited(root);
                 }
             }
+            Some(document) = apm_tracing.recv() => manager.apm_tracing_rc(&document),
             _ = sigint.recv() => break StopReason::Signal,
             _ = sigterm.recv() => break StopReason::Signal,
             _ = stats_tick.tick(), if cli.stats.is_some() => {
@@ -182,6 +211,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         contexts.abandoned,
     );
     Ok(reason)
+}
+
+/// Who remote configuration and telemetry speak for: the target's service, env and version.
+fn client_identity(config: &Config) -> ClientIdentity {
+    let mut identity = ClientIdentity::new(config.service.value.clone())
+        .with_tags(config.tags.value.iter().map(|(k, v)| format!("{k}:{v}")).collect());
+    if let Some(env) = &config.env.value {
+        identity = identity.with_env(env.clone());
+    }
+    if let Some(version) = &config.version.value {
+        identity = identity.with_app_version(version.clone());
+    }
+    identity
+}
+
+/// The daemon's own settings, for configuration telemetry (the products report theirs).
+fn daemon_config(config: &Config) -> ProductConfig {
+    let optional = |value: &Option<String>| value.clone().unwrap_or_default();
+    ProductConfig::new()
+        .with("DD_SERVICE", config.service.value.clone(), config.service.origin)
+        .with("DD_ENV", optional(&config.env.value), config.env.origin)
+        .with("DD_VERSION", optional(&config.version.value), config.version.origin)
+        .with("DD_TRACE_AGENT_URL", config.agent_url.value.clone(), config.agent_url.origin)
+        .with("DD_PROFILING_ENABLED", config.profiling_enabled.value.to_string(), config.profiling_enabled.origin)
 }
 
 fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {

@@ -6,25 +6,43 @@
 
 mod manager;
 mod product_config;
+pub mod remote_config;
+pub mod telemetry;
 pub mod tracing;
 
-pub use manager::{OrderError, ProductManager, ProductStatus};
+use std::sync::{Arc, OnceLock};
+
+pub use manager::{OrderError, ProductManager, ProductStatus, ProductsSummary};
 pub use product_config::{ConfigEntry, ProductConfig};
 
-use self::tracing::{TraceTags, TracingProduct, TracingSettings};
+use self::{
+    remote_config::{RemoteConfigInputs, RemoteConfigProduct},
+    telemetry::{TelemetryInputs, TelemetryProduct},
+    tracing::{TraceTags, TracingProduct, TracingSettings},
+};
 use crate::{core::EventHub, intake::TraceSink};
+
+/// The manager's [`ProductsSummary`], set by the daemon once every product started (before
+/// `post_preload`), for the products that report on the others.
+pub type SharedSummary = Arc<OnceLock<ProductsSummary>>;
 
 /// What the daemon hands the products it builds: one field per thing a product needs from it.
 pub struct ProductInputs {
     pub trace_tags: TraceTags,
     pub tracing_settings: TracingSettings,
     pub trace_sink: Box<dyn TraceSink>,
+    pub remote_config: RemoteConfigInputs,
+    pub telemetry: TelemetryInputs,
 }
 
 /// Every product the daemon runs, in registration order (the order that breaks ties when
 /// requirements allow several). This is the one place products are registered.
 pub fn registry(inputs: ProductInputs) -> Vec<Box<dyn Product>> {
-    vec![Box::new(TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink))]
+    vec![
+        Box::new(TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink)),
+        Box::new(RemoteConfigProduct::new(inputs.remote_config)),
+        Box::new(TelemetryProduct::new(inputs.telemetry)),
+    ]
 }
 
 /// Why a product operation failed. The manager logs it with the product's name and goes on with

@@ -12,6 +12,20 @@ use std::collections::HashMap;
 
 use guard::guarded;
 pub use order::OrderError;
+
+/// What the manager knows once every product started: for the products that report on the
+/// others (remote configuration sends their capabilities, telemetry their configuration).
+#[derive(Debug, Clone, Default)]
+pub struct ProductsSummary {
+    /// The running products, in start order.
+    pub running: Vec<&'static str>,
+    /// Their remote-configuration capabilities, OR-ed.
+    pub capabilities: u64,
+    /// Every registered product's configuration, running or not.
+    pub configurations: Vec<(&'static str, ProductConfig)>,
+    /// The products registered but not running (disabled, failed, left out).
+    pub not_running: Vec<&'static str>,
+}
 use order::{order, Node};
 
 use super::{Product, ProductConfig};
@@ -204,6 +218,19 @@ impl ProductManager {
                 Some((product.name, config))
             })
             .collect()
+    }
+
+    /// The running products, their capabilities and every product's configuration.
+    pub fn summary(&self) -> ProductsSummary {
+        let running = self.running();
+        let not_running =
+            self.products.iter().map(|product| product.name).filter(|name| !running.contains(name)).collect();
+        ProductsSummary {
+            capabilities: self.capabilities(),
+            configurations: self.configurations(),
+            running,
+            not_running,
+        }
     }
 
     /// The running products' names, in start order.

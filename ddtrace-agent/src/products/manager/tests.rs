@@ -419,3 +419,17 @@ fn a_panic_in_post_preload_or_restart_is_isolated() {
     );
     assert_eq!(manager.running(), vec!["a", "b", "c"]);
 }
+
+#[test]
+fn summary_has_running_products_capabilities_and_configurations() {
+    let log = Calls::default();
+    let manager = started(vec![
+        Fake::new("a", &log).capabilities(0b01).boxed(),
+        Fake::new("off", &log).capabilities(0b10).disabled().boxed(),
+    ]);
+    let summary = manager.summary();
+    assert_eq!(summary.running, vec!["a"]);
+    assert_eq!(summary.not_running, vec!["off"]);
+    assert_eq!(summary.capabilities, 0b01);
+    assert_eq!(summary.configurations.len(), 2);
+}

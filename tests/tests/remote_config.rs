@@ -1,0 +1,143 @@
+//! Remote configuration against Datadog's test agent: `APM_TRACING` configurations stubbed
+//! through the test agent's session endpoints switch tracing off and on and change the sample
+//! rate of a live, traced process, and a removed configuration restores the local settings.
+
+use std::time::{Duration, Instant};
+
+use ddtrace_tests::{agent_process::AgentProcess, http::post, target_app::SqliteWorker, test_agent::TestAgent};
+use serde_json::{json, Value};
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+const APPLIED: &str = "tracing: remote configuration applied";
+const INSERT: &str = "INSERT INTO users ( name, secret ) VALUES";
+
+fn stub(agent: &TestAgent, path: &str, msg: Value) {
+    let body = json!({ "path": path, "msg": msg }).to_string();
+    let (status, response) = post(agent.port, "/test/session/responses/config/path", &body).unwrap();
+    assert_eq!(status, 202, "stubbing {path}: {response}");
+}
+
+fn inserts(agent: &TestAgent) -> usize {
+    agent.spans().iter().filter(|s| s["resource"].as_str().is_some_and(|r| r.starts_with(INSERT))).count()
+}
+
+/// Waits until the daemon logged `count` remote configuration changes; returns the last.
+fn wait_for_applied(daemon: &AgentProcess, count: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stderr = daemon.stderr_text();
+        let applied: Vec<&str> = stderr.lines().filter(|l| l.contains(APPLIED)).collect();
+        if applied.len() >= count {
+            return applied[count - 1].to_string();
+        }
+        assert!(Instant::now() < deadline, "remote configuration #{count} not applied:\n{stderr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits for the INSERT spans to reach `expected` (and checks they do not go past it).
+fn wait_for_inserts(agent: &TestAgent, expected: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inserts(agent) < expected && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(inserts(agent), expected, "{:#?}", agent.spans());
+}
+
+/// The `sampled_out_traces` counter the tracing product logs at exit.
+fn sampled_out(stderr: &str) -> usize {
+    stderr
+        .split("sampled_out_traces=")
+        .nth(1)
+        .and_then(|tail| tail.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sampled_out_traces in\n{stderr}"))
+}
+
+#[test]
+fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn_with_env(&[("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", "0.2")]);
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    worker.run("import");
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    worker.run("work 1");
+    wait_for_inserts(&agent, 1);
+
+    // Off: work done now produces no spans.
+    let path = "datadog/2/APM_TRACING/e2e-sqlite/config";
+    let target = json!({"service": "e2e-sqlite", "env": "*"});
+    stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_enabled": false}}));
+    let applied = wait_for_applied(&daemon, 1);
+    assert!(applied.contains("enabled=false"), "{applied}");
+    worker.run("work 2");
+
+    // On again: spans again.
+    stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_enabled": true}}));
+    let applied = wait_for_applied(&daemon, 2);
+    assert!(applied.contains("enabled=true"), "{applied}");
+    worker.run("work 3");
+    wait_for_inserts(&agent, 4);
+
+    // Sample rate 0: every trace is dropped.
+    stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_sampling_rate": 0}}));
+    let applied = wait_for_applied(&daemon, 3);
+    assert!(applied.contains("sample_rate=Some(0.0)"), "{applied}");
+    worker.run("work 2");
+
+    // The configuration removed (the agent now serves one for another service only): the local
+    // settings are back, every trace is kept.
+    let other = json!({"service_target": {"service": "billing", "env": "*"}, "lib_config": {"tracing_enabled": false}});
+    stub(&agent, "datadog/2/APM_TRACING/billing/config", other);
+    let applied = wait_for_applied(&daemon, 4);
+    assert!(applied.contains("enabled=true") && applied.contains("sample_rate=None"), "{applied}");
+    worker.run("work 1");
+    wait_for_inserts(&agent, 5);
+
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    // Nothing done while off or at rate 0 arrived late either.
+    assert_eq!(inserts(&agent), 5, "{:#?}", agent.spans());
+    // work 2 at rate 0: at least 2 INSERT, 2 SELECT and a COMMIT trace, counted as sampled out.
+    assert!(sampled_out(&stderr) >= 5, "{stderr}");
+    assert!(stderr.contains("products [tracing, remote_config, telemetry]"), "{stderr}");
+    // Kept traces without a configured rate carry no rule decision.
+    let spans = agent.spans();
+    assert!(spans.iter().all(|s| s["metrics"].get("_dd.rule_psr").is_none()), "{spans:#?}");
+    agent.assert_checks_passed();
+}
+
+#[test]
+fn a_local_sample_rate_marks_kept_traces_with_the_rule_decision() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn_with_env(&[("DD_TRACE_SAMPLE_RATE", "0.5")]);
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    worker.run("import");
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    worker.run("work 20");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+
+    let traces = agent.traces();
+    // 20 INSERT, 20 SELECT, a COMMIT, the CREATE TABLE (and whatever transaction statements
+    // Python adds): over 40 traces, about half kept.
+    let (kept, dropped) = (traces.len(), sampled_out(&stderr));
+    assert!(kept + dropped >= 42, "kept {kept}, dropped {dropped}:\n{stderr}");
+    let share = kept as f64 / (kept + dropped) as f64;
+    assert!((0.2..=0.8).contains(&share), "kept {kept}, dropped {dropped}");
+    for trace in &traces {
+        let root = trace.iter().find(|s| s["parent_id"].as_u64().unwrap_or(0) == 0).expect("a root");
+        assert_eq!(root["metrics"]["_sampling_priority_v1"], 1.0, "{root}");
+        assert_eq!(root["metrics"]["_dd.rule_psr"], 0.5, "{root}");
+        assert_eq!(root["meta"]["_dd.p.dm"], "-3", "{root}");
+    }
+    agent.assert_checks_passed();
+}
