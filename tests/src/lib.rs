@@ -4,6 +4,7 @@
 pub mod agent_process;
 pub mod http;
 pub mod target_app;
+pub mod telemetry;
 pub mod test_agent;
 
 use std::path::PathBuf;

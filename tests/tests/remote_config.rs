@@ -4,7 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use ddtrace_tests::{agent_process::AgentProcess, http::post, target_app::SqliteWorker, test_agent::TestAgent};
+use ddtrace_tests::{
+    agent_process::AgentProcess,
+    http::post,
+    target_app::SqliteWorker,
+    telemetry::{setting, telemetry_events},
+    test_agent::TestAgent,
+};
 use serde_json::{json, Value};
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -58,7 +64,10 @@ fn sampled_out(stderr: &str) -> usize {
 fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let mut worker = SqliteWorker::spawn_with_env(&[("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", "0.2")]);
+    let mut worker = SqliteWorker::spawn_with_env(&[
+        ("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", "0.2"),
+        ("DD_TELEMETRY_HEARTBEAT_INTERVAL", "0.5"),
+    ]);
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
     daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
     worker.run("import");
@@ -74,18 +83,38 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     assert!(applied.contains("enabled=false"), "{applied}");
     worker.run("work 2");
 
-    // On again: spans again.
-    stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_enabled": true}}));
+    // On again, with tags: spans again, tagged.
+    let lib_config = json!({"tracing_enabled": true, "tracing_tags": ["team:e2e"]});
+    stub(&agent, path, json!({"service_target": target, "lib_config": lib_config}));
     let applied = wait_for_applied(&daemon, 2);
     assert!(applied.contains("enabled=true"), "{applied}");
     worker.run("work 3");
     wait_for_inserts(&agent, 4);
+    let tagged = agent.spans().iter().filter(|s| s["meta"]["team"] == "e2e").count();
+    assert!(tagged >= 6, "work 3's spans carry the remote tags: {:#?}", agent.spans());
 
     // Sample rate 0: every trace is dropped.
     stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_sampling_rate": 0}}));
     let applied = wait_for_applied(&daemon, 3);
     assert!(applied.contains("sample_rate=Some(0.0)"), "{applied}");
     worker.run("work 2");
+    // Configuration telemetry reports the change, with its origin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let change = loop {
+        let events = telemetry_events(&agent);
+        let found = events.into_iter().rev().find(|(kind, payload, _)| {
+            kind == "app-client-configuration-change"
+                && payload["configuration"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|e| e["name"] == "DD_TRACE_SAMPLE_RATE"))
+        });
+        if let Some((_, payload, _)) = found {
+            break payload;
+        }
+        assert!(Instant::now() < deadline, "no configuration change in telemetry");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(setting(&change["configuration"], "DD_TRACE_SAMPLE_RATE"), (&Value::from("0"), "remote_config"));
 
     // The configuration removed (the agent now serves one for another service only): the local
     // settings are back, every trace is kept.
@@ -105,8 +134,11 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     // work 2 at rate 0: at least 2 INSERT, 2 SELECT and a COMMIT trace, counted as sampled out.
     assert!(sampled_out(&stderr) >= 5, "{stderr}");
     assert!(stderr.contains("products [tracing, remote_config, telemetry]"), "{stderr}");
-    // Kept traces without a configured rate carry no rule decision.
+    // Kept traces without a configured rate carry no rule decision; the tags went with the
+    // configuration.
     let spans = agent.spans();
+    let untagged = spans.iter().filter(|s| s["meta"].get("team").is_none()).count();
+    assert!(untagged >= 4, "work 1 and 1's spans before and after carry no tags: {spans:#?}");
     assert!(spans.iter().all(|s| s["metrics"].get("_dd.rule_psr").is_none()), "{spans:#?}");
     agent.assert_checks_passed();
 }

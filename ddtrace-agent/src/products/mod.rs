@@ -102,4 +102,9 @@ pub trait Product: Send {
     fn apm_tracing_rc(&mut self, _config: &serde_json::Value) -> Result<(), ProductError> {
         Ok(())
     }
+    /// Settings of running products changed (by remote configuration): each entry as it is
+    /// now, e.g. for configuration telemetry. Called after every product handled the change.
+    fn configuration_changed(&mut self, _changes: &[ConfigEntry]) -> Result<(), ProductError> {
+        Ok(())
+    }
 }

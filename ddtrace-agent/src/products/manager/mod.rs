@@ -8,6 +8,26 @@ mod order;
 #[cfg(test)]
 mod tests;
 
+/// The entries of `after` that are new or differ from `before`'s (same product, same name).
+fn changed_entries(
+    before: &[(&'static str, ProductConfig)],
+    after: &[(&'static str, ProductConfig)],
+) -> Vec<ConfigEntry> {
+    let previous = |product: &str, name: &str| {
+        before
+            .iter()
+            .filter(|(p, _)| *p == product)
+            .flat_map(|(_, config)| config.entries.iter())
+            .find(|entry| entry.name == name)
+    };
+    after
+        .iter()
+        .flat_map(|(product, config)| config.entries.iter().map(move |entry| (*product, entry)))
+        .filter(|(product, entry)| previous(product, &entry.name) != Some(*entry))
+        .map(|(_, entry)| entry.clone())
+        .collect()
+}
+
 use std::collections::HashMap;
 
 use guard::guarded;
@@ -28,7 +48,7 @@ pub struct ProductsSummary {
 }
 use order::{order, Node};
 
-use super::{Product, ProductConfig};
+use super::{ConfigEntry, Product, ProductConfig};
 use crate::core::EventHub;
 
 /// Where a product is in the protocol.
@@ -191,11 +211,21 @@ impl ProductManager {
         }
     }
 
-    /// Hands an `APM_TRACING` remote configuration to every running product, in start order.
+    /// Hands an `APM_TRACING` remote configuration to every running product, in start order;
+    /// then, if settings changed, tells every running product which (`configuration_changed`).
     pub fn apm_tracing_rc(&mut self, config: &serde_json::Value) {
+        let before = self.configurations();
         for &index in &self.running {
             let product = &mut self.products[index];
             let _ = guarded(product.name, "apm_tracing_rc", || product.product.apm_tracing_rc(config));
+        }
+        let changes = changed_entries(&before, &self.configurations());
+        if changes.is_empty() {
+            return;
+        }
+        for &index in &self.running {
+            let product = &mut self.products[index];
+            let _ = guarded(product.name, "configuration_changed", || product.product.configuration_changed(&changes));
         }
     }
 

@@ -110,7 +110,16 @@ impl Product for Fake {
         self.capabilities
     }
     fn apm_tracing_rc(&mut self, config: &serde_json::Value) -> Result<(), ProductError> {
-        self.call("apm_tracing_rc", &format!("({config})"))
+        self.call("apm_tracing_rc", &format!("({config})"))?;
+        // A remote switch of its own, to change its configuration.
+        if let Some(enabled) = config.get(self.name).and_then(|c| c.as_bool()) {
+            self.enabled = enabled;
+        }
+        Ok(())
+    }
+    fn configuration_changed(&mut self, changes: &[crate::products::ConfigEntry]) -> Result<(), ProductError> {
+        let changes: Vec<String> = changes.iter().map(|c| format!("{}={}", c.name, c.value)).collect();
+        self.call("configuration_changed", &format!("({})", changes.join(",")))
     }
 }
 
@@ -432,4 +441,24 @@ fn summary_has_running_products_capabilities_and_configurations() {
     assert_eq!(summary.not_running, vec!["off"]);
     assert_eq!(summary.capabilities, 0b01);
     assert_eq!(summary.configurations.len(), 2);
+}
+
+#[test]
+fn settings_changed_by_remote_configuration_are_announced_to_every_running_product() {
+    let log = Calls::default();
+    let mut manager = started(vec![Fake::new("a", &log).boxed(), Fake::new("b", &log).boxed()]);
+    calls(&log);
+    manager.apm_tracing_rc(&json!({"a": false}));
+    assert_eq!(
+        calls(&log),
+        vec![
+            r#"a.apm_tracing_rc({"a":false})"#,
+            r#"b.apm_tracing_rc({"a":false})"#,
+            "a.configuration_changed(DD_A_ENABLED=false)",
+            "b.configuration_changed(DD_A_ENABLED=false)",
+        ]
+    );
+    // The same again changes nothing: nothing announced.
+    manager.apm_tracing_rc(&json!({"a": false}));
+    assert_eq!(calls(&log), vec![r#"a.apm_tracing_rc({"a":false})"#, r#"b.apm_tracing_rc({"a":false})"#]);
 }

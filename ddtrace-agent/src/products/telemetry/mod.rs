@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{Product, ProductConfig, ProductError, SharedSummary};
+use super::{ConfigEntry, Product, ProductConfig, ProductError, SharedSummary};
 use crate::{
     config::{Origin, Setting},
     core::EventHub,
@@ -128,6 +128,19 @@ impl Product for TelemetryProduct {
         })?;
         self.client = Some(client);
         Ok(())
+    }
+
+    /// Settings changed remotely: sent with the next heartbeat (`app-client-configuration-change`).
+    fn configuration_changed(&mut self, changes: &[ConfigEntry]) -> Result<(), ProductError> {
+        let Some(client) = &self.client else { return Ok(()) };
+        let entries = changes
+            .iter()
+            .map(|entry| ConfigurationEntry::new(&entry.name, &entry.value, telemetry_origin(entry.origin)));
+        client.add_configuration(entries).map_err(|e| ProductError::Operation {
+            product: "telemetry",
+            operation: "configuration_changed",
+            reason: e.to_string(),
+        })
     }
 
     /// Off with `DD_INSTRUMENTATION_TELEMETRY_ENABLED=false`, and when traces do not go to a

@@ -36,7 +36,7 @@ impl TraceAggregator {
     }
 
     pub fn on_context_ended(&mut self, context: &ExecutionContext) {
-        let (enabled, sample_rate) = self.policy.read(|version, settings| {
+        let (enabled, sample_rate) = self.policy.read(context.end_unix_ns, |version, settings| {
             if self.policy_version != Some(version) {
                 self.builder.set_tags(settings.tags.value.clone());
                 self.policy_version = Some(version);
@@ -166,17 +166,19 @@ mod tests {
         assert_eq!(drops.sampled_out() as usize, ids.len() - kept.len());
 
         // Switched off (as remote configuration does): nothing is built or sent; on again: sent,
-        // with the new tags.
+        // with the new tags. A span that ended before "on" arrived was still off.
         let mut settings = policy.get();
         settings.enabled = Setting { value: false, origin: Origin::RemoteConfig };
-        policy.set(settings.clone());
+        policy.set_at(settings.clone(), 0);
         aggregator.on_context_ended(&traced(kept[0], 1000));
         assert_eq!(drops.while_disabled(), 1);
         settings.enabled = Setting { value: true, origin: Origin::RemoteConfig };
         settings.sample_rate.value = None;
         settings.tags.value = vec![("team".into(), "payments".into())];
-        policy.set(settings);
-        aggregator.on_context_ended(&traced(7, 1001));
+        policy.set_at(settings, 10);
+        aggregator.on_context_ended(&ExecutionContext { end_unix_ns: 5, ..traced(kept[1], 1002) });
+        assert_eq!(drops.while_disabled(), 2);
+        aggregator.on_context_ended(&ExecutionContext { end_unix_ns: 11, ..traced(7, 1001) });
 
         writer.shutdown(std::time::Duration::from_secs(5));
         let sent = sent.lock().unwrap();

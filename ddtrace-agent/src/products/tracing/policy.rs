@@ -29,37 +29,64 @@ impl Default for TracingSettings {
     }
 }
 
-/// The settings the aggregator reads, and a version that changes with them so it refreshes
-/// what it derives (span tags) only when something changed.
+/// The settings the aggregator reads, with a version that changes with them (so it refreshes
+/// what it derives, span tags, only when something changed).
+///
+/// A change applies to spans that end after it arrived: events reach the daemon up to a drain
+/// interval late, so the settings before the last change are kept with the time of the change,
+/// and a span that ended earlier is judged by them (work done while tracing was off stays
+/// untraced even when "on again" arrives before its events were read).
 #[derive(Debug, Clone, Default)]
 pub struct SharedPolicy {
-    inner: Arc<Mutex<(u64, TracingSettings)>>,
+    inner: Arc<Mutex<Versions>>,
+}
+
+#[derive(Debug, Default)]
+struct Versions {
+    version: u64,
+    current: TracingSettings,
+    /// The settings before the last change, and the unix time (ns) of that change.
+    previous: Option<(TracingSettings, i64)>,
 }
 
 impl SharedPolicy {
     pub fn new(settings: TracingSettings) -> Self {
-        Self { inner: Arc::new(Mutex::new((0, settings))) }
+        Self { inner: Arc::new(Mutex::new(Versions { version: 0, current: settings, previous: None })) }
     }
 
     /// The settings in effect now.
     pub fn get(&self) -> TracingSettings {
-        self.lock().1.clone()
+        self.lock().current.clone()
     }
 
-    /// Replaces the settings; the aggregator picks them up at the next ended context.
+    /// Replaces the settings for spans that end from now on.
     pub fn set(&self, settings: TracingSettings) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(i64::MAX);
+        self.set_at(settings, now);
+    }
+
+    /// Replaces the settings for spans that end at or after `since_unix_ns`.
+    pub fn set_at(&self, settings: TracingSettings, since_unix_ns: i64) {
         let mut guard = self.lock();
-        guard.0 += 1;
-        guard.1 = settings;
+        let previous = std::mem::replace(&mut guard.current, settings);
+        guard.previous = Some((previous, since_unix_ns));
+        guard.version += 2;
     }
 
-    /// Calls `read` with the version and the settings, under the lock.
-    pub(super) fn read<T>(&self, read: impl FnOnce(u64, &TracingSettings) -> T) -> T {
+    /// Calls `read` with a version (a different one for each distinct settings) and the
+    /// settings that apply to a span that ended at `end_unix_ns`, under the lock.
+    pub(super) fn read<T>(&self, end_unix_ns: i64, read: impl FnOnce(u64, &TracingSettings) -> T) -> T {
         let guard = self.lock();
-        read(guard.0, &guard.1)
+        match &guard.previous {
+            Some((previous, since)) if end_unix_ns < *since => read(guard.version - 1, previous),
+            _ => read(guard.version, &guard.current),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, TracingSettings)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Versions> {
         // A panic elsewhere while holding it left plain data behind: still usable.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
