@@ -79,7 +79,12 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     let path = "datadog/2/APM_TRACING/e2e-sqlite/config";
     let target = json!({"service": "e2e-sqlite", "env": "*"});
     stub(&agent, path, json!({"service_target": target, "lib_config": {"tracing_enabled": false}}));
+    let stubbed = Instant::now();
     let applied = wait_for_applied(&daemon, 1);
+    eprintln!(
+        "remote configuration applied {} ms after the stub (poll interval 200 ms)",
+        stubbed.elapsed().as_millis()
+    );
     assert!(applied.contains("enabled=false"), "{applied}");
     worker.run("work 2");
 
@@ -140,7 +145,73 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     let untagged = spans.iter().filter(|s| s["meta"].get("team").is_none()).count();
     assert!(untagged >= 4, "work 1 and 1's spans before and after carry no tags: {spans:#?}");
     assert!(spans.iter().all(|s| s["metrics"].get("_dd.rule_psr").is_none()), "{spans:#?}");
+
+    // The daemon polled for the target's service, with the tracing product's capabilities.
+    let polls = config_requests(&agent);
+    let client = &polls.first().unwrap_or_else(|| panic!("no /v0.7/config request"))["client"];
+    assert_eq!(client["client_tracer"]["service"], "e2e-sqlite", "{client:#}");
+    assert_eq!(client["products"], json!(["APM_TRACING"]), "{client:#}");
+    let capabilities = capability_bits(&client["capabilities"]);
+    assert_eq!(capabilities, 1 << 12 | 1 << 15 | 1 << 19, "{client:#}");
     agent.assert_checks_passed();
+}
+
+/// The decoded bodies of the `/v0.7/config` requests the test agent received.
+fn config_requests(agent: &TestAgent) -> Vec<Value> {
+    let (status, body) = ddtrace_tests::http::get(agent.port, "/test/session/requests").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let requests: Vec<Value> = serde_json::from_str(&body).unwrap();
+    requests
+        .iter()
+        .filter(|r| r["url"].as_str().is_some_and(|u| u.ends_with("/v0.7/config")))
+        .filter_map(|r| serde_json::from_slice(&base64_decode(r["body"].as_str()?)).ok())
+        .collect()
+}
+
+/// The capabilities field as a bit set: big-endian bytes, as a JSON array of numbers
+/// (libdatadog) or a base64 string (other tracers).
+fn capability_bits(field: &Value) -> u64 {
+    let bytes: Vec<u8> = match field {
+        Value::String(text) => base64_decode(text),
+        Value::Array(numbers) => numbers.iter().filter_map(|n| n.as_u64()).map(|n| n as u8).collect(),
+        other => panic!("unexpected capabilities {other}"),
+    };
+    bytes.iter().fold(0, |bits, byte| bits << 8 | u64::from(*byte))
+}
+
+/// Standard base64 (the test agent's encoding of request bodies); the harness has no crate for it.
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut buffer, mut bits) = (0u32, 0);
+    for byte in text.bytes().filter(|b| *b != b'=' && !b.is_ascii_whitespace()) {
+        let Some(value) = ALPHABET.iter().position(|a| *a == byte) else { continue };
+        buffer = buffer << 6 | value as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn dd_trace_enabled_false_in_the_target_leaves_tracing_out() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn_with_env(&[("DD_TRACE_ENABLED", "false")]);
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    worker.run("import");
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    worker.run("work 2");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    assert!(stderr.contains("products [remote_config, telemetry]"), "{stderr}");
+    assert!(agent.spans().is_empty(), "{:#?}", agent.spans());
 }
 
 #[test]

@@ -49,7 +49,9 @@ fn app_started_reports_settings_with_origins_and_app_closing_follows_the_exit() 
     wait_for_event(&agent, "app-heartbeat");
 
     worker.exit();
+    let exited = std::time::Instant::now();
     let status = daemon.wait_exit(Duration::from_secs(15));
+    eprintln!("daemon exited {} ms after the target (flush, app-closing)", exited.elapsed().as_millis());
     assert!(status.success(), "daemon exit {status}:\n{}", daemon.stderr_text());
     let events = wait_for_event(&agent, "app-closing");
     assert_eq!(events.last().map(|(k, ..)| k.as_str()), Some("app-closing"), "{events:#?}");
