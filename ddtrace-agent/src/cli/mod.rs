@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use crate::config::ExporterKind;
+use crate::config::{parse_interval, parse_rate, ExporterKind};
 
 /// Traces an unmodified, running process with eBPF and sends its traces to Datadog.
 #[derive(Debug, Parser)]
@@ -33,6 +33,22 @@ pub struct Cli {
     #[arg(long, value_enum, default_value = "datadog")]
     pub exporter: ExporterKind,
 
+    /// Whether to trace (default: DD_TRACE_ENABLED, else true).
+    #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub trace_enabled: Option<bool>,
+
+    /// Share of traces kept, 0 to 1, decided per trace (default: DD_TRACE_SAMPLE_RATE, else all).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_flag)]
+    pub trace_sample_rate: Option<f64>,
+
+    /// Whether profiling is on (default: DD_PROFILING_ENABLED, else false); reported only for now.
+    #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub profiling_enabled: Option<bool>,
+
+    /// Seconds between remote configuration polls (default: DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, else 5).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_interval_flag, hide = true)]
+    pub remote_config_poll_interval: Option<f64>,
+
     /// Trace calls of a function by symbol: FILE:SYMBOL (FILE as the target sees it, or a file
     /// name the target maps). Repeatable. Spans are named `trace.annotation`, as with DD_TRACE_METHODS.
     #[arg(long = "trace-function", value_name = "FILE:SYMBOL")]
@@ -45,4 +61,12 @@ pub struct Cli {
     /// Benchmark baseline only: attach the empty programs to FILE:SYMBOL and trace nothing.
     #[arg(long, value_name = "FILE:SYMBOL", hide = true)]
     pub bench_empty_probes: Option<String>,
+}
+
+fn parse_rate_flag(text: &str) -> Result<f64, String> {
+    parse_rate(text).ok_or_else(|| format!("{text:?} is not a sample rate: give a number from 0 to 1"))
+}
+
+fn parse_interval_flag(text: &str) -> Result<f64, String> {
+    parse_interval(text).ok_or_else(|| format!("{text:?} is not an interval: give seconds, more than 0, at most 3600"))
 }

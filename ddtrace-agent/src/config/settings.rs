@@ -50,6 +50,11 @@ pub struct SettingsInput {
     pub cli_env: Option<String>,
     pub cli_version: Option<String>,
     pub cli_agent_url: Option<String>,
+    pub cli_trace_enabled: Option<bool>,
+    pub cli_profiling_enabled: Option<bool>,
+    /// Already checked to be in [0, 1] by the flag's parser.
+    pub cli_trace_sample_rate: Option<f64>,
+    pub cli_remote_config_poll_interval: Option<f64>,
     pub daemon_env: HashMap<String, String>,
     pub target_env: HashMap<String, String>,
     /// The target's command line, to infer a service name.
@@ -104,9 +109,13 @@ impl SettingsInput {
         }
     }
 
-    /// Resolves a setting read from the environment only (target, then daemon) and parsed by
-    /// `parse`. A value that does not parse is logged and skipped: the next source applies.
-    fn parsed<T>(&self, key: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Setting<T>> {
+    /// Resolves a typed setting: the flag's value (`cli`, parsed by clap), else the target's
+    /// environment, then the daemon's, parsed by `parse`. A value that does not parse is logged
+    /// and skipped: the next source applies.
+    fn parsed<T>(&self, cli: Option<T>, key: &str, parse: impl Fn(&str) -> Option<T>) -> Option<Setting<T>> {
+        if let Some(value) = cli {
+            return Some(Setting { value, origin: Origin::CommandLine });
+        }
         let sources = [(&self.target_env, Origin::TargetEnvironment), (&self.daemon_env, Origin::DaemonEnvironment)];
         for (env, origin) in sources {
             let Some(text) = non_empty(env.get(key)) else { continue };
@@ -143,26 +152,26 @@ impl SettingsInput {
             tags,
             agent_url,
             trace_enabled: self
-                .parsed("DD_TRACE_ENABLED", parse_bool)
+                .parsed(self.cli_trace_enabled, "DD_TRACE_ENABLED", parse_bool)
                 .unwrap_or(Setting { value: true, origin: Origin::Default }),
             profiling_enabled: self
-                .parsed("DD_PROFILING_ENABLED", parse_bool)
+                .parsed(self.cli_profiling_enabled, "DD_PROFILING_ENABLED", parse_bool)
                 .unwrap_or(Setting { value: false, origin: Origin::Default }),
-            trace_sample_rate: match self.parsed("DD_TRACE_SAMPLE_RATE", parse_rate) {
+            trace_sample_rate: match self.parsed(self.cli_trace_sample_rate, "DD_TRACE_SAMPLE_RATE", parse_rate) {
                 Some(Setting { value, origin }) => Setting { value: Some(value), origin },
                 None => Setting { value: None, origin: Origin::Default },
             },
             remote_config_enabled: self
-                .parsed("DD_REMOTE_CONFIGURATION_ENABLED", parse_bool)
+                .parsed(None, "DD_REMOTE_CONFIGURATION_ENABLED", parse_bool)
                 .unwrap_or(Setting { value: true, origin: Origin::Default }),
             telemetry_enabled: self
-                .parsed("DD_INSTRUMENTATION_TELEMETRY_ENABLED", parse_bool)
+                .parsed(None, "DD_INSTRUMENTATION_TELEMETRY_ENABLED", parse_bool)
                 .unwrap_or(Setting { value: true, origin: Origin::Default }),
             telemetry_heartbeat_interval: self
-                .parsed("DD_TELEMETRY_HEARTBEAT_INTERVAL", parse_interval)
+                .parsed(None, "DD_TELEMETRY_HEARTBEAT_INTERVAL", parse_interval)
                 .unwrap_or(Setting { value: 60.0, origin: Origin::Default }),
             remote_config_poll_interval: self
-                .parsed("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", parse_interval)
+                .parsed(self.cli_remote_config_poll_interval, "DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", parse_interval)
                 .unwrap_or(Setting { value: DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, origin: Origin::Default }),
         }
     }
@@ -186,7 +195,7 @@ pub fn parse_rate(text: &str) -> Option<f64> {
 }
 
 /// A poll interval in seconds: positive and at most an hour.
-fn parse_interval(text: &str) -> Option<f64> {
+pub fn parse_interval(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok().filter(|seconds| *seconds > 0.0 && *seconds <= 3600.0)
 }
 
@@ -260,6 +269,11 @@ mod tests {
         // 1.5 is out of range in the target's environment: the daemon's value applies.
         assert_eq!(config.trace_sample_rate, Setting { value: Some(0.25), origin: Origin::DaemonEnvironment });
         assert_eq!(config.remote_config_poll_interval.value, 0.2);
+        // A flag beats both environments.
+        let input = SettingsInput { cli_trace_sample_rate: Some(1.0), cli_trace_enabled: Some(false), ..input };
+        let config = input.resolve();
+        assert_eq!(config.trace_sample_rate, Setting { value: Some(1.0), origin: Origin::CommandLine });
+        assert_eq!(config.trace_enabled, Setting { value: false, origin: Origin::CommandLine });
         assert_eq!(parse_bool("nope"), None);
         assert_eq!(parse_rate("0"), Some(0.0));
         assert_eq!(parse_rate("-0.1"), None);
