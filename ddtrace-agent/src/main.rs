@@ -1,6 +1,12 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
+
+/// Spans are built on the event thread and freed on the writer thread: glibc's allocator
+/// serialises those cross-thread frees on an arena lock (measured: ~10% of the daemon's time in
+/// futex waits at 300k spans/s); mimalloc frees them without contention.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ddtrace_agent::{cli::Cli, daemon};
 
 fn main() -> std::process::ExitCode {

@@ -195,7 +195,8 @@ impl KernelPrograms {
 
     /// Loads the empty programs `cargo xtask bench` compares ours against and attaches them.
     pub fn attach_empty_baseline(&mut self, path: &Path, file_offset: u64, pid: u32) -> Result<(), ProbeError> {
-        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(pid).expect("pid is never 0"));
+        // The same scope as `attach`, so the baseline differs from ours by the programs alone.
+        let scope = UProbeScope::AllProcesses;
         for program in [names::EMPTY_ENTRY_PROGRAM, names::EMPTY_EXIT_PROGRAM] {
             let uprobe = Self::uprobe(&mut self.ebpf, program)?;
             uprobe.load().map_err(|e| load_error(program, e))?;
