@@ -265,9 +265,16 @@ fn the_console_exporter_prints_span_trees_without_any_agent() {
     let stdout = daemon.stdout_text();
     // A trace header, then the CREATE TABLE span with SQLite's schema query nested under it.
     assert!(stdout.lines().any(|l| l.starts_with("trace ") && l.contains("(service console-demo)")), "{stdout}");
-    let create = stdout.lines().position(|l| l.trim_start().starts_with("sqlite.query  CREATE TABLE users")).expect(&stdout);
+    let create =
+        stdout.lines().position(|l| l.trim_start().starts_with("sqlite.query  CREATE TABLE users")).expect(&stdout);
     let child = stdout.lines().nth(create + 1).unwrap_or("");
-    assert!(child.starts_with("    sqlite.query  SELECT*FROM main . sqlite_master"), "nested one level deeper:\n{stdout}");
-    assert!(stdout.contains("INSERT INTO users ( name, secret ) VALUES ( ? )") && stdout.contains(" ms  [sql]"), "{stdout}");
+    assert!(
+        child.starts_with("    sqlite.query  SELECT*FROM main . sqlite_master"),
+        "nested one level deeper:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("INSERT INTO users ( name, secret ) VALUES ( ? )") && stdout.contains(" ms  [sql]"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }

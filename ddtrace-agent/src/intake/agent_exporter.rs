@@ -23,6 +23,7 @@ use libdd_trace_utils::span::span_pool::PooledChunks;
 use libdd_trace_utils::span::v04::{SpanSlice, VecMap};
 use tracing::debug;
 
+use super::blocking::outside_tokio;
 use super::traces::{Span, TraceChunk};
 use super::{IntakeError, TraceSink};
 
@@ -286,18 +287,6 @@ fn send_error(url: &str, chunks: usize, e: TraceExporterError) -> IntakeError {
         }
         other => IntakeError::SendFailed { url: url.to_owned(), chunks, reason: other.to_string() },
     }
-}
-
-/// Runs `f` on the current thread, or on a scoped thread when the current one is inside a tokio
-/// runtime, where libdatadog's blocking calls (and dropping its runtime) would panic.
-fn outside_tokio<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return f();
-    }
-    std::thread::scope(|scope| match scope.spawn(f).join() {
-        Ok(value) => value,
-        Err(panic) => std::panic::resume_unwind(panic),
-    })
 }
 
 #[cfg(test)]

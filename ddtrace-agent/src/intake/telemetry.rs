@@ -306,39 +306,7 @@ mod tests {
         ClientIdentity::new("checkout").with_env("staging").with_app_version("1.2.3")
     }
 
-    /// Every telemetry event the test agent received, oldest first, with message batches
-    /// flattened into `(request_type, payload, envelope)`.
-    fn telemetry_events(agent: &TestAgent) -> Vec<(String, Value, Value)> {
-        let (status, body) = http_get(agent.port, "/test/session/apmtelemetry").unwrap();
-        assert_eq!(status, 200, "{body}");
-        let mut envelopes: Vec<Value> = serde_json::from_str(&body).unwrap();
-        // The test agent lists the newest first; seq_id gives the order they were sent in.
-        envelopes.sort_by_key(|e| e["seq_id"].as_u64());
-        let mut events = Vec::new();
-        for envelope in envelopes {
-            let kind = envelope["request_type"].as_str().unwrap_or("").to_owned();
-            if kind == "message-batch" {
-                for message in envelope["payload"].as_array().into_iter().flatten() {
-                    let kind = message["request_type"].as_str().unwrap_or("").to_owned();
-                    events.push((kind, message["payload"].clone(), envelope.clone()));
-                }
-            } else {
-                events.push((kind, envelope["payload"].clone(), envelope.clone()));
-            }
-        }
-        events
-    }
-
-    fn wait_for_event(agent: &TestAgent, kind: &str) -> Vec<(String, Value, Value)> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let events = telemetry_events(agent);
-            if events.iter().any(|(k, ..)| k == kind) || Instant::now() > deadline {
-                return events;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    use ddtrace_tests::telemetry::{telemetry_events, wait_for_event};
 
     fn find<'a>(events: &'a [(String, Value, Value)], kind: &str) -> &'a (String, Value, Value) {
         events.iter().find(|(k, ..)| k == kind).unwrap_or_else(|| panic!("no {kind} among {events:#?}"))
