@@ -6,10 +6,9 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
         generated::bpf_get_attach_cookie,
@@ -23,7 +22,7 @@ use aya_log_ebpf::debug;
 use ddtrace_common::{
     capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
     OutPointerKey, ProbeSpec, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES, RING_BUFFER_BYTES,
-    TRACKED_PROCESS_WORDS, WAKEUP_THRESHOLD_BYTES,
+    TRACKED_PROCESS_WORDS,
 };
 
 #[map(name = "PROBE_SPECS")]
@@ -52,26 +51,13 @@ fn count(index: u32) {
     }
 }
 
-/// Wake the reader only for urgent probes, or once when the backlog crosses
-/// WAKEUP_THRESHOLD_BYTES: the submit whose record took it over the line. Waking on every submit
-/// while above the line costs the target ~0.6 µs per event whenever the reader lags (measured by
-/// `cargo xtask bench`); the reader's drain timer covers a crossing two CPUs raced past.
+/// Wake the reader only for urgent probes (a library was just loaded). Everything else waits for
+/// the reader's 20 ms drain tick: waking it costs the target ~0.6 us per event (measured), and
+/// even deciding when to wake (`bpf_ringbuf_query` on every submit) showed in the per-call cost.
+/// At 20 ms a 4 MiB ring holds ~200 MB/s of events, far above what the daemon can turn into spans.
 #[inline(always)]
-fn submit_flags(spec_flags: u32, record_bytes: u64) -> u64 {
-    if spec_flags & probe_flags::WAKE_READER != 0 {
-        return BPF_RB_FORCE_WAKEUP as u64;
-    }
-    // Includes the record just reserved (and its 8-byte ring header). Wake when this record
-    // took the backlog across a multiple of the threshold: once per 512 KiB at most, so a
-    // crossing two CPUs raced past is caught at the next multiple, and a lagging reader is not
-    // woken on every event (which costs the target ~0.6 us each).
-    let pending = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let before = pending.saturating_sub(record_bytes + 8);
-    if pending / WAKEUP_THRESHOLD_BYTES != before / WAKEUP_THRESHOLD_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
+fn submit_flags(spec_flags: u32) -> u64 {
+    if spec_flags & probe_flags::WAKE_READER != 0 { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 }
 }
 
 #[inline(always)]
@@ -192,7 +178,7 @@ fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64,
         return;
     };
     slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args, frame });
-    slot.submit(submit_flags(spec_flags, size_of::<EntryEvent>() as u64));
+    slot.submit(submit_flags(spec_flags));
     count(counter::EVENTS);
 }
 
@@ -238,7 +224,7 @@ fn emit_entry_with_capture(
             }
         }
     }
-    slot.submit(submit_flags(spec_flags, size_of::<EntryCaptureEvent>() as u64));
+    slot.submit(submit_flags(spec_flags));
     count(counter::EVENTS);
 }
 
@@ -284,7 +270,7 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
         exit_flags: flags_out,
         _pad: 0,
     });
-    slot.submit(submit_flags(spec.flags, size_of::<ExitEvent>() as u64));
+    slot.submit(submit_flags(spec.flags));
     count(counter::EVENTS);
     0
 }

@@ -8,9 +8,9 @@ use super::{
     loader::ProbeError,
 };
 
-/// How often the reader drains events the kernel did not wake it for. The kernel wakes it at
-/// once for urgent probes and when a batch builds up; this bounds the latency of the rest.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the reader drains the ring buffer. The kernel wakes it only for urgent probes (a
+/// library was loaded); everything else is picked up on this tick, in batches.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Reads the kernel's ring buffer: waits until it is readable or the drain timer fires, then
 /// drains it completely.
