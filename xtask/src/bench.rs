@@ -32,8 +32,9 @@ pub struct BenchArgs {
     /// Timed rounds per configuration and cycle; the median over all of them is reported.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// How many times (b) and (c) are measured in alternation.
-    #[arg(long, default_value_t = 2)]
+    /// How many times (b) and (c) are measured in alternation (the VM drifts: more cycles, a
+    /// steadier median).
+    #[arg(long, default_value_t = 6)]
     pub cycles: usize,
     /// Calls of the probed function per round.
     #[arg(long, default_value_t = 200_000)]
