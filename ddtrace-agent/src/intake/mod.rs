@@ -10,6 +10,7 @@ pub mod agent_exporter;
 mod blocking;
 pub mod console_exporter;
 pub mod identity;
+pub mod profile_exporter;
 pub mod remote_config;
 pub mod telemetry;
 pub mod traces;
