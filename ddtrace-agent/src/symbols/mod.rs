@@ -1,8 +1,16 @@
-//! ELF symbol lookup: function name -> file offset where a uprobe can be placed.
+//! ELF symbol lookup: function name -> file offset where a uprobe can be placed, and the reverse
+//! for the profiler: address in a process -> demangled function name.
 //!
 //! Kept apart from the target (which file, mapped where) as blazesym keeps normalization apart
-//! from symbolization.
+//! from symbolization: `normalize` turns a process address into (file, ELF virtual address),
+//! `module` indexes one ELF file once per build id, `symbolize` names the function.
 
 mod elf;
+mod module;
+mod normalize;
+mod symbolize;
 
 pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
+pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
+pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
+pub use symbolize::{demangle, Symbol, Symbolizer};

@@ -1,0 +1,150 @@
+//! Symbolization: (module, ELF virtual address) -> demangled function name + offset, or
+//! `module+0xoffset` for code no symbol covers (stripped files).
+//!
+//! Process-specific work (which file is mapped where) is done by `normalize.rs`; everything here
+//! depends only on the file, so its results can be shared by every process mapping that file.
+
+use std::{fmt, path::PathBuf};
+
+use super::{
+    module::ModuleCache,
+    normalize::{NormalizeError, ProcessMaps},
+};
+
+/// One symbolized address, ready for a profile's function/location tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    /// The file as the target sees it.
+    pub module: PathBuf,
+    /// The demangled function name; `None` when no symbol covers the address.
+    pub function: Option<String>,
+    /// From the function's start, or (without a function) the ELF virtual address itself, which
+    /// is what `addr2line -e module` and `objdump` take.
+    pub offset: u64,
+}
+
+impl fmt::Display for Symbol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.function {
+            Some(name) => write!(f, "{name}+{:#x}", self.offset),
+            None => {
+                let module = self.module.file_name().unwrap_or(self.module.as_os_str());
+                write!(f, "{}+{:#x}", module.to_string_lossy(), self.offset)
+            }
+        }
+    }
+}
+
+/// Demangles a Rust (legacy or v0) or C++ (Itanium) name; other names come back unchanged.
+pub fn demangle(name: &str) -> String {
+    // Rust first: legacy Rust names are valid Itanium names too, and the C++ demangler would show
+    // their hash segment. `{:#}` drops the hash and crate disambiguators, as people write paths.
+    if let Ok(rust) = rustc_demangle::try_demangle(name) {
+        return format!("{rust:#}");
+    }
+    if name.starts_with("_Z") {
+        if let Some(cpp) = cpp_demangle::Symbol::new(name.as_bytes()).ok().and_then(|s| s.demangle().ok()) {
+            return cpp;
+        }
+    }
+    name.to_string()
+}
+
+/// Symbolizes addresses of any process, sharing parsed modules across processes.
+#[derive(Debug, Default)]
+pub struct Symbolizer {
+    modules: ModuleCache,
+}
+
+impl Symbolizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Symbolizes an absolute `address` of the process whose `maps` are given.
+    pub fn symbolize(&mut self, maps: &ProcessMaps, address: u64) -> Result<Symbol, NormalizeError> {
+        let normalized = maps.normalize(address, &mut self.modules)?;
+        let symbol = match normalized.module.function_at(normalized.vaddr) {
+            Some(hit) => Symbol { module: normalized.path, function: Some(demangle(hit.mangled)), offset: hit.offset },
+            None => Symbol { module: normalized.path, function: None, offset: normalized.vaddr },
+        };
+        Ok(symbol)
+    }
+
+    /// The module cache (to check sharing, or to symbolize already-normalized addresses).
+    pub fn modules(&mut self) -> &mut ModuleCache {
+        &mut self.modules
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::path::PathBuf;
+
+    /// The libc this test process runs with, found in its own maps.
+    pub fn libc_path() -> PathBuf {
+        let maps = super::ProcessMaps::read(std::process::id()).unwrap();
+        maps.mappings()
+            .iter()
+            .filter_map(|m| m.path.clone())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libc.so")))
+            .expect("the test binary is dynamically linked against glibc")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn symbolization_marker() -> u64 {
+        std::hint::black_box(6) * 7
+    }
+
+    fn symbolize_self(address: u64) -> Symbol {
+        let maps = ProcessMaps::read(std::process::id()).unwrap();
+        Symbolizer::new().symbolize(&maps, address).unwrap()
+    }
+
+    #[test]
+    fn rust_function_in_the_test_binary_demangles_to_its_path() {
+        let address = symbolization_marker as *const () as u64;
+        let symbol = symbolize_self(address + 1);
+        assert_eq!(symbol.function.as_deref(), Some("ddtrace_agent::symbols::symbolize::tests::symbolization_marker"));
+        assert_eq!(symbol.offset, 1);
+        assert!(symbol.to_string().ends_with("symbolization_marker+0x1"));
+    }
+
+    #[test]
+    fn libc_getpid_symbolizes_to_getpid() {
+        let address = libc::getpid as *const () as u64;
+        let symbol = symbolize_self(address);
+        assert!(symbol.module.to_string_lossy().contains("libc.so"), "{symbol:?}");
+        let name = symbol.function.expect("libc's dynamic table names getpid");
+        assert!(["getpid", "__getpid", "__GI___getpid"].contains(&name.as_str()), "got {name}");
+        assert_eq!(symbol.offset, 0);
+    }
+
+    #[test]
+    fn address_past_every_symbol_is_module_plus_offset() {
+        let maps = ProcessMaps::read(std::process::id()).unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        // The last byte of the test binary's last executable mapping: page padding after the last
+        // function, which no symbol covers.
+        let mapping = maps.mappings().iter().filter(|m| m.path.as_ref() == Some(&exe)).last().unwrap();
+        let symbol = Symbolizer::new().symbolize(&maps, mapping.end - 1).unwrap();
+        assert_eq!(symbol.function, None, "{symbol}");
+        let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(symbol.to_string(), format!("{name}+{:#x}", symbol.offset));
+    }
+
+    #[test]
+    fn names_demangle_by_language() {
+        assert_eq!(demangle("_ZN7mycrate6module4func17h0123456789abcdefE"), "mycrate::module::func");
+        assert_eq!(demangle("_RNvNtCs1234_7mycrate6module4func"), "mycrate::module::func");
+        assert_eq!(demangle("_ZN9namespace5Klass6methodEi"), "namespace::Klass::method(int)");
+        assert_eq!(demangle("_ZNKSt6vectorIiSaIiEE4sizeEv"), "std::vector<int, std::allocator<int> >::size() const");
+        assert_eq!(demangle("getpid"), "getpid");
+        assert_eq!(demangle("_Znot valid"), "_Znot valid");
+    }
+}
