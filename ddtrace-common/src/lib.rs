@@ -22,7 +22,6 @@ pub const TRACKED_PROCESS_WORDS: u32 = PID_MAX_LIMIT / 64;
 /// Ring buffer size (a power of two and a multiple of the page size).
 pub const RING_BUFFER_BYTES: u32 = 4 * 1024 * 1024;
 
-
 /// Argument registers copied on every entry event (x86-64 SysV: rdi, rsi, rdx, rcx, r8, r9).
 pub const ENTRY_ARGS: usize = 6;
 

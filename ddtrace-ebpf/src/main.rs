@@ -6,7 +6,6 @@
 #![no_std]
 #![no_main]
 
-
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -57,7 +56,11 @@ fn count(index: u32) {
 /// At 20 ms a 4 MiB ring holds ~200 MB/s of events, far above what the daemon can turn into spans.
 #[inline(always)]
 fn submit_flags(spec_flags: u32) -> u64 {
-    if spec_flags & probe_flags::WAKE_READER != 0 { BPF_RB_FORCE_WAKEUP as u64 } else { BPF_RB_NO_WAKEUP as u64 }
+    if spec_flags & probe_flags::WAKE_READER != 0 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
 }
 
 #[inline(always)]

@@ -26,3 +26,8 @@ pub fn workspace_root() -> PathBuf {
 pub fn unix_now_ns() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
 }
+
+/// The spans whose resource starts with `prefix`.
+pub fn with_resource<'a>(spans: &'a [serde_json::Value], prefix: &str) -> Vec<&'a serde_json::Value> {
+    spans.iter().filter(|s| s["resource"].as_str().unwrap_or("").starts_with(prefix)).collect()
+}

@@ -96,10 +96,7 @@ fn a_process_that_execs_is_instrumented_again() {
     let stderr = daemon.stderr_text();
     assert!(status.success(), "{status}\n{stderr}");
     let spans = agent.spans();
-    let inserts = spans
-        .iter()
-        .filter(|s| s["resource"].as_str().unwrap_or("").starts_with("INSERT INTO users ( name, secret ) VALUES"))
-        .count();
+    let inserts = ddtrace_tests::with_resource(&spans, "INSERT INTO users ( name, secret ) VALUES").len();
     assert_eq!(inserts, 3, "1 before and 2 after exec:\n{spans:#?}\n{stderr}");
     agent.assert_checks_passed();
 }
@@ -118,10 +115,7 @@ fn a_target_killed_with_sigkill_is_noticed_and_flushed() {
     let stderr = daemon.stderr_text();
     assert!(status.success(), "{status}\n{stderr}");
     assert!(stderr.contains("target exited"), "{stderr}");
-    let inserts = agent
-        .spans()
-        .iter()
-        .filter(|s| s["resource"].as_str().unwrap_or("").starts_with("INSERT INTO users ( name, secret ) VALUES"))
-        .count();
+    let spans = agent.spans();
+    let inserts = ddtrace_tests::with_resource(&spans, "INSERT INTO users ( name, secret ) VALUES").len();
     assert_eq!(inserts, 2, "{stderr}");
 }

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ddtrace_tests::{agent_process::AgentProcess, target_app::SqliteWorker, test_agent::TestAgent, unix_now_ns};
+use ddtrace_tests::{
+    agent_process::AgentProcess, target_app::SqliteWorker, test_agent::TestAgent, unix_now_ns, with_resource,
+};
 use serde_json::Value;
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
@@ -16,10 +18,6 @@ fn parent_id(span: &Value) -> u64 {
 
 fn resource(span: &Value) -> &str {
     span["resource"].as_str().unwrap_or("")
-}
-
-fn with_resource<'a>(spans: &'a [Value], prefix: &str) -> Vec<&'a Value> {
-    spans.iter().filter(|s| resource(s).starts_with(prefix)).collect()
 }
 
 /// What every `sqlite.query` span must look like.

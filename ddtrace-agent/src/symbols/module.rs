@@ -186,8 +186,13 @@ impl ModuleCache {
     pub fn get(&mut self, path: &Path) -> Result<Arc<ElfModule>, ModuleError> {
         let read_error = |source| ModuleError::Read { path: path.to_path_buf(), source };
         let meta = fs::metadata(path).map_err(read_error)?;
-        let file_key =
-            FileKey { path: path.to_path_buf(), dev: meta.dev(), inode: meta.ino(), size: meta.size(), mtime: meta.mtime() };
+        let file_key = FileKey {
+            path: path.to_path_buf(),
+            dev: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+        };
         if let Some(module) = self.by_file.get(&file_key) {
             return Ok(module.clone());
         }

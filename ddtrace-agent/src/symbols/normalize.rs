@@ -20,7 +20,9 @@ pub enum NormalizeError {
     Maps { pid: u32, source: io::Error },
     #[error("address {address:#x} is in no file-backed executable mapping (JIT code, vdso, or an unmapped address)")]
     Unmapped { address: u64 },
-    #[error("file offset {file_offset:#x} of {path} is in no loadable segment (the file changed since it was mapped?)")]
+    #[error(
+        "file offset {file_offset:#x} of {path} is in no loadable segment (the file changed since it was mapped?)"
+    )]
     NotInSegment { path: PathBuf, file_offset: u64 },
     #[error(transparent)]
     Module(#[from] ModuleError),
@@ -81,7 +83,8 @@ pub struct NormalizedAddress {
 impl ProcessMaps {
     /// Reads `/proc/<pid>/maps` now; re-read after the process maps new libraries.
     pub fn read(pid: u32) -> Result<Self, NormalizeError> {
-        let text = fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| NormalizeError::Maps { pid, source })?;
+        let text =
+            fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|source| NormalizeError::Maps { pid, source })?;
         Ok(Self::parse(pid, &text))
     }
 
@@ -115,10 +118,9 @@ impl ProcessMaps {
         let path = mapping.path.clone().ok_or(NormalizeError::Unmapped { address })?;
         let file_offset = address - mapping.start + mapping.file_offset;
         let module = cache.get(&self.open_path(&path))?;
-        let vaddr = module.file_offset_to_vaddr(file_offset).ok_or_else(|| NormalizeError::NotInSegment {
-            path: path.clone(),
-            file_offset,
-        })?;
+        let vaddr = module
+            .file_offset_to_vaddr(file_offset)
+            .ok_or_else(|| NormalizeError::NotInSegment { path: path.clone(), file_offset })?;
         Ok(NormalizedAddress { path, file_offset, vaddr, module })
     }
 }
