@@ -63,6 +63,8 @@ pub mod event_kind {
     pub const PROCESS_EXEC: u32 = 5;
     /// The last thread of a tracked process exited.
     pub const PROCESS_EXIT: u32 = 6;
+    /// The CPU sampler caught a thread of a tracked process on a CPU ([`StackSampleEvent`]).
+    pub const STACK_SAMPLE: u32 = 7;
 }
 
 /// Common first bytes of every event.
@@ -143,6 +145,40 @@ pub struct ProcessEvent {
     pub _pad: u32,
 }
 
+/// Most bytes of a thread's user stack copied per CPU sample, from the stack pointer up.
+/// The daemon unwinds this copy with the executable's call frame information, so stacks
+/// through code built without frame pointers (most of Debian) are complete as long as the
+/// frames fit; deeper frames are cut, and the cut counted by the daemon.
+pub const STACK_SNAPSHOT_BYTES: usize = 16 * 1024;
+
+/// Bytes of [`StackSampleEvent`] before the stack copy; the kernel submits only these plus
+/// `stack_len` bytes.
+pub const STACK_SAMPLE_HEADER_BYTES: usize = 56;
+
+/// One CPU sample of a thread of a tracked process: its user-space registers at the sample
+/// and a copy of the top of its user stack. `header.probe_id` is 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StackSampleEvent {
+    pub header: EventHeader,
+    /// User-space instruction pointer, stack pointer and frame pointer (rip, rsp, rbp).
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of `stack` that hold the copy (0 when the stack could not be read).
+    pub stack_len: u32,
+    /// Bits of [`sample_flags`].
+    pub sample_flags: u32,
+    pub stack: [u8; STACK_SNAPSHOT_BYTES],
+}
+
+/// Bits of [`StackSampleEvent::sample_flags`].
+pub mod sample_flags {
+    /// The thread was in the kernel (a system call) when sampled; the registers are those it
+    /// entered the kernel with.
+    pub const IN_KERNEL: u32 = 1 << 0;
+}
+
 /// Byte offsets of the tracepoint fields the lifecycle programs read. The layout changes
 /// between kernels (6.x turned the comm arrays into `__data_loc`), so the daemon reads each
 /// tracepoint's `format` file and sets these read-only globals at load time.
@@ -178,11 +214,23 @@ pub mod counter {
     pub const MISSING_SPEC: u32 = 4;
     /// Out-pointers that could not be saved or read back.
     pub const OUT_POINTER_LOST: u32 = 5;
+    /// CPU samples of tracked threads taken.
+    pub const STACK_SAMPLES: u32 = 6;
+    /// CPU samples whose user stack could not be copied (sent with registers only).
+    pub const STACK_COPY_FAILED: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 8;
     /// Human names, by index.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["events", "dropped_ring_full", "capture_truncated", "capture_failed", "missing_spec", "out_pointer_lost"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "events",
+        "dropped_ring_full",
+        "capture_truncated",
+        "capture_failed",
+        "missing_spec",
+        "out_pointer_lost",
+        "stack_samples",
+        "stack_copy_failed",
+    ];
 }
 
 /// Names of maps and programs in the eBPF object, shared so neither side spells them twice.
@@ -200,6 +248,7 @@ pub mod names {
     pub const FORK_PROGRAM: &str = "ddtrace_process_fork";
     pub const EXEC_PROGRAM: &str = "ddtrace_process_exec";
     pub const EXIT_PROCESS_PROGRAM: &str = "ddtrace_process_exit";
+    pub const CPU_SAMPLE_PROGRAM: &str = "ddtrace_cpu_sample";
 }
 
 #[cfg(feature = "user")]
@@ -224,5 +273,7 @@ mod tests {
         assert_eq!(size_of::<ProbeSpec>(), 16);
         assert_eq!(size_of::<OutPointerKey>(), 16);
         assert_eq!(size_of::<ProcessEvent>(), 32);
+        assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
+        assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
     }
 }

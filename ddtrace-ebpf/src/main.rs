@@ -10,18 +10,21 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_str_bytes,
-        generated::bpf_get_attach_cookie,
+        generated::{
+            bpf_get_attach_cookie, bpf_get_current_task_btf, bpf_probe_read_kernel,
+            bpf_probe_read_user as read_user_raw, bpf_task_pt_regs,
+        },
     },
-    macros::{map, tracepoint, uprobe, uretprobe},
+    macros::{map, perf_event, tracepoint, uprobe, uretprobe},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    programs::{PerfEventContext, ProbeContext, RetProbeContext, TracePointContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use ddtrace_common::{
-    capture_flags, counter, event_kind, exit_flags, probe_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
-    OutPointerKey, ProbeSpec, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, MAX_PROBES, RING_BUFFER_BYTES,
-    TRACKED_PROCESS_WORDS,
+    capture_flags, counter, event_kind, exit_flags, probe_flags, sample_flags, EntryCaptureEvent, EntryEvent,
+    EventHeader, ExitEvent, OutPointerKey, ProbeSpec, ProcessEvent, StackSampleEvent, ENTRY_ARGS, MAX_CAPTURE,
+    MAX_PROBES, RING_BUFFER_BYTES, STACK_SAMPLE_HEADER_BYTES, STACK_SNAPSHOT_BYTES, TRACKED_PROCESS_WORDS,
 };
 
 #[map(name = "PROBE_SPECS")]
@@ -341,6 +344,93 @@ pub fn ddtrace_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// Empty programs: the baseline `cargo xtask bench` measures ours against.
+/// Where a CPU sample is assembled before it is copied to the ring buffer: 16 KiB does not fit
+/// the 512-byte BPF stack.
+#[map(name = "SAMPLE_SCRATCH")]
+static SAMPLE_SCRATCH: PerCpuArray<StackSampleEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sizes tried for the stack copy, largest first. `bpf_probe_read_user` fails as a whole when
+/// any byte of the range is unmapped, and the program cannot know where the thread's stack
+/// ends: a shallow main-thread stack sits a few KiB below the end of its mapping.
+const STACK_COPY_SIZES: [u32; 6] = [STACK_SNAPSHOT_BYTES as u32, 8192, 4096, 2048, 1024, 512];
+
+/// CPU sampler: runs on every CPU at the sampling period (software cpu-clock); for a thread of a
+/// tracked process it copies the user registers and the top of the user stack for the daemon to
+/// unwind. Never writes to the target, never faults it in (`bpf_probe_read_user` fails instead).
+#[perf_event]
+pub fn ddtrace_cpu_sample(ctx: PerfEventContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == 0 || !is_tracked(tgid) {
+        return 0;
+    }
+    let Some(event) = SAMPLE_SCRATCH.get_ptr_mut(0) else { return 0 };
+    // SAFETY: the per-CPU scratch value; a perf-event program is not preempted on its CPU.
+    let event = unsafe { &mut *event };
+    event.header = header(event_kind::STACK_SAMPLE, 0, pid_tgid);
+    event.sample_flags = 0;
+    event.stack_len = 0;
+    // SAFETY: a perf-event program's context is `bpf_perf_event_data`, whose first field is the
+    // interrupted context's registers; the verifier checks these loads.
+    let regs = unsafe { &(*(ctx.as_ptr() as *const aya_ebpf::bindings::bpf_perf_event_data)).regs };
+    if regs.cs & 3 == 3 {
+        event.ip = regs.rip;
+        event.sp = regs.rsp;
+        event.bp = regs.rbp;
+    } else {
+        // In a system call: the registers it entered the kernel with are saved at the top of
+        // its kernel stack.
+        event.sample_flags |= sample_flags::IN_KERNEL;
+        // SAFETY: plain integers; all-zero is a valid value.
+        let mut user: aya_ebpf::bindings::pt_regs = unsafe { core::mem::zeroed() };
+        // SAFETY: helpers that read kernel memory and report failure instead of faulting.
+        let read = unsafe {
+            let regs_address = bpf_task_pt_regs(bpf_get_current_task_btf() as *mut _);
+            bpf_probe_read_kernel(
+                &mut user as *mut _ as *mut core::ffi::c_void,
+                core::mem::size_of::<aya_ebpf::bindings::pt_regs>() as u32,
+                regs_address as *const core::ffi::c_void,
+            )
+        };
+        if read != 0 {
+            count(counter::STACK_COPY_FAILED);
+            return 0;
+        }
+        event.ip = user.rip;
+        event.sp = user.rsp;
+        event.bp = user.rbp;
+    }
+    count(counter::STACK_SAMPLES);
+    let mut copied = 0u32;
+    for size in STACK_COPY_SIZES {
+        // SAFETY: reads the target's memory into our scratch buffer, bounded by its size.
+        let result = unsafe {
+            read_user_raw(
+                event.stack.as_mut_ptr() as *mut core::ffi::c_void,
+                size,
+                event.sp as *const core::ffi::c_void,
+            )
+        };
+        if result == 0 {
+            copied = size;
+            break;
+        }
+    }
+    if copied == 0 {
+        count(counter::STACK_COPY_FAILED);
+    }
+    event.stack_len = copied;
+    let total = (STACK_SAMPLE_HEADER_BYTES as u32 + copied) as usize;
+    // SAFETY: `total` never exceeds the scratch value's size (header + largest copy).
+    let bytes = unsafe { core::slice::from_raw_parts(event as *const StackSampleEvent as *const u8, total) };
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
+        count(counter::EVENTS);
+    } else {
+        count(counter::DROPPED_RING_FULL);
+    }
+    0
+}
+
 #[uprobe]
 pub fn bench_empty_entry(_ctx: ProbeContext) -> u32 {
     0

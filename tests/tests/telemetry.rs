@@ -40,7 +40,8 @@ fn app_started_reports_settings_with_origins_and_app_closing_follows_the_exit() 
     assert_eq!(setting(configuration, "DD_TRACE_AGENT_URL"), (&Value::from(url.as_str()), "code"));
     assert_eq!(setting(configuration, "DD_TRACE_ENABLED"), (&Value::from("true"), "default"));
     assert_eq!(setting(configuration, "DD_TRACE_SAMPLE_RATE"), (&Value::from("1"), "env_var"));
-    assert_eq!(setting(configuration, "DD_PROFILING_ENABLED"), (&Value::from("false"), "default"));
+    assert_eq!(setting(configuration, "DD_PROFILING_ENABLED"), (&Value::from("true"), "default"));
+    assert_eq!(setting(configuration, "DD_PROFILING_SAMPLING_FREQUENCY"), (&Value::from("100"), "default"));
     setting(configuration, "DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS");
     assert_eq!(started["products"]["tracing"]["enabled"], true, "{started:#}");
     assert_eq!(envelope["application"]["service_name"], "checkout", "{envelope:#}");

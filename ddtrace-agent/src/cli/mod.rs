@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use crate::config::{parse_interval, parse_rate, ExporterKind};
+use crate::config::{parse_frequency, parse_interval, parse_rate, ExporterKind};
 
 /// Traces an unmodified, running process with eBPF and sends its traces to Datadog.
 #[derive(Debug, Parser)]
@@ -41,9 +41,18 @@ pub struct Cli {
     #[arg(long, value_name = "RATE", value_parser = parse_rate_flag)]
     pub trace_sample_rate: Option<f64>,
 
-    /// Whether profiling is on (default: DD_PROFILING_ENABLED, else false); reported only for now.
+    /// Whether to profile CPU (default: DD_PROFILING_ENABLED, else true).
     #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub profiling_enabled: Option<bool>,
+
+    /// CPU samples per second of each thread's CPU time, 1-1000 (default: DD_PROFILING_SAMPLING_FREQUENCY, else 100).
+    #[arg(long, value_name = "HZ", value_parser = parse_frequency_flag)]
+    pub profiling_frequency: Option<u32>,
+
+    /// Also write the whole run's CPU profile to FILE at exit: a flame graph if FILE ends in .svg
+    /// (open it in a browser), else a pprof file (go tool pprof -http=: FILE). Needs no agent.
+    #[arg(long, value_name = "FILE")]
+    pub profile_output: Option<std::path::PathBuf>,
 
     /// Seconds between remote configuration polls (default: DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, else 5).
     #[arg(long, value_name = "SECONDS", value_parser = parse_interval_flag, hide = true)]
@@ -65,6 +74,10 @@ pub struct Cli {
 
 fn parse_rate_flag(text: &str) -> Result<f64, String> {
     parse_rate(text).ok_or_else(|| format!("{text:?} is not a sample rate: give a number from 0 to 1"))
+}
+
+fn parse_frequency_flag(text: &str) -> Result<u32, String> {
+    parse_frequency(text).ok_or_else(|| format!("{text:?} is not a sampling frequency: give Hz, from 1 to 1000"))
 }
 
 fn parse_interval_flag(text: &str) -> Result<f64, String> {

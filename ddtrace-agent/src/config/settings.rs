@@ -52,6 +52,7 @@ pub struct SettingsInput {
     pub cli_agent_url: Option<String>,
     pub cli_trace_enabled: Option<bool>,
     pub cli_profiling_enabled: Option<bool>,
+    pub cli_profiling_frequency: Option<u32>,
     /// Already checked to be in [0, 1] by the flag's parser.
     pub cli_trace_sample_rate: Option<f64>,
     pub cli_remote_config_poll_interval: Option<f64>,
@@ -72,8 +73,13 @@ pub struct Config {
     pub agent_url: Setting<String>,
     /// `DD_TRACE_ENABLED`: whether the tracing product runs (default true).
     pub trace_enabled: Setting<bool>,
-    /// `DD_PROFILING_ENABLED` (default false). Resolved and reported; no profiling product yet.
+    /// `DD_PROFILING_ENABLED`: whether the profiling product runs. Default true, unlike
+    /// dd-trace-py: attaching the daemon to a process is already the opt-in.
     pub profiling_enabled: Setting<bool>,
+    /// `DD_PROFILING_SAMPLING_FREQUENCY`: CPU samples per second of a thread's CPU time (default 100).
+    pub profiling_frequency_hz: Setting<u32>,
+    /// `DD_PROFILING_UPLOAD_PERIOD`: seconds between profile uploads (default 60, as dd-trace-py).
+    pub profiling_upload_period: Setting<f64>,
     /// `DD_TRACE_SAMPLE_RATE`: the share of traces kept, in [0, 1]; `None` keeps them all.
     pub trace_sample_rate: Setting<Option<f64>>,
     /// `DD_REMOTE_CONFIGURATION_ENABLED` (default true; only used with the Datadog exporter).
@@ -156,7 +162,13 @@ impl SettingsInput {
                 .unwrap_or(Setting { value: true, origin: Origin::Default }),
             profiling_enabled: self
                 .parsed(self.cli_profiling_enabled, "DD_PROFILING_ENABLED", parse_bool)
-                .unwrap_or(Setting { value: false, origin: Origin::Default }),
+                .unwrap_or(Setting { value: true, origin: Origin::Default }),
+            profiling_frequency_hz: self
+                .parsed(self.cli_profiling_frequency, "DD_PROFILING_SAMPLING_FREQUENCY", parse_frequency)
+                .unwrap_or(Setting { value: DEFAULT_PROFILING_FREQUENCY_HZ, origin: Origin::Default }),
+            profiling_upload_period: self
+                .parsed(None, "DD_PROFILING_UPLOAD_PERIOD", parse_interval)
+                .unwrap_or(Setting { value: 60.0, origin: Origin::Default }),
             trace_sample_rate: match self.parsed(self.cli_trace_sample_rate, "DD_TRACE_SAMPLE_RATE", parse_rate) {
                 Some(Setting { value, origin }) => Setting { value: Some(value), origin },
                 None => Setting { value: None, origin: Origin::Default },
@@ -181,6 +193,15 @@ impl SettingsInput {
 pub const DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS: f64 = 5.0;
 
 /// Booleans as Datadog tracers accept them: true/false, 1/0, yes/no, on/off (any case).
+/// CPU samples per second per thread when nothing sets it: py-spy's and Datadog's native
+/// profiler's default, 10 ms of CPU time per sample.
+pub const DEFAULT_PROFILING_FREQUENCY_HZ: u32 = 100;
+
+/// A sampling frequency in Hz, 1 to 1000 (beyond that the sampler itself costs the target).
+pub fn parse_frequency(text: &str) -> Option<u32> {
+    text.trim().parse::<u32>().ok().filter(|hz| (1..=1000).contains(hz))
+}
+
 pub fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Some(true),
@@ -246,14 +267,17 @@ mod tests {
     fn typed_settings_have_defaults_origins_and_skip_invalid_values() {
         let config = SettingsInput::default().resolve();
         assert_eq!(config.trace_enabled, Setting { value: true, origin: Origin::Default });
-        assert_eq!(config.profiling_enabled, Setting { value: false, origin: Origin::Default });
+        assert_eq!(config.profiling_enabled, Setting { value: true, origin: Origin::Default });
+        assert_eq!(config.profiling_frequency_hz, Setting { value: 100, origin: Origin::Default });
+        assert_eq!(config.profiling_upload_period.value, 60.0);
         assert_eq!(config.trace_sample_rate, Setting { value: None, origin: Origin::Default });
         assert_eq!(config.remote_config_poll_interval.value, 5.0);
 
         let input = SettingsInput {
             daemon_env: env(&[
                 ("DD_TRACE_ENABLED", "false"),
-                ("DD_PROFILING_ENABLED", "1"),
+                ("DD_PROFILING_ENABLED", "0"),
+                ("DD_PROFILING_SAMPLING_FREQUENCY", "250"),
                 ("DD_TRACE_SAMPLE_RATE", "0.25"),
             ]),
             target_env: env(&[
@@ -265,7 +289,8 @@ mod tests {
         };
         let config = input.resolve();
         assert_eq!(config.trace_enabled, Setting { value: true, origin: Origin::TargetEnvironment });
-        assert_eq!(config.profiling_enabled, Setting { value: true, origin: Origin::DaemonEnvironment });
+        assert_eq!(config.profiling_enabled, Setting { value: false, origin: Origin::DaemonEnvironment });
+        assert_eq!(config.profiling_frequency_hz, Setting { value: 250, origin: Origin::DaemonEnvironment });
         // 1.5 is out of range in the target's environment: the daemon's value applies.
         assert_eq!(config.trace_sample_rate, Setting { value: Some(0.25), origin: Origin::DaemonEnvironment });
         assert_eq!(config.remote_config_poll_interval.value, 0.2);

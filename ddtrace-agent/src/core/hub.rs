@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 
-use super::context::ExecutionContext;
+use super::{context::ExecutionContext, sample::CpuSample};
 
 /// What core tells its listeners.
 #[derive(Debug, Clone, Copy)]
@@ -9,6 +9,8 @@ pub enum CoreEvent<'a> {
     ContextEnded(&'a ExecutionContext),
     /// The traced process `tgid` went away (its open contexts were ended before this).
     ProcessExited(u32),
+    /// A thread of a traced process was sampled on a CPU (`cpu.sampled`).
+    CpuSampled(&'a CpuSample),
 }
 
 type Listener = Box<dyn FnMut(&CoreEvent<'_>) + Send>;

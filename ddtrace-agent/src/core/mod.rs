@@ -7,6 +7,7 @@ mod clock;
 mod context;
 mod hub;
 mod ids;
+mod sample;
 mod tree;
 
 pub use call_stacks::CallStacks;
@@ -14,4 +15,5 @@ pub use clock::WallClock;
 pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
 pub use hub::{CoreEvent, EventHub};
 pub use ids::{new_span_id, new_trace_id};
+pub use sample::{ActiveContext, CpuSample};
 pub use tree::{ContextId, ContextTree};

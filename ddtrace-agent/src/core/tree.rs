@@ -5,6 +5,7 @@ use super::{
     context::{ContextData, ExecutionContext},
     hub::{CoreEvent, EventHub},
     ids::{new_span_id, new_trace_id},
+    sample::{ActiveContext, CpuSample},
 };
 
 /// Identifies an open context (its span id).
@@ -103,6 +104,19 @@ impl ContextTree {
         self.hub.dispatch("process.exited", &CoreEvent::ProcessExited(tgid));
     }
 
+    /// Reports a CPU sample of thread `sample.tid` taken at `ktime_ns`, with the context open on
+    /// that thread now. Samples travel in the same ring buffer as probe events, so "now" is the
+    /// moment of the sample, in order with the contexts' starts and ends.
+    pub fn cpu_sampled(&mut self, ktime_ns: u64, mut sample: CpuSample) {
+        sample.unix_ns = self.clock.to_unix_ns(ktime_ns);
+        sample.active = self
+            .threads
+            .get(&sample.tid)
+            .and_then(|stack| stack.last())
+            .map(|(_, context)| ActiveContext { id: context.id, root_id: context.root_id });
+        self.hub.dispatch("cpu.sampled", &CoreEvent::CpuSampled(&sample));
+    }
+
     /// Contexts open now, all threads together.
     pub fn open_contexts(&self) -> usize {
         self.threads.values().map(Vec::len).sum()
@@ -140,6 +154,43 @@ mod tests {
 
     fn data(name: &'static str) -> ContextData {
         ContextData::new(name, "test", "custom", SpanKind::Internal)
+    }
+
+    #[test]
+    fn cpu_samples_carry_the_innermost_open_context_of_their_thread() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut hub = EventHub::new();
+        let sink = seen.clone();
+        hub.on("cpu.sampled", move |event| {
+            if let CoreEvent::CpuSampled(sample) = event {
+                sink.lock().unwrap().push((sample.tid, sample.active));
+            }
+        });
+        let mut tree = ContextTree::new(WallClock::calibrate(), hub);
+        let sample = |tid| CpuSample {
+            tgid: 1,
+            tid,
+            unix_ns: 0,
+            ip: 0,
+            sp: 0,
+            bp: 0,
+            in_kernel: false,
+            stack: Box::new([]),
+            active: None,
+        };
+        let outer = tree.start(1, 10, 1_000, 0x1000, data("outer"));
+        let inner = tree.start(1, 10, 2_000, 0x0f00, data("inner"));
+        tree.cpu_sampled(2_500, sample(10));
+        tree.cpu_sampled(2_500, sample(11));
+        tree.end(10, inner, 3_000, |_| {});
+        tree.cpu_sampled(3_500, sample(10));
+        tree.end(10, outer, 4_000, |_| {});
+        tree.cpu_sampled(4_500, sample(10));
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0], (10, Some(ActiveContext { id: inner, root_id: outer })));
+        assert_eq!(seen[1], (11, None), "another thread is not in the context");
+        assert_eq!(seen[2], (10, Some(ActiveContext { id: outer, root_id: outer })));
+        assert_eq!(seen[3], (10, None));
     }
 
     #[test]

@@ -11,13 +11,17 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     cli::Cli,
     config::{Config, ExporterKind, SettingsInput},
+    core::CpuSample,
     core::{ContextTree, EventHub, WallClock},
     intake::identity::ClientIdentity,
-    intake::{agent_exporter::AgentExporter, console_exporter::ConsoleExporter, TraceSink},
+    intake::{
+        agent_exporter::AgentExporter, console_exporter::ConsoleExporter, profile_exporter::ProfileExporter, TraceSink,
+    },
     integrations::{self, Integration, TracedFunction},
-    probes::{KernelEvent, KernelPrograms},
+    probes::{KernelEvent, KernelPrograms, StackSample},
     products::{
         self,
+        profiling::{ProfilingInputs, ProfilingSettings},
         remote_config::{RemoteConfigAgent, RemoteConfigInputs},
         telemetry::{TelemetryAgent, TelemetryInputs},
         tracing::{TraceTags, TracingSettings},
@@ -42,6 +46,7 @@ pub fn resolve_config(cli: &Cli, process: &Process) -> Config {
         cli_agent_url: cli.agent_url.clone(),
         cli_trace_enabled: cli.trace_enabled,
         cli_profiling_enabled: cli.profiling_enabled,
+        cli_profiling_frequency: cli.profiling_frequency,
         cli_trace_sample_rate: cli.trace_sample_rate,
         cli_remote_config_poll_interval: cli.remote_config_poll_interval,
         daemon_env: std::env::vars().collect::<HashMap<_, _>>(),
@@ -99,12 +104,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     // Remote configuration and telemetry speak for the target to the Datadog agent, with one
     // identity (one runtime id); with another exporter there is no agent to talk to.
     let identity = (cli.exporter == ExporterKind::Datadog).then(|| client_identity(&config));
+    let profiling_settings = ProfilingSettings {
+        enabled: config.profiling_enabled.clone(),
+        sampling_frequency_hz: config.profiling_frequency_hz.clone(),
+        upload_period_seconds: config.profiling_upload_period.clone(),
+    };
+    let profile_exporter = match &identity {
+        Some(identity) => {
+            Some(ProfileExporter::builder(&config.agent_url.value, &config.service.value).identity(identity).build()?)
+        }
+        None => None,
+    };
     let summary = SharedSummary::default();
     let (apm_tracing_tx, mut apm_tracing) = tokio::sync::mpsc::unbounded_channel();
     let mut manager = ProductManager::new(products::registry(ProductInputs {
         trace_tags: tags,
         tracing_settings,
         trace_sink: sink,
+        profiling: ProfilingInputs {
+            settings: profiling_settings.clone(),
+            exporter: profile_exporter,
+            output: cli.profile_output.clone(),
+        },
         remote_config: RemoteConfigInputs {
             agent: identity
                 .clone()
@@ -124,6 +145,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     }));
     let started = manager.start_all(&mut hub);
     let _ = summary.set(manager.summary());
+    if started.contains(&"profiling") {
+        let period = profiling_settings.sampling_period();
+        let cpus = programs.start_cpu_sampling(period)?;
+        eprintln!(
+            "ddtrace-agent: profiling: sampling CPU at {} Hz on {cpus} CPUs{}",
+            profiling_settings.sampling_frequency_hz.value,
+            match &cli.profile_output {
+                Some(path) => format!(", profile to {} at exit", path.display()),
+                None => String::new(),
+            }
+        );
+    }
     let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
 
     let destination = match cli.exporter {
@@ -238,7 +271,6 @@ fn daemon_config(config: &Config) -> ProductConfig {
         .with("DD_ENV", optional(&config.env.value), config.env.origin)
         .with("DD_VERSION", optional(&config.version.value), config.version.origin)
         .with("DD_TRACE_AGENT_URL", config.agent_url.value.clone(), config.agent_url.origin)
-        .with("DD_PROFILING_ENABLED", config.profiling_enabled.value.to_string(), config.profiling_enabled.origin)
 }
 
 fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
@@ -268,7 +300,22 @@ fn handle_events(
                 }
                 print_attach_outcomes(attach_outcomes);
             }
+            KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
         }
+    }
+}
+
+fn core_sample(sample: StackSample) -> CpuSample {
+    CpuSample {
+        tgid: sample.tgid,
+        tid: sample.tid,
+        unix_ns: 0,
+        ip: sample.ip,
+        sp: sample.sp,
+        bp: sample.bp,
+        in_kernel: sample.in_kernel,
+        stack: sample.stack,
+        active: None,
     }
 }
 

@@ -69,7 +69,7 @@ pub struct Period {
 }
 
 /// One stack frame, already symbolized.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Frame {
     /// The function's name (demangled), or `module+0xoffset` for stripped code.
     pub function: String,
@@ -143,6 +143,14 @@ impl ProfileData {
     /// An empty profile of `sample_types` for the window `start`..`end`.
     pub fn new(sample_types: Vec<SampleType>, start: SystemTime, end: SystemTime) -> Self {
         Self { sample_types, period: None, start, end, samples: Vec::new(), endpoint_counts: Vec::new() }
+    }
+
+    /// The profile as a plain (uncompressed) pprof protobuf, as `go tool pprof` and other pprof
+    /// readers open it.
+    pub fn to_pprof(&self) -> Result<Vec<u8>, ProfileExportError> {
+        let encoded = self.encode()?;
+        zstd::decode_all(encoded.buffer.as_slice())
+            .map_err(|e| ProfileExportError::Encode { reason: format!("decompressing libdatadog's pprof: {e}") })
     }
 
     /// Encodes it as a zstd-compressed pprof with libdatadog.

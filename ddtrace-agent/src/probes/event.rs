@@ -1,6 +1,6 @@
 use ddtrace_common::{
-    capture_flags, event_kind, exit_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent, ProcessEvent,
-    ENTRY_ARGS, MAX_CAPTURE,
+    capture_flags, event_kind, exit_flags, sample_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
+    ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, STACK_SAMPLE_HEADER_BYTES,
 };
 
 /// Anything the kernel programs report.
@@ -10,7 +10,38 @@ pub enum KernelEvent {
     Probe(ProbeEvent),
     /// A tracked process forked, exec'd or exited.
     Process(ProcessChange),
+    /// The CPU sampler caught a thread of a tracked process running.
+    StackSample(StackSample),
 }
+
+/// A thread's user registers and the top of its user stack, copied at a CPU sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSample {
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The thread was in a system call; `ip` is where it entered the kernel.
+    pub in_kernel: bool,
+    /// The stack from `sp` up (empty when the kernel could not copy it).
+    pub stack: Box<[u8]>,
+}
+
+/// The fixed part of a sample record (the stack copy follows, `stack_len` bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct StackSampleHead {
+    header: EventHeader,
+    ip: u64,
+    sp: u64,
+    bp: u64,
+    stack_len: u32,
+    sample_flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<StackSampleHead>() == STACK_SAMPLE_HEADER_BYTES);
 
 /// A lifecycle change of a tracked process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +157,27 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     };
     match header.kind {
         event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
+        event_kind::STACK_SAMPLE => decode_stack_sample(bytes),
         other => decode_probe(bytes, &header, other).map(KernelEvent::Probe),
     }
+}
+
+/// The kernel submits only the bytes of the stack it copied: the record's length bounds the copy
+/// as much as `stack_len` does.
+fn decode_stack_sample(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let head: StackSampleHead = read(bytes, "stack sample")?;
+    let available = bytes.len() - STACK_SAMPLE_HEADER_BYTES;
+    let len = (head.stack_len as usize).min(available);
+    Ok(KernelEvent::StackSample(StackSample {
+        tgid: head.header.tgid,
+        tid: head.header.tid,
+        ktime_ns: head.header.ktime_ns,
+        ip: head.ip,
+        sp: head.sp,
+        bp: head.bp,
+        in_kernel: head.sample_flags & sample_flags::IN_KERNEL != 0,
+        stack: bytes[STACK_SAMPLE_HEADER_BYTES..STACK_SAMPLE_HEADER_BYTES + len].into(),
+    }))
 }
 
 fn decode_probe(bytes: &[u8], header: &EventHeader, kind: u32) -> Result<ProbeEvent, DecodeError> {
@@ -235,6 +285,28 @@ mod tests {
             kind: ProcessChangeKind::Forked { child: 11 },
         });
         assert_eq!(decode(&bytes_of(&event)).unwrap(), change);
+    }
+
+    #[test]
+    fn decodes_stack_samples_bounded_by_the_record() {
+        let head = StackSampleHead {
+            header: EventHeader { kind: event_kind::STACK_SAMPLE, probe_id: 0, tgid: 5, tid: 6, ktime_ns: 7 },
+            ip: 0x401000,
+            sp: 0x7ffe0000,
+            bp: 0x7ffe0040,
+            stack_len: 4096,
+            sample_flags: sample_flags::IN_KERNEL,
+        };
+        let mut record = bytes_of(&head);
+        record.extend_from_slice(&[0xab; 64]);
+        let KernelEvent::StackSample(sample) = decode(&record).unwrap() else { panic!("not a sample") };
+        assert_eq!(
+            (sample.tgid, sample.tid, sample.ip, sample.sp, sample.bp),
+            (5, 6, 0x401000, 0x7ffe0000, 0x7ffe0040)
+        );
+        assert!(sample.in_kernel);
+        // stack_len says 4096 but only 64 bytes came: never read past the record.
+        assert_eq!(&*sample.stack, &[0xab; 64][..]);
     }
 
     #[test]

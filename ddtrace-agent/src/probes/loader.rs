@@ -3,8 +3,9 @@ use std::path::Path;
 use aya::{
     maps::{Array, MapData, PerCpuArray},
     programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        ProgramError, TracePoint, UProbe,
+        PerfEvent, ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -211,6 +212,40 @@ impl KernelPrograms {
             })?;
         }
         Ok(())
+    }
+
+    /// Starts the CPU sampler: a software cpu-clock event on every online CPU firing every
+    /// `period` of CPU time, each running the sampling program (which keeps only tracked
+    /// processes). A period rather than a frequency, so every sample stands for the same CPU
+    /// time. Returns how many CPUs are sampled.
+    pub fn start_cpu_sampling(&mut self, period: std::time::Duration) -> Result<usize, ProbeError> {
+        let program = names::CPU_SAMPLE_PROGRAM;
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::Load(format!("{what}: {e}")))?;
+        let perf_event: &mut PerfEvent = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing(program))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing(program))?;
+        perf_event.load().map_err(|e| load_error(program, e))?;
+        let period_ns = (period.as_nanos() as u64).max(10_000);
+        for &cpu in &cpus {
+            perf_event
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(period_ns),
+                    false,
+                )
+                .map_err(|e| ProbeError::Attach {
+                    program,
+                    symbol: format!("cpu-clock on CPU {cpu}"),
+                    path: "perf_event_open".into(),
+                    pid: 0,
+                    reason: error_chain(&e),
+                })?;
+        }
+        Ok(cpus.len())
     }
 
     /// Sums of the kernel's per-CPU counters.

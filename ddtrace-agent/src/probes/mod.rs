@@ -9,7 +9,9 @@ mod spec;
 mod tracefs;
 
 pub use counters::KernelCounters;
-pub use event::{decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind};
+pub use event::{
+    decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind, StackSample,
+};
 pub use loader::{KernelPrograms, ProbeError, ProbeId};
 pub use reader::EventReader;
 pub use spec::{Capture, ProbeDef};

@@ -6,6 +6,7 @@
 
 mod manager;
 mod product_config;
+pub mod profiling;
 pub mod remote_config;
 pub mod telemetry;
 pub mod tracing;
@@ -16,6 +17,7 @@ pub use manager::{OrderError, ProductManager, ProductStatus, ProductsSummary};
 pub use product_config::{ConfigEntry, ProductConfig};
 
 use self::{
+    profiling::{ProfilingInputs, ProfilingProduct},
     remote_config::{RemoteConfigInputs, RemoteConfigProduct},
     telemetry::{TelemetryInputs, TelemetryProduct},
     tracing::{TraceTags, TracingProduct, TracingSettings},
@@ -31,6 +33,7 @@ pub struct ProductInputs {
     pub trace_tags: TraceTags,
     pub tracing_settings: TracingSettings,
     pub trace_sink: Box<dyn TraceSink>,
+    pub profiling: ProfilingInputs,
     pub remote_config: RemoteConfigInputs,
     pub telemetry: TelemetryInputs,
 }
@@ -40,6 +43,7 @@ pub struct ProductInputs {
 pub fn registry(inputs: ProductInputs) -> Vec<Box<dyn Product>> {
     vec![
         Box::new(TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink)),
+        Box::new(ProfilingProduct::new(inputs.profiling)),
         Box::new(RemoteConfigProduct::new(inputs.remote_config)),
         Box::new(TelemetryProduct::new(inputs.telemetry)),
     ]

@@ -9,8 +9,10 @@ mod elf;
 mod module;
 mod normalize;
 mod symbolize;
+mod unwind;
 
 pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
 pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
 pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
 pub use symbolize::{demangle, Symbol, Symbolizer};
+pub use unwind::{UnwindEnd, Unwinder, UserRegisters};

@@ -1,0 +1,155 @@
+//! From a CPU sample (registers and a stack copy) to symbolized frames, leaf first.
+//!
+//! Per process: its executable mappings, read at its first sample and again when an address
+//! falls outside them (a library loaded since), at most every [`MAPS_REFRESH`]. Per address:
+//! the symbolized frame, cached, since a hot loop is sampled at the same few addresses.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    core::CpuSample,
+    intake::profile_exporter::Frame,
+    symbols::{ProcessMaps, Symbolizer, UnwindEnd, Unwinder, UserRegisters},
+};
+
+/// The shortest time between two reads of one process's maps.
+const MAPS_REFRESH: Duration = Duration::from_millis(200);
+/// Frames kept per stack (dd-trace-py's `DD_PROFILING_MAX_FRAMES` default is 64; native stacks
+/// run deeper, an interpreter's especially).
+pub const MAX_FRAMES: usize = 128;
+/// Cached frames, all processes together; the cache starts over beyond this.
+const FRAME_CACHE_LIMIT: usize = 200_000;
+
+/// The frame shown for time the thread spent in a system call.
+pub const SYSCALL_FRAME: &str = "[system call]";
+
+/// How unwinding went, for the report at exit.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UnwindCounts {
+    pub complete: u64,
+    pub stack_copy_end: u64,
+    pub no_unwind_info: u64,
+    pub max_depth: u64,
+    pub invalid: u64,
+    /// Samples of processes whose maps could not be read (gone before their first sample).
+    pub unknown_process: u64,
+}
+
+impl fmt::Display for UnwindCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "complete={} cut_at_stack_copy_end={} no_unwind_info={} max_depth={} invalid={} unknown_process={}",
+            self.complete, self.stack_copy_end, self.no_unwind_info, self.max_depth, self.invalid, self.unknown_process
+        )
+    }
+}
+
+struct KnownProcess {
+    maps: ProcessMaps,
+    read_at: Instant,
+}
+
+/// Unwinds and symbolizes samples of any number of processes.
+#[derive(Default)]
+pub struct StackResolver {
+    unwinder: Unwinder,
+    symbolizer: Symbolizer,
+    processes: HashMap<u32, KnownProcess>,
+    frames: HashMap<(u32, u64), Frame>,
+    addresses: Vec<u64>,
+    pub counts: UnwindCounts,
+}
+
+impl StackResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The frames of `sample`, innermost first; `None` when the process's maps are unknown.
+    pub fn resolve(&mut self, sample: &CpuSample) -> Option<Vec<Frame>> {
+        let tgid = sample.tgid;
+        if !self.processes.contains_key(&tgid) {
+            let Ok(maps) = ProcessMaps::read(tgid) else {
+                self.counts.unknown_process += 1;
+                return None;
+            };
+            self.processes.insert(tgid, KnownProcess { maps, read_at: Instant::now() });
+        }
+        self.refresh_maps_if_stale(tgid, sample.ip);
+        let process = self.processes.get(&tgid)?;
+        let registers = UserRegisters { ip: sample.ip, sp: sample.sp, bp: sample.bp };
+        let end = self.unwinder.unwind(
+            &process.maps,
+            self.symbolizer.modules(),
+            registers,
+            &sample.stack,
+            &mut self.addresses,
+        );
+        match end {
+            UnwindEnd::Complete => self.counts.complete += 1,
+            UnwindEnd::StackCopyEnd => self.counts.stack_copy_end += 1,
+            UnwindEnd::NoUnwindInfo { .. } => self.counts.no_unwind_info += 1,
+            UnwindEnd::MaxDepth => self.counts.max_depth += 1,
+            _ => self.counts.invalid += 1,
+        }
+        if self.frames.len() > FRAME_CACHE_LIMIT {
+            self.frames.clear();
+        }
+        let mut frames = Vec::with_capacity(self.addresses.len().min(MAX_FRAMES) + 1);
+        if sample.in_kernel {
+            frames.push(Frame::new(SYSCALL_FRAME, "[kernel]"));
+        }
+        let addresses = std::mem::take(&mut self.addresses);
+        for (depth, &address) in addresses.iter().take(MAX_FRAMES).enumerate() {
+            // A return address points after the call, possibly at the next function's first
+            // byte: the call itself is one byte back.
+            let lookup = if depth == 0 { address } else { address.saturating_sub(1) };
+            frames.push(self.frame(tgid, lookup));
+        }
+        self.addresses = addresses;
+        Some(frames)
+    }
+
+    /// Forgets an exited process (its addresses mean nothing any more).
+    pub fn forget(&mut self, tgid: u32) {
+        self.processes.remove(&tgid);
+        self.frames.retain(|(pid, _), _| *pid != tgid);
+    }
+
+    fn refresh_maps_if_stale(&mut self, tgid: u32, ip: u64) {
+        let Some(process) = self.processes.get_mut(&tgid) else { return };
+        if process.maps.find(ip).is_none() && process.read_at.elapsed() >= MAPS_REFRESH {
+            if let Ok(maps) = ProcessMaps::read(tgid) {
+                process.maps = maps;
+                // Addresses may now belong to another file.
+                self.frames.retain(|(pid, _), _| *pid != tgid);
+            }
+            process.read_at = Instant::now();
+        }
+    }
+
+    fn frame(&mut self, tgid: u32, address: u64) -> Frame {
+        if let Some(frame) = self.frames.get(&(tgid, address)) {
+            return frame.clone();
+        }
+        let frame = match self.processes.get(&tgid).map(|p| self.symbolizer.symbolize(&p.maps, address)) {
+            Some(Ok(symbol)) => {
+                let module = symbol.module.display().to_string();
+                let function = match &symbol.function {
+                    Some(name) => name.clone(),
+                    None => symbol.to_string(),
+                };
+                Frame::new(function, module)
+            }
+            // Anonymous executable memory (JIT code), the vDSO, or a file gone since.
+            _ => Frame::new("[unknown]", "[unknown]"),
+        };
+        self.frames.insert((tgid, address), frame.clone());
+        frame
+    }
+}

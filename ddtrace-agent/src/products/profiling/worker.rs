@@ -1,0 +1,217 @@
+//! The profiler's own thread: unwinding, symbolization, aggregation and uploads happen here, off
+//! the daemon's event loop, which only queues samples (bounded: a full queue drops and counts).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{
+    aggregate::{ProfileWindow, ResolvedSample},
+    flamegraph::write_profile_output,
+    stacks::{StackResolver, UnwindCounts},
+};
+use crate::{core::CpuSample, intake::profile_exporter::ProfileExporter};
+
+/// Samples waiting for the worker. At 100 Hz on 64 busy CPUs that is 10 s of samples.
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// Where profiles go.
+pub struct ProfileSinks {
+    pub exporter: Option<ProfileExporter>,
+    pub output: Option<PathBuf>,
+}
+
+enum Message {
+    Sample(CpuSample),
+    ProcessExited(u32),
+    Finish,
+}
+
+/// Queues samples for the worker from the daemon's event loop; never blocks it.
+#[derive(Clone)]
+pub struct SampleSender {
+    queue: SyncSender<Message>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SampleSender {
+    pub fn send_sample(&self, sample: &CpuSample) {
+        if let Err(TrySendError::Full(_)) = self.queue.try_send(Message::Sample(sample.clone())) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn process_exited(&self, tgid: u32) {
+        // Only frees the process's caches: losing it to a full queue costs memory, not data.
+        let _ = self.queue.try_send(Message::ProcessExited(tgid));
+    }
+}
+
+/// What the profiler did over its life, logged when it finishes.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerReport {
+    pub samples: u64,
+    pub dropped_queue_full: u64,
+    pub uploads: u64,
+    pub failed_uploads: u64,
+    pub unwind: UnwindCounts,
+    pub output_written: Option<PathBuf>,
+}
+
+impl fmt::Display for WorkerReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "samples={} dropped_queue_full={} uploads={} failed_uploads={} unwind: {}",
+            self.samples, self.dropped_queue_full, self.uploads, self.failed_uploads, self.unwind
+        )?;
+        if let Some(path) = &self.output_written {
+            write!(f, "; profile written to {}", path.display())?;
+        }
+        Ok(())
+    }
+}
+
+pub struct ProfilerWorker {
+    sender: SampleSender,
+    done: Receiver<WorkerReport>,
+    _thread: JoinHandle<()>,
+}
+
+impl ProfilerWorker {
+    /// Starts the worker: one profile per `upload_period`, each sample standing for
+    /// `sampling_period` of CPU time.
+    pub fn spawn(sinks: ProfileSinks, upload_period: Duration, sampling_period: Duration) -> std::io::Result<Self> {
+        let (queue, samples) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (report, done) = mpsc::channel();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let worker = Worker {
+            sinks,
+            upload_period,
+            sampling_period,
+            resolver: StackResolver::new(),
+            thread_names: HashMap::new(),
+            report: WorkerReport::default(),
+            dropped: dropped.clone(),
+        };
+        let thread = std::thread::Builder::new().name("ddtrace-profiler".into()).spawn(move || {
+            let _ = report.send(worker.run(samples));
+        })?;
+        Ok(Self { sender: SampleSender { queue, dropped }, done, _thread: thread })
+    }
+
+    pub fn sender(&self) -> SampleSender {
+        self.sender.clone()
+    }
+
+    /// Sends the last profile (and writes the output file), waiting at most `deadline`.
+    /// `None` when the worker did not finish in time.
+    pub fn finish(self, deadline: Duration) -> Option<WorkerReport> {
+        // Behind every queued sample, so they all make it into the last profile.
+        let _ = self.sender.queue.send(Message::Finish);
+        self.done.recv_timeout(deadline).ok()
+    }
+}
+
+struct Worker {
+    sinks: ProfileSinks,
+    upload_period: Duration,
+    sampling_period: Duration,
+    resolver: StackResolver,
+    thread_names: HashMap<(u32, u32), String>,
+    report: WorkerReport,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Worker {
+    fn run(mut self, samples: Receiver<Message>) -> WorkerReport {
+        let mut window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
+        let mut whole_run =
+            self.sinks.output.as_ref().map(|_| ProfileWindow::new(SystemTime::now(), self.sampling_period));
+        let mut next_upload = Instant::now() + self.upload_period;
+        loop {
+            match samples.recv_timeout(next_upload.saturating_duration_since(Instant::now())) {
+                Ok(Message::Sample(sample)) => self.add(&sample, &mut window, whole_run.as_mut()),
+                Ok(Message::ProcessExited(tgid)) => {
+                    self.resolver.forget(tgid);
+                    self.thread_names.retain(|&(pid, _), _| pid != tgid);
+                }
+                Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) if self.sinks.exporter.is_none() => next_upload += self.upload_period,
+                Err(RecvTimeoutError::Timeout) => {
+                    let next = ProfileWindow::new(SystemTime::now(), self.sampling_period);
+                    self.upload(&std::mem::replace(&mut window, next));
+                    next_upload += self.upload_period;
+                }
+            }
+        }
+        // The process may have exited mid-period: its last samples still make a profile.
+        if window.sample_count() > 0 {
+            self.upload(&window);
+        }
+        if let (Some(path), Some(whole_run)) = (&self.sinks.output, &whole_run) {
+            match write_profile_output(path, whole_run, "ddtrace-agent CPU profile") {
+                Ok(()) => self.report.output_written = Some(path.clone()),
+                Err(error) => tracing::error!(%error, "profiling: --profile-output"),
+            }
+        }
+        if self.sinks.exporter.is_none() && self.sinks.output.is_none() {
+            print_top_functions(whole_run.as_ref().unwrap_or(&window));
+        }
+        self.report.dropped_queue_full = self.dropped.load(Ordering::Relaxed);
+        self.report.unwind = self.resolver.counts;
+        self.report
+    }
+
+    fn add(&mut self, sample: &CpuSample, window: &mut ProfileWindow, whole_run: Option<&mut ProfileWindow>) {
+        let Some(frames) = self.resolver.resolve(sample) else { return };
+        self.report.samples += 1;
+        let thread_name = self
+            .thread_names
+            .entry((sample.tgid, sample.tid))
+            .or_insert_with(|| read_thread_name(sample.tgid, sample.tid));
+        let span = sample.active.map(|active| (active.id, active.root_id));
+        if let Some(whole_run) = whole_run {
+            // Without span labels: the whole run's file would otherwise grow with every request.
+            whole_run.add(ResolvedSample { frames: frames.clone(), tid: sample.tid, thread_name, span: None });
+        }
+        window.add(ResolvedSample { frames, tid: sample.tid, thread_name, span });
+    }
+
+    fn upload(&mut self, window: &ProfileWindow) {
+        let Some(exporter) = &self.sinks.exporter else { return };
+        let profile = window.to_profile(SystemTime::now());
+        match exporter.export(&profile) {
+            Ok(()) => self.report.uploads += 1,
+            Err(error) => {
+                self.report.failed_uploads += 1;
+                tracing::warn!(%error, samples = window.sample_count(), "profiling: upload failed; this period's profile is lost");
+            }
+        }
+    }
+}
+
+/// The kernel's name of the thread (`comm`), or its id when it is gone.
+fn read_thread_name(tgid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/comm"))
+        .map(|name| name.trim_end().to_string())
+        .unwrap_or_else(|_| format!("thread {tid}"))
+}
+
+/// Without an agent or an output file (the console exporter), the profile's gist on stderr.
+fn print_top_functions(window: &ProfileWindow) {
+    let total = window.sample_count().max(1) as f64;
+    eprintln!("ddtrace-agent: CPU profile, {} samples; functions on CPU most often:", window.sample_count());
+    for (function, count) in window.top_self(10) {
+        eprintln!("  {:5.1}%  {function}", count as f64 * 100.0 / total);
+    }
+}
