@@ -6,16 +6,18 @@
 //! `module` indexes one ELF file once per build id, `symbolize` names the function.
 //!
 //! For the profiler's native stacks, `cfi` indexes a module's call frame information (with the
-//! module, so once per build id).
+//! module, so once per build id) and `unwind` walks a sampled stack copy with it.
 
 mod cfi;
 mod elf;
 mod module;
 mod normalize;
 mod symbolize;
+mod unwind;
 
 pub use cfi::{CallFrameInfo, CfaRule, CfiError, FrameRule, RegisterRule, UnwindContext, UnwindExpression};
 pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
 pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
 pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
 pub use symbolize::{demangle, Symbol, Symbolizer};
+pub use unwind::{UnwindEnd, Unwinder, UserRegisters, MAX_DEPTH};
