@@ -326,7 +326,10 @@ fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use std::hint::black_box;
+    use std::{
+        hint::black_box,
+        sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst},
+    };
 
     use super::*;
     use crate::symbols::{parse_maps_line, Symbolizer};
@@ -340,31 +343,43 @@ mod tests {
     /// Copies the live stack from `sp` up: at most 64 KiB, and never past the end of the mapping
     /// holding `sp` (the top of this thread's stack), which would fault.
     fn copy_own_stack(sp: u64) -> Vec<u8> {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let mapping = maps.lines().filter_map(parse_maps_line).find(|m| m.start <= sp && sp < m.end).unwrap();
-        let len = (mapping.end - sp).min(64 * 1024) as usize;
+        let len = (stack_mapping_end(sp) - sp).min(64 * 1024) as usize;
         // SAFETY: [sp, sp + len) lies in one mapping of this process (the stack it runs on), and
         // only the part above this frame's rsp, which outlives this call, is read.
         unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec()
     }
 
+    /// Reads (rip, rsp, rbp) where it is expanded; a macro so no call moves rsp in between.
+    macro_rules! registers_here {
+        () => {{
+            let (ip, sp, bp): (u64, u64, u64);
+            // SAFETY: reads three registers into outputs; no memory or stack is touched.
+            unsafe {
+                core::arch::asm!(
+                    "lea {ip}, [rip]",
+                    "mov {sp}, rsp",
+                    "mov {bp}, rbp",
+                    ip = out(reg) ip,
+                    sp = out(reg) sp,
+                    bp = out(reg) bp,
+                    options(nomem, nostack, preserves_flags),
+                );
+            }
+            UserRegisters { ip, sp, bp }
+        }};
+    }
+
+    /// The end of the mapping holding `sp`: the top of the stack it belongs to.
+    fn stack_mapping_end(sp: u64) -> u64 {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().filter_map(parse_maps_line).find(|m| m.start <= sp && sp < m.end).unwrap().end
+    }
+
     #[inline(never)]
     fn inner(marker: u64) -> Capture {
-        let (ip, sp, bp): (u64, u64, u64);
-        // SAFETY: reads three registers into outputs; no memory or stack is touched.
-        unsafe {
-            core::arch::asm!(
-                "lea {ip}, [rip]",
-                "mov {sp}, rsp",
-                "mov {bp}, rbp",
-                ip = out(reg) ip,
-                sp = out(reg) sp,
-                bp = out(reg) bp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
+        let regs = registers_here!();
         black_box(marker);
-        Capture { regs: UserRegisters { ip, sp, bp }, stack: copy_own_stack(sp) }
+        Capture { regs, stack: copy_own_stack(regs.sp) }
     }
 
     // Each caller uses the result after the call, so the calls cannot become tail calls.
@@ -437,6 +452,86 @@ mod tests {
         let (frames, end) = unwind_own(regs, &capture.stack);
         assert_starts_with_the_chain(&frames, end);
         assert!(with_rbp.starts_with(&frames), "{frames:x?} is not a prefix of {with_rbp:x?}");
+    }
+
+    /// Where the signal handler copies the stack; set up by the test before raising the signal,
+    /// so the handler neither allocates nor reads files.
+    static SIGNAL_BUFFER: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+    static SIGNAL_BUFFER_LEN: AtomicUsize = AtomicUsize::new(0);
+    static SIGNAL_STACK_END: AtomicU64 = AtomicU64::new(0);
+    static SIGNAL_COPIED: AtomicUsize = AtomicUsize::new(0);
+    static SIGNAL_REGS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
+
+    extern "C" fn capture_in_signal_handler(_signal: libc::c_int) {
+        let regs = registers_here!();
+        let len = ((SIGNAL_STACK_END.load(SeqCst) - regs.sp) as usize).min(SIGNAL_BUFFER_LEN.load(SeqCst));
+        // SAFETY: the handler runs on the thread's own stack (no SA_ONSTACK), so [sp, sp + len)
+        // is below that stack's end; the buffer holds SIGNAL_BUFFER_LEN bytes.
+        unsafe { std::ptr::copy_nonoverlapping(regs.sp as *const u8, SIGNAL_BUFFER.load(SeqCst), len) };
+        SIGNAL_COPIED.store(len, SeqCst);
+        for (slot, value) in SIGNAL_REGS.iter().zip([regs.ip, regs.sp, regs.bp]) {
+            slot.store(value, SeqCst);
+        }
+    }
+
+    #[test]
+    fn real_stack_unwinds_out_of_a_signal_handler_through_the_signal_frame() {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let here = &buffer as *const Vec<u8> as u64;
+        SIGNAL_STACK_END.store(stack_mapping_end(here), SeqCst);
+        SIGNAL_BUFFER_LEN.store(buffer.len(), SeqCst);
+        SIGNAL_BUFFER.store(buffer.as_mut_ptr(), SeqCst);
+        // SAFETY: installs a handler for SIGUSR2, which nothing else in the test binary uses,
+        // raises it at this thread (delivered before pthread_kill returns), then restores it.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = capture_in_signal_handler as *const () as usize;
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGUSR2, &action, &mut previous), 0);
+            assert_eq!(libc::pthread_kill(libc::pthread_self(), libc::SIGUSR2), 0);
+            libc::sigaction(libc::SIGUSR2, &previous, std::ptr::null_mut());
+        }
+        let [ip, sp, bp] = SIGNAL_REGS.each_ref().map(|r| r.load(SeqCst));
+        let (frames, end) = unwind_own(UserRegisters { ip, sp, bp }, &buffer[..SIGNAL_COPIED.load(SeqCst)]);
+        let names = names(&frames);
+        eprintln!("{end} after {} frames:\n  {}", frames.len(), names.join("\n  "));
+        assert!(names[0].contains("capture_in_signal_handler"), "frame 0 is {}", names[0]);
+        // Then glibc's __restore_rt, whose CFI (expressions over the saved context) gives the
+        // interrupted pc in pthread_kill, and from there the test itself.
+        let test = "ddtrace_agent::symbols::unwind::tests::real_stack_unwinds_out_of_a_signal_handler";
+        assert!(names.iter().any(|n| n.starts_with(test)), "the unwind did not get back to the test");
+        assert!(matches!(end, UnwindEnd::Complete | UnwindEnd::StackCopyEnd), "ended {end:?}");
+    }
+
+    #[test]
+    fn plt_entries_unwind_by_their_cfa_expression() {
+        use object::{Object, ObjectSection};
+        // libc's own lazy-binding PLT (GNU ld): CFA = rsp + 8, or rsp + 16 after the entry's push.
+        let maps = ProcessMaps::read(std::process::id()).unwrap();
+        let mut modules = ModuleCache::new();
+        let getpid = libc::getpid as *const () as u64;
+        let normalized = maps.normalize(getpid, &mut modules).unwrap();
+        let load_bias = getpid - normalized.vaddr;
+        let data = std::fs::read(&normalized.path).unwrap();
+        let file = object::File::parse(&*data).unwrap();
+        let Some(plt) = file.section_by_name(".plt") else {
+            eprintln!("this libc has no .plt; nothing to test");
+            return;
+        };
+        // The first entry after PLT0 (16 bytes each): `jmp *got(%rip)`, then at +11 after `push`.
+        let entry = load_bias + plt.address() + 16;
+        let rule = normalized.module.cfi().unwrap().find_rule(&mut UnwindContext::new(), plt.address() + 16).unwrap();
+        assert!(matches!(rule.cfa, CfaRule::Expression(_)), "{rule:?}");
+        let sp = 0x7ffd_0000_0000_u64;
+        let caller = 0x5555_0000_1234_u64;
+        let mut frames = Vec::new();
+        let mut unwinder = Unwinder::new();
+        for (ip, stack) in [(entry, [caller, 0]), (entry + 11, [7, caller])] {
+            let stack: Vec<u8> = stack.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let end = unwinder.unwind(&maps, &mut modules, UserRegisters { ip, sp, bp: 0 }, &stack, &mut frames);
+            assert_eq!(frames, [ip, caller], "ip at PLT entry + {:#x}", ip - entry);
+            assert_eq!(end, UnwindEnd::NoUnwindInfo { address: caller });
+        }
     }
 
     #[test]
