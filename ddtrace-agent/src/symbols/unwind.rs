@@ -32,8 +32,11 @@ const MAX_PLAUSIBLE_FRAME: u64 = 8 << 20;
 /// The registers of the sampled thread that unwinding needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRegisters {
+    /// rip: the interrupted instruction.
     pub ip: u64,
+    /// rsp: the address of `stack[0]` in [`Unwinder::unwind`].
     pub sp: u64,
+    /// rbp, for frames unwound by frame pointer and CFA rules based on it.
     pub bp: u64,
 }
 
@@ -143,6 +146,7 @@ impl fmt::Debug for Unwinder {
 }
 
 impl Unwinder {
+    /// An unwinder with empty buffers; they grow on first use and are then reused.
     pub fn new() -> Self {
         Self { ctx: Box::new(UnwindContext::new()), seen: Vec::new() }
     }
@@ -624,11 +628,12 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_pointer_chain_that_loops_is_invalid() {
+    fn a_frame_pointer_chain_that_loops_stops_instead_of_cycling() {
         let maps = ProcessMaps::parse(1, "");
         let sp = 0x7ffd_0000_0000;
         let rbp = sp + 0x40;
-        // The saved rbp points back at itself: the second step would not move rsp up.
+        // The saved rbp points back at itself: after one step rbp is no longer above rsp, so the
+        // chain stops rather than reporting the same frame again.
         let stack = frame_pointer_stack(sp, &[(rbp, rbp), (rbp + 8, 0x1111)]);
         let mut frames = Vec::new();
         let regs = UserRegisters { ip: 0x1000, sp, bp: rbp };
