@@ -4,15 +4,20 @@
 //! Kept apart from the target (which file, mapped where) as blazesym keeps normalization apart
 //! from symbolization: `normalize` turns a process address into (file, ELF virtual address),
 //! `module` indexes one ELF file once per build id, `symbolize` names the function.
+//!
+//! For the profiler's native stacks, `cfi` indexes a module's call frame information (with the
+//! module, so once per build id) and `unwind` walks a sampled stack copy with it.
 
+mod cfi;
 mod elf;
 mod module;
 mod normalize;
 mod symbolize;
 mod unwind;
 
+pub use cfi::{CallFrameInfo, CfaRule, CfiError, FrameRule, RegisterRule, UnwindContext, UnwindExpression};
 pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
 pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
 pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
 pub use symbolize::{demangle, Symbol, Symbolizer};
-pub use unwind::{UnwindEnd, Unwinder, UserRegisters};
+pub use unwind::{UnwindEnd, Unwinder, UserRegisters, MAX_DEPTH};

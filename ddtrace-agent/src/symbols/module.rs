@@ -14,6 +14,8 @@ use std::{
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
+use super::cfi::CallFrameInfo;
+
 /// Errors of loading a module for symbolization; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ModuleError {
@@ -55,6 +57,8 @@ pub struct ElfModule {
     segments: Vec<Segment>,
     /// Sorted by start; one entry per start address.
     functions: Vec<FunctionRange>,
+    /// Unwind tables, parsed here so every process mapping the file shares them.
+    cfi: Option<CallFrameInfo>,
 }
 
 impl ElfModule {
@@ -101,7 +105,8 @@ impl ElfModule {
             .map(|(_, range)| range)
             .collect();
         functions.sort_unstable_by_key(|f| f.start);
-        Ok(Self { path: path.to_path_buf(), build_id, segments, functions })
+        let cfi = CallFrameInfo::parse(&file);
+        Ok(Self { path: path.to_path_buf(), build_id, segments, functions, cfi })
     }
 
     /// The path this module was read from.
@@ -117,6 +122,11 @@ impl ElfModule {
     /// How many function ranges the module knows (0 for a fully stripped file).
     pub fn function_count(&self) -> usize {
         self.functions.len()
+    }
+
+    /// The call frame information (`.eh_frame`, `.debug_frame`), `None` when the file has none.
+    pub fn cfi(&self) -> Option<&CallFrameInfo> {
+        self.cfi.as_ref()
     }
 
     /// The ELF virtual address at which `file_offset` is loaded, if a PT_LOAD segment covers it.
