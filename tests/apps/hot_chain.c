@@ -3,8 +3,9 @@
  * part of it inside libc's qsort (Debian's libc has no frame pointers: only its call frame
  * information lets an unwinder walk from the comparator back to hot_c).
  *
- * Usage: hot_chain SECONDS. Prints "ready" once started, then works until SECONDS of wall time
- * passed, in requests of ~20 ms (run_request is what the tests trace as a span). */
+ * Usage: hot_chain SECONDS. Prints "ready", waits for a line on stdin (the test starts it once
+ * the profiler is attached), then works for SECONDS of wall time in requests of a few ms
+ * (run_request is what the tests trace as a span), and exits. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,8 +64,12 @@ int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 5.0;
     enum { N = 4096 };
     static unsigned long keys[N];
+    char line[16];
     printf("ready\n");
     fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) {
+        return 1;
+    }
     double start = now();
     while (now() - start < seconds) {
         run_request(keys, N);

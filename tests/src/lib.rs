@@ -3,6 +3,8 @@
 
 pub mod agent_process;
 pub mod http;
+pub mod native_app;
+pub mod profiles;
 pub mod target_app;
 pub mod telemetry;
 pub mod test_agent;

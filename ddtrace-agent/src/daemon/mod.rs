@@ -145,18 +145,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     }));
     let started = manager.start_all(&mut hub);
     let _ = summary.set(manager.summary());
-    if started.contains(&"profiling") {
-        let period = profiling_settings.sampling_period();
-        let cpus = programs.start_cpu_sampling(period)?;
-        eprintln!(
-            "ddtrace-agent: profiling: sampling CPU at {} Hz on {cpus} CPUs{}",
-            profiling_settings.sampling_frequency_hz.value,
-            match &cli.profile_output {
-                Some(path) => format!(", profile to {} at exit", path.display()),
-                None => String::new(),
-            }
-        );
-    }
+    // Sampling starts with the product; the processes' samples flow once they are tracked.
+    let sampling_cpus = if started.contains(&"profiling") {
+        Some(programs.start_cpu_sampling(profiling_settings.sampling_period())?)
+    } else {
+        None
+    };
     let mut contexts = ContextTree::new(WallClock::calibrate(), hub);
 
     let destination = match cli.exporter {
@@ -187,6 +181,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         }
     }
     manager.post_preload();
+    if let Some(cpus) = sampling_cpus {
+        eprintln!(
+            "ddtrace-agent: profiling: sampling CPU at {} Hz on {cpus} CPUs{}",
+            profiling_settings.sampling_frequency_hz.value,
+            match &cli.profile_output {
+                Some(path) => format!(", whole run to {} at exit", path.display()),
+                None => String::new(),
+            }
+        );
+    }
 
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -450,11 +450,7 @@ impl ProfileExporter {
 mod tests {
     use std::time::UNIX_EPOCH;
 
-    use base64::Engine as _;
-    use ddtrace_tests::{http::get as http_get, test_agent::TestAgent};
-    use libdd_profiling_protobuf::prost_impls;
-    use prost::Message as _;
-    use serde_json::Value;
+    use ddtrace_tests::{profiles::received_profiles, test_agent::TestAgent};
 
     use super::*;
 
@@ -492,64 +488,6 @@ mod tests {
         profile
     }
 
-    /// The parts of a multipart/form-data body: (name, filename, bytes).
-    fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, String, Vec<u8>)> {
-        let boundary = content_type
-            .split(';')
-            .find_map(|p| p.trim().strip_prefix("boundary="))
-            .unwrap_or_else(|| panic!("no boundary in {content_type:?}"))
-            .trim_matches('"');
-        let delimiter = format!("--{boundary}").into_bytes();
-        let mut parts = Vec::new();
-        let mut rest = body;
-        while let Some(at) = find(rest, &delimiter) {
-            rest = &rest[at + delimiter.len()..];
-            if rest.starts_with(b"--") {
-                break;
-            }
-            let Some(end) = find(rest, &delimiter) else { break };
-            let part = &rest[..end];
-            let header_end = find(part, b"\r\n\r\n").expect("part without headers");
-            let headers = String::from_utf8_lossy(&part[..header_end]).into_owned();
-            let content = part[header_end + 4..].strip_suffix(b"\r\n").unwrap_or(&part[header_end + 4..]);
-            let attribute = |name: &str| {
-                let key = format!("{name}=\"");
-                headers.split(&key).nth(1).and_then(|v| v.split('"').next()).unwrap_or("").to_owned()
-            };
-            parts.push((attribute(" name"), attribute("filename"), content.to_vec()));
-        }
-        parts
-    }
-
-    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-        haystack.windows(needle.len()).position(|w| w == needle)
-    }
-
-    /// The profile uploads the test agent received, as (headers, body).
-    fn received_profiles(agent: &TestAgent) -> Vec<(Value, Vec<u8>)> {
-        let (status, body) = http_get(agent.port, "/test/session/requests").unwrap();
-        assert_eq!(status, 200, "{body}");
-        let requests: Vec<Value> = serde_json::from_str(&body).unwrap();
-        requests
-            .into_iter()
-            .filter(|r| r["url"].as_str().is_some_and(|u| u.ends_with("/profiling/v1/input")))
-            .map(|r| {
-                let body = base64::engine::general_purpose::STANDARD.decode(r["body"].as_str().unwrap()).unwrap();
-                (r["headers"].clone(), body)
-            })
-            .collect()
-    }
-
-    fn header<'a>(headers: &'a Value, name: &str) -> &'a str {
-        headers
-            .as_object()
-            .unwrap()
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} header in {headers:#}"))
-    }
-
     #[test]
     fn profile_reaches_the_test_agent_with_event_json_and_a_decodable_pprof() {
         let agent = TestAgent::start();
@@ -568,18 +506,15 @@ mod tests {
 
         let received = received_profiles(&agent);
         assert_eq!(received.len(), 1, "one upload expected");
-        let (headers, body) = &received[0];
-        let content_type = header(headers, "Content-Type");
-        assert!(content_type.starts_with("multipart/form-data"), "{content_type}");
-        assert_eq!(header(headers, "DD-EVP-ORIGIN"), "ddtrace-agent");
-        let parts = multipart_parts(content_type, body);
-        let names: Vec<&str> = parts.iter().map(|(name, ..)| name.as_str()).collect();
+        let upload = &received[0];
+        assert!(upload.header("Content-Type").starts_with("multipart/form-data"));
+        assert_eq!(upload.header("DD-EVP-ORIGIN"), "ddtrace-agent");
+        let names: Vec<&str> = upload.parts.iter().map(|(name, ..)| name.as_str()).collect();
         assert_eq!(names, ["event", "profile.pprof"], "form parts");
 
         // event.json, as Datadog's profilers send it.
-        let (_, filename, event) = &parts[0];
-        assert_eq!(filename, "event.json");
-        let event: Value = serde_json::from_slice(event).unwrap();
+        assert_eq!(upload.parts[0].1, "event.json");
+        let event = &upload.event;
         assert_eq!(event["family"], "native", "{event:#}");
         assert_eq!(event["version"], "4");
         assert_eq!(event["start"], "2023-11-14T22:13:20.000000000Z");
@@ -598,12 +533,9 @@ mod tests {
             assert!(tags.contains(&expected), "{expected} missing from {tags:?}");
         }
 
-        // The pprof: zstd-compressed, decoded with libdatadog's own prost types.
-        let (_, _, compressed) = &parts[1];
-        assert!(compressed.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), "not zstd");
-        let raw = zstd::decode_all(compressed.as_slice()).unwrap();
-        let pprof = prost_impls::Profile::decode(raw.as_slice()).unwrap();
-        let decoded = libdd_profiling::api::Profile::try_from(&pprof).unwrap();
+        // The pprof (zstd-compressed; the harness checked and decoded it), read back through
+        // libdatadog's own API types.
+        let decoded = libdd_profiling::api::Profile::try_from(&upload.pprof).unwrap();
         let kinds: Vec<(&str, &str)> = decoded.sample_types.iter().map(|t| (t.r#type, t.unit)).collect();
         assert_eq!(kinds, [("samples", "count"), ("cpu-time", "nanoseconds")]);
         assert_eq!(decoded.period.map(|(v, t)| (v, t.r#type)), Some((10_000_000, "cpu-time")));

@@ -184,6 +184,10 @@ enum ContentKey {
 pub struct ModuleCache {
     by_file: HashMap<FileKey, Arc<ElfModule>>,
     by_content: HashMap<ContentKey, Arc<ElfModule>>,
+    /// The last module read through each path: what a path under `/proc/<pid>/root` still
+    /// means once the process exited and the path no longer opens (its last samples are often
+    /// resolved just after its exit).
+    by_path: HashMap<PathBuf, Arc<ElfModule>>,
     parsed: usize,
 }
 
@@ -195,7 +199,10 @@ impl ModuleCache {
     /// The module for `path`, read and indexed only if no file with the same build id was before.
     pub fn get(&mut self, path: &Path) -> Result<Arc<ElfModule>, ModuleError> {
         let read_error = |source| ModuleError::Read { path: path.to_path_buf(), source };
-        let meta = fs::metadata(path).map_err(read_error)?;
+        let meta = match fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(source) => return self.by_path.get(path).cloned().ok_or_else(|| read_error(source)),
+        };
         let file_key = FileKey {
             path: path.to_path_buf(),
             dev: meta.dev(),
@@ -223,7 +230,14 @@ impl ModuleCache {
             }
         };
         self.by_file.insert(file_key, module.clone());
+        self.by_path.insert(path.to_path_buf(), module.clone());
         Ok(module)
+    }
+
+    /// Forgets the paths under `prefix` (e.g. `/proc/<pid>/root` of an exited process).
+    pub fn forget_paths_under(&mut self, prefix: &Path) {
+        self.by_path.retain(|path, _| !path.starts_with(prefix));
+        self.by_file.retain(|key, _| !key.path.starts_with(prefix));
     }
 
     /// How many files were fully indexed (tests use it to check sharing).

@@ -261,7 +261,12 @@ fn recover(
 ) -> Result<Option<u64>, StepError> {
     Ok(Some(match rule {
         RegisterRule::Undefined | RegisterRule::SameValue => return Ok(None),
-        RegisterRule::Offset(offset) => stack.word(cfa.wrapping_add_signed(offset))?,
+        RegisterRule::Offset(offset) => match stack.word(cfa.wrapping_add_signed(offset)) {
+            // A save slot below the stack pointer was popped already: in epilogues GCC's CFI
+            // still names the slot after `pop`, but the register holds the caller's value again.
+            Err(StepError::BelowStackPointer) => return Ok(None),
+            other => other?,
+        },
         RegisterRule::ValOffset(offset) => cfa.wrapping_add_signed(offset),
         RegisterRule::Register(number) => register(regs, number)?,
         RegisterRule::Expression(expression) => stack.word(evaluate(expression, regs, stack, Some(cfa))?)?,

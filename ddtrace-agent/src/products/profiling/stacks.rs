@@ -20,7 +20,7 @@ use crate::{
 const MAPS_REFRESH: Duration = Duration::from_millis(200);
 /// Frames kept per stack (dd-trace-py's `DD_PROFILING_MAX_FRAMES` default is 64; native stacks
 /// run deeper, an interpreter's especially).
-pub const MAX_FRAMES: usize = 128;
+pub const MAX_FRAMES: usize = crate::symbols::MAX_DEPTH;
 /// Cached frames, all processes together; the cache starts over beyond this.
 const FRAME_CACHE_LIMIT: usize = 200_000;
 
@@ -34,6 +34,8 @@ pub struct UnwindCounts {
     pub stack_copy_end: u64,
     pub no_unwind_info: u64,
     pub max_depth: u64,
+    /// A frame's call frame information needs a register the sampler does not copy.
+    pub unsupported_rule: u64,
     pub invalid: u64,
     /// Samples of processes whose maps could not be read (gone before their first sample).
     pub unknown_process: u64,
@@ -43,8 +45,15 @@ impl fmt::Display for UnwindCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "complete={} cut_at_stack_copy_end={} no_unwind_info={} max_depth={} invalid={} unknown_process={}",
-            self.complete, self.stack_copy_end, self.no_unwind_info, self.max_depth, self.invalid, self.unknown_process
+            "complete={} cut_at_stack_copy_end={} no_unwind_info={} max_depth={} unsupported_rule={} invalid={} \
+             unknown_process={}",
+            self.complete,
+            self.stack_copy_end,
+            self.no_unwind_info,
+            self.max_depth,
+            self.unsupported_rule,
+            self.invalid,
+            self.unknown_process
         )
     }
 }
@@ -95,7 +104,8 @@ impl StackResolver {
             UnwindEnd::StackCopyEnd => self.counts.stack_copy_end += 1,
             UnwindEnd::NoUnwindInfo { .. } => self.counts.no_unwind_info += 1,
             UnwindEnd::MaxDepth => self.counts.max_depth += 1,
-            _ => self.counts.invalid += 1,
+            UnwindEnd::UnsupportedRule { .. } => self.counts.unsupported_rule += 1,
+            UnwindEnd::Invalid { .. } => self.counts.invalid += 1,
         }
         if self.frames.len() > FRAME_CACHE_LIMIT {
             self.frames.clear();
@@ -118,6 +128,7 @@ impl StackResolver {
     /// Forgets an exited process (its addresses mean nothing any more).
     pub fn forget(&mut self, tgid: u32) {
         self.processes.remove(&tgid);
+        self.symbolizer.modules().forget_paths_under(&std::path::Path::new("/proc").join(tgid.to_string()));
         self.frames.retain(|(pid, _), _| *pid != tgid);
     }
 

@@ -148,15 +148,17 @@ impl Worker {
                 Ok(Message::Finish) | Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) if self.sinks.exporter.is_none() => next_upload += self.upload_period,
                 Err(RecvTimeoutError::Timeout) => {
-                    let next = ProfileWindow::new(SystemTime::now(), self.sampling_period);
-                    self.upload(&std::mem::replace(&mut window, next));
+                    // One instant closes a window and opens the next: no gap, no overlap.
+                    let now = SystemTime::now();
+                    let next = ProfileWindow::new(now, self.sampling_period);
+                    self.upload(&std::mem::replace(&mut window, next), now);
                     next_upload += self.upload_period;
                 }
             }
         }
         // The process may have exited mid-period: its last samples still make a profile.
         if window.sample_count() > 0 {
-            self.upload(&window);
+            self.upload(&window, SystemTime::now());
         }
         if let (Some(path), Some(whole_run)) = (&self.sinks.output, &whole_run) {
             match write_profile_output(path, whole_run, "ddtrace-agent CPU profile") {
@@ -187,9 +189,9 @@ impl Worker {
         window.add(ResolvedSample { frames, tid: sample.tid, thread_name, span });
     }
 
-    fn upload(&mut self, window: &ProfileWindow) {
+    fn upload(&mut self, window: &ProfileWindow, end: SystemTime) {
         let Some(exporter) = &self.sinks.exporter else { return };
-        let profile = window.to_profile(SystemTime::now());
+        let profile = window.to_profile(end);
         match exporter.export(&profile) {
             Ok(()) => self.report.uploads += 1,
             Err(error) => {
