@@ -1,0 +1,17 @@
+//! HTTP/1.x seen from outside the process: what the socket capture hands us (the first bytes of
+//! each read or write, and its real length) becomes request/response exchanges, and the pieces a
+//! span needs are derived from them the way dd-trace-py derives them.
+//!
+//! This folder owns, as pure userspace code with no knowledge of eBPF, sockets or spans:
+//! - [`message_parser`]: one direction of one connection, fed segment by segment, emits message
+//!   heads and message ends (bodies are counted, never buffered);
+//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
+
+pub mod headers;
+pub mod message_parser;
+
+pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
+pub use message_parser::{
+    BodyFraming, HeadCompleteness, Header, HttpVersion, IgnoreReason, MessageHead, MessageKind, MessageParser,
+    ParseEvent, ParserLimits, ParserStats, StartLine,
+};
