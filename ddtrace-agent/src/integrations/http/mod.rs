@@ -5,11 +5,14 @@
 //! This folder owns, as pure userspace code with no knowledge of eBPF, sockets or spans:
 //! - [`message_parser`]: one direction of one connection, fed segment by segment, emits message
 //!   heads and message ends (bodies are counted, never buffered);
+//! - [`exchange`]: pairs requests and responses of one connection (keep-alive, pipelining, closes);
 //! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
 
+pub mod exchange;
 pub mod headers;
 pub mod message_parser;
 
+pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
 pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
 pub use message_parser::{
     BodyFraming, HeadCompleteness, Header, HttpVersion, IgnoreReason, MessageHead, MessageKind, MessageParser,
