@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use thiserror::Error;
 
 use super::message_parser::Header;
+use super::propagation;
 
 /// The lowercase names of the headers whose values a [`MessageParser`](super::MessageParser)
 /// keeps with a message head. Framing headers (`content-length`, `transfer-encoding`,
@@ -21,6 +22,14 @@ impl KeptHeaders {
     /// Keeps no header at all.
     pub fn none() -> Self {
         Self::default()
+    }
+
+    /// What spans need: `host`, `user-agent`, the trace context headers and the allow-list.
+    pub fn for_tracing(header_tags: &HeaderTags) -> Self {
+        Self::none()
+            .with(["host", "user-agent"])
+            .with(propagation::HEADER_NAMES.iter().copied())
+            .with(header_tags.header_names())
     }
 
     /// Adds `names` (any case).
@@ -204,5 +213,16 @@ mod tests {
     fn normalization_matches_dd_trace_py() {
         assert_eq!(default_tag_name("request", "Content-Type"), "http.request.headers.content-type");
         assert_eq!(default_tag_name("response", "X-Weird.Name!"), "http.response.headers.x-weird_name_");
+    }
+
+    #[test]
+    fn kept_headers_cover_spans_and_the_allow_list() {
+        let (tags, _) = HeaderTags::parse("X-Custom");
+        let kept = KeptHeaders::for_tracing(&tags);
+        for name in ["host", "user-agent", "traceparent", "tracestate", "x-datadog-trace-id", "x-custom"] {
+            assert!(kept.contains(name), "{name}");
+        }
+        assert!(!kept.contains("cookie"));
+        assert!(!KeptHeaders::none().contains("host"));
     }
 }

@@ -6,11 +6,13 @@
 //! - [`message_parser`]: one direction of one connection, fed segment by segment, emits message
 //!   heads and message ends (bodies are counted, never buffered);
 //! - [`exchange`]: pairs requests and responses of one connection (keep-alive, pipelining, closes);
+//! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
 //! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
 
 pub mod exchange;
 pub mod headers;
 pub mod message_parser;
+pub mod propagation;
 
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
 pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
@@ -18,3 +20,4 @@ pub use message_parser::{
     BodyFraming, HeadCompleteness, Header, HttpVersion, IgnoreReason, MessageHead, MessageKind, MessageParser,
     ParseEvent, ParserLimits, ParserStats, StartLine,
 };
+pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
