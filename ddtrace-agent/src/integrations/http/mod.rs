@@ -6,6 +6,7 @@
 //! - [`message_parser`]: one direction of one connection, fed segment by segment, emits message
 //!   heads and message ends (bodies are counted, never buffered);
 //! - [`exchange`]: pairs requests and responses of one connection (keep-alive, pipelining, closes);
+//! - [`resource`]: the `METHOD /path` resource with ids in the path quantized;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
 //! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
 
@@ -13,6 +14,7 @@ pub mod exchange;
 pub mod headers;
 pub mod message_parser;
 pub mod propagation;
+pub mod resource;
 
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
 pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
@@ -21,3 +23,4 @@ pub use message_parser::{
     ParseEvent, ParserLimits, ParserStats, StartLine,
 };
 pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
+pub use resource::{quantize_path, resource_name};
