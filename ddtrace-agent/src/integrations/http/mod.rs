@@ -7,6 +7,7 @@
 //!   heads and message ends (bodies are counted, never buffered);
 //! - [`exchange`]: pairs requests and responses of one connection (keep-alive, pipelining, closes);
 //! - [`resource`]: the `METHOD /path` resource with ids in the path quantized;
+//! - [`url`]: `http.url`, with the query string obfuscated by Datadog's default pattern;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
 //! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
 
@@ -15,6 +16,7 @@ pub mod headers;
 pub mod message_parser;
 pub mod propagation;
 pub mod resource;
+pub mod url;
 
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
 pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
@@ -24,3 +26,4 @@ pub use message_parser::{
 };
 pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
 pub use resource::{quantize_path, resource_name};
+pub use url::{build_http_url, QueryObfuscator, QueryObfuscatorError};
