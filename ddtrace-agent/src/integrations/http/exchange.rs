@@ -381,6 +381,42 @@ mod tests {
     }
 
     #[test]
+    fn truncated_request_head_still_pairs() {
+        let mut t = tracker(Role::Server);
+        let mut out = Vec::new();
+        t.on_data(Direction::Read, b"POST /upload HTTP/1.1\r\nHost: a\r\nCookie: zzz", 20000, 1, &mut out);
+        t.on_data(Direction::Read, b"more body", 50000, 2, &mut out);
+        out.extend(send(&mut t, Direction::Write, b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n", 3));
+        assert_eq!(out.len(), 1);
+        assert!(out[0].request.is_truncated());
+        assert_eq!(out[0].request.header("host"), Some("a"));
+        assert_eq!(out[0].status(), Some(201));
+    }
+
+    #[test]
+    fn random_bytes_in_both_directions_make_no_exchange() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let mut t = tracker(if next() % 2 == 0 { Role::Server } else { Role::Client });
+            let mut out = Vec::new();
+            for ts in 0..20 {
+                let bytes: Vec<u8> = (0..next() % 600).map(|_| next() as u8).collect();
+                let len = bytes.len() + (next() % 3000) as usize;
+                let direction = if next() % 2 == 0 { Direction::Read } else { Direction::Write };
+                t.on_data(direction, &bytes, len, ts, &mut out);
+            }
+            t.on_close(99, &mut out);
+            assert!(out.is_empty(), "{out:?}");
+        }
+    }
+
+    #[test]
     fn a_thousand_keep_alive_exchanges() {
         let mut t = tracker(Role::Server);
         let mut all = Vec::new();

@@ -262,8 +262,9 @@ fn huge_heads_are_flagged_and_memory_stays_bounded() {
 #[test]
 fn other_protocols_are_ignored_quickly() {
     let tls_client_hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
-    let inputs: [(&[u8], MessageKind); 6] = [
+    let inputs: [(&[u8], MessageKind); 7] = [
         (&tls_client_hello, MessageKind::Request),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", MessageKind::Request),
         (b"*1\r\n$4\r\nPING\r\n", MessageKind::Request),
         (b"PING\r\n", MessageKind::Request),
         (b"+PONG\r\n", MessageKind::Response),

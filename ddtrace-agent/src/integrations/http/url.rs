@@ -27,8 +27,10 @@ pub const DEFAULT_QUERY_OBFUSCATION_PATTERN: &str = concat!(
     r#"|token(?::|%3A)[a-z0-9]{13}"#,
     r#"|gh[opsu]_[0-9a-zA-Z]{36}"#,
     r#"|ey[I-L](?:[\w=-]|%3D)+\.ey[I-L](?:[\w=-]|%3D)+(?:\.(?:[\w.+/=-]|%3D|%2F|%2B)+)?"#,
-    r#"|-{5}BEGIN(?:[a-z\s]|%20)+PRIVATE(?:\s|%20)KEY-{5}[^\-]+-{5}END(?:[a-z\s]|%20)+PRIVATE(?:\s|%20)KEY(?:-{5})?(?:\n|%0A)?"#,
-    r#"|(?:ssh-(?:rsa|dss)|ecdsa-[a-z0-9]+-[a-z0-9]+)(?:\s|%20|%09)+(?:[a-z0-9/.+]|%2F|%5C|%2B){100,}(?:=|%3D)*(?:(?:\s|%20|%09)+[a-z0-9._-]+)?)"#,
+    r#"|-{5}BEGIN(?:[a-z\s]|%20)+PRIVATE(?:\s|%20)KEY-{5}[^\-]+-{5}END"#,
+    r#"(?:[a-z\s]|%20)+PRIVATE(?:\s|%20)KEY(?:-{5})?(?:\n|%0A)?"#,
+    r#"|(?:ssh-(?:rsa|dss)|ecdsa-[a-z0-9]+-[a-z0-9]+)(?:\s|%20|%09)+(?:[a-z0-9/.+]|%2F|%5C|%2B){100,}"#,
+    r#"(?:=|%3D)*(?:(?:\s|%20|%09)+[a-z0-9._-]+)?)"#,
 );
 
 /// The replacement for every match, as in dd-trace-py.
@@ -165,6 +167,10 @@ mod tests {
         assert_eq!(obfuscate(&gh), "t=<redacted>");
         let jwt = "x=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sflKxwRJSMeKKF2QT4fwpMeJf36";
         assert_eq!(obfuscate(jwt), "x=<redacted>");
+        let pem = "k=-----BEGIN%20RSA%20PRIVATE%20KEY-----MIIabc-----END%20RSA%20PRIVATE%20KEY-----";
+        assert_eq!(obfuscate(pem), "k=<redacted>");
+        let ssh = format!("k=ssh-rsa%20{}&n=1", "A".repeat(120));
+        assert_eq!(obfuscate(&ssh), "k=<redacted>&n=1");
     }
 
     #[test]
