@@ -2,6 +2,7 @@
 //! symbols it probes with what capture, and how its events open and close execution contexts.
 //! It knows nothing of products: it only talks to `core`.
 
+pub mod http;
 mod sqlite;
 mod sqlite_layout;
 mod sqlite_text;
