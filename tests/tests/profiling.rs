@@ -58,7 +58,7 @@ fn describe(samples: &[FlatSample]) -> String {
         .iter()
         .map(|s| (s.values[0], s.functions.iter().rev().cloned().collect::<Vec<_>>().join(";")))
         .collect();
-    stacks.sort_by(|a, b| b.0.cmp(&a.0));
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.0));
     stacks.iter().take(15).map(|(n, stack)| format!("{n:5} {stack}")).collect::<Vec<_>>().join("\n")
 }
 

@@ -131,7 +131,7 @@ mod tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         // The last byte of the test binary's last executable mapping: page padding after the last
         // function, which no symbol covers.
-        let mapping = maps.mappings().iter().filter(|m| m.path.as_ref() == Some(&exe)).last().unwrap();
+        let mapping = maps.mappings().iter().rfind(|m| m.path.as_ref() == Some(&exe)).unwrap();
         let symbol = Symbolizer::new().symbolize(&maps, mapping.end - 1).unwrap();
         assert_eq!(symbol.function, None, "{symbol}");
         let name = exe.file_name().unwrap().to_string_lossy().into_owned();

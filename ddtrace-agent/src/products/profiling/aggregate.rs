@@ -78,9 +78,7 @@ impl ProfileWindow {
     pub fn add(&mut self, sample: ResolvedSample<'_>) {
         let stack: Box<[FrameId]> = sample.frames.into_iter().map(|f| self.frames.intern(f)).collect();
         *self.counts.entry(SampleKey { stack, tid: sample.tid, span: sample.span }).or_default() += 1;
-        if !self.thread_names.contains_key(&sample.tid) {
-            self.thread_names.insert(sample.tid, sample.thread_name.to_string());
-        }
+        self.thread_names.entry(sample.tid).or_insert_with(|| sample.thread_name.to_string());
         self.samples += 1;
     }
 
