@@ -138,7 +138,7 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
     assert_eq!(inserts(&agent), 5, "{:#?}", agent.spans());
     // work 2 at rate 0: at least 2 INSERT, 2 SELECT and a COMMIT trace, counted as sampled out.
     assert!(sampled_out(&stderr) >= 5, "{stderr}");
-    assert!(stderr.contains("products [tracing, remote_config, telemetry]"), "{stderr}");
+    assert!(stderr.contains("products [tracing, profiling, remote_config, telemetry]"), "{stderr}");
     // Kept traces without a configured rate carry no rule decision; the tags went with the
     // configuration.
     let spans = agent.spans();
@@ -210,7 +210,7 @@ fn dd_trace_enabled_false_in_the_target_leaves_tracing_out() {
     let status = daemon.wait_exit(Duration::from_secs(15));
     let stderr = daemon.stderr_text();
     assert!(status.success(), "daemon exit {status}:\n{stderr}");
-    assert!(stderr.contains("products [remote_config, telemetry]"), "{stderr}");
+    assert!(stderr.contains("products [profiling, remote_config, telemetry]"), "{stderr}");
     assert!(agent.spans().is_empty(), "{:#?}", agent.spans());
 }
 
