@@ -33,9 +33,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     /// How many times (b) and (c) are measured in alternation (the VM drifts: more cycles, a
-    /// steadier median).
-    #[arg(long, default_value_t = 6)]
-    pub cycles: usize,
+    /// steadier median). Default 6; with --profiler, how many times each configuration runs the
+    /// workload, default 5.
+    #[arg(long)]
+    pub cycles: Option<usize>,
     /// Calls of the probed function per round.
     #[arg(long, default_value_t = 200_000)]
     pub calls: u64,
@@ -48,6 +49,8 @@ pub struct BenchArgs {
     /// Run this agent binary instead of building the eBPF object and `target/release/ddtrace-agent`.
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
+    #[command(flatten)]
+    pub profiler: crate::bench_profiler::ProfilerArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -65,18 +68,18 @@ const OURS_ATTACHED: &str = "attached 1 probes to";
 /// How long the agent gets to drain its ring buffer, flush and exit after SIGINT.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 
+/// Cycles of (b) and (c) when `--cycles` is not given.
+const DEFAULT_CYCLES: usize = 6;
+
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    if args.rounds == 0 || args.calls == 0 || args.cycles == 0 {
+    if args.profiler.profiler {
+        return crate::bench_profiler::run(args);
+    }
+    let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
+    if args.rounds == 0 || args.calls == 0 || cycles == 0 {
         bail!("--rounds, --calls and --cycles must be at least 1");
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads eBPF programs: run it as root (e.g. `sudo -E cargo xtask bench`)");
-    }
-    let agent_binary = match &args.agent {
-        Some(agent) => agent.clone(),
-        None => workspace::build_everything()?,
-    };
+    let agent_binary = root_and_agent(args)?;
 
     let out_dir = workspace::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
@@ -93,11 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         );
     }
 
-    let background = CpuLoad::sample(Duration::from_secs(1))?;
-    step("bench", format!("before the run, other work kept {:.0}% of the CPUs busy", 100.0 * background.busy));
-    if background.busy > BUSY_WARNING {
-        step("bench", "WARNING: the machine is not idle; the figures below will be noisy (re-run when it is)");
-    }
+    let background = background_load()?;
 
     // One target process for every configuration: the same code placement, page tables and
     // caches throughout, so the differences are the probes' alone; attaching to a process that is
@@ -122,8 +121,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mut ours = Phase::new("(c)  ddtrace entry+exit programs + daemon", Vec::new());
     let mut counters = KernelCounters::default();
     let mut agent_cpu = Duration::ZERO;
-    for cycle in 1..=args.cycles {
-        let mut agent = Agent::start(
+    for cycle in 1..=cycles {
+        let mut agent = start_agent(
             &agent_binary,
             &["--pid", &pid, "--bench-empty-probes", &probe_spec],
             EMPTY_ATTACHED,
@@ -132,7 +131,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         empty.cycles.push(measure(&mut target, &format!("(b) empty programs, cycle {cycle}"))?);
         agent.stop()?;
 
-        let mut agent = Agent::start(
+        let mut agent = start_agent(
             &agent_binary,
             &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console"],
             OURS_ATTACHED,
@@ -154,11 +153,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     target.exit()?;
 
     let report = Report {
-        background_busy: background.busy,
+        background_busy: background,
         first_instruction,
         target_binary,
         rounds: args.rounds,
-        cycles: args.cycles,
+        cycles,
         calls: args.calls,
         warmup_calls: args.warmup_calls,
         unprobed,
@@ -170,11 +169,50 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         steal: steal_time().saturating_sub(steal_before),
         elapsed: run_started.elapsed(),
     };
-    print!("{}", report.table());
-    let json_path = out_dir.join("uprobe-cost.json");
-    fs::write(&json_path, report.json()).with_context(|| format!("could not write {}", json_path.display()))?;
-    step("bench", format!("figures written to {}", relative(&json_path).display()));
+    publish(&out_dir, "uprobe-cost.json", &report.table(), &report.json())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Share of the CPUs other work keeps busy just before a run, with a warning when it is too much.
+pub(crate) fn background_load() -> Result<f64> {
+    let busy = CpuLoad::sample(Duration::from_secs(1))?.busy;
+    step("bench", format!("before the run, other work kept {:.0}% of the CPUs busy", 100.0 * busy));
+    if busy > BUSY_WARNING {
+        step("bench", "WARNING: the machine is not idle; the figures below will be noisy (re-run when it is)");
+    }
+    Ok(busy)
+}
+
+/// Prints `table` and writes `json` to `target/bench/<file>`.
+pub(crate) fn publish(out_dir: &Path, file: &str, table: &str, json: &str) -> Result<()> {
+    print!("{table}");
+    let json_path = out_dir.join(file);
+    fs::write(&json_path, json).with_context(|| format!("could not write {}", json_path.display()))?;
+    step("bench", format!("figures written to {}", relative(&json_path).display()));
+    Ok(())
+}
+
+/// The table's note when the machine was busy before the run.
+pub(crate) fn noise_note(out: &mut String, background_busy: f64) {
+    if background_busy > BUSY_WARNING {
+        let _ = writeln!(
+            out,
+            "  NOTE: other work kept {:.0}% of the CPUs busy just before the run; these figures are noisy",
+            100.0 * background_busy
+        );
+    }
+}
+
+/// Checks that we run as root, then returns `--agent` or the freshly built release agent.
+pub(crate) fn root_and_agent(args: &BenchArgs) -> Result<PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run it as root (e.g. `sudo -E cargo xtask bench`)");
+    }
+    match &args.agent {
+        Some(agent) => Ok(agent.clone()),
+        None => workspace::build_everything(),
+    }
 }
 
 /// How busy all CPUs together were over a short window, from `/proc/stat`.
@@ -207,7 +245,7 @@ impl CpuLoad {
 }
 
 /// CPU time (user + system) of this process's children that have been waited for.
-fn children_cpu_time() -> Duration {
+pub(crate) fn children_cpu_time() -> Duration {
     // SAFETY: rusage is plain data; getrusage only writes it.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointer to a rusage; RUSAGE_CHILDREN cannot fail.
@@ -247,17 +285,17 @@ fn first_instruction(binary: &Path, symbol: &str) -> Result<String> {
 }
 
 /// `path` relative to the workspace root when it is inside it, for shorter messages.
-fn relative(path: &Path) -> &Path {
+pub(crate) fn relative(path: &Path) -> &Path {
     path.strip_prefix(workspace::root()).unwrap_or(path)
 }
 
 /// Lines of a child's stream, read by a thread so they can be awaited with a timeout.
-struct Lines {
+pub(crate) struct Lines {
     receiver: Receiver<String>,
 }
 
 impl Lines {
-    fn new(stream: impl std::io::Read + Send + 'static) -> Self {
+    pub(crate) fn new(stream: impl std::io::Read + Send + 'static) -> Self {
         let (sender, receiver) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
@@ -271,7 +309,7 @@ impl Lines {
     }
 
     /// The next line; `None` at end of stream, an error on timeout.
-    fn next(&self, timeout: Duration) -> Result<Option<String>, RecvTimeoutError> {
+    pub(crate) fn next(&self, timeout: Duration) -> Result<Option<String>, RecvTimeoutError> {
         match self.receiver.recv_timeout(timeout) {
             Ok(line) => Ok(Some(line)),
             Err(RecvTimeoutError::Disconnected) => Ok(None),
@@ -280,8 +318,20 @@ impl Lines {
     }
 }
 
+/// The next line `child` (`who`, for messages) printed on `lines`, within `timeout`.
+pub(crate) fn reply(lines: &Lines, child: &mut Child, who: &str, timeout: Duration) -> Result<String> {
+    match lines.next(timeout) {
+        Ok(Some(line)) => Ok(line),
+        Ok(None) => {
+            let status = wait_timeout(child, Duration::from_secs(1))?;
+            bail!("{who} (pid {}) closed its output ({})", child.id(), status_text(status))
+        }
+        Err(_) => bail!("{who} (pid {}) did not answer within {} s", child.id(), timeout.as_secs()),
+    }
+}
+
 /// Sends `signal` to `child` if it has not been reaped.
-fn signal(child: &Child, signal: libc::c_int) {
+pub(crate) fn signal(child: &Child, signal: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else {
         return;
     };
@@ -289,7 +339,7 @@ fn signal(child: &Child, signal: libc::c_int) {
     unsafe { libc::kill(pid, signal) };
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -330,14 +380,7 @@ impl Target {
     }
 
     fn reply(&mut self, timeout: Duration) -> Result<String> {
-        match self.stdout.next(timeout) {
-            Ok(Some(line)) => Ok(line),
-            Ok(None) => {
-                let status = wait_timeout(&mut self.child, Duration::from_secs(1))?;
-                bail!("the target (pid {}) closed its output ({})", self.pid, status_text(status))
-            }
-            Err(_) => bail!("the target (pid {}) did not answer within {} s", self.pid, timeout.as_secs()),
-        }
+        reply(&self.stdout, &mut self.child, "the target", timeout)
     }
 
     /// Calls `bench_work` `calls` times and returns the target's own wall and CPU ns per call.
@@ -373,93 +416,112 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_unreaped(&mut self.child);
     }
 }
 
-/// An agent attached to the target, with its stderr collected.
-struct Agent {
-    child: Child,
-    stderr: Lines,
-    seen: Vec<String>,
-    command: String,
+/// SIGKILL and reap `child` if it has not been reaped yet.
+pub(crate) fn kill_unreaped(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
-impl Agent {
-    /// Starts the agent and returns once it printed `ready_marker` (its probes are attached).
-    fn start(binary: &Path, args: &[&str], ready_marker: &str, timeout: Duration) -> Result<Self> {
-        let mut cmd = Command::new(binary);
-        // Spans go to stdout; printing them is the daemon's cost, not the target's.
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+/// Which output stream of a [`Watched`] child carries its progress lines.
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A child (an agent, a profiler) that reports on one stream, collected. The agent's stdout is
+/// discarded: it carries spans, and printing them is the daemon's cost, not the target's; py-spy
+/// reports on stdout and its stderr, errors only, is inherited.
+pub(crate) struct Watched {
+    pub(crate) child: Child,
+    pub(crate) output: Lines,
+    /// Lines printed so far.
+    pub(crate) seen: Vec<String>,
+    pub(crate) command: String,
+}
+
+/// Starts the agent and returns once it printed `ready_marker` (its probes are attached).
+fn start_agent(binary: &Path, args: &[&str], ready_marker: &str, timeout: Duration) -> Result<Watched> {
+    let mut cmd = Command::new(binary);
+    cmd.args(args);
+    Watched::start(cmd, Stream::Stderr, ready_marker, timeout)
+}
+
+impl Watched {
+    /// Starts `cmd` and returns once it printed a line containing `ready_marker` on `stream`.
+    pub(crate) fn start(mut cmd: Command, stream: Stream, ready_marker: &str, timeout: Duration) -> Result<Self> {
+        cmd.stdin(Stdio::null());
+        match stream {
+            Stream::Stdout => cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()),
+            Stream::Stderr => cmd.stdout(Stdio::null()).stderr(Stdio::piped()),
+        };
         let command = process::describe(&cmd);
-        step("bench", format!("starting the agent: {command}"));
+        step("bench", format!("starting: {command}"));
         let mut child = cmd.spawn().with_context(|| format!("could not start `{command}`"))?;
-        let stderr = Lines::new(child.stderr.take().context("the agent's stderr was not piped")?);
-        let mut agent = Self { child, stderr, seen: Vec::new(), command };
+        let output = match stream {
+            Stream::Stdout => child.stdout.take().map(Lines::new),
+            Stream::Stderr => child.stderr.take().map(Lines::new),
+        };
+        let output = output.context("the output was not piped")?;
+        let mut watched = Self { child, output, seen: Vec::new(), command };
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match agent.stderr.next(left) {
+            match watched.output.next(left) {
                 Ok(Some(line)) => {
                     let ready = line.contains(ready_marker);
-                    agent.seen.push(line);
+                    watched.seen.push(line);
                     if ready {
-                        return Ok(agent);
+                        return Ok(watched);
                     }
                 }
                 Ok(None) => {
-                    let status = wait_timeout(&mut agent.child, Duration::from_secs(5))?;
+                    let status = wait_timeout(&mut watched.child, Duration::from_secs(5))?;
                     bail!(
-                        "the agent stopped before reporting `{ready_marker}` ({}); {}",
+                        "it stopped before reporting `{ready_marker}` ({}); {}",
                         status_text(status),
-                        agent.printed()
+                        watched.printed()
                     );
                 }
                 Err(_) => {
-                    signal(&agent.child, libc::SIGKILL);
-                    bail!(
-                        "the agent did not report `{ready_marker}` within {} s; {}",
-                        timeout.as_secs(),
-                        agent.printed()
-                    );
+                    signal(&watched.child, libc::SIGKILL);
+                    bail!("it did not report `{ready_marker}` within {} s; {}", timeout.as_secs(), watched.printed());
                 }
             }
         }
     }
 
-    /// SIGINT, waits for a clean exit, and returns everything the agent printed to stderr.
+    /// SIGINT, waits for a clean exit, and returns everything it printed.
     fn stop(&mut self) -> Result<Vec<String>> {
         signal(&self.child, libc::SIGINT);
         let deadline = Instant::now() + AGENT_STOP_GRACE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.next(left) {
+            match self.output.next(left) {
                 Ok(Some(line)) => self.seen.push(line),
                 Ok(None) => break,
                 Err(_) => {
                     signal(&self.child, libc::SIGKILL);
-                    bail!(
-                        "the agent did not exit within {} s of SIGINT; {}",
-                        AGENT_STOP_GRACE.as_secs(),
-                        self.printed()
-                    );
+                    bail!("it did not exit within {} s of SIGINT; {}", AGENT_STOP_GRACE.as_secs(), self.printed());
                 }
             }
         }
         let status = wait_timeout(&mut self.child, Duration::from_secs(10))?;
         match status {
             Some(status) if status.success() => Ok(std::mem::take(&mut self.seen)),
-            _ => bail!("after SIGINT the agent {}; {}", status_text(status), self.printed()),
+            _ => bail!("after SIGINT it {}; {}", status_text(status), self.printed()),
         }
     }
 
-    /// What the agent printed to stderr so far, for error messages.
-    fn printed(&self) -> String {
+    /// What it printed so far, for error messages.
+    pub(crate) fn printed(&self) -> String {
         if self.seen.is_empty() {
-            format!("`{}` printed nothing to stderr", self.command)
+            format!("`{}` printed nothing", self.command)
         } else {
             format!("`{}` printed:\n{}", self.command, self.seen.join("\n"))
         }
@@ -467,14 +529,14 @@ impl Agent {
 }
 
 /// A child's fate for error messages: `exited with exit status: 1`, or still running.
-fn status_text(status: Option<ExitStatus>) -> String {
+pub(crate) fn status_text(status: Option<ExitStatus>) -> String {
     match status {
         Some(status) => format!("exited with {status}"),
         None => "did not exit".to_string(),
     }
 }
 
-impl Drop for Agent {
+impl Drop for Watched {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             signal(&self.child, libc::SIGINT);
@@ -537,7 +599,7 @@ impl Phase {
     }
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -704,13 +766,7 @@ impl Report {
             "  wall: the loop's CLOCK_MONOTONIC time; cpu: the target thread's CPU time. Wall above cpu is time \
              the target lost to other tasks and interrupts (e.g. ring buffer wake-ups)."
         );
-        if self.background_busy > BUSY_WARNING {
-            let _ = writeln!(
-                out,
-                "  NOTE: other work kept {:.0}% of the CPUs busy just before the run; these figures are noisy",
-                100.0 * self.background_busy
-            );
-        }
+        noise_note(&mut out, self.background_busy);
         if !self.goal_met() {
             let _ = writeln!(
                 out,
@@ -788,7 +844,7 @@ impl Report {
 }
 
 /// A JSON number, or `null` for what JSON cannot represent (a ratio over a zero time).
-fn number(value: f64) -> String {
+pub(crate) fn number(value: f64) -> String {
     if value.is_finite() {
         format!("{value:.4}")
     } else {
@@ -797,7 +853,7 @@ fn number(value: f64) -> String {
 }
 
 /// A JSON string literal.
-fn string(text: &str) -> String {
+pub(crate) fn string(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {

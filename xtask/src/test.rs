@@ -87,43 +87,52 @@ fn ensure_target_app_modules() -> Result<()> {
 /// the tests' PATH when pip put the script somewhere PATH does not reach (e.g. before a
 /// `pyenv rehash`, or in the user scheme).
 fn ensure_test_agent() -> Result<Option<PathBuf>> {
-    if let Some(path) = find_in_path("ddapm-test-agent") {
-        step("test-agent", format!("ddapm-test-agent: already installed at {}", path.display()));
+    ensure_python_tool("test-agent", TEST_AGENT_PACKAGE, "ddapm-test-agent")
+}
+
+/// Installs the PyPI `package` with `python3 -m pip` if its `script` is not on PATH. Returns the
+/// directory holding the script when PATH does not reach it (e.g. before a `pyenv rehash`, or in
+/// the user scheme), `None` when it is on PATH.
+pub(crate) fn ensure_python_tool(area: &str, package: &str, script: &str) -> Result<Option<PathBuf>> {
+    if let Some(path) = find_in_path(script) {
+        step(area, format!("{script}: already installed at {}", path.display()));
         return Ok(None);
     }
     let mut install = Command::new("python3");
-    install.args(["-m", "pip", "install", TEST_AGENT_PACKAGE]);
-    step("test-agent", format!("ddapm-test-agent: missing, installing: {}", process::describe(&install)));
+    install.args(["-m", "pip", "install", package]);
+    step(area, format!("{script}: missing, installing: {}", process::describe(&install)));
     process::run(&mut install).map_err(|error| {
-        error.context(
-            "installing the Python test agent failed; on a system Python that refuses pip \
-             (PEP 668) use a virtualenv or `python3 -m pip install --break-system-packages \
-             ddapm-test-agent`",
-        )
+        error.context(format!(
+            "installing {package} failed; on a system Python that refuses pip (PEP 668) use a \
+             virtualenv or `python3 -m pip install --break-system-packages {package}`"
+        ))
     })?;
-    if let Some(path) = find_in_path("ddapm-test-agent") {
-        step("test-agent", format!("ddapm-test-agent: installed at {}", path.display()));
+    if let Some(path) = find_in_path(script) {
+        step(area, format!("{script}: installed at {}", path.display()));
         return Ok(None);
     }
+    let dirs = python_script_dirs()?;
+    let dir = dirs.iter().find(|dir| process::is_executable(&dir.join(script))).cloned();
+    match dir {
+        Some(dir) => {
+            step(area, format!("{script}: installed in {}, not on PATH", dir.display()));
+            Ok(Some(dir))
+        }
+        None => anyhow::bail!(
+            "pip installed {package} but no `{script}` script is on PATH or in python3's script \
+             directories ({}); add its location to PATH",
+            dirs.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// Where `python3`'s pip puts scripts: the interpreter's own scheme, then the user scheme.
+pub(crate) fn python_script_dirs() -> Result<Vec<PathBuf>> {
     let scripts = process::output(Command::new("python3").args([
         "-c",
         "import os, sysconfig\n\
          print(sysconfig.get_path('scripts'))\n\
          print(sysconfig.get_path('scripts', os.name + '_user'))",
     ]))?;
-    let dir = scripts.lines().map(PathBuf::from).find(|dir| process::is_executable(&dir.join("ddapm-test-agent")));
-    match dir {
-        Some(dir) => {
-            step(
-                "test-agent",
-                format!("ddapm-test-agent: installed in {}, adding it to the tests' PATH", dir.display()),
-            );
-            Ok(Some(dir))
-        }
-        None => anyhow::bail!(
-            "pip installed {TEST_AGENT_PACKAGE} but no `ddapm-test-agent` script is on PATH or in \
-             python3's script directories ({}); add its location to PATH",
-            scripts.split_whitespace().collect::<Vec<_>>().join(", ")
-        ),
-    }
+    Ok(scripts.lines().map(PathBuf::from).collect())
 }
