@@ -133,7 +133,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 
         let mut agent = start_agent(
             &agent_binary,
-            &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console"],
+            // Profiling off: this measures the tracing probes; `--profiler` measures sampling.
+            &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console", "--profiling-enabled", "false"],
             OURS_ATTACHED,
             attach_timeout,
         )?;
