@@ -148,8 +148,10 @@ pub struct ProcessEvent {
 /// Most bytes of a thread's user stack copied per CPU sample, from the stack pointer up.
 /// The daemon unwinds this copy with the executable's call frame information, so stacks
 /// through code built without frame pointers (most of Debian) are complete as long as the
-/// frames fit; deeper frames are cut, and the cut counted by the daemon.
-pub const STACK_SNAPSHOT_BYTES: usize = 16 * 1024;
+/// frames fit; deeper frames are cut, and the cut counted by the daemon. 16 KiB cut one
+/// Python sample in five (the interpreter's frames are large); 31 KiB is as much as fits, with
+/// the event's header, in a per-CPU map value (the kernel caps those at 32 KiB).
+pub const STACK_SNAPSHOT_BYTES: usize = 31 * 1024;
 
 /// Bytes of [`StackSampleEvent`] before the stack copy; the kernel submits only these plus
 /// `stack_len` bytes.

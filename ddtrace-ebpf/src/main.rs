@@ -344,7 +344,7 @@ pub fn ddtrace_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// Empty programs: the baseline `cargo xtask bench` measures ours against.
-/// Where a CPU sample is assembled before it is copied to the ring buffer: 16 KiB does not fit
+/// Where a CPU sample is assembled before it is copied to the ring buffer: 31 KiB does not fit
 /// the 512-byte BPF stack.
 #[map(name = "SAMPLE_SCRATCH")]
 static SAMPLE_SCRATCH: PerCpuArray<StackSampleEvent> = PerCpuArray::with_max_entries(1, 0);
