@@ -65,7 +65,73 @@ pub mod event_kind {
     pub const PROCESS_EXIT: u32 = 6;
     /// The CPU sampler caught a thread of a tracked process on a CPU ([`StackSampleEvent`]).
     pub const STACK_SAMPLE: u32 = 7;
+    /// A tracked process accepted, connected, moved bytes on or closed a socket ([`SocketEvent`]).
+    pub const SOCKET: u32 = 8;
 }
+
+/// Most bytes of one read or write on a socket copied to the daemon: enough for a request line
+/// and headers (a large `Cookie` can push trace context headers past 2 KiB); bodies are counted,
+/// not copied.
+pub const MAX_SOCKET_CAPTURE: usize = 4095;
+
+/// Bytes of [`SocketEvent`] before the data; the kernel submits these plus `captured_len`.
+pub const SOCKET_EVENT_HEADER_BYTES: usize = 64;
+
+/// [`SocketEvent::op`] values.
+pub mod socket_op {
+    /// `accept`/`accept4` returned this socket; the address is the peer's.
+    pub const ACCEPTED: u32 = 1;
+    /// `connect` succeeded (or is in progress) on this socket; the address is the peer's.
+    pub const CONNECTED: u32 = 2;
+    /// Bytes were received (`read`, `recvfrom`, `readv`, `recvmsg`).
+    pub const RECEIVED: u32 = 3;
+    /// Bytes were sent (`write`, `sendto`, `writev`, `sendmsg`).
+    pub const SENT: u32 = 4;
+    /// `close` succeeded.
+    pub const CLOSED: u32 = 5;
+}
+
+/// Socket activity of a tracked process, from the system call tracepoints: seen whether the
+/// program calls libc or makes the system calls itself (Go, static binaries).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SocketEvent {
+    pub header: EventHeader,
+    pub fd: u32,
+    /// One of [`socket_op`].
+    pub op: u32,
+    /// Bytes the call moved (its return value) for RECEIVED/SENT.
+    pub length: u64,
+    /// Bytes of `data` copied (the first bytes of the first buffer).
+    pub captured_len: u32,
+    /// `AF_INET` (2) or `AF_INET6` (10) when `address` holds the peer, else 0.
+    pub address_family: u16,
+    /// The peer's port, host byte order.
+    pub port: u16,
+    /// The peer's address: 4 bytes (IPv4) or 16 (IPv6), network order.
+    pub address: [u8; 16],
+    pub data: [u8; MAX_SOCKET_CAPTURE + 1],
+}
+
+/// Key of the kernel's table of sockets of tracked processes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// A system call in flight, saved at entry for its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSyscall {
+    pub id: u64,
+    pub fd: u64,
+    /// The buffer, iovec array, msghdr or sockaddr argument, by system call.
+    pub pointer: u64,
+}
+
+/// Byte offsets of the tracepoint fields
 
 /// Common first bytes of every event.
 #[repr(C)]
@@ -220,8 +286,10 @@ pub mod counter {
     pub const STACK_SAMPLES: u32 = 6;
     /// CPU samples whose user stack could not be copied (sent with registers only).
     pub const STACK_COPY_FAILED: u32 = 7;
+    /// Socket reads and writes cut at `MAX_SOCKET_CAPTURE`.
+    pub const SOCKET_CAPTURE_TRUNCATED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Human names, by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "events",
@@ -232,6 +300,7 @@ pub mod counter {
         "out_pointer_lost",
         "stack_samples",
         "stack_copy_failed",
+        "socket_capture_truncated",
     ];
 }
 
@@ -251,6 +320,9 @@ pub mod names {
     pub const EXEC_PROGRAM: &str = "ddtrace_process_exec";
     pub const EXIT_PROCESS_PROGRAM: &str = "ddtrace_process_exit";
     pub const CPU_SAMPLE_PROGRAM: &str = "ddtrace_cpu_sample";
+    pub const SYSCALL_ENTER_PROGRAM: &str = "ddtrace_syscall_enter";
+    pub const SYSCALL_EXIT_PROGRAM: &str = "ddtrace_syscall_exit";
+    pub const SOCKETS: &str = "SOCKETS";
 }
 
 #[cfg(feature = "user")]
@@ -259,6 +331,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] structs of integers with explicit padding.
     unsafe impl aya::Pod for ProbeSpec {}
     unsafe impl aya::Pod for OutPointerKey {}
+    unsafe impl aya::Pod for SocketKey {}
 }
 
 #[cfg(test)]
@@ -277,5 +350,6 @@ mod tests {
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
+        assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
     }
 }

@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 
+mod sockets;
+
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{

@@ -17,8 +17,8 @@ use crate::{
     intake::{
         agent_exporter::AgentExporter, console_exporter::ConsoleExporter, profile_exporter::ProfileExporter, TraceSink,
     },
-    integrations::{self, Integration, TracedFunction},
-    probes::{KernelEvent, KernelPrograms, StackSample},
+    integrations::{self, http::HttpOverSockets, Integration, TracedFunction},
+    probes::{KernelEvent, KernelPrograms, ProcessChangeKind, StackSample},
     products::{
         self,
         profiling::{ProfilingInputs, ProfilingSettings},
@@ -197,17 +197,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(1024);
+    // HTTP over the traced processes' sockets (system call tracepoints, no library to wait for).
+    let mut http = HttpOverSockets::new();
     let mut root_exit_seen = false;
     let reason = loop {
         tokio::select! {
             _ = reader.next_batch(&mut batch) => {
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
             }
             _ = exit_watch.exited(), if !root_exit_seen => {
                 root_exit_seen = true;
                 // The kernel's exit event normally comes first; this covers its loss.
                 reader.drain(&mut batch);
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
                 if instrumenter.is_tracing(root) {
                     contexts.end_process(root, WallClock::monotonic_now_ns());
                     instrumenter.process_exited(root);
@@ -232,7 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
 
     // Events the processes produced before they went away are still in the ring buffer.
     reader.drain(&mut batch);
-    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager);
+    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
     for pid in instrumenter.process_ids() {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
@@ -289,12 +291,16 @@ fn handle_events(
     instrumenter: &mut Instrumenter,
     contexts: &mut ContextTree,
     manager: &mut ProductManager,
+    http: &mut HttpOverSockets,
 ) {
     for event in batch.drain(..) {
         match event {
             KernelEvent::Probe(event) => print_attach_outcomes(instrumenter.handle(&event, contexts)),
             KernelEvent::Process(change) => {
                 let (process_outcome, attach_outcomes) = instrumenter.handle_process_change(&change, contexts);
+                if let ProcessChangeKind::Exited = change.kind {
+                    http.process_exited(change.tgid);
+                }
                 if let Some(outcome) = process_outcome {
                     eprintln!("ddtrace-agent: {outcome}");
                     if matches!(outcome, ProcessOutcome::Forked { .. }) {
@@ -305,6 +311,7 @@ fn handle_events(
                 print_attach_outcomes(attach_outcomes);
             }
             KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
+            KernelEvent::Socket(activity) => http.on_socket(&activity, contexts),
         }
     }
 }

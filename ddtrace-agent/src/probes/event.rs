@@ -1,6 +1,6 @@
 use ddtrace_common::{
     capture_flags, event_kind, exit_flags, sample_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
-    ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, STACK_SAMPLE_HEADER_BYTES,
+    ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, SOCKET_EVENT_HEADER_BYTES, STACK_SAMPLE_HEADER_BYTES,
 };
 
 /// Anything the kernel programs report.
@@ -12,7 +12,51 @@ pub enum KernelEvent {
     Process(ProcessChange),
     /// The CPU sampler caught a thread of a tracked process running.
     StackSample(StackSample),
+    /// A tracked process used a socket.
+    Socket(SocketActivity),
 }
+
+/// What a tracked process did with a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketOp {
+    Accepted,
+    Connected,
+    Received,
+    Sent,
+    Closed,
+}
+
+/// One socket system call of a tracked process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketActivity {
+    pub tgid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub fd: u32,
+    pub op: SocketOp,
+    /// Bytes received or sent by the call.
+    pub length: u64,
+    /// Their first bytes (at most `MAX_SOCKET_CAPTURE`).
+    pub data: Box<[u8]>,
+    /// The peer, for Accepted and Connected when the call named it.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
+/// The fixed part of a socket record (the data follows, `captured_len` bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SocketEventHead {
+    header: EventHeader,
+    fd: u32,
+    op: u32,
+    length: u64,
+    captured_len: u32,
+    address_family: u16,
+    port: u16,
+    address: [u8; 16],
+}
+
+const _: () = assert!(std::mem::size_of::<SocketEventHead>() == SOCKET_EVENT_HEADER_BYTES);
 
 /// A thread's user registers and the top of its user stack, copied at a CPU sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +202,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     match header.kind {
         event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
         event_kind::STACK_SAMPLE => decode_stack_sample(bytes),
+        event_kind::SOCKET => decode_socket(bytes),
         other => decode_probe(bytes, &header, other).map(KernelEvent::Probe),
     }
 }
@@ -177,6 +222,39 @@ fn decode_stack_sample(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         bp: head.bp,
         in_kernel: head.sample_flags & sample_flags::IN_KERNEL != 0,
         stack: bytes[STACK_SAMPLE_HEADER_BYTES..STACK_SAMPLE_HEADER_BYTES + len].into(),
+    }))
+}
+
+fn decode_socket(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    use ddtrace_common::socket_op;
+    let head: SocketEventHead = read(bytes, "socket")?;
+    let op = match head.op {
+        socket_op::ACCEPTED => SocketOp::Accepted,
+        socket_op::CONNECTED => SocketOp::Connected,
+        socket_op::RECEIVED => SocketOp::Received,
+        socket_op::SENT => SocketOp::Sent,
+        socket_op::CLOSED => SocketOp::Closed,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    let available = bytes.len() - SOCKET_EVENT_HEADER_BYTES;
+    let len = (head.captured_len as usize).min(available);
+    let peer = match head.address_family {
+        2 => {
+            let octets: [u8; 4] = head.address[..4].try_into().unwrap_or_default();
+            Some(std::net::SocketAddr::from((octets, head.port)))
+        }
+        10 => Some(std::net::SocketAddr::from((head.address, head.port))),
+        _ => None,
+    };
+    Ok(KernelEvent::Socket(SocketActivity {
+        tgid: head.header.tgid,
+        tid: head.header.tid,
+        ktime_ns: head.header.ktime_ns,
+        fd: head.fd,
+        op,
+        length: head.length,
+        data: bytes[SOCKET_EVENT_HEADER_BYTES..SOCKET_EVENT_HEADER_BYTES + len].into(),
+        peer,
     }))
 }
 
@@ -307,6 +385,34 @@ mod tests {
         assert!(sample.in_kernel);
         // stack_len says 4096 but only 64 bytes came: never read past the record.
         assert_eq!(&*sample.stack, &[0xab; 64][..]);
+    }
+
+    #[test]
+    fn decodes_socket_activity_with_its_peer_and_bounded_data() {
+        let head = SocketEventHead {
+            header: EventHeader { kind: event_kind::SOCKET, probe_id: 0, tgid: 5, tid: 6, ktime_ns: 7 },
+            fd: 9,
+            op: ddtrace_common::socket_op::ACCEPTED,
+            length: 0,
+            captured_len: 0,
+            address_family: 2,
+            port: 8080,
+            address: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        };
+        let KernelEvent::Socket(accepted) = decode(&bytes_of(&head)).unwrap() else { panic!("not a socket event") };
+        assert_eq!((accepted.fd, accepted.op), (9, SocketOp::Accepted));
+        assert_eq!(accepted.peer, Some("127.0.0.1:8080".parse().unwrap()));
+        let head = SocketEventHead {
+            op: ddtrace_common::socket_op::RECEIVED,
+            length: 300,
+            captured_len: 200,
+            address_family: 0,
+            ..head
+        };
+        let mut record = bytes_of(&head);
+        record.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let KernelEvent::Socket(received) = decode(&record).unwrap() else { panic!() };
+        assert_eq!((received.length, &*received.data, received.peer), (300, &b"GET / HTTP/1.1\r\n"[..], None));
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl KernelPrograms {
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
         let mut programs = Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 };
+        programs.attach_syscall_tracepoints()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints()?,
             Err(reason) => tracing::warn!(%reason, "children and exec of traced processes will not be followed"),
@@ -100,21 +101,36 @@ impl KernelPrograms {
             (names::EXEC_PROGRAM, "sched_process_exec"),
             (names::EXIT_PROCESS_PROGRAM, "sched_process_exit"),
         ] {
-            let tracepoint: &mut TracePoint = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(ProbeError::Missing(program))?
-                .try_into()
-                .map_err(|_| ProbeError::Missing(program))?;
-            tracepoint.load().map_err(|e| load_error(program, e))?;
-            tracepoint.attach("sched", event).map_err(|e| ProbeError::Attach {
-                program,
-                symbol: event.to_string(),
-                path: "tracefs".into(),
-                pid: 0,
-                reason: error_chain(&e),
-            })?;
+            self.attach_tracepoint(program, "sched", event)?;
         }
+        Ok(())
+    }
+
+    /// Socket system calls of tracked processes (`raw_syscalls`: every system call of the
+    /// machine runs the programs, which stop at the tracked-process bitmap for the others).
+    fn attach_syscall_tracepoints(&mut self) -> Result<(), ProbeError> {
+        for (program, event) in [(names::SYSCALL_EXIT_PROGRAM, "sys_exit"), (names::SYSCALL_ENTER_PROGRAM, "sys_enter")]
+        {
+            self.attach_tracepoint(program, "raw_syscalls", event)?;
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, program: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
+        let tracepoint: &mut TracePoint = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(ProbeError::Missing(program))?
+            .try_into()
+            .map_err(|_| ProbeError::Missing(program))?;
+        tracepoint.load().map_err(|e| load_error(program, e))?;
+        tracepoint.attach(category, event).map_err(|e| ProbeError::Attach {
+            program,
+            symbol: format!("{category}:{event}"),
+            path: "tracefs".into(),
+            pid: 0,
+            reason: error_chain(&e),
+        })?;
         Ok(())
     }
 

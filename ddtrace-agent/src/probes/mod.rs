@@ -10,7 +10,8 @@ mod tracefs;
 
 pub use counters::KernelCounters;
 pub use event::{
-    decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind, StackSample,
+    decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind,
+    SocketActivity, SocketOp, StackSample,
 };
 pub use loader::{KernelPrograms, ProbeError, ProbeId};
 pub use reader::EventReader;

@@ -16,6 +16,7 @@ pub mod headers;
 pub mod message_parser;
 pub mod propagation;
 pub mod resource;
+mod sockets;
 pub mod url;
 
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
@@ -26,4 +27,5 @@ pub use message_parser::{
 };
 pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
 pub use resource::{quantize_path, resource_name};
+pub use sockets::HttpOverSockets;
 pub use url::{build_http_url, QueryObfuscator, QueryObfuscatorError};

@@ -1,0 +1,241 @@
+//! Socket traffic of tracked processes from the `raw_syscalls` tracepoints: accepted and
+//! connected sockets are remembered per (process, fd) in the kernel, and the reads and writes
+//! on them are reported with their first bytes. Tracepoints rather than libc uprobes: Go and
+//! static binaries make these system calls without libc, and an untracked process pays a
+//! bitmap lookup, not a uprobe trap.
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user as read_user_raw},
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use ddtrace_common::{
+    counter, event_kind, socket_op, PendingSyscall, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
+    SOCKET_EVENT_HEADER_BYTES,
+};
+
+use super::{count, header, is_tracked, EVENTS};
+
+/// x86-64 system call numbers.
+mod nr {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const CLOSE: u64 = 3;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const CONNECT: u64 = 42;
+    pub const ACCEPT: u64 = 43;
+    pub const SENDTO: u64 = 44;
+    pub const RECVFROM: u64 = 45;
+    pub const SENDMSG: u64 = 46;
+    pub const RECVMSG: u64 = 47;
+    pub const ACCEPT4: u64 = 288;
+}
+
+const EINPROGRESS: i64 = 115;
+
+/// Sockets of tracked processes: accepted or connected since the daemon attached. LRU, so a
+/// close the program missed (a process killed mid-call) never fills it.
+#[map(name = "SOCKETS")]
+static SOCKETS: LruHashMap<SocketKey, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// System calls in flight, by thread, from entry to exit.
+#[map(name = "PENDING_SYSCALLS")]
+static PENDING_SYSCALLS: LruHashMap<u64, PendingSyscall> = LruHashMap::with_max_entries(16384, 0);
+
+#[map(name = "SOCKET_SCRATCH")]
+static SOCKET_SCRATCH: PerCpuArray<SocketEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// raw_syscalls tracepoint record: `long id` at 8, `unsigned long args[6]` at 16 (sys_enter) or
+/// `long ret` at 16 (sys_exit); stable since the tracepoints exist.
+const ID_OFFSET: usize = 8;
+const ARGS_OFFSET: usize = 16;
+const RET_OFFSET: usize = 16;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: bounded read of the tracepoint record through the helper.
+    unsafe { ctx.read_at::<u64>(ARGS_OFFSET + n * 8) }.unwrap_or(0)
+}
+
+#[tracepoint]
+pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    // SAFETY: bounded read of the tracepoint record.
+    let Ok(id) = (unsafe { ctx.read_at::<u64>(ID_OFFSET) }) else { return 0 };
+    let wanted = match id {
+        nr::ACCEPT | nr::ACCEPT4 | nr::CONNECT => true,
+        nr::READ
+        | nr::WRITE
+        | nr::READV
+        | nr::WRITEV
+        | nr::SENDTO
+        | nr::RECVFROM
+        | nr::SENDMSG
+        | nr::RECVMSG
+        | nr::CLOSE => {
+            let key = SocketKey { tgid, fd: arg(&ctx, 0) as u32 };
+            // SAFETY: the value is not kept.
+            unsafe { SOCKETS.get(&key) }.is_some()
+        }
+        _ => false,
+    };
+    if wanted {
+        let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1) };
+        let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if !is_tracked(tgid) {
+        return 0;
+    }
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING_SYSCALLS.get(&pid_tgid) }).copied() else { return 0 };
+    let _ = PENDING_SYSCALLS.remove(&pid_tgid);
+    // SAFETY: bounded read of the tracepoint record.
+    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    match pending.id {
+        nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd: ret as u32 }, &socket_op::ACCEPTED, 0);
+            emit(pid_tgid, ret as u32, socket_op::ACCEPTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+        }
+        nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
+            let fd = pending.fd as u32;
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
+            emit(pid_tgid, fd, socket_op::CONNECTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+        }
+        nr::CLOSE if ret == 0 => {
+            let fd = pending.fd as u32;
+            let _ = SOCKETS.remove(&SocketKey { tgid, fd });
+            emit(pid_tgid, fd, socket_op::CLOSED, 0, AddressSource::None, 0);
+        }
+        nr::READ | nr::RECVFROM if ret > 0 => {
+            emit(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, AddressSource::None, pending.pointer)
+        }
+        nr::WRITE | nr::SENDTO if ret > 0 => {
+            emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, pending.pointer)
+        }
+        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
+            let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
+                socket_op::RECEIVED
+            } else {
+                socket_op::SENT
+            };
+            // msghdr: msg_iov at 16; readv/writev pass the iovec array itself.
+            let iov = if pending.id == nr::RECVMSG || pending.id == nr::SENDMSG {
+                read_u64(pending.pointer + 16)
+            } else {
+                pending.pointer
+            };
+            // Only the first buffer is copied: a request head written with writev starts there.
+            let base = read_u64(iov);
+            emit(pid_tgid, pending.fd as u32, op, ret as u64, AddressSource::None, base);
+        }
+        _ => {}
+    }
+    0
+}
+
+enum AddressSource {
+    None,
+    /// A `struct sockaddr *` in the target's memory.
+    SockAddr(u64),
+}
+
+#[inline(always)]
+fn read_u64(address: u64) -> u64 {
+    if address == 0 {
+        return 0;
+    }
+    let mut value = 0u64;
+    // SAFETY: reads 8 bytes of the target's memory into a local; fails instead of faulting.
+    let result = unsafe {
+        read_user_raw(&mut value as *mut u64 as *mut core::ffi::c_void, 8, address as *const core::ffi::c_void)
+    };
+    if result == 0 {
+        value
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, data: u64) {
+    let Some(event) = SOCKET_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch value; tracepoint programs do not migrate while running.
+    let event = unsafe { &mut *event };
+    event.header = header(event_kind::SOCKET, 0, pid_tgid);
+    event.fd = fd;
+    event.op = op;
+    event.length = length;
+    event.captured_len = 0;
+    event.address_family = 0;
+    event.port = 0;
+    if let AddressSource::SockAddr(pointer) = address {
+        read_peer(event, pointer);
+    }
+    if data != 0 && length > 0 {
+        let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
+            count(counter::SOCKET_CAPTURE_TRUNCATED);
+            MAX_SOCKET_CAPTURE as u32
+        } else {
+            length as u32
+        };
+        // The mask keeps the verifier's bound proof simple: `wanted` <= MAX_SOCKET_CAPTURE.
+        let wanted = wanted & MAX_SOCKET_CAPTURE as u32;
+        // SAFETY: reads at most `data.len()` bytes of the target's memory into our scratch.
+        let result = unsafe {
+            read_user_raw(event.data.as_mut_ptr() as *mut core::ffi::c_void, wanted, data as *const core::ffi::c_void)
+        };
+        if result == 0 {
+            event.captured_len = wanted;
+        }
+    }
+    let total = SOCKET_EVENT_HEADER_BYTES + (event.captured_len & MAX_SOCKET_CAPTURE as u32) as usize;
+    // SAFETY: `total` never exceeds the scratch value's size.
+    let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
+        count(counter::EVENTS);
+    } else {
+        count(counter::DROPPED_RING_FULL);
+    }
+}
+
+/// Copies the peer address out of a `struct sockaddr_in` / `sockaddr_in6`.
+#[inline(always)]
+fn read_peer(event: &mut SocketEvent, pointer: u64) {
+    if pointer == 0 {
+        return;
+    }
+    let mut raw = [0u8; 24];
+    // SAFETY: reads 24 bytes of the target's memory into a local; fails instead of faulting.
+    let result =
+        unsafe { read_user_raw(raw.as_mut_ptr() as *mut core::ffi::c_void, 24, pointer as *const core::ffi::c_void) };
+    if result != 0 {
+        return;
+    }
+    let family = u16::from_le_bytes([raw[0], raw[1]]);
+    event.port = u16::from_be_bytes([raw[2], raw[3]]);
+    match family {
+        2 => {
+            event.address_family = 2;
+            event.address[..4].copy_from_slice(&raw[4..8]);
+        }
+        10 => {
+            event.address_family = 10;
+            event.address.copy_from_slice(&raw[8..24]);
+        }
+        _ => event.port = 0,
+    }
+}
