@@ -1,0 +1,145 @@
+//! HTTP over sockets end to end: Python's threading `http.server`, unmodified, traced through the
+//! system call tracepoints; spans checked at the Datadog test agent.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use ddtrace_tests::{
+    agent_process::AgentProcess, http::free_port, target_app::python_executable, test_agent::TestAgent,
+};
+use serde_json::Value;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// `python -m http.server` serving a temporary directory with `users/42` in it.
+struct StaticServer {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl StaticServer {
+    fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("ddtrace-http-{port}"));
+        std::fs::create_dir_all(dir.join("users")).unwrap();
+        std::fs::write(dir.join("users/42"), "{\"id\": 42}").unwrap();
+        let child = Command::new(python_executable())
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "http.server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, dir }
+    }
+
+    /// Sends raw bytes on a new connection and reads whatever comes back until the server closes.
+    fn send_raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(bytes).unwrap();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    }
+}
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The daemon attached to the server, sending to `agent` as `service`.
+fn attach(server: &StaticServer, agent: &TestAgent, service: &str) -> AgentProcess {
+    let pid = server.child.id().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon
+}
+
+fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
+    span["meta"][key].as_str().unwrap_or_else(|| panic!("no meta {key} in {span:#}"))
+}
+
+#[test]
+fn python_http_server_requests_become_web_spans() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = StaticServer::start();
+    let mut daemon = attach(&server, &agent, "static-files");
+
+    let port = server.port;
+    let ok = server.send_raw(
+        format!(
+            "GET /users/42?token=hunter2&page=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: e2e-client/1.0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(ok.starts_with(b"HTTP/1.0 200"), "{}", String::from_utf8_lossy(&ok));
+    let missing = server.send_raw(format!("GET /missing/7 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
+    assert!(missing.starts_with(b"HTTP/1.0 404"), "{}", String::from_utf8_lossy(&missing));
+
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 2);
+    assert_eq!(spans.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    let ok_span = spans.iter().find(|s| s["resource"] == "GET /users/?").expect("resource with the id quantized");
+    assert_eq!(ok_span["name"], "http.request");
+    assert_eq!(ok_span["type"], "web");
+    assert_eq!(ok_span["service"], "static-files");
+    assert_eq!(meta(ok_span, "span.kind"), "server");
+    assert_eq!(meta(ok_span, "http.method"), "GET");
+    assert_eq!(meta(ok_span, "http.status_code"), "200");
+    assert_eq!(meta(ok_span, "http.useragent"), "e2e-client/1.0");
+    assert_eq!(meta(ok_span, "network.client.ip"), "127.0.0.1");
+    let url = meta(ok_span, "http.url");
+    assert!(url.starts_with(&format!("http://127.0.0.1:{port}/users/42?")), "{url}");
+    assert!(!url.contains("hunter2"), "the token leaked into http.url: {url}");
+    assert!(ok_span["error"].as_i64().unwrap_or(0) == 0);
+    let missing_span = spans.iter().find(|s| s["resource"] == "GET /missing/?").expect("the 404 span");
+    assert_eq!(meta(missing_span, "http.status_code"), "404");
+    // A 4xx is the client's error, not the server's (as dd-trace-py marks server spans).
+    assert!(missing_span["error"].as_i64().unwrap_or(0) == 0);
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn garbage_and_binary_protocols_on_an_http_port_make_no_span() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = StaticServer::start();
+    let mut daemon = attach(&server, &agent, "garbage");
+
+    // A TLS ClientHello start, a Redis command, random bytes, a request head cut short.
+    server.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+    server.send_raw(b"*1\r\n$4\r\nPING\r\n");
+    let noise: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    server.send_raw(&noise);
+    server.send_raw(b"GET /trunc");
+    // Then one real request: exactly one span, for it.
+    let port = server.port;
+    let ok = server.send_raw(format!("GET /users/42 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes());
+    assert!(ok.starts_with(b"HTTP/1.0 200"), "the server survived: {}", String::from_utf8_lossy(&ok));
+
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = agent.wait_for_spans(Duration::from_secs(5), |spans| !spans.is_empty());
+    let resources: Vec<&str> = spans.iter().filter_map(|s| s["resource"].as_str()).collect();
+    assert_eq!(resources, ["GET /users/?"], "{spans:#?}\n{}", daemon.stderr_text());
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
