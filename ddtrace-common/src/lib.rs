@@ -131,8 +131,6 @@ pub struct PendingSyscall {
     pub pointer: u64,
 }
 
-/// Byte offsets of the tracepoint fields
-
 /// Common first bytes of every event.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
