@@ -89,7 +89,8 @@ pub struct ExecutionContext {
 
 impl ExecutionContext {
     pub fn is_root(&self) -> bool {
-        self.parent_id == 0
+        // The local root: a server span continuing a caller's trace has a (remote) parent.
+        self.id == self.root_id
     }
 
     pub fn duration_ns(&self) -> i64 {

@@ -16,4 +16,4 @@ pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
 pub use hub::{CoreEvent, EventHub};
 pub use ids::{new_span_id, new_trace_id};
 pub use sample::{ActiveContext, CpuSample};
-pub use tree::{ContextId, ContextTree};
+pub use tree::{ContextId, ContextTree, RemoteParent};

@@ -11,6 +11,13 @@ use super::{
 /// Identifies an open context (its span id).
 pub type ContextId = u64;
 
+/// The caller's side of a distributed trace, continued by a local root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteParent {
+    pub trace_id: u128,
+    pub parent_id: u64,
+}
+
 /// The per-thread trees of [`ExecutionContext`]s of the traced processes. Each thread has a stack
 /// of open contexts: a new context's parent is the innermost open one on its thread.
 ///
@@ -38,6 +45,33 @@ impl ContextTree {
         let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let context = self.new_context(tgid, tid, start_unix_ns, data);
         let id = context.id;
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.threads.entry(tid).or_default().push((frame, context));
+        id
+    }
+
+    /// Opens a context that starts a local trace on thread `tid`, as a request a server received
+    /// does: no local parent even when the thread has open contexts, and `remote` (the caller's
+    /// trace, from propagation headers) continued when given. Contexts opened on the thread while
+    /// it is open are its children.
+    pub fn start_root(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ktime_ns: u64,
+        frame: u64,
+        data: ContextData,
+        remote: Option<RemoteParent>,
+    ) -> ContextId {
+        self.end_returned_calls(tid, frame, ktime_ns);
+        let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
+        let id = new_span_id();
+        let (trace_id, parent_id) = match remote {
+            Some(remote) => (remote.trace_id, remote.parent_id),
+            None => (new_trace_id(start_unix_ns), 0),
+        };
+        let context =
+            ExecutionContext { id, trace_id, parent_id, root_id: id, tgid, tid, start_unix_ns, end_unix_ns: 0, data };
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.threads.entry(tid).or_default().push((frame, context));
         id
@@ -191,6 +225,26 @@ mod tests {
         assert_eq!(seen[1], (11, None), "another thread is not in the context");
         assert_eq!(seen[2], (10, Some(ActiveContext { id: outer, root_id: outer })));
         assert_eq!(seen[3], (10, None));
+    }
+
+    #[test]
+    fn a_local_root_continues_the_remote_trace_and_parents_what_runs_inside_it() {
+        let (mut tree, ended) = tree_recording_ends();
+        let remote = RemoteParent { trace_id: 0xabc, parent_id: 77 };
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, data("http.request"), Some(remote));
+        let query = tree.start(1, 10, 2_000, 0x0f00, data("sqlite.query"));
+        tree.end(10, query, 3_000, |_| {});
+        // A second request on the thread (pipelined) is a root too, not a child of the first.
+        let second = tree.start_root(1, 10, 3_500, u64::MAX - 1, data("http.request"), None);
+        tree.end(10, second, 3_800, |_| {});
+        tree.end(10, request, 4_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let (query, second, request) = (&ended[0], &ended[1], &ended[2]);
+        assert_eq!((request.trace_id, request.parent_id, request.root_id), (0xabc, 77, request.id));
+        assert!(request.is_root(), "a local root despite its remote parent");
+        assert_eq!((query.trace_id, query.parent_id, query.root_id), (0xabc, request.id, request.id));
+        assert!(second.is_root() && second.parent_id == 0 && second.trace_id != 0xabc);
+        assert_eq!(tree.abandoned, 0);
     }
 
     #[test]

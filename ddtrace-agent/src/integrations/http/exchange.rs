@@ -91,6 +91,8 @@ pub struct ConnectionTracker {
     skip_next_end: bool,
     events: Vec<ParseEvent>,
     stats: PairingStats,
+    /// Request heads seen so far (for callers that act when a request starts).
+    requests_seen: u64,
 }
 
 impl ConnectionTracker {
@@ -105,6 +107,7 @@ impl ConnectionTracker {
             skip_next_end: false,
             events: Vec::new(),
             stats: PairingStats::default(),
+            requests_seen: 0,
         }
     }
 
@@ -118,6 +121,17 @@ impl ConnectionTracker {
     pub fn is_ignored(&self) -> bool {
         let requests = self.requests.ignoring();
         requests.is_some() && (requests != Some(IgnoreReason::LostSync) || self.responses.ignoring().is_some())
+    }
+
+    /// How many request heads were seen: compare before and after [`Self::on_data`] to learn
+    /// that requests started, and read them with [`Self::latest_requests`].
+    pub fn requests_seen(&self) -> u64 {
+        self.requests_seen
+    }
+
+    /// The `n` latest requests still waiting for their response, oldest first.
+    pub fn latest_requests(&self, n: usize) -> impl Iterator<Item = &MessageHead> {
+        self.outstanding.iter().skip(self.outstanding.len().saturating_sub(n))
     }
 
     /// Pairing counters.
@@ -172,6 +186,7 @@ impl ConnectionTracker {
             }
             self.responses.expect_response_to(head.method().unwrap_or_default());
             self.outstanding.push_back(head);
+            self.requests_seen += 1;
         }
     }
 

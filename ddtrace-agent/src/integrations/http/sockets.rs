@@ -1,25 +1,34 @@
 //! HTTP over the sockets of traced processes: socket activity from the kernel's system call
 //! tracepoints, one [`ConnectionTracker`] per (process, fd), and each request/response exchange
-//! recorded as an `http.request` context (server or client, by who opened the connection).
+//! an `http.request` context (server or client, by who opened the connection).
 //!
-//! Exchanges are recorded whole when they end, so work done on the thread while serving a request
-//! (a database call) is not yet its child; connections opened before the agent attached are not
+//! A server context opens when the request head has been read, on the reading thread, as a local
+//! root continuing the caller's trace when the request carries Datadog or W3C context headers;
+//! what the thread does while serving (database calls, calls to other services) is its child. It
+//! ends with the response. A client exchange is recorded whole when its response ends, as a child
+//! of what is open on the thread then. Connections opened before the agent attached are not
 //! followed (their first bytes are mid-stream).
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use super::{
     build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
-    ParserLimits, QueryObfuscator, Role,
+    MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
-    core::{ContextData, ContextError, ContextTree, SpanKind},
+    core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
     probes::{SocketActivity, SocketOp},
 };
 
 struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
+    /// Server contexts opened for requests still waiting for their response: (thread, context).
+    open: VecDeque<(u32, ContextId)>,
 }
 
 /// Turns the socket activity of traced processes into HTTP contexts.
@@ -27,7 +36,12 @@ pub struct HttpOverSockets {
     connections: HashMap<(u32, u32), Connection>,
     kept: Arc<KeptHeaders>,
     obfuscator: QueryObfuscator,
+    propagation: StyleList,
     exchanges: Vec<Exchange>,
+    /// Frames given to server contexts, counting down from the top: above every real stack
+    /// address (so calls made while serving nest inside) and each below the previous one (so a
+    /// pipelined request never looks like the return of the one before it).
+    next_frame: u64,
     /// Exchanges turned into contexts, for the exit log.
     pub recorded: u64,
 }
@@ -44,7 +58,9 @@ impl HttpOverSockets {
             connections: HashMap::new(),
             kept: Arc::new(KeptHeaders::for_tracing(&HeaderTags::default())),
             obfuscator: QueryObfuscator::default(),
+            propagation: StyleList::default(),
             exchanges: Vec::new(),
+            next_frame: u64::MAX,
             recorded: 0,
         }
     }
@@ -56,24 +72,48 @@ impl HttpOverSockets {
             SocketOp::Accepted | SocketOp::Connected => {
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.kept.clone());
-                self.connections.insert(key, Connection { tracker, peer: event.peer });
+                self.connections.insert(key, Connection { tracker, peer: event.peer, open: VecDeque::new() });
             }
             SocketOp::Received | SocketOp::Sent => {
-                let Some(connection) = self.connections.get_mut(&key) else { return };
+                let Some(mut connection) = self.connections.remove(&key) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
                 let length = usize::try_from(event.length).unwrap_or(usize::MAX);
+                let seen = connection.tracker.requests_seen();
                 connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.exchanges);
+                let started = (connection.tracker.requests_seen() - seen) as usize;
+                if started > 0 && connection.tracker.role() == Role::Server {
+                    self.open_server_contexts(event, &mut connection, started, contexts);
+                }
+                self.finish(event, &mut connection, contexts);
+                self.connections.insert(key, connection);
             }
             SocketOp::Closed => {
                 let Some(mut connection) = self.connections.remove(&key) else { return };
                 connection.tracker.on_close(event.ktime_ns, &mut self.exchanges);
-                self.record(event, connection.tracker.role(), connection.peer, contexts);
-                return;
+                self.finish(event, &mut connection, contexts);
             }
         }
-        if let Some(connection) = self.connections.get(&key) {
-            let (role, peer) = (connection.tracker.role(), connection.peer);
-            self.record(event, role, peer, contexts);
+    }
+
+    /// Opens a server context for each of the `started` latest requests of `connection`.
+    fn open_server_contexts(
+        &mut self,
+        event: &SocketActivity,
+        connection: &mut Connection,
+        started: usize,
+        contexts: &mut ContextTree,
+    ) {
+        let heads: Vec<&MessageHead> = connection.tracker.latest_requests(started).collect();
+        for head in heads {
+            let remote = self
+                .propagation
+                .extract(&head.headers)
+                .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
+            let data = request_data(head, Role::Server, connection.peer, &self.obfuscator);
+            let frame = self.next_frame;
+            self.next_frame -= 1;
+            let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
+            connection.open.push_back((event.tid, id));
         }
     }
 
@@ -82,23 +122,26 @@ impl HttpOverSockets {
         self.connections.retain(|(pid, _), _| *pid != tgid);
     }
 
-    fn record(&mut self, event: &SocketActivity, role: Role, peer: Option<SocketAddr>, contexts: &mut ContextTree) {
+    /// Ends the server contexts of the exchanges that ended, and records the client ones.
+    fn finish(&mut self, event: &SocketActivity, connection: &mut Connection, contexts: &mut ContextTree) {
+        let role = connection.tracker.role();
         for exchange in self.exchanges.drain(..) {
-            let data = context_data(&exchange, role, peer, &self.obfuscator);
-            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
             self.recorded += 1;
+            if role == Role::Server {
+                if let Some((tid, id)) = connection.open.pop_front() {
+                    contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role));
+                    continue;
+                }
+            }
+            let mut data = request_data(&exchange.request, role, connection.peer, &self.obfuscator);
+            add_response(&mut data, &exchange, role);
+            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
         }
     }
 }
 
-/// The `http.request` context of one exchange, tagged as dd-trace-py tags its web and client spans.
-fn context_data(
-    exchange: &Exchange,
-    role: Role,
-    peer: Option<SocketAddr>,
-    obfuscator: &QueryObfuscator,
-) -> ContextData {
-    let request = &exchange.request;
+/// The `http.request` context of a request, tagged as dd-trace-py tags its web and client spans.
+fn request_data(request: &MessageHead, role: Role, peer: Option<SocketAddr>, obfuscator: &QueryObfuscator) -> ContextData {
     let method = request.method().unwrap_or("GET");
     let target = request.target().unwrap_or("/");
     let host_header = request.header("host");
@@ -117,9 +160,6 @@ fn context_data(
         .with_resource(resource_name(method, target))
         .with_meta("http.method", method)
         .with_meta("http.url", build_http_url("http", &host, port, target, obfuscator));
-    if let Some(status) = exchange.status() {
-        data = data.with_meta("http.status_code", status.to_string());
-    }
     if let Some(agent) = request.header("user-agent") {
         data = data.with_meta("http.useragent", agent);
     }
@@ -137,6 +177,15 @@ fn context_data(
             }
         }
     }
+    data
+}
+
+/// What the response adds: the status, and the error for a 5xx or a connection that closed
+/// without an answer.
+fn add_response(data: &mut ContextData, exchange: &Exchange, _role: Role) {
+    if let Some(status) = exchange.status() {
+        data.meta.insert("http.status_code".to_string(), status.to_string());
+    }
     if exchange.is_error() {
         let message = match (exchange.outcome, exchange.status()) {
             (_, Some(status)) => format!("{status} response"),
@@ -145,5 +194,4 @@ fn context_data(
         };
         data.error = Some(ContextError { kind: "HTTPError".to_string(), message });
     }
-    data
 }
