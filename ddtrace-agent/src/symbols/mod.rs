@@ -5,10 +5,14 @@
 //! from symbolization: `normalize` turns a process address into (file, ELF virtual address),
 //! `module` indexes one ELF file once per build id, `symbolize` names the function.
 //!
+//! When a file carries DWARF, `debug_info` adds source file, line and inlined functions to a
+//! symbol (parsed at the module's first lookup, so once per build id too).
+//!
 //! For the profiler's native stacks, `cfi` indexes a module's call frame information (with the
 //! module, so once per build id) and `unwind` walks a sampled stack copy with it.
 
 mod cfi;
+mod debug_info;
 mod elf;
 mod module;
 mod normalize;
@@ -16,8 +20,9 @@ mod symbolize;
 mod unwind;
 
 pub use cfi::{CallFrameInfo, CfaRule, CfiError, FrameRule, RegisterRule, UnwindContext, UnwindExpression};
+pub use debug_info::SourceFrame;
 pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
 pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
 pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
-pub use symbolize::{demangle, Symbol, Symbolizer};
+pub use symbolize::{demangle, InlinedFrame, Symbol, Symbolizer};
 pub use unwind::{UnwindEnd, Unwinder, UserRegisters, MAX_DEPTH};

@@ -14,7 +14,10 @@ use std::{
 
 use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
-use super::cfi::CallFrameInfo;
+use super::{
+    cfi::CallFrameInfo,
+    debug_info::{DebugInfo, SourceFrame},
+};
 
 /// Errors of loading a module for symbolization; each names the file.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,8 @@ pub struct ElfModule {
     functions: Vec<FunctionRange>,
     /// Unwind tables, parsed here so every process mapping the file shares them.
     cfi: Option<CallFrameInfo>,
+    /// DWARF for source positions, `None` when the file has none; parsed at the first lookup.
+    debug_info: Option<DebugInfo>,
 }
 
 impl ElfModule {
@@ -106,7 +111,8 @@ impl ElfModule {
             .collect();
         functions.sort_unstable_by_key(|f| f.start);
         let cfi = CallFrameInfo::parse(&file);
-        Ok(Self { path: path.to_path_buf(), build_id, segments, functions, cfi })
+        let debug_info = DebugInfo::load(&file);
+        Ok(Self { path: path.to_path_buf(), build_id, segments, functions, cfi, debug_info })
     }
 
     /// The path this module was read from.
@@ -127,6 +133,22 @@ impl ElfModule {
     /// The call frame information (`.eh_frame`, `.debug_frame`), `None` when the file has none.
     pub fn cfi(&self) -> Option<&CallFrameInfo> {
         self.cfi.as_ref()
+    }
+
+    /// Whether the file carries DWARF the symbolizer can read source positions from.
+    pub fn has_debug_info(&self) -> bool {
+        self.debug_info.is_some()
+    }
+
+    /// The source position of `vaddr` from DWARF, innermost inlined function first; empty without
+    /// debug information covering it. The first call parses the module's DWARF.
+    pub fn source_frames(&self, vaddr: u64) -> Vec<SourceFrame> {
+        self.debug_info.as_ref().map(|d| d.frames(vaddr)).unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn debug_info(&self) -> Option<&DebugInfo> {
+        self.debug_info.as_ref()
     }
 
     /// The ELF virtual address at which `file_offset` is loaded, if a PT_LOAD segment covers it.

@@ -7,7 +7,7 @@
 use std::{fmt, path::PathBuf};
 
 use super::{
-    module::ModuleCache,
+    module::{ElfModule, ModuleCache},
     normalize::{NormalizeError, ProcessMaps},
 };
 
@@ -16,21 +16,41 @@ use super::{
 pub struct Symbol {
     /// The file as the target sees it.
     pub module: PathBuf,
-    /// The demangled function name; `None` when no symbol covers the address.
+    /// The demangled function name; `None` when neither the symbol table nor DWARF names one.
     pub function: Option<String>,
-    /// From the function's start, or (without a function) the ELF virtual address itself, which
-    /// is what `addr2line -e module` and `objdump` take.
+    /// From the function's start, or (without a symbol-table function) the ELF virtual address
+    /// itself, which is what `addr2line -e module` and `objdump` take.
     pub offset: u64,
+    /// The name came from DWARF, the symbol table having none for the address (a stripped
+    /// `.symtab` with debug information kept); `offset` is then the ELF virtual address.
+    pub function_from_debug_info: bool,
+    /// The source file (as the compiler saw it, usually absolute) from DWARF, when present.
+    pub file: Option<String>,
+    /// The source line from DWARF; with `inlined` code, the line in `function` of the outermost
+    /// inlined call.
+    pub line: Option<u32>,
+    /// Functions inlined at this address, innermost first (empty without DWARF).
+    pub inlined: Vec<InlinedFrame>,
+}
+
+/// A function inlined into a symbol's function, with its own source position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlinedFrame {
+    /// Demangled.
+    pub function: Option<String>,
+    pub file: Option<String>,
+    /// For the innermost frame, the address's line; for the others, the line of the next inner
+    /// frame's call.
+    pub line: Option<u32>,
 }
 
 impl fmt::Display for Symbol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let module = self.module.file_name().unwrap_or(self.module.as_os_str()).to_string_lossy();
         match &self.function {
+            Some(name) if self.function_from_debug_info => write!(f, "{name} ({module}+{:#x})", self.offset),
             Some(name) => write!(f, "{name}+{:#x}", self.offset),
-            None => {
-                let module = self.module.file_name().unwrap_or(self.module.as_os_str());
-                write!(f, "{}+{:#x}", module.to_string_lossy(), self.offset)
-            }
+            None => write!(f, "{module}+{:#x}", self.offset),
         }
     }
 }
@@ -64,17 +84,33 @@ impl Symbolizer {
     /// Symbolizes an absolute `address` of the process whose `maps` are given.
     pub fn symbolize(&mut self, maps: &ProcessMaps, address: u64) -> Result<Symbol, NormalizeError> {
         let normalized = maps.normalize(address, &mut self.modules)?;
-        let symbol = match normalized.module.function_at(normalized.vaddr) {
-            Some(hit) => Symbol { module: normalized.path, function: Some(demangle(hit.mangled)), offset: hit.offset },
-            None => Symbol { module: normalized.path, function: None, offset: normalized.vaddr },
-        };
-        Ok(symbol)
+        Ok(symbolize_vaddr(normalized.path, &normalized.module, normalized.vaddr))
     }
 
     /// The module cache (to check sharing, or to symbolize already-normalized addresses).
     pub fn modules(&mut self) -> &mut ModuleCache {
         &mut self.modules
     }
+}
+
+/// Symbolizes an ELF virtual address of `module`; `path` is the file as the target sees it.
+pub(crate) fn symbolize_vaddr(path: PathBuf, module: &ElfModule, vaddr: u64) -> Symbol {
+    // Innermost first; the last frame is the function the code was compiled into.
+    let mut source = module.source_frames(vaddr);
+    let outer = source.pop();
+    let inlined = source
+        .into_iter()
+        .map(|f| InlinedFrame { function: f.function.as_deref().map(demangle), file: f.file, line: f.line })
+        .collect();
+    let (dwarf_function, file, line) = outer.map_or((None, None, None), |f| (f.function, f.file, f.line));
+    let (function, offset, function_from_debug_info) = match module.function_at(vaddr) {
+        Some(hit) => (Some(demangle(hit.mangled)), hit.offset, false),
+        None => match dwarf_function {
+            Some(name) => (Some(demangle(&name)), vaddr, true),
+            None => (None, vaddr, false),
+        },
+    };
+    Symbol { module: path, function, offset, function_from_debug_info, file, line, inlined }
 }
 
 #[cfg(test)]

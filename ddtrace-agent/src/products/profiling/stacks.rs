@@ -2,7 +2,8 @@
 //!
 //! Per process: its executable mappings, read at its first sample and again when an address
 //! falls outside them (a library loaded since), at most every [`MAPS_REFRESH`]. Per address:
-//! the symbolized frame, cached, since a hot loop is sampled at the same few addresses.
+//! the symbolized frames (one, plus one per function inlined there when the module carries DWARF),
+//! cached, since a hot loop is sampled at the same few addresses.
 
 use std::{
     collections::HashMap,
@@ -21,7 +22,7 @@ const MAPS_REFRESH: Duration = Duration::from_millis(200);
 /// Frames kept per stack (dd-trace-py's `DD_PROFILING_MAX_FRAMES` default is 64; native stacks
 /// run deeper, an interpreter's especially).
 pub const MAX_FRAMES: usize = crate::symbols::MAX_DEPTH;
-/// Cached frames, all processes together; the cache starts over beyond this.
+/// Cached addresses, all processes together; the cache starts over beyond this.
 const FRAME_CACHE_LIMIT: usize = 200_000;
 
 /// The frame shown for time the thread spent in a system call.
@@ -69,7 +70,8 @@ pub struct StackResolver {
     unwinder: Unwinder,
     symbolizer: Symbolizer,
     processes: HashMap<u32, KnownProcess>,
-    frames: HashMap<(u32, u64), Frame>,
+    /// Per (process, address): innermost (inlined) first.
+    frames: HashMap<(u32, u64), Box<[Frame]>>,
     addresses: Vec<u64>,
     pub counts: UnwindCounts,
 }
@@ -114,12 +116,17 @@ impl StackResolver {
         if sample.in_kernel {
             frames.push(Frame::new(SYSCALL_FRAME, "[kernel]"));
         }
+        let limit = frames.len() + MAX_FRAMES;
         let addresses = std::mem::take(&mut self.addresses);
         for (depth, &address) in addresses.iter().take(MAX_FRAMES).enumerate() {
             // A return address points after the call, possibly at the next function's first
             // byte: the call itself is one byte back.
             let lookup = if depth == 0 { address } else { address.saturating_sub(1) };
-            frames.push(self.frame(tgid, lookup));
+            let room = limit - frames.len();
+            frames.extend(self.frames_at(tgid, lookup).iter().take(room).cloned());
+            if frames.len() >= limit {
+                break;
+            }
         }
         self.addresses = addresses;
         Some(frames)
@@ -144,23 +151,34 @@ impl StackResolver {
         }
     }
 
-    fn frame(&mut self, tgid: u32, address: u64) -> Frame {
-        if let Some(frame) = self.frames.get(&(tgid, address)) {
-            return frame.clone();
-        }
-        let frame = match self.processes.get(&tgid).map(|p| self.symbolizer.symbolize(&p.maps, address)) {
-            Some(Ok(symbol)) => {
-                let module = symbol.module.display().to_string();
-                let function = match &symbol.function {
-                    Some(name) => name.clone(),
-                    None => symbol.to_string(),
-                };
-                Frame::new(function, module)
+    /// The frames of one address, innermost (inlined) first.
+    fn frames_at(&mut self, tgid: u32, address: u64) -> &[Frame] {
+        let Self { frames, processes, symbolizer, .. } = self;
+        frames.entry((tgid, address)).or_insert_with(|| {
+            match processes.get(&tgid).map(|p| symbolizer.symbolize(&p.maps, address)) {
+                Some(Ok(symbol)) => symbol_frames(symbol),
+                // Anonymous executable memory (JIT code), the vDSO, or a file gone since.
+                _ => Box::new([Frame::new("[unknown]", "[unknown]")]),
             }
-            // Anonymous executable memory (JIT code), the vDSO, or a file gone since.
-            _ => Frame::new("[unknown]", "[unknown]"),
-        };
-        self.frames.insert((tgid, address), frame.clone());
-        frame
+        })
     }
+}
+
+/// A symbol's frames: each function inlined at the address (innermost first), then its own.
+fn symbol_frames(symbol: crate::symbols::Symbol) -> Box<[Frame]> {
+    let module = symbol.module.display().to_string();
+    let mut frames: Vec<Frame> = symbol
+        .inlined
+        .iter()
+        .map(|inlined| {
+            let function = inlined.function.as_deref().unwrap_or("[inlined]");
+            Frame::new(function, module.as_str()).with_source(inlined.file.clone().unwrap_or_default(), inlined.line)
+        })
+        .collect();
+    let function = match &symbol.function {
+        Some(name) => name.clone(),
+        None => symbol.to_string(),
+    };
+    frames.push(Frame::new(function, module).with_source(symbol.file.unwrap_or_default(), symbol.line));
+    frames.into_boxed_slice()
 }
