@@ -143,3 +143,53 @@ fn garbage_and_binary_protocols_on_an_http_port_make_no_span() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = ddtrace_tests::target_app::Gunicorn::start(1);
+    let pid = server.master_pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    // The worker's connection to us is new: its request is followed from the accept.
+    server.request();
+    // A caller that is itself traced sent Datadog context headers.
+    let port = server.port;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /orders/77 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-datadog-trace-id: 4242\r\n\
+                 x-datadog-parent-id: 99\r\nx-datadog-sampling-priority: 1\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["name"] == "http.request").count() >= 2
+    });
+    let requests: Vec<&Value> = spans.iter().filter(|s| s["name"] == "http.request").collect();
+    assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    for request in &requests {
+        let queries: Vec<&Value> =
+            spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == request["span_id"]).collect();
+        // CREATE, INSERT, SELECT: the app's SQLite work, each a child of the request it served.
+        assert!(queries.len() >= 3, "{} sqlite children of {request:#}\n{spans:#?}", queries.len());
+        assert!(queries.iter().all(|q| q["trace_id"] == request["trace_id"]));
+    }
+    let continued = requests.iter().find(|s| s["resource"] == "GET /orders/?").expect("the request with headers");
+    assert_eq!(continued["trace_id"], 4242, "{continued:#}");
+    assert_eq!(continued["parent_id"], 99, "{continued:#}");
+    let fresh = requests.iter().find(|s| s["resource"] == "GET /").expect("the request without headers");
+    assert_ne!(fresh["trace_id"], 4242);
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    server.stop();
+}
