@@ -2,7 +2,8 @@
 
 Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
 `work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
-error), `with_length` (a statement prepared through the C API with a byte count), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
+error), `with_length` (a statement prepared through the C API with a byte count), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `fetch URL` (an HTTP GET
+with urllib; any status), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
 """
 import sys
 
@@ -66,6 +67,15 @@ for line in sys.stdin:
         assert lib.sqlite3_step(stmt) == 100
         lib.sqlite3_finalize(stmt)
         lib.sqlite3_close(db)
+    elif command[0] == "fetch":
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(command[1], timeout=10) as response:
+                response.read()
+        except urllib.error.HTTPError:
+            pass
     elif command[0] == "exec":
         print("ok exec", flush=True)
         import os

@@ -193,3 +193,36 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace(
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
     server.stop();
 }
+
+#[test]
+fn a_traced_client_gets_client_spans_for_its_calls() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = StaticServer::start();
+    let mut worker = ddtrace_tests::target_app::SqliteWorker::spawn();
+    let pid = worker.pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "caller"]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    let port = server.port;
+    worker.run(&format!("fetch http://127.0.0.1:{port}/users/42?api_key=s3cr3t"));
+    worker.run(&format!("fetch http://127.0.0.1:{port}/nothing/here"));
+
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 2);
+    assert_eq!(spans.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    let ok = spans.iter().find(|s| s["resource"] == "GET /users/?").expect("the first call");
+    assert_eq!(ok["type"], "http");
+    assert_eq!(meta(ok, "span.kind"), "client");
+    assert_eq!(meta(ok, "out.host"), "127.0.0.1");
+    assert_eq!(meta(ok, "network.destination.port"), port.to_string());
+    assert_eq!(meta(ok, "http.status_code"), "200");
+    assert!(!meta(ok, "http.url").contains("s3cr3t"), "{}", meta(ok, "http.url"));
+    assert!(meta(ok, "http.useragent").starts_with("Python-urllib"));
+    let missing = spans.iter().find(|s| s["resource"] == "GET /nothing/here").expect("the 404 call");
+    assert_eq!(meta(missing, "http.status_code"), "404");
+    // For a client, a 4xx is an error (dd-trace-py's default client error statuses).
+    assert_eq!(missing["error"], 1, "{missing:#}");
+    agent.assert_checks_passed();
+    worker.exit();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+}

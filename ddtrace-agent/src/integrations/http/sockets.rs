@@ -141,7 +141,12 @@ impl HttpOverSockets {
 }
 
 /// The `http.request` context of a request, tagged as dd-trace-py tags its web and client spans.
-fn request_data(request: &MessageHead, role: Role, peer: Option<SocketAddr>, obfuscator: &QueryObfuscator) -> ContextData {
+fn request_data(
+    request: &MessageHead,
+    role: Role,
+    peer: Option<SocketAddr>,
+    obfuscator: &QueryObfuscator,
+) -> ContextData {
     let method = request.method().unwrap_or("GET");
     let target = request.target().unwrap_or("/");
     let host_header = request.header("host");
@@ -180,13 +185,15 @@ fn request_data(request: &MessageHead, role: Role, peer: Option<SocketAddr>, obf
     data
 }
 
-/// What the response adds: the status, and the error for a 5xx or a connection that closed
-/// without an answer.
-fn add_response(data: &mut ContextData, exchange: &Exchange, _role: Role) {
+/// What the response adds: the status, and the error for a connection that closed without an
+/// answer, a 5xx, or for clients a 4xx too (dd-trace-py's `DD_TRACE_HTTP_CLIENT_ERROR_STATUSES`
+/// default, 400-499; a 4xx is the caller's mistake, not the server's).
+fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role) {
     if let Some(status) = exchange.status() {
         data.meta.insert("http.status_code".to_string(), status.to_string());
     }
-    if exchange.is_error() {
+    let client_error = role == Role::Client && exchange.status().is_some_and(|s| (400..500).contains(&s));
+    if exchange.is_error() || client_error {
         let message = match (exchange.outcome, exchange.status()) {
             (_, Some(status)) => format!("{status} response"),
             (ExchangeOutcome::NoResponse, None) => "the connection closed before a response".to_string(),
