@@ -145,9 +145,10 @@ fn garbage_and_binary_protocols_on_an_http_port_make_no_span() {
 }
 
 #[test]
-fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace() {
+fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_continue_the_callers_trace() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
+    let downstream = StaticServer::start();
     let server = ddtrace_tests::target_app::Gunicorn::start(1);
     let pid = server.master_pid().to_string();
     let url = agent.url();
@@ -161,8 +162,9 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace(
     stream
         .write_all(
             format!(
-                "GET /orders/77 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-datadog-trace-id: 4242\r\n\
-                 x-datadog-parent-id: 99\r\nx-datadog-sampling-priority: 1\r\nConnection: close\r\n\r\n"
+                "GET /orders/77?call={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-datadog-trace-id: 4242\r\n\
+                 x-datadog-parent-id: 99\r\nx-datadog-sampling-priority: 1\r\nConnection: close\r\n\r\n",
+                downstream.port
             )
             .as_bytes(),
         )
@@ -172,9 +174,10 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace(
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
-        spans.iter().filter(|s| s["name"] == "http.request").count() >= 2
+        spans.iter().filter(|s| s["name"] == "http.request").count() >= 3
     });
-    let requests: Vec<&Value> = spans.iter().filter(|s| s["name"] == "http.request").collect();
+    let requests: Vec<&Value> =
+        spans.iter().filter(|s| s["name"] == "http.request" && s["meta"]["span.kind"] == "server").collect();
     assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
     for request in &requests {
         let queries: Vec<&Value> =
@@ -188,6 +191,15 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_continue_the_callers_trace(
     assert_eq!(continued["parent_id"], 99, "{continued:#}");
     let fresh = requests.iter().find(|s| s["resource"] == "GET /").expect("the request without headers");
     assert_ne!(fresh["trace_id"], 4242);
+    // The call made while serving is a client span, child of the request it served.
+    let call = spans
+        .iter()
+        .find(|s| s["name"] == "http.request" && s["meta"]["span.kind"] == "client")
+        .expect("the downstream call");
+    assert_eq!(call["resource"], "GET /users/?");
+    assert_eq!(call["parent_id"], continued["span_id"], "{call:#}");
+    assert_eq!(call["trace_id"], 4242);
+    assert_eq!(meta(call, "network.destination.port"), downstream.port.to_string());
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
