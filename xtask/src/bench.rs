@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: what our uprobes cost per call of a probed function.
+//! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
+//! `bench_profiler`; `--http`: see `bench_http`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -22,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::{
-    process::{self, find_in_path, step},
+    process::{self, find_in_path, is_executable, step},
     workspace,
 };
 
@@ -46,11 +47,17 @@ pub struct BenchArgs {
     /// Seconds to wait for the agent to report its probes attached.
     #[arg(long, default_value_t = 30)]
     pub attach_timeout: u64,
+    /// --profiler: sampling rate of both profilers, in Hz (default 100). --http: requests per second
+    /// of the load generator, all connections together (default 500).
+    #[arg(long)]
+    pub rate: Option<u32>,
     /// Run this agent binary instead of building the eBPF object and `target/release/ddtrace-agent`.
     #[arg(long, value_name = "PATH")]
     pub agent: Option<PathBuf>,
     #[command(flatten)]
     pub profiler: crate::bench_profiler::ProfilerArgs,
+    #[command(flatten)]
+    pub http: crate::bench_http::HttpArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -72,8 +79,11 @@ const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    if args.profiler.profiler {
-        return crate::bench_profiler::run(args);
+    match (args.profiler.profiler, args.http.http) {
+        (true, true) => bail!("--profiler and --http are separate benchmarks: run one at a time"),
+        (true, false) => return crate::bench_profiler::run(args),
+        (false, true) => return crate::bench_http::run(args),
+        (false, false) => {}
     }
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
     if args.rounds == 0 || args.calls == 0 || cycles == 0 {
@@ -204,6 +214,17 @@ pub(crate) fn noise_note(out: &mut String, background_busy: f64) {
     }
 }
 
+/// The table's closing notes: the host's steal time over the run, and [`noise_note`].
+pub(crate) fn steal_and_noise_notes(out: &mut String, steal: Duration, elapsed: Duration, background_busy: f64) {
+    let _ = writeln!(
+        out,
+        "  host steal during the run: {:.1} s of vCPU time over {:.1} s",
+        steal.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    noise_note(out, background_busy);
+}
+
 /// Checks that we run as root, then returns `--agent` or the freshly built release agent.
 pub(crate) fn root_and_agent(args: &BenchArgs) -> Result<PathBuf> {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -253,6 +274,28 @@ pub(crate) fn children_cpu_time() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// The interpreter itself: `python3` is often a pyenv shim (a shell script that execs it), whose
+/// start-up would be counted, and whose pid would not be the interpreter's until the exec.
+pub(crate) fn python_executable() -> Result<PathBuf> {
+    let path = process::output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))?;
+    let path = PathBuf::from(path.trim());
+    if !is_executable(&path) {
+        bail!("python3 reports {} as its executable, which is not one", path.display());
+    }
+    Ok(path)
+}
+
+/// utime + stime of a live process, from `/proc/<pid>/stat`.
+pub(crate) fn proc_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(Duration::from_millis(ticks * 1000 / hz))
 }
 
 /// Compiles the C target into `out_dir/call_loop`.
@@ -498,7 +541,7 @@ impl Watched {
     }
 
     /// SIGINT, waits for a clean exit, and returns everything it printed.
-    fn stop(&mut self) -> Result<Vec<String>> {
+    pub(crate) fn stop(&mut self) -> Result<Vec<String>> {
         signal(&self.child, libc::SIGINT);
         let deadline = Instant::now() + AGENT_STOP_GRACE;
         loop {

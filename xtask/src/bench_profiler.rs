@@ -25,10 +25,11 @@ use clap::Args;
 
 use crate::{
     bench::{
-        background_load, children_cpu_time, kill_unreaped, median, noise_note, number, publish, reply, root_and_agent,
-        signal, status_text, steal_time, string, wait_timeout, BenchArgs, Lines, Stream, Watched,
+        background_load, children_cpu_time, kill_unreaped, median, number, proc_cpu_time, publish, python_executable,
+        reply, root_and_agent, signal, status_text, steal_and_noise_notes, steal_time, string, wait_timeout, BenchArgs,
+        Lines, Stream, Watched,
     },
-    process::{self, find_in_path, is_executable, step},
+    process::{find_in_path, is_executable, step},
     test::{ensure_python_tool, python_script_dirs},
     workspace,
 };
@@ -39,9 +40,6 @@ pub struct ProfilerArgs {
     /// Instead of the uprobe cost: the profiler's cost to a Python program, against py-spy.
     #[arg(long)]
     pub profiler: bool,
-    /// --profiler: sampling rate of both profilers, in Hz (ddtrace-agent's default is 100).
-    #[arg(long, default_value_t = 100)]
-    pub rate: u32,
     /// --profiler: units of work of the Python workload (one is ~0.1 s of CPU).
     #[arg(long, default_value_t = 50)]
     pub work_units: u32,
@@ -52,6 +50,8 @@ pub struct ProfilerArgs {
 
 /// Runs of each configuration when `--cycles` is not given.
 const DEFAULT_CYCLES: usize = 5;
+/// Sampling rate when `--rate` is not given, in Hz (ddtrace-agent's default).
+const DEFAULT_RATE_HZ: u32 = 100;
 const WORKLOAD: &str = "tests/apps/bench/cpu_workload.py";
 /// ddtrace-agent's stderr line once its perf events sample the target.
 const AGENT_SAMPLING: &str = "profiling: sampling CPU at";
@@ -105,7 +105,8 @@ struct Run {
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let options = &args.profiler;
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
-    if cycles == 0 || options.rate == 0 || options.work_units == 0 {
+    let rate = args.rate.unwrap_or(DEFAULT_RATE_HZ);
+    if cycles == 0 || rate == 0 || options.work_units == 0 {
         bail!("--cycles, --rate and --work-units must be at least 1");
     }
     let agent = root_and_agent(args)?;
@@ -128,7 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         agent,
         py_spy,
         out_dir: out_dir.clone(),
-        rate: options.rate,
+        rate,
         work_units: options.work_units,
         attach_timeout: Duration::from_secs(args.attach_timeout),
     };
@@ -158,7 +159,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     }
     let report = Report {
         background_busy,
-        rate: options.rate,
+        rate,
         work_units: options.work_units,
         cycles,
         runs,
@@ -167,17 +168,6 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     };
     publish(&out_dir, "profiler.json", &report.table(), &report.json())?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The interpreter itself: `python3` is often a pyenv shim (a shell script that execs it), whose
-/// start-up would be counted, and whose pid would not be the interpreter's until the exec.
-fn python_executable() -> Result<PathBuf> {
-    let path = process::output(Command::new("python3").args(["-c", "import sys; print(sys.executable)"]))?;
-    let path = PathBuf::from(path.trim());
-    if !is_executable(&path) {
-        bail!("python3 reports {} as its executable, which is not one", path.display());
-    }
-    Ok(path)
 }
 
 /// py-spy's own binary, installed from PyPI if missing. Preferred in python3's script directory
@@ -370,17 +360,6 @@ impl Profiler {
     }
 }
 
-/// utime + stime of a live process, from `/proc/<pid>/stat`.
-fn proc_cpu_time(pid: u32) -> Option<Duration> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command's closing parenthesis: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(Duration::from_millis(ticks * 1000 / hz))
-}
-
 /// The sample count of the agent's exit report
 /// (`... profiling: finished at exit report=samples=N dropped_queue_full=...`).
 fn agent_samples(stderr: &[String]) -> Option<u64> {
@@ -483,13 +462,7 @@ impl Report {
              time over its whole life (start-up included);\n  ms/cpu-s: that per second of the target's CPU time; \
              (sampl.): the same from the moment it reported sampling. samples/s: samples per target CPU second."
         );
-        let _ = writeln!(
-            out,
-            "  host steal during the run: {:.1} s of vCPU time over {:.1} s",
-            self.steal.as_secs_f64(),
-            self.elapsed.as_secs_f64()
-        );
-        noise_note(&mut out, self.background_busy);
+        steal_and_noise_notes(&mut out, self.steal, self.elapsed, self.background_busy);
         out
     }
 

@@ -3,10 +3,12 @@
 //! - `build-ebpf`: bootstrap nightly + bpf-linker if needed, build the kernel-side object.
 //! - `test`: build everything, install the Python test agent if needed, run the test suite.
 //! - `demo`: trace a bundled SQLite app and print its spans; needs root, no Datadog account.
-//! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy).
+//! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy;
+//!   `--http`: the latency added to a Python HTTP server).
 //! - `bootstrap`: only the toolchain setup that `build-ebpf` starts with.
 
 mod bench;
+mod bench_http;
 mod bench_profiler;
 mod bootstrap;
 mod build_ebpf;
