@@ -238,3 +238,60 @@ fn a_traced_client_gets_client_spans_for_its_calls() {
     worker.exit();
     assert!(daemon.wait_exit(Duration::from_secs(15)).success());
 }
+
+#[test]
+fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let script = ddtrace_tests::workspace_root().join("tests/apps/bench/http_server.py");
+    let mut child = Command::new(python_executable())
+        .arg("-u")
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python starts");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
+    let port: u16 = ready.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <port>");
+    let pid = child.id().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "keep-alive"]);
+    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    let started = std::time::Instant::now();
+    for i in 0..1000 {
+        // Ids in the path, so the resource shows quantization at volume too.
+        // One write per request: `write!` would send each piece apart, and Nagle's algorithm
+        // against the server's delayed ACK would hold each request ~40 ms.
+        stream.write_all(format!("GET /items/{i} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
+        let mut content_length = 0;
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = value.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    drop(stream);
+    eprintln!("1000 requests in {} ms", started.elapsed().as_millis());
+
+    let spans = agent.wait_for_spans(Duration::from_secs(20), |spans| spans.len() >= 1000);
+    eprintln!("spans at the agent after {} ms", started.elapsed().as_millis());
+    assert_eq!(spans.len(), 1000, "{}", daemon.stderr_text());
+    assert!(spans.iter().all(|s| s["resource"] == "GET /items/?" && s["meta"]["http.status_code"] == "200"));
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    let _ = child.kill();
+    let _ = child.wait();
+}
