@@ -14,11 +14,16 @@ const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Pids that served a sqlite.query span (roots carry the `process_id` metric).
 fn pids_with_spans(spans: &[Value], resource_prefix: &str) -> HashSet<u32> {
+    // `process_id` is on each trace's local root: the query itself when it is one, else the
+    // request span it ran under (HTTP is traced too).
+    let process_of_trace: std::collections::HashMap<String, u32> = spans
+        .iter()
+        .filter_map(|s| Some((s["trace_id"].to_string(), s["metrics"]["process_id"].as_f64()? as u32)))
+        .collect();
     spans
         .iter()
         .filter(|s| s["resource"].as_str().unwrap_or("").starts_with(resource_prefix))
-        .filter_map(|s| s["metrics"]["process_id"].as_f64())
-        .map(|pid| pid as u32)
+        .filter_map(|s| process_of_trace.get(&s["trace_id"].to_string()).copied())
         .collect()
 }
 
