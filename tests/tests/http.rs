@@ -24,6 +24,11 @@ struct StaticServer {
 
 impl StaticServer {
     fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    /// Same, with `env` in the server's environment (the daemon reads `DD_*` settings there).
+    fn start_with_env(env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("ddtrace-http-{port}"));
         std::fs::create_dir_all(dir.join("users")).unwrap();
@@ -31,6 +36,7 @@ impl StaticServer {
         let child = Command::new(python_executable())
             .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
             .arg(&dir)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -80,13 +86,15 @@ fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
 fn python_http_server_requests_become_web_spans() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let server = StaticServer::start();
+    // Only allow-listed headers reach spans, as the target's own environment says.
+    let server = StaticServer::start_with_env(&[("DD_TRACE_HEADER_TAGS", "X-Request-Id:request.id,content-type")]);
     let mut daemon = attach(&server, &agent, "static-files");
 
     let port = server.port;
     let ok = server.send_raw(
         format!(
-            "GET /users/42?token=hunter2&page=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: e2e-client/1.0\r\nConnection: close\r\n\r\n"
+            "GET /users/42?token=hunter2&page=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: e2e-client/1.0\r\n\
+             X-Request-Id: req-7\r\nCookie: session=topsecret\r\nConnection: close\r\n\r\n"
         )
         .as_bytes(),
     );
@@ -109,6 +117,9 @@ fn python_http_server_requests_become_web_spans() {
     assert!(url.starts_with(&format!("http://127.0.0.1:{port}/users/42?")), "{url}");
     assert!(!url.contains("hunter2"), "the token leaked into http.url: {url}");
     assert!(ok_span["error"].as_i64().unwrap_or(0) == 0);
+    assert_eq!(meta(ok_span, "request.id"), "req-7");
+    assert_eq!(meta(ok_span, "http.response.headers.content-type"), "application/octet-stream");
+    assert!(!ok_span.to_string().contains("topsecret"), "a header not allow-listed reached the span: {ok_span:#}");
     let missing_span = spans.iter().find(|s| s["resource"] == "GET /missing/?").expect("the 404 span");
     assert_eq!(meta(missing_span, "http.status_code"), "404");
     // A 4xx is the client's error, not the server's (as dd-trace-py marks server spans).

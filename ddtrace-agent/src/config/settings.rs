@@ -80,6 +80,9 @@ pub struct Config {
     pub profiling_frequency_hz: Setting<u32>,
     /// `DD_PROFILING_UPLOAD_PERIOD`: seconds between profile uploads (default 60, as dd-trace-py).
     pub profiling_upload_period: Setting<f64>,
+    /// `DD_TRACE_HEADER_TAGS` as written (`header[:tag],...`): the only HTTP headers copied into
+    /// spans. Empty by default.
+    pub header_tags: Setting<String>,
     /// `DD_TRACE_SAMPLE_RATE`: the share of traces kept, in [0, 1]; `None` keeps them all.
     pub trace_sample_rate: Setting<Option<f64>>,
     /// `DD_REMOTE_CONFIGURATION_ENABLED` (default true; only used with the Datadog exporter).
@@ -166,6 +169,9 @@ impl SettingsInput {
             profiling_frequency_hz: self
                 .parsed(self.cli_profiling_frequency, "DD_PROFILING_SAMPLING_FREQUENCY", parse_frequency)
                 .unwrap_or(Setting { value: DEFAULT_PROFILING_FREQUENCY_HZ, origin: Origin::Default }),
+            header_tags: self
+                .string(&None, "DD_TRACE_HEADER_TAGS")
+                .unwrap_or(Setting { value: String::new(), origin: Origin::Default }),
             profiling_upload_period: self
                 .parsed(None, "DD_PROFILING_UPLOAD_PERIOD", parse_interval)
                 .unwrap_or(Setting { value: 60.0, origin: Origin::Default }),

@@ -17,7 +17,11 @@ use crate::{
     intake::{
         agent_exporter::AgentExporter, console_exporter::ConsoleExporter, profile_exporter::ProfileExporter, TraceSink,
     },
-    integrations::{self, http::HttpOverSockets, Integration, TracedFunction},
+    integrations::{
+        self,
+        http::{HeaderTags, HttpOverSockets},
+        Integration, TracedFunction,
+    },
     probes::{KernelEvent, KernelPrograms, ProcessChangeKind, StackSample},
     products::{
         self,
@@ -198,7 +202,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(1024);
     // HTTP over the traced processes' sockets (system call tracepoints, no library to wait for).
-    let mut http = HttpOverSockets::new();
+    let (header_tags, header_tag_errors) = HeaderTags::parse(&config.header_tags.value);
+    for error in header_tag_errors {
+        tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
+    }
+    let mut http = HttpOverSockets::new(header_tags);
     let mut root_exit_seen = false;
     let reason = loop {
         tokio::select! {
@@ -277,6 +285,7 @@ fn daemon_config(config: &Config) -> ProductConfig {
         .with("DD_ENV", optional(&config.env.value), config.env.origin)
         .with("DD_VERSION", optional(&config.version.value), config.version.origin)
         .with("DD_TRACE_AGENT_URL", config.agent_url.value.clone(), config.agent_url.origin)
+        .with("DD_TRACE_HEADER_TAGS", config.header_tags.value.clone(), config.header_tags.origin)
 }
 
 fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {

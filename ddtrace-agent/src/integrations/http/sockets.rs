@@ -35,6 +35,7 @@ struct Connection {
 pub struct HttpOverSockets {
     connections: HashMap<(u32, u32), Connection>,
     kept: Arc<KeptHeaders>,
+    header_tags: HeaderTags,
     obfuscator: QueryObfuscator,
     propagation: StyleList,
     exchanges: Vec<Exchange>,
@@ -48,15 +49,17 @@ pub struct HttpOverSockets {
 
 impl Default for HttpOverSockets {
     fn default() -> Self {
-        Self::new()
+        Self::new(HeaderTags::default())
     }
 }
 
 impl HttpOverSockets {
-    pub fn new() -> Self {
+    /// `header_tags`: the allow-list of headers copied into spans (`DD_TRACE_HEADER_TAGS`).
+    pub fn new(header_tags: HeaderTags) -> Self {
         Self {
             connections: HashMap::new(),
-            kept: Arc::new(KeptHeaders::for_tracing(&HeaderTags::default())),
+            kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
+            header_tags,
             obfuscator: QueryObfuscator::default(),
             propagation: StyleList::default(),
             exchanges: Vec::new(),
@@ -109,7 +112,8 @@ impl HttpOverSockets {
                 .propagation
                 .extract(&head.headers)
                 .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
-            let data = request_data(head, Role::Server, connection.peer, &self.obfuscator);
+            let mut data = request_data(head, Role::Server, connection.peer, &self.obfuscator);
+            data.meta.extend(self.header_tags.request_tags(&head.headers));
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
@@ -129,12 +133,14 @@ impl HttpOverSockets {
             self.recorded += 1;
             if role == Role::Server {
                 if let Some((tid, id)) = connection.open.pop_front() {
-                    contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role));
+                    let header_tags = &self.header_tags;
+                    contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role, header_tags));
                     continue;
                 }
             }
             let mut data = request_data(&exchange.request, role, connection.peer, &self.obfuscator);
-            add_response(&mut data, &exchange, role);
+            data.meta.extend(self.header_tags.request_tags(&exchange.request.headers));
+            add_response(&mut data, &exchange, role, &self.header_tags);
             contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
         }
     }
@@ -188,9 +194,12 @@ fn request_data(
 /// What the response adds: the status, and the error for a connection that closed without an
 /// answer, a 5xx, or for clients a 4xx too (dd-trace-py's `DD_TRACE_HTTP_CLIENT_ERROR_STATUSES`
 /// default, 400-499; a 4xx is the caller's mistake, not the server's).
-fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role) {
+fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role, header_tags: &HeaderTags) {
     if let Some(status) = exchange.status() {
         data.meta.insert("http.status_code".to_string(), status.to_string());
+    }
+    if let Some(response) = &exchange.response {
+        data.meta.extend(header_tags.response_tags(&response.headers));
     }
     let client_error = role == Role::Client && exchange.status().is_some_and(|s| (400..500).contains(&s));
     if exchange.is_error() || client_error {
