@@ -117,12 +117,7 @@ impl KernelPrograms {
     }
 
     fn attach_tracepoint(&mut self, program: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
-        let tracepoint: &mut TracePoint = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing(program))?
-            .try_into()
-            .map_err(|_| ProbeError::Missing(program))?;
+        let tracepoint: &mut TracePoint = Self::program(&mut self.ebpf, program)?;
         tracepoint.load().map_err(|e| load_error(program, e))?;
         tracepoint.attach(category, event).map_err(|e| ProbeError::Attach {
             program,
@@ -135,6 +130,14 @@ impl KernelPrograms {
     }
 
     fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+        Self::program(ebpf, name)
+    }
+
+    /// Program `name` of the object, as the program type `T` it must be.
+    fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    {
         ebpf.program_mut(name).ok_or(ProbeError::Missing(name))?.try_into().map_err(|_| ProbeError::Missing(name))
     }
 
@@ -237,12 +240,7 @@ impl KernelPrograms {
     pub fn start_cpu_sampling(&mut self, period: std::time::Duration) -> Result<usize, ProbeError> {
         let program = names::CPU_SAMPLE_PROGRAM;
         let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::Load(format!("{what}: {e}")))?;
-        let perf_event: &mut PerfEvent = self
-            .ebpf
-            .program_mut(program)
-            .ok_or(ProbeError::Missing(program))?
-            .try_into()
-            .map_err(|_| ProbeError::Missing(program))?;
+        let perf_event: &mut PerfEvent = Self::program(&mut self.ebpf, program)?;
         perf_event.load().map_err(|e| load_error(program, e))?;
         let period_ns = (period.as_nanos() as u64).max(10_000);
         for &cpu in &cpus {

@@ -34,6 +34,12 @@ struct Connection {
 /// Turns the socket activity of traced processes into HTTP contexts.
 pub struct HttpOverSockets {
     connections: HashMap<(u32, u32), Connection>,
+    spans: SpanShaper,
+}
+
+/// What turns exchanges into contexts, apart from the connections so both can be borrowed at once
+/// on the per-event path.
+struct SpanShaper {
     kept: Arc<KeptHeaders>,
     header_tags: HeaderTags,
     obfuscator: QueryObfuscator,
@@ -43,14 +49,6 @@ pub struct HttpOverSockets {
     /// address (so calls made while serving nest inside) and each below the previous one (so a
     /// pipelined request never looks like the return of the one before it).
     next_frame: u64,
-    /// Exchanges turned into contexts, for the exit log.
-    pub recorded: u64,
-}
-
-impl Default for HttpOverSockets {
-    fn default() -> Self {
-        Self::new(HeaderTags::default())
-    }
 }
 
 impl HttpOverSockets {
@@ -58,13 +56,14 @@ impl HttpOverSockets {
     pub fn new(header_tags: HeaderTags) -> Self {
         Self {
             connections: HashMap::new(),
-            kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
-            header_tags,
-            obfuscator: QueryObfuscator::default(),
-            propagation: StyleList::default(),
-            exchanges: Vec::new(),
-            next_frame: u64::MAX,
-            recorded: 0,
+            spans: SpanShaper {
+                kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
+                header_tags,
+                obfuscator: QueryObfuscator::default(),
+                propagation: StyleList::default(),
+                exchanges: Vec::new(),
+                next_frame: u64::MAX,
+            },
         }
     }
 
@@ -74,30 +73,36 @@ impl HttpOverSockets {
         match event.op {
             SocketOp::Accepted | SocketOp::Connected => {
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
-                let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.kept.clone());
+                let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
                 self.connections.insert(key, Connection { tracker, peer: event.peer, open: VecDeque::new() });
             }
             SocketOp::Received | SocketOp::Sent => {
-                let Some(mut connection) = self.connections.remove(&key) else { return };
+                let Some(connection) = self.connections.get_mut(&key) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
                 let length = usize::try_from(event.length).unwrap_or(usize::MAX);
                 let seen = connection.tracker.requests_seen();
-                connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.exchanges);
+                connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.spans.exchanges);
                 let started = (connection.tracker.requests_seen() - seen) as usize;
                 if started > 0 && connection.tracker.role() == Role::Server {
-                    self.open_server_contexts(event, &mut connection, started, contexts);
+                    self.spans.open_server_contexts(event, connection, started, contexts);
                 }
-                self.finish(event, &mut connection, contexts);
-                self.connections.insert(key, connection);
+                self.spans.finish(event, connection, contexts);
             }
             SocketOp::Closed => {
                 let Some(mut connection) = self.connections.remove(&key) else { return };
-                connection.tracker.on_close(event.ktime_ns, &mut self.exchanges);
-                self.finish(event, &mut connection, contexts);
+                connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
+                self.spans.finish(event, &mut connection, contexts);
             }
         }
     }
 
+    /// Forgets the connections of a process that exited.
+    pub fn process_exited(&mut self, tgid: u32) {
+        self.connections.retain(|(pid, _), _| *pid != tgid);
+    }
+}
+
+impl SpanShaper {
     /// Opens a server context for each of the `started` latest requests of `connection`.
     fn open_server_contexts(
         &mut self,
@@ -106,14 +111,12 @@ impl HttpOverSockets {
         started: usize,
         contexts: &mut ContextTree,
     ) {
-        let heads: Vec<&MessageHead> = connection.tracker.latest_requests(started).collect();
-        for head in heads {
+        for head in connection.tracker.latest_requests(started) {
             let remote = self
                 .propagation
                 .extract(&head.headers)
                 .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
-            let mut data = request_data(head, Role::Server, connection.peer, &self.obfuscator);
-            data.meta.extend(self.header_tags.request_tags(&head.headers));
+            let data = self.request_data(head, Role::Server, connection.peer);
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
@@ -121,16 +124,11 @@ impl HttpOverSockets {
         }
     }
 
-    /// Forgets the connections of a process that exited.
-    pub fn process_exited(&mut self, tgid: u32) {
-        self.connections.retain(|(pid, _), _| *pid != tgid);
-    }
-
     /// Ends the server contexts of the exchanges that ended, and records the client ones.
     fn finish(&mut self, event: &SocketActivity, connection: &mut Connection, contexts: &mut ContextTree) {
         let role = connection.tracker.role();
-        for exchange in self.exchanges.drain(..) {
-            self.recorded += 1;
+        let mut exchanges = std::mem::take(&mut self.exchanges);
+        for exchange in exchanges.drain(..) {
             if role == Role::Server {
                 if let Some((tid, id)) = connection.open.pop_front() {
                     let header_tags = &self.header_tags;
@@ -138,11 +136,19 @@ impl HttpOverSockets {
                     continue;
                 }
             }
-            let mut data = request_data(&exchange.request, role, connection.peer, &self.obfuscator);
-            data.meta.extend(self.header_tags.request_tags(&exchange.request.headers));
+            let mut data = self.request_data(&exchange.request, role, connection.peer);
             add_response(&mut data, &exchange, role, &self.header_tags);
             contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
         }
+        // Hand the (empty) buffer back: its capacity serves the next events.
+        self.exchanges = exchanges;
+    }
+
+    /// The request's context with its allow-listed headers.
+    fn request_data(&self, request: &MessageHead, role: Role, peer: Option<SocketAddr>) -> ContextData {
+        let mut data = request_data(request, role, peer, &self.obfuscator);
+        data.meta.extend(self.header_tags.request_tags(&request.headers));
+        data
     }
 }
 
