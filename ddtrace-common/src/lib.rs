@@ -75,7 +75,20 @@ pub mod event_kind {
 pub const MAX_SOCKET_CAPTURE: usize = 4095;
 
 /// Bytes of [`SocketEvent`] before the data; the kernel submits these plus `captured_len`.
-pub const SOCKET_EVENT_HEADER_BYTES: usize = 64;
+pub const SOCKET_EVENT_HEADER_BYTES: usize = 96;
+
+/// [`SocketEvent::fd`] when the descriptor is not known (TLS plaintext read from the library's
+/// buffer, with no system call on the socket during that call).
+pub const FD_UNKNOWN: u32 = u32::MAX;
+
+/// Bits of [`SocketEvent::flags`].
+pub mod socket_flags {
+    /// The data is TLS plaintext seen at the TLS library (`SSL_read`/`SSL_write`), not the bytes
+    /// of the system call; `session` is the library's connection object.
+    pub const TLS: u32 = 1 << 0;
+    /// `local_family`, `local_port` and `local_address` hold this end's address.
+    pub const LOCAL_ADDRESS: u32 = 1 << 1;
+}
 
 /// [`SocketEvent::op`] values.
 pub mod socket_op {
@@ -110,6 +123,15 @@ pub struct SocketEvent {
     pub port: u16,
     /// The peer's address: 4 bytes (IPv4) or 16 (IPv6), network order.
     pub address: [u8; 16],
+    /// With [`socket_flags::LOCAL_ADDRESS`]: this end's address family, port (host order) and
+    /// address (network order), as `address_family`, `port` and `address` are the peer's.
+    pub local_family: u16,
+    pub local_port: u16,
+    /// Bits of [`socket_flags`].
+    pub flags: u32,
+    /// With [`socket_flags::TLS`]: the `SSL*` the plaintext belongs to.
+    pub session: u64,
+    pub local_address: [u8; 16],
     pub data: [u8; MAX_SOCKET_CAPTURE + 1],
 }
 

@@ -182,6 +182,10 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
     event.captured_len = 0;
     event.address_family = 0;
     event.port = 0;
+    event.local_family = 0;
+    event.local_port = 0;
+    event.flags = 0;
+    event.session = 0;
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
     }

@@ -40,6 +40,11 @@ pub struct SocketActivity {
     pub data: Box<[u8]>,
     /// The peer, for Accepted and Connected when the call named it.
     pub peer: Option<std::net::SocketAddr>,
+    /// This end's address, when the kernel read it from the socket.
+    pub local: Option<std::net::SocketAddr>,
+    /// For TLS plaintext (seen at the TLS library): the library's session (`SSL*`). `fd` is then
+    /// [`ddtrace_common::FD_UNKNOWN`] when no system call on the socket happened during the call.
+    pub tls_session: Option<u64>,
 }
 
 /// The fixed part of a socket record (the data follows, `captured_len` bytes).
@@ -54,6 +59,11 @@ struct SocketEventHead {
     address_family: u16,
     port: u16,
     address: [u8; 16],
+    local_family: u16,
+    local_port: u16,
+    flags: u32,
+    session: u64,
+    local_address: [u8; 16],
 }
 
 const _: () = assert!(std::mem::size_of::<SocketEventHead>() == SOCKET_EVENT_HEADER_BYTES);
@@ -226,7 +236,7 @@ fn decode_stack_sample(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 }
 
 fn decode_socket(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
-    use ddtrace_common::socket_op;
+    use ddtrace_common::{socket_flags, socket_op};
     let head: SocketEventHead = read(bytes, "socket")?;
     let op = match head.op {
         socket_op::ACCEPTED => SocketOp::Accepted,
@@ -238,14 +248,13 @@ fn decode_socket(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     };
     let available = bytes.len() - SOCKET_EVENT_HEADER_BYTES;
     let len = (head.captured_len as usize).min(available);
-    let peer = match head.address_family {
-        2 => {
-            let octets: [u8; 4] = head.address[..4].try_into().unwrap_or_default();
-            Some(std::net::SocketAddr::from((octets, head.port)))
-        }
-        10 => Some(std::net::SocketAddr::from((head.address, head.port))),
-        _ => None,
+    let peer = socket_address(head.address_family, head.port, head.address);
+    let local = if head.flags & socket_flags::LOCAL_ADDRESS != 0 {
+        socket_address(head.local_family, head.local_port, head.local_address)
+    } else {
+        None
     };
+    let tls_session = (head.flags & socket_flags::TLS != 0).then_some(head.session);
     Ok(KernelEvent::Socket(SocketActivity {
         tgid: head.header.tgid,
         tid: head.header.tid,
@@ -255,7 +264,22 @@ fn decode_socket(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         length: head.length,
         data: bytes[SOCKET_EVENT_HEADER_BYTES..SOCKET_EVENT_HEADER_BYTES + len].into(),
         peer,
+        local,
+        tls_session,
     }))
+}
+
+/// An address as the kernel reports it: family (AF_INET or AF_INET6), host-order port, and the
+/// address bytes in network order.
+fn socket_address(family: u16, port: u16, address: [u8; 16]) -> Option<std::net::SocketAddr> {
+    match family {
+        2 => {
+            let octets: [u8; 4] = address[..4].try_into().unwrap_or_default();
+            Some(std::net::SocketAddr::from((octets, port)))
+        }
+        10 => Some(std::net::SocketAddr::from((address, port))),
+        _ => None,
+    }
 }
 
 fn decode_probe(bytes: &[u8], header: &EventHeader, kind: u32) -> Result<ProbeEvent, DecodeError> {
@@ -398,6 +422,11 @@ mod tests {
             address_family: 2,
             port: 8080,
             address: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            local_family: 0,
+            local_port: 0,
+            flags: 0,
+            session: 0,
+            local_address: [0; 16],
         };
         let KernelEvent::Socket(accepted) = decode(&bytes_of(&head)).unwrap() else { panic!("not a socket event") };
         assert_eq!((accepted.fd, accepted.op), (9, SocketOp::Accepted));
