@@ -16,7 +16,7 @@ use ddtrace_common::{
     SOCKET_EVENT_HEADER_BYTES,
 };
 
-use super::{count, header, is_tracked, EVENTS};
+use super::{count, header, is_tracked, socket_addresses, EVENTS};
 
 /// x86-64 system call numbers.
 mod nr {
@@ -188,6 +188,9 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
     event.session = 0;
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
+        // After `read_peer`: the kernel's socket gives the peer only when the call did not.
+        // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
+        socket_addresses::read_from_kernel(event, fd);
     }
     if data != 0 && length > 0 {
         let wanted = if length > MAX_SOCKET_CAPTURE as u64 {

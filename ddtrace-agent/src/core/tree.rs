@@ -28,6 +28,8 @@ pub struct ContextTree {
     clock: WallClock,
     /// tid -> (frame, open context), innermost last.
     threads: HashMap<u32, Vec<(u64, ExecutionContext)>>,
+    /// Open contexts kept off their thread's stack (see [`Self::start_detached`]), by id.
+    detached: HashMap<ContextId, ExecutionContext>,
     hub: EventHub,
     /// Contexts ended because an enclosing one ended first (their exit event was lost).
     pub abandoned: u64,
@@ -35,7 +37,7 @@ pub struct ContextTree {
 
 impl ContextTree {
     pub fn new(clock: WallClock, hub: EventHub) -> Self {
-        Self { clock, threads: HashMap::new(), hub, abandoned: 0 }
+        Self { clock, threads: HashMap::new(), detached: HashMap::new(), hub, abandoned: 0 }
     }
 
     /// Opens a context for the call at `frame` on thread `tid`, child of the thread's innermost
@@ -77,6 +79,56 @@ impl ContextTree {
         id
     }
 
+    /// Opens a context that is a child of the thread's innermost open context but is not pushed
+    /// on the thread's stack: an operation the thread started that ends on its own, such as an
+    /// HTTP call that ends when its response arrives. Nothing the thread does meanwhile becomes
+    /// its child (an event loop writes other requests while one waits), and its open entry
+    /// never makes the frame-based checks end the thread's real calls. End it with
+    /// [`Self::end_detached`]; if its parent ends first, it ends with it.
+    pub fn start_detached(&mut self, tgid: u32, tid: u32, ktime_ns: u64, data: ContextData) -> ContextId {
+        let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
+        let context = self.new_context(tgid, tid, start_unix_ns, data);
+        let id = context.id;
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.detached.insert(id, context);
+        id
+    }
+
+    /// Ends the detached context `id` (see [`Self::start_detached`]). Returns false when it is
+    /// not open (never opened, or ended with its parent).
+    pub fn end_detached(&mut self, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
+        let Some(mut context) = self.detached.remove(&id) else { return false };
+        context.end_unix_ns = self.clock.to_unix_ns(ktime_ns).max(context.start_unix_ns);
+        finish(&mut context.data);
+        self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+        true
+    }
+
+    /// The trace of the open context `id`.
+    pub fn trace_id(&self, id: ContextId) -> Option<u128> {
+        if let Some(context) = self.detached.get(&id) {
+            return Some(context.trace_id);
+        }
+        self.threads.values().flatten().find(|(_, c)| c.id == id).map(|(_, c)| c.trace_id)
+    }
+
+    /// Makes the open local root `id` of thread `tid` continue `remote`'s trace, as if
+    /// [`Self::start_root`] had been given it; its open descendants follow. For a caller learnt
+    /// just after the request (its event came later in the ring than ours). Descendants that
+    /// already ended keep the trace they ended in. Returns false when `id` is not an open root.
+    pub fn set_remote_parent(&mut self, tid: u32, id: ContextId, remote: RemoteParent) -> bool {
+        let Some(stack) = self.threads.get_mut(&tid) else { return false };
+        let Some((_, root)) = stack.iter_mut().find(|(_, c)| c.id == id && c.root_id == id) else { return false };
+        root.parent_id = remote.parent_id;
+        for (_, context) in stack.iter_mut().filter(|(_, c)| c.root_id == id) {
+            context.trace_id = remote.trace_id;
+        }
+        for context in self.detached.values_mut().filter(|c| c.root_id == id) {
+            context.trace_id = remote.trace_id;
+        }
+        true
+    }
+
     /// Ends, as abandoned, the open contexts of `tid` whose calls must have returned: those at
     /// `frame` or above it (outer stack positions).
     fn end_returned_calls(&mut self, tid: u32, frame: u64, ktime_ns: u64) {
@@ -103,6 +155,7 @@ impl ContextTree {
         let mut finish = Some(finish);
         while let Some(mut context) = ended.pop() {
             context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
+            self.end_detached_children(context.id, end_unix_ns);
             if context.id == id {
                 if let Some(finish) = finish.take() {
                     finish(&mut context.data);
@@ -113,6 +166,23 @@ impl ContextTree {
             self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
         }
         true
+    }
+
+    /// Ends, as abandoned, the detached contexts whose parent `parent` is ending: children end
+    /// before their parent, and a span outliving its local root would never be sent.
+    fn end_detached_children(&mut self, parent: ContextId, end_unix_ns: i64) {
+        if self.detached.is_empty() {
+            return;
+        }
+        let children: Vec<ContextId> =
+            self.detached.values().filter(|c| c.parent_id == parent && c.id != parent).map(|c| c.id).collect();
+        for id in children {
+            if let Some(mut context) = self.detached.remove(&id) {
+                context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
+                self.abandoned += 1;
+                self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+            }
+        }
     }
 
     /// Records an operation already over (both ends known), as a child of the thread's innermost
@@ -135,6 +205,10 @@ impl ContextTree {
         for (tid, root) in threads {
             self.end(tid, root, ktime_ns, |_| {});
         }
+        let detached: Vec<ContextId> = self.detached.values().filter(|c| c.tgid == tgid).map(|c| c.id).collect();
+        for id in detached {
+            self.end_detached(id, ktime_ns, |_| {});
+        }
         self.hub.dispatch("process.exited", &CoreEvent::ProcessExited(tgid));
     }
 
@@ -153,7 +227,7 @@ impl ContextTree {
 
     /// Contexts open now, all threads together.
     pub fn open_contexts(&self) -> usize {
-        self.threads.values().map(Vec::len).sum()
+        self.threads.values().map(Vec::len).sum::<usize>() + self.detached.len()
     }
 
     fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
@@ -300,6 +374,49 @@ mod tests {
         assert_eq!(ended.len(), 2);
         assert!(ended.iter().all(|c| c.is_root()), "siblings, not parent and child: {ended:?}");
         assert_eq!(tree.abandoned, 1);
+    }
+
+    #[test]
+    fn a_detached_context_has_a_parent_but_parents_nothing_and_ends_with_its_parent_at_the_latest() {
+        let (mut tree, ended) = tree_recording_ends();
+        let function = tree.start(1, 10, 1_000, 0x7ff0, data("traced function"));
+        let call = tree.start_detached(1, 10, 2_000, data("http call"));
+        assert!(tree.trace_id(call).is_some());
+        // The thread carries on (an event loop): a call it makes is not the HTTP call's child,
+        // and no real frame ends the detached context.
+        let query = tree.start(1, 10, 2_500, 0x7fe0, data("query"));
+        tree.end(10, query, 2_600, |_| {});
+        assert!(tree.end_detached(call, 3_000, |d| d.resource = "GET /".into()));
+        assert!(!tree.end_detached(call, 3_100, |_| {}), "already ended");
+        // One left open when its parent ends ends with it, before it.
+        let unanswered = tree.start_detached(1, 10, 3_500, data("unanswered call"));
+        tree.end(10, function, 4_000, |_| {});
+        assert!(!tree.end_detached(unanswered, 5_000, |_| {}));
+        let ended = ended.lock().unwrap();
+        let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
+        assert_eq!(names, ["query", "http call", "unanswered call", "traced function"]);
+        let function = &ended[3];
+        assert!(ended[..3].iter().all(|c| c.parent_id == function.id && c.trace_id == function.trace_id));
+        assert_eq!(ended[1].data.resource, "GET /");
+        assert_eq!((ended[2].end_unix_ns, tree.abandoned, tree.open_contexts()), (function.end_unix_ns, 1, 0));
+    }
+
+    #[test]
+    fn a_root_learns_its_remote_parent_late_and_its_open_descendants_follow() {
+        let (mut tree, ended) = tree_recording_ends();
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, data("http.request"), None);
+        let query = tree.start(1, 10, 1_500, 0x7ff0, data("query"));
+        let call = tree.start_detached(1, 10, 1_600, data("call"));
+        assert!(!tree.set_remote_parent(10, query, RemoteParent { trace_id: 1, parent_id: 2 }), "not a root");
+        assert!(tree.set_remote_parent(10, request, RemoteParent { trace_id: 0xabc, parent_id: 77 }));
+        assert_eq!(tree.trace_id(request), Some(0xabc));
+        tree.end_detached(call, 1_700, |_| {});
+        tree.end(10, request, 2_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let request = ended.iter().find(|c| c.data.name == "http.request").unwrap();
+        assert_eq!((request.trace_id, request.parent_id), (0xabc, 77));
+        assert!(request.is_root());
+        assert!(ended.iter().all(|c| c.trace_id == 0xabc), "{ended:?}");
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! - [`url`]: `http.url`, with the query string obfuscated by Datadog's default pattern;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
 //! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
+//!
+//! `sockets` turns the kernel's socket activity into contexts with these, and `linking` makes a
+//! traced server's request continue the span of the traced client that sent it.
 
 pub mod exchange;
 pub mod headers;
+mod linking;
 pub mod message_parser;
 pub mod propagation;
 pub mod resource;

@@ -5,9 +5,12 @@
 //! A server context opens when the request head has been read, on the reading thread, as a local
 //! root continuing the caller's trace when the request carries Datadog or W3C context headers;
 //! what the thread does while serving (database calls, calls to other services) is its child. It
-//! ends with the response. A client exchange is recorded whole when its response ends, as a child
-//! of what is open on the thread then. Connections opened before the agent attached are not
-//! followed (their first bytes are mid-stream).
+//! ends with the response. A client context opens when the request head has been written, as a
+//! child of what is open on the thread, and ends with the response; it stays off the thread's
+//! stack (nothing the thread does meanwhile is its child). When both ends of a connection are
+//! traced processes, the server's context continues the client's (see [`super::linking`]).
+//! Connections opened before the agent attached are not followed (their first bytes are
+//! mid-stream).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -16,7 +19,8 @@ use std::{
 };
 
 use super::{
-    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
+    build_http_url,
+    linking::{Caller, CallerIndex}, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
     MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
@@ -27,7 +31,9 @@ use crate::{
 struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
-    /// Server contexts opened for requests still waiting for their response: (thread, context).
+    /// This end's address, when the kernel could read it.
+    local: Option<SocketAddr>,
+    /// Contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
 }
 
@@ -35,6 +41,7 @@ struct Connection {
 pub struct HttpOverSockets {
     connections: HashMap<(u32, u32), Connection>,
     spans: SpanShaper,
+    callers: CallerIndex,
 }
 
 /// What turns exchanges into contexts, apart from the connections so both can be borrowed at once
@@ -64,6 +71,7 @@ impl HttpOverSockets {
                 exchanges: Vec::new(),
                 next_frame: u64::MAX,
             },
+            callers: CallerIndex::default(),
         }
     }
 
@@ -74,7 +82,11 @@ impl HttpOverSockets {
             SocketOp::Accepted | SocketOp::Connected => {
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-                self.connections.insert(key, Connection { tracker, peer: event.peer, open: VecDeque::new() });
+                let (peer, local) = (event.peer, event.local);
+                if let (Role::Client, Some(local)) = (role, local) {
+                    self.callers.client_connected(key, local, peer);
+                }
+                self.connections.insert(key, Connection { tracker, peer, local, open: VecDeque::new() });
             }
             SocketOp::Received | SocketOp::Sent => {
                 let Some(connection) = self.connections.get_mut(&key) else { return };
@@ -83,15 +95,18 @@ impl HttpOverSockets {
                 let seen = connection.tracker.requests_seen();
                 connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.spans.exchanges);
                 let started = (connection.tracker.requests_seen() - seen) as usize;
-                if started > 0 && connection.tracker.role() == Role::Server {
-                    self.spans.open_server_contexts(event, connection, started, contexts);
+                if started > 0 {
+                    self.spans.open_contexts(event, connection, started, &mut self.callers, contexts);
                 }
-                self.spans.finish(event, connection, contexts);
+                self.spans.finish(event, connection, &mut self.callers, contexts);
             }
             SocketOp::Closed => {
                 let Some(mut connection) = self.connections.remove(&key) else { return };
                 connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
-                self.spans.finish(event, &mut connection, contexts);
+                self.spans.finish(event, &mut connection, &mut self.callers, contexts);
+                if let (Role::Client, Some(local)) = (connection.tracker.role(), connection.local) {
+                    self.callers.client_closed(key, local);
+                }
             }
         }
     }
@@ -99,42 +114,83 @@ impl HttpOverSockets {
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
         self.connections.retain(|(pid, _), _| *pid != tgid);
+        self.callers.process_exited(tgid);
     }
 }
 
 impl SpanShaper {
-    /// Opens a server context for each of the `started` latest requests of `connection`.
-    fn open_server_contexts(
+    /// Opens a context for each of the `started` latest requests of `connection`: a server's
+    /// read them, a client's wrote them.
+    fn open_contexts(
         &mut self,
         event: &SocketActivity,
         connection: &mut Connection,
         started: usize,
+        callers: &mut CallerIndex,
         contexts: &mut ContextTree,
     ) {
-        for head in connection.tracker.latest_requests(started) {
-            let remote = self
-                .propagation
-                .extract(&head.headers)
-                .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
-            let data = self.request_data(head, Role::Server, connection.peer);
+        let role = connection.tracker.role();
+        // Index on the connection of the first of them: how the two ends' requests are paired.
+        let first_index = connection.tracker.requests_seen() - started as u64;
+        for (index, head) in (first_index..).zip(connection.tracker.latest_requests(started)) {
+            let data = self.request_data(head, role, connection.peer);
+            if role == Role::Client {
+                let id = contexts.start_detached(event.tgid, event.tid, head.started_ns, data);
+                connection.open.push_back((event.tid, id));
+                if let Some(local) = connection.local {
+                    callers.call_opened(local, index, id, contexts);
+                }
+                continue;
+            }
+            // A traced client at the other end is the real parent: its span is the call that
+            // sent this request. Headers can only name a span of the caller's own tracer, if it
+            // has one (in-process tracing besides ours), or of some hop further away; they are
+            // the parent only when the client end is not traced.
+            let caller = callers.caller(connection.peer, connection.local, index, contexts);
+            let remote = match caller {
+                Caller::Open(client_span) => Some(client_span),
+                Caller::NotSeenYet | Caller::Unknown => self
+                    .propagation
+                    .extract(&head.headers)
+                    .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id }),
+            };
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
             connection.open.push_back((event.tid, id));
+            if let (Caller::NotSeenYet, Some(peer)) = (caller, connection.peer) {
+                callers.wait(peer, index, event.tid, id);
+            }
         }
     }
 
-    /// Ends the server contexts of the exchanges that ended, and records the client ones.
-    fn finish(&mut self, event: &SocketActivity, connection: &mut Connection, contexts: &mut ContextTree) {
+    /// Ends the contexts of the exchanges that ended (recording whole those that had none).
+    fn finish(
+        &mut self,
+        event: &SocketActivity,
+        connection: &mut Connection,
+        callers: &mut CallerIndex,
+        contexts: &mut ContextTree,
+    ) {
         let role = connection.tracker.role();
         let mut exchanges = std::mem::take(&mut self.exchanges);
         for exchange in exchanges.drain(..) {
-            if role == Role::Server {
-                if let Some((tid, id)) = connection.open.pop_front() {
-                    let header_tags = &self.header_tags;
-                    contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role, header_tags));
-                    continue;
+            if let Some((tid, id)) = connection.open.pop_front() {
+                let header_tags = &self.header_tags;
+                let finish = |data: &mut ContextData| add_response(data, &exchange, role, header_tags);
+                match role {
+                    Role::Server => {
+                        contexts.end(tid, id, exchange.ended_ns, finish);
+                    }
+                    Role::Client => {
+                        // False when its parent ended first (it ended with it).
+                        contexts.end_detached(id, exchange.ended_ns, finish);
+                        if let Some(local) = connection.local {
+                            callers.call_ended(local, id);
+                        }
+                    }
                 }
+                continue;
             }
             let mut data = self.request_data(&exchange.request, role, connection.peer);
             add_response(&mut data, &exchange, role, &self.header_tags);
