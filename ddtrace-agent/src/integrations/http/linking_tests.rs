@@ -79,10 +79,10 @@ impl Harness {
     /// (client span, server span) of each exchange, in order.
     fn pairs(&self) -> Vec<(ExecutionContext, ExecutionContext)> {
         let ended = self.ended.lock().unwrap();
-        let of = |kind: &str| -> Vec<ExecutionContext> {
-            ended.iter().filter(|c| c.data.meta.get("span.kind").map(String::as_str) == Some(kind)).cloned().collect()
+        let of = |kind: SpanKind| -> Vec<ExecutionContext> {
+            ended.iter().filter(|c| c.data.name == "http.request" && c.data.kind == kind).cloned().collect()
         };
-        let (clients, servers) = (of("client"), of("server"));
+        let (clients, servers) = (of(SpanKind::Client), of(SpanKind::Server));
         assert_eq!(clients.len(), servers.len(), "{ended:#?}");
         clients.into_iter().zip(servers).collect()
     }
