@@ -279,6 +279,10 @@ pub mod tracepoint_globals {
 /// sock_common`: byte offsets on the running kernel, read by the daemon from the kernel's BTF and
 /// set as a read-only global ([`names::SOCKET_LAYOUT`]) at load time. `known` is 0 when the
 /// daemon could not read them: the programs then report no local address.
+///
+/// The `skc_*` offsets are into the first [`SOCK_COMMON_READ_BYTES`] of the socket, which the
+/// programs copy at once; the IPv6 ones are [`SocketLayout::ABSENT`] on a kernel built without
+/// IPv6.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketLayout {
@@ -310,6 +314,15 @@ pub struct SocketLayout {
     /// `sock_common.skc_v6_daddr`: the peer's IPv6 address.
     pub skc_v6_daddr: u32,
 }
+
+impl SocketLayout {
+    /// An offset of a member this kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// Bytes of `struct sock` the programs copy in one read to take its addresses from (a power of
+/// two: offsets into the copy are masked with `SOCK_COMMON_READ_BYTES - 1`).
+pub const SOCK_COMMON_READ_BYTES: usize = 128;
 
 /// Key of the map that carries an out-pointer from a probe's entry to its exit.
 ///

@@ -153,10 +153,9 @@ impl Btf {
         let mut offset = 0u32;
         let mut place = None;
         for part in path.split('.') {
-            let found = self.find_member(id, part, 0).ok_or_else(|| BtfError::NoMember {
-                strukt: name.to_string(),
-                member: path.to_string(),
-            })?;
+            let found = self
+                .find_member(id, part, 0)
+                .ok_or_else(|| BtfError::NoMember { strukt: name.to_string(), member: path.to_string() })?;
             if found.bitfield {
                 return Err(BtfError::BitField { strukt: name.to_string(), member: path.to_string() });
             }
@@ -191,11 +190,8 @@ impl Btf {
             let at = record.extra + index * 12;
             let (name_offset, type_id, raw_offset) =
                 (read_u32(&self.types, at)?, read_u32(&self.types, at + 4)?, read_u32(&self.types, at + 8)?);
-            let (bit_offset, bitfield_size) = if record.kind_flag() {
-                (raw_offset & 0x00ff_ffff, raw_offset >> 24)
-            } else {
-                (raw_offset, 0)
-            };
+            let (bit_offset, bitfield_size) =
+                if record.kind_flag() { (raw_offset & 0x00ff_ffff, raw_offset >> 24) } else { (raw_offset, 0) };
             let member_name = self.string(name_offset);
             if member_name == name {
                 return Some(FoundMember { type_id, bit_offset, bitfield: bitfield_size != 0 });
@@ -355,7 +351,8 @@ mod tests {
             let mut out = Vec::new();
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.extend_from_slice(&[1, 0]);
-            let fields = [HEADER_BYTES as u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32];
+            let fields =
+                [HEADER_BYTES as u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32];
             for value in fields {
                 out.extend_from_slice(&value.to_le_bytes());
             }
@@ -377,7 +374,8 @@ mod tests {
         let const_be32 = b.record("", kind::CONST, 0, false, be32);
         let ports = b.aggregate(kind::STRUCT, "", 4, &[("skc_dport", u16_t, 0, 0), ("skc_num", u16_t, 16, 0)]);
         let port_union = b.aggregate(kind::UNION, "", 4, &[("skc_portpair", u32_t, 0, 0), ("", ports, 0, 0)]);
-        let addrs = b.aggregate(kind::STRUCT, "", 8, &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", const_be32, 32, 0)]);
+        let addrs =
+            b.aggregate(kind::STRUCT, "", 8, &[("skc_daddr", be32, 0, 0), ("skc_rcv_saddr", const_be32, 32, 0)]);
         let addr_union = b.aggregate(kind::UNION, "", 8, &[("skc_addrpair", u32_t, 0, 0), ("", addrs, 0, 0)]);
         let array = b.record("", kind::ARRAY, 0, false, 0);
         for value in [u8_t, u32_t, 16] {
@@ -457,7 +455,11 @@ mod tests {
         let daddr = btf.member("sock_common", "skc_daddr").unwrap();
         assert_eq!((saddr.size, daddr.size, saddr.offset), (4, 4, daddr.offset + 4), "skc_addrpair is daddr, saddr");
         let dport = btf.member("sock_common", "skc_dport").unwrap();
-        assert_eq!(btf.member("sock_common", "skc_num").unwrap().offset, dport.offset + 2, "skc_portpair is dport, num");
+        assert_eq!(
+            btf.member("sock_common", "skc_num").unwrap().offset,
+            dport.offset + 2,
+            "skc_portpair is dport, num"
+        );
         assert_eq!(btf.member("task_struct", "files").unwrap().size, 8);
     }
 }

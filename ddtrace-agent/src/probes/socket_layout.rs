@@ -2,7 +2,7 @@
 //! from the running kernel's BTF (they change between kernel builds, and our programs carry no
 //! CO-RE relocations).
 
-use ddtrace_common::SocketLayout;
+use ddtrace_common::{SocketLayout, SOCK_COMMON_READ_BYTES};
 
 use super::btf::{Btf, BtfError};
 
@@ -12,6 +12,8 @@ pub enum SocketLayoutError {
     Btf(#[from] BtfError),
     #[error("{strukt}.{member} is {actual} bytes on this kernel, expected {expected}")]
     UnexpectedSize { strukt: &'static str, member: &'static str, actual: u32, expected: u32 },
+    #[error("sock_common.{0} lies beyond the first {SOCK_COMMON_READ_BYTES} bytes the programs copy")]
+    BeyondCopy(&'static str),
 }
 
 /// Reads the layout from `/sys/kernel/btf/vmlinux`.
@@ -27,9 +29,12 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         if place.size != expected {
             return Err(SocketLayoutError::UnexpectedSize { strukt, member, actual: place.size, expected });
         }
+        if strukt == "sock_common" && (place.offset + place.size) as usize > SOCK_COMMON_READ_BYTES {
+            return Err(SocketLayoutError::BeyondCopy(member));
+        }
         Ok(place.offset)
     };
-    Ok(SocketLayout {
+    let mut layout = SocketLayout {
         known: 1,
         task_files: offset("task_struct", "files", 8)?,
         files_fdt: offset("files_struct", "fdt", 8)?,
@@ -40,11 +45,19 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         skc_family: offset("sock_common", "skc_family", 2)?,
         skc_num: offset("sock_common", "skc_num", 2)?,
         skc_rcv_saddr: offset("sock_common", "skc_rcv_saddr", 4)?,
-        skc_v6_rcv_saddr: offset("sock_common", "skc_v6_rcv_saddr", 16)?,
         skc_dport: offset("sock_common", "skc_dport", 2)?,
         skc_daddr: offset("sock_common", "skc_daddr", 4)?,
-        skc_v6_daddr: offset("sock_common", "skc_v6_daddr", 16)?,
-    })
+        skc_v6_rcv_saddr: SocketLayout::ABSENT,
+        skc_v6_daddr: SocketLayout::ABSENT,
+    };
+    // A kernel built without IPv6 has no IPv6 members: its IPv4 sockets are still read.
+    match (offset("sock_common", "skc_v6_rcv_saddr", 16), offset("sock_common", "skc_v6_daddr", 16)) {
+        (Ok(local), Ok(peer)) => (layout.skc_v6_rcv_saddr, layout.skc_v6_daddr) = (local, peer),
+        (Err(SocketLayoutError::Btf(BtfError::NoMember { .. })), _)
+        | (_, Err(SocketLayoutError::Btf(BtfError::NoMember { .. }))) => {}
+        (Err(error), _) | (_, Err(error)) => return Err(error),
+    }
+    Ok(layout)
 }
 
 #[cfg(test)]
@@ -61,5 +74,6 @@ mod tests {
         }
         assert!(layout.fdtable_fd > layout.fdtable_max_fds, "fdtable is max_fds, then fd: {layout:?}");
         assert!(layout.task_files > 0 && layout.socket_sk > 0 && layout.file_private_data > 0);
+        assert_ne!(layout.skc_v6_rcv_saddr, SocketLayout::ABSENT, "this kernel has IPv6");
     }
 }

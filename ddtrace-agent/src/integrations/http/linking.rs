@@ -82,7 +82,8 @@ impl CallerIndex {
         let Some(trace_id) = contexts.trace_id(id) else { return };
         end.waiting.retain(|&(waiting_index, tid, server)| {
             if waiting_index == index {
-                contexts.set_remote_parent(tid, server, RemoteParent { trace_id, parent_id: id });
+                let linked = contexts.set_remote_parent(tid, server, RemoteParent { trace_id, parent_id: id });
+                tracing::trace!(server, client = id, linked, "server request linked to its caller after it");
             }
             waiting_index > index
         });

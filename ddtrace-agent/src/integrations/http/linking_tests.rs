@@ -123,7 +123,8 @@ fn a_request_read_before_the_clients_write_was_seen_is_linked_when_it_is() {
     // The server woke and read before the client's system call returned and reported it.
     h.server_reads(REQUEST);
     // Work the server does at once is in the request's trace too, once linked.
-    let query = h.contexts.start(2, SERVER_TID, h.now + 10, 0x7ff0, ContextData::new("q", "t", "sql", SpanKind::Client));
+    let query =
+        h.contexts.start(2, SERVER_TID, h.now + 10, 0x7ff0, ContextData::new("q", "t", "sql", SpanKind::Client));
     h.client_writes(REQUEST);
     h.contexts.end(SERVER_TID, query, h.now + 20, |_| {});
     h.respond();
@@ -158,7 +159,8 @@ fn a_traced_client_wins_over_context_headers_and_headers_count_when_the_client_i
 #[test]
 fn a_client_span_is_the_child_of_what_the_thread_has_open_and_errors_on_a_closed_connection() {
     let mut h = Harness::new();
-    let outer = h.contexts.start(1, CLIENT_TID, 1_500, 0x7ff0, ContextData::new("job", "t", "custom", SpanKind::Internal));
+    let outer =
+        h.contexts.start(1, CLIENT_TID, 1_500, 0x7ff0, ContextData::new("job", "t", "custom", SpanKind::Internal));
     h.event(CLIENT, CLIENT_TID, SocketOp::Connected, b"");
     h.client_writes(REQUEST);
     h.event(CLIENT, CLIENT_TID, SocketOp::Closed, b"");

@@ -18,9 +18,9 @@ use std::{
     sync::Arc,
 };
 
+use super::linking::{Caller, CallerIndex};
 use super::{
-    build_http_url,
-    linking::{Caller, CallerIndex}, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
+    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
     MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
