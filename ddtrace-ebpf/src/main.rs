@@ -7,6 +7,7 @@
 #![no_main]
 
 mod sockets;
+mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

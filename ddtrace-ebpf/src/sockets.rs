@@ -87,6 +87,9 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if wanted {
+        if id != nr::ACCEPT && id != nr::ACCEPT4 && id != nr::CONNECT && id != nr::CLOSE {
+            super::tls::note_socket_io(pid_tgid, arg(&ctx, 0) as u32);
+        }
         let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1) };
         let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
     }
@@ -108,23 +111,23 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     match pending.id {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
             let _ = SOCKETS.insert(&SocketKey { tgid, fd: ret as u32 }, &socket_op::ACCEPTED, 0);
-            emit(pid_tgid, ret as u32, socket_op::ACCEPTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+            emit_connection(pid_tgid, ret as u32, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
         }
         nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             let fd = pending.fd as u32;
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
-            emit(pid_tgid, fd, socket_op::CONNECTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+            emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
         }
         nr::CLOSE if ret == 0 => {
             let fd = pending.fd as u32;
             let _ = SOCKETS.remove(&SocketKey { tgid, fd });
-            emit(pid_tgid, fd, socket_op::CLOSED, 0, AddressSource::None, 0);
+            emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
         }
         nr::READ | nr::RECVFROM if ret > 0 => {
-            emit(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, AddressSource::None, pending.pointer)
+            emit_data(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
         }
         nr::WRITE | nr::SENDTO if ret > 0 => {
-            emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, pending.pointer)
+            emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
         }
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
@@ -140,7 +143,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             };
             // Only the first buffer is copied: a request head written with writev starts there.
             let base = read_u64(iov);
-            emit(pid_tgid, pending.fd as u32, op, ret as u64, AddressSource::None, base);
+            emit_data(pid_tgid, pending.fd as u32, op, ret as u64, base, 0, 0);
         }
         _ => {}
     }
@@ -154,7 +157,7 @@ enum AddressSource {
 }
 
 #[inline(always)]
-fn read_u64(address: u64) -> u64 {
+pub(crate) fn read_u64(address: u64) -> u64 {
     if address == 0 {
         return 0;
     }
@@ -170,15 +173,16 @@ fn read_u64(address: u64) -> u64 {
     }
 }
 
+/// The event's fixed part, with no address and no data yet.
 #[inline(always)]
-fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, data: u64) {
-    let Some(event) = SOCKET_SCRATCH.get_ptr_mut(0) else { return };
-    // SAFETY: the per-CPU scratch value; tracepoint programs do not migrate while running.
+fn start_event(pid_tgid: u64, fd: u32, op: u32) -> Option<&'static mut SocketEvent> {
+    let event = SOCKET_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch value; these programs do not migrate CPU while running.
     let event = unsafe { &mut *event };
     event.header = header(event_kind::SOCKET, 0, pid_tgid);
     event.fd = fd;
     event.op = op;
-    event.length = length;
+    event.length = 0;
     event.captured_len = 0;
     event.address_family = 0;
     event.port = 0;
@@ -186,9 +190,27 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
     event.local_port = 0;
     event.flags = 0;
     event.session = 0;
+    Some(event)
+}
+
+/// Accepted, connected or closed.
+#[inline(always)]
+fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return };
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
     }
+    submit(event);
+}
+
+/// `length` bytes moved on `fd` (or, with `socket_flags::TLS`, through TLS session `session`);
+/// the first of them are copied from `data`, in the target's memory.
+#[inline(always)]
+pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+    event.length = length;
+    event.flags = flags;
+    event.session = session;
     if data != 0 && length > 0 {
         let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
@@ -206,6 +228,11 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
             event.captured_len = wanted;
         }
     }
+    submit(event);
+}
+
+#[inline(always)]
+fn submit(event: &SocketEvent) {
     let total = SOCKET_EVENT_HEADER_BYTES + (event.captured_len & MAX_SOCKET_CAPTURE as u32) as usize;
     // SAFETY: `total` never exceeds the scratch value's size.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };

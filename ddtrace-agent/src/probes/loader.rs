@@ -11,7 +11,12 @@ use aya::{
 };
 use ddtrace_common::{names, tracepoint_globals, ProbeSpec, MAX_PROBES};
 
-use super::{counters::KernelCounters, reader::EventReader, spec::ProbeDef, tracefs};
+use super::{
+    counters::KernelCounters,
+    reader::EventReader,
+    spec::{ProbeDef, ProbeKind},
+    tracefs,
+};
 
 /// Index of a probe's spec in the kernel, passed to the programs as the attach cookie.
 pub type ProbeId = u32;
@@ -73,7 +78,7 @@ impl KernelPrograms {
             }
         })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM] {
+        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM, names::TLS_EXIT_PROGRAM] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
         let specs = Array::try_from(ebpf.take_map(names::PROBE_SPECS).ok_or(ProbeError::Missing(names::PROBE_SPECS))?)
@@ -193,7 +198,11 @@ impl KernelPrograms {
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
         // Exit first: a call entered between the two attaches then has neither event, rather
         // than an entry whose exit never comes.
-        let programs = [(def.exit, names::EXIT_PROGRAM), (needs_entry, names::ENTRY_PROGRAM)];
+        let (exit_program, entry_program) = match def.kind {
+            ProbeKind::Call => (names::EXIT_PROGRAM, names::ENTRY_PROGRAM),
+            ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
+        };
+        let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         for (wanted, program) in programs {
             if !wanted {
                 continue;

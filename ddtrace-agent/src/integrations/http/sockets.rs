@@ -8,6 +8,12 @@
 //! ends with the response. A client exchange is recorded whole when its response ends, as a child
 //! of what is open on the thread then. Connections opened before the agent attached are not
 //! followed (their first bytes are mid-stream).
+//!
+//! TLS connections are followed twice: the socket's own bytes are ciphertext, which the parser
+//! recognises and ignores, and the plaintext seen at the TLS library arrives as socket activity
+//! carrying the library's session (`SSL*`). Each session is a connection of its own, tied to the
+//! socket whose fd the kernel saw it use (or, for a read served from the library's buffer, the fd
+//! the session used before), and closed with that socket.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -23,17 +29,39 @@ use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
     probes::{SocketActivity, SocketOp},
 };
+use ddtrace_common::FD_UNKNOWN;
+
+/// The byte stream a connection's parser follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stream {
+    /// What the socket carries: clear text, or ciphertext the parser ignores.
+    Socket { tgid: u32, fd: u32 },
+    /// The plaintext of a TLS session, seen at the TLS library.
+    Tls { tgid: u32, session: u64 },
+}
+
+impl Stream {
+    fn tgid(&self) -> u32 {
+        match *self {
+            Self::Socket { tgid, .. } | Self::Tls { tgid, .. } => tgid,
+        }
+    }
+}
 
 struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
+    tls: bool,
     /// Server contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
 }
 
 /// Turns the socket activity of traced processes into HTTP contexts.
 pub struct HttpOverSockets {
-    connections: HashMap<(u32, u32), Connection>,
+    connections: HashMap<Stream, Connection>,
+    /// The TLS session last seen on each socket (tgid, fd), and the reverse.
+    session_of_socket: HashMap<(u32, u32), u64>,
+    socket_of_session: HashMap<(u32, u64), u32>,
     spans: SpanShaper,
 }
 
@@ -56,6 +84,8 @@ impl HttpOverSockets {
     pub fn new(header_tags: HeaderTags) -> Self {
         Self {
             connections: HashMap::new(),
+            session_of_socket: HashMap::new(),
+            socket_of_session: HashMap::new(),
             spans: SpanShaper {
                 kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
                 header_tags,
@@ -67,17 +97,25 @@ impl HttpOverSockets {
         }
     }
 
-    /// Follows one socket system call; ended exchanges become contexts on the calling thread.
+    /// Follows one socket system call or TLS library call; ended exchanges become contexts on
+    /// the calling thread.
     pub fn on_socket(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
-        let key = (event.tgid, event.fd);
+        let socket = Stream::Socket { tgid: event.tgid, fd: event.fd };
         match event.op {
             SocketOp::Accepted | SocketOp::Connected => {
+                // A new socket on a reused fd: the old one's TLS session ended with it.
+                self.close_tls_session_of(event, contexts);
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-                self.connections.insert(key, Connection { tracker, peer: event.peer, open: VecDeque::new() });
+                let connection = Connection { tracker, peer: event.peer, tls: false, open: VecDeque::new() };
+                self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
-                let Some(connection) = self.connections.get_mut(&key) else { return };
+                let stream = match event.tls_session {
+                    Some(session) => self.tls_stream(event, session, contexts),
+                    None => socket,
+                };
+                let Some(connection) = self.connections.get_mut(&stream) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
                 let length = usize::try_from(event.length).unwrap_or(usize::MAX);
                 let seen = connection.tracker.requests_seen();
@@ -89,16 +127,65 @@ impl HttpOverSockets {
                 self.spans.finish(event, connection, contexts);
             }
             SocketOp::Closed => {
-                let Some(mut connection) = self.connections.remove(&key) else { return };
-                connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
-                self.spans.finish(event, &mut connection, contexts);
+                self.close_tls_session_of(event, contexts);
+                self.close(socket, event, contexts);
             }
         }
     }
 
+    /// The connection TLS plaintext of `session` belongs to, made on its first bytes. The
+    /// session is tied to the socket the kernel saw it use during the call, if any.
+    fn tls_stream(&mut self, event: &SocketActivity, session: u64, contexts: &mut ContextTree) -> Stream {
+        let tgid = event.tgid;
+        let stream = Stream::Tls { tgid, session };
+        let fd = if event.fd != FD_UNKNOWN { Some(event.fd) } else { self.socket_of_session.get(&(tgid, session)).copied() };
+        if let Some(fd) = fd {
+            let previous = self.session_of_socket.insert((tgid, fd), session);
+            if let Some(old) = previous.filter(|&old| old != session) {
+                // The socket carries a new session (an `SSL*` freed and another made): the old
+                // one is over.
+                self.socket_of_session.remove(&(tgid, old));
+                self.close(Stream::Tls { tgid, session: old }, event, contexts);
+            }
+            self.socket_of_session.insert((tgid, session), fd);
+        }
+        if !self.connections.contains_key(&stream) {
+            let socket = fd.and_then(|fd| self.connections.get(&Stream::Socket { tgid, fd }));
+            // The socket's side when the kernel saw it accepted or connected; else who spoke
+            // first: in HTTP/1.x the client does.
+            let role = match socket {
+                Some(socket) => socket.tracker.role(),
+                None if event.op == SocketOp::Sent => Role::Client,
+                None => Role::Server,
+            };
+            let peer = socket.and_then(|socket| socket.peer);
+            let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
+            self.connections.insert(stream, Connection { tracker, peer, tls: true, open: VecDeque::new() });
+        }
+        stream
+    }
+
+    /// The socket of `event` closed (or was replaced): so did its TLS session.
+    fn close_tls_session_of(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
+        let tgid = event.tgid;
+        if let Some(session) = self.session_of_socket.remove(&(tgid, event.fd)) {
+            self.socket_of_session.remove(&(tgid, session));
+            self.close(Stream::Tls { tgid, session }, event, contexts);
+        }
+    }
+
+    /// Ends `stream`: exchanges still waiting for their response end as the parser says.
+    fn close(&mut self, stream: Stream, event: &SocketActivity, contexts: &mut ContextTree) {
+        let Some(mut connection) = self.connections.remove(&stream) else { return };
+        connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
+        self.spans.finish(event, &mut connection, contexts);
+    }
+
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
-        self.connections.retain(|(pid, _), _| *pid != tgid);
+        self.connections.retain(|stream, _| stream.tgid() != tgid);
+        self.session_of_socket.retain(|(pid, _), _| *pid != tgid);
+        self.socket_of_session.retain(|(pid, _), _| *pid != tgid);
     }
 }
 
@@ -116,7 +203,7 @@ impl SpanShaper {
                 .propagation
                 .extract(&head.headers)
                 .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
-            let data = self.request_data(head, Role::Server, connection.peer);
+            let data = self.request_data(head, Role::Server, connection);
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
@@ -136,7 +223,7 @@ impl SpanShaper {
                     continue;
                 }
             }
-            let mut data = self.request_data(&exchange.request, role, connection.peer);
+            let mut data = self.request_data(&exchange.request, role, connection);
             add_response(&mut data, &exchange, role, &self.header_tags);
             contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
         }
@@ -145,8 +232,9 @@ impl SpanShaper {
     }
 
     /// The request's context with its allow-listed headers.
-    fn request_data(&self, request: &MessageHead, role: Role, peer: Option<SocketAddr>) -> ContextData {
-        let mut data = request_data(request, role, peer, &self.obfuscator);
+    fn request_data(&self, request: &MessageHead, role: Role, connection: &Connection) -> ContextData {
+        let scheme = if connection.tls { "https" } else { "http" };
+        let mut data = request_data(request, role, scheme, connection.peer, &self.obfuscator);
         data.meta.extend(self.header_tags.request_tags(&request.headers));
         data
     }
@@ -156,6 +244,7 @@ impl SpanShaper {
 fn request_data(
     request: &MessageHead,
     role: Role,
+    scheme: &str,
     peer: Option<SocketAddr>,
     obfuscator: &QueryObfuscator,
 ) -> ContextData {
@@ -176,7 +265,7 @@ fn request_data(
     let mut data = ContextData::new("http.request", "http", span_type, kind)
         .with_resource(resource_name(method, target))
         .with_meta("http.method", method)
-        .with_meta("http.url", build_http_url("http", &host, port, target, obfuscator));
+        .with_meta("http.url", build_http_url(scheme, &host, port, target, obfuscator));
     if let Some(agent) = request.header("user-agent") {
         data = data.with_meta("http.useragent", agent);
     }
