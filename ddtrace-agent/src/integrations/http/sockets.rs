@@ -306,3 +306,7 @@ fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role, header_
         data.error = Some(ContextError { kind: "HTTPError".to_string(), message });
     }
 }
+
+#[cfg(test)]
+#[path = "sockets_tls_tests.rs"]
+mod tls_tests;
