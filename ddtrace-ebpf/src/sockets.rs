@@ -36,8 +36,13 @@ mod nr {
 
 const EINPROGRESS: i64 = 115;
 
-/// Sockets of tracked processes: accepted or connected since the daemon attached. LRU, so a
-/// close the program missed (a process killed mid-call) never fills it.
+/// Bit of a `SOCKETS` value: a TLS library call read or wrote this socket, so the reads and
+/// writes on it are ciphertext and are not reported.
+const SOCKET_CARRIES_TLS: u32 = 1 << 16;
+
+/// Sockets of tracked processes: accepted or connected since the daemon attached, with their
+/// `socket_op` (ACCEPTED or CONNECTED) and [`SOCKET_CARRIES_TLS`]. LRU, so a close the program
+/// missed (a process killed mid-call) never fills it.
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<SocketKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
@@ -80,16 +85,25 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::SENDMSG
         | nr::RECVMSG
         | nr::CLOSE => {
-            let key = SocketKey { tgid, fd: arg(&ctx, 0) as u32 };
-            // SAFETY: the value is not kept.
-            unsafe { SOCKETS.get(&key) }.is_some()
+            let fd = arg(&ctx, 0) as u32;
+            let key = SocketKey { tgid, fd };
+            match SOCKETS.get_ptr_mut(&key) {
+                None => false,
+                Some(_) if id == nr::CLOSE => true,
+                // SAFETY: points into this socket's map value; a race with another thread of
+                // the process on the same fd can at worst cost one event.
+                Some(state) => unsafe {
+                    if super::tls::note_socket_io(pid_tgid, fd) {
+                        *state |= SOCKET_CARRIES_TLS;
+                    }
+                    // Its ciphertext is of no use: the plaintext comes from the TLS probes.
+                    *state & SOCKET_CARRIES_TLS == 0
+                },
+            }
         }
         _ => false,
     };
     if wanted {
-        if id != nr::ACCEPT && id != nr::ACCEPT4 && id != nr::CONNECT && id != nr::CLOSE {
-            super::tls::note_socket_io(pid_tgid, arg(&ctx, 0) as u32);
-        }
         let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1) };
         let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
     }

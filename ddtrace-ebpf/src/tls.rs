@@ -68,11 +68,15 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
 }
 
 /// A tracked thread reads or writes socket `fd`: if it is inside a TLS call, that call's
-/// plaintext belongs to this socket.
+/// plaintext belongs to this socket. Returns whether it is.
 #[inline(always)]
-pub fn note_socket_io(pid_tgid: u64, fd: u32) {
-    if let Some(call) = TLS_CALLS.get_ptr_mut(&pid_tgid) {
-        // SAFETY: points into the map's value for this thread, which only this thread writes.
-        unsafe { (*call).fd = fd };
+pub fn note_socket_io(pid_tgid: u64, fd: u32) -> bool {
+    match TLS_CALLS.get_ptr_mut(&pid_tgid) {
+        Some(call) => {
+            // SAFETY: points into the map's value for this thread, which only this thread writes.
+            unsafe { (*call).fd = fd };
+            true
+        }
+        None => false,
     }
 }
