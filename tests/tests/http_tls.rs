@@ -51,15 +51,26 @@ fn https_server_requests_from_curl_become_web_spans() {
         .output()
         .expect("curl runs");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "200\n503\n404\n", "{output:?}");
+    // A caller that kept its trace (user keep) and propagated it with Datadog headers.
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&certificate.cert)
+        .args(["-H", "x-datadog-trace-id: 555", "-H", "x-datadog-parent-id: 66"])
+        .args(["-H", "x-datadog-sampling-priority: 2", "-H", "x-datadog-origin: synthetics"])
+        .args(["-H", "x-datadog-tags: _dd.p.dm=-4", &format!("{base}/users/43")])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200", "{output:?}");
 
-    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 3);
+    agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 4);
     std::thread::sleep(Duration::from_millis(1500));
     let spans = agent.spans().into_iter().filter(|s| s["name"] == "http.request").collect::<Vec<_>>();
     let mut resources: Vec<&str> = spans.iter().filter_map(|s| s["resource"].as_str()).collect();
     resources.sort();
     // One span per request, none from the ciphertext the socket carried.
-    assert_eq!(resources, ["GET /fail", "GET /missing/?", "GET /users/?"], "{spans:#?}\n{}", daemon.stderr_text());
-    let ok = spans.iter().find(|s| s["resource"] == "GET /users/?").unwrap();
+    let expected = ["GET /fail", "GET /missing/?", "GET /users/?", "GET /users/?"];
+    assert_eq!(resources, expected, "{spans:#?}\n{}", daemon.stderr_text());
+    let ok = spans.iter().find(|s| s["resource"] == "GET /users/?" && s["trace_id"] != 555).unwrap();
     assert_eq!(ok["type"], "web");
     assert_eq!(ok["service"], "tls-server");
     assert_eq!(meta(ok, "span.kind"), "server");
@@ -75,6 +86,12 @@ fn https_server_requests_from_curl_become_web_spans() {
     assert!(is_error(fail), "a 5xx is a server error: {fail:#}");
     let missing = spans.iter().find(|s| s["resource"] == "GET /missing/?").unwrap();
     assert!(!is_error(missing), "a 404 is not a server error: {missing:#}");
+    // The caller's trace is continued, with its sampling decision, origin and propagated tags.
+    let continued = spans.iter().find(|s| s["trace_id"] == 555).expect("the request with Datadog headers");
+    assert_eq!(continued["parent_id"], 66);
+    assert_eq!(continued["metrics"]["_sampling_priority_v1"], 2.0);
+    assert_eq!(meta(continued, "_dd.origin"), "synthetics");
+    assert_eq!(meta(continued, "_dd.p.dm"), "-4");
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());

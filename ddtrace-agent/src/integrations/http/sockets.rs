@@ -22,8 +22,8 @@ use std::{
 };
 
 use super::{
-    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
-    MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
+    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, ExtractedContext,
+    HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
@@ -199,11 +199,12 @@ impl SpanShaper {
         contexts: &mut ContextTree,
     ) {
         for head in connection.tracker.latest_requests(started) {
-            let remote = self
-                .propagation
-                .extract(&head.headers)
-                .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id });
-            let data = self.request_data(head, Role::Server, connection);
+            let caller = self.propagation.extract(&head.headers);
+            let remote = caller.as_ref().map(|c| RemoteParent { trace_id: c.trace_id, parent_id: c.parent_id });
+            let mut data = self.request_data(head, Role::Server, connection);
+            if let Some(caller) = caller {
+                continue_callers_decision(&mut data, caller);
+            }
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
@@ -284,6 +285,19 @@ fn request_data(
         }
     }
     data
+}
+
+/// The caller's part of the trace that travels with it, on the local root as dd-trace-py puts it:
+/// its sampling decision (kept as is: every service of a trace keeps or drops it together), its
+/// origin, and its propagated `_dd.p.*` tags.
+fn continue_callers_decision(data: &mut ContextData, caller: ExtractedContext) {
+    if let Some(priority) = caller.sampling_priority {
+        data.metrics.insert("_sampling_priority_v1".to_string(), f64::from(priority));
+    }
+    if let Some(origin) = caller.origin {
+        data.meta.insert("_dd.origin".to_string(), origin);
+    }
+    data.meta.extend(caller.tags);
 }
 
 /// What the response adds: the status, and the error for a connection that closed without an
