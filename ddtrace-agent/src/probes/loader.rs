@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -9,7 +9,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, tracepoint_globals, ProbeSpec, MAX_PROBES};
+use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, SocketKey, MAX_PROBES};
 
 use super::{
     counters::KernelCounters,
@@ -51,6 +51,7 @@ pub struct KernelPrograms {
     specs: Array<MapData, ProbeSpec>,
     tracked: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    sockets: HashMap<MapData, SocketKey, u32>,
     /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     next_probe_id: ProbeId,
@@ -90,7 +91,9 @@ impl KernelPrograms {
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let mut programs = Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 };
+        let sockets = HashMap::try_from(ebpf.take_map(names::SOCKETS).ok_or(ProbeError::Missing(names::SOCKETS))?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut programs = Self { ebpf, specs, tracked, counters, sockets, logger, next_probe_id: 0 };
         programs.attach_syscall_tracepoints()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints()?,
@@ -175,6 +178,15 @@ impl KernelPrograms {
         let bit = 1u64 << (tgid % 64);
         let word = if tracked { word | bit } else { word & !bit };
         self.tracked.set(index, word, 0).map_err(map_error)
+    }
+
+    /// Tells the socket programs that `fd` of process `tgid` is a TCP connection it already had
+    /// when the agent attached (they otherwise learn sockets from accept and connect only).
+    pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
+        let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
+        self.sockets
+            .insert(SocketKey { tgid, fd }, side, 0)
+            .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 
     /// Attaches `def` at `file_offset` of `path` and returns the probe id its events carry.

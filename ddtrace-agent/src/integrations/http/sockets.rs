@@ -22,7 +22,7 @@ use std::{
 };
 
 use super::{
-    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, ExtractedContext,
+    build_http_url, resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome, ExtractedContext,
     HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
@@ -52,6 +52,9 @@ struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
     tls: bool,
+    /// False for a connection found open at attach, until a request starts a read (server) or a
+    /// write (client): what came before was the middle of a message.
+    in_step: bool,
     /// Server contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
 }
@@ -107,7 +110,7 @@ impl HttpOverSockets {
                 self.close_tls_session_of(event, contexts);
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-                let connection = Connection { tracker, peer: event.peer, tls: false, open: VecDeque::new() };
+                let connection = Connection { tracker, peer: event.peer, tls: false, in_step: true, open: VecDeque::new() };
                 self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
@@ -117,6 +120,13 @@ impl HttpOverSockets {
                 };
                 let Some(connection) = self.connections.get_mut(&stream) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
+                if !connection.in_step {
+                    let requests_go = if connection.tracker.role() == Role::Server { Direction::Read } else { Direction::Write };
+                    if direction != requests_go || !starts_request(&event.data) {
+                        return;
+                    }
+                    connection.in_step = true;
+                }
                 let length = usize::try_from(event.length).unwrap_or(usize::MAX);
                 let seen = connection.tracker.requests_seen();
                 connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.spans.exchanges);
@@ -131,6 +141,15 @@ impl HttpOverSockets {
                 self.close(socket, event, contexts);
             }
         }
+    }
+
+    /// Follows a connection the process had open before the agent attached (the kernel was told
+    /// of its fd too). Its first message seen is the first request that starts a read or write.
+    pub fn adopt(&mut self, tgid: u32, fd: u32, accepted: bool, peer: SocketAddr) {
+        let role = if accepted { Role::Server } else { Role::Client };
+        let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
+        let connection = Connection { tracker, peer: Some(peer), tls: false, in_step: false, open: VecDeque::new() };
+        self.connections.insert(Stream::Socket { tgid, fd }, connection);
     }
 
     /// The connection TLS plaintext of `session` belongs to, made on its first bytes. The
@@ -160,7 +179,7 @@ impl HttpOverSockets {
             };
             let peer = socket.and_then(|socket| socket.peer);
             let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-            self.connections.insert(stream, Connection { tracker, peer, tls: true, open: VecDeque::new() });
+            self.connections.insert(stream, Connection { tracker, peer, tls: true, in_step: true, open: VecDeque::new() });
         }
         stream
     }
