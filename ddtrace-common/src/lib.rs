@@ -39,6 +39,12 @@ pub mod probe_flags {
     /// negative for "up to the NUL"): SQL handed over with a length need not be NUL-terminated,
     /// and the capture must not run into the memory after it.
     pub const CAPTURE_LENGTH_ARG: u32 = 1 << 3;
+    /// A TLS data probe (`ddtrace_tls_entry`/`ddtrace_tls_exit`) on a function that sends
+    /// plaintext (`SSL_write`); without it, one that receives (`SSL_read`).
+    pub const TLS_WRITE: u32 = 1 << 4;
+    /// A TLS data probe on an `_ex` form: it returns 1 on success and the byte count through the
+    /// `size_t *` of argument 3.
+    pub const TLS_LENGTH_OUT: u32 = 1 << 5;
 }
 
 /// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`
@@ -140,6 +146,22 @@ pub struct SocketEvent {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketKey {
     pub tgid: u32,
+    pub fd: u32,
+}
+
+/// A TLS library call in flight (`SSL_read`, `SSL_write`, ...), saved at entry for its exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL*`.
+    pub session: u64,
+    /// The plaintext buffer.
+    pub buffer: u64,
+    /// `_ex` forms: where the library writes the byte count.
+    pub length_out: u64,
+    /// The probe's [`probe_flags`].
+    pub flags: u32,
+    /// The socket the call read or wrote during the call, else [`FD_UNKNOWN`].
     pub fd: u32,
 }
 
@@ -391,6 +413,8 @@ pub mod names {
     pub const CPU_SAMPLE_PROGRAM: &str = "ddtrace_cpu_sample";
     pub const SYSCALL_ENTER_PROGRAM: &str = "ddtrace_syscall_enter";
     pub const SYSCALL_EXIT_PROGRAM: &str = "ddtrace_syscall_exit";
+    pub const TLS_ENTRY_PROGRAM: &str = "ddtrace_tls_entry";
+    pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";
     pub const SOCKETS: &str = "SOCKETS";
     /// The [`super::SocketLayout`] global.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";

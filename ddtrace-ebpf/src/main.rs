@@ -8,6 +8,7 @@
 
 mod socket_addresses;
 mod sockets;
+mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

@@ -36,8 +36,13 @@ mod nr {
 
 const EINPROGRESS: i64 = 115;
 
-/// Sockets of tracked processes: accepted or connected since the daemon attached. LRU, so a
-/// close the program missed (a process killed mid-call) never fills it.
+/// Bit of a `SOCKETS` value: a TLS library call read or wrote this socket, so the reads and
+/// writes on it are ciphertext and are not reported.
+const SOCKET_CARRIES_TLS: u32 = 1 << 16;
+
+/// Sockets of tracked processes: accepted or connected since the daemon attached, with their
+/// `socket_op` (ACCEPTED or CONNECTED) and [`SOCKET_CARRIES_TLS`]. LRU, so a close the program
+/// missed (a process killed mid-call) never fills it.
 #[map(name = "SOCKETS")]
 static SOCKETS: LruHashMap<SocketKey, u32> = LruHashMap::with_max_entries(65536, 0);
 
@@ -80,9 +85,21 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::SENDMSG
         | nr::RECVMSG
         | nr::CLOSE => {
-            let key = SocketKey { tgid, fd: arg(&ctx, 0) as u32 };
-            // SAFETY: the value is not kept.
-            unsafe { SOCKETS.get(&key) }.is_some()
+            let fd = arg(&ctx, 0) as u32;
+            let key = SocketKey { tgid, fd };
+            match SOCKETS.get_ptr_mut(&key) {
+                None => false,
+                Some(_) if id == nr::CLOSE => true,
+                // SAFETY: points into this socket's map value; a race with another thread of
+                // the process on the same fd can at worst cost one event.
+                Some(state) => unsafe {
+                    if super::tls::note_socket_io(pid_tgid, fd) {
+                        *state |= SOCKET_CARRIES_TLS;
+                    }
+                    // Its ciphertext is of no use: the plaintext comes from the TLS probes.
+                    *state & SOCKET_CARRIES_TLS == 0
+                },
+            }
         }
         _ => false,
     };
@@ -108,23 +125,23 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     match pending.id {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
             let _ = SOCKETS.insert(&SocketKey { tgid, fd: ret as u32 }, &socket_op::ACCEPTED, 0);
-            emit(pid_tgid, ret as u32, socket_op::ACCEPTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+            emit_connection(pid_tgid, ret as u32, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
         }
         nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             let fd = pending.fd as u32;
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
-            emit(pid_tgid, fd, socket_op::CONNECTED, 0, AddressSource::SockAddr(pending.pointer), 0);
+            emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
         }
         nr::CLOSE if ret == 0 => {
             let fd = pending.fd as u32;
             let _ = SOCKETS.remove(&SocketKey { tgid, fd });
-            emit(pid_tgid, fd, socket_op::CLOSED, 0, AddressSource::None, 0);
+            emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
         }
         nr::READ | nr::RECVFROM if ret > 0 => {
-            emit(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, AddressSource::None, pending.pointer)
+            emit_data(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
         }
         nr::WRITE | nr::SENDTO if ret > 0 => {
-            emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, pending.pointer)
+            emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
         }
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
@@ -140,7 +157,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             };
             // Only the first buffer is copied: a request head written with writev starts there.
             let base = read_u64(iov);
-            emit(pid_tgid, pending.fd as u32, op, ret as u64, AddressSource::None, base);
+            emit_data(pid_tgid, pending.fd as u32, op, ret as u64, base, 0, 0);
         }
         _ => {}
     }
@@ -154,7 +171,7 @@ enum AddressSource {
 }
 
 #[inline(always)]
-fn read_u64(address: u64) -> u64 {
+pub(crate) fn read_u64(address: u64) -> u64 {
     if address == 0 {
         return 0;
     }
@@ -170,15 +187,16 @@ fn read_u64(address: u64) -> u64 {
     }
 }
 
+/// The event's fixed part, with no address and no data yet.
 #[inline(always)]
-fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, data: u64) {
-    let Some(event) = SOCKET_SCRATCH.get_ptr_mut(0) else { return };
-    // SAFETY: the per-CPU scratch value; tracepoint programs do not migrate while running.
+fn start_event(pid_tgid: u64, fd: u32, op: u32) -> Option<&'static mut SocketEvent> {
+    let event = SOCKET_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch value; these programs do not migrate CPU while running.
     let event = unsafe { &mut *event };
     event.header = header(event_kind::SOCKET, 0, pid_tgid);
     event.fd = fd;
     event.op = op;
-    event.length = length;
+    event.length = 0;
     event.captured_len = 0;
     event.address_family = 0;
     event.port = 0;
@@ -186,12 +204,30 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
     event.local_port = 0;
     event.flags = 0;
     event.session = 0;
+    Some(event)
+}
+
+/// Accepted, connected or closed.
+#[inline(always)]
+fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return };
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
         // After `read_peer`: the kernel's socket gives the peer only when the call did not.
         // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
         socket_addresses::read_from_kernel(event, fd);
     }
+    submit(event);
+}
+
+/// `length` bytes moved on `fd` (or, with `socket_flags::TLS`, through TLS session `session`);
+/// the first of them are copied from `data`, in the target's memory.
+#[inline(always)]
+pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+    event.length = length;
+    event.flags = flags;
+    event.session = session;
     if data != 0 && length > 0 {
         let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
@@ -209,6 +245,11 @@ fn emit(pid_tgid: u64, fd: u32, op: u32, length: u64, address: AddressSource, da
             event.captured_len = wanted;
         }
     }
+    submit(event);
+}
+
+#[inline(always)]
+fn submit(event: &SocketEvent) {
     let total = SOCKET_EVENT_HEADER_BYTES + (event.captured_len & MAX_SOCKET_CAPTURE as u32) as usize;
     // SAFETY: `total` never exceeds the scratch value's size.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };

@@ -8,6 +8,7 @@ pub mod profiles;
 pub mod target_app;
 pub mod telemetry;
 pub mod test_agent;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -131,6 +131,10 @@ impl Instrumenter {
         &self.programs
     }
 
+    pub fn programs_mut(&mut self) -> &mut KernelPrograms {
+        &mut self.programs
+    }
+
     /// Starts tracing `process`: lets it through the kernel filter, attaches every integration
     /// whose library it maps, and watches the dynamic linker for libraries loaded later.
     pub fn instrument(&mut self, process: Process) -> Result<Vec<AttachOutcome>, InstrumentError> {

@@ -31,7 +31,7 @@ use crate::{
         tracing::{TraceTags, TracingSettings},
         ProductConfig, ProductInputs, ProductManager, SharedSummary,
     },
-    target::{descendants, read_environ, ExitWatch, Process},
+    target::{descendants, open_tcp_connections, read_environ, ConnectionSide, ExitWatch, Process},
 };
 
 /// Why the run ended.
@@ -207,6 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
     }
     let mut http = HttpOverSockets::new(header_tags);
+    adopt_open_connections(&mut instrumenter, &mut http);
     let mut root_exit_seen = false;
     let reason = loop {
         tokio::select! {
@@ -291,6 +292,27 @@ fn daemon_config(config: &Config) -> ProductConfig {
 fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
     for outcome in outcomes {
         eprintln!("ddtrace-agent: {outcome}");
+    }
+}
+
+/// Keep-alive connections the traced processes already had (from a load balancer, to their
+/// upstreams) are followed from their next request on, not only those opened after attach.
+fn adopt_open_connections(instrumenter: &mut Instrumenter, http: &mut HttpOverSockets) {
+    let mut adopted = 0;
+    for pid in instrumenter.process_ids() {
+        for connection in open_tcp_connections(pid) {
+            let accepted = connection.side == ConnectionSide::Accepted;
+            match instrumenter.programs_mut().adopt_socket(pid, connection.fd, accepted) {
+                Ok(()) => {
+                    http.adopt(pid, connection.fd, accepted, connection.peer);
+                    adopted += 1;
+                }
+                Err(error) => tracing::warn!(%error, pid, "an open connection will not be followed"),
+            }
+        }
+    }
+    if adopted > 0 {
+        eprintln!("ddtrace-agent: http: following {adopted} TCP connections already open, from their next request");
     }
 }
 

@@ -3,6 +3,7 @@
 //! It knows nothing of products: it only talks to `core`.
 
 pub mod http;
+mod openssl;
 mod sqlite;
 mod sqlite_layout;
 mod sqlite_text;
@@ -20,7 +21,7 @@ pub use traced_function::{TracedFunction, TracedFunctionError};
 
 /// Every library integration this agent has: the one place to add one.
 pub fn all() -> Vec<Box<dyn Integration>> {
-    vec![Box::new(sqlite::SqliteIntegration::default())]
+    vec![Box::new(sqlite::SqliteIntegration::default()), Box::new(openssl::OpenSslIntegration)]
 }
 
 /// Which mapped files an integration instruments.

@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
@@ -9,10 +9,14 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, tracepoint_globals, ProbeSpec, MAX_PROBES};
+use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, SocketKey, MAX_PROBES};
 
 use super::{
-    counters::KernelCounters, reader::EventReader, socket_layout::socket_layout_from_kernel, spec::ProbeDef, tracefs,
+    counters::KernelCounters,
+    reader::EventReader,
+    socket_layout::socket_layout_from_kernel,
+    spec::{ProbeDef, ProbeKind},
+    tracefs,
 };
 
 /// Index of a probe's spec in the kernel, passed to the programs as the attach cookie.
@@ -48,6 +52,7 @@ pub struct KernelPrograms {
     specs: Array<MapData, ProbeSpec>,
     tracked: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    sockets: HashMap<MapData, SocketKey, u32>,
     /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     next_probe_id: ProbeId,
@@ -83,7 +88,7 @@ impl KernelPrograms {
             }
         })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM] {
+        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM, names::TLS_EXIT_PROGRAM] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
         let specs = Array::try_from(ebpf.take_map(names::PROBE_SPECS).ok_or(ProbeError::Missing(names::PROBE_SPECS))?)
@@ -95,7 +100,9 @@ impl KernelPrograms {
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let mut programs = Self { ebpf, specs, tracked, counters, logger, next_probe_id: 0 };
+        let sockets = HashMap::try_from(ebpf.take_map(names::SOCKETS).ok_or(ProbeError::Missing(names::SOCKETS))?)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let mut programs = Self { ebpf, specs, tracked, counters, sockets, logger, next_probe_id: 0 };
         programs.attach_syscall_tracepoints()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints()?,
@@ -182,6 +189,15 @@ impl KernelPrograms {
         self.tracked.set(index, word, 0).map_err(map_error)
     }
 
+    /// Tells the socket programs that `fd` of process `tgid` is a TCP connection it already had
+    /// when the agent attached (they otherwise learn sockets from accept and connect only).
+    pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
+        let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
+        self.sockets
+            .insert(SocketKey { tgid, fd }, side, 0)
+            .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
+    }
+
     /// Attaches `def` at `file_offset` of `path` and returns the probe id its events carry.
     ///
     /// The uprobe fires for every process that maps the file; the in-kernel bitmap keeps the
@@ -203,7 +219,11 @@ impl KernelPrograms {
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
         // Exit first: a call entered between the two attaches then has neither event, rather
         // than an entry whose exit never comes.
-        let programs = [(def.exit, names::EXIT_PROGRAM), (needs_entry, names::ENTRY_PROGRAM)];
+        let (exit_program, entry_program) = match def.kind {
+            ProbeKind::Call => (names::EXIT_PROGRAM, names::ENTRY_PROGRAM),
+            ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
+        };
+        let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         for (wanted, program) in programs {
             if !wanted {
                 continue;

@@ -17,4 +17,4 @@ pub use event::{
 };
 pub use loader::{KernelPrograms, ProbeError, ProbeId};
 pub use reader::EventReader;
-pub use spec::{Capture, ProbeDef};
+pub use spec::{Capture, ProbeDef, ProbeKind};

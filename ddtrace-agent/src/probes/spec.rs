@@ -8,6 +8,22 @@ pub enum Capture {
     StringArg(u32),
 }
 
+/// Which kernel programs a probe runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// The generic entry/exit programs: arguments, captures and return values for the
+    /// integration's own events.
+    Call,
+    /// The TLS data programs: the plaintext a TLS library function (`SSL_read(ssl, buf, num)`
+    /// and its kin) moved, as socket activity of the connection it belongs to.
+    TlsData {
+        /// The function sends plaintext (`SSL_write`) rather than receives it.
+        sends: bool,
+        /// The `_ex` form: returns 1 on success and the byte count through argument 3.
+        length_out: bool,
+    },
+}
+
 /// One function an integration probes, and how.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeDef {
@@ -25,6 +41,7 @@ pub struct ProbeDef {
     pub urgent: bool,
     /// Without this symbol the integration cannot work on that library.
     pub required: bool,
+    pub kind: ProbeKind,
 }
 
 impl ProbeDef {
@@ -39,7 +56,15 @@ impl ProbeDef {
             capture_length_arg: None,
             urgent: false,
             required: false,
+            kind: ProbeKind::Call,
         }
+    }
+
+    /// A TLS data probe (entry and exit) on `symbol`: see [`ProbeKind::TlsData`].
+    pub const fn tls_data(symbol: &'static str, sends: bool, length_out: bool) -> Self {
+        let mut def = Self::entry(symbol).with_exit();
+        def.kind = ProbeKind::TlsData { sends, length_out };
+        def
     }
 
     pub const fn with_exit(mut self) -> Self {
@@ -90,6 +115,14 @@ impl ProbeDef {
         if self.urgent {
             spec.flags |= probe_flags::WAKE_READER;
         }
+        if let ProbeKind::TlsData { sends, length_out } = self.kind {
+            if sends {
+                spec.flags |= probe_flags::TLS_WRITE;
+            }
+            if length_out {
+                spec.flags |= probe_flags::TLS_LENGTH_OUT;
+            }
+        }
         spec
     }
 }
@@ -104,5 +137,13 @@ mod tests {
         let spec = def.kernel_spec();
         assert_eq!(spec.flags, probe_flags::CAPTURE_STRING | probe_flags::READ_OUT_POINTER_AT_EXIT);
         assert_eq!((spec.capture_arg, spec.out_arg), (1, 3));
+    }
+
+    #[test]
+    fn tls_data_probes_say_direction_and_length_form() {
+        let write_ex = ProbeDef::tls_data("SSL_write_ex", true, true);
+        assert!(write_ex.entry && write_ex.exit);
+        assert_eq!(write_ex.kernel_spec().flags, probe_flags::TLS_WRITE | probe_flags::TLS_LENGTH_OUT);
+        assert_eq!(ProbeDef::tls_data("SSL_read", false, false).kernel_spec().flags, 0);
     }
 }

@@ -8,10 +8,12 @@ mod exit_watch;
 mod maps;
 pub mod memory;
 mod process;
+mod sockets;
 mod tree;
 
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
+pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};
 pub use tree::{descendants, is_process};

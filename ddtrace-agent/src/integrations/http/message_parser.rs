@@ -776,6 +776,12 @@ fn version_prefix_ok(v: &[u8], complete: bool) -> bool {
 /// Whether a segment plausibly starts a message, to resynchronise on. Stricter than the start
 /// line check: a body that happens to start with a token and a space must not pass, so the
 /// method must be a registered one.
+/// Whether `bytes` (the start of a read or write) can be the start of a request: where a parser
+/// joining a connection mid-stream can begin.
+pub fn starts_request(bytes: &[u8]) -> bool {
+    starts_message(MessageKind::Request, bytes)
+}
+
 fn starts_message(kind: MessageKind, bytes: &[u8]) -> bool {
     match kind {
         MessageKind::Response => bytes.starts_with(b"HTTP/1.") || (bytes.len() < 7 && b"HTTP/1.".starts_with(bytes)),

@@ -26,8 +26,8 @@ pub mod url;
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
 pub use headers::{HeaderTagError, HeaderTags, KeptHeaders};
 pub use message_parser::{
-    BodyFraming, HeadCompleteness, Header, HttpVersion, IgnoreReason, MessageHead, MessageKind, MessageParser,
-    ParseEvent, ParserLimits, ParserStats, StartLine,
+    starts_request, BodyFraming, HeadCompleteness, Header, HttpVersion, IgnoreReason, MessageHead, MessageKind,
+    MessageParser, ParseEvent, ParserLimits, ParserStats, StartLine,
 };
 pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
 pub use resource::{quantize_path, resource_name};

@@ -11,6 +11,12 @@
 //! traced processes, the server's context continues the client's (see [`super::linking`]).
 //! Connections opened before the agent attached are not followed (their first bytes are
 //! mid-stream).
+//!
+//! TLS connections are followed twice: the socket's own bytes are ciphertext, which the parser
+//! recognises and ignores, and the plaintext seen at the TLS library arrives as socket activity
+//! carrying the library's session (`SSL*`). Each session is a connection of its own, tied to the
+//! socket whose fd the kernel saw it use (or, for a read served from the library's buffer, the fd
+//! the session used before), and closed with that socket.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,26 +26,51 @@ use std::{
 
 use super::linking::{Caller, CallerIndex};
 use super::{
-    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
-    MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
+    build_http_url, resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome,
+    ExtractedContext, HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
     probes::{SocketActivity, SocketOp},
 };
+use ddtrace_common::FD_UNKNOWN;
+
+/// The byte stream a connection's parser follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Stream {
+    /// What the socket carries: clear text, or ciphertext the parser ignores.
+    Socket { tgid: u32, fd: u32 },
+    /// The plaintext of a TLS session, seen at the TLS library.
+    Tls { tgid: u32, session: u64 },
+}
+
+impl Stream {
+    fn tgid(&self) -> u32 {
+        match *self {
+            Self::Socket { tgid, .. } | Self::Tls { tgid, .. } => tgid,
+        }
+    }
+}
 
 struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
     /// This end's address, when the kernel could read it.
     local: Option<SocketAddr>,
+    tls: bool,
+    /// False for a connection found open at attach, until a request starts a read (server) or a
+    /// write (client): what came before was the middle of a message.
+    in_step: bool,
     /// Contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
 }
 
 /// Turns the socket activity of traced processes into HTTP contexts.
 pub struct HttpOverSockets {
-    connections: HashMap<(u32, u32), Connection>,
+    connections: HashMap<Stream, Connection>,
+    /// The TLS session last seen on each socket (tgid, fd), and the reverse.
+    session_of_socket: HashMap<(u32, u32), u64>,
+    socket_of_session: HashMap<(u32, u64), u32>,
     spans: SpanShaper,
     callers: CallerIndex,
 }
@@ -63,6 +94,8 @@ impl HttpOverSockets {
     pub fn new(header_tags: HeaderTags) -> Self {
         Self {
             connections: HashMap::new(),
+            session_of_socket: HashMap::new(),
+            socket_of_session: HashMap::new(),
             spans: SpanShaper {
                 kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
                 header_tags,
@@ -75,22 +108,38 @@ impl HttpOverSockets {
         }
     }
 
-    /// Follows one socket system call; ended exchanges become contexts on the calling thread.
+    /// Follows one socket system call or TLS library call; ended exchanges become contexts on
+    /// the calling thread.
     pub fn on_socket(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
-        let key = (event.tgid, event.fd);
+        let socket = Stream::Socket { tgid: event.tgid, fd: event.fd };
         match event.op {
             SocketOp::Accepted | SocketOp::Connected => {
+                // A new socket on a reused fd: the old one's TLS session ended with it.
+                self.close_tls_session_of(event, contexts);
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
                 let (peer, local) = (event.peer, event.local);
                 if let (Role::Client, Some(local)) = (role, local) {
-                    self.callers.client_connected(key, local, peer);
+                    self.callers.client_connected((event.tgid, event.fd), local, peer);
                 }
-                self.connections.insert(key, Connection { tracker, peer, local, open: VecDeque::new() });
+                let connection = Connection { tracker, peer, local, tls: false, in_step: true, open: VecDeque::new() };
+                self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
-                let Some(connection) = self.connections.get_mut(&key) else { return };
+                let stream = match event.tls_session {
+                    Some(session) => self.tls_stream(event, session, contexts),
+                    None => socket,
+                };
+                let Some(connection) = self.connections.get_mut(&stream) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
+                if !connection.in_step {
+                    let requests_go =
+                        if connection.tracker.role() == Role::Server { Direction::Read } else { Direction::Write };
+                    if direction != requests_go || !starts_request(&event.data) {
+                        return;
+                    }
+                    connection.in_step = true;
+                }
                 let length = usize::try_from(event.length).unwrap_or(usize::MAX);
                 let seen = connection.tracker.requests_seen();
                 connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.spans.exchanges);
@@ -101,19 +150,84 @@ impl HttpOverSockets {
                 self.spans.finish(event, connection, &mut self.callers, contexts);
             }
             SocketOp::Closed => {
-                let Some(mut connection) = self.connections.remove(&key) else { return };
-                connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
-                self.spans.finish(event, &mut connection, &mut self.callers, contexts);
-                if let (Role::Client, Some(local)) = (connection.tracker.role(), connection.local) {
-                    self.callers.client_closed(key, local);
-                }
+                self.close_tls_session_of(event, contexts);
+                self.close(socket, event, contexts);
             }
+        }
+    }
+
+    /// Follows a connection the process had open before the agent attached (the kernel was told
+    /// of its fd too). Its first message seen is the first request that starts a read or write.
+    pub fn adopt(&mut self, tgid: u32, fd: u32, accepted: bool, peer: SocketAddr) {
+        let role = if accepted { Role::Server } else { Role::Client };
+        let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
+        // No local address: requests on it cannot be paired with the other end's by their
+        // index (neither end saw the connection's first request).
+        let connection =
+            Connection { tracker, peer: Some(peer), local: None, tls: false, in_step: false, open: VecDeque::new() };
+        self.connections.insert(Stream::Socket { tgid, fd }, connection);
+    }
+
+    /// The connection TLS plaintext of `session` belongs to, made on its first bytes. The
+    /// session is tied to the socket the kernel saw it use during the call, if any.
+    fn tls_stream(&mut self, event: &SocketActivity, session: u64, contexts: &mut ContextTree) -> Stream {
+        let tgid = event.tgid;
+        let stream = Stream::Tls { tgid, session };
+        let fd =
+            if event.fd != FD_UNKNOWN { Some(event.fd) } else { self.socket_of_session.get(&(tgid, session)).copied() };
+        if let Some(fd) = fd {
+            let previous = self.session_of_socket.insert((tgid, fd), session);
+            if let Some(old) = previous.filter(|&old| old != session) {
+                // The socket carries a new session (an `SSL*` freed and another made): the old
+                // one is over.
+                self.socket_of_session.remove(&(tgid, old));
+                self.close(Stream::Tls { tgid, session: old }, event, contexts);
+            }
+            self.socket_of_session.insert((tgid, session), fd);
+        }
+        if !self.connections.contains_key(&stream) {
+            let socket = fd.and_then(|fd| self.connections.get(&Stream::Socket { tgid, fd }));
+            // The socket's side when the kernel saw it accepted or connected; else who spoke
+            // first: in HTTP/1.x the client does.
+            let role = match socket {
+                Some(socket) => socket.tracker.role(),
+                None if event.op == SocketOp::Sent => Role::Client,
+                None => Role::Server,
+            };
+            let (peer, local) = (socket.and_then(|socket| socket.peer), socket.and_then(|socket| socket.local));
+            let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
+            let connection = Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new() };
+            self.connections.insert(stream, connection);
+        }
+        stream
+    }
+
+    /// The socket of `event` closed (or was replaced): so did its TLS session.
+    fn close_tls_session_of(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
+        let tgid = event.tgid;
+        if let Some(session) = self.session_of_socket.remove(&(tgid, event.fd)) {
+            self.socket_of_session.remove(&(tgid, session));
+            self.close(Stream::Tls { tgid, session }, event, contexts);
+        }
+    }
+
+    /// Ends `stream`: exchanges still waiting for their response end as the parser says.
+    fn close(&mut self, stream: Stream, event: &SocketActivity, contexts: &mut ContextTree) {
+        let Some(mut connection) = self.connections.remove(&stream) else { return };
+        connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
+        self.spans.finish(event, &mut connection, &mut self.callers, contexts);
+        if let (Stream::Socket { tgid, fd }, Role::Client, Some(local)) =
+            (stream, connection.tracker.role(), connection.local)
+        {
+            self.callers.client_closed((tgid, fd), local);
         }
     }
 
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
-        self.connections.retain(|(pid, _), _| *pid != tgid);
+        self.connections.retain(|stream, _| stream.tgid() != tgid);
+        self.session_of_socket.retain(|(pid, _), _| *pid != tgid);
+        self.socket_of_session.retain(|(pid, _), _| *pid != tgid);
         self.callers.process_exited(tgid);
     }
 }
@@ -133,7 +247,7 @@ impl SpanShaper {
         // Index on the connection of the first of them: how the two ends' requests are paired.
         let first_index = connection.tracker.requests_seen() - started as u64;
         for (index, head) in (first_index..).zip(connection.tracker.latest_requests(started)) {
-            let data = self.request_data(head, role, connection.peer);
+            let mut data = self.request_data(head, role, connection);
             if role == Role::Client {
                 let id = contexts.start_detached(event.tgid, event.tid, head.started_ns, data);
                 connection.open.push_back((event.tid, id));
@@ -145,14 +259,16 @@ impl SpanShaper {
             // A traced client at the other end is the real parent: its span is the call that
             // sent this request. Headers can only name a span of the caller's own tracer, if it
             // has one (in-process tracing besides ours), or of some hop further away; they are
-            // the parent only when the client end is not traced.
+            // the parent (and their sampling decision the trace's) only when the client end is
+            // not traced.
             let caller = callers.caller(connection.peer, connection.local, index, contexts);
             let remote = match caller {
                 Caller::Open(client_span) => Some(client_span),
-                Caller::NotSeenYet | Caller::Unknown => self
-                    .propagation
-                    .extract(&head.headers)
-                    .map(|caller| RemoteParent { trace_id: caller.trace_id, parent_id: caller.parent_id }),
+                Caller::NotSeenYet | Caller::Unknown => self.propagation.extract(&head.headers).map(|extracted| {
+                    let remote = RemoteParent { trace_id: extracted.trace_id, parent_id: extracted.parent_id };
+                    continue_callers_decision(&mut data, extracted);
+                    remote
+                }),
             };
             let frame = self.next_frame;
             self.next_frame -= 1;
@@ -192,7 +308,7 @@ impl SpanShaper {
                 }
                 continue;
             }
-            let mut data = self.request_data(&exchange.request, role, connection.peer);
+            let mut data = self.request_data(&exchange.request, role, connection);
             add_response(&mut data, &exchange, role, &self.header_tags);
             contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
         }
@@ -201,8 +317,9 @@ impl SpanShaper {
     }
 
     /// The request's context with its allow-listed headers.
-    fn request_data(&self, request: &MessageHead, role: Role, peer: Option<SocketAddr>) -> ContextData {
-        let mut data = request_data(request, role, peer, &self.obfuscator);
+    fn request_data(&self, request: &MessageHead, role: Role, connection: &Connection) -> ContextData {
+        let scheme = if connection.tls { "https" } else { "http" };
+        let mut data = request_data(request, role, scheme, connection.peer, &self.obfuscator);
         data.meta.extend(self.header_tags.request_tags(&request.headers));
         data
     }
@@ -212,6 +329,7 @@ impl SpanShaper {
 fn request_data(
     request: &MessageHead,
     role: Role,
+    scheme: &str,
     peer: Option<SocketAddr>,
     obfuscator: &QueryObfuscator,
 ) -> ContextData {
@@ -232,7 +350,7 @@ fn request_data(
     let mut data = ContextData::new("http.request", "http", span_type, kind)
         .with_resource(resource_name(method, target))
         .with_meta("http.method", method)
-        .with_meta("http.url", build_http_url("http", &host, port, target, obfuscator));
+        .with_meta("http.url", build_http_url(scheme, &host, port, target, obfuscator));
     if let Some(agent) = request.header("user-agent") {
         data = data.with_meta("http.useragent", agent);
     }
@@ -251,6 +369,19 @@ fn request_data(
         }
     }
     data
+}
+
+/// The caller's part of the trace that travels with it, on the local root as dd-trace-py puts it:
+/// its sampling decision (kept as is: every service of a trace keeps or drops it together), its
+/// origin, and its propagated `_dd.p.*` tags.
+fn continue_callers_decision(data: &mut ContextData, caller: ExtractedContext) {
+    if let Some(priority) = caller.sampling_priority {
+        data.metrics.insert("_sampling_priority_v1".to_string(), f64::from(priority));
+    }
+    if let Some(origin) = caller.origin {
+        data.meta.insert("_dd.origin".to_string(), origin);
+    }
+    data.meta.extend(caller.tags);
 }
 
 /// What the response adds: the status, and the error for a connection that closed without an
@@ -273,3 +404,7 @@ fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role, header_
         data.error = Some(ContextError { kind: "HTTPError".to_string(), message });
     }
 }
+
+#[cfg(test)]
+#[path = "sockets_tls_tests.rs"]
+mod tls_tests;

@@ -59,7 +59,10 @@ impl TraceAggregator {
         if let Some(children) = self.pending.remove(&context.id) {
             spans.extend(children);
         }
-        if let Some(rate) = sample_rate {
+        // A caller that propagated its sampling decision made it for the whole trace: a
+        // service in the middle keeps it rather than deciding again.
+        let decided_upstream = spans[0].metrics.contains_key("_sampling_priority_v1");
+        if let Some(rate) = sample_rate.filter(|_| !decided_upstream) {
             if !sampler::keeps(context.trace_id, rate) {
                 self.drops.sampled_out.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -194,5 +197,37 @@ mod tests {
         let last = &sent.last().unwrap().spans[0];
         assert_eq!((last.span_id, last.meta["team"].as_str()), (1001, "payments"));
         assert!(!last.metrics.contains_key("_dd.rule_psr"));
+    }
+
+    #[test]
+    fn a_decision_propagated_by_the_caller_is_kept_over_the_local_rate() {
+        use crate::config::{Origin, Setting};
+        use crate::products::tracing::TracingSettings;
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = crate::products::tracing::TraceWriter::spawn(
+            Box::new(Collect(sent.clone())),
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        // A local rate of 0 would drop every trace this service starts...
+        let policy = SharedPolicy::new(TracingSettings {
+            sample_rate: Setting { value: Some(0.0), origin: Origin::TargetEnvironment },
+            ..Default::default()
+        });
+        let drops = Arc::new(DropCounters::default());
+        let mut aggregator =
+            TraceAggregator::new(SpanBuilder::new(TraceTags::default()), writer.sender(), policy, drops.clone());
+        // ...but this one continues a caller that kept it (user keep, 2).
+        let mut continued = traced(99, 5);
+        continued.data.metrics.insert("_sampling_priority_v1".into(), 2.0);
+        aggregator.on_context_ended(&continued);
+        aggregator.on_context_ended(&traced(98, 6));
+        writer.shutdown(std::time::Duration::from_secs(5));
+        let sent = sent.lock().unwrap();
+        assert_eq!(sent.len(), 1);
+        let root = &sent[0].spans[0];
+        assert_eq!((root.span_id, root.metrics["_sampling_priority_v1"]), (5, 2.0));
+        assert!(!root.metrics.contains_key("_dd.rule_psr"));
+        assert_eq!(drops.sampled_out(), 1);
     }
 }

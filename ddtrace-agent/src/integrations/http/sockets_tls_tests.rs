@@ -1,0 +1,110 @@
+//! TLS plaintext through [`HttpOverSockets`]: sessions tied to their socket, reads served from the
+//! library's buffer (no fd), roles and closes.
+
+use std::sync::{Arc, Mutex};
+
+use ddtrace_common::FD_UNKNOWN;
+
+use super::{HeaderTags, HttpOverSockets};
+use crate::{
+    core::{ContextTree, CoreEvent, EventHub, ExecutionContext, SpanKind, WallClock},
+    probes::{SocketActivity, SocketOp},
+};
+
+const PID: u32 = 40;
+const SESSION: u64 = 0x5555_0000_1000;
+
+fn tree_recording_ends() -> (ContextTree, Arc<Mutex<Vec<ExecutionContext>>>) {
+    let ended = Arc::new(Mutex::new(Vec::new()));
+    let mut hub = EventHub::new();
+    let sink = ended.clone();
+    hub.on("context.ended", move |event| {
+        if let CoreEvent::ContextEnded(c) = event {
+            sink.lock().unwrap().push((*c).clone());
+        }
+    });
+    (ContextTree::new(WallClock::calibrate(), hub), ended)
+}
+
+fn activity(fd: u32, op: SocketOp, data: &[u8], tls_session: Option<u64>) -> SocketActivity {
+    SocketActivity {
+        tgid: PID,
+        tid: PID,
+        ktime_ns: 1_000,
+        fd,
+        op,
+        length: data.len() as u64,
+        data: data.into(),
+        peer: matches!(op, SocketOp::Accepted | SocketOp::Connected).then(|| "127.0.0.1:5555".parse().unwrap()),
+        local: None,
+        tls_session,
+    }
+}
+
+const REQUEST: &[u8] = b"GET /users/42 HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+/// The start of a TLS record: what the socket itself carries.
+const CIPHERTEXT: &[u8] = &[0x17, 0x03, 0x03, 0x00, 0x40, 0x9a, 0x11, 0x42];
+
+#[test]
+fn plaintext_of_an_accepted_socket_is_one_https_server_span_and_its_ciphertext_none() {
+    let (mut contexts, ended) = tree_recording_ends();
+    let mut http = HttpOverSockets::new(HeaderTags::default());
+    http.on_socket(&activity(7, SocketOp::Accepted, b"", None), &mut contexts);
+    http.on_socket(&activity(7, SocketOp::Received, CIPHERTEXT, None), &mut contexts);
+    http.on_socket(&activity(7, SocketOp::Received, REQUEST, Some(SESSION)), &mut contexts);
+    http.on_socket(&activity(7, SocketOp::Sent, CIPHERTEXT, None), &mut contexts);
+    // The response written from the library's buffer without a system call in the same call.
+    http.on_socket(&activity(FD_UNKNOWN, SocketOp::Sent, RESPONSE, Some(SESSION)), &mut contexts);
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    let span = &ended[0].data;
+    assert_eq!((span.kind, span.resource.as_str()), (SpanKind::Server, "GET /users/?"));
+    assert_eq!(span.meta["http.url"], "https://shop.example/users/42");
+    assert_eq!(span.meta["http.status_code"], "200");
+    assert_eq!(span.meta["network.client.ip"], "127.0.0.1");
+}
+
+#[test]
+fn closing_the_socket_ends_its_tls_session() {
+    let (mut contexts, ended) = tree_recording_ends();
+    let mut http = HttpOverSockets::new(HeaderTags::default());
+    http.on_socket(&activity(8, SocketOp::Connected, b"", None), &mut contexts);
+    http.on_socket(&activity(8, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
+    http.on_socket(&activity(8, SocketOp::Closed, b"", None), &mut contexts);
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    let span = &ended[0].data;
+    assert_eq!(span.kind, SpanKind::Client);
+    assert_eq!(span.meta["out.host"], "shop.example");
+    assert!(span.error.is_some(), "a request the connection closed on is an error");
+}
+
+#[test]
+fn a_session_on_a_socket_opened_before_attach_takes_its_role_from_who_speaks_first() {
+    let (mut contexts, ended) = tree_recording_ends();
+    let mut http = HttpOverSockets::new(HeaderTags::default());
+    // fd 9 was never seen accepted or connected: the client writes the request first.
+    http.on_socket(&activity(9, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
+    http.on_socket(&activity(FD_UNKNOWN, SocketOp::Received, RESPONSE, Some(SESSION)), &mut contexts);
+    // And a server session on another socket reads first.
+    http.on_socket(&activity(10, SocketOp::Received, REQUEST, Some(SESSION + 1)), &mut contexts);
+    http.on_socket(&activity(10, SocketOp::Sent, RESPONSE, Some(SESSION + 1)), &mut contexts);
+    let kinds: Vec<SpanKind> = ended.lock().unwrap().iter().map(|c| c.data.kind).collect();
+    assert_eq!(kinds, [SpanKind::Client, SpanKind::Server]);
+}
+
+#[test]
+fn a_new_session_on_the_same_socket_ends_the_old_one() {
+    let (mut contexts, ended) = tree_recording_ends();
+    let mut http = HttpOverSockets::new(HeaderTags::default());
+    http.on_socket(&activity(11, SocketOp::Connected, b"", None), &mut contexts);
+    http.on_socket(&activity(11, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
+    // A second SSL object on the socket: the first one's request never got its answer.
+    http.on_socket(&activity(11, SocketOp::Sent, REQUEST, Some(SESSION + 8)), &mut contexts);
+    http.on_socket(&activity(11, SocketOp::Received, RESPONSE, Some(SESSION + 8)), &mut contexts);
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 2, "{ended:#?}");
+    assert!(ended[0].data.error.is_some());
+    assert_eq!(ended[1].data.meta["http.status_code"], "200");
+}
