@@ -35,7 +35,12 @@ impl Harness {
         Self { http: HttpOverSockets::new(HeaderTags::parse("").0), contexts, ended, now: 1_000 }
     }
 
-    fn event(&mut self, (tgid, fd): (u32, u32), tid: u32, op: SocketOp, data: &[u8]) {
+    fn event(&mut self, end: (u32, u32), tid: u32, op: SocketOp, data: &[u8]) {
+        self.event_in_session(end, tid, op, data, None);
+    }
+
+    /// `session`: TLS plaintext of that `SSL*`, seen at the library.
+    fn event_in_session(&mut self, (tgid, fd): (u32, u32), tid: u32, op: SocketOp, data: &[u8], session: Option<u64>) {
         self.now += 1_000;
         let (peer, local) = match (tgid, op) {
             (1, SocketOp::Connected) => (Some("127.0.0.1:8080"), Some("127.0.0.1:40000")),
@@ -52,7 +57,7 @@ impl Harness {
             data: data.into(),
             peer: peer.map(|p| p.parse().unwrap()),
             local: local.map(|l| l.parse().unwrap()),
-            tls_session: None,
+            tls_session: session,
         };
         self.http.on_socket(&activity, &mut self.contexts);
     }
@@ -170,4 +175,21 @@ fn a_client_span_is_the_child_of_what_the_thread_has_open_and_errors_on_a_closed
     assert_eq!((call.data.name, call.parent_id, call.trace_id), ("http.request", job.id, job.trace_id));
     assert!(call.data.error.is_some(), "no response: {call:#?}");
     assert_eq!(h.contexts.abandoned, 0);
+}
+
+#[test]
+fn https_between_traced_processes_is_linked_through_the_sockets_under_the_sessions() {
+    const CIPHERTEXT: &[u8] = &[0x17, 0x03, 0x03, 0x00, 0x40, 0x9a, 0x11, 0x42];
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut h = Harness::new();
+    h.connect();
+    h.event_in_session(CLIENT, CLIENT_TID, SocketOp::Sent, REQUEST, Some(0xc1));
+    h.client_writes(CIPHERTEXT);
+    h.server_reads(CIPHERTEXT);
+    h.event_in_session(SERVER, SERVER_TID, SocketOp::Received, REQUEST, Some(0x5e));
+    h.event_in_session(SERVER, SERVER_TID, SocketOp::Sent, response, Some(0x5e));
+    h.event_in_session(CLIENT, CLIENT_TID, SocketOp::Received, response, Some(0xc1));
+    let (client, server) = h.pairs().remove(0);
+    assert_linked(&client, &server);
+    assert!(server.data.meta["http.url"].starts_with("https://"), "{server:#?}");
 }
