@@ -25,6 +25,7 @@ mod nr {
     pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
     pub const CONNECT: u64 = 42;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
@@ -79,6 +80,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::RECVFROM
         | nr::SENDMSG
         | nr::RECVMSG
+        | nr::SENDFILE
         | nr::CLOSE => {
             let key = SocketKey { tgid, fd: arg(&ctx, 0) as u32 };
             // SAFETY: the value is not kept.
@@ -126,6 +128,9 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         nr::WRITE | nr::SENDTO if ret > 0 => {
             emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, pending.pointer)
         }
+        // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
+        // no bytes in the process to copy, but its length keeps the body count right.
+        nr::SENDFILE if ret > 0 => emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, 0),
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
                 socket_op::RECEIVED

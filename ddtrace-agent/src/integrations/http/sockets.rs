@@ -6,7 +6,8 @@
 //! root continuing the caller's trace when the request carries Datadog or W3C context headers;
 //! what the thread does while serving (database calls, calls to other services) is its child. It
 //! ends with the response. A client exchange is recorded whole when its response ends, as a child
-//! of what is open on the thread then. Connections opened before the agent attached are not
+//! of what is open on the thread then, or for Go of the one request in flight (see
+//! [`ClientParents`]). Connections opened before the agent attached are not
 //! followed (their first bytes are mid-stream).
 
 use std::{
@@ -16,7 +17,8 @@ use std::{
 };
 
 use super::{
-    build_http_url, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
+    build_http_url,
+    client_parent::{ClientParent, ClientParents}, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
     MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
@@ -45,6 +47,7 @@ struct SpanShaper {
     obfuscator: QueryObfuscator,
     propagation: StyleList,
     exchanges: Vec<Exchange>,
+    parents: ClientParents,
     /// Frames given to server contexts, counting down from the top: above every real stack
     /// address (so calls made while serving nest inside) and each below the previous one (so a
     /// pipelined request never looks like the return of the one before it).
@@ -62,6 +65,7 @@ impl HttpOverSockets {
                 obfuscator: QueryObfuscator::default(),
                 propagation: StyleList::default(),
                 exchanges: Vec::new(),
+                parents: ClientParents::default(),
                 next_frame: u64::MAX,
             },
         }
@@ -96,9 +100,16 @@ impl HttpOverSockets {
         }
     }
 
+    /// Says whether process `tgid` serves requests on threads they do not own (Go's goroutines):
+    /// then a client call's parent is not taken from its thread.
+    pub fn set_threads_shared(&mut self, tgid: u32, shared: bool) {
+        self.spans.parents.set_threads_shared(tgid, shared);
+    }
+
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
         self.connections.retain(|(pid, _), _| *pid != tgid);
+        self.spans.parents.process_exited(tgid);
     }
 }
 
@@ -121,6 +132,7 @@ impl SpanShaper {
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
             connection.open.push_back((event.tid, id));
+            self.parents.request_opened(event.tgid, event.tid, id, head.started_ns);
         }
     }
 
@@ -131,6 +143,7 @@ impl SpanShaper {
         for exchange in exchanges.drain(..) {
             if role == Role::Server {
                 if let Some((tid, id)) = connection.open.pop_front() {
+                    self.parents.request_ended(event.tgid, id);
                     let header_tags = &self.header_tags;
                     contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role, header_tags));
                     continue;
@@ -138,7 +151,15 @@ impl SpanShaper {
             }
             let mut data = self.request_data(&exchange.request, role, connection.peer);
             add_response(&mut data, &exchange, role, &self.header_tags);
-            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
+            let (tgid, tid, started, ended) = (event.tgid, event.tid, exchange.started_ns, exchange.ended_ns);
+            let parent = if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
+            match parent {
+                ClientParent::CallingThread => contexts.record(tgid, tid, started, ended, data),
+                ClientParent::Request { tid: parent_tid, id } => {
+                    contexts.record_under(Some((parent_tid, id)), tgid, tid, started, ended, data)
+                }
+                ClientParent::NewTrace => contexts.record_under(None, tgid, tid, started, ended, data),
+            }
         }
         // Hand the (empty) buffer back: its capacity serves the next events.
         self.exchanges = exchanges;
