@@ -80,11 +80,22 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::RECVFROM
         | nr::SENDMSG
         | nr::RECVMSG
-        | nr::SENDFILE
-        | nr::CLOSE => {
+        | nr::SENDFILE => {
             let key = SocketKey { tgid, fd: arg(&ctx, 0) as u32 };
             // SAFETY: the value is not kept.
             unsafe { SOCKETS.get(&key) }.is_some()
+        }
+        // Reported on entry, not exit: the kernel frees the fd inside the call, and another
+        // thread can get the same number from accept or socket+connect and report that before
+        // this call's exit runs (seen with Go's many threads): a close reported at exit would
+        // end the new connection. Close releases the fd even when it fails (EINTR, EIO), and
+        // EBADF means the fd was not ours.
+        nr::CLOSE => {
+            let fd = arg(&ctx, 0) as u32;
+            if SOCKETS.remove(&SocketKey { tgid, fd }).is_ok() {
+                emit(pid_tgid, fd, socket_op::CLOSED, 0, AddressSource::None, 0);
+            }
+            false
         }
         _ => false,
     };
@@ -116,11 +127,6 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             let fd = pending.fd as u32;
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
             emit(pid_tgid, fd, socket_op::CONNECTED, 0, AddressSource::SockAddr(pending.pointer), 0);
-        }
-        nr::CLOSE if ret == 0 => {
-            let fd = pending.fd as u32;
-            let _ = SOCKETS.remove(&SocketKey { tgid, fd });
-            emit(pid_tgid, fd, socket_op::CLOSED, 0, AddressSource::None, 0);
         }
         nr::READ | nr::RECVFROM if ret > 0 => {
             emit(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, AddressSource::None, pending.pointer)

@@ -4,9 +4,10 @@
 //
 //	go_http server PORT          serves on 127.0.0.1:PORT, prints "ready" once listening:
 //	                             /users/<id> (JSON), /fail (500), /static (a 256 KiB file),
-//	                             /call?port=P (GETs /users/7 on 127.0.0.1:P, then answers)
+//	                             /call?port=P&id=I (GETs /users/I on 127.0.0.1:P, then answers)
 //	go_http client URL N C       prints "ready", waits for a line on stdin, then GETs URL N times
-//	                             from C goroutines on keep-alive connections and exits
+//	                             from C goroutines on keep-alive connections and exits; "{n}" in
+//	                             URL is replaced by each request's number
 package main
 
 import (
@@ -71,9 +72,14 @@ func serve(port string) {
 	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "failed on purpose", http.StatusInternalServerError)
 	})
-	// /call?port=P: GETs /users/7 on 127.0.0.1:P, then answers with what it got.
+	// /call?port=P&id=I: GETs /users/I (I defaults to 7) on 127.0.0.1:P, then answers with what
+	// it got. The id lets a test tell which request made which call.
 	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
-		response, err := downstream.Get("http://127.0.0.1:" + r.URL.Query().Get("port") + "/users/7")
+		id := r.URL.Query().Get("id")
+		if id == "" {
+			id = "7"
+		}
+		response, err := downstream.Get("http://127.0.0.1:" + r.URL.Query().Get("port") + "/users/" + id)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -146,10 +152,11 @@ func call(url string, requests, workers int) int {
 			share++
 		}
 		done.Add(1)
-		go func(share int) {
+		go func(worker, share int) {
 			defer done.Done()
 			for i := 0; i < share; i++ {
-				response, err := client.Get(url)
+				number := strconv.Itoa(worker + i*workers)
+				response, err := client.Get(strings.ReplaceAll(url, "{n}", number))
 				if err == nil {
 					// Read to the end, so the connection is reused for the next request.
 					_, err = io.Copy(io.Discard, response.Body)
@@ -161,7 +168,7 @@ func call(url string, requests, workers int) int {
 					lock.Unlock()
 				}
 			}
-		}(share)
+		}(worker, share)
 	}
 	done.Wait()
 	return failed
