@@ -136,7 +136,9 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         }
         // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
         // no bytes in the process to copy, but its length keeps the body count right.
-        nr::SENDFILE if ret > 0 => emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, 0),
+        nr::SENDFILE if ret > 0 => {
+            emit(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, AddressSource::None, 0)
+        }
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
                 socket_op::RECEIVED

@@ -74,7 +74,8 @@ impl KeepAlive {
 
     /// GETs `target` with `headers` (each "Name: value"); returns the status and the body.
     fn get(&mut self, target: &str, headers: &[&str]) -> (u16, String) {
-        let mut request = format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: e2e-go/1.0\r\n", self.port);
+        let mut request =
+            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUser-Agent: e2e-go/1.0\r\n", self.port);
         for header in headers {
             request.push_str(header);
             request.push_str("\r\n");
@@ -148,7 +149,11 @@ fn patched_code(pid: u32, binary: &Path) -> Vec<u64> {
         std::os::unix::fs::FileExt::read_exact_at(&memory, &mut live, start).unwrap();
         code_bytes += len;
         patched.extend(
-            live.iter().zip(&file[offset..offset + len]).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| start + i as u64),
+            live.iter()
+                .zip(&file[offset..offset + len])
+                .enumerate()
+                .filter(|(_, (a, b))| a != b)
+                .map(|(i, _)| start + i as u64),
         );
     }
     assert!(code_bytes > 1 << 20, "no executable mapping of {} in pid {pid}:\n{maps}", binary.display());
@@ -279,7 +284,10 @@ fn a_go_servers_outgoing_calls_are_client_spans_inside_the_request_they_serve() 
         assert_eq!(call["trace_id"], parent["trace_id"]);
         let (start, parent_start) = (call["start"].as_i64().unwrap(), parent["start"].as_i64().unwrap());
         let end = start + call["duration"].as_i64().unwrap();
-        assert!(parent_start <= start && end <= parent_start + parent["duration"].as_i64().unwrap(), "{call:#}\n{parent:#}");
+        assert!(
+            parent_start <= start && end <= parent_start + parent["duration"].as_i64().unwrap(),
+            "{call:#}\n{parent:#}"
+        );
     }
     // One call per request: no request adopted two calls.
     let mut parents: Vec<u64> = calls.iter().map(|c| c["parent_id"].as_u64().unwrap()).collect();
@@ -370,8 +378,16 @@ fn tracing_a_go_function_is_refused_rather_than_crash_the_program() {
     // A traced function gets an entry probe and a uretprobe; a uretprobe in Go code kills the
     // program the first time the goroutine's stack grows (seen: "unexpected return pc").
     let function = format!("{}:net/http.(*conn).serve", go_http().display());
-    let mut daemon =
-        AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "go-guard", "--trace-function", &function]);
+    let mut daemon = AgentProcess::start(&[
+        "--pid",
+        &pid,
+        "--agent-url",
+        &url,
+        "--service",
+        "go-guard",
+        "--trace-function",
+        &function,
+    ]);
     daemon.wait_for_stderr("ddtrace-agent: attached: tracing", ATTACH_TIMEOUT);
     let stderr = daemon.stderr_text();
     assert!(stderr.contains("is a Go program: return probes (uretprobes) would crash it"), "{stderr}");

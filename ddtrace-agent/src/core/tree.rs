@@ -160,7 +160,8 @@ impl ContextTree {
             None => (new_trace_id(start_unix_ns), 0, id),
         };
         let end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
-        let context = ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns, data };
+        let context =
+            ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns, data };
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
     }

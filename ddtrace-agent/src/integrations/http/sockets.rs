@@ -18,8 +18,9 @@ use std::{
 
 use super::{
     build_http_url,
-    client_parent::{ClientParent, ClientParents}, resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders,
-    MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
+    client_parent::{ClientParent, ClientParents},
+    resource_name, ConnectionTracker, Direction, Exchange, ExchangeOutcome, HeaderTags, KeptHeaders, MessageHead,
+    ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
@@ -152,7 +153,8 @@ impl SpanShaper {
             let mut data = self.request_data(&exchange.request, role, connection.peer);
             add_response(&mut data, &exchange, role, &self.header_tags);
             let (tgid, tid, started, ended) = (event.tgid, event.tid, exchange.started_ns, exchange.ended_ns);
-            let parent = if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
+            let parent =
+                if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
             match parent {
                 ClientParent::CallingThread => contexts.record(tgid, tid, started, ended, data),
                 ClientParent::Request { tid: parent_tid, id } => {
