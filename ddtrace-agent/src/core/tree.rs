@@ -140,7 +140,6 @@ impl ContextTree {
     /// Records an operation already over as a child of `parent` (the thread it was opened on,
     /// its id), whatever thread did the operation; as the root of a trace of its own when
     /// `parent` is `None` or no longer open.
-    #[allow(clippy::too_many_arguments)]
     pub fn record_under(
         &mut self,
         parent: Option<(u32, ContextId)>,
