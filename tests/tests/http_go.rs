@@ -114,7 +114,7 @@ fn is_error(span: &Value) -> bool {
 /// Waits until the agent holds at least `expected` spans, then a little longer so extra (bogus or
 /// duplicated) spans would show too, and returns them all.
 fn exactly(agent: &TestAgent, expected: usize, daemon: &AgentProcess) -> Vec<Value> {
-    let spans = agent.wait_for_spans(Duration::from_secs(20), |spans| spans.len() >= expected);
+    agent.wait_for_spans(Duration::from_secs(20), |spans| spans.len() >= expected);
     std::thread::sleep(Duration::from_secs(2));
     let spans = agent.spans();
     assert_eq!(spans.len(), expected, "{spans:#?}\n{}", daemon.stderr_text());
@@ -132,7 +132,7 @@ fn parent_id(span: &Value) -> u64 {
 fn patched_code(pid: u32, binary: &Path) -> Vec<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let file = std::fs::read(binary).unwrap();
-    let mut memory = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let memory = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
     let mut patched = Vec::new();
     let mut code_bytes = 0;
     for line in maps.lines() {

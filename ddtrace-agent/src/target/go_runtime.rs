@@ -11,8 +11,7 @@ pub fn runs_go(pid: u32) -> bool {
     let Ok(file) = File::open(format!("/proc/{pid}/exe")) else { return false };
     let cache = object::read::ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else { return false };
-    let go = built_by_go(&elf);
-    go
+    built_by_go(&elf)
 }
 
 #[cfg(test)]
