@@ -94,6 +94,25 @@ impl ContextTree {
         id
     }
 
+    /// Like [`Self::start_detached`], under the open context `parent` (the thread it was opened
+    /// on, its id) whatever thread starts the operation; the root of a trace of its own when
+    /// `parent` is `None` or no longer open.
+    pub fn start_detached_under(
+        &mut self,
+        parent: Option<(u32, ContextId)>,
+        tgid: u32,
+        tid: u32,
+        ktime_ns: u64,
+        data: ContextData,
+    ) -> ContextId {
+        let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
+        let context = self.context_under(parent, tgid, tid, start_unix_ns, data);
+        let id = context.id;
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.detached.insert(id, context);
+        id
+    }
+
     /// Ends the detached context `id` (see [`Self::start_detached`]). Returns false when it is
     /// not open (never opened, or ended with its parent).
     pub fn end_detached(&mut self, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
@@ -141,13 +160,25 @@ impl ContextTree {
     }
 
     /// Ends the open context `id` of thread `tid`, letting the caller fill in what it learnt at
-    /// the end (status, error). Contexts opened inside it and still open end with it.
+    /// the end (status, error). Contexts opened inside it and still open end with it; local roots
+    /// opened on the thread after it (and their children) stay open: a Go or event-loop server
+    /// reads many requests on one OS thread, and they end in any order.
     /// Returns false when no such context is open.
     pub fn end(&mut self, tid: u32, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
         let end_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let Some(stack) = self.threads.get_mut(&tid) else { return false };
         let Some(position) = stack.iter().rposition(|(_, c)| c.id == id) else { return false };
-        let mut ended: Vec<ExecutionContext> = stack.drain(position..).map(|(_, c)| c).collect();
+        let mut ended: Vec<ExecutionContext> = Vec::new();
+        let mut others = Vec::new();
+        for (frame, context) in stack.drain(position..) {
+            // Above `id`, a context is its descendant when its parent is `id` or one of those.
+            if context.id == id || ended.iter().any(|e| e.id == context.parent_id) {
+                ended.push(context);
+            } else {
+                others.push((frame, context));
+            }
+        }
+        stack.extend(others);
         if stack.is_empty() {
             self.threads.remove(&tid);
         }
@@ -195,6 +226,25 @@ impl ContextTree {
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
     }
 
+    /// Records an operation already over as a child of `parent` (the thread it was opened on,
+    /// its id), whatever thread did the operation; as the root of a trace of its own when
+    /// `parent` is `None` or no longer open.
+    pub fn record_under(
+        &mut self,
+        parent: Option<(u32, ContextId)>,
+        tgid: u32,
+        tid: u32,
+        start_ktime_ns: u64,
+        end_ktime_ns: u64,
+        data: ContextData,
+    ) {
+        let start_unix_ns = self.clock.to_unix_ns(start_ktime_ns);
+        let mut context = self.context_under(parent, tgid, tid, start_unix_ns, data);
+        context.end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
+        self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
+        self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+    }
+
     /// Ends every open context of process `tgid` (it exited) and tells the listeners.
     pub fn end_process(&mut self, tgid: u32, ktime_ns: u64) {
         let threads: Vec<(u32, ContextId)> = self
@@ -228,6 +278,26 @@ impl ContextTree {
     /// Contexts open now, all threads together.
     pub fn open_contexts(&self) -> usize {
         self.threads.values().map(Vec::len).sum::<usize>() + self.detached.len()
+    }
+
+    /// A new context under the open context `parent` (its thread, its id), or a new trace.
+    fn context_under(
+        &self,
+        parent: Option<(u32, ContextId)>,
+        tgid: u32,
+        tid: u32,
+        start_unix_ns: i64,
+        data: ContextData,
+    ) -> ExecutionContext {
+        let id = new_span_id();
+        let open = parent.and_then(|(parent_tid, parent_id)| {
+            self.threads.get(&parent_tid)?.iter().find(|(_, c)| c.id == parent_id).map(|(_, c)| c)
+        });
+        let (trace_id, parent_id, root_id) = match open {
+            Some(parent) => (parent.trace_id, parent.id, parent.root_id),
+            None => (new_trace_id(start_unix_ns), 0, id),
+        };
+        ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns: 0, data }
     }
 
     fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
@@ -319,6 +389,41 @@ mod tests {
         assert_eq!((query.trace_id, query.parent_id, query.root_id), (0xabc, request.id, request.id));
         assert!(second.is_root() && second.parent_id == 0 && second.trace_id != 0xabc);
         assert_eq!(tree.abandoned, 0);
+    }
+
+    #[test]
+    fn requests_read_on_one_thread_end_in_any_order_each_with_its_own_children() {
+        let (mut tree, ended) = tree_recording_ends();
+        let first = tree.start_root(1, 10, 1_000, u64::MAX, data("first"), None);
+        let second = tree.start_root(1, 10, 1_500, u64::MAX - 1, data("second"), None);
+        let query = tree.start(1, 10, 1_800, 0x0f00, data("second's query"));
+        // The first answered before the second (and its query) ended.
+        assert!(tree.end(10, first, 2_000, |_| {}));
+        assert_eq!(tree.open_contexts(), 2, "the second request and its query stay open");
+        assert!(tree.end(10, query, 2_500, |_| {}));
+        assert!(tree.end(10, second, 3_000, |_| {}));
+        let ended = ended.lock().unwrap();
+        let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
+        assert_eq!(names, ["first", "second's query", "second"]);
+        assert_eq!(ended[1].parent_id, ended[2].id);
+        assert_eq!(ended[2].end_unix_ns - ended[2].start_unix_ns, 1_500);
+        assert_eq!(tree.abandoned, 0);
+    }
+
+    #[test]
+    fn an_operation_recorded_under_a_context_of_another_thread_joins_its_trace() {
+        let (mut tree, ended) = tree_recording_ends();
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, data("request"), None);
+        // Thread 11 holds an unrelated request: the explicit parent wins over the thread's.
+        tree.start_root(1, 11, 1_100, u64::MAX - 1, data("other"), None);
+        tree.record_under(Some((10, request)), 1, 11, 1_500, 1_800, data("call"));
+        tree.record_under(None, 1, 10, 1_900, 1_950, data("lone call"));
+        tree.end(10, request, 2_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let (call, lone, request) = (&ended[0], &ended[1], &ended[2]);
+        assert_eq!((call.parent_id, call.trace_id, call.root_id), (request.id, request.trace_id, request.id));
+        assert_eq!(call.tid, 11);
+        assert!(lone.is_root() && lone.trace_id != request.trace_id, "a trace of its own even on the request's thread");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! ends with the response. A client context opens when the request head has been written, as a
 //! child of what is open on the thread, and ends with the response; it stays off the thread's
 //! stack (nothing the thread does meanwhile is its child). When both ends of a connection are
-//! traced processes, the server's context continues the client's (see [`super::linking`]).
+//! traced processes, the server's context continues the client's (see [`super::linking`]). In Go
+//! programs a thread does not tell which request a call belongs to: see [`ClientParents`].
 //! Connections opened before the agent attached are not followed (their first bytes are
 //! mid-stream).
 //!
@@ -26,7 +27,9 @@ use std::{
 
 use super::linking::{Caller, CallerIndex};
 use super::{
-    build_http_url, resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome,
+    build_http_url,
+    client_parent::{ClientParent, ClientParents},
+    resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome,
     ExtractedContext, HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
@@ -83,6 +86,7 @@ struct SpanShaper {
     obfuscator: QueryObfuscator,
     propagation: StyleList,
     exchanges: Vec<Exchange>,
+    parents: ClientParents,
     /// Frames given to server contexts, counting down from the top: above every real stack
     /// address (so calls made while serving nest inside) and each below the previous one (so a
     /// pipelined request never looks like the return of the one before it).
@@ -102,6 +106,7 @@ impl HttpOverSockets {
                 obfuscator: QueryObfuscator::default(),
                 propagation: StyleList::default(),
                 exchanges: Vec::new(),
+                parents: ClientParents::default(),
                 next_frame: u64::MAX,
             },
             callers: CallerIndex::default(),
@@ -223,8 +228,15 @@ impl HttpOverSockets {
         }
     }
 
+    /// Says whether process `tgid` serves requests on threads they do not own (Go's goroutines):
+    /// then a client call's parent is not taken from its thread.
+    pub fn set_threads_shared(&mut self, tgid: u32, shared: bool) {
+        self.spans.parents.set_threads_shared(tgid, shared);
+    }
+
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
+        self.spans.parents.process_exited(tgid);
         self.connections.retain(|stream, _| stream.tgid() != tgid);
         self.session_of_socket.retain(|(pid, _), _| *pid != tgid);
         self.socket_of_session.retain(|(pid, _), _| *pid != tgid);
@@ -249,7 +261,14 @@ impl SpanShaper {
         for (index, head) in (first_index..).zip(connection.tracker.latest_requests(started)) {
             let mut data = self.request_data(head, role, connection);
             if role == Role::Client {
-                let id = contexts.start_detached(event.tgid, event.tid, head.started_ns, data);
+                let (tgid, tid, started) = (event.tgid, event.tid, head.started_ns);
+                let id = match self.parents.for_call(tgid, started) {
+                    ClientParent::CallingThread => contexts.start_detached(tgid, tid, started, data),
+                    ClientParent::Request { tid: parent_tid, id } => {
+                        contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
+                    }
+                    ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started, data),
+                };
                 connection.open.push_back((event.tid, id));
                 if let Some(local) = connection.local {
                     callers.call_opened(local, index, id, contexts);
@@ -274,6 +293,7 @@ impl SpanShaper {
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
             connection.open.push_back((event.tid, id));
+            self.parents.request_opened(event.tgid, event.tid, id, head.started_ns);
             if let (Caller::NotSeenYet, Some(peer)) = (caller, connection.peer) {
                 callers.wait(peer, index, event.tid, id);
             }
@@ -296,6 +316,7 @@ impl SpanShaper {
                 let finish = |data: &mut ContextData| add_response(data, &exchange, role, header_tags);
                 match role {
                     Role::Server => {
+                        self.parents.request_ended(event.tgid, id);
                         contexts.end(tid, id, exchange.ended_ns, finish);
                     }
                     Role::Client => {
@@ -310,7 +331,16 @@ impl SpanShaper {
             }
             let mut data = self.request_data(&exchange.request, role, connection);
             add_response(&mut data, &exchange, role, &self.header_tags);
-            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
+            let (tgid, tid, started, ended) = (event.tgid, event.tid, exchange.started_ns, exchange.ended_ns);
+            let parent =
+                if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
+            match parent {
+                ClientParent::CallingThread => contexts.record(tgid, tid, started, ended, data),
+                ClientParent::Request { tid: parent_tid, id } => {
+                    contexts.record_under(Some((parent_tid, id)), tgid, tid, started, ended, data)
+                }
+                ClientParent::NewTrace => contexts.record_under(None, tgid, tid, started, ended, data),
+            }
         }
         // Hand the (empty) buffer back: its capacity serves the next events.
         self.exchanges = exchanges;
