@@ -25,6 +25,7 @@ mod nr {
     pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
     pub const CONNECT: u64 = 42;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
@@ -84,6 +85,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::RECVFROM
         | nr::SENDMSG
         | nr::RECVMSG
+        | nr::SENDFILE
         | nr::CLOSE => {
             let fd = arg(&ctx, 0) as u32;
             let key = SocketKey { tgid, fd };
@@ -143,6 +145,9 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         nr::WRITE | nr::SENDTO if ret > 0 => {
             emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
         }
+        // A file sent to the socket (nginx's static bodies): its length counts, its bytes are the
+        // file's, not worth copying.
+        nr::SENDFILE if ret > 0 => emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0),
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
                 socket_op::RECEIVED
@@ -155,9 +160,10 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             } else {
                 pending.pointer
             };
-            // Only the first buffer is copied: a request head written with writev starts there.
-            let base = read_u64(iov);
-            emit_data(pid_tgid, pending.fd as u32, op, ret as u64, base, 0, 0);
+            // Only the first buffer is copied, and no further than its end (nginx writes a response
+            // head in the first buffer and its body in the next ones, elsewhere in memory).
+            let (base, first_len) = (read_u64(iov), read_u64(iov + 8));
+            emit_data_within(pid_tgid, pending.fd as u32, op, ret as u64, base, first_len, 0, 0);
         }
         _ => {}
     }
@@ -224,16 +230,33 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
 /// the first of them are copied from `data`, in the target's memory.
 #[inline(always)]
 pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    emit_data_within(pid_tgid, fd, op, length, data, length, flags, session)
+}
+
+/// Same, when only `readable` bytes are at `data` (the first buffer of a vector).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_data_within(
+    pid_tgid: u64,
+    fd: u32,
+    op: u32,
+    length: u64,
+    data: u64,
+    readable: u64,
+    flags: u32,
+    session: u64,
+) {
     let Some(event) = start_event(pid_tgid, fd, op) else { return };
     event.length = length;
     event.flags = flags;
     event.session = session;
-    if data != 0 && length > 0 {
-        let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
+    let available = if readable < length { readable } else { length };
+    if data != 0 && available > 0 {
+        let wanted = if available > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
             MAX_SOCKET_CAPTURE as u32
         } else {
-            length as u32
+            available as u32
         };
         // The mask keeps the verifier's bound proof simple: `wanted` <= MAX_SOCKET_CAPTURE.
         let wanted = wanted & MAX_SOCKET_CAPTURE as u32;
