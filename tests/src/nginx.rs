@@ -170,9 +170,7 @@ fn configuration(
         Some(port) => format!("location /api/ {{ proxy_pass http://127.0.0.1:{port}; }}"),
         None => String::new(),
     };
-    let routes = format!(
-        "root {dir}/www;\n    location = /fail {{ return 503; }}\n    {upstream}"
-    );
+    let routes = format!("root {dir}/www;\n    location = /fail {{ return 503; }}\n    {upstream}");
     format!(
         r#"worker_processes {workers};
 pid {dir}/nginx.pid;

@@ -131,7 +131,7 @@ fn nginx_serves_curl_over_one_keep_alive_connection_as_one_web_span_per_request(
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
 
-/// `python -m http.server` on a free port serving `api/orders/7`, as nginx's upstream.
+/// nginx's upstream, a Python server on a free port (not traced: the tests attach to nginx only).
 struct Upstream {
     child: Child,
     port: u16,
@@ -139,21 +139,30 @@ struct Upstream {
 }
 
 impl Upstream {
-    fn start() -> Self {
+    /// `python -m http.server` serving `api/orders/7`.
+    fn static_files() -> Self {
         let port = ddtrace_tests::http::free_port();
         let dir = std::env::temp_dir().join(format!("ddtrace-nginx-upstream-{port}"));
         std::fs::create_dir_all(dir.join("api/orders")).unwrap();
         std::fs::write(dir.join("api/orders/7"), "{\"order\": 7}").unwrap();
-        let child = Command::new(python_executable())
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python starts");
+        let mut command = Command::new(python_executable());
+        command.args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"]).arg(&dir);
+        Self::start(command, port, dir)
+    }
+
+    /// `tests/apps/slow_upstream.py`: answers `/.../<ms>` after `ms` milliseconds.
+    fn slow() -> Self {
+        let port = ddtrace_tests::http::free_port();
+        let mut command = Command::new(python_executable());
+        command.arg(ddtrace_tests::workspace_root().join("tests/apps/slow_upstream.py")).arg(port.to_string());
+        Self::start(command, port, std::env::temp_dir().join(format!("ddtrace-nginx-upstream-{port}")))
+    }
+
+    fn start(mut command: Command, port: u16, dir: std::path::PathBuf) -> Self {
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("python starts");
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not listen on {port}");
+            assert!(Instant::now() < deadline, "the upstream did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, port, dir }
@@ -173,7 +182,7 @@ fn nginx_proxying_to_an_upstream_makes_a_client_span_inside_the_request_it_serve
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
     // The upstream is not traced: its spans would be a second server span per request.
-    let upstream = Upstream::start();
+    let upstream = Upstream::static_files();
     let nginx = Nginx::start_with(NginxConfig { upstream_port: Some(upstream.port), ..NginxConfig::default() });
     let mut daemon = attach(nginx.master_pid(), &agent, "nginx-proxy");
 
@@ -203,9 +212,58 @@ fn nginx_proxying_to_an_upstream_makes_a_client_span_inside_the_request_it_serve
         assert_eq!(meta(call, "http.status_code"), "200");
         assert!(!is_error(call));
         // Inside its parent in time too.
-        let (start, end) = (call["start"].as_i64().unwrap(), call["start"].as_i64().unwrap() + call["duration"].as_i64().unwrap());
-        let parent_end = server["start"].as_i64().unwrap() + server["duration"].as_i64().unwrap();
-        assert!(start >= server["start"].as_i64().unwrap() && end <= parent_end, "{call:#}\n{server:#}");
+        assert!(
+            call["start"].as_i64() >= server["start"].as_i64() && end_ns(call) <= end_ns(server),
+            "{call:#}\n{server:#}"
+        );
+    }
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// The span's end, in ns since the epoch.
+fn end_ns(span: &Value) -> i64 {
+    span["start"].as_i64().unwrap() + span["duration"].as_i64().unwrap()
+}
+
+/// One worker, two proxied requests in flight at once: the first (upstream answers in 400 ms) is
+/// answered while the second (800 ms) is still waiting. An event-driven worker's thread holds both;
+/// each must keep its own upstream call as its child and end with its own response.
+#[test]
+fn interleaved_proxied_requests_in_one_worker_keep_their_own_upstream_call_and_end() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let upstream = Upstream::slow();
+    let config = NginxConfig { upstream_port: Some(upstream.port), workers: 1, ..NginxConfig::default() };
+    let nginx = Nginx::start_with(config);
+    let mut daemon = attach(nginx.master_pid(), &agent, "nginx-interleaved");
+
+    let started = Instant::now();
+    let first_url = nginx.http_url("/api/first/400");
+    let first = std::thread::spawn(move || curl(&[first_url]));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(curl(&[nginx.http_url("/api/second/800")]), "200 1\n");
+    assert_eq!(first.join().unwrap(), "200 1\n");
+
+    let spans = settled_spans(&agent, 4, started);
+    assert_eq!(spans.len(), 4, "{spans:#?}\n{}", daemon.stderr_text());
+    for (name, upstream_ms) in [("first", 400), ("second", 800)] {
+        let path = format!("/api/{name}/{upstream_ms}");
+        let server = spans
+            .iter()
+            .find(|s| s["meta"]["span.kind"] == "server" && meta(s, "http.url").ends_with(&path))
+            .unwrap_or_else(|| panic!("the {name} request's server span: {spans:#?}"));
+        assert_eq!(meta(server, "http.status_code"), "200", "ended by its own response: {server:#}");
+        let duration_ms = server["duration"].as_i64().unwrap() / 1_000_000;
+        assert!(duration_ms >= upstream_ms - 50, "{name} lasted {duration_ms} ms: {server:#}");
+        let children: Vec<&Value> = spans.iter().filter(|s| s["parent_id"] == server["span_id"]).collect();
+        assert_eq!(children.len(), 1, "{name}'s upstream call under it: {spans:#?}");
+        let call = children[0];
+        assert_eq!(meta(call, "span.kind"), "client");
+        assert!(meta(call, "http.url").ends_with(&path), "{name}'s own call: {call:#}");
+        assert_eq!(call["trace_id"], server["trace_id"]);
+        assert!(end_ns(call) <= end_ns(server), "{call:#}\n{server:#}");
     }
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);

@@ -6,9 +6,11 @@
 //! root continuing the caller's trace when the request carries Datadog or W3C context headers;
 //! what the thread does while serving (database calls, calls to other services) is its child. It
 //! ends with the response. A client context opens when the request head has been written, as a
-//! child of what is open on the thread, and ends with the response; it stays off the thread's
-//! stack (nothing the thread does meanwhile is its child). When both ends of a connection are
-//! traced processes, the server's context continues the client's (see [`super::linking`]).
+//! child of what is open on the thread (inside the context the connection was opened in, while
+//! that is open: an event-driven server such as nginx proxies one request while it takes on
+//! others), and ends with the response; it stays off the thread's stack (nothing the thread does
+//! meanwhile is its child). When both ends of a connection are traced processes, the server's
+//! context continues the client's (see [`super::linking`]).
 //! Connections opened before the agent attached are not followed (their first bytes are
 //! mid-stream).
 //!
@@ -63,6 +65,8 @@ struct Connection {
     in_step: bool,
     /// Contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
+    /// The innermost context of the thread that opened the connection, when it opened it.
+    opened_within: Option<ContextId>,
 }
 
 /// Turns the socket activity of traced processes into HTTP contexts.
@@ -122,7 +126,16 @@ impl HttpOverSockets {
                 if let (Role::Client, Some(local)) = (role, local) {
                     self.callers.client_connected((event.tgid, event.fd), local, peer);
                 }
-                let connection = Connection { tracker, peer, local, tls: false, in_step: true, open: VecDeque::new() };
+                let opened_within = contexts.innermost(event.tid);
+                let connection = Connection {
+                    tracker,
+                    peer,
+                    local,
+                    tls: false,
+                    in_step: true,
+                    open: VecDeque::new(),
+                    opened_within,
+                };
                 self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
@@ -162,9 +175,17 @@ impl HttpOverSockets {
         let role = if accepted { Role::Server } else { Role::Client };
         let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
         // No local address: requests on it cannot be paired with the other end's by their
-        // index (neither end saw the connection's first request).
-        let connection =
-            Connection { tracker, peer: Some(peer), local: None, tls: false, in_step: false, open: VecDeque::new() };
+        // index (neither end saw the connection's first request). Opened before the attach:
+        // within nothing the agent knows of.
+        let connection = Connection {
+            tracker,
+            peer: Some(peer),
+            local: None,
+            tls: false,
+            in_step: false,
+            open: VecDeque::new(),
+            opened_within: None,
+        };
         self.connections.insert(Stream::Socket { tgid, fd }, connection);
     }
 
@@ -195,8 +216,10 @@ impl HttpOverSockets {
                 None => Role::Server,
             };
             let (peer, local) = (socket.and_then(|socket| socket.peer), socket.and_then(|socket| socket.local));
+            let opened_within = socket.and_then(|socket| socket.opened_within);
             let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-            let connection = Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new() };
+            let connection =
+                Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new(), opened_within };
             self.connections.insert(stream, connection);
         }
         stream
@@ -249,7 +272,8 @@ impl SpanShaper {
         for (index, head) in (first_index..).zip(connection.tracker.latest_requests(started)) {
             let mut data = self.request_data(head, role, connection);
             if role == Role::Client {
-                let id = contexts.start_detached(event.tgid, event.tid, head.started_ns, data);
+                let within = connection.opened_within;
+                let id = contexts.start_detached_within(event.tgid, event.tid, within, head.started_ns, data);
                 connection.open.push_back((event.tid, id));
                 if let Some(local) = connection.local {
                     callers.call_opened(local, index, id, contexts);
@@ -310,7 +334,8 @@ impl SpanShaper {
             }
             let mut data = self.request_data(&exchange.request, role, connection);
             add_response(&mut data, &exchange, role, &self.header_tags);
-            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
+            let within = connection.opened_within;
+            contexts.record_within(event.tgid, event.tid, within, exchange.started_ns, exchange.ended_ns, data);
         }
         // Hand the (empty) buffer back: its capacity serves the next events.
         self.exchanges = exchanges;
