@@ -433,3 +433,18 @@ fn huge_request_heads_give_one_span_each_and_leave_the_daemon_healthy() {
         assert!(daemon.wait_exit(Duration::from_secs(10)).success());
     }
 }
+
+/// The HTTPS server block (for the TLS tests) answers with the certificate the harness made.
+#[test]
+fn the_https_server_block_serves_the_same_routes_with_the_test_certificate() {
+    let _serial = ddtrace_tests::serial();
+    let nginx = Nginx::start();
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(nginx.certificate())
+        .args(["-o", "/dev/null", "-w", "%{http_code}\\n", &nginx.https_url("/users/42")])
+        .args(["-o", "/dev/null", "-w", "%{http_code}\\n", &nginx.https_url("/fail")])
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200\n503\n", "{output:?}\n{}", nginx.error_log());
+}
