@@ -167,9 +167,10 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             } else {
                 pending.pointer
             };
-            // Only the first buffer is copied: a request head written with writev starts there.
-            let base = read_u64(iov);
-            emit_data(pid_tgid, pending.fd as u32, op, ret as u64, base, 0, 0);
+            // Only the first buffer is copied, and no further than its end (nginx writes a response
+            // head in the first buffer and its body in the next ones, elsewhere in memory).
+            let (base, first_len) = (read_u64(iov), read_u64(iov + 8));
+            emit_data_within(pid_tgid, pending.fd as u32, op, ret as u64, base, first_len, 0, 0);
         }
         _ => {}
     }
@@ -236,16 +237,33 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
 /// the first of them are copied from `data`, in the target's memory.
 #[inline(always)]
 pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    emit_data_within(pid_tgid, fd, op, length, data, length, flags, session)
+}
+
+/// Same, when only `readable` bytes are at `data` (the first buffer of a vector).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit_data_within(
+    pid_tgid: u64,
+    fd: u32,
+    op: u32,
+    length: u64,
+    data: u64,
+    readable: u64,
+    flags: u32,
+    session: u64,
+) {
     let Some(event) = start_event(pid_tgid, fd, op) else { return };
     event.length = length;
     event.flags = flags;
     event.session = session;
-    if data != 0 && length > 0 {
-        let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
+    let available = if readable < length { readable } else { length };
+    if data != 0 && available > 0 {
+        let wanted = if available > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
             MAX_SOCKET_CAPTURE as u32
         } else {
-            length as u32
+            available as u32
         };
         // The mask keeps the verifier's bound proof simple: `wanted` <= MAX_SOCKET_CAPTURE.
         let wanted = wanted & MAX_SOCKET_CAPTURE as u32;

@@ -4,6 +4,7 @@
 pub mod agent_process;
 pub mod http;
 pub mod native_app;
+pub mod nginx;
 pub mod profiles;
 pub mod target_app;
 pub mod telemetry;

@@ -21,6 +21,10 @@ pub struct RemoteParent {
 /// The per-thread trees of [`ExecutionContext`]s of the traced processes. Each thread has a stack
 /// of open contexts: a new context's parent is the innermost open one on its thread.
 ///
+/// Local roots (requests a server took on) are not calls nested in what is below them: an
+/// event-driven server's thread takes on a request while others are in flight, and ends them in
+/// any order. Ending a context ends what was opened inside it, up to the next local root.
+///
 /// Contexts remember the call frame they were opened at. A context opened at the same or a
 /// higher frame than an open one proves that one's call returned without its exit event (lost
 /// in a full ring buffer): it is ended then, instead of swallowing every later span as a child.
@@ -86,8 +90,21 @@ impl ContextTree {
     /// never makes the frame-based checks end the thread's real calls. End it with
     /// [`Self::end_detached`]; if its parent ends first, it ends with it.
     pub fn start_detached(&mut self, tgid: u32, tid: u32, ktime_ns: u64, data: ContextData) -> ContextId {
+        self.start_detached_within(tgid, tid, None, ktime_ns, data)
+    }
+
+    /// Same, as a child of the innermost context inside `within` when `within` is still open on
+    /// the thread (see [`Self::record_within`]).
+    pub fn start_detached_within(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        within: Option<ContextId>,
+        ktime_ns: u64,
+        data: ContextData,
+    ) -> ContextId {
         let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
-        let context = self.new_context(tgid, tid, start_unix_ns, data);
+        let context = self.new_context_within(tgid, tid, within, start_unix_ns, data);
         let id = context.id;
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.detached.insert(id, context);
@@ -219,8 +236,23 @@ impl ContextTree {
     /// Records an operation already over (both ends known), as a child of the thread's innermost
     /// open context.
     pub fn record(&mut self, tgid: u32, tid: u32, start_ktime_ns: u64, end_ktime_ns: u64, data: ContextData) {
+        self.record_within(tgid, tid, None, start_ktime_ns, end_ktime_ns, data);
+    }
+
+    /// Same, as a child of the innermost context inside `within` when `within` is still open on
+    /// the thread: an operation that belongs to work begun earlier (a call on a connection opened
+    /// while serving one request, ending while the thread serves others).
+    pub fn record_within(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        within: Option<ContextId>,
+        start_ktime_ns: u64,
+        end_ktime_ns: u64,
+        data: ContextData,
+    ) {
         let start_unix_ns = self.clock.to_unix_ns(start_ktime_ns);
-        let mut context = self.new_context(tgid, tid, start_unix_ns, data);
+        let mut context = self.new_context_within(tgid, tid, within, start_unix_ns, data);
         context.end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
@@ -247,13 +279,17 @@ impl ContextTree {
 
     /// Ends every open context of process `tgid` (it exited) and tells the listeners.
     pub fn end_process(&mut self, tgid: u32, ktime_ns: u64) {
-        let threads: Vec<(u32, ContextId)> = self
+        let threads: Vec<u32> = self
             .threads
             .iter()
-            .filter_map(|(tid, stack)| stack.first().filter(|(_, c)| c.tgid == tgid).map(|(_, c)| (*tid, c.id)))
+            .filter(|(_, stack)| stack.first().is_some_and(|(_, c)| c.tgid == tgid))
+            .map(|(tid, _)| *tid)
             .collect();
-        for (tid, root) in threads {
-            self.end(tid, root, ktime_ns, |_| {});
+        for tid in threads {
+            // Outermost first; each end may leave later local roots open.
+            while let Some(outermost) = self.threads.get(&tid).and_then(|stack| stack.first()).map(|(_, c)| c.id) {
+                self.end(tid, outermost, ktime_ns, |_| {});
+            }
         }
         let detached: Vec<ContextId> = self.detached.values().filter(|c| c.tgid == tgid).map(|c| c.id).collect();
         for id in detached {
@@ -273,6 +309,11 @@ impl ContextTree {
             .and_then(|stack| stack.last())
             .map(|(_, context)| ActiveContext { id: context.id, root_id: context.root_id });
         self.hub.dispatch("cpu.sampled", &CoreEvent::CpuSampled(&sample));
+    }
+
+    /// The innermost open context of thread `tid`.
+    pub fn innermost(&self, tid: u32) -> Option<ContextId> {
+        self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c.id)
     }
 
     /// Contexts open now, all threads together.
@@ -300,15 +341,66 @@ impl ContextTree {
         ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns: 0, data }
     }
 
-    fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
-        let id = new_span_id();
-        let (trace_id, parent_id, root_id) = match self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c)
-        {
-            Some(parent) => (parent.trace_id, parent.id, parent.root_id),
-            None => (new_trace_id(start_unix_ns), 0, id),
-        };
-        ExecutionContext { id, trace_id, parent_id, root_id, tgid, tid, start_unix_ns, end_unix_ns: 0, data }
+    /// A new context under the innermost one inside `within` if that is open on the thread, else
+    /// under the thread's innermost.
+    fn new_context_within(
+        &self,
+        tgid: u32,
+        tid: u32,
+        within: Option<ContextId>,
+        start_unix_ns: i64,
+        data: ContextData,
+    ) -> ExecutionContext {
+        let parent = self.threads.get(&tid).and_then(|stack| {
+            let position = stack.iter().rposition(|(_, c)| Some(c.id) == within)?;
+            Some(&stack[inside_of(stack, position) - 1].1)
+        });
+        match parent {
+            Some(parent) => child_of(parent, tgid, tid, start_unix_ns, data),
+            None => self.new_context(tgid, tid, start_unix_ns, data),
+        }
     }
+
+    fn new_context(&self, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
+        match self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c) {
+            Some(parent) => child_of(parent, tgid, tid, start_unix_ns, data),
+            None => {
+                let id = new_span_id();
+                let trace_id = new_trace_id(start_unix_ns);
+                ExecutionContext {
+                    id,
+                    trace_id,
+                    parent_id: 0,
+                    root_id: id,
+                    tgid,
+                    tid,
+                    start_unix_ns,
+                    end_unix_ns: 0,
+                    data,
+                }
+            }
+        }
+    }
+}
+
+/// A new context under `parent`.
+fn child_of(parent: &ExecutionContext, tgid: u32, tid: u32, start_unix_ns: i64, data: ContextData) -> ExecutionContext {
+    ExecutionContext {
+        id: new_span_id(),
+        trace_id: parent.trace_id,
+        parent_id: parent.id,
+        root_id: parent.root_id,
+        tgid,
+        tid,
+        start_unix_ns,
+        end_unix_ns: 0,
+        data,
+    }
+}
+
+/// Where the contexts inside `stack[position]` end: at the next local root above it, or the top.
+fn inside_of(stack: &[(u64, ExecutionContext)], position: usize) -> usize {
+    stack[position + 1..].iter().position(|(_, c)| c.is_root()).map_or(stack.len(), |i| position + 1 + i)
 }
 
 #[cfg(test)]
@@ -522,6 +614,54 @@ mod tests {
         assert_eq!((request.trace_id, request.parent_id), (0xabc, 77));
         assert!(request.is_root());
         assert!(ended.iter().all(|c| c.trace_id == 0xabc), "{ended:?}");
+    }
+
+    #[test]
+    fn an_event_driven_thread_ends_its_requests_in_any_order() {
+        let (mut tree, ended) = tree_recording_ends();
+        let first = tree.start_root(1, 10, 1_000, u64::MAX, data("first"), None);
+        let query = tree.start(1, 10, 1_500, 0x0f00, data("query of first"));
+        tree.end(10, query, 1_600, |_| {});
+        let second = tree.start_root(1, 10, 2_000, u64::MAX - 1, data("second"), None);
+        // The first request is answered while the second is in flight: the second stays open.
+        assert!(tree.end(10, first, 3_000, |d| d.resource = "first done".into()));
+        assert_eq!(tree.innermost(10), Some(second));
+        assert!(tree.end(10, second, 4_000, |d| d.resource = "second done".into()));
+        let ended = ended.lock().unwrap();
+        let names: Vec<_> = ended.iter().map(|c| (c.data.name, c.data.resource.as_str())).collect();
+        assert_eq!(names, [("query of first", ""), ("first", "first done"), ("second", "second done")]);
+        assert_eq!(ended[2].end_unix_ns - ended[2].start_unix_ns, 2_000);
+        assert_eq!(tree.abandoned, 0);
+    }
+
+    #[test]
+    fn a_call_recorded_within_an_earlier_request_is_its_child_not_the_latest_ones() {
+        let (mut tree, ended) = tree_recording_ends();
+        let first = tree.start_root(1, 10, 1_000, u64::MAX, data("first"), None);
+        let second = tree.start_root(1, 10, 2_000, u64::MAX - 1, data("second"), None);
+        tree.record_within(1, 10, Some(first), 1_100, 2_500, data("call of first"));
+        tree.record_within(1, 10, None, 2_100, 2_600, data("call of the innermost"));
+        let open_call = tree.start_detached_within(1, 10, Some(first), 2_200, data("open call of first"));
+        tree.end_detached(open_call, 2_700, |_| {});
+        tree.end(10, first, 3_000, |_| {});
+        tree.record_within(1, 10, Some(first), 3_100, 3_200, data("call after first ended"));
+        tree.end(10, second, 4_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let parent = |name: &str| ended.iter().find(|c| c.data.name == name).unwrap().parent_id;
+        assert_eq!(parent("call of first"), first);
+        assert_eq!(parent("open call of first"), first);
+        assert_eq!(parent("call of the innermost"), second);
+        assert_eq!(parent("call after first ended"), second, "falls back to the innermost");
+    }
+
+    #[test]
+    fn process_exit_ends_every_request_of_an_event_driven_thread() {
+        let (mut tree, ended) = tree_recording_ends();
+        tree.start_root(7, 70, 1_000, u64::MAX, data("first"), None);
+        tree.start_root(7, 70, 2_000, u64::MAX - 1, data("second"), None);
+        tree.end_process(7, 9_000);
+        assert_eq!(ended.lock().unwrap().len(), 2);
+        assert_eq!(tree.open_contexts(), 0);
     }
 
     #[test]

@@ -438,6 +438,8 @@ mod tests {
     }
 
     #[test]
+    // Not inlined into the harness's closure: the unwind must find this function's own frame.
+    #[inline(never)]
     fn real_stack_unwinds_through_inner_middle_outer_and_beyond() {
         let capture = outer(black_box(1));
         let (frames, end) = unwind_own(capture.regs, &capture.stack);
@@ -450,6 +452,8 @@ mod tests {
     }
 
     #[test]
+    // Not inlined into the harness's closure: the unwind must find this function's own frame.
+    #[inline(never)]
     fn real_stack_unwinds_by_cfi_alone_without_a_frame_pointer() {
         let capture = outer(black_box(2));
         let (with_rbp, _) = unwind_own(capture.regs, &capture.stack);
@@ -484,6 +488,8 @@ mod tests {
     }
 
     #[test]
+    // Not inlined into the harness's closure: the unwind must find this function's own frame.
+    #[inline(never)]
     fn real_stack_unwinds_out_of_a_signal_handler_through_the_signal_frame() {
         let mut buffer = vec![0u8; 64 * 1024];
         let here = &buffer as *const Vec<u8> as u64;

@@ -6,10 +6,12 @@
 //! root continuing the caller's trace when the request carries Datadog or W3C context headers;
 //! what the thread does while serving (database calls, calls to other services) is its child. It
 //! ends with the response. A client context opens when the request head has been written, as a
-//! child of what is open on the thread, and ends with the response; it stays off the thread's
-//! stack (nothing the thread does meanwhile is its child). When both ends of a connection are
-//! traced processes, the server's context continues the client's (see [`super::linking`]). In Go
-//! programs a thread does not tell which request a call belongs to: see [`ClientParents`].
+//! child of what is open on the thread (inside the context the connection was opened in, while
+//! that is open: an event-driven server such as nginx proxies one request while it takes on
+//! others), and ends with the response; it stays off the thread's stack (nothing the thread does
+//! meanwhile is its child). When both ends of a connection are traced processes, the server's
+//! context continues the client's (see [`super::linking`]). In Go programs a thread does not
+//! tell which request a call belongs to: see [`ClientParents`].
 //! Connections opened before the agent attached are not followed (their first bytes are
 //! mid-stream).
 //!
@@ -66,6 +68,8 @@ struct Connection {
     in_step: bool,
     /// Contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
+    /// The innermost context of the thread that opened the connection, when it opened it.
+    opened_within: Option<ContextId>,
 }
 
 /// Turns the socket activity of traced processes into HTTP contexts.
@@ -127,7 +131,16 @@ impl HttpOverSockets {
                 if let (Role::Client, Some(local)) = (role, local) {
                     self.callers.client_connected((event.tgid, event.fd), local, peer);
                 }
-                let connection = Connection { tracker, peer, local, tls: false, in_step: true, open: VecDeque::new() };
+                let opened_within = contexts.innermost(event.tid);
+                let connection = Connection {
+                    tracker,
+                    peer,
+                    local,
+                    tls: false,
+                    in_step: true,
+                    open: VecDeque::new(),
+                    opened_within,
+                };
                 self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
@@ -167,9 +180,17 @@ impl HttpOverSockets {
         let role = if accepted { Role::Server } else { Role::Client };
         let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
         // No local address: requests on it cannot be paired with the other end's by their
-        // index (neither end saw the connection's first request).
-        let connection =
-            Connection { tracker, peer: Some(peer), local: None, tls: false, in_step: false, open: VecDeque::new() };
+        // index (neither end saw the connection's first request). Opened before the attach:
+        // within nothing the agent knows of.
+        let connection = Connection {
+            tracker,
+            peer: Some(peer),
+            local: None,
+            tls: false,
+            in_step: false,
+            open: VecDeque::new(),
+            opened_within: None,
+        };
         self.connections.insert(Stream::Socket { tgid, fd }, connection);
     }
 
@@ -190,19 +211,32 @@ impl HttpOverSockets {
             }
             self.socket_of_session.insert((tgid, session), fd);
         }
-        if !self.connections.contains_key(&stream) {
-            let socket = fd.and_then(|fd| self.connections.get(&Stream::Socket { tgid, fd }));
-            // The socket's side when the kernel saw it accepted or connected; else who spoke
-            // first: in HTTP/1.x the client does.
-            let role = match socket {
-                Some(socket) => socket.tracker.role(),
-                None if event.op == SocketOp::Sent => Role::Client,
-                None => Role::Server,
-            };
-            let (peer, local) = (socket.and_then(|socket| socket.peer), socket.and_then(|socket| socket.local));
-            let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-            let connection = Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new() };
-            self.connections.insert(stream, connection);
+        let socket = fd
+            .and_then(|fd| self.connections.get(&Stream::Socket { tgid, fd }))
+            .map(|socket| (socket.tracker.role(), socket.peer, socket.local, socket.opened_within));
+        match self.connections.get_mut(&stream) {
+            // A session whose first plaintext came from the library's buffer (a request that
+            // arrived with the handshake's last bytes) learns its socket on a later call.
+            Some(connection) if connection.peer.is_none() => {
+                if let Some((_, peer, local, _)) = socket {
+                    (connection.peer, connection.local) = (peer, local);
+                }
+            }
+            Some(_) => {}
+            None => {
+                // The socket's side when the kernel saw it accepted or connected; else who spoke
+                // first: in HTTP/1.x the client does.
+                let role = match socket {
+                    Some((role, ..)) => role,
+                    None if event.op == SocketOp::Sent => Role::Client,
+                    None => Role::Server,
+                };
+                let (peer, local, opened_within) = socket.map_or((None, None, None), |(_, p, l, w)| (p, l, w));
+                let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
+                let connection =
+                    Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new(), opened_within };
+                self.connections.insert(stream, connection);
+            }
         }
         stream
     }
@@ -263,7 +297,9 @@ impl SpanShaper {
             if role == Role::Client {
                 let (tgid, tid, started) = (event.tgid, event.tid, head.started_ns);
                 let id = match self.parents.for_call(tgid, started) {
-                    ClientParent::CallingThread => contexts.start_detached(tgid, tid, started, data),
+                    ClientParent::CallingThread => {
+                        contexts.start_detached_within(tgid, tid, connection.opened_within, started, data)
+                    }
                     ClientParent::Request { tid: parent_tid, id } => {
                         contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
                     }
@@ -313,7 +349,14 @@ impl SpanShaper {
         for exchange in exchanges.drain(..) {
             if let Some((tid, id)) = connection.open.pop_front() {
                 let header_tags = &self.header_tags;
-                let finish = |data: &mut ContextData| add_response(data, &exchange, role, header_tags);
+                let peer = connection.peer;
+                let finish = |data: &mut ContextData| {
+                    add_response(data, &exchange, role, header_tags);
+                    // The client's address when it was learnt after the request (TLS above).
+                    if let (Role::Server, Some(peer)) = (role, peer) {
+                        data.meta.entry("network.client.ip".to_string()).or_insert_with(|| peer.ip().to_string());
+                    }
+                };
                 match role {
                     Role::Server => {
                         self.parents.request_ended(event.tgid, id);
@@ -335,7 +378,9 @@ impl SpanShaper {
             let parent =
                 if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
             match parent {
-                ClientParent::CallingThread => contexts.record(tgid, tid, started, ended, data),
+                ClientParent::CallingThread => {
+                    contexts.record_within(tgid, tid, connection.opened_within, started, ended, data)
+                }
                 ClientParent::Request { tid: parent_tid, id } => {
                     contexts.record_under(Some((parent_tid, id)), tgid, tid, started, ended, data)
                 }

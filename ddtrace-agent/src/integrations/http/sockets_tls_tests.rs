@@ -108,3 +108,16 @@ fn a_new_session_on_the_same_socket_ends_the_old_one() {
     assert!(ended[0].data.error.is_some());
     assert_eq!(ended[1].data.meta["http.status_code"], "200");
 }
+
+#[test]
+fn a_request_read_from_the_librarys_buffer_still_gets_its_clients_address() {
+    let (mut contexts, ended) = tree_recording_ends();
+    let mut http = HttpOverSockets::new(HeaderTags::default());
+    http.on_socket(&activity(12, SocketOp::Accepted, b"", None), &mut contexts);
+    // The request came with the handshake's last bytes: no read on the socket in SSL_read.
+    http.on_socket(&activity(FD_UNKNOWN, SocketOp::Received, REQUEST, Some(SESSION)), &mut contexts);
+    http.on_socket(&activity(12, SocketOp::Sent, RESPONSE, Some(SESSION)), &mut contexts);
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1, "{ended:#?}");
+    assert_eq!(ended[0].data.meta["network.client.ip"], "127.0.0.1");
+}
