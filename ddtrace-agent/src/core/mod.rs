@@ -8,6 +8,8 @@ mod context;
 mod hub;
 mod ids;
 mod sample;
+#[cfg(test)]
+pub mod test_support;
 mod tree;
 
 pub use call_stacks::CallStacks;

@@ -408,19 +408,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::core::SpanKind;
-
-    fn tree_recording_ends() -> (ContextTree, Arc<Mutex<Vec<ExecutionContext>>>) {
-        let ended = Arc::new(Mutex::new(Vec::new()));
-        let mut hub = EventHub::new();
-        let sink = ended.clone();
-        hub.on("context.ended", move |event| {
-            if let CoreEvent::ContextEnded(c) = event {
-                sink.lock().unwrap().push((*c).clone());
-            }
-        });
-        (ContextTree::new(WallClock::calibrate(), hub), ended)
-    }
+    use crate::core::{test_support::tree_recording_ends, SpanKind};
 
     fn data(name: &'static str) -> ContextData {
         ContextData::new(name, "test", "custom", SpanKind::Internal)

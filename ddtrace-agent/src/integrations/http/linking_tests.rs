@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::{
-    core::{ContextData, ContextTree, CoreEvent, EventHub, ExecutionContext, SpanKind, WallClock},
+    core::{test_support::tree_recording_ends, ContextData, ContextTree, ExecutionContext, SpanKind},
     integrations::http::{HeaderTags, HttpOverSockets},
     probes::{SocketActivity, SocketOp},
 };
@@ -23,15 +23,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        let ended = Arc::new(Mutex::new(Vec::new()));
-        let mut hub = EventHub::new();
-        let sink = ended.clone();
-        hub.on("context.ended", move |event| {
-            if let CoreEvent::ContextEnded(c) = event {
-                sink.lock().unwrap().push((*c).clone());
-            }
-        });
-        let contexts = ContextTree::new(WallClock::calibrate(), hub);
+        let (contexts, ended) = tree_recording_ends();
         Self { http: HttpOverSockets::new(HeaderTags::parse("").0), contexts, ended, now: 1_000 }
     }
 

@@ -1,30 +1,16 @@
 //! TLS plaintext through [`HttpOverSockets`]: sessions tied to their socket, reads served from the
 //! library's buffer (no fd), roles and closes.
 
-use std::sync::{Arc, Mutex};
-
 use ddtrace_common::FD_UNKNOWN;
 
 use super::{HeaderTags, HttpOverSockets};
 use crate::{
-    core::{ContextTree, CoreEvent, EventHub, ExecutionContext, SpanKind, WallClock},
+    core::{test_support::tree_recording_ends, SpanKind},
     probes::{SocketActivity, SocketOp},
 };
 
 const PID: u32 = 40;
 const SESSION: u64 = 0x5555_0000_1000;
-
-fn tree_recording_ends() -> (ContextTree, Arc<Mutex<Vec<ExecutionContext>>>) {
-    let ended = Arc::new(Mutex::new(Vec::new()));
-    let mut hub = EventHub::new();
-    let sink = ended.clone();
-    hub.on("context.ended", move |event| {
-        if let CoreEvent::ContextEnded(c) = event {
-            sink.lock().unwrap().push((*c).clone());
-        }
-    });
-    (ContextTree::new(WallClock::calibrate(), hub), ended)
-}
 
 fn activity(fd: u32, op: SocketOp, data: &[u8], tls_session: Option<u64>) -> SocketActivity {
     SocketActivity {
