@@ -124,7 +124,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
     let (cert, key) = certificate(&out_dir)?;
     let script = workspace::root().join(LOOP);
-    let mut tls_loop = Python::start(&python, &[&script.to_string_lossy(), &cert.to_string_lossy(), &key.to_string_lossy()])?;
+    let mut tls_loop =
+        Python::start(&python, &[&script.to_string_lossy(), &cert.to_string_lossy(), &key.to_string_lossy()])?;
     let ready = reply(&tls_loop.stdout, &mut tls_loop.child, "the TLS loop", Duration::from_secs(30))?;
     if ready != "ready" {
         bail!("the TLS loop said {ready:?} instead of `ready`");
@@ -187,7 +188,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         let _ = writeln!(table, "  {:<40} {:>10.0} {:>12.2}", config.label(), value, value / medians[0]);
     }
     let _ = writeln!(table, "  (b) should be ~(a): uprobes are attached to the traced processes only.");
-    steal_and_noise_notes(&mut table, steal_time().saturating_sub(steal_before), run_started.elapsed(), background_busy);
+    steal_and_noise_notes(
+        &mut table,
+        steal_time().saturating_sub(steal_before),
+        run_started.elapsed(),
+        background_busy,
+    );
     let mut json = String::from("{\n");
     let _ = writeln!(json, "  \"pairs_per_round\": {pairs},\n  \"rounds\": {},\n  \"cycles\": {cycles},", args.rounds);
     for (config, value) in Config::ALL.iter().zip(&medians) {

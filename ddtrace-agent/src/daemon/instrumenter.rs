@@ -7,9 +7,7 @@ use std::{
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
-    probes::{
-        KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProcessChange, ProcessChangeKind,
-    },
+    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProcessChange, ProcessChangeKind},
     symbols::{ElfSymbols, SymbolError},
     target::{is_process, MappedObject, Process, TargetError},
 };
@@ -443,7 +441,9 @@ impl Instrumenter {
         let mut links = Vec::with_capacity(library.probes.len());
         for &(id, probe_index, file_offset) in &library.probes {
             let def = &defs[probe_index];
-            links.push(self.programs.attach_to_process(id, def, host_path, file_offset, pid).map_err(|e| e.to_string())?);
+            links.push(
+                self.programs.attach_to_process(id, def, host_path, file_offset, pid).map_err(|e| e.to_string())?,
+            );
         }
         Ok(links)
     }

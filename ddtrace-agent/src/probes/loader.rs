@@ -221,6 +221,9 @@ impl KernelPrograms {
     /// process of the host paid a trap per call (measured: SSL_write_ex+SSL_read_ex from ~7 to
     /// ~30 µs in a process we did not even trace). Children therefore need their own links
     /// (the daemon attaches on the fork event), and the in-kernel bitmap stays as a second gate.
+    /// The perf event targets the task `pid` and follows it through exec (the kernel compares
+    /// its current address space); a process whose main thread exits before the others loses
+    /// its probes (the task has no address space any more).
     pub fn attach_to_process(
         &mut self,
         id: ProbeId,
