@@ -297,6 +297,55 @@ pub mod tracepoint_globals {
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
 }
 
+/// Where the kernel keeps a socket's addresses, from the current task down to `struct
+/// sock_common`: byte offsets on the running kernel, read by the daemon from the kernel's BTF and
+/// set as a read-only global ([`names::SOCKET_LAYOUT`]) at load time. `known` is 0 when the
+/// daemon could not read them: the programs then report no local address.
+///
+/// The `skc_*` offsets are into the first [`SOCK_COMMON_READ_BYTES`] of the socket, which the
+/// programs copy at once; the IPv6 ones are [`SocketLayout::ABSENT`] on a kernel built without
+/// IPv6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketLayout {
+    pub known: u32,
+    /// `task_struct.files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `files_struct.fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (`unsigned int`).
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdtable_fd: u32,
+    /// `file.private_data` (a socket file's `struct socket *`).
+    pub file_private_data: u32,
+    /// `socket.sk` (`struct sock *`, whose first member is `struct sock_common`).
+    pub socket_sk: u32,
+    /// `sock_common.skc_family` (`unsigned short`).
+    pub skc_family: u32,
+    /// `sock_common.skc_num`: the local port, host order.
+    pub skc_num: u32,
+    /// `sock_common.skc_rcv_saddr`: the local IPv4 address, network order.
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr`: the local IPv6 address.
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock_common.skc_dport`: the peer's port, network order.
+    pub skc_dport: u32,
+    /// `sock_common.skc_daddr`: the peer's IPv4 address.
+    pub skc_daddr: u32,
+    /// `sock_common.skc_v6_daddr`: the peer's IPv6 address.
+    pub skc_v6_daddr: u32,
+}
+
+impl SocketLayout {
+    /// An offset of a member this kernel does not have.
+    pub const ABSENT: u32 = u32::MAX;
+}
+
+/// Bytes of `struct sock` the programs copy in one read to take its addresses from (a power of
+/// two: offsets into the copy are masked with `SOCK_COMMON_READ_BYTES - 1`).
+pub const SOCK_COMMON_READ_BYTES: usize = 128;
+
 /// Key of the map that carries an out-pointer from a probe's entry to its exit.
 ///
 /// The call frame is identified by the stack pointer at entry (it points at the return
@@ -367,6 +416,8 @@ pub mod names {
     pub const TLS_ENTRY_PROGRAM: &str = "ddtrace_tls_entry";
     pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";
     pub const SOCKETS: &str = "SOCKETS";
+    /// The [`super::SocketLayout`] global.
+    pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";
 }
 
 #[cfg(feature = "user")]
@@ -376,6 +427,7 @@ mod pod {
     unsafe impl aya::Pod for ProbeSpec {}
     unsafe impl aya::Pod for OutPointerKey {}
     unsafe impl aya::Pod for SocketKey {}
+    unsafe impl aya::Pod for SocketLayout {}
 }
 
 #[cfg(test)]
@@ -395,5 +447,6 @@ mod tests {
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
+        assert_eq!(size_of::<SocketLayout>(), 56);
     }
 }

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod socket_addresses;
 mod sockets;
 mod tls;
 

@@ -16,7 +16,7 @@ use ddtrace_common::{
     SOCKET_EVENT_HEADER_BYTES,
 };
 
-use super::{count, header, is_tracked, EVENTS};
+use super::{count, header, is_tracked, socket_addresses, EVENTS};
 
 /// x86-64 system call numbers.
 mod nr {
@@ -25,6 +25,7 @@ mod nr {
     pub const CLOSE: u64 = 3;
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
     pub const CONNECT: u64 = 42;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
@@ -84,12 +85,11 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         | nr::RECVFROM
         | nr::SENDMSG
         | nr::RECVMSG
-        | nr::CLOSE => {
+        | nr::SENDFILE => {
             let fd = arg(&ctx, 0) as u32;
             let key = SocketKey { tgid, fd };
             match SOCKETS.get_ptr_mut(&key) {
                 None => false,
-                Some(_) if id == nr::CLOSE => true,
                 // SAFETY: points into this socket's map value; a race with another thread of
                 // the process on the same fd can at worst cost one event.
                 Some(state) => unsafe {
@@ -100,6 +100,18 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
                     *state & SOCKET_CARRIES_TLS == 0
                 },
             }
+        }
+        // Reported on entry, not exit: the kernel frees the fd inside the call, and another
+        // thread can get the same number from accept or socket+connect and report that before
+        // this call's exit runs (seen with Go's many threads): a close reported at exit would
+        // end the new connection. Close releases the fd even when it fails (EINTR, EIO), and
+        // EBADF means the fd was not ours.
+        nr::CLOSE => {
+            let fd = arg(&ctx, 0) as u32;
+            if SOCKETS.remove(&SocketKey { tgid, fd }).is_ok() {
+                emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
+            }
+            false
         }
         _ => false,
     };
@@ -132,16 +144,16 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
             emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
         }
-        nr::CLOSE if ret == 0 => {
-            let fd = pending.fd as u32;
-            let _ = SOCKETS.remove(&SocketKey { tgid, fd });
-            emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
-        }
         nr::READ | nr::RECVFROM if ret > 0 => {
             emit_data(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
         }
         nr::WRITE | nr::SENDTO if ret > 0 => {
             emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
+        }
+        // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
+        // no bytes in the process to copy, but its length keeps the body count right.
+        nr::SENDFILE if ret > 0 => {
+            emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0)
         }
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
@@ -213,6 +225,9 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
     let Some(event) = start_event(pid_tgid, fd, op) else { return };
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
+        // After `read_peer`: the kernel's socket gives the peer only when the call did not.
+        // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
+        socket_addresses::read_from_kernel(event, fd);
     }
     submit(event);
 }

@@ -87,6 +87,11 @@ impl AgentProcess {
         panic!("ddtrace-agent did not print {needle:?} within {timeout:?}:\n{}", self.stderr_text());
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

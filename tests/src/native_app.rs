@@ -1,5 +1,6 @@
-//! Native target programs the tests build from `tests/apps/` (C with gcc, Rust with rustc) and
-//! run: each prints "ready", waits for a line on stdin, works a given time and exits.
+//! Native target programs the tests build from `tests/apps/` (C with gcc, Rust with rustc, Go with
+//! the go tool) and run: each prints "ready", waits for a line on stdin, works a given time and
+//! exits.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -41,6 +42,37 @@ pub fn build_c(source: &str, name: &str, flags: &[&str]) -> PathBuf {
 /// `tests/apps/<source>` built by rustc, optimized, as `name`.
 pub fn build_rust(source: &str, name: &str) -> PathBuf {
     build("rustc", source, name, &["-C", "opt-level=2", "--edition", "2021"])
+}
+
+/// `tests/apps/<source>` (a Go `main` package on the standard library only) built by `go build` as
+/// `name`: static (no cgo, so no libc: Go's own raw system calls are what the daemon must see),
+/// offline (no module proxy), with the build cache under `target/` so later builds are quick.
+pub fn build_go(source: &str, name: &str) -> PathBuf {
+    let target = workspace_root().join("target");
+    let dir = target.join("test-apps");
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join(name);
+    let source = workspace_root().join("tests/apps").join(source);
+    let result = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&output)
+        .arg(&source)
+        .env("CGO_ENABLED", "0")
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("GOPROXY", "off")
+        .env("GO111MODULE", "on")
+        .env("GOCACHE", target.join("go-cache"))
+        .env("GOPATH", target.join("go-path"))
+        .output()
+        .unwrap_or_else(|e| panic!("go cannot run (is golang-go installed? .ci/run installs it): {e}"));
+    assert!(
+        result.status.success(),
+        "go build failed for {}:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::canonicalize(&output).unwrap()
 }
 
 /// A running native test program.

@@ -52,7 +52,12 @@ impl TlsApp {
     /// The HTTPS server on `port`, once it listens.
     pub fn serve(port: u16, certificate: &TestCertificate) -> Self {
         let port = port.to_string();
-        Self::spawn(&[Path::new("serve").as_os_str(), port.as_ref(), certificate.cert.as_os_str(), certificate.key.as_os_str()])
+        Self::spawn(&[
+            Path::new("serve").as_os_str(),
+            port.as_ref(),
+            certificate.cert.as_os_str(),
+            certificate.key.as_os_str(),
+        ])
     }
 
     /// The `requests` client trusting `certificate`, once `requests` (and libssl) is loaded.

@@ -412,6 +412,15 @@ impl Instrumenter {
             return Ok(None);
         }
         let defs = self.integrations[index].probes();
+        // A uretprobe swaps the return address for a trampoline's; when Go grows a goroutine's
+        // stack it walks the frames, meets that address and kills the program ("unexpected
+        // return pc"). Entry probes are safe; exits in Go code need return-site probes.
+        if symbols.built_by_go() && defs.iter().any(|def| def.exit) {
+            return Err(format!(
+                "{} is a Go program: return probes (uretprobes) would crash it when Go moves a goroutine's stack",
+                symbols.path().display()
+            ));
+        }
         let mut locations = Vec::new();
         for (probe_index, def) in defs.iter().enumerate() {
             match symbols.function_entry(def.symbol) {

@@ -31,7 +31,7 @@ use crate::{
         tracing::{TraceTags, TracingSettings},
         ProductConfig, ProductInputs, ProductManager, SharedSummary,
     },
-    target::{descendants, open_tcp_connections, read_environ, ConnectionSide, ExitWatch, Process},
+    target::{descendants, open_tcp_connections, read_environ, runs_go, ConnectionSide, ExitWatch, Process},
 };
 
 /// Why the run ended.
@@ -185,6 +185,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         }
     }
     manager.post_preload();
+    // The one line that means "traced from now on", whatever the target maps: a static binary
+    // (Go) has no library to attach to, so the per-library lines above say nothing for it.
+    eprintln!("ddtrace-agent: attached: tracing {} process(es) from pid {root}", instrumenter.process_ids().len());
     if let Some(cpus) = sampling_cpus {
         eprintln!(
             "ddtrace-agent: profiling: sampling CPU at {} Hz on {cpus} CPUs{}",
@@ -207,6 +210,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
     }
     let mut http = HttpOverSockets::new(header_tags);
+    for pid in instrumenter.process_ids() {
+        note_runtime(&mut http, pid);
+    }
     adopt_open_connections(&mut instrumenter, &mut http);
     let mut root_exit_seen = false;
     let reason = loop {
@@ -333,6 +339,12 @@ fn handle_events(
                     http.process_exited(change.tgid);
                 }
                 if let Some(outcome) = process_outcome {
+                    match outcome {
+                        ProcessOutcome::Forked { child: pid, .. } | ProcessOutcome::Execed { pid, .. } => {
+                            note_runtime(http, pid)
+                        }
+                        ProcessOutcome::Exited { .. } => {}
+                    }
                     eprintln!("ddtrace-agent: {outcome}");
                     if matches!(outcome, ProcessOutcome::Forked { .. }) {
                         // The product protocol's after-fork hook.
@@ -345,6 +357,11 @@ fn handle_events(
             KernelEvent::Socket(activity) => http.on_socket(&activity, contexts),
         }
     }
+}
+
+/// Tells the HTTP integration whether `pid` runs Go, whose goroutines share OS threads.
+fn note_runtime(http: &mut HttpOverSockets, pid: u32) {
+    http.set_threads_shared(pid, runs_go(pid));
 }
 
 fn core_sample(sample: StackSample) -> CpuSample {

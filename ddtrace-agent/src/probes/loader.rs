@@ -14,6 +14,7 @@ use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, SocketKey,
 use super::{
     counters::KernelCounters,
     reader::EventReader,
+    socket_layout::socket_layout_from_kernel,
     spec::{ProbeDef, ProbeKind},
     tracefs,
 };
@@ -79,6 +80,14 @@ impl KernelPrograms {
             loader.override_global(tracepoint_globals::FORK_CHILD_PID_OFFSET, child_pid, true);
             loader.override_global(tracepoint_globals::EXIT_GROUP_DEAD_OFFSET, group_dead, true);
         }
+        // Without it the programs report no local socket addresses: HTTP spans of two traced
+        // processes talking to each other are then not linked, everything else works.
+        let socket_layout = socket_layout_from_kernel()
+            .inspect_err(|reason| {
+                tracing::warn!(%reason, "this end's socket addresses are unknown (no usable kernel BTF); HTTP calls between traced processes will not be linked")
+            })
+            .unwrap_or_default();
+        loader.override_global(names::SOCKET_LAYOUT, &socket_layout, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
             let text = format!("{e:#}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
             if is_permission_error(&text) {

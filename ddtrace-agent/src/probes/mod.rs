@@ -1,10 +1,12 @@
 //! The kernel side, seen from the daemon: loading the embedded eBPF object, attaching uprobes
 //! with a probe spec each, reading and decoding the ring buffer, and the kernel's counters.
 
+mod btf;
 mod counters;
 mod event;
 mod loader;
 mod reader;
+mod socket_layout;
 mod spec;
 mod tracefs;
 

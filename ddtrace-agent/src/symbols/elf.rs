@@ -4,7 +4,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
+
+/// True for a program built by Go: its toolchain has written `.go.buildinfo` into every binary
+/// since Go 1.13, stripped or not.
+pub fn built_by_go<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
+    file.sections().any(|section| section.name().is_ok_and(|name| name == ".go.buildinfo"))
+}
 
 /// Errors of symbol resolution; each names the file and what a user can do.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,7 @@ pub struct ElfSymbols {
     functions: HashMap<String, u64>,
     /// (vaddr, memsz, file offset, filesz) of each PT_LOAD segment.
     segments: Vec<(u64, u64, u64, u64)>,
+    go: bool,
 }
 
 /// `endbr64`: marks indirect-branch targets under CET. It does not touch the stack or argument
@@ -70,12 +77,18 @@ impl ElfSymbols {
                 (segment.address(), segment.size(), offset, filesz)
             })
             .collect();
+        let go = built_by_go(&file);
         drop(file);
-        Ok(Self { path: path.to_path_buf(), data, functions, segments })
+        Ok(Self { path: path.to_path_buf(), data, functions, segments, go })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether Go built this file: its goroutine stacks move, so no uretprobe may go in it.
+    pub fn built_by_go(&self) -> bool {
+        self.go
     }
 
     pub fn has_function(&self, name: &str) -> bool {

@@ -21,7 +21,7 @@ mod unwind;
 
 pub use cfi::{CallFrameInfo, CfaRule, CfiError, FrameRule, RegisterRule, UnwindContext, UnwindExpression};
 pub use debug_info::SourceFrame;
-pub use elf::{ElfSymbols, ProbeLocation, SymbolError};
+pub use elf::{built_by_go, ElfSymbols, ProbeLocation, SymbolError};
 pub use module::{ElfModule, FunctionHit, ModuleCache, ModuleError};
 pub use normalize::{parse_maps_line, Mapping, NormalizeError, NormalizedAddress, ProcessMaps};
 pub use symbolize::{demangle, InlinedFrame, Symbol, Symbolizer};

@@ -5,6 +5,7 @@
 
 mod environ;
 mod exit_watch;
+mod go_runtime;
 mod maps;
 pub mod memory;
 mod process;
@@ -13,6 +14,7 @@ mod tree;
 
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
+pub use go_runtime::runs_go;
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
 pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};

@@ -9,10 +9,16 @@
 //! - [`resource`]: the `METHOD /path` resource with ids in the path quantized;
 //! - [`url`]: `http.url`, with the query string obfuscated by Datadog's default pattern;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
-//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
+//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps;
+//! - [`client_parent`]: which request a client call belongs to, when threads do not tell (Go).
+//!
+//! `sockets` turns the kernel's socket activity into contexts with these, and `linking` makes a
+//! traced server's request continue the span of the traced client that sent it.
 
+mod client_parent;
 pub mod exchange;
 pub mod headers;
+mod linking;
 pub mod message_parser;
 pub mod propagation;
 pub mod resource;

@@ -5,9 +5,13 @@
 //! A server context opens when the request head has been read, on the reading thread, as a local
 //! root continuing the caller's trace when the request carries Datadog or W3C context headers;
 //! what the thread does while serving (database calls, calls to other services) is its child. It
-//! ends with the response. A client exchange is recorded whole when its response ends, as a child
-//! of what is open on the thread then. Connections opened before the agent attached are not
-//! followed (their first bytes are mid-stream).
+//! ends with the response. A client context opens when the request head has been written, as a
+//! child of what is open on the thread, and ends with the response; it stays off the thread's
+//! stack (nothing the thread does meanwhile is its child). When both ends of a connection are
+//! traced processes, the server's context continues the client's (see [`super::linking`]). In Go
+//! programs a thread does not tell which request a call belongs to: see [`ClientParents`].
+//! Connections opened before the agent attached are not followed (their first bytes are
+//! mid-stream).
 //!
 //! TLS connections are followed twice: the socket's own bytes are ciphertext, which the parser
 //! recognises and ignores, and the plaintext seen at the TLS library arrives as socket activity
@@ -21,9 +25,12 @@ use std::{
     sync::Arc,
 };
 
+use super::linking::{Caller, CallerIndex};
 use super::{
-    build_http_url, resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome, ExtractedContext,
-    HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
+    build_http_url,
+    client_parent::{ClientParent, ClientParents},
+    resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome,
+    ExtractedContext, HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
@@ -51,11 +58,13 @@ impl Stream {
 struct Connection {
     tracker: ConnectionTracker,
     peer: Option<SocketAddr>,
+    /// This end's address, when the kernel could read it.
+    local: Option<SocketAddr>,
     tls: bool,
     /// False for a connection found open at attach, until a request starts a read (server) or a
     /// write (client): what came before was the middle of a message.
     in_step: bool,
-    /// Server contexts opened for requests still waiting for their response: (thread, context).
+    /// Contexts opened for requests still waiting for their response: (thread, context).
     open: VecDeque<(u32, ContextId)>,
 }
 
@@ -66,6 +75,7 @@ pub struct HttpOverSockets {
     session_of_socket: HashMap<(u32, u32), u64>,
     socket_of_session: HashMap<(u32, u64), u32>,
     spans: SpanShaper,
+    callers: CallerIndex,
 }
 
 /// What turns exchanges into contexts, apart from the connections so both can be borrowed at once
@@ -76,6 +86,7 @@ struct SpanShaper {
     obfuscator: QueryObfuscator,
     propagation: StyleList,
     exchanges: Vec<Exchange>,
+    parents: ClientParents,
     /// Frames given to server contexts, counting down from the top: above every real stack
     /// address (so calls made while serving nest inside) and each below the previous one (so a
     /// pipelined request never looks like the return of the one before it).
@@ -95,8 +106,10 @@ impl HttpOverSockets {
                 obfuscator: QueryObfuscator::default(),
                 propagation: StyleList::default(),
                 exchanges: Vec::new(),
+                parents: ClientParents::default(),
                 next_frame: u64::MAX,
             },
+            callers: CallerIndex::default(),
         }
     }
 
@@ -110,7 +123,11 @@ impl HttpOverSockets {
                 self.close_tls_session_of(event, contexts);
                 let role = if event.op == SocketOp::Accepted { Role::Server } else { Role::Client };
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-                let connection = Connection { tracker, peer: event.peer, tls: false, in_step: true, open: VecDeque::new() };
+                let (peer, local) = (event.peer, event.local);
+                if let (Role::Client, Some(local)) = (role, local) {
+                    self.callers.client_connected((event.tgid, event.fd), local, peer);
+                }
+                let connection = Connection { tracker, peer, local, tls: false, in_step: true, open: VecDeque::new() };
                 self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
@@ -121,7 +138,8 @@ impl HttpOverSockets {
                 let Some(connection) = self.connections.get_mut(&stream) else { return };
                 let direction = if event.op == SocketOp::Received { Direction::Read } else { Direction::Write };
                 if !connection.in_step {
-                    let requests_go = if connection.tracker.role() == Role::Server { Direction::Read } else { Direction::Write };
+                    let requests_go =
+                        if connection.tracker.role() == Role::Server { Direction::Read } else { Direction::Write };
                     if direction != requests_go || !starts_request(&event.data) {
                         return;
                     }
@@ -131,10 +149,10 @@ impl HttpOverSockets {
                 let seen = connection.tracker.requests_seen();
                 connection.tracker.on_data(direction, &event.data, length, event.ktime_ns, &mut self.spans.exchanges);
                 let started = (connection.tracker.requests_seen() - seen) as usize;
-                if started > 0 && connection.tracker.role() == Role::Server {
-                    self.spans.open_server_contexts(event, connection, started, contexts);
+                if started > 0 {
+                    self.spans.open_contexts(event, connection, started, &mut self.callers, contexts);
                 }
-                self.spans.finish(event, connection, contexts);
+                self.spans.finish(event, connection, &mut self.callers, contexts);
             }
             SocketOp::Closed => {
                 self.close_tls_session_of(event, contexts);
@@ -148,7 +166,10 @@ impl HttpOverSockets {
     pub fn adopt(&mut self, tgid: u32, fd: u32, accepted: bool, peer: SocketAddr) {
         let role = if accepted { Role::Server } else { Role::Client };
         let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-        let connection = Connection { tracker, peer: Some(peer), tls: false, in_step: false, open: VecDeque::new() };
+        // No local address: requests on it cannot be paired with the other end's by their
+        // index (neither end saw the connection's first request).
+        let connection =
+            Connection { tracker, peer: Some(peer), local: None, tls: false, in_step: false, open: VecDeque::new() };
         self.connections.insert(Stream::Socket { tgid, fd }, connection);
     }
 
@@ -157,7 +178,8 @@ impl HttpOverSockets {
     fn tls_stream(&mut self, event: &SocketActivity, session: u64, contexts: &mut ContextTree) -> Stream {
         let tgid = event.tgid;
         let stream = Stream::Tls { tgid, session };
-        let fd = if event.fd != FD_UNKNOWN { Some(event.fd) } else { self.socket_of_session.get(&(tgid, session)).copied() };
+        let fd =
+            if event.fd != FD_UNKNOWN { Some(event.fd) } else { self.socket_of_session.get(&(tgid, session)).copied() };
         if let Some(fd) = fd {
             let previous = self.session_of_socket.insert((tgid, fd), session);
             if let Some(old) = previous.filter(|&old| old != session) {
@@ -177,9 +199,10 @@ impl HttpOverSockets {
                 None if event.op == SocketOp::Sent => Role::Client,
                 None => Role::Server,
             };
-            let peer = socket.and_then(|socket| socket.peer);
+            let (peer, local) = (socket.and_then(|socket| socket.peer), socket.and_then(|socket| socket.local));
             let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-            self.connections.insert(stream, Connection { tracker, peer, tls: true, in_step: true, open: VecDeque::new() });
+            let connection = Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new() };
+            self.connections.insert(stream, connection);
         }
         stream
     }
@@ -197,55 +220,127 @@ impl HttpOverSockets {
     fn close(&mut self, stream: Stream, event: &SocketActivity, contexts: &mut ContextTree) {
         let Some(mut connection) = self.connections.remove(&stream) else { return };
         connection.tracker.on_close(event.ktime_ns, &mut self.spans.exchanges);
-        self.spans.finish(event, &mut connection, contexts);
+        self.spans.finish(event, &mut connection, &mut self.callers, contexts);
+        if let (Stream::Socket { tgid, fd }, Role::Client, Some(local)) =
+            (stream, connection.tracker.role(), connection.local)
+        {
+            self.callers.client_closed((tgid, fd), local);
+        }
+    }
+
+    /// Says whether process `tgid` serves requests on threads they do not own (Go's goroutines):
+    /// then a client call's parent is not taken from its thread.
+    pub fn set_threads_shared(&mut self, tgid: u32, shared: bool) {
+        self.spans.parents.set_threads_shared(tgid, shared);
     }
 
     /// Forgets the connections of a process that exited.
     pub fn process_exited(&mut self, tgid: u32) {
+        self.spans.parents.process_exited(tgid);
         self.connections.retain(|stream, _| stream.tgid() != tgid);
         self.session_of_socket.retain(|(pid, _), _| *pid != tgid);
         self.socket_of_session.retain(|(pid, _), _| *pid != tgid);
+        self.callers.process_exited(tgid);
     }
 }
 
 impl SpanShaper {
-    /// Opens a server context for each of the `started` latest requests of `connection`.
-    fn open_server_contexts(
+    /// Opens a context for each of the `started` latest requests of `connection`: a server's
+    /// read them, a client's wrote them.
+    fn open_contexts(
         &mut self,
         event: &SocketActivity,
         connection: &mut Connection,
         started: usize,
+        callers: &mut CallerIndex,
         contexts: &mut ContextTree,
     ) {
-        for head in connection.tracker.latest_requests(started) {
-            let caller = self.propagation.extract(&head.headers);
-            let remote = caller.as_ref().map(|c| RemoteParent { trace_id: c.trace_id, parent_id: c.parent_id });
-            let mut data = self.request_data(head, Role::Server, connection);
-            if let Some(caller) = caller {
-                continue_callers_decision(&mut data, caller);
+        let role = connection.tracker.role();
+        // Index on the connection of the first of them: how the two ends' requests are paired.
+        let first_index = connection.tracker.requests_seen() - started as u64;
+        for (index, head) in (first_index..).zip(connection.tracker.latest_requests(started)) {
+            let mut data = self.request_data(head, role, connection);
+            if role == Role::Client {
+                let (tgid, tid, started) = (event.tgid, event.tid, head.started_ns);
+                let id = match self.parents.for_call(tgid, started) {
+                    ClientParent::CallingThread => contexts.start_detached(tgid, tid, started, data),
+                    ClientParent::Request { tid: parent_tid, id } => {
+                        contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
+                    }
+                    ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started, data),
+                };
+                connection.open.push_back((event.tid, id));
+                if let Some(local) = connection.local {
+                    callers.call_opened(local, index, id, contexts);
+                }
+                continue;
             }
+            // A traced client at the other end is the real parent: its span is the call that
+            // sent this request. Headers can only name a span of the caller's own tracer, if it
+            // has one (in-process tracing besides ours), or of some hop further away; they are
+            // the parent (and their sampling decision the trace's) only when the client end is
+            // not traced.
+            let caller = callers.caller(connection.peer, connection.local, index, contexts);
+            let remote = match caller {
+                Caller::Open(client_span) => Some(client_span),
+                Caller::NotSeenYet | Caller::Unknown => self.propagation.extract(&head.headers).map(|extracted| {
+                    let remote = RemoteParent { trace_id: extracted.trace_id, parent_id: extracted.parent_id };
+                    continue_callers_decision(&mut data, extracted);
+                    remote
+                }),
+            };
             let frame = self.next_frame;
             self.next_frame -= 1;
             let id = contexts.start_root(event.tgid, event.tid, head.started_ns, frame, data, remote);
             connection.open.push_back((event.tid, id));
+            self.parents.request_opened(event.tgid, event.tid, id, head.started_ns);
+            if let (Caller::NotSeenYet, Some(peer)) = (caller, connection.peer) {
+                callers.wait(peer, index, event.tid, id);
+            }
         }
     }
 
-    /// Ends the server contexts of the exchanges that ended, and records the client ones.
-    fn finish(&mut self, event: &SocketActivity, connection: &mut Connection, contexts: &mut ContextTree) {
+    /// Ends the contexts of the exchanges that ended (recording whole those that had none).
+    fn finish(
+        &mut self,
+        event: &SocketActivity,
+        connection: &mut Connection,
+        callers: &mut CallerIndex,
+        contexts: &mut ContextTree,
+    ) {
         let role = connection.tracker.role();
         let mut exchanges = std::mem::take(&mut self.exchanges);
         for exchange in exchanges.drain(..) {
-            if role == Role::Server {
-                if let Some((tid, id)) = connection.open.pop_front() {
-                    let header_tags = &self.header_tags;
-                    contexts.end(tid, id, exchange.ended_ns, |data| add_response(data, &exchange, role, header_tags));
-                    continue;
+            if let Some((tid, id)) = connection.open.pop_front() {
+                let header_tags = &self.header_tags;
+                let finish = |data: &mut ContextData| add_response(data, &exchange, role, header_tags);
+                match role {
+                    Role::Server => {
+                        self.parents.request_ended(event.tgid, id);
+                        contexts.end(tid, id, exchange.ended_ns, finish);
+                    }
+                    Role::Client => {
+                        // False when its parent ended first (it ended with it).
+                        contexts.end_detached(id, exchange.ended_ns, finish);
+                        if let Some(local) = connection.local {
+                            callers.call_ended(local, id);
+                        }
+                    }
                 }
+                continue;
             }
             let mut data = self.request_data(&exchange.request, role, connection);
             add_response(&mut data, &exchange, role, &self.header_tags);
-            contexts.record(event.tgid, event.tid, exchange.started_ns, exchange.ended_ns, data);
+            let (tgid, tid, started, ended) = (event.tgid, event.tid, exchange.started_ns, exchange.ended_ns);
+            let parent =
+                if role == Role::Client { self.parents.for_call(tgid, started) } else { ClientParent::CallingThread };
+            match parent {
+                ClientParent::CallingThread => contexts.record(tgid, tid, started, ended, data),
+                ClientParent::Request { tid: parent_tid, id } => {
+                    contexts.record_under(Some((parent_tid, id)), tgid, tid, started, ended, data)
+                }
+                ClientParent::NewTrace => contexts.record_under(None, tgid, tid, started, ended, data),
+            }
         }
         // Hand the (empty) buffer back: its capacity serves the next events.
         self.exchanges = exchanges;

@@ -1,0 +1,79 @@
+//! The offsets the kernel programs follow from the current task to a socket's addresses, read
+//! from the running kernel's BTF (they change between kernel builds, and our programs carry no
+//! CO-RE relocations).
+
+use ddtrace_common::{SocketLayout, SOCK_COMMON_READ_BYTES};
+
+use super::btf::{Btf, BtfError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketLayoutError {
+    #[error("{0}")]
+    Btf(#[from] BtfError),
+    #[error("{strukt}.{member} is {actual} bytes on this kernel, expected {expected}")]
+    UnexpectedSize { strukt: &'static str, member: &'static str, actual: u32, expected: u32 },
+    #[error("sock_common.{0} lies beyond the first {SOCK_COMMON_READ_BYTES} bytes the programs copy")]
+    BeyondCopy(&'static str),
+}
+
+/// Reads the layout from `/sys/kernel/btf/vmlinux`.
+pub fn socket_layout_from_kernel() -> Result<SocketLayout, SocketLayoutError> {
+    socket_layout(&mut Btf::from_kernel()?)
+}
+
+/// Every member the walk reads, with the size the program reads it as: a layout that disagrees
+/// is refused rather than read wrong.
+pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
+    let mut offset = |strukt: &'static str, member: &'static str, expected: u32| {
+        let place = btf.member(strukt, member)?;
+        if place.size != expected {
+            return Err(SocketLayoutError::UnexpectedSize { strukt, member, actual: place.size, expected });
+        }
+        if strukt == "sock_common" && (place.offset + place.size) as usize > SOCK_COMMON_READ_BYTES {
+            return Err(SocketLayoutError::BeyondCopy(member));
+        }
+        Ok(place.offset)
+    };
+    let mut layout = SocketLayout {
+        known: 1,
+        task_files: offset("task_struct", "files", 8)?,
+        files_fdt: offset("files_struct", "fdt", 8)?,
+        fdtable_max_fds: offset("fdtable", "max_fds", 4)?,
+        fdtable_fd: offset("fdtable", "fd", 8)?,
+        file_private_data: offset("file", "private_data", 8)?,
+        socket_sk: offset("socket", "sk", 8)?,
+        skc_family: offset("sock_common", "skc_family", 2)?,
+        skc_num: offset("sock_common", "skc_num", 2)?,
+        skc_rcv_saddr: offset("sock_common", "skc_rcv_saddr", 4)?,
+        skc_dport: offset("sock_common", "skc_dport", 2)?,
+        skc_daddr: offset("sock_common", "skc_daddr", 4)?,
+        skc_v6_rcv_saddr: SocketLayout::ABSENT,
+        skc_v6_daddr: SocketLayout::ABSENT,
+    };
+    // A kernel built without IPv6 has no IPv6 members: its IPv4 sockets are still read.
+    match (offset("sock_common", "skc_v6_rcv_saddr", 16), offset("sock_common", "skc_v6_daddr", 16)) {
+        (Ok(local), Ok(peer)) => (layout.skc_v6_rcv_saddr, layout.skc_v6_daddr) = (local, peer),
+        (Err(SocketLayoutError::Btf(BtfError::NoMember { .. })), _)
+        | (_, Err(SocketLayoutError::Btf(BtfError::NoMember { .. }))) => {}
+        (Err(error), _) | (_, Err(error)) => return Err(error),
+    }
+    Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_kernels_layout_is_complete_and_consistent() {
+        let layout = socket_layout_from_kernel().expect("the socket layout from this kernel's BTF");
+        assert_eq!(layout.known, 1);
+        // `struct sock` starts with `struct sock_common`, whose fields sit in its first bytes.
+        for field in [layout.skc_family, layout.skc_num, layout.skc_rcv_saddr, layout.skc_dport, layout.skc_daddr] {
+            assert!(field < 64, "{layout:?}");
+        }
+        assert!(layout.fdtable_fd > layout.fdtable_max_fds, "fdtable is max_fds, then fd: {layout:?}");
+        assert!(layout.task_files > 0 && layout.socket_sk > 0 && layout.file_private_data > 0);
+        assert_ne!(layout.skc_v6_rcv_saddr, SocketLayout::ABSENT, "this kernel has IPv6");
+    }
+}

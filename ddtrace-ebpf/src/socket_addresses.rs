@@ -1,0 +1,124 @@
+//! A socket's addresses read from the kernel's own `struct sock`, for accepted and connected
+//! sockets: this end's address (no system call argument names it) and, when `accept` was given
+//! no `sockaddr`, the peer's. Offsets come from the daemon ([`SocketLayout`], read from the
+//! kernel's BTF): the walk is current task -> files -> fdtable -> file -> socket -> sock, every
+//! step a checked `bpf_probe_read_kernel`, so a wrong offset yields no address, never a fault.
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_current_task, bpf_probe_read_kernel as read_kernel_raw},
+};
+use ddtrace_common::{socket_flags, SocketEvent, SocketLayout, SOCK_COMMON_READ_BYTES};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// Offsets into the copy of the socket's first bytes are masked with this: the verifier then
+/// knows every index is inside the copy.
+const MASK: usize = SOCK_COMMON_READ_BYTES - 1;
+
+/// Set by the daemon at load time; all zero (unknown) when it could not read the kernel's BTF.
+#[unsafe(no_mangle)]
+static SOCKET_LAYOUT: SocketLayout = SocketLayout {
+    known: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_num: 0,
+    skc_rcv_saddr: 0,
+    skc_v6_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_daddr: 0,
+    skc_v6_daddr: 0,
+};
+
+/// One field of the layout. Volatile: the value is the daemon's, not the compiler's zero.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: reads a field of a static the loader may have rewritten.
+        unsafe { core::ptr::read_volatile(&SOCKET_LAYOUT.$field) }
+    };
+}
+
+#[inline(always)]
+fn read<T>(address: u64) -> Option<T> {
+    if address == 0 {
+        return None;
+    }
+    // SAFETY: the helper copies kernel memory and fails instead of faulting.
+    unsafe { bpf_probe_read_kernel(address as *const T) }.ok()
+}
+
+/// The `struct sock *` behind descriptor `fd` of the current process.
+#[inline(always)]
+fn sock_of(fd: u32) -> Option<u64> {
+    // SAFETY: plain helper call; the task pointer is only used as an address to read from.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(task + offset!(task_files) as u64)?;
+    let fdt: u64 = read(files + offset!(files_fdt) as u64)?;
+    let max_fds: u32 = read(fdt + offset!(fdtable_max_fds) as u64)?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fd_array: u64 = read(fdt + offset!(fdtable_fd) as u64)?;
+    let file: u64 = read(fd_array + fd as u64 * 8)?;
+    let socket: u64 = read(file + offset!(file_private_data) as u64)?;
+    read(socket + offset!(socket_sk) as u64)
+}
+
+/// Fills this end's address (and the peer's, if the system call did not give it) of the socket
+/// `fd` of the current process into `event`.
+#[inline(always)]
+pub fn read_from_kernel(event: &mut SocketEvent, fd: u32) {
+    if offset!(known) == 0 {
+        return;
+    }
+    let Some(sock) = sock_of(fd) else { return };
+    // One copy of the socket's first bytes, where `sock_common` keeps them all, rather than a
+    // helper call per field.
+    let mut common = [0u8; SOCK_COMMON_READ_BYTES];
+    // SAFETY: copies kernel memory into a local of exactly that size; fails instead of faulting.
+    let result = unsafe {
+        read_kernel_raw(
+            common.as_mut_ptr() as *mut core::ffi::c_void,
+            SOCK_COMMON_READ_BYTES as u32,
+            sock as *const core::ffi::c_void,
+        )
+    };
+    if result != 0 {
+        return;
+    }
+    let u16_at = |offset: u32| {
+        let at = offset as usize;
+        u16::from_ne_bytes([common[at & MASK], common[(at + 1) & MASK]])
+    };
+    let family = u16_at(offset!(skc_family));
+    let (local, peer, length) = match family {
+        AF_INET => (offset!(skc_rcv_saddr), offset!(skc_daddr), 4),
+        AF_INET6 if offset!(skc_v6_rcv_saddr) != SocketLayout::ABSENT => {
+            (offset!(skc_v6_rcv_saddr), offset!(skc_v6_daddr), 16)
+        }
+        _ => return,
+    };
+    event.local_family = family;
+    event.local_port = u16_at(offset!(skc_num));
+    copy_address(&common, local, length, &mut event.local_address);
+    event.flags |= socket_flags::LOCAL_ADDRESS;
+    if event.address_family == 0 {
+        // `accept(fd, NULL, NULL)`: the kernel's socket knows the peer all the same.
+        event.address_family = family;
+        event.port = u16::from_be(u16_at(offset!(skc_dport)));
+        copy_address(&common, peer, length, &mut event.address);
+    }
+}
+
+#[inline(always)]
+fn copy_address(common: &[u8; SOCK_COMMON_READ_BYTES], offset: u32, length: usize, out: &mut [u8; 16]) {
+    let at = offset as usize;
+    for i in 0..16 {
+        out[i] = if i < length { common[(at + i) & MASK] } else { 0 };
+    }
+}

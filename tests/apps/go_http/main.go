@@ -1,0 +1,175 @@
+// An HTTP server and client on Go's standard library only, for the socket tracing tests. Go
+// makes its system calls without libc (non-blocking sockets on epoll, goroutines moving between
+// OS threads), so what the daemon sees of it comes from the system call tracepoints alone.
+//
+//	go_http server PORT          serves on 127.0.0.1:PORT, prints "ready" once listening:
+//	                             /users/<id> (JSON), /fail (500), /static (a 256 KiB file),
+//	                             /call?port=P&id=I (GETs /users/I on 127.0.0.1:P, then answers)
+//	go_http client URL N C       prints "ready", waits for a line on stdin, then GETs URL N times
+//	                             from C goroutines on keep-alive connections and exits; "{n}" in
+//	                             URL is replaced by each request's number
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	switch os.Args[1] {
+	case "server":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		serve(os.Args[2])
+	case "client":
+		if len(os.Args) != 5 {
+			usage()
+		}
+		requests, err1 := strconv.Atoi(os.Args[3])
+		workers, err2 := strconv.Atoi(os.Args[4])
+		if err1 != nil || err2 != nil || workers < 1 {
+			usage()
+		}
+		fmt.Println("ready")
+		bufio.NewReader(os.Stdin).ReadString('\n')
+		if failed := call(os.Args[2], requests, workers); failed > 0 {
+			fmt.Fprintf(os.Stderr, "go_http client: %d requests failed\n", failed)
+			os.Exit(1)
+		}
+	default:
+		usage()
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: go_http server PORT | go_http client URL REQUESTS GOROUTINES")
+	os.Exit(2)
+}
+
+// The outgoing calls of /call share one client, so its connections are kept alive between calls.
+var downstream = &http.Client{Timeout: 10 * time.Second}
+
+func serve(port string) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/users/", func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/users/")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]string{"id": id, "name": "user " + id})
+	})
+	mux.HandleFunc("/fail", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "failed on purpose", http.StatusInternalServerError)
+	})
+	// /call?port=P&id=I: GETs /users/I (I defaults to 7) on 127.0.0.1:P, then answers with what
+	// it got. The id lets a test tell which request made which call.
+	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("id")
+		if id == "" {
+			id = "7"
+		}
+		response, err := downstream.Get("http://127.0.0.1:" + r.URL.Query().Get("port") + "/users/" + id)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer response.Body.Close()
+		body, _ := io.ReadAll(response.Body)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, "{\"downstream_status\": %d, \"downstream\": %s}\n", response.StatusCode, strings.TrimSpace(string(body)))
+	})
+	// /static: a file served by http.ServeFile, which Go sends with sendfile(2) after the head.
+	static, err := staticFile()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go_http server:", err)
+		os.Exit(1)
+	}
+	defer os.Remove(static)
+	mux.HandleFunc("/static", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, static)
+	})
+	listener, err := net.Listen("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go_http server:", err)
+		os.Exit(1)
+	}
+	fmt.Println("ready")
+	if err := http.Serve(listener, mux); err != nil {
+		fmt.Fprintln(os.Stderr, "go_http server:", err)
+		os.Exit(1)
+	}
+}
+
+// staticFile writes StaticFileBytes of text to a temporary file and returns its path.
+func staticFile() (string, error) {
+	file, err := os.CreateTemp("", "go_http-*.txt")
+	if err != nil {
+		return "", err
+	}
+	defer file.Close()
+	line := []byte("static file content, sent by sendfile\n")
+	for written := 0; written < StaticFileBytes; written += len(line) {
+		if _, err := file.Write(line[:min(len(line), StaticFileBytes-written)]); err != nil {
+			return "", err
+		}
+	}
+	return file.Name(), nil
+}
+
+// StaticFileBytes is the size of /static (the tests check it).
+const StaticFileBytes = 256 * 1024
+
+func min(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
+
+// call GETs url `requests` times from `workers` goroutines; returns how many failed.
+func call(url string, requests, workers int) int {
+	client := &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{MaxIdleConnsPerHost: workers},
+	}
+	var failed int
+	var lock sync.Mutex
+	var done sync.WaitGroup
+	for worker := 0; worker < workers; worker++ {
+		share := requests / workers
+		if worker < requests%workers {
+			share++
+		}
+		done.Add(1)
+		go func(worker, share int) {
+			defer done.Done()
+			for i := 0; i < share; i++ {
+				number := strconv.Itoa(worker + i*workers)
+				response, err := client.Get(strings.ReplaceAll(url, "{n}", number))
+				if err == nil {
+					// Read to the end, so the connection is reused for the next request.
+					_, err = io.Copy(io.Discard, response.Body)
+					response.Body.Close()
+				}
+				if err != nil || response.StatusCode != http.StatusOK {
+					lock.Lock()
+					failed++
+					lock.Unlock()
+				}
+			}
+		}(worker, share)
+	}
+	done.Wait()
+	return failed
+}
