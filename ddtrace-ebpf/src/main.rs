@@ -298,7 +298,10 @@ fn emit_process_event(kind: u32, pid_tgid: u64, child_pid: u32) {
         return;
     };
     slot.write(ProcessEvent { header: header(kind, 0, pid_tgid), child_pid, _pad: 0 });
-    // Rare and acted on at once (new processes need their state; exits end the run).
+    // Rare and acted on at once, so wake the reader now: new processes need their state, exits
+    // end the run, and a forked child or an exec'd image gets its own uprobe links only when the
+    // daemon handles this event (about a millisecond later). A child's library calls in that gap
+    // are not seen (its probes are scoped to traced processes; its events still pass the bitmap).
     slot.submit(BPF_RB_FORCE_WAKEUP as u64);
     count(counter::EVENTS);
 }

@@ -58,6 +58,8 @@ pub struct BenchArgs {
     pub profiler: crate::bench_profiler::ProfilerArgs,
     #[command(flatten)]
     pub http: crate::bench_http::HttpArgs,
+    #[command(flatten)]
+    pub tls: crate::bench_tls::TlsArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -79,11 +81,12 @@ const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    match (args.profiler.profiler, args.http.http) {
-        (true, true) => bail!("--profiler and --http are separate benchmarks: run one at a time"),
-        (true, false) => return crate::bench_profiler::run(args),
-        (false, true) => return crate::bench_http::run(args),
-        (false, false) => {}
+    match (args.profiler.profiler, args.http.http, args.tls.tls) {
+        (false, false, false) => {}
+        (true, false, false) => return crate::bench_profiler::run(args),
+        (false, true, false) => return crate::bench_http::run(args),
+        (false, false, true) => return crate::bench_tls::run(args),
+        _ => bail!("--profiler, --http and --tls are separate benchmarks: run one at a time"),
     }
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
     if args.rounds == 0 || args.calls == 0 || cycles == 0 {

@@ -4,12 +4,14 @@
 //! - `test`: build everything, install the Python test agent if needed, run the test suite.
 //! - `demo`: trace a bundled SQLite app and print its spans; needs root, no Datadog account.
 //! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy;
-//!   `--http`: the latency added to a Python HTTP server).
+//!   `--http`: the latency added to a Python HTTP server; `--tls`: the OpenSSL probes' cost to a
+//!   process traced or not).
 //! - `bootstrap`: only the toolchain setup that `build-ebpf` starts with.
 
 mod bench;
 mod bench_http;
 mod bench_profiler;
+mod bench_tls;
 mod bootstrap;
 mod build_ebpf;
 mod demo;

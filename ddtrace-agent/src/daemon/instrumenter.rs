@@ -7,7 +7,7 @@ use std::{
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
-    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProcessChange, ProcessChangeKind},
+    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProcessChange, ProcessChangeKind},
     symbols::{ElfSymbols, SymbolError},
     target::{is_process, MappedObject, Process, TargetError},
 };
@@ -88,26 +88,50 @@ impl std::fmt::Display for ProcessOutcome {
     }
 }
 
-/// A library file an integration is attached to (once for every process that maps it).
+/// A library file an integration probes: (device, inode, integration index).
 type LibraryKey = (String, u64, usize);
+/// A dynamic linker file: (device, inode).
+type LinkerKey = (String, u64);
+
+/// An integration's probes in one library file, resolved once and attached to every traced
+/// process that maps the file.
+struct LibraryProbes {
+    symbols: Arc<ElfSymbols>,
+    /// (probe id, index of the probe in its integration, file offset of the function).
+    probes: Vec<(ProbeId, usize, u64)>,
+}
+
+/// What a process's links are attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum LinkTarget {
+    Library(LibraryKey),
+    Linker(LinkerKey),
+}
 
 /// Attaches integrations to the libraries traced processes map, now and whenever they map more,
 /// follows the processes' forks, execs and exits, and routes kernel events to the integration
 /// that owns the probe.
+///
+/// Probes are resolved once per library file (one probe id each) but attached per process: the
+/// kernel then installs breakpoints in the traced processes only (see
+/// `KernelPrograms::attach_to_process`), so every traced process, child or exec'd image, gets
+/// its own links, dropped when it exits.
 pub struct Instrumenter {
     programs: KernelPrograms,
     integrations: Vec<Box<dyn Integration>>,
     routes: Vec<Option<Route>>,
     /// The traced processes.
     processes: HashMap<u32, Process>,
-    /// (device, inode, integration index) already looked at, attached or not.
+    /// Library files already looked at, probed or not.
     examined: HashSet<LibraryKey>,
-    /// Libraries with probes, and their symbols (integrations read them per process).
-    attached: HashMap<LibraryKey, Arc<ElfSymbols>>,
+    /// Library files with probes, and their symbols (integrations read them per process).
+    libraries: HashMap<LibraryKey, LibraryProbes>,
     /// (tgid, library) pairs whose integration was told about that process.
     announced: HashSet<(u32, LibraryKey)>,
-    /// (device, inode) of dynamic linkers whose rendezvous is probed.
-    linkers: HashSet<(String, u64)>,
+    /// Dynamic linkers looked at: their rendezvous probe id and file offset, when found.
+    linkers: HashMap<LinkerKey, Option<(ProbeId, u64)>>,
+    /// Every traced process's uprobe links, by what they are attached to.
+    links: HashMap<u32, HashMap<LinkTarget, Vec<ProbeLinks>>>,
     /// Library-load notifications handled (each one a rescan of the maps).
     pub library_events: u64,
 }
@@ -120,9 +144,10 @@ impl Instrumenter {
             routes: Vec::new(),
             processes: HashMap::new(),
             examined: HashSet::new(),
-            attached: HashMap::new(),
+            libraries: HashMap::new(),
             announced: HashSet::new(),
-            linkers: HashSet::new(),
+            linkers: HashMap::new(),
+            links: HashMap::new(),
             library_events: 0,
         }
     }
@@ -139,14 +164,17 @@ impl Instrumenter {
     /// whose library it maps, and watches the dynamic linker for libraries loaded later.
     pub fn instrument(&mut self, process: Process) -> Result<Vec<AttachOutcome>, InstrumentError> {
         self.programs.track_process(process.pid)?;
-        let objects = process.mapped_objects()?;
-        let mut outcomes = self.attach_new_libraries(&process, &objects);
-        if let Err(reason) = self.watch_linker(&process, &objects) {
-            tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
-        }
+        let mut outcomes = match self.attach_process(&process) {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.forget_links(process.pid);
+                self.programs.untrack_process(process.pid);
+                return Err(error.into());
+            }
+        };
         self.processes.insert(process.pid, process);
         for (index, integration) in self.integrations.iter().enumerate() {
-            if !self.attached.keys().any(|(_, _, i)| *i == index)
+            if !self.libraries.keys().any(|(_, _, i)| *i == index)
                 && !outcomes
                     .iter()
                     .any(|o| matches!(o, AttachOutcome::Failed { integration: n, .. } if *n == integration.name()))
@@ -158,6 +186,19 @@ impl Instrumenter {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Attaches the linker probe and the integrations to what `process` maps, in the order that
+    /// leaves no library unseen: read the maps, probe the linker's rendezvous, read the maps
+    /// again, attach the libraries. A library the linker mapped before the second read is in
+    /// it; one mapped after is announced by the rendezvous probe, now in place.
+    fn attach_process(&mut self, process: &Process) -> Result<Vec<AttachOutcome>, TargetError> {
+        let objects = process.mapped_objects()?;
+        if let Err(reason) = self.watch_linker(process, &objects) {
+            tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
+        }
+        let objects = process.mapped_objects()?;
+        Ok(self.attach_new_libraries(process, &objects))
     }
 
     /// Routes one kernel event. Returns attach outcomes when the event was a library load.
@@ -234,15 +275,17 @@ impl Instrumenter {
                     integration.on_process_exit(change.tgid);
                 }
                 self.announced.retain(|(tgid, _)| *tgid != change.tgid);
-                let outcomes = match process.mapped_objects() {
-                    Ok(objects) => {
-                        let outcomes = self.attach_new_libraries(&process, &objects);
-                        if let Err(reason) = self.watch_linker(&process, &objects) {
-                            tracing::debug!(pid = process.pid, %reason, "no dynamic linker after exec");
-                        }
+                // The links stay: a probe's perf event targets the task, whose address space
+                // the kernel compares at each mapping, so the new image's copy of a library
+                // gets the breakpoints of the old links from the moment it is mapped, before
+                // this event is even read. The ones for files the new image does not map
+                // (yet: dlopen re-attaches them) are dropped below.
+                let outcomes = match self.attach_process(&process) {
+                    Ok(outcomes) => {
+                        self.drop_unmapped_links(&process);
                         outcomes
                     }
-                    Err(_) => Vec::new(),
+                    Err(_) => Vec::new(), // exiting already
                 };
                 let program = std::fs::read_link(format!("/proc/{}/exe", change.tgid))
                     .map(|p| p.display().to_string())
@@ -268,6 +311,29 @@ impl Instrumenter {
         self.programs.untrack_process(tgid);
         self.processes.remove(&tgid);
         self.announced.retain(|(pid, _)| *pid != tgid);
+        self.forget_links(tgid);
+    }
+
+    /// Detaches every probe from process `tgid`.
+    fn forget_links(&mut self, tgid: u32) {
+        self.links.remove(&tgid);
+    }
+
+    /// Detaches from `process` the probes of files it no longer maps (after an exec).
+    fn drop_unmapped_links(&mut self, process: &Process) {
+        let Some(links) = self.links.get_mut(&process.pid) else { return };
+        let Ok(objects) = process.mapped_objects() else { return };
+        let mapped: HashSet<(&str, u64)> = objects.iter().map(|o| (o.dev.as_str(), o.inode)).collect();
+        links.retain(|target, _| {
+            let (dev, inode) = match target {
+                LinkTarget::Library((dev, inode, _)) | LinkTarget::Linker((dev, inode)) => (dev, *inode),
+            };
+            mapped.contains(&(dev.as_str(), inode))
+        });
+    }
+
+    fn has_links(&self, pid: u32, target: &LinkTarget) -> bool {
+        self.links.get(&pid).is_some_and(|links| links.contains_key(target))
     }
 
     fn attach_new_libraries(&mut self, process: &Process, objects: &[MappedObject]) -> Vec<AttachOutcome> {
@@ -276,94 +342,119 @@ impl Instrumenter {
         for object in objects {
             for index in 0..self.integrations.len() {
                 let key = (object.dev.clone(), object.inode, index);
-                if let Some(symbols) = self.attached.get(&key).cloned() {
-                    // Probes already in place (another process maps the same file).
-                    if self.announced.insert((process.pid, key)) {
-                        self.integrations[index].on_library_attached(process.pid, &symbols);
-                    }
-                    continue;
-                }
-                if self.examined.contains(&key) {
-                    continue;
-                }
-                let library = self.integrations[index].library();
-                let by_name = library.matches_file(&object.path);
-                let is_executable = executable.as_deref() == Some(object.path.as_path());
-                if !(by_name || is_executable && library.marker_symbol().is_some()) {
-                    continue;
-                }
-                let host_path = process.host_path(&object.path);
-                let symbols = match ElfSymbols::load(&host_path) {
-                    Ok(symbols) => symbols,
-                    Err(error) => {
-                        self.examined.insert(key);
-                        if by_name {
-                            outcomes.push(self.failed(index, &object.path, error.to_string()));
+                let first_time = !self.examined.contains(&key);
+                if first_time {
+                    self.examined.insert(key.clone());
+                    match self.resolve_library(index, process, object, executable.as_deref()) {
+                        Ok(Some(probes)) => {
+                            self.libraries.insert(key.clone(), probes);
                         }
-                        continue;
+                        Ok(None) => {}
+                        Err(reason) => outcomes.push(self.failed(index, &object.path, reason)),
                     }
-                };
-                // A statically linked copy of the library counts only if its marker is there.
-                if !by_name && !library.marker_symbol().is_some_and(|m| symbols.has_function(m)) {
-                    self.examined.insert(key);
-                    continue;
                 }
-                self.examined.insert(key.clone());
-                outcomes.push(match self.attach_integration(index, &symbols, &host_path, process.pid) {
-                    Ok(probes) => {
-                        self.announced.insert((process.pid, key.clone()));
-                        self.attached.insert(key, Arc::new(symbols));
-                        AttachOutcome::Attached {
+                let Some(library) = self.libraries.get(&key) else { continue };
+                let symbols = library.symbols.clone();
+                let probes = library.probes.len();
+                let target = LinkTarget::Library(key.clone());
+                if !self.has_links(process.pid, &target) {
+                    let host_path = process.host_path(&object.path);
+                    match self.attach_library(&key, &host_path, process.pid) {
+                        Ok(links) => {
+                            self.links.entry(process.pid).or_default().insert(target, links);
+                        }
+                        Err(reason) => {
+                            outcomes.push(self.failed(index, &object.path, reason));
+                            continue;
+                        }
+                    }
+                    // Reported once per file, not for every process mapping it.
+                    if first_time {
+                        outcomes.push(AttachOutcome::Attached {
                             integration: self.integrations[index].name(),
                             probes,
                             path: object.path.clone(),
                             after_load: None,
-                        }
+                        });
                     }
-                    Err(reason) => self.failed(index, &object.path, reason),
-                });
+                }
+                if self.announced.insert((process.pid, key)) {
+                    self.integrations[index].on_library_attached(process.pid, &symbols);
+                }
             }
         }
         outcomes
     }
 
-    fn failed(&self, index: usize, path: &Path, reason: String) -> AttachOutcome {
-        AttachOutcome::Failed { integration: self.integrations[index].name(), path: path.to_path_buf(), reason }
-    }
-
-    /// Attaches every probe of integration `index`; a missing optional symbol is skipped, a
-    /// missing required one fails the integration for this library.
-    fn attach_integration(
+    /// Looks at `object` for integration `index` the first time a process maps it: whether it
+    /// is the integration's library, and where its probes go. Registers the probes (their ids
+    /// serve every process). `Ok(None)`: not this integration's library.
+    fn resolve_library(
         &mut self,
         index: usize,
-        symbols: &ElfSymbols,
-        host_path: &Path,
-        pid: u32,
-    ) -> Result<usize, String> {
-        let probes = self.integrations[index].probes();
+        process: &Process,
+        object: &MappedObject,
+        executable: Option<&Path>,
+    ) -> Result<Option<LibraryProbes>, String> {
+        let library = self.integrations[index].library();
+        let by_name = library.matches_file(&object.path);
+        let is_executable = executable == Some(object.path.as_path());
+        if !(by_name || is_executable && library.marker_symbol().is_some()) {
+            return Ok(None);
+        }
+        let symbols = match ElfSymbols::load(&process.host_path(&object.path)) {
+            Ok(symbols) => symbols,
+            Err(error) if by_name => return Err(error.to_string()),
+            Err(_) => return Ok(None),
+        };
+        // A statically linked copy of the library counts only if its marker is there.
+        if !by_name && !library.marker_symbol().is_some_and(|m| symbols.has_function(m)) {
+            return Ok(None);
+        }
+        let defs = self.integrations[index].probes();
         // A uretprobe swaps the return address for a trampoline's; when Go grows a goroutine's
         // stack it walks the frames, meets that address and kills the program ("unexpected
         // return pc"). Entry probes are safe; exits in Go code need return-site probes.
-        if symbols.built_by_go() && probes.iter().any(|def| def.exit) {
+        if symbols.built_by_go() && defs.iter().any(|def| def.exit) {
             return Err(format!(
                 "{} is a Go program: return probes (uretprobes) would crash it when Go moves a goroutine's stack",
                 symbols.path().display()
             ));
         }
         let mut locations = Vec::new();
-        for (probe_index, def) in probes.iter().enumerate() {
+        for (probe_index, def) in defs.iter().enumerate() {
             match symbols.function_entry(def.symbol) {
-                Ok(location) => locations.push((probe_index, def, location)),
+                Ok(location) => locations.push((probe_index, location.file_offset)),
                 Err(error @ SymbolError::MissingSymbol { .. }) if def.required => return Err(error.to_string()),
                 Err(error) => tracing::debug!(%error, "optional probe skipped"),
             }
         }
-        for (probe_index, def, location) in &locations {
-            let id = self.programs.attach(def, host_path, location.file_offset, pid).map_err(|e| e.to_string())?;
-            self.route(id, Route::Integration { integration: index, probe: *probe_index });
+        let mut probes = Vec::with_capacity(locations.len());
+        for (probe_index, file_offset) in locations {
+            let id = self.programs.register_probe(&defs[probe_index]).map_err(|e| e.to_string())?;
+            self.route(id, Route::Integration { integration: index, probe: probe_index });
+            probes.push((id, probe_index, file_offset));
         }
-        self.integrations[index].on_library_attached(pid, symbols);
-        Ok(locations.len())
+        Ok(Some(LibraryProbes { symbols: Arc::new(symbols), probes }))
+    }
+
+    fn failed(&self, index: usize, path: &Path, reason: String) -> AttachOutcome {
+        AttachOutcome::Failed { integration: self.integrations[index].name(), path: path.to_path_buf(), reason }
+    }
+
+    /// Attaches every probe of library `key` to process `pid`; any failure detaches the ones
+    /// already attached (the links are dropped).
+    fn attach_library(&mut self, key: &LibraryKey, host_path: &Path, pid: u32) -> Result<Vec<ProbeLinks>, String> {
+        let library = &self.libraries[key];
+        let defs = self.integrations[key.2].probes();
+        let mut links = Vec::with_capacity(library.probes.len());
+        for &(id, probe_index, file_offset) in &library.probes {
+            let def = &defs[probe_index];
+            links.push(
+                self.programs.attach_to_process(id, def, host_path, file_offset, pid).map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(links)
     }
 
     fn watch_linker(&mut self, process: &Process, objects: &[MappedObject]) -> Result<(), String> {
@@ -376,18 +467,36 @@ impl Instrumenter {
                     .is_some_and(|n| n.starts_with("ld-linux") || n.starts_with("ld-musl"))
             })
             .ok_or("no dynamic linker mapped (static executable)")?;
-        if !self.linkers.insert((linker.dev.clone(), linker.inode)) {
-            return Ok(()); // its rendezvous is already probed, for every process
+        let key = (linker.dev.clone(), linker.inode);
+        let target = LinkTarget::Linker(key.clone());
+        if self.has_links(process.pid, &target) {
+            return Ok(()); // this process's rendezvous is already probed (kept across exec)
         }
         let host_path = process.host_path(&linker.path);
-        let symbols = ElfSymbols::load(&host_path).map_err(|e| e.to_string())?;
-        let location = symbols.function_entry(LINKER_RENDEZVOUS_SYMBOL).map_err(|e| e.to_string())?;
-        let id = self
+        let (id, file_offset) = match self.linkers.get(&key) {
+            Some(Some(probe)) => *probe,
+            Some(None) => return Err("the dynamic linker has no rendezvous function".into()),
+            None => {
+                let resolved = self.resolve_linker(&host_path);
+                self.linkers.insert(key, resolved.as_ref().ok().copied());
+                resolved?
+            }
+        };
+        let links = self
             .programs
-            .attach(&LINKER_PROBE, &host_path, location.file_offset, process.pid)
+            .attach_to_process(id, &LINKER_PROBE, &host_path, file_offset, process.pid)
             .map_err(|e| e.to_string())?;
-        self.route(id, Route::LibraryLoaded);
+        self.links.entry(process.pid).or_default().insert(target, vec![links]);
         Ok(())
+    }
+
+    /// Finds the linker's rendezvous function and registers its probe (one id for every process).
+    fn resolve_linker(&mut self, host_path: &Path) -> Result<(ProbeId, u64), String> {
+        let symbols = ElfSymbols::load(host_path).map_err(|e| e.to_string())?;
+        let location = symbols.function_entry(LINKER_RENDEZVOUS_SYMBOL).map_err(|e| e.to_string())?;
+        let id = self.programs.register_probe(&LINKER_PROBE).map_err(|e| e.to_string())?;
+        self.route(id, Route::LibraryLoaded);
+        Ok((id, location.file_offset))
     }
 
     fn route(&mut self, id: ProbeId, route: Route) {

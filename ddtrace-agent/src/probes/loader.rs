@@ -4,7 +4,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
         PerfEvent, ProgramError, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -21,6 +21,15 @@ use super::{
 
 /// Index of a probe's spec in the kernel, passed to the programs as the attach cookie.
 pub type ProbeId = u32;
+
+/// The uprobe links of one probe in one process (entry and/or exit program). Dropping them
+/// detaches the probe from that process only.
+pub struct ProbeLinks(Vec<UProbeLink>);
+
+/// A uprobe scope covering every thread of process `pid` and nothing else.
+fn process_scope(pid: u32) -> Option<UProbeScope> {
+    std::num::NonZeroU32::new(pid).map(UProbeScope::OneProcess)
+}
 
 /// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJECT"));
@@ -198,14 +207,9 @@ impl KernelPrograms {
             .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 
-    /// Attaches `def` at `file_offset` of `path` and returns the probe id its events carry.
-    ///
-    /// The uprobe fires for every process that maps the file; the in-kernel bitmap keeps the
-    /// untracked ones out. Scoping the uprobe to one pid instead would miss the children of a
-    /// traced process until the daemon attached again for each, after they already ran: the
-    /// fork tracepoint marks a child tracked before its first instruction. `pid` is the process
-    /// the file was found in, for error messages.
-    pub fn attach(&mut self, def: &ProbeDef, path: &Path, file_offset: u64, pid: u32) -> Result<ProbeId, ProbeError> {
+    /// Writes `def`'s spec to the kernel and returns the probe id its events carry (the attach
+    /// cookie). One id per (library, probe), shared by every process the probe is attached to.
+    pub fn register_probe(&mut self, def: &ProbeDef) -> Result<ProbeId, ProbeError> {
         if self.next_probe_id >= MAX_PROBES {
             return Err(ProbeError::TooManyProbes);
         }
@@ -214,7 +218,37 @@ impl KernelPrograms {
             .set(id, def.kernel_spec(), 0)
             .map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
         self.next_probe_id += 1;
-        let scope = UProbeScope::AllProcesses;
+        Ok(id)
+    }
+
+    /// Attaches probe `id` (registered for `def`) at `file_offset` of `path` for process `pid`
+    /// only; dropping the returned links detaches it from that process.
+    ///
+    /// Scoped to the process, not to the file: the kernel installs the breakpoint only in the
+    /// address spaces a probe's perf event targets (matched by mm, so every thread of `pid`),
+    /// and other processes mapping the library never trap. With the file-wide scope every
+    /// process of the host paid a trap per call (measured: SSL_write_ex+SSL_read_ex from ~7 to
+    /// ~30 µs in a process we did not even trace). Children therefore need their own links
+    /// (the daemon attaches on the fork event), and the in-kernel bitmap stays as a second gate.
+    /// The perf event targets the task `pid` and follows it through exec (the kernel compares
+    /// its current address space); a process whose main thread exits before the others loses
+    /// its probes (the task has no address space any more).
+    pub fn attach_to_process(
+        &mut self,
+        id: ProbeId,
+        def: &ProbeDef,
+        path: &Path,
+        file_offset: u64,
+        pid: u32,
+    ) -> Result<ProbeLinks, ProbeError> {
+        let attach_error = |program: &'static str, reason: String| ProbeError::Attach {
+            program,
+            symbol: def.symbol.to_string(),
+            path: path.display().to_string(),
+            pid,
+            reason,
+        };
+        let scope = process_scope(pid).ok_or_else(|| attach_error(names::ENTRY_PROGRAM, "pid 0".into()))?;
         // The entry program also saves out-pointers that the exit reads back.
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
         // Exit first: a call entered between the two attaches then has neither event, rather
@@ -224,6 +258,8 @@ impl KernelPrograms {
             ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
+        // On an error the links made so far are dropped, i.e. detached.
+        let mut links = ProbeLinks(Vec::with_capacity(2));
         for (wanted, program) in programs {
             if !wanted {
                 continue;
@@ -232,33 +268,31 @@ impl KernelPrograms {
                 location: UProbeAttachLocation::AbsoluteOffset(file_offset),
                 cookie: Some(id as u64),
             };
-            Self::uprobe(&mut self.ebpf, program)?.attach(point, path, scope).map_err(|e| ProbeError::Attach {
-                program,
-                symbol: def.symbol.to_string(),
-                path: path.display().to_string(),
-                pid,
-                reason: error_chain(&e),
-            })?;
+            let uprobe = Self::uprobe(&mut self.ebpf, program)?;
+            let link_id = uprobe.attach(point, path, scope).map_err(|e| attach_error(program, error_chain(&e)))?;
+            links.0.push(uprobe.take_link(link_id).map_err(|e| attach_error(program, error_chain(&e)))?);
         }
-        Ok(id)
+        Ok(links)
     }
 
     /// Loads the empty programs `cargo xtask bench` compares ours against and attaches them.
     pub fn attach_empty_baseline(&mut self, path: &Path, file_offset: u64, pid: u32) -> Result<(), ProbeError> {
-        // The same scope as `attach`, so the baseline differs from ours by the programs alone.
-        let scope = UProbeScope::AllProcesses;
+        // The same scope as `attach_to_process`, so the baseline differs from ours by the
+        // programs alone.
+        let attach_error = |program: &'static str, reason: String| ProbeError::Attach {
+            program,
+            symbol: "baseline".into(),
+            path: path.display().to_string(),
+            pid,
+            reason,
+        };
+        let scope = process_scope(pid).ok_or_else(|| attach_error(names::EMPTY_ENTRY_PROGRAM, "pid 0".into()))?;
         for program in [names::EMPTY_ENTRY_PROGRAM, names::EMPTY_EXIT_PROGRAM] {
             let uprobe = Self::uprobe(&mut self.ebpf, program)?;
             uprobe.load().map_err(|e| load_error(program, e))?;
-            uprobe.attach(UProbeAttachLocation::AbsoluteOffset(file_offset), path, scope).map_err(|e| {
-                ProbeError::Attach {
-                    program,
-                    symbol: "baseline".into(),
-                    path: path.display().to_string(),
-                    pid,
-                    reason: error_chain(&e),
-                }
-            })?;
+            uprobe
+                .attach(UProbeAttachLocation::AbsoluteOffset(file_offset), path, scope)
+                .map_err(|e| attach_error(program, error_chain(&e)))?;
         }
         Ok(())
     }

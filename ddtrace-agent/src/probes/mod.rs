@@ -15,6 +15,6 @@ pub use event::{
     decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind,
     SocketActivity, SocketOp, StackSample,
 };
-pub use loader::{KernelPrograms, ProbeError, ProbeId};
+pub use loader::{KernelPrograms, ProbeError, ProbeId, ProbeLinks};
 pub use reader::EventReader;
 pub use spec::{Capture, ProbeDef, ProbeKind};
