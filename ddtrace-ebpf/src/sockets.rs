@@ -152,9 +152,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         }
         // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
         // no bytes in the process to copy, but its length keeps the body count right.
-        nr::SENDFILE if ret > 0 => {
-            emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0)
-        }
+        nr::SENDFILE if ret > 0 => emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0),
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
                 socket_op::RECEIVED
@@ -243,16 +241,7 @@ pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64,
 /// Same, when only `readable` bytes are at `data` (the first buffer of a vector).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit_data_within(
-    pid_tgid: u64,
-    fd: u32,
-    op: u32,
-    length: u64,
-    data: u64,
-    readable: u64,
-    flags: u32,
-    session: u64,
-) {
+fn emit_data_within(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, readable: u64, flags: u32, session: u64) {
     let Some(event) = start_event(pid_tgid, fd, op) else { return };
     event.length = length;
     event.flags = flags;

@@ -31,8 +31,8 @@ use super::linking::{Caller, CallerIndex};
 use super::{
     build_http_url,
     client_parent::{ClientParent, ClientParents},
-    resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome,
-    ExtractedContext, HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
+    resource_name, starts_request, ConnectionTracker, Direction, Exchange, ExchangeOutcome, ExtractedContext,
+    HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, Role, StyleList,
 };
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
