@@ -1,7 +1,8 @@
 """HTTPS on both sides, with Python's own `ssl` module (OpenSSL's SSL_read_ex/SSL_write_ex).
 
 `tls_app.py serve PORT CERT KEY`: a threading HTTP/1.1 (keep-alive) server over TLS. Routes:
-`/users/<id>` answers 200 with JSON, `/fail` 503, anything else 404. Prints `ready` once it
+`/users/<id>` answers 200 with JSON, `/fail` 503, `/slow/<ms>` 200 after that many milliseconds,
+anything else 404. Prints `ready` once it
 listens.
 
 `tls_app.py client CAFILE`: an HTTPS client with `requests` (one keep-alive session) driven over
@@ -22,6 +23,11 @@ def serve(port, cert, key):
             path = self.path.split("?", 1)[0]
             if path.startswith("/users/"):
                 status, body = 200, b'{"id": "%s"}' % path.rsplit("/", 1)[1].encode()
+            elif path.startswith("/slow/"):
+                import time
+
+                time.sleep(int(path.rsplit("/", 1)[1]) / 1000)
+                status, body = 200, b'{"slow": true}'
             elif path == "/fail":
                 status, body = 503, b'{"error": "unavailable"}'
             else:

@@ -490,34 +490,3 @@ fn nginx_over_tls_serves_curl_with_one_web_span_per_request() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
 }
-
-/// curl over TLS, started under a traced shell: its libssl plaintext gives client spans.
-#[test]
-fn curl_over_tls_under_a_traced_shell_gets_client_spans() {
-    let _serial = ddtrace_tests::serial();
-    let agent = TestAgent::start();
-    let nginx = Nginx::start();
-    let cert = nginx.certificate().display().to_string();
-    let ok = nginx.https_url("/users/42");
-    let fail = nginx.https_url("/fail");
-    let mut runner = CommandRunner::start(&format!(
-        "curl -sS --max-time 10 --cacert '{cert}' -o /dev/null -w '%{{http_code}}\\n' '{ok}' -o /dev/null -w '%{{http_code}}\\n' '{fail}'"
-    ));
-    let mut daemon = attach(runner.child.id(), &agent, "curl-tls");
-
-    let started = Instant::now();
-    for _ in 0..2 {
-        assert_eq!(runner.run(), "200\n503\n");
-    }
-    let spans = settled_spans(&agent, 4, started);
-    assert_eq!(spans.len(), 4, "two curl runs, two requests each: {spans:#?}\n{}", daemon.stderr_text());
-    for span in &spans {
-        assert_eq!(meta(span, "span.kind"), "client");
-        assert_eq!(meta(span, "network.destination.port"), nginx.https_port.to_string());
-        assert!(meta(span, "http.url").starts_with("https://"), "{span:#}");
-    }
-    assert_eq!(spans.iter().filter(|s| is_error(s)).count(), 2, "the two 503s: {spans:#?}");
-    agent.assert_checks_passed();
-    runner.finish();
-    assert!(daemon.wait_exit(Duration::from_secs(15)).success(), "the daemon exits with its target");
-}

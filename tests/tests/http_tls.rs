@@ -139,3 +139,50 @@ fn python_requests_over_https_gets_client_spans() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// curl over TLS as a traced client, attached while it is in the middle of a transfer: its next
+/// requests on the same TLS session are client spans. (A curl exec'd by an already traced parent
+/// can finish its first TLS calls in the ~ms before its own probes are attached: uprobes are
+/// scoped to traced processes so that other processes never pay for them.)
+#[test]
+fn curl_over_tls_attached_mid_transfer_gets_client_spans_for_its_next_requests() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let certificate = TestCertificate::make("curl");
+    let port = free_port();
+    let _server = TlsApp::serve(port, &certificate);
+    let base = format!("https://localhost:{port}");
+    let curl = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(&certificate.cert)
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n", &format!("{base}/slow/3000")])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n", &format!("{base}/users/9?token=abc")])
+        .args(["-o", "/dev/null", "-w", "%{http_code} %{num_connects}\\n", &format!("{base}/fail")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    // curl has sent its first request and waits 3 s for the answer.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut daemon = attach(curl.id(), &agent, "curl-tls");
+    let output = curl.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200 1\n200 0\n503 0\n", "one TLS connection: {output:?}");
+
+    agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    let spans = agent.spans();
+    let mut resources: Vec<&str> = spans.iter().filter_map(|s| s["resource"].as_str()).collect();
+    resources.sort();
+    // The slow request was written before the attach: no span rather than half of one.
+    assert_eq!(resources, ["GET /fail", "GET /users/?"], "{spans:#?}\n{}", daemon.stderr_text());
+    for span in &spans {
+        assert_eq!(meta(span, "span.kind"), "client");
+        assert!(meta(span, "http.useragent").starts_with("curl/"), "{span:#}");
+        assert_eq!(meta(span, "network.destination.port"), port.to_string());
+        assert!(meta(span, "http.url").starts_with(&format!("{base}/")), "{span:#}");
+        assert!(!meta(span, "http.url").contains("abc"), "{span:#}");
+    }
+    let fail = spans.iter().find(|s| s["resource"] == "GET /fail").unwrap();
+    assert!(is_error(fail), "{fail:#}");
+    agent.assert_checks_passed();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "the daemon exits with curl");
+}
