@@ -83,7 +83,7 @@ impl Drop for SqliteWorker {
     }
 }
 
-/// gunicorn serving `tests/apps/wsgi_sqlite_app.py` with sync workers on a free port.
+/// gunicorn serving the Flask app `tests/apps/wsgi_sqlite_app.py` with sync workers on a free port.
 pub struct Gunicorn {
     child: Child,
     pub port: u16,
