@@ -136,3 +136,39 @@ impl Drop for Gunicorn {
         let _ = self.child.wait();
     }
 }
+
+/// `tests/apps/bench/http_server.py`: a threading HTTP/1.1 keep-alive server on an ephemeral
+/// port (the HTTP benchmark's target), killed on drop.
+pub struct KeepAliveServer {
+    child: Child,
+    pub port: u16,
+}
+
+impl KeepAliveServer {
+    pub fn start() -> Self {
+        let script = workspace_root().join("tests/apps/bench/http_server.py");
+        let mut child = Command::new(python_executable())
+            .arg("-u")
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 {} failed to start: {e}", script.display()));
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        let port = ready.trim().strip_prefix("ready ").and_then(|p| p.parse().ok());
+        let port = port.unwrap_or_else(|| panic!("the keep-alive server said {ready:?}, not `ready <port>`"));
+        Self { child, port }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for KeepAliveServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -254,18 +254,9 @@ fn a_traced_client_gets_client_spans_for_its_calls() {
 fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let script = ddtrace_tests::workspace_root().join("tests/apps/bench/http_server.py");
-    let mut child = Command::new(python_executable())
-        .arg("-u")
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python starts");
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut ready).unwrap();
-    let port: u16 = ready.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <port>");
-    let pid = child.id().to_string();
+    let server = ddtrace_tests::target_app::KeepAliveServer::start();
+    let port = server.port;
+    let pid = server.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "keep-alive"]);
     daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
@@ -303,6 +294,4 @@ fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
-    let _ = child.kill();
-    let _ = child.wait();
 }

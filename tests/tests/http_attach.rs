@@ -4,14 +4,13 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
     time::Duration,
 };
 
 use ddtrace_tests::{
     agent_process::AgentProcess,
     http::free_port,
-    target_app::python_executable,
+    target_app::KeepAliveServer,
     test_agent::TestAgent,
     tls::{TestCertificate, TlsApp},
 };
@@ -43,17 +42,8 @@ fn get(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, port: u16, pat
 fn a_keep_alive_connection_opened_before_attach_is_followed_from_its_next_request() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let script = ddtrace_tests::workspace_root().join("tests/apps/bench/http_server.py");
-    let mut server = Command::new(python_executable())
-        .arg("-u")
-        .arg(&script)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python starts");
-    let mut ready = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let port: u16 = ready.trim().strip_prefix("ready ").and_then(|p| p.parse().ok()).expect("ready <port>");
+    let server = KeepAliveServer::start();
+    let port = server.port;
 
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -62,7 +52,7 @@ fn a_keep_alive_connection_opened_before_attach_is_followed_from_its_next_reques
     // Half a request is in flight when the agent attaches: its end must not look like a message.
     stream.write_all(b"GET /straddling/2 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ").unwrap();
 
-    let pid = server.id().to_string();
+    let pid = server.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "live"]);
     daemon.wait_for_stderr("following 1 TCP connections already open", ATTACH_TIMEOUT);
@@ -94,8 +84,6 @@ fn a_keep_alive_connection_opened_before_attach_is_followed_from_its_next_reques
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]

@@ -63,6 +63,8 @@ struct Connection {
     /// This end's address, when the kernel could read it.
     local: Option<SocketAddr>,
     tls: bool,
+    /// For a TLS session: the fd of the socket it was last seen using.
+    socket_fd: Option<u32>,
     /// False for a connection found open at attach, until a request starts a read (server) or a
     /// write (client): what came before was the middle of a message.
     in_step: bool,
@@ -75,9 +77,8 @@ struct Connection {
 /// Turns the socket activity of traced processes into HTTP contexts.
 pub struct HttpOverSockets {
     connections: HashMap<Stream, Connection>,
-    /// The TLS session last seen on each socket (tgid, fd), and the reverse.
+    /// The TLS session last seen on each socket (tgid, fd).
     session_of_socket: HashMap<(u32, u32), u64>,
-    socket_of_session: HashMap<(u32, u64), u32>,
     spans: SpanShaper,
     callers: CallerIndex,
 }
@@ -103,7 +104,6 @@ impl HttpOverSockets {
         Self {
             connections: HashMap::new(),
             session_of_socket: HashMap::new(),
-            socket_of_session: HashMap::new(),
             spans: SpanShaper {
                 kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
                 header_tags,
@@ -137,6 +137,7 @@ impl HttpOverSockets {
                     peer,
                     local,
                     tls: false,
+                    socket_fd: None,
                     in_step: true,
                     open: VecDeque::new(),
                     opened_within,
@@ -187,6 +188,7 @@ impl HttpOverSockets {
             peer: Some(peer),
             local: None,
             tls: false,
+            socket_fd: None,
             in_step: false,
             open: VecDeque::new(),
             opened_within: None,
@@ -199,30 +201,35 @@ impl HttpOverSockets {
     fn tls_stream(&mut self, event: &SocketActivity, session: u64, contexts: &mut ContextTree) -> Stream {
         let tgid = event.tgid;
         let stream = Stream::Tls { tgid, session };
-        let fd =
-            if event.fd != FD_UNKNOWN { Some(event.fd) } else { self.socket_of_session.get(&(tgid, session)).copied() };
-        if let Some(fd) = fd {
+        let seen_fd = (event.fd != FD_UNKNOWN).then_some(event.fd);
+        let known_fd = match self.connections.get(&stream) {
+            // The usual case, one lookup: a known session on the socket it already used, or a
+            // read served from the library's buffer.
+            Some(connection) if seen_fd.is_none() || seen_fd == connection.socket_fd => return stream,
+            Some(connection) => connection.socket_fd,
+            None => None,
+        };
+        let fd = seen_fd.or(known_fd);
+        if let Some(fd) = seen_fd {
             let previous = self.session_of_socket.insert((tgid, fd), session);
             if let Some(old) = previous.filter(|&old| old != session) {
                 // The socket carries a new session (an `SSL*` freed and another made): the old
                 // one is over.
-                self.socket_of_session.remove(&(tgid, old));
                 self.close(Stream::Tls { tgid, session: old }, event, contexts);
             }
-            self.socket_of_session.insert((tgid, session), fd);
         }
         let socket = fd
             .and_then(|fd| self.connections.get(&Stream::Socket { tgid, fd }))
             .map(|socket| (socket.tracker.role(), socket.peer, socket.local, socket.opened_within));
         match self.connections.get_mut(&stream) {
-            // A session whose first plaintext came from the library's buffer (a request that
-            // arrived with the handshake's last bytes) learns its socket on a later call.
-            Some(connection) if connection.peer.is_none() => {
-                if let Some((_, peer, local, _)) = socket {
+            Some(connection) => {
+                connection.socket_fd = fd;
+                // A session whose first plaintext came from the library's buffer (a request that
+                // arrived with the handshake's last bytes) learns its socket on a later call.
+                if let (None, Some((_, peer, local, _))) = (connection.peer, socket) {
                     (connection.peer, connection.local) = (peer, local);
                 }
             }
-            Some(_) => {}
             None => {
                 // The socket's side when the kernel saw it accepted or connected; else who spoke
                 // first: in HTTP/1.x the client does.
@@ -233,8 +240,16 @@ impl HttpOverSockets {
                 };
                 let (peer, local, opened_within) = socket.map_or((None, None, None), |(_, p, l, w)| (p, l, w));
                 let tracker = ConnectionTracker::new(role, ParserLimits::default(), self.spans.kept.clone());
-                let connection =
-                    Connection { tracker, peer, local, tls: true, in_step: true, open: VecDeque::new(), opened_within };
+                let connection = Connection {
+                    tracker,
+                    peer,
+                    local,
+                    tls: true,
+                    socket_fd: fd,
+                    in_step: true,
+                    open: VecDeque::new(),
+                    opened_within,
+                };
                 self.connections.insert(stream, connection);
             }
         }
@@ -245,7 +260,6 @@ impl HttpOverSockets {
     fn close_tls_session_of(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
         let tgid = event.tgid;
         if let Some(session) = self.session_of_socket.remove(&(tgid, event.fd)) {
-            self.socket_of_session.remove(&(tgid, session));
             self.close(Stream::Tls { tgid, session }, event, contexts);
         }
     }
@@ -273,7 +287,6 @@ impl HttpOverSockets {
         self.spans.parents.process_exited(tgid);
         self.connections.retain(|stream, _| stream.tgid() != tgid);
         self.session_of_socket.retain(|(pid, _), _| *pid != tgid);
-        self.socket_of_session.retain(|(pid, _), _| *pid != tgid);
         self.callers.process_exited(tgid);
     }
 }
