@@ -40,7 +40,15 @@ fn dechunk(mut body: &str) -> String {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports::<1>()[0]
+}
+
+/// `N` different free TCP ports on loopback: the listeners are held until all are chosen, since
+/// a port released by one call can come back from the next.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// POSTs `body` (JSON) to `path` on 127.0.0.1:`port`; returns the status and the body.

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::http::{free_port, get};
+use crate::http::{free_ports, get};
 
 /// The checks every test runs with.
 pub const ENABLED_CHECKS: &str = "trace_count_header,meta_tracer_version_header,trace_content_length";
@@ -21,13 +21,14 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts it and waits until it answers. Panics with a clear message when it cannot run.
     pub fn start() -> TestAgent {
-        let port = free_port();
+        // Three different ports (the test agent refuses equal ones).
+        let [port, otlp_http_port, otlp_grpc_port] = free_ports::<3>();
         let log = std::env::temp_dir().join(format!("ddapm-test-agent-{port}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new("ddapm-test-agent")
             .args(["--port", &port.to_string()])
             // Its OTLP listeners default to fixed ports: keep parallel tests apart.
-            .args(["--otlp-http-port", &free_port().to_string(), "--otlp-grpc-port", &free_port().to_string()])
+            .args(["--otlp-http-port", &otlp_http_port.to_string(), "--otlp-grpc-port", &otlp_grpc_port.to_string()])
             .env("ENABLED_CHECKS", ENABLED_CHECKS)
             // Keep failures for /test/trace_check/failures; a failing payload also gets an error
             // response, so the daemon sees it.
