@@ -39,6 +39,9 @@ fn collect_lines(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Str
     lines
 }
 
+/// The start of the line that means "traced from now on".
+pub const ATTACHED_MARKER: &str = "ddtrace-agent: attached: tracing";
+
 impl AgentProcess {
     /// Starts `ddtrace-agent` with `args`, collecting its stdout (the console exporter's span
     /// trees) and stderr.
@@ -85,6 +88,13 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("ddtrace-agent did not print {needle:?} within {timeout:?}:\n{}", self.stderr_text());
+    }
+
+    /// Waits for the line the daemon prints once every process of the target (the root and the
+    /// children it had already forked: nginx or gunicorn workers) is traced. Lines printed
+    /// before it, such as an integration's attach line, can come before the children are.
+    pub fn wait_attached(&mut self, timeout: Duration) {
+        self.wait_for_stderr(ATTACHED_MARKER, timeout);
     }
 
     /// The daemon's process id.

@@ -74,7 +74,7 @@ fn attach(server: &StaticServer, agent: &TestAgent, service: &str) -> AgentProce
     let pid = server.child.id().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }
 
@@ -226,7 +226,7 @@ fn a_traced_client_gets_client_spans_for_its_calls() {
     let pid = worker.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "caller"]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     let port = server.port;
     worker.run(&format!("fetch http://127.0.0.1:{port}/users/42?api_key=s3cr3t"));
     worker.run(&format!("fetch http://127.0.0.1:{port}/nothing/here"));
@@ -259,7 +259,7 @@ fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
     let pid = server.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "keep-alive"]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
 
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

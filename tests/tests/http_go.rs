@@ -53,7 +53,7 @@ fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
     let pid = pid.to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
-    daemon.wait_for_stderr("ddtrace-agent: attached: tracing", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }
 
@@ -388,7 +388,7 @@ fn tracing_a_go_function_is_refused_rather_than_crash_the_program() {
         "--trace-function",
         &function,
     ]);
-    daemon.wait_for_stderr("ddtrace-agent: attached: tracing", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     let stderr = daemon.stderr_text();
     assert!(stderr.contains("is a Go program: return probes (uretprobes) would crash it"), "{stderr}");
     let patched = patched_code(server.app.pid(), go_http());

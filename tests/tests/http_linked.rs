@@ -79,6 +79,7 @@ fn the_server_span_of_a_traced_client_call_is_the_client_spans_child_without_any
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "linked"]);
     daemon.wait_for_stderr("tracing child process", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     assert!(
         !daemon.stderr_text().contains("socket addresses are unknown"),
         "this machine's kernel publishes BTF; the daemon could not use it:\n{}",

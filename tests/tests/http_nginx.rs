@@ -41,7 +41,8 @@ fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
     let pid = pid.to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    // Not an integration's line: nginx's workers are traced after the master.
+    daemon.wait_attached(ATTACH_TIMEOUT);
     eprintln!("attached to {pid} in {} ms", started.elapsed().as_millis());
     daemon
 }

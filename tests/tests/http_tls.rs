@@ -28,6 +28,7 @@ fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
     daemon.wait_for_stderr("openssl: attached", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }
 

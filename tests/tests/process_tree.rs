@@ -46,6 +46,7 @@ fn gunicorn_workers_forked_before_and_after_attach_are_all_traced() {
     let server = Gunicorn::start(2);
     let mut daemon = AgentProcess::attach(server.master_pid(), &agent.url(), &[]);
     daemon.wait_for_stderr("tracing child process", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     let before = workers_serving(&server, 2);
     assert_eq!(before.len(), 2, "both workers answered: {before:?}");
 
