@@ -1,6 +1,6 @@
 //! TLS plaintext of tracked processes, at the TLS library: uprobes on OpenSSL's `SSL_read`,
-//! `SSL_write` (and their `_ex` forms) copy the first bytes of what the call really moved, at its
-//! return. The socket the plaintext belongs to is learnt on the way: while a TLS call is in
+//! `SSL_write` (their `_ex` forms, or the internal functions all of them call) copy the first
+//! bytes of what the call really moved, at its return. The socket the plaintext belongs to is learnt on the way: while a TLS call is in
 //! flight on a thread, the system call tracepoints write the fd of the socket it reads or writes
 //! into the call's record (`note_socket_io`). A read served from the library's buffer makes no
 //! system call; its event carries `FD_UNKNOWN` and the daemon maps the session to the fd it saw
@@ -16,7 +16,9 @@ use ddtrace_common::{probe_flags, socket_flags, socket_op, TlsCall, FD_UNKNOWN};
 
 use super::{is_tracked, sockets, tracked_spec};
 
-/// TLS calls in flight, by thread (a thread is in at most one: these functions do not nest).
+/// TLS calls in flight, by thread (a thread is in at most one: these functions do not nest,
+/// except for TLS carried inside TLS through OpenSSL's SSL BIO, where the inner call's record
+/// replaces the outer's and the outer one is not reported).
 #[map(name = "TLS_CALLS")]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
@@ -48,8 +50,9 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
     // These functions return an `int`: only eax is defined.
     let ret = ctx.ret::<u64>() as u32 as i32;
     let moved = if call.flags & probe_flags::TLS_LENGTH_OUT != 0 {
-        // SSL_read_ex/SSL_write_ex: 1 on success, the byte count through the size_t out-pointer.
-        if ret == 1 {
+        // SSL_read_ex/SSL_write_ex (and the internal functions): 1 on success, the byte count
+        // through the size_t out-pointer.
+        if ret > 0 {
             sockets::read_u64(call.length_out)
         } else {
             0

@@ -22,12 +22,14 @@ fn is_error(span: &Value) -> bool {
     span["error"].as_i64().unwrap_or(0) != 0
 }
 
-/// The daemon attached to `pid`, once its TLS probes are on the process's libssl.
+/// The daemon attached to `pid`, once its TLS probes are on the process's libssl: two of them,
+/// on the internal functions every read and write form calls (the cheap place to probe, see
+/// `integrations/openssl.rs`), not four on the exported ones.
 fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
     let pid = pid.to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
-    daemon.wait_for_stderr("openssl: attached", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("openssl: attached 2 probes to", ATTACH_TIMEOUT);
     daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }

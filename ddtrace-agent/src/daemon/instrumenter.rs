@@ -422,10 +422,12 @@ impl Instrumenter {
             ));
         }
         let mut locations = Vec::new();
-        for (probe_index, def) in defs.iter().enumerate() {
-            match symbols.function_entry(def.symbol) {
+        for (probe_index, site) in self.integrations[index].probe_sites(&symbols) {
+            match site {
                 Ok(location) => locations.push((probe_index, location.file_offset)),
-                Err(error @ SymbolError::MissingSymbol { .. }) if def.required => return Err(error.to_string()),
+                Err(error @ SymbolError::MissingSymbol { .. }) if defs[probe_index].required => {
+                    return Err(error.to_string())
+                }
                 Err(error) => tracing::debug!(%error, "optional probe skipped"),
             }
         }

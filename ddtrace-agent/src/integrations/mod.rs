@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::{
     core::ContextTree,
     probes::{ProbeDef, ProbeEvent},
-    symbols::ElfSymbols,
+    symbols::{ElfSymbols, ProbeLocation, SymbolError},
 };
 
 pub use traced_function::{TracedFunction, TracedFunctionError};
@@ -74,12 +74,27 @@ pub trait Integration: Send {
     fn library(&self) -> LibraryMatch;
     /// The probes to attach to a matching library; events carry the index into this slice.
     fn probes(&self) -> &'static [ProbeDef];
+    /// Where the probes go in `library`: by default every one of [`Self::probes`] at the entry
+    /// of the function it names. An integration may choose a subset, or functions the library
+    /// does not export (see OpenSSL's).
+    fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
+        at_function_entries(self.probes(), library)
+    }
     /// An event of probe `probe_index` fired in a traced process.
     fn on_event(&mut self, probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree);
     /// The integration's probes were attached to `library` for process `tgid`.
     fn on_library_attached(&mut self, _tgid: u32, _library: &ElfSymbols) {}
     /// Process `tgid` exited: forget its state.
     fn on_process_exit(&mut self, _tgid: u32) {}
+}
+
+/// One probe's place in a library: its index in the integration's probes, and where it goes or
+/// why it cannot.
+pub type ProbeSite = (usize, Result<ProbeLocation, SymbolError>);
+
+/// `defs` (the first of an integration's probes), each at the entry of the function it names.
+pub fn at_function_entries(defs: &[ProbeDef], library: &ElfSymbols) -> Vec<ProbeSite> {
+    defs.iter().enumerate().map(|(index, def)| (index, library.function_entry(def.symbol))).collect()
 }
 
 #[cfg(test)]

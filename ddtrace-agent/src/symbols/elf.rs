@@ -6,6 +6,8 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
+use super::x86_calls::{self, ENDBR64};
+
 /// True for a program built by Go: its toolchain has written `.go.buildinfo` into every binary
 /// since Go 1.13, stripped or not.
 pub fn built_by_go<'data, R: object::ReadRef<'data>>(file: &object::File<'data, R>) -> bool {
@@ -42,11 +44,8 @@ pub struct ElfSymbols {
     /// (vaddr, memsz, file offset, filesz) of each PT_LOAD segment.
     segments: Vec<(u64, u64, u64, u64)>,
     go: bool,
+    x86_64: bool,
 }
-
-/// `endbr64`: marks indirect-branch targets under CET. It does not touch the stack or argument
-/// registers, so a probe placed after it still sees the call's arguments and return address.
-const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
 impl ElfSymbols {
     /// Reads and indexes `path` (a path on our side, e.g. under `/proc/<pid>/root`).
@@ -78,8 +77,9 @@ impl ElfSymbols {
             })
             .collect();
         let go = built_by_go(&file);
+        let x86_64 = file.architecture() == object::Architecture::X86_64;
         drop(file);
-        Ok(Self { path: path.to_path_buf(), data, functions, segments, go })
+        Ok(Self { path: path.to_path_buf(), data, functions, segments, go, x86_64 })
     }
 
     pub fn path(&self) -> &Path {
@@ -101,17 +101,43 @@ impl ElfSymbols {
             .functions
             .get(name)
             .ok_or_else(|| SymbolError::MissingSymbol { path: self.path.clone(), symbol: name.to_string() })?;
-        let file_offset = self.file_offset(address).ok_or_else(|| SymbolError::NotInSegment {
+        self.entry_at(address).ok_or_else(|| SymbolError::NotInSegment {
             path: self.path.clone(),
             symbol: name.to_string(),
             address,
-        })?;
+        })
+    }
+
+    /// The function a thin wrapper calls first (see [`x86_calls`]), when `also_called_by`
+    /// calls it too: e.g. the `ssl_read_internal` behind `SSL_read_ex`, which `SSL_read`
+    /// also calls, although the library does not export it. `None` when the wrapper does
+    /// anything else first, the other function does not call the same one, or the file is not
+    /// x86-64 code.
+    pub fn wrapped_function(&self, wrapper: &str, also_called_by: &str) -> Option<ProbeLocation> {
+        /// Enough of a function's start to reach its first call or its core call.
+        const WRAPPER_PROLOGUE: usize = 32;
+        const CALLER_SCAN: usize = 128;
+        if !self.x86_64 {
+            return None;
+        }
+        let wrapper_address = *self.functions.get(wrapper)?;
+        let target = x86_calls::first_call_target(self.function_code(wrapper, WRAPPER_PROLOGUE)?, wrapper_address)?;
+        let caller_address = *self.functions.get(also_called_by)?;
+        if !x86_calls::calls(self.function_code(also_called_by, CALLER_SCAN)?, caller_address, target) {
+            return None;
+        }
+        self.entry_at(target)
+    }
+
+    /// Where a probe on the function at `address` goes: past its `endbr64`, if any.
+    fn entry_at(&self, address: u64) -> Option<ProbeLocation> {
+        let file_offset = self.file_offset(address)?;
         let starts_with_endbr = self
             .data
             .get(file_offset as usize..file_offset as usize + ENDBR64.len())
             .is_some_and(|bytes| bytes == ENDBR64);
         let skip = if starts_with_endbr { ENDBR64.len() as u64 } else { 0 };
-        Ok(ProbeLocation { file_offset: file_offset + skip, address: address + skip })
+        Some(ProbeLocation { file_offset: file_offset + skip, address: address + skip })
     }
 
     /// The first `len` bytes of function `name`'s code, for integrations that read a library's
