@@ -12,10 +12,15 @@
 /// registers, so a probe placed after it still sees the call's arguments and return address.
 pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
+/// rbx, rbp, r12-r15 by register number: what a prologue may write without touching the
+/// arguments it passes on.
+const CALLEE_SAVED: [u8; 6] = [3, 5, 12, 13, 14, 15];
+
 /// The target of the call a wrapper makes first, when `code` (at `address`) is a prologue the
 /// decoder knows, instruction by instruction, followed by `call rel32`: `endbr64`,
-/// `sub $imm,%rsp`, `push %reg`, register-to-register `mov`. Anything else: `None`, as the
-/// wrapper may do work of its own before the call.
+/// `sub $imm,%rsp`, `push %reg`, a register-to-register `mov` into a callee-saved register. So
+/// the callee gets the wrapper's own arguments. Anything else: `None`, as the wrapper may do
+/// work of its own before the call.
 pub fn first_call_target(code: &[u8], address: u64) -> Option<u64> {
     let mut at = 0;
     if code.starts_with(&ENDBR64) {
@@ -31,8 +36,13 @@ pub fn first_call_target(code: &[u8], address: u64) -> Option<u64> {
             // push %reg (with REX.B for r8..r15)
             [0x50..=0x57, ..] => at += 1,
             [0x41, 0x50..=0x57, ..] => at += 2,
-            // mov %reg,%reg (64-bit, register operands only: ModRM mod = 11)
-            [0x48 | 0x49 | 0x4c | 0x4d, 0x89, modrm, ..] if modrm & 0xc0 == 0xc0 => at += 3,
+            // mov %reg,%reg (64-bit, register operands only: ModRM mod = 11) saving a value in
+            // a callee-saved register; one writing an argument register would change the call.
+            [rex @ (0x48 | 0x49 | 0x4c | 0x4d), 0x89, modrm, ..]
+                if modrm & 0xc0 == 0xc0 && CALLEE_SAVED.contains(&(((rex & 1) << 3) | (modrm & 7))) =>
+            {
+                at += 3
+            }
             _ => return None,
         }
     }
@@ -81,6 +91,10 @@ mod tests {
         assert_eq!(first_call_target(&code, 0x359c0), None);
         // mov (%rdi),%rax: a memory operand, not a register move.
         assert_eq!(first_call_target(&[0x48, 0x8b, 0x07, 0xe8, 0, 0, 0, 0], 0), None);
+        // mov %rsi,%rdi: the callee would get other arguments than the wrapper's.
+        assert_eq!(first_call_target(&[0x48, 0x89, 0xf7, 0xe8, 0, 0, 0, 0], 0), None);
+        // mov %rsp,%rbp (a frame pointer) is fine.
+        assert_eq!(first_call_target(&[0x55, 0x48, 0x89, 0xe5, 0xe8, 0, 0, 0, 0], 0), Some(9));
         // Cut short.
         assert_eq!(first_call_target(&SSL_WRITE_EX[..6], 0x35a50), None);
     }
