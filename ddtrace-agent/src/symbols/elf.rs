@@ -41,6 +41,8 @@ pub struct ElfSymbols {
     data: Vec<u8>,
     /// name -> virtual address of defined function symbols.
     functions: HashMap<String, u64>,
+    /// name -> size in bytes, for the functions whose symbol gives one.
+    sizes: HashMap<String, u64>,
     /// (vaddr, memsz, file offset, filesz) of each PT_LOAD segment.
     segments: Vec<(u64, u64, u64, u64)>,
     go: bool,
@@ -61,12 +63,16 @@ impl ElfSymbols {
             return Err(not_elf(format!("{:?} format", file.format())));
         }
         let mut functions = HashMap::new();
+        let mut sizes = HashMap::new();
         for symbol in file.dynamic_symbols().chain(file.symbols()) {
             if symbol.kind() != SymbolKind::Text || symbol.is_undefined() || symbol.address() == 0 {
                 continue;
             }
             if let Ok(name) = symbol.name() {
                 functions.entry(name.to_string()).or_insert(symbol.address());
+                if symbol.size() > 0 {
+                    sizes.entry(name.to_string()).or_insert(symbol.size());
+                }
             }
         }
         let segments = file
@@ -79,7 +85,7 @@ impl ElfSymbols {
         let go = built_by_go(&file);
         let x86_64 = file.architecture() == object::Architecture::X86_64;
         drop(file);
-        Ok(Self { path: path.to_path_buf(), data, functions, segments, go, x86_64 })
+        Ok(Self { path: path.to_path_buf(), data, functions, sizes, segments, go, x86_64 })
     }
 
     pub fn path(&self) -> &Path {
@@ -123,7 +129,9 @@ impl ElfSymbols {
         let wrapper_address = *self.functions.get(wrapper)?;
         let target = x86_calls::first_call_target(self.function_code(wrapper, WRAPPER_PROLOGUE)?, wrapper_address)?;
         let caller_address = *self.functions.get(also_called_by)?;
-        if !x86_calls::calls(self.function_code(also_called_by, CALLER_SCAN)?, caller_address, target) {
+        // Within the caller only: the bytes after a short function may be the wrapper itself.
+        let scan = self.sizes.get(also_called_by).map_or(CALLER_SCAN, |&size| CALLER_SCAN.min(size as usize));
+        if !x86_calls::calls(self.function_code(also_called_by, scan)?, caller_address, target) {
             return None;
         }
         self.entry_at(target)
