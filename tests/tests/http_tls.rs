@@ -26,22 +26,42 @@ fn is_error(span: &Value) -> bool {
 /// on the internal functions every read and write form calls (the cheap place to probe, see
 /// `integrations/openssl.rs`), not four on the exported ones.
 fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
+    attach_with(pid, agent, service, &[], 2)
+}
+
+/// Same, with `extra` arguments, once `probes` TLS probes are attached.
+fn attach_with(pid: u32, agent: &TestAgent, service: &str, extra: &[&str], probes: usize) -> AgentProcess {
     let pid = pid.to_string();
     let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
-    daemon.wait_for_stderr("openssl: attached 2 probes to", ATTACH_TIMEOUT);
+    let mut args = vec!["--pid", &pid, "--agent-url", &url, "--service", service];
+    args.extend_from_slice(extra);
+    let mut daemon = AgentProcess::start(&args);
+    daemon.wait_for_stderr(&format!("openssl: attached {probes} probes to"), ATTACH_TIMEOUT);
     daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }
 
 #[test]
 fn https_server_requests_from_curl_become_web_spans() {
+    https_server_serves_curl(&[], 2);
+}
+
+/// The same with the probes on SSL_read_ex/SSL_write_ex themselves: the placement used for a
+/// libssl whose wrappers do not decode (and the `--openssl-probes exported` escape hatch).
+#[test]
+fn https_server_requests_become_web_spans_with_the_exported_function_probes_too() {
+    https_server_serves_curl(&["--openssl-probes", "exported"], 4);
+}
+
+/// A Python `ssl` server traced with `extra` daemon arguments (`probes` TLS probes), hit by the
+/// real curl: one web span per request, the caller's trace continued.
+fn https_server_serves_curl(extra: &[&str], probes: usize) {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
     let certificate = TestCertificate::make("server");
     let port = free_port();
     let server = TlsApp::serve(port, &certificate);
-    let mut daemon = attach(server.pid(), &agent, "tls-server");
+    let mut daemon = attach_with(server.pid(), &agent, "tls-server", extra, probes);
 
     // Three requests on one keep-alive TLS session (curl reuses the connection).
     let base = format!("https://127.0.0.1:{port}");

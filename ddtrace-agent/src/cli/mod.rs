@@ -63,6 +63,12 @@ pub struct Cli {
     #[arg(long = "trace-function", value_name = "FILE:SYMBOL")]
     pub trace_functions: Vec<String>,
 
+    /// Where the OpenSSL probes go: `auto`, the internal functions that every read and write
+    /// calls (fewer and much cheaper probes) when the library's code shows them, else the
+    /// exported ones; `exported`, always SSL_read, SSL_write and their _ex forms.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub openssl_probes: crate::integrations::OpenSslProbes,
+
     /// Print the kernel and pipeline counters every N seconds (they are always printed at exit).
     #[arg(long, value_name = "SECONDS")]
     pub stats: Option<u64>,

@@ -81,7 +81,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         return run_empty_baseline(&process, spec).await;
     }
     let config = resolve_config(&cli, &process);
-    let mut integrations: Vec<Box<dyn Integration>> = integrations::all();
+    let mut integrations: Vec<Box<dyn Integration>> = integrations::all(cli.openssl_probes);
     for spec in &cli.trace_functions {
         integrations.push(Box::new(TracedFunction::parse(spec)?));
     }

@@ -17,11 +17,15 @@ use crate::{
     symbols::{ElfSymbols, ProbeLocation, SymbolError},
 };
 
+pub use openssl::OpenSslProbes;
 pub use traced_function::{TracedFunction, TracedFunctionError};
 
 /// Every library integration this agent has: the one place to add one.
-pub fn all() -> Vec<Box<dyn Integration>> {
-    vec![Box::new(sqlite::SqliteIntegration::default()), Box::new(openssl::OpenSslIntegration)]
+pub fn all(openssl_probes: OpenSslProbes) -> Vec<Box<dyn Integration>> {
+    vec![
+        Box::new(sqlite::SqliteIntegration::default()),
+        Box::new(openssl::OpenSslIntegration { probes: openssl_probes }),
+    ]
 }
 
 /// Which mapped files an integration instruments.

@@ -43,8 +43,22 @@ static PROBES: [ProbeDef; 6] = [
 /// How many of [`PROBES`] are the exported functions.
 const EXPORTED: usize = 4;
 
+/// Where the OpenSSL probes go (`--openssl-probes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenSslProbes {
+    /// The internal functions every read and write form calls, when the library's code shows
+    /// them; otherwise the exported functions.
+    #[default]
+    Auto,
+    /// `SSL_read`, `SSL_write` and their `_ex` forms: the escape hatch should the internal
+    /// functions be misread in some build of the library.
+    Exported,
+}
+
 #[derive(Default)]
-pub struct OpenSslIntegration;
+pub struct OpenSslIntegration {
+    pub probes: OpenSslProbes,
+}
 
 impl Integration for OpenSslIntegration {
     fn name(&self) -> &'static str {
@@ -62,6 +76,9 @@ impl Integration for OpenSslIntegration {
     /// The internal pair when both `_ex` functions wrap what their plain forms call too (never
     /// a mix: a call would then be seen twice), else the exported functions.
     fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
+        if self.probes == OpenSslProbes::Exported {
+            return at_function_entries(&PROBES[..EXPORTED], library);
+        }
         let read = library.wrapped_function("SSL_read_ex", "SSL_read");
         let write = library.wrapped_function("SSL_write_ex", "SSL_write");
         match (read, write) {
@@ -85,7 +102,7 @@ mod tests {
     #[test]
     fn the_system_libssl_gets_the_two_internal_probes() {
         let libssl = ElfSymbols::load(std::path::Path::new("/lib/x86_64-linux-gnu/libssl.so.3")).expect("libssl 3");
-        let sites = OpenSslIntegration.probe_sites(&libssl);
+        let sites = OpenSslIntegration::default().probe_sites(&libssl);
         let indices: Vec<usize> = sites.iter().map(|(index, _)| *index).collect();
         assert_eq!(indices, [EXPORTED, EXPORTED + 1]);
         let read = sites[0].1.as_ref().unwrap();
@@ -112,10 +129,24 @@ mod tests {
     }
 
     #[test]
+    fn exported_probes_when_asked() {
+        let libssl = ElfSymbols::load(std::path::Path::new("/lib/x86_64-linux-gnu/libssl.so.3")).expect("libssl 3");
+        let sites = OpenSslIntegration { probes: OpenSslProbes::Exported }.probe_sites(&libssl);
+        let placed: Vec<(usize, u64)> =
+            sites.iter().map(|(index, site)| (*index, site.as_ref().unwrap().address)).collect();
+        let exported: Vec<(usize, u64)> = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"]
+            .iter()
+            .enumerate()
+            .map(|(index, name)| (index, libssl.function_entry(name).unwrap().address))
+            .collect();
+        assert_eq!(placed, exported);
+    }
+
+    #[test]
     fn a_library_whose_wrappers_do_other_work_keeps_the_exported_probes() {
         // libc has no SSL functions at all: the fallback asks for the four exported ones.
         let libc = ElfSymbols::load(std::path::Path::new("/lib/x86_64-linux-gnu/libc.so.6")).unwrap();
-        let sites = OpenSslIntegration.probe_sites(&libc);
+        let sites = OpenSslIntegration::default().probe_sites(&libc);
         let indices: Vec<usize> = sites.iter().map(|(index, _)| *index).collect();
         assert_eq!(indices, [0, 1, 2, 3]);
         assert!(sites.iter().all(|(_, site)| site.is_err()));
