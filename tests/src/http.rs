@@ -1,7 +1,7 @@
 //! A tiny blocking HTTP/1.1 GET for loopback test servers (keeps the harness free of a client
 //! stack).
 use std::{
-    io::{Read, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     time::Duration,
 };
@@ -60,4 +60,26 @@ pub fn post(port: u16, path: &str, body: &str) -> std::io::Result<(u16, String)>
             body.len()
         ),
     )
+}
+
+/// One keep-alive GET on `stream` (read through `reader`, a clone of it), its response read
+/// whole; returns the status line.
+pub fn keep_alive_get(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, port: u16, path: &str) -> String {
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut content_length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            content_length = value.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; content_length];
+    reader.read_exact(&mut body).unwrap();
+    status
 }

@@ -269,20 +269,7 @@ fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
         // Ids in the path, so the resource shows quantization at volume too.
         // One write per request: `write!` would send each piece apart, and Nagle's algorithm
         // against the server's delayed ACK would hold each request ~40 ms.
-        stream.write_all(format!("GET /items/{i} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
-        let mut content_length = 0;
-        loop {
-            let mut line = String::new();
-            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                content_length = value.trim().parse().unwrap();
-            }
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let mut body = vec![0; content_length];
-        reader.read_exact(&mut body).unwrap();
+        ddtrace_tests::http::keep_alive_get(&mut stream, &mut reader, port, &format!("/items/{i}"));
     }
     drop(stream);
     eprintln!("1000 requests in {} ms", started.elapsed().as_millis());

@@ -9,34 +9,13 @@ use std::{
 
 use ddtrace_tests::{
     agent_process::AgentProcess,
-    http::free_port,
+    http::{free_port, keep_alive_get as get},
     target_app::KeepAliveServer,
     test_agent::TestAgent,
     tls::{TestCertificate, TlsApp},
 };
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One keep-alive GET on `stream`; returns the status line.
-fn get(stream: &mut TcpStream, reader: &mut BufReader<TcpStream>, port: u16, path: &str) -> String {
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes()).unwrap();
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    let mut content_length = 0;
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            content_length = value.trim().parse().unwrap();
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body).unwrap();
-    status
-}
 
 #[test]
 fn a_keep_alive_connection_opened_before_attach_is_followed_from_its_next_request() {
