@@ -2,7 +2,9 @@
 
 Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
 `work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
-error), `with_length` (a statement prepared through the C API with a byte count), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `fetch URL` (an HTTP GET
+error), `with_length` (a statement prepared through the C API with a byte count), `burst THREADS N` (imports sqlite3 and at once, on THREADS threads with a connection each,
+runs a CREATE, N INSERTs and a SELECT in autocommit mode), `txn` (an INSERT in Python's default
+transaction mode, whose implicit `BEGIN ` the driver issues, then `commit()`), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `fetch URL` (an HTTP GET
 with urllib; any status), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
 """
 import sys
@@ -42,6 +44,32 @@ def fail():
         pass
 
 
+def burst(threads, inserts):
+    """The first statements follow the import within microseconds: no time for a late probe."""
+    import sqlite3 as module
+    import threading
+
+    def statements():
+        db = module.connect(":memory:", isolation_level=None, check_same_thread=False)
+        db.execute("CREATE TABLE burst (id INTEGER PRIMARY KEY, payload TEXT)")
+        for i in range(inserts):
+            db.execute("INSERT INTO burst (payload) VALUES (?)", (str(i),))
+        assert db.execute("SELECT count(*) FROM burst").fetchone()[0] == inserts
+        db.close()
+
+    workers = [threading.Thread(target=statements) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def txn():
+    ensure_db()
+    conn.execute("INSERT INTO users (name) VALUES ('in a transaction')")
+    conn.commit()
+
+
 for line in sys.stdin:
     command = line.split()
     if not command:
@@ -51,6 +79,10 @@ for line in sys.stdin:
         sqlite3 = module
     elif command[0] == "work":
         work(int(command[1]))
+    elif command[0] == "burst":
+        burst(int(command[1]), int(command[2]))
+    elif command[0] == "txn":
+        txn()
     elif command[0] == "fail":
         fail()
     elif command[0] == "with_length":

@@ -35,3 +35,12 @@ pub fn unix_now_ns() -> i64 {
 pub fn with_resource<'a>(spans: &'a [serde_json::Value], prefix: &str) -> Vec<&'a serde_json::Value> {
     spans.iter().filter(|s| s["resource"].as_str().unwrap_or("").starts_with(prefix)).collect()
 }
+
+/// The live children of process `pid` (from `/proc/<pid>/task/*/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}

@@ -69,7 +69,7 @@ fn apm_tracing_switches_tracing_off_and_on_and_sets_the_sample_rate_live() {
         ("DD_TELEMETRY_HEARTBEAT_INTERVAL", "0.5"),
     ]);
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     worker.run("import");
     daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
     worker.run("work 1");
@@ -202,7 +202,7 @@ fn dd_trace_enabled_false_in_the_target_leaves_tracing_out() {
     let agent = TestAgent::start();
     let mut worker = SqliteWorker::spawn_with_env(&[("DD_TRACE_ENABLED", "false")]);
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     worker.run("import");
     daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
     worker.run("work 2");
@@ -220,7 +220,7 @@ fn a_local_sample_rate_marks_kept_traces_with_the_rule_decision() {
     let agent = TestAgent::start();
     let mut worker = SqliteWorker::spawn_with_env(&[("DD_TRACE_SAMPLE_RATE", "0.5")]);
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     worker.run("import");
     daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
     worker.run("work 20");

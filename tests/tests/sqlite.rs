@@ -52,30 +52,23 @@ fn assert_trace_structure(agent: &TestAgent) {
     }
 }
 
-/// The daemon reports how long after the dynamic linker's notice a library got its probes.
-fn attach_latency_us(stderr: &str) -> u64 {
-    let line = stderr.lines().find(|l| l.contains("sqlite: attached")).expect("attach line");
-    let (_, tail) = line.rsplit_once('(').unwrap_or_else(|| panic!("no latency in {line:?}"));
-    tail.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("no latency in {line:?}"))
-}
-
 #[test]
-fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
+fn attach_before_import_traces_every_statement_run_at_once_after_a_lazy_import() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
     let mut worker = SqliteWorker::spawn();
     let window_start = unix_now_ns();
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    // libsqlite3 is not mapped yet, but its file is known: its probes are in place before the
+    // import maps it, so the first statement is seen whatever follows the import at once.
+    daemon.wait_for_stderr("(not loaded yet: in place for its first call)", ATTACH_TIMEOUT);
+    assert!(daemon.stderr_text().contains("sqlite: attached 6 probes to"), "{}", daemon.stderr_text());
 
-    // libsqlite3 arrives by dlopen; the daemon must instrument it within 100 ms, without a timer.
-    worker.run("import");
-    std::thread::sleep(Duration::from_millis(100));
+    // Two threads, 62 statements each, from the microsecond after `import sqlite3`.
+    worker.run("burst 2 60");
     worker.run("work 3");
     worker.run("fail");
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", Duration::from_secs(1));
-    let latency_us = attach_latency_us(&daemon.stderr_text());
-    assert!(latency_us < 100_000, "libsqlite3 instrumented {latency_us} µs after dlopen (goal: < 100 ms)");
+    worker.run("txn");
     worker.exit();
 
     // The target exited: the daemon flushes and exits cleanly by itself.
@@ -85,13 +78,23 @@ fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
     let spans = agent.spans();
     let stderr = daemon.stderr_text();
 
+    // Not one statement of the burst is missed.
+    assert_eq!(with_resource(&spans, "CREATE TABLE burst").len(), 2, "{spans:#?}\n{stderr}");
+    assert_eq!(with_resource(&spans, "INSERT INTO burst").len(), 120, "{stderr}");
+    assert_eq!(with_resource(&spans, "SELECT count ( * ) FROM burst").len(), 2, "{spans:#?}");
     let create = with_resource(&spans, "CREATE TABLE users");
     let inserts = with_resource(&spans, "INSERT INTO users ( name, secret ) VALUES");
     let selects = with_resource(&spans, "SELECT id, name FROM users WHERE name = ? AND id > ?");
     assert_eq!(create.len(), 1, "spans: {spans:#?}\n{stderr}");
     assert_eq!(inserts.len(), 3, "spans: {spans:#?}");
     assert_eq!(selects.len(), 3, "spans: {spans:#?}");
-    assert_eq!(with_resource(&spans, "COMMIT").len(), 1, "spans: {spans:#?}");
+    // `work` and `txn` each commit; the `BEGIN ` the driver issued before their INSERTs is its
+    // own (dd-trace-py shows none), and so are SQLite's schema reads.
+    assert_eq!(with_resource(&spans, "COMMIT").len(), 2, "spans: {spans:#?}");
+    assert_eq!(with_resource(&spans, "INSERT INTO users ( name ) VALUES").len(), 1, "{spans:#?}");
+    assert!(with_resource(&spans, "BEGIN").is_empty(), "{spans:#?}");
+    assert!(!spans.iter().any(|s| resource(s).contains("sqlite_master")), "{spans:#?}");
+    assert_eq!(spans.len(), 124 + 1 + 3 + 3 + 2 + 2 + 1, "nothing else: {spans:#?}");
     for span in spans.iter() {
         assert_sqlite_span_shape(span, window);
     }
@@ -102,10 +105,9 @@ fn attach_before_import_traces_statements_of_a_lazily_loaded_libsqlite3() {
     // Obfuscated as the Datadog agent does.
     assert_eq!(resource(selects[0]), "SELECT id, name FROM users WHERE name = ? AND id > ?");
 
-    // SQLite re-reads its schema while it runs CREATE TABLE: that query is the CREATE's child.
+    // SQLite re-reads its schema while it runs CREATE TABLE: that query is SQLite's, not a child.
     let create_id = create[0]["span_id"].as_u64().unwrap();
-    let children: Vec<&Value> = spans.iter().filter(|s| parent_id(s) == create_id).collect();
-    assert!(!children.is_empty() && children.iter().all(|c| resource(c).contains("sqlite_master")), "{spans:#?}");
+    assert!(!spans.iter().any(|s| parent_id(s) == create_id), "{spans:#?}");
 
     // The failing statements are errors with SQLite's message.
     let constraint = with_resource(&spans, "INSERT INTO users ( id, name )");
@@ -164,6 +166,66 @@ fn attach_after_import_names_cached_statements_and_new_ones() {
     agent.assert_checks_passed();
 }
 
+/// The one line a refused `--pid` prints.
+fn refusal(args: &[&str]) -> String {
+    let mut daemon = AgentProcess::start(args);
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "{}", daemon.stderr_text());
+    let stderr = daemon.stderr_text();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{stderr}");
+    lines[0].to_string()
+}
+
+#[test]
+fn a_kernel_thread_or_the_agent_itself_is_refused_with_one_line() {
+    let _serial = ddtrace_tests::serial();
+    // kthreadd: followed, it would have meant every kernel thread.
+    let line = refusal(&["--pid", "2", "--exporter", "console"]);
+    assert!(line.contains("not tracing pid 2 (kthreadd): it is a kernel thread"), "{line}");
+    // `exec ddtrace-agent --pid $$`: the shell's pid is now the agent's.
+    let agent = ddtrace_tests::agent_process::agent_binary().display().to_string();
+    let output = std::process::Command::new("sh")
+        .args(["-c", &format!("exec '{agent}' --pid $$ --exporter console")])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.trim().lines().count() == 1 && stderr.contains("it is ddtrace-agent itself"), "{stderr}");
+}
+
+/// `ddtrace-agent --pid $$` from a shell traces the shell, not the agent it started (nor its
+/// own frames in the profile).
+#[test]
+fn the_agent_started_by_its_target_does_not_trace_itself() {
+    let _serial = ddtrace_tests::serial();
+    let agent = ddtrace_tests::agent_process::agent_binary().display().to_string();
+    let mut shell = std::process::Command::new("sh")
+        .args(["-c", &format!("'{agent}' --pid $$ --exporter console 2>&1; echo agent-ended")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(shell.stdout.take().unwrap());
+    let mut printed = String::new();
+    let deadline = std::time::Instant::now() + ATTACH_TIMEOUT;
+    while !printed.contains("attached: tracing") && std::time::Instant::now() < deadline {
+        use std::io::BufRead;
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        printed.push_str(&line);
+    }
+    let agent_pids: Vec<u32> = ddtrace_tests::children_of(shell.id());
+    for pid in &agent_pids {
+        unsafe { libc::kill(*pid as i32, libc::SIGINT) };
+    }
+    let _ = std::io::Read::read_to_string(&mut stdout, &mut printed);
+    let _ = shell.wait();
+    assert!(printed.contains("attached: tracing 1 process(es)"), "the shell only:\n{printed}");
+    assert!(!printed.contains("tracing child process"), "{printed}");
+}
+
 #[test]
 fn a_pid_that_does_not_exist_is_one_clear_error() {
     let _serial = ddtrace_tests::serial();
@@ -184,7 +246,7 @@ fn a_process_without_sqlite_keeps_running_and_says_what_it_waits_for() {
     let agent = TestAgent::start();
     let worker = SqliteWorker::spawn(); // never imports sqlite3
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3 (not loaded yet)", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("(not loaded yet: in place for its first call)", ATTACH_TIMEOUT);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(daemon.is_running(), "daemon stopped:\n{}", daemon.stderr_text());
     daemon.signal(libc::SIGINT);
@@ -261,15 +323,13 @@ fn the_console_exporter_prints_span_trees_without_any_agent() {
     let status = daemon.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}\n{}", daemon.stderr_text());
     let stdout = daemon.stdout_text();
-    // A trace header, then the CREATE TABLE span with SQLite's schema query nested under it.
+    // A trace header, then the CREATE TABLE span, without SQLite's own schema query under it.
     assert!(stdout.lines().any(|l| l.starts_with("trace ") && l.contains("(service console-demo)")), "{stdout}");
     let create =
         stdout.lines().position(|l| l.trim_start().starts_with("sqlite.query  CREATE TABLE users")).expect(&stdout);
-    let child = stdout.lines().nth(create + 1).unwrap_or("");
-    assert!(
-        child.starts_with("    sqlite.query  SELECT*FROM main . sqlite_master"),
-        "nested one level deeper:\n{stdout}"
-    );
+    let next = stdout.lines().nth(create + 1).unwrap_or("");
+    assert!(next.starts_with("trace "), "the CREATE has no child:\n{stdout}");
+    assert!(!stdout.contains("sqlite_master"), "{stdout}");
     assert!(
         stdout.contains("INSERT INTO users ( name, secret ) VALUES ( ? )") && stdout.contains(" ms  [sql]"),
         "{stdout}"

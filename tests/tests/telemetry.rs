@@ -26,7 +26,7 @@ fn app_started_reports_settings_with_origins_and_app_closing_follows_the_exit() 
     let pid = worker.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--env", "e2e"]);
-    daemon.wait_for_stderr("sqlite: waiting for libsqlite3", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
     worker.run("import");
     daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
     worker.run("work 1");

@@ -1,7 +1,8 @@
 //! Project automation, run as `cargo xtask <command>` (an alias in `.cargo/config.toml`).
 //!
 //! - `build-ebpf`: bootstrap nightly + bpf-linker if needed, build the kernel-side object.
-//! - `test`: build everything, install the Python test agent if needed, run the test suite.
+//! - `test`: install the Debian and Python packages the tests need if missing (as root), build
+//!   everything, run the test suite.
 //! - `demo`: trace a bundled SQLite app and print its spans; needs root, no Datadog account.
 //! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy;
 //!   `--http`: the latency added to a Python HTTP server; `--tls`: the OpenSSL probes' cost to a
@@ -16,6 +17,7 @@ mod bootstrap;
 mod build_ebpf;
 mod demo;
 mod process;
+mod system_packages;
 mod test;
 mod workspace;
 
@@ -37,7 +39,8 @@ enum Task {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Build the kernel-side eBPF object (bootstraps the toolchain first).
     BuildEbpf(build_ebpf::BuildEbpfArgs),
-    /// Build everything and run the test suite (as root: the tests load eBPF programs).
+    /// Install the packages the tests need, build everything and run the test suite (as root: it
+    /// installs packages, and the tests load eBPF programs).
     Test(test::TestArgs),
     /// Trace a bundled Python SQLite app for a few seconds, printing spans to the console.
     Demo(demo::DemoArgs),

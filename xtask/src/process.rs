@@ -20,6 +20,12 @@ pub fn step(area: &str, message: impl Display) {
     println!("[{area}] {message}");
 }
 
+/// True when we run as root (effective uid 0): installing packages and loading eBPF need it.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Finds an executable named `name` in `PATH`, as a shell would.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;

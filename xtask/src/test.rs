@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the one command that builds everything and runs the end-to-end tests.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
 
@@ -11,8 +11,8 @@ use clap::Args;
 use crate::{
     bootstrap::{self, BootstrapArgs},
     build_ebpf,
-    process::{self, find_in_path, step},
-    workspace,
+    process::{self, find_in_path, is_root, step},
+    system_packages, workspace,
 };
 
 /// `cargo xtask test` options.
@@ -27,14 +27,15 @@ pub struct TestArgs {
 const TEST_AGENT_PACKAGE: &str = "ddapm-test-agent";
 
 pub fn run(args: &TestArgs) -> Result<ExitCode> {
+    // First: the builds need gcc, and a fresh machine has neither Go nor nginx for the tests.
+    system_packages::ensure()?;
     let toolchain = bootstrap::ensure(&BootstrapArgs { bpf_linker_root: None })?;
     build_ebpf::build(&toolchain, true)?;
     workspace::build_agent()?;
     let extra_path = ensure_test_agent()?;
     ensure_target_app_modules()?;
 
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         step(
             "test",
             "warning: not running as root; the tests load eBPF programs and need CAP_BPF, \
@@ -76,7 +77,7 @@ fn ensure_target_app_modules() -> Result<()> {
             continue;
         }
         step("test-apps", format!("python module {module}: missing, installing it with pip"));
-        process::run(Command::new("python3").args(["-m", "pip", "install", module])).map_err(|error| {
+        process::run(&mut pip_install(module)).map_err(|error| {
             error.context(format!("installing the Python module {module} for the test apps failed"))
         })?;
     }
@@ -98,8 +99,7 @@ pub(crate) fn ensure_python_tool(area: &str, package: &str, script: &str) -> Res
         step(area, format!("{script}: already installed at {}", path.display()));
         return Ok(None);
     }
-    let mut install = Command::new("python3");
-    install.args(["-m", "pip", "install", package]);
+    let mut install = pip_install(package);
     step(area, format!("{script}: missing, installing: {}", process::describe(&install)));
     process::run(&mut install).map_err(|error| {
         error.context(format!(
@@ -124,6 +124,27 @@ pub(crate) fn ensure_python_tool(area: &str, package: &str, script: &str) -> Res
             dirs.iter().map(|dir| dir.display().to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
+}
+
+/// `python3 -m pip install PACKAGE`. Debian's own python3 refuses pip installs (PEP 668); as root,
+/// like the Debian packages in `system_packages`, we install into it anyway
+/// (`--break-system-packages`): that is what a fresh machine running `cargo xtask test` needs.
+fn pip_install(package: &str) -> Command {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "pip", "install"]);
+    if is_root() && python_is_externally_managed() {
+        cmd.arg("--break-system-packages");
+    }
+    cmd.arg(package);
+    cmd
+}
+
+/// True when `python3`'s standard library carries PEP 668's `EXTERNALLY-MANAGED` marker, i.e. its
+/// distribution manages it and pip refuses to install into it without an override.
+fn python_is_externally_managed() -> bool {
+    let stdlib =
+        process::output(Command::new("python3").args(["-c", "import sysconfig; print(sysconfig.get_path('stdlib'))"]));
+    stdlib.is_ok_and(|stdlib| Path::new(stdlib.trim()).join("EXTERNALLY-MANAGED").exists())
 }
 
 /// Where `python3`'s pip puts scripts: the interpreter's own scheme, then the user scheme.

@@ -43,6 +43,12 @@ impl<T> CallStacks<T> {
         self.threads.retain(|_, stack| !stack.first().is_some_and(|(_, v)| belongs(v)));
     }
 
+    /// Whether thread `tid` is inside an open call that encloses `frame` (one entered at a
+    /// higher frame): the call at `frame` is nested in it.
+    pub fn encloses(&self, tid: u32, frame: u64) -> bool {
+        self.threads.get(&tid).is_some_and(|stack| stack.iter().any(|(open, _)| *open > frame))
+    }
+
     pub fn open_calls(&self) -> usize {
         self.threads.values().map(Vec::len).sum()
     }

@@ -7,9 +7,12 @@ use std::{
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
-    probes::{KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProcessChange, ProcessChangeKind},
+    probes::{
+        Detacher, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProcessChange,
+        ProcessChangeKind,
+    },
     symbols::{ElfSymbols, SymbolError},
-    target::{is_process, MappedObject, Process, TargetError},
+    target::{is_process, loadable_libraries, read_environ, LibraryFile, MappedObject, Process, TargetError},
 };
 
 /// The dynamic linker calls this (empty) function after every change to the list of loaded
@@ -36,6 +39,13 @@ pub enum AttachOutcome {
         /// For a library loaded after we attached: from the linker's notice to probes in place.
         after_load: Option<std::time::Duration>,
     },
+    /// Probes attached to a library the process does not map yet, but that its dynamic linker
+    /// would load: the kernel inserts their breakpoints when it is mapped, before its first call.
+    Foreseen {
+        integration: &'static str,
+        probes: usize,
+        path: PathBuf,
+    },
     Waiting {
         integration: &'static str,
         library: &'static str,
@@ -45,6 +55,13 @@ pub enum AttachOutcome {
         path: PathBuf,
         reason: String,
     },
+}
+
+impl AttachOutcome {
+    /// The attach failed because the process no longer exists (ESRCH).
+    fn process_gone(&self) -> bool {
+        matches!(self, Self::Failed { reason, .. } if reason.contains("(os error 3)"))
+    }
 }
 
 impl std::fmt::Display for AttachOutcome {
@@ -57,6 +74,11 @@ impl std::fmt::Display for AttachOutcome {
                     None => Ok(()),
                 }
             }
+            Self::Foreseen { integration, probes, path } => write!(
+                f,
+                "{integration}: attached {probes} probes to {} (not loaded yet: in place for its first call)",
+                path.display()
+            ),
             Self::Waiting { integration, library } => {
                 write!(f, "{integration}: waiting for {library} (not loaded yet)")
             }
@@ -92,6 +114,25 @@ impl std::fmt::Display for ProcessOutcome {
 type LibraryKey = (String, u64, usize);
 /// A dynamic linker file: (device, inode).
 type LinkerKey = (String, u64);
+
+/// What decides the libraries a process's linker would load: its root directory (a container
+/// has its own), the linker cache's age, and `LD_LIBRARY_PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ForeseenKey {
+    root: Option<(u64, u64)>,
+    cache_modified: Option<std::time::SystemTime>,
+    ld_library_path: Option<String>,
+}
+
+impl ForeseenKey {
+    fn of(process: &Process, ld_library_path: Option<String>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::fs::metadata(process.host_path(Path::new("/"))).ok().map(|m| (m.dev(), m.ino()));
+        let cache_modified =
+            std::fs::metadata(process.host_path(Path::new("/etc/ld.so.cache"))).and_then(|m| m.modified()).ok();
+        Self { root, cache_modified, ld_library_path }
+    }
+}
 
 /// An integration's probes in one library file, resolved once and attached to every traced
 /// process that maps the file.
@@ -132,8 +173,15 @@ pub struct Instrumenter {
     linkers: HashMap<LinkerKey, Option<(ProbeId, u64)>>,
     /// Every traced process's uprobe links, by what they are attached to.
     links: HashMap<u32, HashMap<LinkTarget, Vec<ProbeLinks>>>,
+    /// Links attached before their library was mapped; kept across an exec that does not map
+    /// the library (yet).
+    foreseen_links: HashSet<(u32, LibraryKey)>,
+    /// The libraries processes could load, by what decides them (see [`ForeseenKey`]).
+    foreseen: HashMap<ForeseenKey, Arc<Vec<(usize, LibraryFile)>>>,
     /// Library-load notifications handled (each one a rescan of the maps).
     pub library_events: u64,
+    /// Drops links on other threads: a detach waits for the kernel for ~100 ms.
+    detacher: Detacher,
 }
 
 impl Instrumenter {
@@ -148,7 +196,10 @@ impl Instrumenter {
             announced: HashSet::new(),
             linkers: HashMap::new(),
             links: HashMap::new(),
+            foreseen_links: HashSet::new(),
+            foreseen: HashMap::new(),
             library_events: 0,
+            detacher: Detacher::default(),
         }
     }
 
@@ -165,7 +216,15 @@ impl Instrumenter {
     pub fn instrument(&mut self, process: Process) -> Result<Vec<AttachOutcome>, InstrumentError> {
         self.programs.track_process(process.pid)?;
         let mut outcomes = match self.attach_process(&process) {
-            Ok(outcomes) => outcomes,
+            Ok(mut outcomes) => {
+                outcomes.extend(self.attach_foreseen(&process));
+                // A short-lived child (a shell's command) may be gone before its probes are:
+                // nothing to report, it is forgotten when its exit is read.
+                if outcomes.iter().any(AttachOutcome::process_gone) {
+                    outcomes.retain(|outcome| !outcome.process_gone());
+                }
+                outcomes
+            }
             Err(error) => {
                 self.forget_links(process.pid);
                 self.programs.untrack_process(process.pid);
@@ -195,6 +254,9 @@ impl Instrumenter {
     fn attach_process(&mut self, process: &Process) -> Result<Vec<AttachOutcome>, TargetError> {
         let objects = process.mapped_objects()?;
         if let Err(reason) = self.watch_linker(process, &objects) {
+            if reason.contains("(os error 3)") {
+                return Err(TargetError::Exited { pid: process.pid });
+            }
             tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
         }
         let objects = process.mapped_objects()?;
@@ -281,8 +343,10 @@ impl Instrumenter {
                 // this event is even read. The ones for files the new image does not map
                 // (yet: dlopen re-attaches them) are dropped below.
                 let outcomes = match self.attach_process(&process) {
-                    Ok(outcomes) => {
+                    Ok(mut outcomes) => {
                         self.drop_unmapped_links(&process);
+                        // The new image may say other library paths (LD_LIBRARY_PATH).
+                        outcomes.extend(self.attach_foreseen(&process));
                         outcomes
                     }
                     Err(_) => Vec::new(), // exiting already
@@ -314,9 +378,22 @@ impl Instrumenter {
         self.forget_links(tgid);
     }
 
+    /// Detaches every probe from every process, waiting at most `timeout` (the daemon stops).
+    pub fn detach_all(mut self, timeout: std::time::Duration) {
+        for (_, links) in std::mem::take(&mut self.links) {
+            for link in links.into_values().flatten() {
+                self.detacher.detach(link);
+            }
+        }
+        self.detacher.finish(timeout);
+    }
+
     /// Detaches every probe from process `tgid`.
     fn forget_links(&mut self, tgid: u32) {
-        self.links.remove(&tgid);
+        for (_, links) in self.links.remove(&tgid).into_iter().flatten() {
+            links.into_iter().for_each(|link| self.detacher.detach(link));
+        }
+        self.foreseen_links.retain(|(pid, _)| *pid != tgid);
     }
 
     /// Detaches from `process` the probes of files it no longer maps (after an exec).
@@ -324,12 +401,99 @@ impl Instrumenter {
         let Some(links) = self.links.get_mut(&process.pid) else { return };
         let Ok(objects) = process.mapped_objects() else { return };
         let mapped: HashSet<(&str, u64)> = objects.iter().map(|o| (o.dev.as_str(), o.inode)).collect();
-        links.retain(|target, _| {
-            let (dev, inode) = match target {
-                LinkTarget::Library((dev, inode, _)) | LinkTarget::Linker((dev, inode)) => (dev, *inode),
-            };
-            mapped.contains(&(dev.as_str(), inode))
+        let foreseen = &self.foreseen_links;
+        let unmapped: Vec<LinkTarget> = links
+            .keys()
+            .filter(|target| match target {
+                LinkTarget::Library(key) if foreseen.contains(&(process.pid, key.clone())) => false,
+                LinkTarget::Library((dev, inode, _)) | LinkTarget::Linker((dev, inode)) => {
+                    !mapped.contains(&(dev.as_str(), *inode))
+                }
+            })
+            .cloned()
+            .collect();
+        for target in unmapped {
+            for link in links.remove(&target).into_iter().flatten() {
+                self.detacher.detach(link);
+            }
+        }
+    }
+
+    /// Attaches, before they are mapped, the integrations' probes to every library file the
+    /// process's dynamic linker would load for them: a library that arrives later (`dlopen`, or
+    /// an exec'd image's startup) then has its breakpoints from the instant it is mapped, where
+    /// the linker's notice would bring them milliseconds after its first calls. The rendezvous
+    /// probe stays for what no search foresaw (a wheel's bundled copy, an absolute dlopen).
+    fn attach_foreseen(&mut self, process: &Process) -> Vec<AttachOutcome> {
+        let mut outcomes = Vec::new();
+        for (index, file) in self.foreseen_files(process).iter() {
+            let key = (file.dev.clone(), file.inode, *index);
+            let first_time = self.examined.insert(key.clone());
+            if first_time {
+                let object =
+                    MappedObject { path: file.path.clone(), dev: file.dev.clone(), inode: file.inode, start: 0 };
+                match self.resolve_library(*index, process, &object, None) {
+                    Ok(Some(probes)) => {
+                        self.libraries.insert(key.clone(), probes);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => outcomes.push(self.failed(*index, &file.path, reason)),
+                }
+            }
+            let Some(library) = self.libraries.get(&key) else { continue };
+            let probes = library.probes.len();
+            let target = LinkTarget::Library(key.clone());
+            if self.has_links(process.pid, &target) {
+                continue;
+            }
+            match self.attach_library(&key, &process.host_path(&file.path), process.pid) {
+                Ok(links) => {
+                    self.links.entry(process.pid).or_default().insert(target, links);
+                    self.foreseen_links.insert((process.pid, key));
+                    if first_time {
+                        outcomes.push(AttachOutcome::Foreseen {
+                            integration: self.integrations[*index].name(),
+                            probes,
+                            path: file.path.clone(),
+                        });
+                    }
+                }
+                Err(reason) => outcomes.push(self.failed(*index, &file.path, reason)),
+            }
+        }
+        outcomes
+    }
+
+    /// The library files (and the integration each is for) that `process` could load. Found
+    /// once per filesystem root, linker cache and `LD_LIBRARY_PATH`: a forked worker asks what
+    /// its parent already asked.
+    fn foreseen_files(&mut self, process: &Process) -> Arc<Vec<(usize, LibraryFile)>> {
+        let ld_library_path = read_environ(process.pid).remove("LD_LIBRARY_PATH");
+        let key = ForeseenKey::of(process, ld_library_path.clone());
+        if let Some(files) = self.foreseen.get(&key) {
+            return files.clone();
+        }
+        let matchers: Vec<(usize, crate::integrations::LibraryMatch)> = self
+            .integrations
+            .iter()
+            .enumerate()
+            .map(|(index, integration)| (index, integration.library()))
+            .filter(|(_, library)| library.marker_symbol().is_some()) // shared libraries only
+            .collect();
+        let files = loadable_libraries(process, ld_library_path.as_deref(), |path| {
+            matchers.iter().any(|(_, library)| library.matches_file(path))
         });
+        let mut by_integration: Vec<(usize, LibraryFile)> = Vec::new();
+        for file in files {
+            for (index, library) in &matchers {
+                if library.matches_file(&file.path) {
+                    by_integration.push((*index, file.clone()));
+                }
+            }
+        }
+        let files = Arc::new(by_integration);
+        self.foreseen.insert(key, files.clone());
+        files
     }
 
     fn has_links(&self, pid: u32, target: &LinkTarget) -> bool {

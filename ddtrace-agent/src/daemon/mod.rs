@@ -31,7 +31,10 @@ use crate::{
         tracing::{TraceTags, TracingSettings},
         ProductConfig, ProductInputs, ProductManager, SharedSummary,
     },
-    target::{descendants, open_tcp_connections, read_environ, runs_go, ConnectionSide, ExitWatch, Process},
+    target::{
+        ancestors, descendants, never_traced, open_tcp_connections, read_environ, runs_go, ConnectionSide, ExitWatch,
+        Process,
+    },
 };
 
 /// Why the run ended.
@@ -77,6 +80,10 @@ fn trace_sink(kind: ExporterKind, config: &Config) -> anyhow::Result<Box<dyn Tra
 /// Runs the agent against `cli.pid` until the target exits or a signal arrives.
 pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     let process = Process::open(cli.pid)?;
+    let agent_pid = std::process::id();
+    if let Some(reason) = never_traced(cli.pid, agent_pid) {
+        anyhow::bail!("not tracing pid {} ({}): {reason}", cli.pid, process.comm().unwrap_or_default());
+    }
     if let Some(spec) = &cli.bench_empty_probes {
         return run_empty_baseline(&process, spec).await;
     }
@@ -176,8 +183,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     for outcome in instrumenter.instrument(process)? {
         eprintln!("ddtrace-agent: {outcome}");
     }
-    // Children forked before we attached (gunicorn workers...): traced like the root.
+    // Children forked before we attached (gunicorn workers...): traced like the root; but
+    // neither this agent nor what runs it (`sudo ddtrace-agent --pid $$` from a shell).
+    let agent_chain = ancestors(agent_pid);
     for child in descendants(root) {
+        if agent_chain.contains(&child) || never_traced(child, agent_pid).is_some() {
+            continue;
+        }
         let Ok(child_process) = Process::open(child) else { continue };
         if let Ok(outcomes) = instrumenter.instrument(child_process) {
             eprintln!("ddtrace-agent: tracing child process {child} of {root} too");
@@ -257,7 +269,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     let kernel_counters = instrumenter.programs().counters();
     let library_loads = instrumenter.library_events;
     // Detach before the flush: the processes stop paying for probes while we send.
-    drop(instrumenter);
+    instrumenter.detach_all(Duration::from_secs(2));
     manager.at_exit(true);
     eprintln!(
         "ddtrace-agent: {} ({root}); kernel: {kernel_counters}; malformed_events={} abandoned_contexts={} library_loads={library_loads}",

@@ -7,6 +7,12 @@
 //! execution (dd-trace-py's span covers `execute`, not the fetches). A prepare that fails is an
 //! error span of its own, since no step follows it.
 //!
+//! Only the application's statements become spans, as dd-trace-py shows them (it wraps
+//! Python's `execute`): a statement prepared while another SQLite call runs on the same thread
+//! is SQLite's own (the schema read inside a prepare, `OP_ParseSchema` after a `CREATE`, the
+//! steps of a `VACUUM`), and so is the `BEGIN ` Python's sqlite3 module issues by itself before
+//! a DML statement (dd-trace-py's span of that statement covers it). Their steps give no span.
+//!
 //! Statements prepared before the agent attached (Python caches up to 128 per connection) are
 //! named by reading their SQL out of the target, read-only, at the `zSql` offset this build of
 //! SQLite uses (see `sqlite_layout`); when that is not possible they get a placeholder resource.
@@ -64,6 +70,8 @@ const MAX_SQL_READ: usize = ddtrace_common::MAX_CAPTURE;
 
 struct Statement {
     resource: Arc<str>,
+    /// Issued by SQLite or the driver on their own behalf: no span.
+    internal: bool,
     /// No step since the prepare or the last reset: the next step starts an execution.
     fresh: bool,
 }
@@ -79,6 +87,7 @@ struct PendingPrepare {
     tgid: u32,
     ktime_ns: u64,
     sql: Option<Box<[u8]>>,
+    internal: bool,
 }
 
 #[derive(Default)]
@@ -133,11 +142,28 @@ impl SqliteIntegration {
     fn on_prepare(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) {
         match event {
             ProbeEvent::Entry(entry) => {
-                let pending = PendingPrepare { tgid: entry.tgid, ktime_ns: entry.ktime_ns, sql: entry.capture.clone() };
+                let nested =
+                    self.prepares.encloses(entry.tid, entry.frame) || self.steps.encloses(entry.tid, entry.frame);
+                let implicit_begin = entry.capture.as_deref().is_some_and(|sql| is_driver_begin(sql, entry.args[2]));
+                let pending = PendingPrepare {
+                    tgid: entry.tgid,
+                    ktime_ns: entry.ktime_ns,
+                    sql: entry.capture.clone(),
+                    internal: nested || implicit_begin,
+                };
                 self.prepares.enter(entry.tid, entry.frame, pending);
             }
             ProbeEvent::Exit(exit) => {
                 let Some((pending, _lost)) = self.prepares.exit(exit.tid, exit.frame) else { return };
+                if pending.internal {
+                    if let Some(stmt) = exit.out_value.filter(|stmt| exit.ret as i32 == SQLITE_OK && *stmt != 0) {
+                        self.statements.insert(
+                            (exit.tgid, stmt),
+                            Statement { resource: Arc::from(""), internal: true, fresh: true },
+                        );
+                    }
+                    return;
+                }
                 let resource = match &pending.sql {
                     Some(sql) => self.resource_for(sql),
                     None => Arc::from("?"),
@@ -149,7 +175,7 @@ impl SqliteIntegration {
                         if self.statements.len() >= STATEMENT_LIMIT {
                             self.statements.clear();
                         }
-                        self.statements.insert((exit.tgid, stmt), Statement { resource, fresh: true });
+                        self.statements.insert((exit.tgid, stmt), Statement { resource, internal: false, fresh: true });
                     }
                     return;
                 }
@@ -165,6 +191,7 @@ impl SqliteIntegration {
             ProbeEvent::Entry(entry) => {
                 let key = (entry.tgid, entry.args[0]);
                 let resource = match self.statements.get_mut(&key) {
+                    Some(statement) if statement.internal => None,
                     Some(statement) if statement.fresh => {
                         statement.fresh = false;
                         Some(statement.resource.clone())
@@ -172,7 +199,8 @@ impl SqliteIntegration {
                     Some(_) => None,
                     None => {
                         let resource = self.resource_of_unknown_statement(entry.tgid, entry.args[0]);
-                        self.statements.insert(key, Statement { resource: resource.clone(), fresh: false });
+                        self.statements
+                            .insert(key, Statement { resource: resource.clone(), internal: false, fresh: false });
                         Some(resource)
                     }
                 };
@@ -201,6 +229,14 @@ impl SqliteIntegration {
             }
         }
     }
+}
+
+/// CPython's sqlite3 module opens a transaction by itself before a DML statement with
+/// `sqlite3_prepare_v2(db, "BEGIN " + isolation_level, -1, ...)`, where the application's own
+/// statements are prepared with their length: that text with a length of -1 is the driver's.
+fn is_driver_begin(sql: &[u8], n_byte: u64) -> bool {
+    let Some(level) = sql.strip_prefix(b"BEGIN ") else { return false };
+    (n_byte as i32) < 0 && matches!(level, b"" | b"DEFERRED" | b"IMMEDIATE" | b"EXCLUSIVE")
 }
 
 fn sqlite_error(rc: i32) -> ContextError {
@@ -344,5 +380,76 @@ mod tests {
         sqlite.on_event(STEP, &entry(30, 0x9, None), &mut tree);
         sqlite.on_event(STEP, &exit(40, 101, None), &mut tree);
         assert_eq!(ended.lock().unwrap()[0].data.resource, UNKNOWN_STATEMENT_RESOURCE);
+    }
+
+    fn at_frame(event: ProbeEvent, frame: u64, n_byte: u64) -> ProbeEvent {
+        match event {
+            ProbeEvent::Entry(mut data) => {
+                data.frame = frame;
+                data.args[2] = n_byte;
+                ProbeEvent::Entry(data)
+            }
+            ProbeEvent::Exit(mut data) => {
+                data.frame = frame;
+                ProbeEvent::Exit(data)
+            }
+        }
+    }
+
+    /// SQLite reads the schema inside the application's first prepare (`sqlite3_exec` of a
+    /// `SELECT*FROM"main".sqlite_master`) and re-reads it inside the step of a `CREATE`:
+    /// neither is the application's statement, and dd-trace-py shows neither.
+    #[test]
+    fn statements_nested_in_a_prepare_or_a_step_give_no_span() {
+        let (mut sqlite, mut tree, ended) = harness();
+        let outer = |event| at_frame(event, 0x1000, 40);
+        let inner = |event| at_frame(event, 0x0800, u64::MAX);
+        sqlite.on_event(PREPARE_V2, &outer(entry(10, 0, Some("CREATE TABLE t (x)"))), &mut tree);
+        sqlite.on_event(
+            PREPARE_V2,
+            &inner(entry(11, 0, Some("SELECT*FROM\"main\".sqlite_master ORDER BY rowid"))),
+            &mut tree,
+        );
+        sqlite.on_event(PREPARE_V2, &inner(exit(12, 0, Some(0x77))), &mut tree);
+        sqlite.on_event(STEP, &inner(entry(13, 0x77, None)), &mut tree);
+        sqlite.on_event(STEP, &inner(exit(14, 101, None)), &mut tree);
+        sqlite.on_event(PREPARE_V2, &outer(exit(20, 0, Some(0x1))), &mut tree);
+        // The CREATE's step parses the new schema with statements of its own.
+        sqlite.on_event(STEP, &outer(entry(30, 0x1, None)), &mut tree);
+        sqlite.on_event(
+            PREPARE_V2,
+            &inner(entry(31, 0, Some("SELECT*FROM\"main\".sqlite_master WHERE tbl_name='t'"))),
+            &mut tree,
+        );
+        sqlite.on_event(PREPARE_V2, &inner(exit(32, 0, Some(0x78))), &mut tree);
+        sqlite.on_event(STEP, &inner(entry(33, 0x78, None)), &mut tree);
+        sqlite.on_event(STEP, &inner(exit(34, 101, None)), &mut tree);
+        sqlite.on_event(STEP, &outer(exit(40, 101, None)), &mut tree);
+        // The internal statement's address is reused by the application's next statement.
+        sqlite.on_event(PREPARE_V2, &outer(entry(50, 0, Some("SELECT x FROM t"))), &mut tree);
+        sqlite.on_event(PREPARE_V2, &outer(exit(51, 0, Some(0x77))), &mut tree);
+        sqlite.on_event(STEP, &outer(entry(52, 0x77, None)), &mut tree);
+        sqlite.on_event(STEP, &outer(exit(53, 101, None)), &mut tree);
+        let resources: Vec<String> = ended.lock().unwrap().iter().map(|c| c.data.resource.to_string()).collect();
+        assert_eq!(resources, ["CREATE TABLE t ( x )", "SELECT x FROM t"]);
+    }
+
+    /// Python's `BEGIN ` before a DML statement (length -1) is the driver's; the same text the
+    /// application prepares itself (with its length, as Python's cursor does) is a span.
+    #[test]
+    fn the_drivers_implicit_begin_gives_no_span_but_an_explicit_one_does() {
+        let (mut sqlite, mut tree, ended) = harness();
+        for (t, n_byte, stmt) in [(10, u64::MAX, 0x5), (100, 7, 0x6)] {
+            sqlite.on_event(PREPARE_V2, &at_frame(entry(t, 0, Some("BEGIN ")), 0x1000, n_byte), &mut tree);
+            sqlite.on_event(PREPARE_V2, &exit(t + 1, 0, Some(stmt)), &mut tree);
+            sqlite.on_event(STEP, &entry(t + 2, stmt, None), &mut tree);
+            sqlite.on_event(STEP, &exit(t + 3, 101, None), &mut tree);
+        }
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].start_unix_ns + 1, ended[0].end_unix_ns);
+        assert!(is_driver_begin(b"BEGIN IMMEDIATE", u64::MAX));
+        assert!(!is_driver_begin(b"BEGIN", u64::MAX));
+        assert!(!is_driver_begin(b"BEGIN TRANSACTION", u64::MAX));
     }
 }

@@ -26,6 +26,13 @@ pub type ProbeId = u32;
 /// detaches the probe from that process only.
 pub struct ProbeLinks(Vec<UProbeLink>);
 
+impl ProbeLinks {
+    /// One value per link, so each can be detached on its own (see `Detacher`).
+    pub fn split(self) -> Vec<ProbeLinks> {
+        self.0.into_iter().map(|link| ProbeLinks(vec![link])).collect()
+    }
+}
+
 /// A uprobe scope covering every thread of process `pid` and nothing else.
 fn process_scope(pid: u32) -> Option<UProbeScope> {
     std::num::NonZeroU32::new(pid).map(UProbeScope::OneProcess)

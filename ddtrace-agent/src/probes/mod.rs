@@ -3,6 +3,7 @@
 
 mod btf;
 mod counters;
+mod detacher;
 mod event;
 mod loader;
 mod reader;
@@ -11,6 +12,7 @@ mod spec;
 mod tracefs;
 
 pub use counters::KernelCounters;
+pub use detacher::Detacher;
 pub use event::{
     decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind,
     SocketActivity, SocketOp, StackSample,

@@ -6,6 +6,7 @@
 mod environ;
 mod exit_watch;
 mod go_runtime;
+mod library_search;
 mod maps;
 pub mod memory;
 mod process;
@@ -15,7 +16,8 @@ mod tree;
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
 pub use go_runtime::runs_go;
+pub use library_search::{loadable_libraries, LibraryFile};
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
 pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};
-pub use tree::{descendants, is_process};
+pub use tree::{ancestors, descendants, is_kernel_thread, is_process, never_traced};
