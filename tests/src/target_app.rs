@@ -91,9 +91,15 @@ pub struct Gunicorn {
 
 impl Gunicorn {
     pub fn start(workers: u32) -> Self {
+        Self::start_with(workers, &[])
+    }
+
+    /// With more gunicorn options (`--max-requests 5`: workers recycled after 5 requests).
+    pub fn start_with(workers: u32, options: &[&str]) -> Self {
         let port = crate::http::free_port();
         let child = Command::new(python_executable())
             .args(["-m", "gunicorn", "--workers", &workers.to_string(), "--bind", &format!("127.0.0.1:{port}")])
+            .args(options)
             .args(["--chdir", &workspace_root().join("tests/apps").display().to_string(), "wsgi_sqlite_app:app"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -491,3 +491,39 @@ fn nginx_over_tls_serves_curl_with_one_web_span_per_request() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(20)).success());
 }
+
+/// curl over TLS exec'd five times by a traced shell: every run's TLS exchange gives its client
+/// spans. Each curl is a new process whose libssl its dynamic linker maps within milliseconds of
+/// the fork: the probes, one per library file for every process mapping it (the default global
+/// scope), have their breakpoints in it from that mapping on, and the kernel's bitmap, set at the
+/// fork, lets its calls through.
+#[test]
+fn curl_over_tls_exec_d_by_a_traced_shell_gets_every_client_span() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let nginx = Nginx::start();
+    let cert = nginx.certificate().display().to_string();
+    let ok = nginx.https_url("/users/42");
+    let fail = nginx.https_url("/fail");
+    let mut runner = CommandRunner::start(&format!(
+        "curl -sS --max-time 10 --cacert '{cert}' -o /dev/null -w '%{{http_code}}\\n' '{ok}' -o /dev/null -w '%{{http_code}}\\n' '{fail}'"
+    ));
+    let mut daemon = attach(runner.child.id(), &agent, "curl-tls");
+
+    let started = Instant::now();
+    const RUNS: usize = 5;
+    for _ in 0..RUNS {
+        assert_eq!(runner.run(), "200\n503\n");
+    }
+    let spans = settled_spans(&agent, 2 * RUNS, started);
+    assert_eq!(spans.len(), 2 * RUNS, "{RUNS} curl runs, two requests each: {spans:#?}\n{}", daemon.stderr_text());
+    for span in &spans {
+        assert_eq!(meta(span, "span.kind"), "client");
+        assert_eq!(meta(span, "network.destination.port"), nginx.https_port.to_string());
+        assert!(meta(span, "http.url").starts_with("https://"), "{span:#}");
+    }
+    assert_eq!(spans.iter().filter(|s| is_error(s)).count(), RUNS, "the 503s: {spans:#?}");
+    agent.assert_checks_passed();
+    runner.finish();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success(), "the daemon exits with its target");
+}

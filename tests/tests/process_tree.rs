@@ -39,6 +39,48 @@ fn workers_serving(server: &Gunicorn, want: usize) -> HashSet<u32> {
     seen
 }
 
+/// A span's end, in Unix nanoseconds.
+fn end_unix_ns(span: &Value) -> i64 {
+    span["start"].as_i64().unwrap() + span["duration"].as_i64().unwrap()
+}
+
+/// Workers recycled every 5 requests (`--max-requests 5`): forks and exits all along. Every
+/// request's trace reaches the agent within 2 s of its end, counted by polling the agent.
+#[test]
+fn traces_of_recycled_workers_arrive_within_two_seconds() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = Gunicorn::start_with(2, &["--max-requests", "5"]);
+    let mut daemon = AgentProcess::attach(server.master_pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    const REQUESTS: usize = 40;
+    let mut workers = HashSet::new();
+    for _ in 0..REQUESTS {
+        workers.insert(server.request());
+    }
+    let sent = std::time::Instant::now();
+    // The first time each request's server span is seen at the agent, against its end.
+    let mut arrivals: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
+    while sent.elapsed() < Duration::from_secs(8) && arrivals.len() < REQUESTS {
+        let now = ddtrace_tests::unix_now_ns();
+        for span in agent.spans().iter().filter(|s| s["meta"]["span.kind"] == "server") {
+            let id = span["span_id"].as_u64().unwrap();
+            arrivals.entry(id).or_insert(now - end_unix_ns(span));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = daemon.stderr_text();
+    assert!(workers.len() >= 6, "workers were recycled: {workers:?}");
+    assert_eq!(arrivals.len(), REQUESTS, "every request traced:\n{stderr}");
+    let late: Vec<i64> = arrivals.values().map(|delay| delay / 1_000_000).filter(|ms| *ms > 2_100).collect();
+    assert!(late.is_empty(), "traces later than 2 s after their end (ms): {late:?}\n{stderr}");
+    let slowest = arrivals.values().max().unwrap() / 1_000_000;
+    eprintln!("{REQUESTS} traces from {} workers, the slowest at the agent {slowest} ms after its end", workers.len());
+    server.stop();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.stderr_text());
+    agent.assert_checks_passed();
+}
+
 #[test]
 fn gunicorn_workers_forked_before_and_after_attach_are_all_traced() {
     let _serial = ddtrace_tests::serial();
@@ -89,7 +131,7 @@ fn a_process_that_execs_is_instrumented_again() {
     let mut worker = SqliteWorker::spawn();
     worker.run("import");
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("work 1");
     worker.run("exec");
     daemon.wait_for_stderr("exec'd", ATTACH_TIMEOUT);
@@ -114,7 +156,7 @@ fn a_target_killed_with_sigkill_is_noticed_and_flushed() {
     let mut worker = SqliteWorker::spawn();
     worker.run("import");
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("work 2");
     worker.kill(libc::SIGKILL);
     let status = daemon.wait_exit(Duration::from_secs(15));

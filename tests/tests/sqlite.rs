@@ -62,7 +62,7 @@ fn attach_before_import_traces_every_statement_run_at_once_after_a_lazy_import()
     // libsqlite3 is not mapped yet, but its file is known: its probes are in place before the
     // import maps it, so the first statement is seen whatever follows the import at once.
     daemon.wait_for_stderr("(not loaded yet: in place for its first call)", ATTACH_TIMEOUT);
-    assert!(daemon.stderr_text().contains("sqlite: attached 6 probes to"), "{}", daemon.stderr_text());
+    assert!(daemon.stderr_text().contains("sqlite: attached 4 probes to"), "{}", daemon.stderr_text());
 
     // Two threads, 62 statements each, from the microsecond after `import sqlite3`.
     worker.run("burst 2 60");
@@ -136,7 +136,7 @@ fn attach_after_import_names_cached_statements_and_new_ones() {
     worker.run("work 1");
     let window_start = unix_now_ns();
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("work 2");
     // The SQL of cached statements is read from the live target when the daemon handles their
     // first execution (within its 100 ms drain interval): a live service, not one about to exit.
@@ -264,7 +264,7 @@ fn an_unreachable_agent_loses_the_traces_but_not_the_target_nor_the_daemon() {
     let mut worker = SqliteWorker::spawn();
     worker.run("import");
     let mut daemon = AgentProcess::attach(worker.pid(), &format!("http://127.0.0.1:{closed_port}"), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("work 2");
     // The target is not slowed down or stopped by a dead intake.
     worker.run("work 2");
@@ -300,7 +300,7 @@ fn sql_passed_with_a_length_is_captured_up_to_that_length_only() {
     let mut worker = SqliteWorker::spawn();
     worker.run("import");
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("with_length");
     worker.exit();
     let status = daemon.wait_exit(Duration::from_secs(15));
@@ -317,7 +317,7 @@ fn the_console_exporter_prints_span_trees_without_any_agent() {
     worker.run("import");
     let pid = worker.pid().to_string();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--service", "console-demo", "--exporter", "console"]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     worker.run("work 1");
     worker.exit();
     let status = daemon.wait_exit(Duration::from_secs(15));

@@ -1,5 +1,6 @@
-//! The uprobes cost only the processes we trace: another process mapping the same library runs
-//! it untouched, with no breakpoint in its code at all.
+//! What another process mapping the same library gets: with `--probe-scope process`, its code
+//! untouched, not one breakpoint; with the default global scope, breakpoints (its calls trap and
+//! return at once), no span ever, and its code as the file once the agent is gone.
 
 use std::{collections::HashSet, os::unix::fs::FileExt, time::Duration};
 
@@ -63,7 +64,7 @@ fn process_ids_with_spans(agent: &TestAgent) -> HashSet<u32> {
 /// before and after it ran queries, while the traced one's has the probes' breakpoints. And
 /// its queries reach no one.
 #[test]
-fn an_untraced_process_mapping_the_same_library_has_no_breakpoint_and_no_spans() {
+fn with_process_scope_an_untraced_process_has_no_breakpoint_and_no_spans() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
     let mut traced = SqliteWorker::spawn();
@@ -73,8 +74,8 @@ fn an_untraced_process_mapping_the_same_library_has_no_breakpoint_and_no_spans()
     untraced.run("import");
     assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "breakpoints before any agent ran");
 
-    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 6 probes to", ATTACH_TIMEOUT);
+    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), &["--probe-scope", "process"]);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     let traced_breakpoints = breakpoints_in(traced.pid(), "libsqlite3");
     assert!(traced_breakpoints > 0, "no breakpoint in the traced process: the check itself does not work");
     assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "the untraced process got the traced one's probes");
@@ -89,6 +90,38 @@ fn an_untraced_process_mapping_the_same_library_has_no_breakpoint_and_no_spans()
     let pids = process_ids_with_spans(&agent);
     assert!(pids.contains(&traced_pid), "the traced process's query is missing: {pids:?}\n{stderr}");
     assert!(!pids.contains(&untraced.pid()), "spans of the untraced process: {pids:?}\n{stderr}");
+    untraced.exit();
+    agent.assert_checks_passed();
+}
+
+/// The default global scope: the untraced process's calls trap (its code has the breakpoints)
+/// but the kernel's bitmap of tracked processes keeps them out: no span; when the agent stops,
+/// every breakpoint is gone from both.
+#[test]
+fn with_global_scope_an_untraced_process_traps_but_gives_no_spans_and_is_restored() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut traced = SqliteWorker::spawn();
+    let mut untraced = SqliteWorker::spawn();
+    let traced_pid = traced.pid();
+    traced.run("import");
+    untraced.run("import");
+    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
+    assert!(breakpoints_in(traced.pid(), "libsqlite3") > 0, "no breakpoint in the traced process");
+    assert!(breakpoints_in(untraced.pid(), "libsqlite3") > 0, "global scope: every mapping has them");
+    untraced.run("work 5");
+    traced.run("work 1");
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "detached: the code reads as the file");
+    assert_eq!(breakpoints_in(traced.pid(), "libsqlite3"), 0, "detached: the code reads as the file");
+    let pids = process_ids_with_spans(&agent);
+    assert!(pids.contains(&traced_pid), "the traced process's query is missing: {pids:?}\n{stderr}");
+    assert!(!pids.contains(&untraced.pid()), "spans of the untraced process: {pids:?}\n{stderr}");
+    traced.exit();
     untraced.exit();
     agent.assert_checks_passed();
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
-//! `bench_profiler`; `--http`: see `bench_http`).
+//! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -59,7 +59,7 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub http: crate::bench_http::HttpArgs,
     #[command(flatten)]
-    pub tls: crate::bench_tls::TlsArgs,
+    pub calls_bench: crate::bench_calls::LibraryCallArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -81,12 +81,16 @@ const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    match (args.profiler.profiler, args.http.http, args.tls.tls) {
+    let calls = args.calls_bench.tls || args.calls_bench.sqlite;
+    match (args.profiler.profiler, args.http.http, calls) {
+        _ if args.calls_bench.tls && args.calls_bench.sqlite => {
+            bail!("--tls and --sqlite are separate benchmarks: run one at a time")
+        }
         (false, false, false) => {}
         (true, false, false) => return crate::bench_profiler::run(args),
         (false, true, false) => return crate::bench_http::run(args),
-        (false, false, true) => return crate::bench_tls::run(args),
-        _ => bail!("--profiler, --http and --tls are separate benchmarks: run one at a time"),
+        (false, false, true) => return crate::bench_calls::run(args),
+        _ => bail!("--profiler, --http, --tls and --sqlite are separate benchmarks: run one at a time"),
     }
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
     if args.rounds == 0 || args.calls == 0 || cycles == 0 {

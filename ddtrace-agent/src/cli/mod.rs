@@ -67,9 +67,24 @@ pub struct Cli {
     /// calls (fewer and much cheaper probes) when the library's code shows them, else the
     /// exported ones; `exported`, always SSL_read, SSL_write and their _ex forms.
     #[arg(long, value_enum, default_value = "auto")]
-    pub openssl_probes: crate::integrations::OpenSslProbes,
+    pub openssl_probes: crate::integrations::ProbePlacement,
 
-    /// Print the kernel and pipeline counters every N seconds (they are always printed at exit).
+    /// Which processes a uprobe covers: `global` (default), one link per library file for every
+    /// process mapping it, the kernel letting only traced processes' calls through (children are
+    /// traced from their first instruction, at any fork and exit rate; other processes trap and
+    /// return); `process`, links per traced process (other processes never trap; each new process
+    /// misses its first ~25-100 ms and each exit costs the kernel ~100 ms per link).
+    #[arg(long, value_enum, default_value = "global")]
+    pub probe_scope: crate::daemon::ProbeScope,
+
+    /// Where the SQLite probes go: `auto`, the one function the prepare forms call when the
+    /// library's code shows it (their own first instruction would be single-stepped), else the
+    /// exported functions; `exported`, always sqlite3_prepare, _v2 and _v3.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub sqlite_probes: crate::integrations::ProbePlacement,
+
+    /// Print the kernel and pipeline counters every N seconds (they are always printed at exit),
+    /// and each probe site with its first instruction and whether the kernel emulates it.
     #[arg(long, value_name = "SECONDS")]
     pub stats: Option<u64>,
 

@@ -110,6 +110,22 @@ impl std::fmt::Display for ProcessOutcome {
     }
 }
 
+/// Which processes a uprobe link covers (`--probe-scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeScope {
+    /// One link per library file for every process that maps it; the kernel's bitmap of tracked
+    /// processes keeps the others' calls out (they still trap: ~1-2 µs per probed call). A
+    /// forked child inherits its parent's breakpoints and an exec'd image gets them when it maps
+    /// the file, so both are traced from their first instruction, and a process's fork or exit
+    /// costs no attach or detach at all.
+    #[default]
+    Global,
+    /// Links per traced process: other processes never trap; but each new process costs the
+    /// kernel an RCU grace period before its probes work (its first calls are missed) and each
+    /// link it had costs one more when it exits (~100 ms each, serialised in the kernel).
+    Process,
+}
+
 /// A library file an integration probes: (device, inode, integration index).
 type LibraryKey = (String, u64, usize);
 /// A dynamic linker file: (device, inode).
@@ -171,8 +187,12 @@ pub struct Instrumenter {
     announced: HashSet<(u32, LibraryKey)>,
     /// Dynamic linkers looked at: their rendezvous probe id and file offset, when found.
     linkers: HashMap<LinkerKey, Option<(ProbeId, u64)>>,
-    /// Every traced process's uprobe links, by what they are attached to.
+    /// Which processes a link covers.
+    scope: ProbeScope,
+    /// Every traced process's uprobe links, by what they are attached to (process scope).
     links: HashMap<u32, HashMap<LinkTarget, Vec<ProbeLinks>>>,
+    /// Links for every process mapping their file (global scope).
+    global_links: HashMap<LinkTarget, Vec<ProbeLinks>>,
     /// Links attached before their library was mapped; kept across an exec that does not map
     /// the library (yet).
     foreseen_links: HashSet<(u32, LibraryKey)>,
@@ -182,11 +202,15 @@ pub struct Instrumenter {
     pub library_events: u64,
     /// Drops links on other threads: a detach waits for the kernel for ~100 ms.
     detacher: Detacher,
+    /// Print each probe site with its first instruction when a library is resolved.
+    pub report_sites: bool,
 }
 
 impl Instrumenter {
-    pub fn new(programs: KernelPrograms, integrations: Vec<Box<dyn Integration>>) -> Self {
+    pub fn new(programs: KernelPrograms, integrations: Vec<Box<dyn Integration>>, scope: ProbeScope) -> Self {
         Self {
+            scope,
+            global_links: HashMap::new(),
             programs,
             integrations,
             routes: Vec::new(),
@@ -200,6 +224,7 @@ impl Instrumenter {
             foreseen: HashMap::new(),
             library_events: 0,
             detacher: Detacher::default(),
+            report_sites: false,
         }
     }
 
@@ -380,6 +405,9 @@ impl Instrumenter {
 
     /// Detaches every probe from every process, waiting at most `timeout` (the daemon stops).
     pub fn detach_all(mut self, timeout: std::time::Duration) {
+        for link in std::mem::take(&mut self.global_links).into_values().flatten() {
+            self.detacher.detach(link);
+        }
         for (_, links) in std::mem::take(&mut self.links) {
             for link in links.into_values().flatten() {
                 self.detacher.detach(link);
@@ -448,7 +476,7 @@ impl Instrumenter {
             }
             match self.attach_library(&key, &process.host_path(&file.path), process.pid) {
                 Ok(links) => {
-                    self.links.entry(process.pid).or_default().insert(target, links);
+                    self.store_links(process.pid, target, links);
                     self.foreseen_links.insert((process.pid, key));
                     if first_time {
                         outcomes.push(AttachOutcome::Foreseen {
@@ -497,7 +525,26 @@ impl Instrumenter {
     }
 
     fn has_links(&self, pid: u32, target: &LinkTarget) -> bool {
-        self.links.get(&pid).is_some_and(|links| links.contains_key(target))
+        match self.scope {
+            ProbeScope::Global => self.global_links.contains_key(target),
+            ProbeScope::Process => self.links.get(&pid).is_some_and(|links| links.contains_key(target)),
+        }
+    }
+
+    /// Keeps `links`: for every process (global scope) or for `pid`.
+    fn store_links(&mut self, pid: u32, target: LinkTarget, links: Vec<ProbeLinks>) {
+        match self.scope {
+            ProbeScope::Global => self.global_links.insert(target, links),
+            ProbeScope::Process => self.links.entry(pid).or_default().insert(target, links),
+        };
+    }
+
+    /// The pid a link is attached for: the process, or 0 (every process) in global scope.
+    fn link_pid(&self, pid: u32) -> u32 {
+        match self.scope {
+            ProbeScope::Global => 0,
+            ProbeScope::Process => pid,
+        }
     }
 
     fn attach_new_libraries(&mut self, process: &Process, objects: &[MappedObject]) -> Vec<AttachOutcome> {
@@ -525,7 +572,7 @@ impl Instrumenter {
                     let host_path = process.host_path(&object.path);
                     match self.attach_library(&key, &host_path, process.pid) {
                         Ok(links) => {
-                            self.links.entry(process.pid).or_default().insert(target, links);
+                            self.store_links(process.pid, target, links);
                         }
                         Err(reason) => {
                             outcomes.push(self.failed(index, &object.path, reason));
@@ -585,16 +632,29 @@ impl Instrumenter {
                 symbols.path().display()
             ));
         }
-        let mut locations = Vec::new();
+        let mut sites = Vec::new();
         for (probe_index, site) in self.integrations[index].probe_sites(&symbols) {
             match site {
-                Ok(location) => locations.push((probe_index, location.file_offset)),
+                Ok(location) => sites.push((probe_index, location)),
                 Err(error @ SymbolError::MissingSymbol { .. }) if defs[probe_index].required => {
                     return Err(error.to_string())
                 }
                 Err(error) => tracing::debug!(%error, "optional probe skipped"),
             }
         }
+        if self.report_sites {
+            for (probe_index, location) in &sites {
+                eprintln!(
+                    "ddtrace-agent: {}: probe site {} in {} at file offset {:#x}, {}",
+                    self.integrations[index].name(),
+                    defs[*probe_index].symbol,
+                    object.path.display(),
+                    location.file_offset,
+                    symbols.describe_site(location)
+                );
+            }
+        }
+        let locations: Vec<(usize, u64)> = sites.iter().map(|(i, l)| (*i, l.file_offset)).collect();
         let mut probes = Vec::with_capacity(locations.len());
         for (probe_index, file_offset) in locations {
             let id = self.programs.register_probe(&defs[probe_index]).map_err(|e| e.to_string())?;
@@ -611,6 +671,7 @@ impl Instrumenter {
     /// Attaches every probe of library `key` to process `pid`; any failure detaches the ones
     /// already attached (the links are dropped).
     fn attach_library(&mut self, key: &LibraryKey, host_path: &Path, pid: u32) -> Result<Vec<ProbeLinks>, String> {
+        let pid = self.link_pid(pid);
         let library = &self.libraries[key];
         let defs = self.integrations[key.2].probes();
         let mut links = Vec::with_capacity(library.probes.len());
@@ -650,9 +711,9 @@ impl Instrumenter {
         };
         let links = self
             .programs
-            .attach_to_process(id, &LINKER_PROBE, &host_path, file_offset, process.pid)
+            .attach_to_process(id, &LINKER_PROBE, &host_path, file_offset, self.link_pid(process.pid))
             .map_err(|e| e.to_string())?;
-        self.links.entry(process.pid).or_default().insert(target, vec![links]);
+        self.store_links(process.pid, target, vec![links]);
         Ok(())
     }
 

@@ -5,7 +5,7 @@ mod instrumenter;
 
 use std::{collections::HashMap, time::Duration};
 
-pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter, ProcessOutcome};
+pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter, ProbeScope, ProcessOutcome};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -88,7 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
         return run_empty_baseline(&process, spec).await;
     }
     let config = resolve_config(&cli, &process);
-    let mut integrations: Vec<Box<dyn Integration>> = integrations::all(cli.openssl_probes);
+    let mut integrations: Vec<Box<dyn Integration>> = integrations::all(cli.sqlite_probes, cli.openssl_probes);
     for spec in &cli.trace_functions {
         integrations.push(Box::new(TracedFunction::parse(spec)?));
     }
@@ -179,7 +179,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
 
     let root = process.pid;
     let exit_watch = ExitWatch::new(root)?;
-    let mut instrumenter = Instrumenter::new(programs, integrations);
+    let mut instrumenter = Instrumenter::new(programs, integrations, cli.probe_scope);
+    instrumenter.report_sites = cli.stats.is_some();
     for outcome in instrumenter.instrument(process)? {
         eprintln!("ddtrace-agent: {outcome}");
     }

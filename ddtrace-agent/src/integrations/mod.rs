@@ -17,15 +17,26 @@ use crate::{
     symbols::{ElfSymbols, ProbeLocation, SymbolError},
 };
 
-pub use openssl::OpenSslProbes;
 pub use traced_function::{TracedFunction, TracedFunctionError};
 
 /// Every library integration this agent has: the one place to add one.
-pub fn all(openssl_probes: OpenSslProbes) -> Vec<Box<dyn Integration>> {
+pub fn all(sqlite_probes: ProbePlacement, openssl_probes: ProbePlacement) -> Vec<Box<dyn Integration>> {
     vec![
-        Box::new(sqlite::SqliteIntegration::default()),
+        Box::new(sqlite::SqliteIntegration::placed(sqlite_probes)),
         Box::new(openssl::OpenSslIntegration { probes: openssl_probes }),
     ]
+}
+
+/// Where an integration's probes go (`--openssl-probes`, `--sqlite-probes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbePlacement {
+    /// Functions the exported ones call, when the library's code shows them and the kernel
+    /// emulates their first instruction (no single-step); otherwise the exported functions.
+    #[default]
+    Auto,
+    /// The exported functions: the escape hatch should the library's code be misread in some
+    /// build, and the baseline `cargo xtask bench --sqlite` compares with.
+    Exported,
 }
 
 /// Which mapped files an integration instruments.

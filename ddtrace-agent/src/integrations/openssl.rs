@@ -15,7 +15,7 @@
 //! pairs, 2.6 µs bare): entry + return probes on the exported pair 27.8 µs, on the internal
 //! pair 9.0 µs. Otherwise, the four exported functions.
 
-use super::{at_function_entries, Integration, LibraryMatch, ProbeSite};
+use super::{at_function_entries, Integration, LibraryMatch, ProbePlacement, ProbeSite};
 use crate::{
     core::ContextTree,
     probes::{ProbeDef, ProbeEvent},
@@ -43,21 +43,9 @@ static PROBES: [ProbeDef; 6] = [
 /// How many of [`PROBES`] are the exported functions.
 const EXPORTED: usize = 4;
 
-/// Where the OpenSSL probes go (`--openssl-probes`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OpenSslProbes {
-    /// The internal functions every read and write form calls, when the library's code shows
-    /// them; otherwise the exported functions.
-    #[default]
-    Auto,
-    /// `SSL_read`, `SSL_write` and their `_ex` forms: the escape hatch should the internal
-    /// functions be misread in some build of the library.
-    Exported,
-}
-
 #[derive(Default)]
 pub struct OpenSslIntegration {
-    pub probes: OpenSslProbes,
+    pub probes: ProbePlacement,
 }
 
 impl Integration for OpenSslIntegration {
@@ -76,7 +64,7 @@ impl Integration for OpenSslIntegration {
     /// The internal pair when both `_ex` functions wrap what their plain forms call too (never
     /// a mix: a call would then be seen twice), else the exported functions.
     fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
-        if self.probes == OpenSslProbes::Exported {
+        if self.probes == ProbePlacement::Exported {
             return at_function_entries(&PROBES[..EXPORTED], library);
         }
         let read = library.wrapped_function("SSL_read_ex", "SSL_read");
@@ -131,7 +119,7 @@ mod tests {
     #[test]
     fn exported_probes_when_asked() {
         let libssl = ElfSymbols::load(std::path::Path::new("/lib/x86_64-linux-gnu/libssl.so.3")).expect("libssl 3");
-        let sites = OpenSslIntegration { probes: OpenSslProbes::Exported }.probe_sites(&libssl);
+        let sites = OpenSslIntegration { probes: ProbePlacement::Exported }.probe_sites(&libssl);
         let placed: Vec<(usize, u64)> =
             sites.iter().map(|(index, site)| (*index, site.as_ref().unwrap().address)).collect();
         let exported: Vec<(usize, u64)> = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"]

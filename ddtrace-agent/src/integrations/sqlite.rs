@@ -20,15 +20,16 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{
+    at_function_entries,
     sqlite_layout::{sql_field_offset, SCAN_BYTES},
     sqlite_text::{first_statement, result_code, SQLITE_DONE, SQLITE_OK, SQLITE_ROW},
-    Integration, LibraryMatch,
+    Integration, LibraryMatch, ProbePlacement, ProbeSite,
 };
 use crate::{
     core::{CallStacks, ContextData, ContextError, ContextId, ContextTree, SpanKind},
     obfuscation::obfuscate_sql,
     probes::{Capture, ProbeDef, ProbeEvent},
-    symbols::ElfSymbols,
+    symbols::{ElfSymbols, ProbeLocation},
     target::memory,
 };
 
@@ -42,8 +43,9 @@ const PREPARE_LEGACY: usize = 2;
 const STEP: usize = 3;
 const RESET: usize = 4;
 const FINALIZE: usize = 5;
+const PREPARE_INTERNAL: usize = 6;
 
-static PROBES: [ProbeDef; 6] = [
+static PROBES: [ProbeDef; 7] = [
     // int sqlite3_prepare_v2(sqlite3 *db, const char *zSql, int nByte, sqlite3_stmt **ppStmt, const char **pzTail)
     ProbeDef::entry("sqlite3_prepare_v2").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(3),
     // int sqlite3_prepare_v3(sqlite3 *db, const char *zSql, int nByte, unsigned prepFlags, sqlite3_stmt **ppStmt, ...)
@@ -53,7 +55,18 @@ static PROBES: [ProbeDef; 6] = [
     ProbeDef::entry("sqlite3_step").with_exit().required(),
     ProbeDef::entry("sqlite3_reset"),
     ProbeDef::entry("sqlite3_finalize"),
+    // static int sqlite3LockAndPrepare(sqlite3 *db, const char *zSql, int nBytes, u32 prepFlags,
+    //     Vdbe *pOld, sqlite3_stmt **ppStmt, const char **pzTail): what the three prepare
+    // functions call (not exported; found from their code, see `probe_sites`).
+    ProbeDef::entry("sqlite3LockAndPrepare")
+        .with_exit()
+        .capturing(Capture::StringArg(1))
+        .capture_length(2)
+        .out_pointer(5),
 ];
+
+/// The argument registers of the x86-64 calling convention, in order.
+const ARGUMENT_REGISTERS: [u8; 6] = [7, 6, 2, 1, 8, 9];
 
 /// Statements SQLite finalizes internally (schema loading) never pass through
 /// `sqlite3_finalize`; their entries are replaced when the address is reused, and the whole
@@ -92,6 +105,7 @@ struct PendingPrepare {
 
 #[derive(Default)]
 pub struct SqliteIntegration {
+    pub probes: ProbePlacement,
     /// (tgid, sqlite3_stmt address) -> statement.
     statements: HashMap<(u32, u64), Statement>,
     /// Prepares in progress, per thread and call frame.
@@ -104,6 +118,10 @@ pub struct SqliteIntegration {
 }
 
 impl SqliteIntegration {
+    pub fn placed(probes: ProbePlacement) -> Self {
+        Self { probes, ..Self::default() }
+    }
+
     fn resource_for(&mut self, sql: &[u8]) -> Arc<str> {
         if let Some(resource) = self.resources.get(sql) {
             return resource.clone();
@@ -231,6 +249,28 @@ impl SqliteIntegration {
     }
 }
 
+/// The function every prepare form calls, when each of `sqlite3_prepare`, `_v2` and `_v3`
+/// passes it `db`, `zSql` and `nByte` untouched and its own `ppStmt` as the 6th argument, and
+/// its first instruction is one the kernel emulates.
+fn shared_prepare(library: &ElfSymbols) -> Option<ProbeLocation> {
+    use crate::symbols::x86_calls::Source;
+    let mut shared = None;
+    for (wrapper, pp_stmt_argument) in [("sqlite3_prepare_v2", 3), ("sqlite3_prepare_v3", 4), ("sqlite3_prepare", 3)] {
+        let (location, call) = library.forwarded_call(wrapper)?;
+        let passes = |argument: usize, from: usize| {
+            call.registers[ARGUMENT_REGISTERS[argument] as usize] == Source::Entry(ARGUMENT_REGISTERS[from])
+        };
+        if !(passes(0, 0) && passes(1, 1) && passes(2, 2) && passes(5, pp_stmt_argument)) {
+            return None;
+        }
+        if shared.is_some_and(|known: ProbeLocation| known.address != location.address) {
+            return None;
+        }
+        shared = Some(location);
+    }
+    shared.filter(|location| library.emulated_at(location))
+}
+
 /// CPython's sqlite3 module opens a transaction by itself before a DML statement with
 /// `sqlite3_prepare_v2(db, "BEGIN " + isolation_level, -1, ...)`, where the application's own
 /// statements are prepared with their length: that text with a length of -1 is the driver's.
@@ -261,9 +301,29 @@ impl Integration for SqliteIntegration {
         &PROBES
     }
 
+    /// The three prepare functions start with `sub $0x10,%rsp`, which a uprobe must
+    /// single-step (~7-16 µs per call here): when all three only rearrange their arguments and
+    /// call one function, whose first instruction the kernel emulates, that function gets one
+    /// probe for all of them (and the UTF-16 forms, which call it too). Otherwise each is probed.
+    fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
+        let shared = if self.probes == ProbePlacement::Auto { shared_prepare(library) } else { None };
+        let mut sites = match shared {
+            Some(location) => vec![(PREPARE_INTERNAL, Ok(location))],
+            None => at_function_entries(&PROBES[..STEP], library),
+        };
+        sites.extend(
+            at_function_entries(&PROBES[STEP..PREPARE_INTERNAL], library).into_iter().map(|(i, s)| (i + STEP, s)),
+        );
+        sites
+    }
+
     fn on_event(&mut self, probe_index: usize, event: &ProbeEvent, contexts: &mut ContextTree) {
         match (probe_index, event) {
             (PREPARE_V2 | PREPARE_V3 | PREPARE_LEGACY, _) => self.on_prepare(event, contexts),
+            // A re-prepare after a schema change (`pOld`, the 5th argument, is set) swaps the new
+            // program into the statement the application holds: nothing new to name.
+            (PREPARE_INTERNAL, ProbeEvent::Entry(entry)) if entry.args[4] != 0 => {}
+            (PREPARE_INTERNAL, _) => self.on_prepare(event, contexts),
             (STEP, _) => self.on_step(event, contexts),
             (RESET, ProbeEvent::Entry(entry)) => {
                 if let Some(statement) = self.statements.get_mut(&(entry.tgid, entry.args[0])) {
@@ -451,5 +511,26 @@ mod tests {
         assert!(is_driver_begin(b"BEGIN IMMEDIATE", u64::MAX));
         assert!(!is_driver_begin(b"BEGIN", u64::MAX));
         assert!(!is_driver_begin(b"BEGIN TRANSACTION", u64::MAX));
+    }
+
+    /// Debian's libsqlite3 (which `cargo xtask test` installs): one probe on the function the
+    /// three prepare forms call, at an instruction the kernel emulates, instead of three
+    /// single-stepped ones; step, reset and finalize at their entries (each starts with a push).
+    #[test]
+    fn the_system_libsqlite3_gets_one_emulated_prepare_probe() {
+        let path = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0");
+        let library = ElfSymbols::load(path).expect("libsqlite3");
+        let sites = SqliteIntegration::default().probe_sites(&library);
+        let indices: Vec<usize> = sites.iter().map(|(index, _)| *index).collect();
+        assert_eq!(indices, [PREPARE_INTERNAL, STEP, RESET, FINALIZE]);
+        let exported: Vec<u64> = ["sqlite3_prepare", "sqlite3_prepare_v2", "sqlite3_prepare_v3"]
+            .iter()
+            .map(|name| library.function_entry(name).unwrap().address)
+            .collect();
+        for (index, site) in &sites {
+            let site = site.as_ref().unwrap();
+            assert!(library.emulated_at(site), "probe {index} at {site:?} would be single-stepped");
+            assert!(!exported.contains(&site.address));
+        }
     }
 }

@@ -33,9 +33,10 @@ impl ProbeLinks {
     }
 }
 
-/// A uprobe scope covering every thread of process `pid` and nothing else.
+/// A uprobe scope covering every thread of process `pid` and nothing else; pid 0: every
+/// process mapping the file (the in-kernel bitmap of tracked processes is then the only gate).
 fn process_scope(pid: u32) -> Option<UProbeScope> {
-    std::num::NonZeroU32::new(pid).map(UProbeScope::OneProcess)
+    Some(std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess))
 }
 
 /// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).

@@ -137,6 +137,40 @@ impl ElfSymbols {
         self.entry_at(target)
     }
 
+    /// The function `wrapper` calls after rearranging its arguments, and where each register
+    /// it passes came from (see [`x86_calls::forwarded_call`]). `None` when the wrapper does
+    /// anything the decoder does not follow, or the file is not x86-64 code.
+    pub fn forwarded_call(&self, wrapper: &str) -> Option<(ProbeLocation, x86_calls::ForwardedCall)> {
+        const WRAPPER_PROLOGUE: usize = 48;
+        if !self.x86_64 {
+            return None;
+        }
+        let address = *self.functions.get(wrapper)?;
+        let call = x86_calls::forwarded_call(self.function_code(wrapper, WRAPPER_PROLOGUE)?, address)?;
+        Some((self.entry_at(call.target)?, call))
+    }
+
+    /// How the first instruction at `location` reads (its bytes and, for the ones uprobes care
+    /// about, a name), and whether a uprobe there is emulated: for `--stats`.
+    pub fn describe_site(&self, location: &ProbeLocation) -> String {
+        let start = location.file_offset as usize;
+        let code = self.data.get(start..start + 8).unwrap_or(&[]);
+        let emulated = self.emulated_at(location);
+        format!(
+            "first instruction {} ({}): {}",
+            code.iter().take(4).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+            x86_calls::instruction_kind(code),
+            if emulated { "emulated" } else { "single-stepped (a second trap per call)" }
+        )
+    }
+
+    /// Whether the kernel emulates the first instruction at `location` when a uprobe is there
+    /// (no single-step; see [`x86_calls::emulated_by_uprobes`]).
+    pub fn emulated_at(&self, location: &ProbeLocation) -> bool {
+        let start = location.file_offset as usize;
+        self.x86_64 && self.data.get(start..start + 8).is_some_and(x86_calls::emulated_by_uprobes)
+    }
+
     /// Where a probe on the function at `address` goes: past its `endbr64`, if any.
     fn entry_at(&self, address: u64) -> Option<ProbeLocation> {
         let file_offset = self.file_offset(address)?;

@@ -18,7 +18,7 @@ mod module;
 mod normalize;
 mod symbolize;
 mod unwind;
-mod x86_calls;
+pub mod x86_calls;
 
 pub use cfi::{CallFrameInfo, CfaRule, CfiError, FrameRule, RegisterRule, UnwindContext, UnwindExpression};
 pub use debug_info::SourceFrame;
