@@ -2,9 +2,10 @@
 //! without the agent, in one run:
 //!
 //! - `cargo xtask bench --tls`: `SSL_write_ex` + `SSL_read_ex` pairs over memory BIOs
-//!   (`tests/apps/bench/call_loop.py`), (a) with no agent, (b) with the agent tracing ANOTHER
-//!   Python process that maps the same libssl, (c) with the agent tracing the loop itself. (b)
-//!   must cost ~nothing: uprobes are attached per traced process.
+//!   (`tests/apps/bench/tls_loop.py`), (a) with no agent, (b) with the agent tracing ANOTHER
+//!   Python process that maps the same libssl, (c) with the agent tracing the loop itself, (d) as
+//!   (b) with `--probe-scope process`. (b) is what the default global scope costs a process the
+//!   agent does not trace (its calls trap and return); (d) must cost ~nothing.
 //! - `cargo xtask bench --sqlite`: `sqlite3_prepare_v2` + `sqlite3_finalize` pairs
 //!   (`tests/apps/bench/sqlite_prepare_loop.py`), (a) with no agent, (b) with the agent probing
 //!   the exported prepare functions (whose first instruction is single-stepped), (c) with its
@@ -76,17 +77,17 @@ struct Workload {
     other: &'static str,
     /// The agent's stderr line once the workload's probes are in place.
     agent_ready: &'static str,
-    setups: [Setup; 3],
+    setups: &'static [Setup],
     note: &'static str,
     output: &'static str,
 }
 
 const TLS: Workload = Workload {
     title: "SSL_write_ex + SSL_read_ex pairs over memory BIOs in Python",
-    script: "tests/apps/bench/call_loop.py",
+    script: "tests/apps/bench/tls_loop.py",
     other: "import ssl, sys; print('ready', flush=True); sys.stdin.read()",
     agent_ready: "openssl: attached",
-    setups: [
+    setups: &[
         Setup { label: "(a) no agent", key: "no_agent", traced: Traced::Nothing, agent_args: &[] },
         Setup {
             label: "(b) agent tracing another process",
@@ -95,8 +96,15 @@ const TLS: Workload = Workload {
             agent_args: &[],
         },
         Setup { label: "(c) agent tracing this process", key: "agent_here", traced: Traced::TheLoop, agent_args: &[] },
+        Setup {
+            label: "(d) as (b), --probe-scope process",
+            key: "agent_elsewhere_process_scope",
+            traced: Traced::AnotherProcess,
+            agent_args: &["--probe-scope", "process"],
+        },
     ],
-    note: "(b) should be ~(a): uprobes are attached to the traced processes only.",
+    note: "(b): the default global scope: an untraced process's calls trap and return (the kernel's bitmap \
+           keeps them out); (d) should be ~(a): links per traced process.",
     output: "tls-cost.json",
 };
 
@@ -105,7 +113,7 @@ const SQLITE: Workload = Workload {
     script: "tests/apps/bench/sqlite_prepare_loop.py",
     other: "import sys; print('ready', flush=True); sys.stdin.read()",
     agent_ready: "sqlite: attached",
-    setups: [
+    setups: &[
         Setup { label: "(a) no agent", key: "no_agent", traced: Traced::Nothing, agent_args: &[] },
         Setup {
             label: "(b) agent, probes on the exported functions",
@@ -188,7 +196,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let attach_timeout = Duration::from_secs(args.attach_timeout);
     let run_started = Instant::now();
     let steal_before = steal_time();
-    let setups = &workload.setups;
+    let setups = workload.setups;
     let mut rounds: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
     for cycle in 0..cycles {
         // Rotated each cycle, so that no configuration always runs right after the same one.
@@ -246,8 +254,12 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     for (config, value) in setups.iter().zip(&medians) {
         let _ = writeln!(json, "  \"{}_ns_per_pair\": {},", config.key, number(*value));
     }
-    let _ = writeln!(json, "  \"{}_over_{}\": {},", setups[1].key, setups[0].key, number(medians[1] / medians[0]));
-    let _ = writeln!(json, "  \"{}_over_{}\": {}\n}}", setups[2].key, setups[0].key, number(medians[2] / medians[0]));
+    let ratios: Vec<String> = setups[1..]
+        .iter()
+        .zip(&medians[1..])
+        .map(|(config, value)| format!("  \"{}_over_{}\": {}", config.key, setups[0].key, number(value / medians[0])))
+        .collect();
+    let _ = writeln!(json, "{}\n}}", ratios.join(",\n"));
     publish(&out_dir, workload.output, &table, &json)?;
     Ok(ExitCode::SUCCESS)
 }
