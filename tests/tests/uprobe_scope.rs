@@ -63,19 +63,25 @@ fn process_ids_with_spans(agent: &TestAgent) -> HashSet<u32> {
 /// the file), so the untraced process's copy of libsqlite3 must read exactly as the file does,
 /// before and after it ran queries, while the traced one's has the probes' breakpoints. And
 /// its queries reach no one.
+/// Two Python workers that mapped libsqlite3, not a breakpoint in either yet, and the agent
+/// attached to the first with `flags`.
+fn traced_and_untraced(agent: &TestAgent, flags: &[&str]) -> (SqliteWorker, SqliteWorker, AgentProcess) {
+    let mut traced = SqliteWorker::spawn();
+    let mut untraced = SqliteWorker::spawn();
+    traced.run("import");
+    untraced.run("import");
+    assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "breakpoints before any agent ran");
+    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), flags);
+    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
+    (traced, untraced, daemon)
+}
+
 #[test]
 fn with_process_scope_an_untraced_process_has_no_breakpoint_and_no_spans() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let mut traced = SqliteWorker::spawn();
-    let mut untraced = SqliteWorker::spawn();
+    let (mut traced, mut untraced, mut daemon) = traced_and_untraced(&agent, &["--probe-scope", "process"]);
     let traced_pid = traced.pid();
-    traced.run("import");
-    untraced.run("import");
-    assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "breakpoints before any agent ran");
-
-    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), &["--probe-scope", "process"]);
-    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     let traced_breakpoints = breakpoints_in(traced.pid(), "libsqlite3");
     assert!(traced_breakpoints > 0, "no breakpoint in the traced process: the check itself does not work");
     assert_eq!(breakpoints_in(untraced.pid(), "libsqlite3"), 0, "the untraced process got the traced one's probes");
@@ -101,13 +107,8 @@ fn with_process_scope_an_untraced_process_has_no_breakpoint_and_no_spans() {
 fn with_global_scope_an_untraced_process_traps_but_gives_no_spans_and_is_restored() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let mut traced = SqliteWorker::spawn();
-    let mut untraced = SqliteWorker::spawn();
+    let (mut traced, mut untraced, mut daemon) = traced_and_untraced(&agent, &[]);
     let traced_pid = traced.pid();
-    traced.run("import");
-    untraced.run("import");
-    let mut daemon = AgentProcess::attach(traced.pid(), &agent.url(), &[]);
-    daemon.wait_for_stderr("sqlite: attached 4 probes to", ATTACH_TIMEOUT);
     assert!(breakpoints_in(traced.pid(), "libsqlite3") > 0, "no breakpoint in the traced process");
     assert!(breakpoints_in(untraced.pid(), "libsqlite3") > 0, "global scope: every mapping has them");
     untraced.run("work 5");

@@ -6,7 +6,8 @@ on stdin runs N pairs and prints the mean nanoseconds per pair; `exit` ends it.
 """
 import ssl
 import sys
-import time
+
+from timed_loop import serve
 
 cert, key = sys.argv[1], sys.argv[2]
 server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -26,15 +27,12 @@ for _ in range(10):
     server_in.write(client_out.read())
     client_in.write(server_out.read())
 payload = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
-print("ready", flush=True)
-for line in sys.stdin:
-    words = line.split()
-    if not words or words[0] != "go":
-        break
-    n = int(words[1])
-    started = time.perf_counter()
-    for _ in range(n):
-        client.write(payload)
-        server_in.write(client_out.read())
-        server.read(4096)
-    print(f"{(time.perf_counter() - started) / n * 1e9:.0f}", flush=True)
+
+
+def one_pair():
+    client.write(payload)
+    server_in.write(client_out.read())
+    server.read(4096)
+
+
+serve(one_pair)
