@@ -166,6 +166,36 @@ fn attach_after_import_names_cached_statements_and_new_ones() {
     agent.assert_checks_passed();
 }
 
+/// A private copy of libsqlite3 found through the target's own `LD_LIBRARY_PATH` (as an app
+/// shipping its libraries would): foreseen there, probed before the import maps it, once.
+#[test]
+fn a_library_on_the_targets_ld_library_path_is_probed_before_it_is_loaded() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let dir = std::env::temp_dir().join(format!("ddtrace-ld-path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = dir.join("libsqlite3.so.0");
+    std::fs::copy("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0", &private).unwrap();
+    let mut worker = SqliteWorker::spawn_with_env(&[("LD_LIBRARY_PATH", dir.to_str().unwrap())]);
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_for_stderr(
+        &format!("sqlite: attached 4 probes to {} (not loaded yet", private.display()),
+        ATTACH_TIMEOUT,
+    );
+    worker.run("burst 2 20");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", worker.pid())).unwrap();
+    assert!(maps.contains(private.to_str().unwrap()), "the private copy is the one loaded:\n{maps}");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    let spans = agent.spans();
+    assert_eq!(with_resource(&spans, "INSERT INTO burst").len(), 40, "each once:\n{stderr}");
+    assert_eq!(spans.len(), 2 * 22, "{spans:#?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    agent.assert_checks_passed();
+}
+
 /// The one line a refused `--pid` prints.
 fn refusal(args: &[&str]) -> String {
     let mut daemon = AgentProcess::start(args);

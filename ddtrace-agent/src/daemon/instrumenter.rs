@@ -189,6 +189,10 @@ pub struct Instrumenter {
     linkers: HashMap<LinkerKey, Option<(ProbeId, u64)>>,
     /// Which processes a link covers.
     scope: ProbeScope,
+    /// A mapped file's identity as `stat` gives it, by its identity in `/proc/<pid>/maps`: the
+    /// two differ on overlayfs and btrfs, and a library foreseen by its path (stat) must be
+    /// known again when it is mapped, or it would get a second set of probes.
+    file_identities: HashMap<(String, u64), (String, u64)>,
     /// Every traced process's uprobe links, by what they are attached to (process scope).
     links: HashMap<u32, HashMap<LinkTarget, Vec<ProbeLinks>>>,
     /// Links for every process mapping their file (global scope).
@@ -211,6 +215,7 @@ impl Instrumenter {
         Self {
             scope,
             global_links: HashMap::new(),
+            file_identities: HashMap::new(),
             programs,
             integrations,
             routes: Vec::new(),
@@ -426,9 +431,12 @@ impl Instrumenter {
 
     /// Detaches from `process` the probes of files it no longer maps (after an exec).
     fn drop_unmapped_links(&mut self, process: &Process) {
-        let Some(links) = self.links.get_mut(&process.pid) else { return };
         let Ok(objects) = process.mapped_objects() else { return };
-        let mapped: HashSet<(&str, u64)> = objects.iter().map(|o| (o.dev.as_str(), o.inode)).collect();
+        // Both identities of each mapped file: linkers are keyed as maps says, libraries as stat.
+        let mut identities: Vec<(String, u64)> = objects.iter().map(|o| (o.dev.clone(), o.inode)).collect();
+        identities.extend(objects.iter().map(|o| self.file_identity(process, o)).collect::<Vec<_>>());
+        let Some(links) = self.links.get_mut(&process.pid) else { return };
+        let mapped: HashSet<(&str, u64)> = identities.iter().map(|(dev, inode)| (dev.as_str(), *inode)).collect();
         let foreseen = &self.foreseen_links;
         let unmapped: Vec<LinkTarget> = links
             .keys()
@@ -445,6 +453,18 @@ impl Instrumenter {
                 self.detacher.detach(link);
             }
         }
+    }
+
+    /// `object`'s identity as `stat` gives it through the process's root (see
+    /// `file_identities`); what maps says when the file cannot be reached.
+    fn file_identity(&mut self, process: &Process, object: &MappedObject) -> (String, u64) {
+        let seen = (object.dev.clone(), object.inode);
+        if let Some(identity) = self.file_identities.get(&seen) {
+            return identity.clone();
+        }
+        let identity = file_identity(&process.host_path(&object.path)).unwrap_or_else(|| seen.clone());
+        self.file_identities.insert(seen, identity.clone());
+        identity
     }
 
     /// Attaches, before they are mapped, the integrations' probes to every library file the
@@ -472,6 +492,8 @@ impl Instrumenter {
             let probes = library.probes.len();
             let target = LinkTarget::Library(key.clone());
             if self.has_links(process.pid, &target) {
+                // Mapped already, or foreseen before: kept across an exec either way.
+                self.foreseen_links.insert((process.pid, key));
                 continue;
             }
             match self.attach_library(&key, &process.host_path(&file.path), process.pid) {
@@ -552,7 +574,8 @@ impl Instrumenter {
         let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid)).ok();
         for object in objects {
             for index in 0..self.integrations.len() {
-                let key = (object.dev.clone(), object.inode, index);
+                let (dev, inode) = self.file_identity(process, object);
+                let key = (dev, inode, index);
                 let first_time = !self.examined.contains(&key);
                 if first_time {
                     self.examined.insert(key.clone());
@@ -733,6 +756,13 @@ impl Instrumenter {
         }
         self.routes[id] = Some(route);
     }
+}
+
+/// A file's (device, inode) as `stat` gives them, the device printed as maps prints it.
+fn file_identity(path: &Path) -> Option<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((format!("{:02x}:{:02x}", libc::major(metadata.dev()), libc::minor(metadata.dev())), metadata.ino()))
 }
 
 #[derive(Debug, thiserror::Error)]

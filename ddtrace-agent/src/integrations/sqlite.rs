@@ -175,6 +175,9 @@ impl SqliteIntegration {
                 let Some((pending, _lost)) = self.prepares.exit(exit.tid, exit.frame) else { return };
                 if pending.internal {
                     if let Some(stmt) = exit.out_value.filter(|stmt| exit.ret as i32 == SQLITE_OK && *stmt != 0) {
+                        if self.statements.len() >= STATEMENT_LIMIT {
+                            self.statements.clear();
+                        }
                         self.statements.insert(
                             (exit.tgid, stmt),
                             Statement { resource: Arc::from(""), internal: true, fresh: true },

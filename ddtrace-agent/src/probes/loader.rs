@@ -35,8 +35,8 @@ impl ProbeLinks {
 
 /// A uprobe scope covering every thread of process `pid` and nothing else; pid 0: every
 /// process mapping the file (the in-kernel bitmap of tracked processes is then the only gate).
-fn process_scope(pid: u32) -> Option<UProbeScope> {
-    Some(std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess))
+fn process_scope(pid: u32) -> UProbeScope {
+    std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
 }
 
 /// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).
@@ -52,10 +52,19 @@ pub enum ProbeError {
     Missing(&'static str),
     #[error("more than {MAX_PROBES} probes; detach some integrations")]
     TooManyProbes,
-    #[error("attaching {program} to {symbol} in {path} (pid {pid}) failed: {reason}")]
+    #[error("attaching {program} to {symbol} in {path} ({}) failed: {reason}", scope_text(*pid))]
     Attach { program: &'static str, symbol: String, path: String, pid: u32, reason: String },
     #[error("updating eBPF map {map}: {reason}")]
     Map { map: &'static str, reason: String },
+}
+
+/// Whom a link covers, in an error message.
+fn scope_text(pid: u32) -> String {
+    if pid == 0 {
+        "all processes".into()
+    } else {
+        format!("pid {pid}")
+    }
 }
 
 fn is_permission_error(text: &str) -> bool {
@@ -256,7 +265,7 @@ impl KernelPrograms {
             pid,
             reason,
         };
-        let scope = process_scope(pid).ok_or_else(|| attach_error(names::ENTRY_PROGRAM, "pid 0".into()))?;
+        let scope = process_scope(pid);
         // The entry program also saves out-pointers that the exit reads back.
         let needs_entry = def.entry || def.out_pointer_arg.is_some();
         // Exit first: a call entered between the two attaches then has neither event, rather
@@ -294,7 +303,7 @@ impl KernelPrograms {
             pid,
             reason,
         };
-        let scope = process_scope(pid).ok_or_else(|| attach_error(names::EMPTY_ENTRY_PROGRAM, "pid 0".into()))?;
+        let scope = process_scope(pid);
         for program in [names::EMPTY_ENTRY_PROGRAM, names::EMPTY_EXIT_PROGRAM] {
             let uprobe = Self::uprobe(&mut self.ebpf, program)?;
             uprobe.load().map_err(|e| load_error(program, e))?;

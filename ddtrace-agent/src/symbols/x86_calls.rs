@@ -100,7 +100,9 @@ pub fn forwarded_call(code: &[u8], address: u64) -> Option<ForwardedCall> {
                 if destination == 4 {
                     return None; // the stack pointer: not a prologue we know
                 }
-                registers[destination as usize] = registers[source as usize];
+                // A 32-bit move (no REX.W) zero-extends: not the 64-bit value passed through.
+                registers[destination as usize] =
+                    if rex & 0x08 != 0 { registers[source as usize] } else { Source::Other };
                 at += prefix + 2;
             }
             // mov $imm32,%r32
@@ -207,6 +209,9 @@ mod tests {
         assert_eq!(forwarded_call(&[0x48, 0x8b, 0x07, 0xe8, 0, 0, 0, 0], 0), None);
         assert_eq!(forwarded_call(&[0x48, 0x89, 0xfc, 0xe8, 0, 0, 0, 0], 0), None);
         assert_eq!(forwarded_call(&PREPARE_V2[..10], 0xbdcb0), None);
+        // mov %ecx,%r9d zero-extends: r9 does not hold the 64-bit rcx.
+        let narrow = forwarded_call(&[0x41, 0x89, 0xc9, 0xe8, 0, 0, 0, 0], 0).unwrap();
+        assert_eq!(narrow.registers[9], Source::Other);
     }
 
     #[test]

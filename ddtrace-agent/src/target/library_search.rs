@@ -72,14 +72,25 @@ pub fn loadable_libraries(
     candidates
         .into_iter()
         .filter_map(|path| {
-            let metadata = fs::metadata(process.host_path(&path)).ok()?;
-            if !metadata.is_file() {
-                return None;
+            let host_path = process.host_path(&path);
+            let metadata = fs::metadata(&host_path).ok()?;
+            if !metadata.is_file() || !is_x86_64_elf(&host_path) {
+                return None; // /lib and /usr/lib hold 32-bit libraries on some distributions
             }
             let dev = format!("{:02x}:{:02x}", libc::major(metadata.dev()), libc::minor(metadata.dev()));
             seen.insert((dev.clone(), metadata.ino())).then(|| LibraryFile { path, dev, inode: metadata.ino() })
         })
         .collect()
+}
+
+/// Whether the file is a 64-bit x86 ELF object (`e_machine` 62), what this agent probes.
+fn is_x86_64_elf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    fs::File::open(path).and_then(|mut file| file.read_exact(&mut header)).is_ok()
+        && header.starts_with(b"\x7fELF")
+        && header[4] == 2
+        && u16::from_le_bytes([header[18], header[19]]) == 62
 }
 
 /// The files of `directory` (as the process sees it) whose names `wanted` accepts.
@@ -147,7 +158,7 @@ fn string_at(table: &[u8], offset: u32) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// A new-format cache with one 64-bit and one 32-bit entry.
+    /// A new-format cache with `entries` (flags, soname, path).
     fn cache_with(entries: &[(i32, &str, &str)]) -> Vec<u8> {
         let mut strings = Vec::new();
         let strings_at = CACHE_HEADER_LEN + entries.len() * CACHE_ENTRY_LEN;

@@ -38,8 +38,9 @@ pub fn ancestors(pid: u32) -> Vec<u32> {
 }
 
 /// Why `pid` must not be traced by the agent running as `agent_pid`, if it must not: the
-/// agent itself (its own events would feed its own work), a process the agent started, a
-/// process between the traced root and the agent (`sudo` running it), or a kernel thread.
+/// agent itself (its own events would feed its own work), a process the agent started, or a
+/// kernel thread. (What runs the agent, such as `sudo`, is left out by the caller, which knows
+/// the agent's ancestors.)
 pub fn never_traced(pid: u32, agent_pid: u32) -> Option<&'static str> {
     if pid == agent_pid {
         return Some("it is ddtrace-agent itself");
