@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
-//! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`).
+//! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`;
+//! `--vs-ddtrace`: see `bench_vs_ddtrace`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -60,6 +61,8 @@ pub struct BenchArgs {
     pub http: crate::bench_http::HttpArgs,
     #[command(flatten)]
     pub calls_bench: crate::bench_calls::LibraryCallArgs,
+    #[command(flatten)]
+    pub vs_ddtrace: crate::bench_vs_ddtrace::VsDdtraceArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -82,6 +85,12 @@ const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let calls = args.calls_bench.tls || args.calls_bench.sqlite;
+    if args.vs_ddtrace.vs_ddtrace {
+        if calls || args.profiler.profiler || args.http.http {
+            bail!("--vs-ddtrace is a benchmark of its own: run it alone");
+        }
+        return crate::bench_vs_ddtrace::run(args);
+    }
     match (args.profiler.profiler, args.http.http, calls) {
         _ if args.calls_bench.tls && args.calls_bench.sqlite => {
             bail!("--tls and --sqlite are separate benchmarks: run one at a time")

@@ -272,7 +272,7 @@ fn start_agent(agent: &Path, pid: u32, workload: &Workload, setup: &Setup, timeo
 }
 
 /// A self-signed certificate for the loop's server side, made once with the `openssl` command.
-fn certificate(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn certificate(out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = out_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert.exists() && key.exists() {

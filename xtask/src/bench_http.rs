@@ -57,9 +57,8 @@ const SERVER: &str = "tests/apps/bench/http_server.py";
 const DEFAULT_CYCLES: usize = 3;
 const DEFAULT_RATE: u32 = 500;
 const WARMUP: Duration = Duration::from_secs(1);
-/// The agent's stderr line once it has instrumented the target: the SQLite integration is the
-/// last one looked at, and a server that does not load libsqlite3 makes it wait.
-const AGENT_READY: &str = "sqlite: waiting for libsqlite3";
+/// The agent's stderr line once it has instrumented the target and its children.
+const AGENT_READY: &str = "ddtrace-agent: attached: tracing";
 /// A request not answered within this is counted as an error (and its connection reopened).
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -87,32 +86,32 @@ impl Config {
 
 /// One measured phase.
 #[derive(Debug, Clone)]
-struct Run {
+pub(crate) struct Run {
     /// Latencies of the requests due in the measured window, in µs, sorted.
     latencies_us: Vec<f64>,
     /// Requests due in the measured window, and those among them that failed.
-    scheduled: u64,
-    errors: u64,
+    pub(crate) scheduled: u64,
+    pub(crate) errors: u64,
     /// The server's CPU time over the measured window.
-    server_cpu: Option<Duration>,
+    pub(crate) server_cpu: Option<Duration>,
     /// The agent's CPU time over the measured window, and over its whole life.
-    agent_cpu: Option<Duration>,
+    pub(crate) agent_cpu: Option<Duration>,
     agent_cpu_total: Option<Duration>,
     /// Spans the agent reported sending at exit (warm-up requests included).
     spans: Option<u64>,
 }
 
 impl Run {
-    fn completed(&self) -> u64 {
+    pub(crate) fn completed(&self) -> u64 {
         self.latencies_us.len() as u64
     }
 
-    fn percentile(&self, p: f64) -> f64 {
+    pub(crate) fn percentile(&self, p: f64) -> f64 {
         percentile(&self.latencies_us, p)
     }
 
     /// CPU milliseconds per 1,000 completed requests.
-    fn per_kilo(&self, cpu: Option<Duration>) -> f64 {
+    pub(crate) fn per_kilo(&self, cpu: Option<Duration>) -> f64 {
         match cpu {
             Some(cpu) if self.completed() > 0 => cpu.as_secs_f64() * 1e6 / self.completed() as f64,
             _ => f64::NAN,
@@ -146,6 +145,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let background_busy = background_load()?;
     let load = Load {
         port: server.port,
+        path: "/bench",
         rate,
         connections: options.connections,
         duration: Duration::from_secs(options.duration),
@@ -270,12 +270,14 @@ impl Drop for Server {
 }
 
 /// The load generator's settings.
-struct Load {
-    port: u16,
-    rate: u32,
-    connections: usize,
-    duration: Duration,
-    new_connections: bool,
+pub(crate) struct Load {
+    pub(crate) port: u16,
+    /// The request's path.
+    pub(crate) path: &'static str,
+    pub(crate) rate: u32,
+    pub(crate) connections: usize,
+    pub(crate) duration: Duration,
+    pub(crate) new_connections: bool,
 }
 
 /// What one client thread measured.
@@ -288,7 +290,7 @@ struct ClientResult {
 
 impl Load {
     /// One phase: warm-up then the measured window, with CPU times of the server (and agent) over it.
-    fn run(&self, server: u32, agent: Option<u32>) -> Result<Run> {
+    pub(crate) fn run(&self, server: u32, agent: Option<u32>) -> Result<Run> {
         let start = Instant::now() + Duration::from_millis(50);
         let measure_from = start + WARMUP;
         let end = measure_from + self.duration;
@@ -297,8 +299,8 @@ impl Load {
         let clients: Vec<_> = (0..self.connections)
             .map(|index| {
                 let first = start + Duration::from_secs_f64(index as f64 / f64::from(self.rate));
-                let (port, close) = (self.port, self.new_connections);
-                thread::spawn(move || client(port, close, first, interval, measure_from, end))
+                let (port, path, close) = (self.port, self.path, self.new_connections);
+                thread::spawn(move || client(port, path, close, first, interval, measure_from, end))
             })
             .collect();
         thread::sleep(measure_from.saturating_duration_since(Instant::now()));
@@ -331,6 +333,7 @@ impl Load {
 /// `measure_from` to `end` are measured.
 fn client(
     port: u16,
+    path: &str,
     close: bool,
     first: Instant,
     interval: Duration,
@@ -338,7 +341,7 @@ fn client(
     end: Instant,
 ) -> ClientResult {
     let request = format!(
-        "GET /bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: xtask-bench\r\nConnection: {}\r\n\r\n",
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: xtask-bench\r\nConnection: {}\r\n\r\n",
         if close { "close" } else { "keep-alive" }
     );
     let mut result = ClientResult::default();

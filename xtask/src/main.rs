@@ -6,13 +6,15 @@
 //! - `demo`: trace a bundled SQLite app and print its spans; needs root, no Datadog account.
 //! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy;
 //!   `--http`: the latency added to a Python HTTP server; `--tls`: the OpenSSL probes' cost to a
-//!   process traced or not; `--sqlite`: the SQLite prepare probe's cost by placement).
+//!   process traced or not; `--sqlite`: the SQLite prepare probe's cost by placement;
+//!   `--vs-ddtrace`: a Flask app alone, under ddtrace-run and with this agent).
 //! - `bootstrap`: only the toolchain setup that `build-ebpf` starts with.
 
 mod bench;
 mod bench_calls;
 mod bench_http;
 mod bench_profiler;
+mod bench_vs_ddtrace;
 mod bootstrap;
 mod build_ebpf;
 mod demo;

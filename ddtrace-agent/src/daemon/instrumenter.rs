@@ -12,7 +12,9 @@ use crate::{
         ProcessChangeKind,
     },
     symbols::{ElfSymbols, SymbolError},
-    target::{is_process, loadable_libraries, read_environ, LibraryFile, MappedObject, Process, TargetError},
+    target::{
+        is_process, is_thread_of, loadable_libraries, read_environ, LibraryFile, MappedObject, Process, TargetError,
+    },
 };
 
 /// The dynamic linker calls this (empty) function after every change to the list of loaded
@@ -336,29 +338,26 @@ impl Instrumenter {
         contexts: &mut ContextTree,
     ) -> (Option<ProcessOutcome>, Vec<AttachOutcome>) {
         match change.kind {
-            ProcessChangeKind::Forked { child } => match is_process(child) {
-                // The kernel tracked the new task before it ran; a thread shares its process's
-                // bit already, so its own id must not stay marked.
-                Some(false) | None => {
+            // The kernel tracked the new task before it ran; a thread shares its process's bit
+            // already, so its own id must not stay marked. (A thread of the forking process is
+            // told by one path lookup, before its status is read.)
+            ProcessChangeKind::Forked { child } => {
+                let new_process = !is_thread_of(change.tgid, child) && is_process(child) == Some(true);
+                let opened = if new_process { Process::open(child).ok() } else { None };
+                let Some(process) = opened else {
                     if !self.processes.contains_key(&child) {
                         self.programs.untrack_process(child);
                     }
-                    (None, Vec::new())
+                    return (None, Vec::new());
+                };
+                match self.instrument(process) {
+                    Ok(outcomes) => (
+                        Some(ProcessOutcome::Forked { parent: change.tgid, child }),
+                        outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })).collect(),
+                    ),
+                    Err(_) => (None, Vec::new()),
                 }
-                Some(true) => match Process::open(child) {
-                    Ok(process) => match self.instrument(process) {
-                        Ok(outcomes) => (
-                            Some(ProcessOutcome::Forked { parent: change.tgid, child }),
-                            outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })).collect(),
-                        ),
-                        Err(_) => (None, Vec::new()),
-                    },
-                    Err(_) => {
-                        self.programs.untrack_process(child);
-                        (None, Vec::new())
-                    }
-                },
-            },
+            }
             ProcessChangeKind::Exec => {
                 let Some(process) = self.processes.get(&change.tgid).cloned() else { return (None, Vec::new()) };
                 // A new program: nothing the integrations knew of the old image holds.

@@ -20,4 +20,4 @@ pub use library_search::{loadable_libraries, LibraryFile};
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
 pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};
-pub use tree::{ancestors, descendants, is_kernel_thread, is_process, never_traced};
+pub use tree::{ancestors, descendants, is_kernel_thread, is_process, is_thread_of, never_traced};

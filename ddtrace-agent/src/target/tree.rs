@@ -74,6 +74,12 @@ pub fn descendants(root: u32) -> Vec<u32> {
     found
 }
 
+/// Whether task `task` is a thread of process `tgid`: one path lookup, where reading the task's
+/// status costs the kernel a page of text (a threaded server starts a thread per request).
+pub fn is_thread_of(tgid: u32, task: u32) -> bool {
+    task != tgid && std::path::Path::new(&format!("/proc/{tgid}/task/{task}")).exists()
+}
+
 /// Whether task `pid` leads its own thread group (a process), rather than being a thread of
 /// another. `None` when it is already gone.
 pub fn is_process(pid: u32) -> Option<bool> {
@@ -121,6 +127,8 @@ mod tests {
         });
         let live_thread = rx.recv().unwrap();
         assert_eq!(is_process(live_thread), Some(false));
+        assert!(is_thread_of(me, live_thread));
+        assert!(!is_thread_of(me, me) && !is_thread_of(me, child.id()));
         done_tx.send(()).unwrap();
         handle.join().unwrap();
         child.kill().unwrap();
