@@ -306,12 +306,38 @@ fn emit_process_event(kind: u32, pid_tgid: u64, child_pid: u32) {
     count(counter::EVENTS);
 }
 
+/// `clone`'s flag for a new thread of the caller's process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// Threads of tracked processes inside a `clone` or `clone3` that creates a thread (keyed by
+/// pid_tgid): the fork tracepoint, which fires inside that call and does not say whether the new
+/// task is a thread, reads it here. A threaded server starts a thread per request; each used to
+/// cost an event and a look at `/proc` in the daemon for nothing.
+#[map(name = "THREAD_CLONES")]
+static THREAD_CLONES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+/// Called at `clone`/`clone3` entry in a tracked process with the call's flags.
+#[inline(always)]
+fn note_clone(pid_tgid: u64, flags: u64) {
+    if flags & CLONE_THREAD != 0 {
+        let _ = THREAD_CLONES.insert(&pid_tgid, &1, 0);
+    } else {
+        let _ = THREAD_CLONES.remove(&pid_tgid);
+    }
+}
+
 /// A tracked process forked: track the child before it runs its first instruction (this
-/// tracepoint fires in the parent before the child is woken), then tell the daemon.
+/// tracepoint fires in the parent before the child is woken), then tell the daemon. A new
+/// thread needs neither: it shares its process's bit.
 #[tracepoint]
 pub fn ddtrace_process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !is_tracked((pid_tgid >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: the value is only tested for presence.
+    if unsafe { THREAD_CLONES.get(&pid_tgid) }.is_some() {
+        let _ = THREAD_CLONES.remove(&pid_tgid);
         return 0;
     }
     // SAFETY: volatile read of a load-time constant the daemon may override.

@@ -6,7 +6,7 @@
 
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user as read_user_raw},
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
     programs::TracePointContext,
@@ -33,6 +33,8 @@ mod nr {
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
     pub const ACCEPT4: u64 = 288;
+    pub const CLONE: u64 = 56;
+    pub const CLONE3: u64 = 435;
 }
 
 const EINPROGRESS: i64 = 115;
@@ -111,6 +113,18 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
             if SOCKETS.remove(&SocketKey { tgid, fd }).is_ok() {
                 emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
             }
+            false
+        }
+        // Whether the task this call makes is a thread, for the fork tracepoint.
+        nr::CLONE => {
+            super::note_clone(pid_tgid, arg(&ctx, 0));
+            false
+        }
+        nr::CLONE3 => {
+            // clone3(struct clone_args *args, size_t size): `flags` is the struct's first field.
+            // SAFETY: bounded 8-byte read of user memory through the helper.
+            let flags = unsafe { bpf_probe_read_user(arg(&ctx, 0) as *const u64) }.unwrap_or(0);
+            super::note_clone(pid_tgid, flags);
             false
         }
         _ => false,

@@ -3,7 +3,7 @@
 Commands (one per line): `import` (imports sqlite3 lazily: libsqlite3 arrives by dlopen),
 `work N` (N rounds of create/insert/select), `fail` (a constraint violation and a syntax
 error), `with_length` (a statement prepared through the C API with a byte count), `burst THREADS N` (imports sqlite3 and at once, on THREADS threads with a connection each,
-runs a CREATE, N INSERTs and a SELECT in autocommit mode), `txn` (an INSERT in Python's default
+runs a CREATE, N INSERTs and a SELECT in autocommit mode), `threads N` (starts and joins N threads that do nothing), `txn` (an INSERT in Python's default
 transaction mode, whose implicit `BEGIN ` the driver issues, then `commit()`), `exec` (replaces this process with a fresh copy of itself, same pid and stdin), `fetch URL` (an HTTP GET
 with urllib; any status), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
 """
@@ -81,6 +81,13 @@ for line in sys.stdin:
         work(int(command[1]))
     elif command[0] == "burst":
         burst(int(command[1]), int(command[2]))
+    elif command[0] == "threads":
+        import threading
+
+        for _ in range(int(command[1])):
+            thread = threading.Thread(target=lambda: None)
+            thread.start()
+            thread.join()
     elif command[0] == "txn":
         txn()
     elif command[0] == "fail":

@@ -81,6 +81,30 @@ fn traces_of_recycled_workers_arrive_within_two_seconds() {
     agent.assert_checks_passed();
 }
 
+/// A threaded server starts a thread per request: the kernel tells a new thread from a new
+/// process at its `clone`, so threads cost no event and no look at `/proc`, while a fork still
+/// gives its child its own tracing.
+#[test]
+fn new_threads_are_not_reported_as_processes() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut worker = SqliteWorker::spawn();
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &["--profiling-enabled", "false"]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    worker.run("threads 300");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    let events: u64 = stderr
+        .split("kernel: events=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no event count in:\n{stderr}"));
+    assert!(events < 30, "300 threads gave {events} kernel events (one per thread before):\n{stderr}");
+}
+
 #[test]
 fn gunicorn_workers_forked_before_and_after_attach_are_all_traced() {
     let _serial = ddtrace_tests::serial();
