@@ -17,8 +17,10 @@ use object::{CompressionFormat, Object, ObjectSection};
 type Reader = EndianArcSlice<RunTimeEndian>;
 
 /// DWARF sections beyond this total are not kept: positions are worth less than the agent's
-/// memory (a debug build of a large program carries gigabytes).
-const MAX_DEBUG_BYTES: u64 = 512 << 20;
+/// memory. pyenv's libpython (13 MB of these sections) cost ~38 MB resident once addr2line had
+/// parsed what a loaded Flask app's samples needed; a debug build of a large program carries
+/// gigabytes.
+const MAX_DEBUG_BYTES: u64 = 8 << 20;
 
 /// The sections addr2line reads for lines and (inlined) function names; location lists, macros
 /// and type units are left out.
