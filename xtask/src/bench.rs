@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
 //! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`;
-//! `--vs-ddtrace`: see `bench_vs_ddtrace`).
+//! `--vs-ddtrace`: see `bench_vs_ddtrace`; `--soak`: see `bench_soak`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -63,6 +63,8 @@ pub struct BenchArgs {
     pub calls_bench: crate::bench_calls::LibraryCallArgs,
     #[command(flatten)]
     pub vs_ddtrace: crate::bench_vs_ddtrace::VsDdtraceArgs,
+    #[command(flatten)]
+    pub soak: crate::bench_soak::SoakArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -85,11 +87,11 @@ const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let calls = args.calls_bench.tls || args.calls_bench.sqlite;
-    if args.vs_ddtrace.vs_ddtrace {
-        if calls || args.profiler.profiler || args.http.http {
-            bail!("--vs-ddtrace is a benchmark of its own: run it alone");
+    if args.vs_ddtrace.vs_ddtrace || args.soak.soak {
+        if calls || args.profiler.profiler || args.http.http || (args.vs_ddtrace.vs_ddtrace && args.soak.soak) {
+            bail!("--vs-ddtrace and --soak are benchmarks of their own: run one alone");
         }
-        return crate::bench_vs_ddtrace::run(args);
+        return if args.soak.soak { crate::bench_soak::run(args) } else { crate::bench_vs_ddtrace::run(args) };
     }
     match (args.profiler.profiler, args.http.http, calls) {
         _ if args.calls_bench.tls && args.calls_bench.sqlite => {
@@ -315,7 +317,7 @@ pub(crate) fn proc_cpu_time(pid: u32) -> Option<Duration> {
 }
 
 /// Compiles the C target into `out_dir/call_loop`.
-fn compile_target(out_dir: &Path) -> Result<PathBuf> {
+pub(crate) fn compile_target(out_dir: &Path) -> Result<PathBuf> {
     let source = workspace::root().join("tests/apps/bench/call_loop.c");
     let binary = out_dir.join("call_loop");
     let compiler = find_in_path("cc").context("no C compiler: `cc` is not on PATH (install gcc)")?;

@@ -7,13 +7,15 @@
 //! - `bench`: overhead benchmarks (uprobe cost; `--profiler`: the profiler's against py-spy;
 //!   `--http`: the latency added to a Python HTTP server; `--tls`: the OpenSSL probes' cost to a
 //!   process traced or not; `--sqlite`: the SQLite prepare probe's cost by placement;
-//!   `--vs-ddtrace`: a Flask app alone, under ddtrace-run and with this agent).
+//!   `--vs-ddtrace`: a Flask app alone, under ddtrace-run and with this agent; `--soak`: a
+//!   sustained event rate, an overload and the recovery).
 //! - `bootstrap`: only the toolchain setup that `build-ebpf` starts with.
 
 mod bench;
 mod bench_calls;
 mod bench_http;
 mod bench_profiler;
+mod bench_soak;
 mod bench_vs_ddtrace;
 mod bootstrap;
 mod build_ebpf;
