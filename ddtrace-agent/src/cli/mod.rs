@@ -75,7 +75,7 @@ pub struct Cli {
     /// return); `process`, links per traced process (other processes never trap; each new process
     /// misses its first ~25-100 ms and each exit costs the kernel ~100 ms per link).
     #[arg(long, value_enum, default_value = "global")]
-    pub probe_scope: crate::daemon::ProbeScope,
+    pub probe_scope: crate::probes::ProbeScope,
 
     /// Where the SQLite probes go: `auto`, the one function the prepare forms call when the
     /// library's code shows it (their own first instruction would be single-stepped), else the

@@ -5,7 +5,7 @@ mod instrumenter;
 
 use std::{collections::HashMap, time::Duration};
 
-pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter, ProbeScope, ProcessOutcome};
+pub use instrumenter::{AttachOutcome, InstrumentError, Instrumenter, ProcessOutcome};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{

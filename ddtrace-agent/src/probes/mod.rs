@@ -7,6 +7,7 @@ mod detacher;
 mod event;
 mod loader;
 mod reader;
+mod scope;
 mod socket_layout;
 mod spec;
 mod tracefs;
@@ -19,4 +20,5 @@ pub use event::{
 };
 pub use loader::{KernelPrograms, ProbeError, ProbeId, ProbeLinks};
 pub use reader::EventReader;
+pub use scope::ProbeScope;
 pub use spec::{Capture, ProbeDef, ProbeKind};
