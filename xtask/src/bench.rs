@@ -306,6 +306,13 @@ pub(crate) fn python_executable() -> Result<PathBuf> {
 }
 
 /// utime + stime of a live process, from `/proc/<pid>/stat`.
+/// Resident memory of process `pid` in MB (`VmRSS`).
+pub(crate) fn rss_mb(pid: u32) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 pub(crate) fn proc_cpu_time(pid: u32) -> Option<Duration> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command's closing parenthesis: state is field 3, utime 14 and stime 15.
@@ -415,15 +422,15 @@ pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Optio
 }
 
 /// The running C target and its line protocol (see the C file's header).
-struct Target {
+pub(crate) struct Target {
     child: Child,
     stdin: ChildStdin,
     stdout: Lines,
-    pid: u32,
+    pub(crate) pid: u32,
 }
 
 impl Target {
-    fn start(binary: &Path) -> Result<Self> {
+    pub(crate) fn start(binary: &Path) -> Result<Self> {
         let mut child = Command::new(binary)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -465,7 +472,15 @@ impl Target {
         (0..rounds).map(|_| self.run_calls(calls)).collect()
     }
 
-    fn exit(mut self) -> Result<()> {
+    /// `pace R S` (`cargo xtask bench --soak`): R calls per second for S seconds; its reply line.
+    pub(crate) fn pace(&mut self, rate: u64, seconds: u64) -> Result<String> {
+        writeln!(self.stdin, "pace {rate} {seconds}")
+            .and_then(|()| self.stdin.flush())
+            .with_context(|| format!("could not write to the target (pid {})", self.pid))?;
+        self.reply(Duration::from_secs(seconds + 60))
+    }
+
+    pub(crate) fn exit(mut self) -> Result<()> {
         // A write error means it is already gone, which the wait below reports.
         let _ = writeln!(self.stdin, "exit").and_then(|()| self.stdin.flush());
         match wait_timeout(&mut self.child, Duration::from_secs(10))? {

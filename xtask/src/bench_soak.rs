@@ -15,9 +15,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    io::Write,
-    path::Path,
-    process::{Child, ChildStdin, Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -31,8 +29,8 @@ use clap::Args;
 
 use crate::{
     bench::{
-        compile_target, kill_unreaped, number, publish, reply, root_and_agent, steal_and_noise_notes, steal_time,
-        BenchArgs, Lines, Stream, Watched,
+        compile_target, number, publish, root_and_agent, rss_mb, steal_and_noise_notes, steal_time, BenchArgs, Stream,
+        Target, Watched,
     },
     process::step,
     workspace,
@@ -78,7 +76,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let out_dir = workspace::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
     let binary = compile_target(&out_dir)?;
-    let mut target = PacedLoop::start(&binary)?;
+    let mut target = Target::start(&binary)?;
     let mut cmd = Command::new(&agent);
     cmd.args(["--pid", &target.pid.to_string(), "--trace-function"])
         .arg(format!("{}:bench_work", binary.display()))
@@ -209,12 +207,6 @@ fn latest_counters(watched: &mut Watched) -> Option<(u64, u64)> {
     Some((field("events")?, field("dropped_ring_full")?))
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// The agent's peak resident memory, sampled every 200 ms on a thread of its own.
 struct PeakRss {
     stop: Arc<AtomicBool>,
@@ -242,55 +234,5 @@ impl PeakRss {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         self.peak_kb.load(Ordering::Relaxed) as f64 / 1024.0
-    }
-}
-
-/// The C loop, driven over stdin with `pace`.
-struct PacedLoop {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: Lines,
-    pid: u32,
-}
-
-impl PacedLoop {
-    fn start(binary: &Path) -> Result<Self> {
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("could not start {}", binary.display()))?;
-        let stdin = child.stdin.take().context("the loop's stdin was not piped")?;
-        let stdout = Lines::new(child.stdout.take().context("the loop's stdout was not piped")?);
-        let pid = child.id();
-        let mut target = Self { child, stdin, stdout, pid };
-        let ready = reply(&target.stdout, &mut target.child, "the loop", Duration::from_secs(10))?;
-        if !ready.starts_with("ready") {
-            bail!("the loop printed {ready:?} instead of `ready pid=...`");
-        }
-        Ok(target)
-    }
-
-    fn pace(&mut self, rate: u64, seconds: u64) -> Result<String> {
-        writeln!(self.stdin, "pace {rate} {seconds}").and_then(|()| self.stdin.flush()).context("the loop's stdin")?;
-        reply(&self.stdout, &mut self.child, "the loop", Duration::from_secs(seconds + 60))
-    }
-
-    fn exit(mut self) -> Result<()> {
-        let _ = writeln!(self.stdin, "exit").and_then(|()| self.stdin.flush());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return if status.success() { Ok(()) } else { bail!("the loop exited with {status}") };
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        bail!("the loop did not exit when told to")
-    }
-}
-
-impl Drop for PacedLoop {
-    fn drop(&mut self) {
-        kill_unreaped(&mut self.child);
     }
 }

@@ -28,7 +28,7 @@ use clap::Args;
 
 use crate::{
     bench::{
-        background_load, kill_unreaped, median, number, publish, python_executable, reply, root_and_agent,
+        background_load, kill_unreaped, median, number, publish, python_executable, reply, root_and_agent, rss_mb,
         steal_and_noise_notes, steal_time, BenchArgs, Lines, Stream, Watched,
     },
     bench_calls::certificate,
@@ -271,13 +271,6 @@ fn wait_listening(port: u16, who: &str) -> Result<()> {
         thread::sleep(Duration::from_millis(100));
     }
     Ok(())
-}
-
-/// Resident memory of `pid` in MB (`VmRSS`).
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn report(

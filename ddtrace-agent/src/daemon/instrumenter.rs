@@ -13,7 +13,8 @@ use crate::{
     },
     symbols::{ElfSymbols, SymbolError},
     target::{
-        is_process, is_thread_of, loadable_libraries, read_environ, LibraryFile, MappedObject, Process, TargetError,
+        file_identity, is_process, is_thread_of, loadable_libraries, read_environ, LibraryFile, MappedObject, Process,
+        TargetError,
     },
 };
 
@@ -62,7 +63,7 @@ pub enum AttachOutcome {
 impl AttachOutcome {
     /// The attach failed because the process no longer exists (ESRCH).
     fn process_gone(&self) -> bool {
-        matches!(self, Self::Failed { reason, .. } if reason.contains("(os error 3)"))
+        matches!(self, Self::Failed { reason, .. } if process_gone(reason))
     }
 }
 
@@ -270,7 +271,7 @@ impl Instrumenter {
     fn attach_process(&mut self, process: &Process) -> Result<Vec<AttachOutcome>, TargetError> {
         let objects = process.mapped_objects()?;
         if let Err(reason) = self.watch_linker(process, &objects) {
-            if reason.contains("(os error 3)") {
+            if process_gone(&reason) {
                 return Err(TargetError::Exited { pid: process.pid });
             }
             tracing::warn!(pid = process.pid, %reason, "libraries loaded later (dlopen) will not be instrumented");
@@ -556,9 +557,9 @@ impl Instrumenter {
         let mut outcomes = Vec::new();
         let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid)).ok();
         for object in objects {
+            let (dev, inode) = self.file_identity(process, object);
             for index in 0..self.integrations.len() {
-                let (dev, inode) = self.file_identity(process, object);
-                let key = (dev, inode, index);
+                let key = (dev.clone(), inode, index);
                 let first_time = !self.examined.contains(&key);
                 if first_time {
                     self.examined.insert(key.clone());
@@ -741,11 +742,9 @@ impl Instrumenter {
     }
 }
 
-/// A file's (device, inode) as `stat` gives them, the device printed as maps prints it.
-fn file_identity(path: &Path) -> Option<(String, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let metadata = std::fs::metadata(path).ok()?;
-    Some((format!("{:02x}:{:02x}", libc::major(metadata.dev()), libc::minor(metadata.dev())), metadata.ino()))
+/// Whether an attach failed because the process no longer exists (ESRCH).
+fn process_gone(reason: &str) -> bool {
+    reason.contains("(os error 3)")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -65,9 +65,6 @@ static PROBES: [ProbeDef; 7] = [
         .out_pointer(5),
 ];
 
-/// The argument registers of the x86-64 calling convention, in order.
-const ARGUMENT_REGISTERS: [u8; 6] = [7, 6, 2, 1, 8, 9];
-
 /// Statements SQLite finalizes internally (schema loading) never pass through
 /// `sqlite3_finalize`; their entries are replaced when the address is reused, and the whole
 /// table is dropped if it still grows past this bound.
@@ -256,7 +253,7 @@ impl SqliteIntegration {
 /// passes it `db`, `zSql` and `nByte` untouched and its own `ppStmt` as the 6th argument, and
 /// its first instruction is one the kernel emulates.
 fn shared_prepare(library: &ElfSymbols) -> Option<ProbeLocation> {
-    use crate::symbols::x86_calls::Source;
+    use crate::symbols::x86_calls::{Source, ARGUMENT_REGISTERS};
     let mut shared = None;
     for (wrapper, pp_stmt_argument) in [("sqlite3_prepare_v2", 3), ("sqlite3_prepare_v3", 4), ("sqlite3_prepare", 3)] {
         let (location, call) = library.forwarded_call(wrapper)?;

@@ -1,79 +1,62 @@
 //! Detaching uprobes away from the event loop.
 //!
 //! Closing a uprobe's perf event waits for the kernel to unregister it, which waits for RCU
-//! grace periods: measured here, ~100 ms per link, one after the other. A process traced with
+//! grace periods: measured here, ~100 ms per link, and the kernel runs these one after another
+//! whichever thread asks (closes from 16 threads finished ~100 ms apart). A process traced with
 //! 15 links took 1.5 s to forget, and the event loop that did it held every other process's
 //! events (and their traces) for that long: with recycled workers, traces reached the agent
-//! seconds late. Links are dropped on a pool of threads instead; concurrent detaches share
-//! grace periods, so a burst of exits costs about one of them, and nobody waits for it.
+//! seconds late. So links are dropped on one thread of their own, in the order they come.
 
 use std::{
-    sync::{mpsc, Arc, Mutex},
+    sync::mpsc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use super::ProbeLinks;
 
-/// Enough to detach a burst of exiting processes' links in about one grace period.
-const THREADS: usize = 16;
-
 pub struct Detacher {
     sender: Option<mpsc::Sender<ProbeLinks>>,
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Default for Detacher {
     fn default() -> Self {
         let (sender, receiver) = mpsc::channel::<ProbeLinks>();
-        let receiver = Arc::new(Mutex::new(receiver));
-        let threads = (0..THREADS)
-            .filter_map(|index| {
-                let receiver = receiver.clone();
-                std::thread::Builder::new()
-                    .name(format!("detach-{index}"))
-                    .stack_size(64 * 1024)
-                    .spawn(move || loop {
-                        // The lock is held only to take one item, not while it is dropped.
-                        let next = receiver.lock().map(|r| r.recv());
-                        match next {
-                            Ok(Ok(links)) => drop(links),
-                            _ => return, // the sender is gone: the daemon stops
-                        }
-                    })
-                    .ok()
-            })
-            .collect();
-        Self { sender: Some(sender), threads }
+        let thread = std::thread::Builder::new()
+            .name("detach".into())
+            .stack_size(64 * 1024)
+            // Ends when the sender is gone (the daemon stops) and everything sent is dropped.
+            .spawn(move || receiver.into_iter().for_each(drop))
+            .ok();
+        Self { sender: Some(sender), thread }
     }
 }
 
 impl Detacher {
-    /// Detaches `links` soon, on another thread (at once, here, if none could be started).
+    /// Detaches `links` soon, on the detach thread (at once, here, if it could not be started).
     pub fn detach(&self, links: ProbeLinks) {
-        for link in links.split() {
-            match &self.sender {
-                Some(sender) if !self.threads.is_empty() => {
-                    if let Err(mpsc::SendError(link)) = sender.send(link) {
-                        drop(link);
-                    }
+        match (&self.sender, &self.thread) {
+            (Some(sender), Some(_)) => {
+                if let Err(mpsc::SendError(links)) = sender.send(links) {
+                    drop(links);
                 }
-                _ => drop(link),
             }
+            _ => drop(links),
         }
     }
 
-    /// Waits, at most `timeout`, for everything handed over to be detached.
+    /// Waits, at most `timeout`, for everything handed over to be detached; what is left is
+    /// detached by the kernel when the daemon exits.
     pub fn finish(&mut self, timeout: Duration) {
         drop(self.sender.take());
+        let Some(thread) = self.thread.take() else { return };
         let deadline = Instant::now() + timeout;
-        for thread in self.threads.drain(..) {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
         }
     }
 }

@@ -26,13 +26,6 @@ pub type ProbeId = u32;
 /// detaches the probe from that process only.
 pub struct ProbeLinks(Vec<UProbeLink>);
 
-impl ProbeLinks {
-    /// One value per link, so each can be detached on its own (see `Detacher`).
-    pub fn split(self) -> Vec<ProbeLinks> {
-        self.0.into_iter().map(|link| ProbeLinks(vec![link])).collect()
-    }
-}
-
 /// A uprobe scope covering every thread of process `pid` and nothing else; pid 0: every
 /// process mapping the file (the in-kernel bitmap of tracked processes is then the only gate).
 fn process_scope(pid: u32) -> UProbeScope {

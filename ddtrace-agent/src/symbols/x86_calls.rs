@@ -12,41 +12,19 @@
 /// registers, so a probe placed after it still sees the call's arguments and return address.
 pub const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
 
-/// rbx, rbp, r12-r15 by register number: what a prologue may write without touching the
-/// arguments it passes on.
-const CALLEE_SAVED: [u8; 6] = [3, 5, 12, 13, 14, 15];
+/// The argument registers of the x86-64 calling convention, in order, by register number
+/// (rdi, rsi, rdx, rcx, r8, r9).
+pub const ARGUMENT_REGISTERS: [u8; 6] = [7, 6, 2, 1, 8, 9];
 
-/// The target of the call a wrapper makes first, when `code` (at `address`) is a prologue the
-/// decoder knows, instruction by instruction, followed by `call rel32`: `endbr64`,
-/// `sub $imm,%rsp`, `push %reg`, a register-to-register `mov` into a callee-saved register. So
-/// the callee gets the wrapper's own arguments. Anything else: `None`, as the wrapper may do
-/// work of its own before the call.
+/// The target of the call a wrapper makes first, when its prologue (see [`forwarded_call`])
+/// leaves every argument register as the wrapper got it: the callee gets the wrapper's own
+/// arguments. Anything else: `None`, as the wrapper may do work of its own before the call.
 pub fn first_call_target(code: &[u8], address: u64) -> Option<u64> {
-    let mut at = 0;
-    if code.starts_with(&ENDBR64) {
-        at += ENDBR64.len();
-    }
-    for _ in 0..4 {
-        let rest = code.get(at..)?;
-        match rest {
-            [0xe8, ..] => return relative_target(code, at, address),
-            // sub $imm8,%rsp / sub $imm32,%rsp
-            [0x48, 0x83, 0xec, _, ..] => at += 4,
-            [0x48, 0x81, 0xec, _, _, _, _, ..] => at += 7,
-            // push %reg (with REX.B for r8..r15)
-            [0x50..=0x57, ..] => at += 1,
-            [0x41, 0x50..=0x57, ..] => at += 2,
-            // mov %reg,%reg (64-bit, register operands only: ModRM mod = 11) saving a value in
-            // a callee-saved register; one writing an argument register would change the call.
-            [rex @ (0x48 | 0x49 | 0x4c | 0x4d), 0x89, modrm, ..]
-                if modrm & 0xc0 == 0xc0 && CALLEE_SAVED.contains(&(((rex & 1) << 3) | (modrm & 7))) =>
-            {
-                at += 3
-            }
-            _ => return None,
-        }
-    }
-    None
+    let call = forwarded_call(code, address)?;
+    ARGUMENT_REGISTERS
+        .iter()
+        .all(|&register| call.registers[register as usize] == Source::Entry(register))
+        .then_some(call.target)
 }
 
 /// Where a register's value at a wrapper's call comes from.

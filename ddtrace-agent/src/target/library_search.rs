@@ -77,10 +77,20 @@ pub fn loadable_libraries(
             if !metadata.is_file() || !is_x86_64_elf(&host_path) {
                 return None; // /lib and /usr/lib hold 32-bit libraries on some distributions
             }
-            let dev = format!("{:02x}:{:02x}", libc::major(metadata.dev()), libc::minor(metadata.dev()));
-            seen.insert((dev.clone(), metadata.ino())).then(|| LibraryFile { path, dev, inode: metadata.ino() })
+            let (dev, inode) = identity_of(&metadata);
+            seen.insert((dev.clone(), inode)).then_some(LibraryFile { path, dev, inode })
         })
         .collect()
+}
+
+/// A file's (device, inode) as `stat` gives them, the device printed as `/proc/<pid>/maps`
+/// prints it: how a library found by its path is known again once it is mapped.
+pub fn file_identity(path: &Path) -> Option<(String, u64)> {
+    fs::metadata(path).ok().map(|metadata| identity_of(&metadata))
+}
+
+fn identity_of(metadata: &fs::Metadata) -> (String, u64) {
+    (format!("{:02x}:{:02x}", libc::major(metadata.dev()), libc::minor(metadata.dev())), metadata.ino())
 }
 
 /// Whether the file is a 64-bit x86 ELF object (`e_machine` 62), what this agent probes.

@@ -16,7 +16,7 @@ mod tree;
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
 pub use go_runtime::runs_go;
-pub use library_search::{loadable_libraries, LibraryFile};
+pub use library_search::{file_identity, loadable_libraries, LibraryFile};
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
 pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};
