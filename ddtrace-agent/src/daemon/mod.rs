@@ -77,8 +77,9 @@ fn trace_sink(kind: ExporterKind, config: &Config) -> anyhow::Result<Box<dyn Tra
     })
 }
 
-/// Runs the agent against `cli.pid` until the target exits or a signal arrives.
-pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
+/// Runs the agent against `cli.pid` until the target exits or a signal arrives. `started` is
+/// called once the processes are traced: what only start-up needed can be let go.
+pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason> {
     let process = Process::open(cli.pid)?;
     let agent_pid = std::process::id();
     if let Some(reason) = never_traced(cli.pid, agent_pid) {
@@ -201,6 +202,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<StopReason> {
     // The one line that means "traced from now on", whatever the target maps: a static binary
     // (Go) has no library to attach to, so the per-library lines above say nothing for it.
     eprintln!("ddtrace-agent: attached: tracing {} process(es) from pid {root}", instrumenter.process_ids().len());
+    attached();
     if let Some(cpus) = sampling_cpus {
         eprintln!(
             "ddtrace-agent: profiling: sampling CPU at {} Hz on {cpus} CPUs{}",
