@@ -165,6 +165,8 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
     daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    // The sqlite line can come before the worker is traced (the library is foreseen in the master).
+    daemon.wait_attached(ATTACH_TIMEOUT);
     // The worker's connection to us is new: its request is followed from the accept.
     server.request();
     // A caller that is itself traced sent Datadog context headers.
