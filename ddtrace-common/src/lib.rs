@@ -294,6 +294,8 @@ pub mod sample_flags {
 /// tracepoint's `format` file and sets these read-only globals at load time.
 pub mod tracepoint_globals {
     pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+    /// Non-zero in node mode: every exec on the host is reported, not only tracked ones.
+    pub const REPORT_EVERY_EXEC: &str = "REPORT_EVERY_EXEC";
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
 }
 

@@ -290,6 +290,9 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
 static FORK_CHILD_PID_OFFSET: u32 = 20;
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
+/// Set by the daemon in node mode, where a new program anywhere on the host may be one to trace.
+#[unsafe(no_mangle)]
+static REPORT_EVERY_EXEC: u32 = 0;
 
 #[inline(always)]
 fn emit_process_event(kind: u32, pid_tgid: u64, child_pid: u32) {
@@ -352,7 +355,9 @@ pub fn ddtrace_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn ddtrace_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if is_tracked((pid_tgid >> 32) as u32) {
+    // SAFETY: volatile read of a load-time constant the daemon may override.
+    let every_exec = unsafe { core::ptr::read_volatile(&REPORT_EVERY_EXEC) } != 0;
+    if every_exec || is_tracked((pid_tgid >> 32) as u32) {
         emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0);
     }
     0

@@ -47,6 +47,23 @@ impl SqliteWorker {
         Self { child, stdin, stdout }
     }
 
+    /// Spawns it as `sh -c '<prefix> python3 -u sqlite_worker.py'` (e.g. a
+    /// [`FakeContainer`](crate::container::FakeContainer)'s prefix), with `env` added.
+    pub fn spawn_with_prefix(prefix: &str, env: &[(&str, &str)]) -> Self {
+        let script = workspace_root().join("tests/apps/sqlite_worker.py");
+        let command = format!("{prefix} {} -u {}", python_executable(), script.display());
+        let mut child = Command::new("sh")
+            .args(["-c", &command])
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("sh -c {command} failed to start: {e}"));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdin, stdout }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -11,6 +11,26 @@ use crate::http::{free_ports, get};
 /// The checks every test runs with.
 pub const ENABLED_CHECKS: &str = "trace_count_header,meta_tracer_version_header,trace_content_length";
 
+/// One request as the test agent received it.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    pub url: String,
+    /// Lower-case header names.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl ReceivedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+
+    /// Whether the body holds `needle` (a msgpack string is its bytes, after a length prefix).
+    pub fn body_contains(&self, needle: &str) -> bool {
+        self.body.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+}
+
 /// A running `ddapm-test-agent`, killed on drop.
 pub struct TestAgent {
     child: Child,
@@ -99,6 +119,32 @@ impl TestAgent {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Every request the test agent received on its intake endpoints, oldest first: method,
+    /// URL, headers (names as sent) and the body, decoded.
+    pub fn requests(&self) -> Vec<ReceivedRequest> {
+        use base64::Engine;
+        let (status, body) = get(self.port, "/test/session/requests").expect("GET /test/session/requests");
+        assert_eq!(status, 200, "GET /test/session/requests: {body}");
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).expect("requests are JSON");
+        let mut requests: Vec<ReceivedRequest> = list
+            .into_iter()
+            .map(|r| ReceivedRequest {
+                url: r["url"].as_str().unwrap_or_default().to_string(),
+                headers: r["headers"]
+                    .as_object()
+                    .map(|h| {
+                        h.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap_or("").to_string())).collect()
+                    })
+                    .unwrap_or_default(),
+                body: base64::engine::general_purpose::STANDARD
+                    .decode(r["body"].as_str().unwrap_or(""))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        requests.reverse();
+        requests
     }
 
     /// Panics unless the enabled checks ran and none failed.

@@ -9,9 +9,26 @@ use crate::config::{parse_frequency, parse_interval, parse_rate, ExporterKind};
 #[derive(Debug, Parser)]
 #[command(name = "ddtrace-agent", about, long_about = None, disable_version_flag = true)]
 pub struct Cli {
-    /// The process to instrument.
+    /// The process to instrument (with the children it has and will have).
+    #[arg(long, required_unless_present = "node", conflicts_with = "node")]
+    pub pid: Option<u32>,
+
+    /// Node mode: trace every selected process on this host, those running now and those started
+    /// later, until stopped. Selected: processes whose environment sets DD_SERVICE, and those the
+    /// --select-* flags add. Each is reported under its own DD_SERVICE, DD_ENV, DD_VERSION and
+    /// DD_TAGS, with its container.
     #[arg(long)]
-    pub pid: u32,
+    pub node: bool,
+
+    /// Node mode: also trace processes whose executable's file name matches GLOB (`*` and `?`),
+    /// e.g. `--select-exe 'gunicorn*'`. Repeatable.
+    #[arg(long = "select-exe", value_name = "GLOB", requires = "node")]
+    pub select_executables: Vec<String>,
+
+    /// Node mode: trace every user process (kernel threads, the Datadog agent and processes with
+    /// an in-process Datadog tracer are still left alone).
+    #[arg(long, requires = "node")]
+    pub select_all: bool,
 
     /// Service name (default: DD_SERVICE of the target or of this daemon, else inferred from the target).
     #[arg(long)]

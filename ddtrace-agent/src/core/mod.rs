@@ -6,6 +6,7 @@ mod call_stacks;
 mod clock;
 mod context;
 mod hub;
+mod identities;
 mod ids;
 mod sample;
 #[cfg(test)]
@@ -16,6 +17,7 @@ pub use call_stacks::CallStacks;
 pub use clock::WallClock;
 pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
 pub use hub::{CoreEvent, EventHub};
+pub use identities::{Identities, ProcessIdentity};
 pub use ids::{new_span_id, new_trace_id};
 pub use sample::{ActiveContext, CpuSample};
 pub use tree::{ContextId, ContextTree, RemoteParent};

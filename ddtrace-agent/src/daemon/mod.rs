@@ -2,6 +2,7 @@
 //! target exits or the daemon is told to stop, then flushes and detaches.
 
 mod instrumenter;
+mod node;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -33,7 +34,7 @@ use crate::{
     },
     target::{
         ancestors, descendants, never_traced, open_tcp_connections, read_environ, runs_go, ConnectionSide, ExitWatch,
-        Process,
+        Process, SelectionRules,
     },
 };
 
@@ -77,24 +78,59 @@ fn trace_sink(kind: ExporterKind, config: &Config) -> anyhow::Result<Box<dyn Tra
     })
 }
 
-/// Runs the agent against `cli.pid` until the target exits or a signal arrives. `started` is
-/// called once the processes are traced: what only start-up needed can be let go.
+/// Settings of a node agent: its flags and its own environment (each process's identity is its
+/// own, see `node`).
+fn resolve_node_config(cli: &Cli) -> Config {
+    let mut config = SettingsInput {
+        cli_agent_url: cli.agent_url.clone(),
+        cli_trace_enabled: cli.trace_enabled,
+        cli_trace_sample_rate: cli.trace_sample_rate,
+        daemon_env: std::env::vars().collect::<HashMap<_, _>>(),
+        target_comm: Some("ddtrace-agent".into()),
+        ..Default::default()
+    }
+    .resolve();
+    // Profiles, remote configuration and telemetry speak for one identity today; per service
+    // they come with the rest of node mode. Spans are per process already.
+    config.profiling_enabled.value = false;
+    config.remote_config_enabled.value = false;
+    config.telemetry_enabled.value = false;
+    config
+}
+
+/// Runs the agent against `cli.pid` (until the target exits) or the whole node (`--node`), until
+/// a signal arrives. `attached` is called once the processes are traced: what only start-up
+/// needed can be let go.
 pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason> {
-    let process = Process::open(cli.pid)?;
     let agent_pid = std::process::id();
-    if let Some(reason) = never_traced(cli.pid, agent_pid) {
-        anyhow::bail!("not tracing pid {} ({}): {reason}", cli.pid, process.comm().unwrap_or_default());
+    let process = match cli.pid {
+        Some(pid) => {
+            let process = Process::open(pid)?;
+            if let Some(reason) = never_traced(pid, agent_pid) {
+                anyhow::bail!("not tracing pid {pid} ({}): {reason}", process.comm().unwrap_or_default());
+            }
+            Some(process)
+        }
+        None => None,
+    };
+    if let (Some(spec), Some(process)) = (&cli.bench_empty_probes, &process) {
+        return run_empty_baseline(process, spec).await;
     }
-    if let Some(spec) = &cli.bench_empty_probes {
-        return run_empty_baseline(&process, spec).await;
-    }
-    let config = resolve_config(&cli, &process);
+    let config = match &process {
+        Some(process) => resolve_config(&cli, process),
+        None => resolve_node_config(&cli),
+    };
+    let identities = crate::core::Identities::default();
+    let node = cli.node.then(|| {
+        let rules = SelectionRules { all: cli.select_all, executables: cli.select_executables.clone() };
+        node::NodeSelection::new(rules, identities.clone())
+    });
     let mut integrations: Vec<Box<dyn Integration>> = integrations::all(cli.sqlite_probes, cli.openssl_probes);
     for spec in &cli.trace_functions {
         integrations.push(Box::new(TracedFunction::parse(spec)?));
     }
 
-    let mut programs = KernelPrograms::load(kernel_log_level())?;
+    let mut programs = KernelPrograms::load_with(kernel_log_level(), node.is_some())?;
     let mut reader = programs.take_event_reader()?;
     if let Some(logger) = programs.take_kernel_logger() {
         tokio::spawn(drain_kernel_log(logger));
@@ -131,6 +167,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     let (apm_tracing_tx, mut apm_tracing) = tokio::sync::mpsc::unbounded_channel();
     let mut manager = ProductManager::new(products::registry(ProductInputs {
         trace_tags: tags,
+        identities: identities.clone(),
         tracing_settings,
         trace_sink: sink,
         profiling: ProfilingInputs {
@@ -169,39 +206,47 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         ExporterKind::Console => "the console".to_string(),
         ExporterKind::Datadog => format!("the Datadog agent at {}", config.agent_url.value),
     };
-    eprintln!(
-        "ddtrace-agent: tracing pid {} ({}) as service {} ({}), products [{}], traces to {destination}",
-        process.pid,
-        process.comm().unwrap_or_default(),
-        config.service.value,
-        config.service.origin.as_str(),
-        started.join(", "),
-    );
-
-    let root = process.pid;
-    let exit_watch = ExitWatch::new(root)?;
     let mut instrumenter = Instrumenter::new(programs, integrations, cli.probe_scope);
     instrumenter.report_sites = cli.stats.is_some();
-    for outcome in instrumenter.instrument(process)? {
-        eprintln!("ddtrace-agent: {outcome}");
-    }
-    // Children forked before we attached (gunicorn workers...): traced like the root; but
-    // neither this agent nor what runs it (`sudo ddtrace-agent --pid $$` from a shell).
-    let agent_chain = ancestors(agent_pid);
-    for child in descendants(root) {
-        if agent_chain.contains(&child) || never_traced(child, agent_pid).is_some() {
-            continue;
+    let exit_watch = match process {
+        Some(process) => {
+            eprintln!(
+                "ddtrace-agent: tracing pid {} ({}) as service {} ({}), products [{}], traces to {destination}",
+                process.pid,
+                process.comm().unwrap_or_default(),
+                config.service.value,
+                config.service.origin.as_str(),
+                started.join(", "),
+            );
+            let root = process.pid;
+            let exit_watch = ExitWatch::new(root)?;
+            instrument_tree(&mut instrumenter, process, agent_pid)?;
+            manager.post_preload();
+            // The one line that means "traced from now on", whatever the target maps: a static
+            // binary (Go) has no library to attach to, so the per-library lines say nothing for it.
+            eprintln!(
+                "ddtrace-agent: attached: tracing {} process(es) from pid {root}",
+                instrumenter.process_ids().len()
+            );
+            Some((root, exit_watch))
         }
-        let Ok(child_process) = Process::open(child) else { continue };
-        if let Ok(outcomes) = instrumenter.instrument(child_process) {
-            eprintln!("ddtrace-agent: tracing child process {child} of {root} too");
-            print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
+        None => {
+            eprintln!(
+                "ddtrace-agent: node: tracing every process of this host that sets DD_SERVICE{}{}, now and later; products [{}], traces to {destination}",
+                if cli.select_executables.is_empty() { String::new() } else { format!(", or runs {}", cli.select_executables.join(" or ")) },
+                if cli.select_all { " (--select-all: every process)" } else { "" },
+                started.join(", "),
+            );
+            eprintln!("ddtrace-agent: node: profiles, remote configuration and telemetry are off in node mode for now (they speak for one service)");
+            let node = node.as_ref().expect("node mode");
+            for pid in node::NodeSelection::running_processes() {
+                select_process(node, &mut instrumenter, pid);
+            }
+            manager.post_preload();
+            eprintln!("ddtrace-agent: attached: tracing {} process(es) on this node", instrumenter.process_ids().len());
+            None
         }
-    }
-    manager.post_preload();
-    // The one line that means "traced from now on", whatever the target maps: a static binary
-    // (Go) has no library to attach to, so the per-library lines above say nothing for it.
-    eprintln!("ddtrace-agent: attached: tracing {} process(es) from pid {root}", instrumenter.process_ids().len());
+    };
     attached();
     if let Some(cpus) = sampling_cpus {
         eprintln!(
@@ -229,17 +274,18 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         note_runtime(&mut http, pid);
     }
     adopt_open_connections(&mut instrumenter, &mut http);
-    let mut root_exit_seen = false;
+    let mut root_exit_seen = exit_watch.is_none();
     let reason = loop {
         tokio::select! {
             _ = reader.next_batch(&mut batch) => {
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
             }
-            _ = exit_watch.exited(), if !root_exit_seen => {
+            _ = root_exited(&exit_watch), if !root_exit_seen => {
                 root_exit_seen = true;
+                let root = exit_watch.as_ref().map(|(root, _)| *root).unwrap_or_default();
                 // The kernel's exit event normally comes first; this covers its loss.
                 reader.drain(&mut batch);
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
                 if instrumenter.is_tracing(root) {
                     contexts.end_process(root, WallClock::monotonic_now_ns());
                     instrumenter.process_exited(root);
@@ -257,14 +303,15 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 );
             }
         }
-        if instrumenter.process_ids().is_empty() {
+        // A node agent runs until stopped, traced processes or not.
+        if node.is_none() && instrumenter.process_ids().is_empty() {
             break StopReason::TargetExited;
         }
     };
 
     // Events the processes produced before they went away are still in the ring buffer.
     reader.drain(&mut batch);
-    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http);
+    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
     for pid in instrumenter.process_ids() {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
@@ -274,6 +321,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     // Detach before the flush: the processes stop paying for probes while we send.
     instrumenter.detach_all(Duration::from_secs(2));
     manager.at_exit(true);
+    let root = exit_watch.as_ref().map_or_else(|| "node".to_string(), |(root, _)| root.to_string());
     eprintln!(
         "ddtrace-agent: {} ({root}); kernel: {kernel_counters}; malformed_events={} abandoned_contexts={} library_loads={library_loads}",
         match reason {
@@ -337,6 +385,64 @@ fn adopt_open_connections(instrumenter: &mut Instrumenter, http: &mut HttpOverSo
     }
 }
 
+/// Traces `process` and the children it forked before we attached (gunicorn workers...); but
+/// neither this agent nor what runs it (`sudo ddtrace-agent --pid $$` from a shell).
+fn instrument_tree(instrumenter: &mut Instrumenter, process: Process, agent_pid: u32) -> anyhow::Result<()> {
+    let root = process.pid;
+    for outcome in instrumenter.instrument(process)? {
+        eprintln!("ddtrace-agent: {outcome}");
+    }
+    let agent_chain = ancestors(agent_pid);
+    for child in descendants(root) {
+        if agent_chain.contains(&child) || never_traced(child, agent_pid).is_some() {
+            continue;
+        }
+        let Ok(child_process) = Process::open(child) else { continue };
+        if let Ok(outcomes) = instrumenter.instrument(child_process) {
+            eprintln!("ddtrace-agent: tracing child process {child} of {root} too");
+            print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
+        }
+    }
+    Ok(())
+}
+
+/// Node mode: judges process `pid` and traces it when selected. A process the kernel already
+/// follows (a traced process's fork, seen in `/proc` at start) keeps its parent's identity.
+fn select_process(node: &node::NodeSelection, instrumenter: &mut Instrumenter, pid: u32) {
+    if instrumenter.is_tracing(pid) {
+        return;
+    }
+    match node.judge(pid) {
+        node::Judgement::Trace { process, identity, reason } => {
+            let line = node::selected_line(&process, &identity, reason);
+            // Known before the first span can end.
+            node.identities.set(pid, identity);
+            match instrumenter.instrument(process) {
+                Ok(outcomes) => {
+                    eprintln!("ddtrace-agent: {line}");
+                    print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
+                }
+                Err(error) => {
+                    node.exited(pid);
+                    if !matches!(error, InstrumentError::Target(crate::target::TargetError::Exited { .. })) {
+                        eprintln!("ddtrace-agent: node: not tracing pid {pid}: {error}");
+                    }
+                }
+            }
+        }
+        node::Judgement::Refused(line) => eprintln!("ddtrace-agent: {line}"),
+        node::Judgement::Ignored => {}
+    }
+}
+
+/// Resolves when `--pid`'s root process exits; never in node mode.
+async fn root_exited(watch: &Option<(u32, ExitWatch)>) {
+    match watch {
+        Some((_, watch)) => watch.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Hands a batch of kernel events to the instrumenter, in order.
 fn handle_events(
     batch: &mut Vec<KernelEvent>,
@@ -344,23 +450,54 @@ fn handle_events(
     contexts: &mut ContextTree,
     manager: &mut ProductManager,
     http: &mut HttpOverSockets,
+    node: Option<&node::NodeSelection>,
 ) {
     for event in batch.drain(..) {
         match event {
             KernelEvent::Probe(event) => print_attach_outcomes(instrumenter.handle(&event, contexts)),
             KernelEvent::Process(change) => {
+                // Node mode: a program started anywhere on the host is judged at its exec.
+                if let (Some(node), ProcessChangeKind::Exec) = (node, &change.kind) {
+                    if !instrumenter.is_tracing(change.tgid) {
+                        select_process(node, instrumenter, change.tgid);
+                        if instrumenter.is_tracing(change.tgid) {
+                            note_runtime(http, change.tgid);
+                        }
+                        continue;
+                    }
+                }
                 let (process_outcome, attach_outcomes) = instrumenter.handle_process_change(&change, contexts);
                 if let ProcessChangeKind::Exited = change.kind {
                     http.process_exited(change.tgid);
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
-                        ProcessOutcome::Forked { child: pid, .. } | ProcessOutcome::Execed { pid, .. } => {
-                            note_runtime(http, pid)
+                        ProcessOutcome::Forked { parent, child } => {
+                            note_runtime(http, child);
+                            if let Some(node) = node {
+                                node.forked(parent, child);
+                            }
                         }
-                        ProcessOutcome::Exited { .. } => {}
+                        ProcessOutcome::Execed { pid, .. } => {
+                            note_runtime(http, pid);
+                            if let Some(line) = node.and_then(|node| node.execed(pid)) {
+                                eprintln!("ddtrace-agent: {line}");
+                            }
+                        }
+                        // Its last contexts ended in `handle_process_change`.
+                        ProcessOutcome::Exited { pid } => {
+                            if let Some(node) = node {
+                                node.exited(pid);
+                            }
+                        }
                     }
-                    eprintln!("ddtrace-agent: {outcome}");
+                    // A node's processes come and go by the thousand: their forks, execs and
+                    // exits are for debugging there.
+                    if node.is_some() {
+                        tracing::debug!("{outcome}");
+                    } else {
+                        eprintln!("ddtrace-agent: {outcome}");
+                    }
                     if matches!(outcome, ProcessOutcome::Forked { .. }) {
                         // The product protocol's after-fork hook.
                         manager.restart(false);

@@ -42,14 +42,25 @@ const MAX_ERROR_BODY: usize = 512;
 
 type Exporter = TraceExporter<NativeCapabilities, ForkSafeRuntime>;
 
+/// Containers a node agent keeps an exporter for at once; the least recently used one is shut
+/// down past it (its next chunks build it again).
+const MAX_CONTAINER_EXPORTERS: usize = 64;
+
 /// Sends trace chunks to the Datadog agent (v0.4 protocol).
+///
+/// Chunks of processes in different containers go in different payloads, each with its own
+/// `Datadog-Container-ID` header (the agent tags a payload with its header's container), so one
+/// libdatadog exporter per container, all on one runtime.
 #[derive(Debug)]
 pub struct AgentExporter {
-    /// `None` once shut down.
-    exporter: Option<Exporter>,
-    /// Owned here (also shared with `exporter`) so that shutdown can stop its tokio runtime.
+    /// By container id (`None`: the spans' processes are in no container, or `--pid`'s target).
+    exporters: Vec<(Option<String>, Exporter)>,
+    shut_down: bool,
+    /// Owned here (also shared with the exporters) so that shutdown can stop its tokio runtime.
     runtime: Arc<ForkSafeRuntime>,
     agent_url: String,
+    tracer_version: String,
+    kernel_release: String,
     defaults: SpanDefaults,
 }
 
@@ -82,46 +93,74 @@ impl AgentExporter {
         let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "unknown".to_owned());
-
-        let (exporter, runtime) = outside_tokio(|| -> Result<_, IntakeError> {
-            let runtime =
-                Arc::new(ForkSafeRuntime::with_worker_threads(1).map_err(|e| IntakeError::ExporterSetup {
-                    url: agent_url.to_owned(),
-                    reason: format!("could not start the exporter's runtime: {e}"),
-                })?);
-            let mut builder = TraceExporterBuilder::<ForkSafeRuntime>::new();
-            builder
-                .set_url(agent_url)
-                .set_shared_runtime(runtime.clone())
-                .set_input_format(TraceExporterInputFormat::V04)
-                .set_output_format(TraceExporterOutputFormat::V04)
-                .set_language(LANGUAGE)
-                .set_language_version(&kernel_release)
-                .set_tracer_version(tracer_version)
-                .set_service(service)
-                // The daemon does not fork; workers need no restart hooks.
-                .set_restart_after_fork(false);
-            if let Some(env) = env {
-                builder.set_env(env);
-            }
-            if let Some(version) = app_version {
-                builder.set_app_version(version);
-            }
-            // Left off on purpose: client-side stats (`enable_stats`), telemetry
-            // (`enable_telemetry`), health metrics. The agent computes stats from what we send.
-            let exporter = builder.build::<NativeCapabilities>().map_err(|e| setup_error(agent_url, e))?;
-            Ok((exporter, runtime))
+        let runtime = outside_tokio(|| {
+            ForkSafeRuntime::with_worker_threads(1).map_err(|e| IntakeError::ExporterSetup {
+                url: agent_url.to_owned(),
+                reason: format!("could not start the exporter's runtime: {e}"),
+            })
         })?;
-
-        Ok(Self {
-            exporter: Some(exporter),
-            runtime,
+        let mut this = Self {
+            exporters: Vec::new(),
+            shut_down: false,
+            runtime: Arc::new(runtime),
             agent_url: agent_url.to_owned(),
+            tracer_version: tracer_version.to_owned(),
+            kernel_release,
             defaults: SpanDefaults {
                 service: service.to_owned(),
                 env: env.map(str::to_owned),
                 app_version: app_version.map(str::to_owned),
             },
+        };
+        // Built now so that a bad URL is reported at start.
+        this.exporter_for(None)?;
+        Ok(this)
+    }
+
+    /// The index of the exporter whose payloads say `container_id`, built on first use.
+    fn exporter_for(&mut self, container_id: Option<&str>) -> Result<usize, IntakeError> {
+        if let Some(at) = self.exporters.iter().position(|(id, _)| id.as_deref() == container_id) {
+            // Most recently used last: eviction takes the front.
+            let entry = self.exporters.remove(at);
+            self.exporters.push(entry);
+        } else {
+            if self.exporters.len() >= MAX_CONTAINER_EXPORTERS {
+                let (_, oldest) = self.exporters.remove(0);
+                let _ = outside_tokio(move || oldest.shutdown(Some(SHUTDOWN_TIMEOUT)));
+            }
+            let exporter = self.build_exporter(container_id)?;
+            self.exporters.push((container_id.map(str::to_owned), exporter));
+        }
+        Ok(self.exporters.len() - 1)
+    }
+
+    fn build_exporter(&self, container_id: Option<&str>) -> Result<Exporter, IntakeError> {
+        let agent_url = &self.agent_url;
+        outside_tokio(|| {
+            let mut builder = TraceExporterBuilder::<ForkSafeRuntime>::new();
+            builder
+                .set_url(agent_url)
+                .set_shared_runtime(self.runtime.clone())
+                .set_input_format(TraceExporterInputFormat::V04)
+                .set_output_format(TraceExporterOutputFormat::V04)
+                .set_language(LANGUAGE)
+                .set_language_version(&self.kernel_release)
+                .set_tracer_version(&self.tracer_version)
+                .set_service(&self.defaults.service)
+                // The daemon does not fork; workers need no restart hooks.
+                .set_restart_after_fork(false);
+            if let Some(env) = &self.defaults.env {
+                builder.set_env(env);
+            }
+            if let Some(version) = &self.defaults.app_version {
+                builder.set_app_version(version);
+            }
+            if let Some(id) = container_id {
+                builder.set_container_id(id);
+            }
+            // Left off on purpose: client-side stats (`enable_stats`), telemetry
+            // (`enable_telemetry`), health metrics. The agent computes stats from what we send.
+            builder.build::<NativeCapabilities>().map_err(|e| setup_error(agent_url, e))
         })
     }
 
@@ -133,40 +172,58 @@ impl AgentExporter {
 
 impl TraceSink for AgentExporter {
     fn send(&mut self, chunks: Vec<TraceChunk>) -> Result<(), IntakeError> {
-        let Some(exporter) = self.exporter.as_ref() else {
+        if self.shut_down {
             return Err(IntakeError::SendFailed {
                 url: self.agent_url.clone(),
                 chunks: chunks.len(),
                 reason: "the exporter was already shut down".to_owned(),
             });
-        };
-        let payload: Vec<Vec<SpanSlice<'_>>> =
-            chunks.iter().filter(|c| !c.spans.is_empty()).map(|c| to_libdd_chunk(c, &self.defaults)).collect();
-        if payload.is_empty() {
-            return Ok(());
         }
-        let count = payload.len();
-        let result = outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None));
-        match result {
-            Ok(AgentResponse::Changed { body }) => {
-                debug!(chunks = count, agent_response = %body, "sent traces to the agent");
-                Ok(())
+        // One payload per container, in the order the containers first appear.
+        let mut containers: Vec<Option<&str>> = Vec::new();
+        for chunk in &chunks {
+            let id = chunk.container_id.as_deref();
+            if !containers.contains(&id) {
+                containers.push(id);
             }
-            Ok(AgentResponse::Unchanged) => {
-                debug!(chunks = count, "sent traces to the agent");
-                Ok(())
-            }
-            Err(e) => Err(send_error(&self.agent_url, count, e)),
         }
+        let mut first_error = None;
+        for container in containers {
+            let mut group =
+                chunks.iter().filter(|c| c.container_id.as_deref() == container && !c.spans.is_empty()).peekable();
+            if group.peek().is_none() {
+                continue;
+            }
+            let result = self.exporter_for(container).and_then(|at| {
+                let exporter = &self.exporters[at].1;
+                let payload: Vec<Vec<SpanSlice<'_>>> = group.map(|c| to_libdd_chunk(c, &self.defaults)).collect();
+                let count = payload.len();
+                outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None))
+                    .map(|response| (count, response))
+                    .map_err(|e| send_error(&self.agent_url, count, e))
+            });
+            match result {
+                Ok((count, AgentResponse::Changed { body })) => {
+                    debug!(chunks = count, container, agent_response = %body, "sent traces to the agent")
+                }
+                Ok((count, AgentResponse::Unchanged)) => debug!(chunks = count, container, "sent traces to the agent"),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn shutdown(&mut self) -> Result<(), IntakeError> {
-        let Some(exporter) = self.exporter.take() else {
+        if std::mem::replace(&mut self.shut_down, true) {
             return Ok(());
-        };
+        }
+        let exporters = std::mem::take(&mut self.exporters);
         let runtime = &self.runtime;
         outside_tokio(move || {
-            let workers = exporter.shutdown(Some(SHUTDOWN_TIMEOUT));
+            let mut workers = Ok(());
+            for (_, exporter) in exporters {
+                workers = workers.and(exporter.shutdown(Some(SHUTDOWN_TIMEOUT)));
+            }
             // Stops the tokio runtime itself, so that dropping `self` later is cheap anywhere.
             let runtime = runtime.shutdown(Some(SHUTDOWN_TIMEOUT));
             workers.map_err(|e| e.to_string()).and(runtime.map_err(|e| e.to_string()))
@@ -332,7 +389,7 @@ mod tests {
             meta: BTreeMap::from([("error.message".to_owned(), "no such table".to_owned())]),
             metrics: BTreeMap::from([("db.row_count".to_owned(), 0.0)]),
         };
-        TraceChunk { spans: vec![root, child] }
+        TraceChunk { spans: vec![root, child], container_id: None }
     }
 
     #[test]

@@ -187,7 +187,7 @@ mod tests {
         late.meta.insert("error.message".to_owned(), "no such table: users".to_owned());
         let early = span(2, 1, "sqlite.connect", 200, 500);
         let grandchild = span(4, 2, "fs.open", 210, 100);
-        let chunk = TraceChunk { spans: vec![root, late, early, grandchild] };
+        let chunk = TraceChunk { spans: vec![root, late, early, grandchild], container_id: None };
 
         let text = format_chunk(&chunk);
         let expected = "\
@@ -210,7 +210,7 @@ trace 5b1e00000000000100000000000000c2 (service billing)
         // 4 and 5 point at each other: malformed, but must not loop or vanish.
         let a = span(4, 5, "cycle.a", 70, 1_000);
         let b = span(5, 4, "cycle.b", 80, 1_000);
-        let chunk = TraceChunk { spans: vec![root, orphan, other_service, a, b] };
+        let chunk = TraceChunk { spans: vec![root, orphan, other_service, a, b], container_id: None };
         let text = format_chunk(&chunk);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[1], "  root  0.001 ms");
@@ -225,9 +225,9 @@ trace 5b1e00000000000100000000000000c2 (service billing)
     fn sink_writes_every_non_empty_chunk() {
         let mut sink = ConsoleExporter::new(Vec::new());
         sink.send(vec![
-            TraceChunk { spans: vec![span(1, 0, "first", 0, 2_000_000)] },
+            TraceChunk { spans: vec![span(1, 0, "first", 0, 2_000_000)], container_id: None },
             TraceChunk::default(),
-            TraceChunk { spans: vec![span(7, 0, "second", 0, 3_000_000)] },
+            TraceChunk { spans: vec![span(7, 0, "second", 0, 3_000_000)], container_id: None },
         ])
         .unwrap();
         sink.shutdown().unwrap();

@@ -33,6 +33,9 @@ pub struct Span {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TraceChunk {
     pub spans: Vec<Span>,
+    /// The container of the process the spans come from (`Datadog-Container-ID`), when the
+    /// sender is not in it (a node agent speaks for other containers' processes).
+    pub container_id: Option<String>,
 }
 
 impl TraceChunk {

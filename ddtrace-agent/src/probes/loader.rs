@@ -82,10 +82,18 @@ impl KernelPrograms {
     /// `kernel_log_level` is aya-log's level (0 = off): kernel diagnostics stay off the hot path
     /// unless asked for.
     pub fn load(kernel_log_level: u8) -> Result<Self, ProbeError> {
+        Self::load_with(kernel_log_level, false)
+    }
+
+    /// Like [`load`](Self::load); with `every_exec`, the kernel reports every program started on
+    /// the host (node mode judges each one), not only those of traced processes.
+    pub fn load_with(kernel_log_level: u8, every_exec: bool) -> Result<Self, ProbeError> {
         raise_memlock_limit();
         let offsets = lifecycle_field_offsets();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
+        let every_exec = u32::from(every_exec);
+        loader.override_global(tracepoint_globals::REPORT_EVERY_EXEC, &every_exec, true);
         if let Ok((child_pid, group_dead)) = &offsets {
             loader.override_global(tracepoint_globals::FORK_CHILD_PID_OFFSET, child_pid, true);
             loader.override_global(tracepoint_globals::EXIT_GROUP_DEAD_OFFSET, group_dead, true);

@@ -31,6 +31,8 @@ pub type SharedSummary = Arc<OnceLock<ProductsSummary>>;
 /// What the daemon hands the products it builds: one field per thing a product needs from it.
 pub struct ProductInputs {
     pub trace_tags: TraceTags,
+    /// Each traced process's own identity, where it has one (node mode).
+    pub identities: crate::core::Identities,
     pub tracing_settings: TracingSettings,
     pub trace_sink: Box<dyn TraceSink>,
     pub profiling: ProfilingInputs,
@@ -42,7 +44,10 @@ pub struct ProductInputs {
 /// requirements allow several). This is the one place products are registered.
 pub fn registry(inputs: ProductInputs) -> Vec<Box<dyn Product>> {
     vec![
-        Box::new(TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink)),
+        Box::new(
+            TracingProduct::new(inputs.trace_tags, inputs.tracing_settings, inputs.trace_sink)
+                .with_identities(inputs.identities),
+        ),
         Box::new(ProfilingProduct::new(inputs.profiling)),
         Box::new(RemoteConfigProduct::new(inputs.remote_config)),
         Box::new(TelemetryProduct::new(inputs.telemetry)),

@@ -73,7 +73,9 @@ impl TraceAggregator {
             root.metrics.insert("_dd.rule_psr".into(), rate);
             root.meta.insert("_dd.p.dm".into(), sampler::DECISION_MAKER_RULE.into());
         }
-        self.out.send(TraceChunk { spans });
+        // What the Datadog agent tags the chunk with: the container of the process it came from.
+        let container_id = self.builder.identity(context.tgid).and_then(|id| id.container_id.clone());
+        self.out.send(TraceChunk { spans, container_id });
     }
 }
 

@@ -34,6 +34,7 @@ pub const EXIT_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct TracingProduct {
     tags: TraceTags,
+    identities: crate::core::Identities,
     /// The settings from the command line and the environments; what a removed remote
     /// configuration falls back to.
     local: TracingSettings,
@@ -48,12 +49,19 @@ impl TracingProduct {
     pub fn new(tags: TraceTags, settings: TracingSettings, sink: Box<dyn TraceSink>) -> Self {
         Self {
             tags,
+            identities: Default::default(),
             policy: SharedPolicy::new(settings.clone()),
             local: settings,
             drops: Arc::default(),
             sink: Some(sink),
             writer: None,
         }
+    }
+
+    /// Spans of processes with an identity of their own are described by it (node mode).
+    pub fn with_identities(mut self, identities: crate::core::Identities) -> Self {
+        self.identities = identities;
+        self
     }
 
     /// The settings in effect now.
@@ -90,7 +98,7 @@ impl Product for TracingProduct {
         let writer = TraceWriter::spawn(sink, FLUSH_INTERVAL)
             .map_err(|e| ProductError::Start { product: "tracing", reason: e.to_string() })?;
         let mut aggregator = TraceAggregator::new(
-            SpanBuilder::new(self.tags.clone()),
+            SpanBuilder::new(self.tags.clone()).with_identities(self.identities.clone()),
             writer.sender(),
             self.policy.clone(),
             self.drops.clone(),

@@ -1,8 +1,14 @@
 use std::collections::BTreeMap;
 
-use crate::{core::ExecutionContext, intake::traces::Span};
+use std::sync::Arc;
 
-/// Tags every span of this daemon's traces carries (unified service tagging and `DD_TAGS`).
+use crate::{
+    core::{ExecutionContext, Identities, ProcessIdentity},
+    intake::traces::Span,
+};
+
+/// Tags every span of this daemon's traces carries (unified service tagging and `DD_TAGS`), for
+/// processes with no identity of their own (see [`Identities`]).
 #[derive(Debug, Clone, Default)]
 pub struct TraceTags {
     pub service: String,
@@ -14,11 +20,26 @@ pub struct TraceTags {
 /// Turns an ended execution context into a span. Generic: it reads only core's context shape.
 pub struct SpanBuilder {
     tags: TraceTags,
+    identities: Identities,
 }
 
 impl SpanBuilder {
     pub fn new(tags: TraceTags) -> Self {
-        Self { tags }
+        Self { tags, identities: Identities::default() }
+    }
+
+    /// Spans of a process with an identity take its service, env, version, tags and runtime id.
+    pub fn with_identities(mut self, identities: Identities) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The identity of process `tgid`, if it has its own.
+    pub fn identity(&self, tgid: u32) -> Option<Arc<ProcessIdentity>> {
+        if self.identities.is_empty() {
+            return None; // `--pid`: no lock taken on the span path
+        }
+        self.identities.get(tgid)
     }
 
     /// Replaces the `DD_TAGS`-like tags (e.g. remote configuration's `tracing_tags`).
@@ -28,11 +49,16 @@ impl SpanBuilder {
 
     pub fn build(&self, context: &ExecutionContext) -> Span {
         let data = &context.data;
-        let mut meta: BTreeMap<String, String> = self.tags.tags.iter().cloned().collect();
-        if let Some(env) = &self.tags.env {
+        let identity = self.identity(context.tgid);
+        let (service, env, version, tags) = match &identity {
+            Some(id) => (&id.service, &id.env, &id.version, &id.tags),
+            None => (&self.tags.service, &self.tags.env, &self.tags.version, &self.tags.tags),
+        };
+        let mut meta: BTreeMap<String, String> = tags.iter().cloned().collect();
+        if let Some(env) = env {
             meta.insert("env".into(), env.clone());
         }
-        if let Some(version) = &self.tags.version {
+        if let Some(version) = version {
             meta.insert("version".into(), version.clone());
         }
         meta.insert("component".into(), data.component.to_string());
@@ -41,6 +67,9 @@ impl SpanBuilder {
         let mut metrics = data.metrics.clone();
         if context.is_root() {
             metrics.insert("process_id".into(), context.tgid as f64);
+            if let Some(id) = &identity {
+                meta.insert("runtime-id".into(), id.runtime_id.clone());
+            }
         }
         let mut error = 0;
         if let Some(e) = &data.error {
@@ -54,7 +83,7 @@ impl SpanBuilder {
             parent_id: context.parent_id,
             name: data.name.to_string(),
             resource: if data.resource.is_empty() { data.name.to_string() } else { data.resource.clone() },
-            service: self.tags.service.clone(),
+            service: service.clone(),
             span_type: data.span_type.to_string(),
             start_unix_ns: context.start_unix_ns,
             duration_ns: context.duration_ns(),

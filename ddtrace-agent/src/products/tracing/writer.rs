@@ -173,7 +173,7 @@ mod tests {
         let writer = TraceWriter::spawn(Box::new(Recording(sent.clone())), Duration::from_secs(3600)).unwrap();
         let sender = writer.sender();
         for _ in 0..3 {
-            sender.send(TraceChunk { spans: vec![Span::default()] });
+            sender.send(TraceChunk { spans: vec![Span::default()], container_id: None });
         }
         let stats = writer.shutdown(Duration::from_secs(5));
         assert_eq!(*sent.lock().unwrap(), vec![3]);

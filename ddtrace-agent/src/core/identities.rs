@@ -1,0 +1,77 @@
+//! Who each traced process is, for every product that speaks for it: its service, env, version
+//! and tags (unified service tagging), its runtime id, and the container it runs in.
+//!
+//! In node mode every selected process has its own; a forked child gets its parent's with a
+//! runtime id of its own (the product protocol's `restart` in the child). The daemon fills the
+//! map when it selects a process and empties it after the process's last context has ended;
+//! products read it when they build what they send. A process with no entry is described by the
+//! products' own defaults (`--pid`'s single target).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+/// One process's identity.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProcessIdentity {
+    pub service: String,
+    pub env: Option<String>,
+    pub version: Option<String>,
+    /// `DD_TAGS`-like tags, in order.
+    pub tags: Vec<(String, String)>,
+    /// The process's runtime id (a UUID), as `runtime-id` on its spans.
+    pub runtime_id: String,
+    /// The container id, for the `Datadog-Container-ID` header of what is sent for it.
+    pub container_id: Option<String>,
+    /// `ci-<id>` or `in-<cgroup inode>`, for the `Datadog-Entity-ID` header.
+    pub entity_id: Option<String>,
+}
+
+/// The identities of the traced processes, shared between the daemon (which writes) and the
+/// products (which read, once per span or payload).
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    by_pid: Arc<RwLock<HashMap<u32, Arc<ProcessIdentity>>>>,
+}
+
+impl Identities {
+    pub fn set(&self, pid: u32, identity: ProcessIdentity) {
+        self.write().insert(pid, Arc::new(identity));
+    }
+
+    pub fn get(&self, pid: u32) -> Option<Arc<ProcessIdentity>> {
+        self.by_pid.read().unwrap_or_else(|e| e.into_inner()).get(&pid).cloned()
+    }
+
+    pub fn remove(&self, pid: u32) {
+        self.write().remove(&pid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<ProcessIdentity>>> {
+        self.by_pid.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_between_writer_and_readers() {
+        let identities = Identities::default();
+        let reader = identities.clone();
+        identities.set(7, ProcessIdentity { service: "checkout".into(), ..Default::default() });
+        assert_eq!(reader.get(7).unwrap().service, "checkout");
+        identities.remove(7);
+        assert!(reader.get(7).is_none() && reader.is_empty());
+    }
+}

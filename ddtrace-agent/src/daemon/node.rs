@@ -1,0 +1,179 @@
+//! Node mode's side of the loop: which processes of the host are traced, and who each one is.
+//!
+//! Every program started on the host is reported by the kernel at its exec (node mode only) and
+//! judged here before it has loaded its libraries; processes running when the agent starts are
+//! judged once from `/proc`. A selected process gets its own identity (its `DD_*` environment,
+//! its container), which every product reads from [`Identities`]; its forks inherit the
+//! selection in the kernel (from their first instruction) and get an identity of their own.
+
+use std::collections::HashMap;
+
+use crate::{
+    config::SettingsInput,
+    core::{Identities, ProcessIdentity},
+    intake::identity::new_runtime_id,
+    target::{ancestors, read_environ, Candidate, Container, Process, SelectionRules, Verdict},
+};
+
+/// The node's selection and the selected processes' identities.
+pub struct NodeSelection {
+    rules: SelectionRules,
+    agent_pid: u32,
+    /// What runs the agent (`sudo`, a shell): never traced, whatever its environment.
+    agent_chain: Vec<u32>,
+    pub identities: Identities,
+    /// This daemon's own environment: `DD_ENV` or `DD_TAGS` set on the DaemonSet are the
+    /// defaults of processes that do not set their own.
+    daemon_env: HashMap<String, String>,
+}
+
+/// What to do with one process.
+pub enum Judgement {
+    Trace {
+        process: Process,
+        identity: ProcessIdentity,
+        reason: &'static str,
+    },
+    /// Left alone; the line says why (only for processes that asked to be traced).
+    Refused(String),
+    Ignored,
+}
+
+impl NodeSelection {
+    pub fn new(rules: SelectionRules, identities: Identities) -> Self {
+        let agent_pid = std::process::id();
+        Self {
+            rules,
+            agent_pid,
+            agent_chain: ancestors(agent_pid),
+            identities,
+            // A service name or version set on the agent names no process.
+            daemon_env: std::env::vars().filter(|(k, _)| k != "DD_SERVICE" && k != "DD_VERSION").collect(),
+        }
+    }
+
+    /// Every process on the host now, oldest first (parents before their children).
+    pub fn running_processes() -> Vec<u32> {
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Judges process `pid` by what `/proc` says of it now.
+    pub fn judge(&self, pid: u32) -> Judgement {
+        if self.agent_chain.contains(&pid) {
+            return Judgement::Ignored;
+        }
+        let Ok(process) = Process::open(pid) else { return Judgement::Ignored };
+        let environ = read_environ(pid);
+        let executable = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string());
+        // Kernel threads have no executable; they are refused below when selected by --select-all.
+        let executable = executable.unwrap_or_default();
+        let cmdline = process.cmdline().join(" ");
+        let mapped_files: Vec<String> = process
+            .mapped_objects()
+            .map(|objects| objects.into_iter().map(|o| o.path.display().to_string()).collect())
+            .unwrap_or_default();
+        let candidate = Candidate {
+            pid,
+            executable: &executable,
+            cmdline: &cmdline,
+            environ: &environ,
+            mapped_files: &mapped_files,
+        };
+        match self.rules.judge(&candidate, self.agent_pid) {
+            Verdict::Selected(reason) => {
+                let identity = self.identity_of(&process, environ);
+                Judgement::Trace { process, identity, reason }
+            }
+            Verdict::Refused(why) => Judgement::Refused(format!(
+                "node: not tracing pid {pid} ({}): {why}",
+                process.comm().unwrap_or_default()
+            )),
+            Verdict::NotSelected => Judgement::Ignored,
+        }
+    }
+
+    /// The identity of a selected process: its own `DD_SERVICE`, `DD_ENV`, `DD_VERSION` and
+    /// `DD_TAGS` (else the daemon's, else the service inferred from its command line), a new
+    /// runtime id, and its container.
+    fn identity_of(&self, process: &Process, environ: HashMap<String, String>) -> ProcessIdentity {
+        let config = SettingsInput {
+            daemon_env: self.daemon_env.clone(),
+            target_env: environ,
+            target_cmdline: process.cmdline(),
+            target_comm: process.comm(),
+            ..Default::default()
+        }
+        .resolve();
+        let container = Container::of(process.pid);
+        ProcessIdentity {
+            service: config.service.value,
+            env: config.env.value,
+            version: config.version.value,
+            tags: config.tags.value,
+            runtime_id: new_runtime_id(),
+            entity_id: container.entity_id(),
+            container_id: container.id,
+        }
+    }
+
+    /// A traced process forked: the child is the same service in the same container, with a
+    /// runtime id of its own (as an in-process tracer's `restart` in a forked child gives it).
+    pub fn forked(&self, parent: u32, child: u32) {
+        if let Some(identity) = self.identities.get(parent) {
+            self.identities.set(child, ProcessIdentity { runtime_id: new_runtime_id(), ..(*identity).clone() });
+        }
+    }
+
+    /// A traced process exec'd: the new program may say another service, or run in another
+    /// container (a runtime's shim moves itself into the container's cgroup, then execs).
+    /// Returns the line to say when who it is changed.
+    pub fn execed(&self, pid: u32) -> Option<String> {
+        let process = Process::open(pid).ok()?;
+        let mut identity = self.identity_of(&process, read_environ(pid));
+        let before = self.identities.get(pid);
+        let changed = before.as_deref().is_none_or(|before| {
+            let described =
+                |i: &ProcessIdentity| (i.service.clone(), i.env.clone(), i.version.clone(), i.entity_id.clone());
+            described(before) != described(&identity)
+        });
+        // The same process: its runtime id stays.
+        if let Some(before) = &before {
+            identity.runtime_id = before.runtime_id.clone();
+        }
+        let line = changed.then(|| selected_line(&process, &identity, "after its exec"));
+        self.identities.set(pid, identity);
+        line
+    }
+
+    /// A traced process exited, and its last contexts have ended.
+    pub fn exited(&self, pid: u32) {
+        self.identities.remove(pid);
+    }
+}
+
+/// The line said when a process is selected.
+pub fn selected_line(process: &Process, identity: &ProcessIdentity, reason: &str) -> String {
+    let mut line = format!(
+        "node: tracing pid {} ({}) as service {}",
+        process.pid,
+        process.comm().unwrap_or_default(),
+        identity.service
+    );
+    if let Some(env) = &identity.env {
+        line.push_str(&format!(", env {env}"));
+    }
+    if let Some(version) = &identity.version {
+        line.push_str(&format!(", version {version}"));
+    }
+    match (&identity.container_id, &identity.entity_id) {
+        (Some(id), _) => line.push_str(&format!(", container {}", &id[..id.len().min(12)])),
+        (None, Some(entity)) => line.push_str(&format!(", cgroup {entity}")),
+        (None, None) => {}
+    }
+    line.push_str(&format!(" ({reason})"));
+    line
+}

@@ -1,0 +1,112 @@
+//! Node mode (`--node`): one agent traces every process of the host that opted in with
+//! `DD_SERVICE`, those running when it starts and those started later, each under its own
+//! service, env, version and runtime id, in payloads that carry its own container; processes
+//! that did not opt in, and those with an in-process tracer, are left alone.
+
+use std::time::Duration;
+
+use ddtrace_tests::{
+    agent_process::AgentProcess, container::FakeContainer, target_app::SqliteWorker, test_agent::TestAgent,
+    with_resource,
+};
+use serde_json::Value;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+const INSERT: &str = "INSERT INTO users ( name, secret ) VALUES";
+
+fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
+    span["meta"][key].as_str().unwrap_or_default()
+}
+
+#[test]
+fn a_node_agent_traces_each_opted_in_service_under_its_own_identity_and_container() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let container_a = FakeContainer::create();
+    let container_b = FakeContainer::create();
+
+    // Running before the agent: one service in container A, one process that did not opt in,
+    // and one run by ddtrace-run (its bootstrap first on PYTHONPATH), which traces itself.
+    let mut alpha = SqliteWorker::spawn_with_prefix(
+        &container_a.command_prefix(),
+        &[("DD_SERVICE", "alpha"), ("DD_ENV", "prod"), ("DD_VERSION", "1.0")],
+    );
+    alpha.run("import");
+    let mut plain = SqliteWorker::spawn();
+    plain.run("import");
+    let mut doubled = SqliteWorker::spawn_with_env(&[
+        ("DD_SERVICE", "gamma"),
+        ("PYTHONPATH", "/usr/local/lib/python3.11/site-packages/ddtrace/bootstrap"),
+    ]);
+    doubled.run("import");
+
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+
+    // Started after the agent, in container B (own pid and mount namespaces): it works at once,
+    // judged at its exec before its first statement.
+    let mut beta = SqliteWorker::spawn_with_prefix(&container_b.command_prefix(), &[("DD_SERVICE", "beta")]);
+    beta.run("work 3");
+    for worker in [&mut alpha, &mut plain, &mut doubled] {
+        worker.run("work 3");
+    }
+    let plain_pid = plain.pid();
+    let doubled_pid = doubled.pid();
+    for worker in [alpha, plain, doubled, beta] {
+        worker.exit();
+    }
+
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| with_resource(spans, INSERT).len() >= 6);
+    let stderr = daemon.stderr_text();
+    let context = format!("{spans:#?}\n{stderr}");
+    // Every statement of both services, none of the others'.
+    assert_eq!(with_resource(&spans, INSERT).len(), 6, "3 inserts each for alpha and beta:\n{context}");
+    let services: std::collections::BTreeSet<&str> = spans.iter().filter_map(|s| s["service"].as_str()).collect();
+    assert_eq!(services.into_iter().collect::<Vec<_>>(), ["alpha", "beta"], "{context}");
+    for span in &spans {
+        let pid = span["metrics"]["process_id"].as_f64().unwrap_or_default() as u32;
+        assert!(pid != plain_pid && pid != doubled_pid, "a span of a process left alone: {span:#}");
+    }
+    for span in spans.iter().filter(|s| s["service"] == "alpha") {
+        assert_eq!((meta(span, "env"), meta(span, "version")), ("prod", "1.0"), "{span:#}");
+    }
+    for span in spans.iter().filter(|s| s["service"] == "beta") {
+        assert_eq!((meta(span, "env"), meta(span, "version")), ("", ""), "beta sets neither: {span:#}");
+    }
+    // One runtime id per process.
+    let runtime_ids = |service: &str| -> std::collections::BTreeSet<String> {
+        spans.iter().filter(|s| s["service"] == service).map(|s| meta(s, "runtime-id").to_string()).collect()
+    };
+    let (alpha_ids, beta_ids) = (runtime_ids("alpha"), runtime_ids("beta"));
+    assert!(alpha_ids.len() == 1 && beta_ids.len() == 1 && alpha_ids != beta_ids, "{alpha_ids:?} {beta_ids:?}");
+    assert_eq!(alpha_ids.iter().next().unwrap().len(), 36, "a UUID: {alpha_ids:?}");
+
+    // What the daemon said of each.
+    let short = |c: &FakeContainer| c.id[..12].to_string();
+    assert!(
+        stderr.contains(&format!("as service alpha, env prod, version 1.0, container {}", short(&container_a))),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("as service beta, container {}", short(&container_b))), "{stderr}");
+    assert!(
+        stderr.contains(&format!("not tracing pid {doubled_pid} (python3"))
+            && stderr.contains("in-process Datadog tracer (dd-trace-py"),
+        "{stderr}"
+    );
+
+    // Each service's payloads carry its own container, so the Datadog agent tags them with it.
+    let payloads: Vec<_> = agent.requests().into_iter().filter(|r| r.url.contains("/v0.4/traces")).collect();
+    for (service, other, container) in [("alpha", "beta", &container_a), ("beta", "alpha", &container_b)] {
+        let theirs: Vec<_> = payloads.iter().filter(|r| r.body_contains(INSERT) && r.body_contains(service)).collect();
+        assert!(!theirs.is_empty(), "no payload for {service}: {payloads:#?}");
+        for payload in theirs {
+            assert_eq!(payload.header("Datadog-Container-ID"), Some(container.id.as_str()), "{service}: {payload:?}");
+            assert!(!payload.body_contains(other), "{service} and {other} in one payload");
+        }
+    }
+    agent.assert_checks_passed();
+    assert!(daemon.is_running(), "a node agent runs until stopped:\n{stderr}");
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+}
