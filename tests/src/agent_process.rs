@@ -58,6 +58,24 @@ impl AgentProcess {
         Self { child, stderr, stdout }
     }
 
+    /// Starts `ddtrace-agent` with `args` through `sh -c '<prefix> ddtrace-agent ARGS'` (the
+    /// prefix ends in `exec`, so the agent keeps the shell's pid), e.g. inside a
+    /// [`FakeContainer`](crate::container::FakeContainer)'s cgroups.
+    pub fn start_with_prefix(prefix: &str, args: &[&str]) -> Self {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
+        let command = format!("{prefix} '{}' {}", agent_binary().display(), quoted.join(" "));
+        let mut child = Command::new("sh")
+            .args(["-c", &command])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sh starts ddtrace-agent");
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        Self { child, stderr, stdout }
+    }
+
     pub fn stdout_text(&self) -> String {
         self.stdout.lock().unwrap().join("\n")
     }

@@ -34,8 +34,14 @@ impl FakeContainer {
     /// A shell prefix that moves the shell into this container's cgroups, then runs the rest of
     /// the command in new pid and mount namespaces: `sh -c '<prefix> python3 app.py'`.
     pub fn command_prefix(&self) -> String {
+        format!("{} unshare --pid --fork --mount-proc --kill-child", self.join_prefix())
+    }
+
+    /// A shell prefix that moves the shell into this container's cgroups and execs the rest of
+    /// the command there, in the host's namespaces (a DaemonSet pod with `hostPID`).
+    pub fn join_prefix(&self) -> String {
         let moves: Vec<String> = self.dirs.iter().map(|d| format!("echo $$ > {}/cgroup.procs;", d.display())).collect();
-        format!("{} exec unshare --pid --fork --mount-proc --kill-child", moves.join(" "))
+        format!("{} exec", moves.join(" "))
     }
 }
 

@@ -12,12 +12,22 @@ use crate::http::{free_ports, get};
 pub const ENABLED_CHECKS: &str = "trace_count_header,meta_tracer_version_header,trace_content_length";
 
 /// One request as the test agent received it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReceivedRequest {
     pub url: String,
     /// Lower-case header names.
     pub headers: std::collections::HashMap<String, String>,
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for ReceivedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceivedRequest")
+            .field("url", &self.url)
+            .field("headers", &self.headers)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 impl ReceivedRequest {

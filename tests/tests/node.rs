@@ -41,7 +41,9 @@ fn a_node_agent_traces_each_opted_in_service_under_its_own_identity_and_containe
     doubled.run("import");
 
     let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
+    // The agent runs in a container of its own, as in a DaemonSet.
+    let agent_container = FakeContainer::create();
+    let mut daemon = AgentProcess::start_with_prefix(&agent_container.join_prefix(), &["--node", "--agent-url", &url]);
     daemon.wait_attached(ATTACH_TIMEOUT);
 
     // Started after the agent, in container B (own pid and mount namespaces): it works at once,
@@ -102,6 +104,9 @@ fn a_node_agent_traces_each_opted_in_service_under_its_own_identity_and_containe
         assert!(!theirs.is_empty(), "no payload for {service}: {payloads:#?}");
         for payload in theirs {
             assert_eq!(payload.header("Datadog-Container-ID"), Some(container.id.as_str()), "{service}: {payload:?}");
+            // Not the agent's own cgroup (libdatadog would add it from /proc/self/cgroup).
+            let entity = payload.header("Datadog-Entity-ID");
+            assert!(entity.is_none() || entity == Some(&format!("ci-{}", container.id)), "{service}: {payload:?}");
             assert!(!payload.body_contains(other), "{service} and {other} in one payload");
         }
     }

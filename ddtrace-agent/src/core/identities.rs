@@ -18,7 +18,7 @@ pub struct ProcessIdentity {
     pub service: String,
     pub env: Option<String>,
     pub version: Option<String>,
-    /// `DD_TAGS`-like tags, in order.
+    /// The process's own `DD_TAGS`, over the tracing policy's (which every span carries).
     pub tags: Vec<(String, String)>,
     /// The process's runtime id (a UUID), as `runtime-id` on its spans.
     pub runtime_id: String,

@@ -1,6 +1,7 @@
 //! The daemon's run loop: wires the layers together for one target process and runs until the
 //! target exits or the daemon is told to stop, then flushes and detaches.
 
+mod identity;
 mod instrumenter;
 mod node;
 
@@ -102,6 +103,7 @@ fn resolve_node_config(cli: &Cli) -> Config {
 /// a signal arrives. `attached` is called once the processes are traced: what only start-up
 /// needed can be let go.
 pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason> {
+    crate::intake::container_headers::stop_sender_container_headers();
     let agent_pid = std::process::id();
     let process = match cli.pid {
         Some(pid) => {
@@ -152,6 +154,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     // Remote configuration and telemetry speak for the target to the Datadog agent, with one
     // identity (one runtime id); with another exporter there is no agent to talk to.
     let identity = (cli.exporter == ExporterKind::Datadog).then(|| client_identity(&config));
+    let root_runtime_id = identity.as_ref().map(|identity| identity.runtime_id.clone());
     let profiling_settings = ProfilingSettings {
         enabled: config.profiling_enabled.clone(),
         sampling_frequency_hz: config.profiling_frequency_hz.clone(),
@@ -221,6 +224,11 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             let root = process.pid;
             let exit_watch = ExitWatch::new(root)?;
             instrument_tree(&mut instrumenter, process, agent_pid)?;
+            for pid in instrumenter.process_ids() {
+                // The root is who remote configuration and telemetry speak for.
+                let runtime_id = root_runtime_id.as_deref().filter(|_| pid == root);
+                identities.set(pid, identity::tree_identity(&config, pid, runtime_id));
+            }
             manager.post_preload();
             // The one line that means "traced from now on", whatever the target maps: a static
             // binary (Go) has no library to attach to, so the per-library lines say nothing for it.
@@ -278,17 +286,18 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     let reason = loop {
         tokio::select! {
             _ = reader.next_batch(&mut batch) => {
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
             }
             _ = root_exited(&exit_watch), if !root_exit_seen => {
                 root_exit_seen = true;
                 let root = exit_watch.as_ref().map(|(root, _)| *root).unwrap_or_default();
                 // The kernel's exit event normally comes first; this covers its loss.
                 reader.drain(&mut batch);
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
                 if instrumenter.is_tracing(root) {
                     contexts.end_process(root, WallClock::monotonic_now_ns());
                     instrumenter.process_exited(root);
+                    identities.remove(root);
                 }
             }
             Some(document) = apm_tracing.recv() => manager.apm_tracing_rc(&document),
@@ -311,7 +320,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
 
     // Events the processes produced before they went away are still in the ring buffer.
     reader.drain(&mut batch);
-    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, node.as_ref());
+    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
     for pid in instrumenter.process_ids() {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
@@ -423,7 +432,7 @@ fn select_process(node: &node::NodeSelection, instrumenter: &mut Instrumenter, p
                     print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
                 }
                 Err(error) => {
-                    node.exited(pid);
+                    node.identities.remove(pid);
                     if !matches!(error, InstrumentError::Target(crate::target::TargetError::Exited { .. })) {
                         eprintln!("ddtrace-agent: node: not tracing pid {pid}: {error}");
                     }
@@ -450,6 +459,7 @@ fn handle_events(
     contexts: &mut ContextTree,
     manager: &mut ProductManager,
     http: &mut HttpOverSockets,
+    identities: &crate::core::Identities,
     node: Option<&node::NodeSelection>,
 ) {
     for event in batch.drain(..) {
@@ -474,9 +484,7 @@ fn handle_events(
                     match outcome {
                         ProcessOutcome::Forked { parent, child } => {
                             note_runtime(http, child);
-                            if let Some(node) = node {
-                                node.forked(parent, child);
-                            }
+                            identity::inherit(identities, parent, child);
                         }
                         ProcessOutcome::Execed { pid, .. } => {
                             note_runtime(http, pid);
@@ -485,11 +493,7 @@ fn handle_events(
                             }
                         }
                         // Its last contexts ended in `handle_process_change`.
-                        ProcessOutcome::Exited { pid } => {
-                            if let Some(node) = node {
-                                node.exited(pid);
-                            }
-                        }
+                        ProcessOutcome::Exited { pid } => identities.remove(pid),
                     }
                     // A node's processes come and go by the thousand: their forks, execs and
                     // exits are for debugging there.

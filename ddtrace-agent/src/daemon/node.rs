@@ -120,14 +120,6 @@ impl NodeSelection {
         }
     }
 
-    /// A traced process forked: the child is the same service in the same container, with a
-    /// runtime id of its own (as an in-process tracer's `restart` in a forked child gives it).
-    pub fn forked(&self, parent: u32, child: u32) {
-        if let Some(identity) = self.identities.get(parent) {
-            self.identities.set(child, ProcessIdentity { runtime_id: new_runtime_id(), ..(*identity).clone() });
-        }
-    }
-
     /// A traced process exec'd: the new program may say another service, or run in another
     /// container (a runtime's shim moves itself into the container's cgroup, then execs).
     /// Returns the line to say when who it is changed.
@@ -147,11 +139,6 @@ impl NodeSelection {
         let line = changed.then(|| selected_line(&process, &identity, "after its exec"));
         self.identities.set(pid, identity);
         line
-    }
-
-    /// A traced process exited, and its last contexts have ended.
-    pub fn exited(&self, pid: u32) {
-        self.identities.remove(pid);
     }
 }
 

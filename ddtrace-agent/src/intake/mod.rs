@@ -9,6 +9,7 @@
 pub mod agent_exporter;
 mod blocking;
 pub mod console_exporter;
+pub mod container_headers;
 pub mod identity;
 pub mod profile_exporter;
 pub mod remote_config;

@@ -50,11 +50,15 @@ impl SpanBuilder {
     pub fn build(&self, context: &ExecutionContext) -> Span {
         let data = &context.data;
         let identity = self.identity(context.tgid);
-        let (service, env, version, tags) = match &identity {
-            Some(id) => (&id.service, &id.env, &id.version, &id.tags),
-            None => (&self.tags.service, &self.tags.env, &self.tags.version, &self.tags.tags),
+        let (service, env, version) = match &identity {
+            Some(id) => (&id.service, &id.env, &id.version),
+            None => (&self.tags.service, &self.tags.env, &self.tags.version),
         };
-        let mut meta: BTreeMap<String, String> = tags.iter().cloned().collect();
+        // The policy's tags (DD_TAGS, or remote configuration's), then the process's own.
+        let mut meta: BTreeMap<String, String> = self.tags.tags.iter().cloned().collect();
+        if let Some(id) = &identity {
+            meta.extend(id.tags.iter().cloned());
+        }
         if let Some(env) = env {
             meta.insert("env".into(), env.clone());
         }
