@@ -62,8 +62,13 @@ impl AgentProcess {
     /// prefix ends in `exec`, so the agent keeps the shell's pid), e.g. inside a
     /// [`FakeContainer`](crate::container::FakeContainer)'s cgroups.
     pub fn start_with_prefix(prefix: &str, args: &[&str]) -> Self {
+        Self::start_with_program(prefix, &agent_binary(), args)
+    }
+
+    /// Like [`start_with_prefix`](Self::start_with_prefix), running `program` (a copy of the agent).
+    pub fn start_with_program(prefix: &str, program: &std::path::Path, args: &[&str]) -> Self {
         let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
-        let command = format!("{prefix} '{}' {}", agent_binary().display(), quoted.join(" "));
+        let command = format!("{prefix} '{}' {}", program.display(), quoted.join(" "));
         let mut child = Command::new("sh")
             .args(["-c", &command])
             .stdin(Stdio::null())

@@ -4,6 +4,7 @@
 mod identity;
 mod instrumenter;
 mod node;
+mod privileges;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -104,6 +105,14 @@ fn resolve_node_config(cli: &Cli) -> Config {
 /// needed can be let go.
 pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason> {
     crate::intake::container_headers::stop_sender_container_headers();
+    let missing = privileges::missing_capabilities();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "missing capabilities: {}; run ddtrace-agent as root (sudo), or grant {}",
+            missing.join(", "),
+            privileges::GRANT
+        );
+    }
     let agent_pid = std::process::id();
     let process = match cli.pid {
         Some(pid) => {
