@@ -46,8 +46,19 @@ impl AgentProcess {
     /// Starts `ddtrace-agent` with `args`, collecting its stdout (the console exporter's span
     /// trees) and stderr.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`start`](Self::start), with `env` added to the agent's environment (how a pod is
+    /// told where the Datadog agent is).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(agent_binary())
             .args(args)
+            // Only what the test gives: the developer's own settings must not leak in.
+            .env_remove("DD_TRACE_AGENT_URL")
+            .env_remove("DD_AGENT_HOST")
+            .env_remove("DD_TRACE_AGENT_PORT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

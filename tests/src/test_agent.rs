@@ -51,6 +51,16 @@ pub struct TestAgent {
 impl TestAgent {
     /// Starts it and waits until it answers. Panics with a clear message when it cannot run.
     pub fn start() -> TestAgent {
+        Self::start_with(&[])
+    }
+
+    /// Also serving the trace intake on the Unix domain socket `path` (as the Datadog agent's
+    /// `/var/run/datadog/apm.socket`); its test endpoints stay on TCP.
+    pub fn start_with_socket(path: &std::path::Path) -> TestAgent {
+        Self::start_with(&["--trace-uds-socket", path.to_str().unwrap()])
+    }
+
+    fn start_with(extra_args: &[&str]) -> TestAgent {
         // Three different ports (the test agent refuses equal ones).
         let [port, otlp_http_port, otlp_grpc_port] = free_ports::<3>();
         let log = std::env::temp_dir().join(format!("ddapm-test-agent-{port}.log"));
@@ -59,6 +69,7 @@ impl TestAgent {
             .args(["--port", &port.to_string()])
             // Its OTLP listeners default to fixed ports: keep parallel tests apart.
             .args(["--otlp-http-port", &otlp_http_port.to_string(), "--otlp-grpc-port", &otlp_grpc_port.to_string()])
+            .args(extra_args)
             .env("ENABLED_CHECKS", ENABLED_CHECKS)
             // Keep failures for /test/trace_check/failures; a failing payload also gets an error
             // response, so the daemon sees it.

@@ -115,3 +115,45 @@ fn a_node_agent_traces_each_opted_in_service_under_its_own_identity_and_containe
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
 }
+
+/// A DaemonSet pod is told where the node's Datadog agent is by `DD_AGENT_HOST` (the node's IP,
+/// from the downward API) or by `DD_TRACE_AGENT_URL=unix:///var/run/datadog/apm.socket` (the
+/// agent's socket, mounted from the host). Both reach it.
+#[test]
+fn a_node_agent_reaches_the_datadog_agent_by_host_or_by_socket() {
+    let _serial = ddtrace_tests::serial();
+    let socket_dir = std::env::temp_dir().join(format!("ddtrace-node-socket-{}", std::process::id()));
+    std::fs::create_dir_all(&socket_dir).unwrap();
+    let socket = socket_dir.join("apm.socket");
+    let agent = TestAgent::start_with_socket(&socket);
+    let port = agent.port.to_string();
+    let url = format!("unix://{}", socket.display());
+    // The test agent listens on its TCP port and on the socket, and nowhere else (not on the
+    // default localhost:8126): spans arrive only if the way given was used.
+    let ways: [(&str, Vec<(&str, &str)>); 2] = [
+        ("host", vec![("DD_AGENT_HOST", "127.0.0.1"), ("DD_TRACE_AGENT_PORT", &port)]),
+        ("socket", vec![("DD_TRACE_AGENT_URL", &url)]),
+    ];
+    for (way, env) in &ways {
+        let mut daemon = AgentProcess::start_with_env(&["--node"], env);
+        daemon.wait_attached(ATTACH_TIMEOUT);
+        let service = format!("by-{way}");
+        let mut worker = SqliteWorker::spawn_with_env(&[("DD_SERVICE", &service)]);
+        worker.run("work 1");
+        worker.exit();
+        let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+            spans
+                .iter()
+                .any(|s| s["service"] == service.as_str() && s["resource"].as_str().unwrap_or("").starts_with(INSERT))
+        });
+        assert!(
+            spans.iter().any(|s| s["service"] == service.as_str()),
+            "nothing arrived {way}:\n{spans:#?}\n{}",
+            daemon.stderr_text()
+        );
+        daemon.signal(libc::SIGINT);
+        assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+    }
+    agent.assert_checks_passed();
+    let _ = std::fs::remove_dir_all(&socket_dir);
+}
