@@ -73,6 +73,37 @@ pub mod event_kind {
     pub const STACK_SAMPLE: u32 = 7;
     /// A tracked process accepted, connected, moved bytes on or closed a socket ([`SocketEvent`]).
     pub const SOCKET: u32 = 8;
+    /// Node mode: a program started with `DD_SERVICE` in its environment, tracked by the kernel
+    /// at its exec, before it ran ([`OptInEvent`]). Sent instead of PROCESS_EXEC.
+    pub const PROCESS_OPT_IN: u32 = 9;
+}
+
+/// Bytes kept of each unified service tagging value read from an environment at exec.
+pub const OPT_IN_VALUE_BYTES: usize = 64;
+
+/// What the kernel read from a new program's environment when it opted in: `DD_SERVICE`,
+/// `DD_ENV` and `DD_VERSION`, each NUL-terminated (empty when unset), so the daemon knows the
+/// process even if it has exited before its event is read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptInEvent {
+    pub header: EventHeader,
+    pub service: [u8; OPT_IN_VALUE_BYTES],
+    pub env: [u8; OPT_IN_VALUE_BYTES],
+    pub version: [u8; OPT_IN_VALUE_BYTES],
+}
+
+/// Where the kernel keeps a process's environment strings: `task_struct.mm`, and
+/// `mm_struct.env_start` / `env_end` (byte offsets on the running kernel, from its BTF, set as the
+/// read-only global [`names::EXEC_LAYOUT`]). `known` is 0 when the daemon could not read them:
+/// node mode then judges new programs in the daemon only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecLayout {
+    pub known: u32,
+    pub task_mm: u32,
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
 }
 
 /// Most bytes of one read or write on a socket copied to the daemon: enough for a request line
@@ -420,6 +451,7 @@ pub mod names {
     pub const SOCKETS: &str = "SOCKETS";
     /// The [`super::SocketLayout`] global.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";
+    pub const EXEC_LAYOUT: &str = "EXEC_LAYOUT";
 }
 
 #[cfg(feature = "user")]
@@ -430,6 +462,7 @@ mod pod {
     unsafe impl aya::Pod for OutPointerKey {}
     unsafe impl aya::Pod for SocketKey {}
     unsafe impl aya::Pod for SocketLayout {}
+    unsafe impl aya::Pod for ExecLayout {}
 }
 
 #[cfg(test)]
@@ -450,5 +483,6 @@ mod tests {
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
         assert_eq!(size_of::<SocketLayout>(), 56);
+        assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
     }
 }

@@ -6,6 +6,7 @@
 #![no_std]
 #![no_main]
 
+mod opt_in;
 mod socket_addresses;
 mod sockets;
 mod tls;
@@ -355,10 +356,28 @@ pub fn ddtrace_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn ddtrace_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: volatile read of a load-time constant the daemon may override.
-    let every_exec = unsafe { core::ptr::read_volatile(&REPORT_EVERY_EXEC) } != 0;
-    if every_exec || is_tracked((pid_tgid >> 32) as u32) {
+    let tgid = (pid_tgid >> 32) as u32;
+    if is_tracked(tgid) {
         emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0);
+        return 0;
+    }
+    // SAFETY: volatile read of a load-time constant the daemon may override.
+    if unsafe { core::ptr::read_volatile(&REPORT_EVERY_EXEC) } == 0 {
+        return 0;
+    }
+    // Node mode: every new program is reported; one that opted in is tracked now, before its
+    // first instruction, and reported with what it said of itself.
+    match opt_in::opted_in() {
+        Some(event) => {
+            flip_tracked(tgid, true);
+            event.header = header(event_kind::PROCESS_OPT_IN, 0, pid_tgid);
+            if EVENTS.output::<ddtrace_common::OptInEvent>(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
+                count(counter::DROPPED_RING_FULL);
+            } else {
+                count(counter::EVENTS);
+            }
+        }
+        None => emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0),
     }
     0
 }

@@ -157,3 +157,79 @@ fn a_node_agent_reaches_the_datadog_agent_by_host_or_by_socket() {
     agent.assert_checks_passed();
     let _ = std::fs::remove_dir_all(&socket_dir);
 }
+
+/// Short-lived selected processes, started one after another (recycled workers, cron-like jobs,
+/// CGI): each is judged at its exec and every statement of every one is traced, from a process
+/// that lives about a millisecond; the agent's memory does not grow with the number seen.
+#[test]
+fn under_churn_no_short_lived_process_is_missed_and_memory_stays_flat() {
+    const PROCESSES: usize = 300;
+    const STATEMENTS: usize = 2;
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let program = ddtrace_tests::native_app::build_c(
+        "sqlite_once.c",
+        "sqlite_once",
+        &["-O1", "-Wl,--no-as-needed", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0"],
+    );
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    let mut pids = std::collections::BTreeSet::new();
+    let mut rss_after_warm_up = 0;
+    // About 1,000 a minute, as recycled PHP-FPM or gunicorn workers come and go.
+    for i in 0..PROCESSES {
+        let status = std::process::Command::new(&program)
+            .arg(STATEMENTS.to_string())
+            .env("DD_SERVICE", "churn")
+            .spawn()
+            .and_then(|mut child| {
+                pids.insert(child.id());
+                child.wait()
+            })
+            .expect("sqlite_once runs");
+        assert!(status.success(), "{status}");
+        if i == 50 {
+            rss_after_warm_up = rss_kib(daemon.pid());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let expected = PROCESSES * STATEMENTS;
+    let spans =
+        agent.wait_for_spans(Duration::from_secs(10), |spans| with_resource(spans, "SELECT ?").len() >= expected);
+    let rss_at_end = rss_kib(daemon.pid());
+    let traced: std::collections::BTreeSet<u32> =
+        spans.iter().filter_map(|s| s["metrics"]["process_id"].as_f64()).map(|p| p as u32).collect();
+    let missed: Vec<&u32> = pids.difference(&traced).collect();
+    if !missed.is_empty() {
+        daemon.signal(libc::SIGINT);
+        daemon.wait_exit(Duration::from_secs(10));
+        let stderr = daemon.stderr_text();
+        let about = |pid: &u32| -> Vec<&str> { stderr.lines().filter(|l| l.contains(&pid.to_string())).collect() };
+        panic!(
+            "{} of {PROCESSES} processes missed: {missed:?}\nwhat the daemon said of the first: {:?}\nspans: {}\n{}",
+            missed.len(),
+            about(missed[0]),
+            with_resource(&spans, "SELECT ?").len(),
+            stderr.lines().filter(|l| l.contains("kernel:") || l.contains("flushed")).collect::<Vec<_>>().join("\n")
+        );
+    }
+    assert_eq!(with_resource(&spans, "SELECT ?").len(), expected, "every statement of every process");
+    // Flat: what 250 more processes left behind, if anything, is small.
+    assert!(
+        rss_at_end < rss_after_warm_up + 8 * 1024,
+        "RSS grew from {rss_after_warm_up} KiB to {rss_at_end} KiB over {PROCESSES} processes"
+    );
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_default()
+}

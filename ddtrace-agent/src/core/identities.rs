@@ -33,9 +33,20 @@ pub struct ProcessIdentity {
 #[derive(Debug, Clone, Default)]
 pub struct Identities {
     by_pid: Arc<RwLock<HashMap<u32, Arc<ProcessIdentity>>>>,
+    required: bool,
 }
 
 impl Identities {
+    /// Identities every traced process has (node mode): what has none was not selected, and no
+    /// product speaks for it.
+    pub fn required() -> Self {
+        Self { required: true, ..Self::default() }
+    }
+
+    pub fn are_required(&self) -> bool {
+        self.required
+    }
+
     pub fn set(&self, pid: u32, identity: ProcessIdentity) {
         self.write().insert(pid, Arc::new(identity));
     }
@@ -54,6 +65,11 @@ impl Identities {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether products must leave process `pid` out: identities are required and it has none.
+    pub fn excludes(&self, pid: u32) -> bool {
+        self.required && self.get(pid).is_none()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<ProcessIdentity>>> {

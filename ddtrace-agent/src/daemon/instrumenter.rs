@@ -264,6 +264,24 @@ impl Instrumenter {
         Ok(outcomes)
     }
 
+    /// Node mode, global scope: puts the probes of every library the processes sharing
+    /// `process`'s filesystem root could load (and its dynamic linker's rendezvous) in place now,
+    /// for programs not started yet: a process that lives a millisecond has no time to wait for
+    /// an attach (~25-100 ms each). `process` itself is not traced.
+    pub fn prepare_for(&mut self, process: &Process) -> Vec<AttachOutcome> {
+        if self.scope != ProbeScope::Global {
+            return Vec::new();
+        }
+        if let Ok(objects) = process.mapped_objects() {
+            if let Err(reason) = self.watch_linker(process, &objects) {
+                tracing::debug!(pid = process.pid, %reason, "no rendezvous probe prepared");
+            }
+        }
+        let outcomes = self.attach_foreseen(process);
+        self.foreseen_links.retain(|(pid, _)| *pid != process.pid);
+        outcomes
+    }
+
     /// Attaches the linker probe and the integrations to what `process` maps, in the order that
     /// leaves no library unseen: read the maps, probe the linker's rendezvous, read the maps
     /// again, attach the libraries. A library the linker mapped before the second read is in
@@ -371,10 +389,15 @@ impl Instrumenter {
                 (Some(ProcessOutcome::Execed { pid: change.tgid, program }), outcomes)
             }
             ProcessChangeKind::Exited => {
+                // Also a process the kernel tracked on its own (node mode's opt-in at exec) that
+                // was over before the daemon knew it: its contexts end, its state goes.
+                contexts.end_process(change.tgid, change.ktime_ns);
                 if !self.processes.contains_key(&change.tgid) {
+                    for integration in &mut self.integrations {
+                        integration.on_process_exit(change.tgid);
+                    }
                     return (None, Vec::new());
                 }
-                contexts.end_process(change.tgid, change.ktime_ns);
                 self.process_exited(change.tgid);
                 (Some(ProcessOutcome::Exited { pid: change.tgid }), Vec::new())
             }
@@ -418,7 +441,7 @@ impl Instrumenter {
         let Ok(objects) = process.mapped_objects() else { return };
         // Both identities of each mapped file: linkers are keyed as maps says, libraries as stat.
         let mut identities: Vec<(String, u64)> = objects.iter().map(|o| (o.dev.clone(), o.inode)).collect();
-        identities.extend(objects.iter().map(|o| self.file_identity(process, o)).collect::<Vec<_>>());
+        identities.extend(objects.iter().filter_map(|o| self.file_identity(process, o)).collect::<Vec<_>>());
         let Some(links) = self.links.get_mut(&process.pid) else { return };
         let mapped: HashSet<(&str, u64)> = identities.iter().map(|(dev, inode)| (dev.as_str(), *inode)).collect();
         let foreseen = &self.foreseen_links;
@@ -440,15 +463,17 @@ impl Instrumenter {
     }
 
     /// `object`'s identity as `stat` gives it through the process's root (see
-    /// `file_identities`); what maps says when the file cannot be reached.
-    fn file_identity(&mut self, process: &Process, object: &MappedObject) -> (String, u64) {
+    /// `file_identities`); `None` when the file cannot be reached (the process is exiting). Only
+    /// what `stat` said is remembered: a guess kept here would give every later process mapping
+    /// the file a second set of probes (measured: 4 spans per statement under churn).
+    fn file_identity(&mut self, process: &Process, object: &MappedObject) -> Option<(String, u64)> {
         let seen = (object.dev.clone(), object.inode);
         if let Some(identity) = self.file_identities.get(&seen) {
-            return identity.clone();
+            return Some(identity.clone());
         }
-        let identity = file_identity(&process.host_path(&object.path)).unwrap_or_else(|| seen.clone());
+        let identity = file_identity(&process.host_path(&object.path))?;
         self.file_identities.insert(seen, identity.clone());
-        identity
+        Some(identity)
     }
 
     /// Attaches, before they are mapped, the integrations' probes to every library file the
@@ -557,7 +582,7 @@ impl Instrumenter {
         let mut outcomes = Vec::new();
         let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid)).ok();
         for object in objects {
-            let (dev, inode) = self.file_identity(process, object);
+            let Some((dev, inode)) = self.file_identity(process, object) else { continue };
             for index in 0..self.integrations.len() {
                 let key = (dev.clone(), inode, index);
                 let first_time = !self.examined.contains(&key);

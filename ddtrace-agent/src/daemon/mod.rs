@@ -131,7 +131,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         Some(process) => resolve_config(&cli, process),
         None => resolve_node_config(&cli),
     };
-    let identities = crate::core::Identities::default();
+    let identities = if cli.node { crate::core::Identities::required() } else { crate::core::Identities::default() };
     let node = cli.node.then(|| {
         let rules = SelectionRules { all: cli.select_all, executables: cli.select_executables.clone() };
         node::NodeSelection::new(rules, identities.clone())
@@ -256,6 +256,14 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             );
             eprintln!("ddtrace-agent: node: profiles, remote configuration and telemetry are off in node mode for now (they speak for one service)");
             let node = node.as_ref().expect("node mode");
+            // The host's own libraries, in place before any program starts: through init's
+            // root (the host's, from a DaemonSet's pod), else this agent's own (on the host).
+            let host = [1, agent_pid]
+                .into_iter()
+                .find_map(|pid| Process::open(pid).ok().filter(|p| p.mapped_objects().is_ok()));
+            if let Some(host) = host {
+                print_attach_outcomes(instrumenter.prepare_for(&host));
+            }
             for pid in node::NodeSelection::running_processes() {
                 select_process(node, &mut instrumenter, pid);
             }
@@ -432,24 +440,57 @@ fn select_process(node: &node::NodeSelection, instrumenter: &mut Instrumenter, p
     }
     match node.judge(pid) {
         node::Judgement::Trace { process, identity, reason } => {
-            let line = node::selected_line(&process, &identity, reason);
-            // Known before the first span can end.
-            node.identities.set(pid, identity);
-            match instrumenter.instrument(process) {
-                Ok(outcomes) => {
-                    eprintln!("ddtrace-agent: {line}");
-                    print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
-                }
-                Err(error) => {
-                    node.identities.remove(pid);
-                    if !matches!(error, InstrumentError::Target(crate::target::TargetError::Exited { .. })) {
-                        eprintln!("ddtrace-agent: node: not tracing pid {pid}: {error}");
-                    }
-                }
-            }
+            trace_selected(node, instrumenter, process, identity, reason)
         }
         node::Judgement::Refused(line) => eprintln!("ddtrace-agent: {line}"),
         node::Judgement::Ignored => {}
+    }
+}
+
+fn trace_selected(
+    node: &node::NodeSelection,
+    instrumenter: &mut Instrumenter,
+    process: Process,
+    identity: crate::core::ProcessIdentity,
+    reason: &str,
+) {
+    let pid = process.pid;
+    let line = node::selected_line(&process, &identity, reason);
+    // Known before the first span can end.
+    node.identities.set(pid, identity);
+    match instrumenter.instrument(process) {
+        Ok(outcomes) => {
+            eprintln!("ddtrace-agent: {line}");
+            print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
+        }
+        // Over while being attached: its events still in the ring buffer are named by the
+        // identity, which its exit event, behind them, removes.
+        Err(InstrumentError::Target(crate::target::TargetError::Exited { .. })) => {}
+        Err(error) => {
+            node.identities.remove(pid);
+            eprintln!("ddtrace-agent: node: not tracing pid {pid}: {error}");
+        }
+    }
+}
+
+/// Node mode: a new program the kernel tracked at its exec because it set `DD_SERVICE`. The daemon
+/// judges it like any other and untracks one it refuses; one it can no longer read (over, or
+/// exiting: its environment is gone) is named by what the kernel read, its events being on
+/// their way.
+fn select_opted_in(node: &node::NodeSelection, instrumenter: &mut Instrumenter, opt_in: &crate::probes::OptIn) {
+    let pid = opt_in.tgid;
+    match node.judge(pid) {
+        node::Judgement::Trace { process, identity, reason } => {
+            trace_selected(node, instrumenter, process, identity, reason)
+        }
+        node::Judgement::Refused(line) => {
+            eprintln!("ddtrace-agent: {line}");
+            instrumenter.programs_mut().untrack_process(pid);
+        }
+        node::Judgement::Ignored => {
+            node.identities.set(pid, node.identity_from_kernel(opt_in));
+            tracing::debug!(pid, service = %opt_in.service, "node: a selected process was over before it was judged");
+        }
     }
 }
 
@@ -488,6 +529,8 @@ fn handle_events(
                 let (process_outcome, attach_outcomes) = instrumenter.handle_process_change(&change, contexts);
                 if let ProcessChangeKind::Exited = change.kind {
                     http.process_exited(change.tgid);
+                    // Its last contexts ended in `handle_process_change`.
+                    identities.remove(change.tgid);
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
@@ -501,8 +544,7 @@ fn handle_events(
                                 eprintln!("ddtrace-agent: {line}");
                             }
                         }
-                        // Its last contexts ended in `handle_process_change`.
-                        ProcessOutcome::Exited { pid } => identities.remove(pid),
+                        ProcessOutcome::Exited { .. } => {}
                     }
                     // A node's processes come and go by the thousand: their forks, execs and
                     // exits are for debugging there.
@@ -518,6 +560,15 @@ fn handle_events(
                 }
                 print_attach_outcomes(attach_outcomes);
             }
+            KernelEvent::OptIn(opt_in) => match node {
+                Some(node) => {
+                    select_opted_in(node, instrumenter, &opt_in);
+                    if instrumenter.is_tracing(opt_in.tgid) {
+                        note_runtime(http, opt_in.tgid);
+                    }
+                }
+                None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
+            },
             KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
             KernelEvent::Socket(activity) => http.on_socket(&activity, contexts),
         }

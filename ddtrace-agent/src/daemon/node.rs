@@ -120,6 +120,21 @@ impl NodeSelection {
         }
     }
 
+    /// A process that opted in and was over before the daemon could read `/proc`: named by what
+    /// the kernel read at its exec (its container is unknown then).
+    pub fn identity_from_kernel(&self, opt_in: &crate::probes::OptIn) -> ProcessIdentity {
+        let optional = |value: &str| (!value.is_empty()).then(|| value.to_string());
+        ProcessIdentity {
+            service: opt_in.service.clone(),
+            env: optional(&opt_in.env).or_else(|| self.daemon_env.get("DD_ENV").cloned()),
+            version: optional(&opt_in.version),
+            tags: Vec::new(),
+            runtime_id: new_runtime_id(),
+            container_id: None,
+            entity_id: None,
+        }
+    }
+
     /// A traced process exec'd: the new program may say another service, or run in another
     /// container (a runtime's shim moves itself into the container's cgroup, then execs).
     /// Returns the line to say when who it is changed.

@@ -1,6 +1,6 @@
 use ddtrace_common::{
     capture_flags, event_kind, exit_flags, sample_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
-    ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, SOCKET_EVENT_HEADER_BYTES, STACK_SAMPLE_HEADER_BYTES,
+    OptInEvent, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, SOCKET_EVENT_HEADER_BYTES, STACK_SAMPLE_HEADER_BYTES,
 };
 
 /// Anything the kernel programs report.
@@ -14,6 +14,19 @@ pub enum KernelEvent {
     StackSample(StackSample),
     /// A tracked process used a socket.
     Socket(SocketActivity),
+    /// Node mode: a new program opted in (`DD_SERVICE` in its environment) and is tracked.
+    OptIn(OptIn),
+}
+
+/// What the kernel read from a new program's environment at its exec (node mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptIn {
+    pub tgid: u32,
+    pub ktime_ns: u64,
+    pub service: String,
+    /// Empty when unset.
+    pub env: String,
+    pub version: String,
 }
 
 /// What a tracked process did with a socket.
@@ -213,6 +226,20 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
         event_kind::STACK_SAMPLE => decode_stack_sample(bytes),
         event_kind::SOCKET => decode_socket(bytes),
+        event_kind::PROCESS_OPT_IN => {
+            let event: OptInEvent = read(bytes, "opt-in")?;
+            let text = |bytes: &[u8]| {
+                let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+                String::from_utf8_lossy(&bytes[..end]).into_owned()
+            };
+            Ok(KernelEvent::OptIn(OptIn {
+                tgid: header.tgid,
+                ktime_ns: header.ktime_ns,
+                service: text(&event.service),
+                env: text(&event.env),
+                version: text(&event.version),
+            }))
+        }
         other => decode_probe(bytes, &header, other).map(KernelEvent::Probe),
     }
 }

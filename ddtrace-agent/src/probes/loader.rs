@@ -92,6 +92,16 @@ impl KernelPrograms {
         let offsets = lifecycle_field_offsets();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
+        // Without it, a new program that opts in is judged by the daemon only: one that lives
+        // less than a millisecond can be over before it is tracked.
+        let exec_layout = every_exec.then(super::exec_layout::exec_layout_from_kernel).and_then(|layout| {
+            layout
+                .inspect_err(|reason| tracing::warn!(%reason, "node: the kernel cannot read new programs' environments (no usable BTF); the daemon judges them alone, a moment after they start"))
+                .ok()
+        });
+        if let Some(layout) = &exec_layout {
+            loader.override_global(names::EXEC_LAYOUT, layout, true);
+        }
         let every_exec = u32::from(every_exec);
         loader.override_global(tracepoint_globals::REPORT_EVERY_EXEC, &every_exec, true);
         if let Ok((child_pid, group_dead)) = &offsets {

@@ -5,6 +5,7 @@ mod btf;
 mod counters;
 mod detacher;
 mod event;
+mod exec_layout;
 mod loader;
 mod reader;
 mod scope;
@@ -15,7 +16,7 @@ mod tracefs;
 pub use counters::KernelCounters;
 pub use detacher::Detacher;
 pub use event::{
-    decode, DecodeError, EntryData, ExitData, KernelEvent, ProbeEvent, ProcessChange, ProcessChangeKind,
+    decode, DecodeError, EntryData, ExitData, KernelEvent, OptIn, ProbeEvent, ProcessChange, ProcessChangeKind,
     SocketActivity, SocketOp, StackSample,
 };
 pub use loader::{KernelPrograms, ProbeError, ProbeId, ProbeLinks};

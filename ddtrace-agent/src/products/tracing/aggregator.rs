@@ -50,6 +50,10 @@ impl TraceAggregator {
             }
             return;
         }
+        if self.builder.excludes(context.tgid) {
+            self.drops.unidentified.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let span = self.builder.build(context);
         if !context.is_root() {
             self.pending.entry(context.root_id).or_default().push(span);

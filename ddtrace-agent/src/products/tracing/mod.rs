@@ -81,6 +81,7 @@ impl TracingProduct {
                 dropped_chunks = stats.dropped_chunks,
                 sampled_out_traces = self.drops.sampled_out(),
                 spans_while_disabled = self.drops.while_disabled(),
+                spans_of_unselected_processes = self.drops.unidentified(),
                 "tracing: flushed {when}"
             );
         }

@@ -99,6 +99,9 @@ pub struct DropCounters {
     pub sampled_out: AtomicU64,
     /// Spans ended while tracing was disabled (remotely).
     pub while_disabled: AtomicU64,
+    /// Spans of processes with no identity where every traced process must have one (node mode:
+    /// a process tracked at its exec that the daemon then refused).
+    pub unidentified: AtomicU64,
 }
 
 impl DropCounters {
@@ -107,5 +110,8 @@ impl DropCounters {
     }
     pub fn while_disabled(&self) -> u64 {
         self.while_disabled.load(Ordering::Relaxed)
+    }
+    pub fn unidentified(&self) -> u64 {
+        self.unidentified.load(Ordering::Relaxed)
     }
 }

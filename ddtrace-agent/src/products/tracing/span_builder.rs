@@ -34,6 +34,11 @@ impl SpanBuilder {
         self
     }
 
+    /// Whether spans of process `tgid` must not be built (see [`Identities::excludes`]).
+    pub fn excludes(&self, tgid: u32) -> bool {
+        self.identities.excludes(tgid)
+    }
+
     /// The identity of process `tgid`, if it has its own.
     pub fn identity(&self, tgid: u32) -> Option<Arc<ProcessIdentity>> {
         if self.identities.is_empty() {
