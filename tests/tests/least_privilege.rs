@@ -70,3 +70,32 @@ fn without_any_one_of_them_one_line_names_it() {
     }
     let _ = std::fs::remove_dir_all(binary.parent().unwrap());
 }
+
+/// What the container image does: the three capabilities set on the binary as file capabilities,
+/// the agent started by a non-root user that holds none (the container's bounding set allows
+/// exactly those three, nothing is ambient).
+#[test]
+fn with_file_capabilities_as_in_the_image_a_non_root_user_traces_a_node() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let binary = agent_copy();
+    let setcap = std::process::Command::new("setcap")
+        .args(["cap_sys_admin,cap_sys_ptrace,cap_dac_read_search+ep", binary.to_str().unwrap()])
+        .output()
+        .expect("setcap runs (libcap2-bin; `cargo xtask test` installs it)");
+    assert!(setcap.status.success(), "setcap: {}", String::from_utf8_lossy(&setcap.stderr));
+    let bounding = format!("-all,{}", CAPABILITIES.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
+    let prefix =
+        format!("exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set={bounding}");
+    let url = agent.url();
+    let mut daemon = AgentProcess::start_with_program(&prefix, &binary, &["--node", "--agent-url", &url]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    let mut worker = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "file-capabilities")]);
+    worker.run("work 1");
+    worker.exit();
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| !with_resource(spans, "INSERT").is_empty());
+    assert_eq!(with_resource(&spans, "INSERT").len(), 1, "{spans:#?}\n{}", daemon.stderr_text());
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+    let _ = std::fs::remove_dir_all(binary.parent().unwrap());
+}

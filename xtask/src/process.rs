@@ -39,7 +39,9 @@ pub fn is_executable(path: &Path) -> bool {
 
 /// Sets `cmd`'s PATH to ours with `dir` first (moved there if it was already present).
 pub fn prepend_path(cmd: &mut Command, dir: &Path) {
-    let path = env::var_os("PATH").unwrap_or_default();
+    // The command's own PATH when an earlier call set it, else ours.
+    let set = cmd.get_envs().find(|(key, _)| *key == "PATH").and_then(|(_, value)| value.map(|v| v.to_os_string()));
+    let path = set.or_else(|| env::var_os("PATH")).unwrap_or_default();
     let dirs = std::iter::once(dir.to_path_buf()).chain(env::split_paths(&path).filter(|d| d != dir));
     if let Ok(joined) = env::join_paths(dirs) {
         cmd.env("PATH", joined);

@@ -41,6 +41,8 @@ const PACKAGES: &[&str] = &[
     // instances on free ports, so the system one the package may start is stopped
     // (`stop_system_nginx`).
     "nginx",
+    // setcap: the least-privilege test gives the agent file capabilities, as the image does.
+    "libcap2-bin",
 ];
 
 /// The package whose system service we stop.

@@ -33,6 +33,8 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     build_ebpf::build(&toolchain, true)?;
     workspace::build_agent()?;
     let extra_path = ensure_test_agent()?;
+    // The deployment test checks the Kubernetes manifests against the Kubernetes schemas.
+    let validator_path = ensure_python_tool("deploy", "kubernetes-validate", "kubernetes-validate")?;
     ensure_target_app_modules()?;
 
     if !is_root() {
@@ -46,7 +48,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // Default members: everything but the eBPF crate, which only builds for the BPF target.
     let mut cmd = process::host_cargo();
     cmd.current_dir(workspace::root()).args(["test", "--release"]).args(&args.cargo_test_args);
-    if let Some(dir) = extra_path {
+    for dir in [extra_path, validator_path].into_iter().flatten() {
         process::prepend_path(&mut cmd, &dir);
     }
     step("test", format!("running: {}", process::describe(&cmd)));
