@@ -233,3 +233,66 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_default()
 }
+
+/// Each selected process is profiled under its own identity: one profile per process, tagged
+/// with its service, env and runtime id (the same runtime id as its spans would carry), its
+/// container as a tag, never mixed with another service's samples.
+#[test]
+fn a_node_agent_profiles_each_service_on_its_own() {
+    use ddtrace_tests::{
+        native_app::{build_c, NativeApp},
+        profiles::received_profiles,
+    };
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let program = build_c("hot_chain.c", "hot_chain_node", &["-O2", "-fno-omit-frame-pointer"]);
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
+    daemon.wait_for_stderr("profiling: sampling CPU", ATTACH_TIMEOUT);
+    let container = FakeContainer::create();
+    // beta runs in a container: its profile says which.
+    let in_container = format!("{} '{}' 2", container.join_prefix(), program.display());
+    let mut apps = vec![
+        NativeApp::spawn_with_env(&program, &["2"], &[("DD_SERVICE", "alpha"), ("DD_ENV", "prod")]),
+        NativeApp::spawn_with_env(
+            std::path::Path::new("/bin/sh"),
+            &["-c", &in_container],
+            &[("DD_SERVICE", "beta"), ("DD_ENV", "staging")],
+        ),
+    ];
+    for app in &mut apps {
+        app.go();
+    }
+    for app in &mut apps {
+        assert!(app.wait_exit(Duration::from_secs(30)).success());
+    }
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.stderr_text());
+    let profiles = received_profiles(&agent);
+    let tags_of = |service: &str| -> Vec<String> {
+        profiles
+            .iter()
+            .map(|p| p.event["tags_profiler"].as_str().unwrap_or_default().to_string())
+            .filter(|tags| tags.split(',').any(|t| t == format!("service:{service}")))
+            .collect()
+    };
+    let (alpha, beta) = (tags_of("alpha"), tags_of("beta"));
+    let all_tags: Vec<&str> = profiles.iter().filter_map(|p| p.event["tags_profiler"].as_str()).collect();
+    assert_eq!(
+        (alpha.len(), beta.len()),
+        (1, 1),
+        "one profile each, sent at exit:\n{all_tags:#?}\n{}",
+        daemon.stderr_text()
+    );
+    assert!(alpha[0].contains("env:prod") && beta[0].contains("env:staging"), "{alpha:?} {beta:?}");
+    let runtime_id = |tags: &str| tags.split(',').find(|t| t.starts_with("runtime-id:")).map(str::to_string);
+    assert!(runtime_id(&alpha[0]).is_some() && runtime_id(&alpha[0]) != runtime_id(&beta[0]), "{alpha:?} {beta:?}");
+    assert!(beta[0].contains(&format!("container_id:{}", container.id)), "{beta:?}");
+    // Nothing but the two services' samples.
+    assert_eq!(profiles.len(), 2, "{all_tags:#?}");
+    for profile in &profiles {
+        let samples = profile.samples();
+        let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+        assert!(total >= 50, "2 s of a busy thread: {total} samples");
+    }
+}

@@ -319,7 +319,8 @@ fn without_privileges_the_daemon_says_what_it_needs() {
         .expect("setpriv runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("permission denied") && stderr.contains("root"), "{stderr}");
+    // Before anything else: which capabilities are missing, and what to do.
+    assert!(stderr.contains("missing capabilities: CAP_SYS_ADMIN") && stderr.contains("root"), "{stderr}");
     assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one clear line:\n{stderr}");
 }
 

@@ -92,9 +92,8 @@ fn resolve_node_config(cli: &Cli) -> Config {
         ..Default::default()
     }
     .resolve();
-    // Profiles, remote configuration and telemetry speak for one identity today; per service
-    // they come with the rest of node mode. Spans are per process already.
-    config.profiling_enabled.value = false;
+    // Remote configuration and telemetry speak for one identity today; per service they come
+    // with the rest of node mode. Spans and profiles are per process already.
     config.remote_config_enabled.value = false;
     config.telemetry_enabled.value = false;
     config
@@ -186,6 +185,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             settings: profiling_settings.clone(),
             exporter: profile_exporter,
             output: cli.profile_output.clone(),
+            per_process: cli.node.then(|| identities.clone()),
         },
         remote_config: RemoteConfigInputs {
             agent: identity
@@ -254,7 +254,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 if cli.select_all { " (--select-all: every process)" } else { "" },
                 started.join(", "),
             );
-            eprintln!("ddtrace-agent: node: profiles, remote configuration and telemetry are off in node mode for now (they speak for one service)");
+            eprintln!("ddtrace-agent: node: remote configuration and telemetry are off in node mode for now (they speak for one service); spans and profiles are per process");
             let node = node.as_ref().expect("node mode");
             // The host's own libraries, in place before any program starts: through init's
             // root (the host's, from a DaemonSet's pod), else this agent's own (on the host).

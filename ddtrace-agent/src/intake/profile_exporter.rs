@@ -403,6 +403,32 @@ impl ProfileExporter {
         }
     }
 
+    /// An exporter to the same agent for the profiles of one process of a node: its service,
+    /// env, version, runtime id and tags instead of this one's.
+    pub fn for_process(
+        &self,
+        service: &str,
+        env: Option<&str>,
+        version: Option<&str>,
+        runtime_id: &str,
+        tags: &[(String, String)],
+    ) -> Result<ProfileExporter, ProfileExportError> {
+        let mut builder = Self::builder(self.url.clone(), service)
+            .runtime_id(runtime_id)
+            .family(self.family.clone())
+            .timeout(self.timeout);
+        if let Some(env) = env {
+            builder = builder.env(env);
+        }
+        if let Some(version) = version {
+            builder = builder.version(version);
+        }
+        for (key, value) in tags {
+            builder = builder.tag(key.clone(), value.clone());
+        }
+        builder.build()
+    }
+
     /// The agent URL profiles go to.
     pub fn agent_url(&self) -> &str {
         &self.url

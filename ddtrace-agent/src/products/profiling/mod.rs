@@ -53,6 +53,8 @@ pub struct ProfilingInputs {
     pub exporter: Option<ProfileExporter>,
     /// `--profile-output`: a `.pprof` or `.svg` file written at exit with the whole run.
     pub output: Option<PathBuf>,
+    /// Node mode: a profile per process, under each one's identity.
+    pub per_process: Option<crate::core::Identities>,
 }
 
 pub struct ProfilingProduct {
@@ -63,7 +65,7 @@ pub struct ProfilingProduct {
 
 impl ProfilingProduct {
     pub fn new(inputs: ProfilingInputs) -> Self {
-        let sinks = ProfileSinks { exporter: inputs.exporter, output: inputs.output };
+        let sinks = ProfileSinks { exporter: inputs.exporter, output: inputs.output, per_process: inputs.per_process };
         Self { settings: inputs.settings, sinks: Some(sinks), worker: None }
     }
 

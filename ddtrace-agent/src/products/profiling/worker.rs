@@ -19,7 +19,10 @@ use super::{
     flamegraph::write_profile_output,
     stacks::{StackResolver, UnwindCounts},
 };
-use crate::{core::CpuSample, intake::profile_exporter::ProfileExporter};
+use crate::{
+    core::{CpuSample, Identities, ProcessIdentity},
+    intake::profile_exporter::ProfileExporter,
+};
 
 /// Samples waiting for the worker. At 100 Hz on 64 busy CPUs that is 10 s of samples.
 const QUEUE_CAPACITY: usize = 65_536;
@@ -28,6 +31,16 @@ const QUEUE_CAPACITY: usize = 65_536;
 pub struct ProfileSinks {
     pub exporter: Option<ProfileExporter>,
     pub output: Option<PathBuf>,
+    /// Node mode: one profile per process, under its own identity (service, env, version,
+    /// runtime id, container), instead of one for the whole target.
+    pub per_process: Option<Identities>,
+}
+
+/// A process's profile of the current period, with its identity at its first sample: what names
+/// it if it has exited by the upload (a live one is named by its identity then).
+struct ProcessWindow {
+    identity: Arc<ProcessIdentity>,
+    window: ProfileWindow,
 }
 
 enum Message {
@@ -135,12 +148,20 @@ struct Worker {
 impl Worker {
     fn run(mut self, samples: Receiver<Message>) -> WorkerReport {
         let mut window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
+        let mut processes: HashMap<u32, ProcessWindow> = HashMap::new();
         let mut whole_run =
             self.sinks.output.as_ref().map(|_| ProfileWindow::new(SystemTime::now(), self.sampling_period));
         let mut next_upload = Instant::now() + self.upload_period;
         loop {
             match samples.recv_timeout(next_upload.saturating_duration_since(Instant::now())) {
-                Ok(Message::Sample(sample)) => self.add(&sample, &mut window, whole_run.as_mut()),
+                Ok(Message::Sample(sample)) => {
+                    let window = match self.process_window(&mut processes, &sample) {
+                        Some(process) => &mut process.window,
+                        None if self.sinks.per_process.is_some() => continue, // no identity: not selected
+                        None => &mut window,
+                    };
+                    self.add(&sample, window, whole_run.as_mut())
+                }
                 Ok(Message::ProcessExited(tgid)) => {
                     self.resolver.forget(tgid);
                     self.thread_names.retain(|&(pid, _), _| pid != tgid);
@@ -152,6 +173,7 @@ impl Worker {
                     let now = SystemTime::now();
                     let next = ProfileWindow::new(now, self.sampling_period);
                     self.upload(&std::mem::replace(&mut window, next), now);
+                    self.upload_processes(std::mem::take(&mut processes), now);
                     next_upload += self.upload_period;
                 }
             }
@@ -160,6 +182,7 @@ impl Worker {
         if window.sample_count() > 0 {
             self.upload(&window, SystemTime::now());
         }
+        self.upload_processes(processes, SystemTime::now());
         if let (Some(path), Some(whole_run)) = (&self.sinks.output, &whole_run) {
             match write_profile_output(path, whole_run, "ddtrace-agent CPU profile") {
                 Ok(()) => self.report.output_written = Some(path.clone()),
@@ -189,8 +212,59 @@ impl Worker {
         window.add(ResolvedSample { frames, tid: sample.tid, thread_name, span });
     }
 
+    /// Node mode: the window of the sample's process, opened at its first sample of the period.
+    fn process_window<'w>(
+        &self,
+        processes: &'w mut HashMap<u32, ProcessWindow>,
+        sample: &CpuSample,
+    ) -> Option<&'w mut ProcessWindow> {
+        let identities = self.sinks.per_process.as_ref()?;
+        if !processes.contains_key(&sample.tgid) {
+            let identity = identities.get(sample.tgid)?;
+            let window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
+            processes.insert(sample.tgid, ProcessWindow { identity, window });
+        }
+        processes.get_mut(&sample.tgid)
+    }
+
+    /// Each process's profile of the period, under its own identity.
+    fn upload_processes(&mut self, processes: HashMap<u32, ProcessWindow>, end: SystemTime) {
+        let Some(exporter) = self.sinks.exporter.clone() else { return };
+        let identities = self.sinks.per_process.clone().unwrap_or_default();
+        for (pid, ProcessWindow { identity, window }) in processes {
+            if window.sample_count() == 0 {
+                continue;
+            }
+            // Who it is now (an exec may have told more, its container say), else who it was.
+            let identity = identities.get(pid).unwrap_or(identity);
+            let mut tags = identity.tags.clone();
+            if let Some(id) = &identity.container_id {
+                tags.push(("container_id".into(), id.clone()));
+            }
+            match exporter.for_process(
+                &identity.service,
+                identity.env.as_deref(),
+                identity.version.as_deref(),
+                &identity.runtime_id,
+                &tags,
+            ) {
+                Ok(exporter) => self.export(&exporter, &window, end),
+                Err(error) => {
+                    tracing::warn!(%error, service = %identity.service, "profiling: a process's profile is lost")
+                }
+            }
+        }
+    }
+
     fn upload(&mut self, window: &ProfileWindow, end: SystemTime) {
-        let Some(exporter) = &self.sinks.exporter else { return };
+        let Some(exporter) = self.sinks.exporter.clone() else { return };
+        if self.sinks.per_process.is_some() {
+            return; // every sample went to its process's window
+        }
+        self.export(&exporter, window, end);
+    }
+
+    fn export(&mut self, exporter: &ProfileExporter, window: &ProfileWindow, end: SystemTime) {
         let profile = window.to_profile(end);
         match exporter.export(&profile) {
             Ok(()) => self.report.uploads += 1,
