@@ -219,12 +219,14 @@ impl Worker {
         sample: &CpuSample,
     ) -> Option<&'w mut ProcessWindow> {
         let identities = self.sinks.per_process.as_ref()?;
-        if !processes.contains_key(&sample.tgid) {
-            let identity = identities.get(sample.tgid)?;
-            let window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
-            processes.insert(sample.tgid, ProcessWindow { identity, window });
+        match processes.entry(sample.tgid) {
+            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let identity = identities.get(sample.tgid)?;
+                let window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
+                Some(entry.insert(ProcessWindow { identity, window }))
+            }
         }
-        processes.get_mut(&sample.tgid)
     }
 
     /// Each process's profile of the period, under its own identity.
