@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
 //! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`;
-//! `--vs-ddtrace`: see `bench_vs_ddtrace`; `--soak`: see `bench_soak`).
+//! `--vs-ddtrace`: see `bench_vs_ddtrace`; `--soak`: see `bench_soak`; `--churn`: see `bench_churn`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -65,6 +65,8 @@ pub struct BenchArgs {
     pub vs_ddtrace: crate::bench_vs_ddtrace::VsDdtraceArgs,
     #[command(flatten)]
     pub soak: crate::bench_soak::SoakArgs,
+    #[command(flatten)]
+    pub churn: crate::bench_churn::ChurnArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -87,6 +89,12 @@ const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let calls = args.calls_bench.tls || args.calls_bench.sqlite;
+    if args.churn.churn {
+        if calls || args.profiler.profiler || args.http.http || args.vs_ddtrace.vs_ddtrace || args.soak.soak {
+            bail!("--churn is a benchmark of its own: run it alone");
+        }
+        return crate::bench_churn::run(args);
+    }
     if args.vs_ddtrace.vs_ddtrace || args.soak.soak {
         if calls || args.profiler.profiler || args.http.http || (args.vs_ddtrace.vs_ddtrace && args.soak.soak) {
             bail!("--vs-ddtrace and --soak are benchmarks of their own: run one alone");

@@ -13,6 +13,7 @@
 
 mod bench;
 mod bench_calls;
+mod bench_churn;
 mod bench_http;
 mod bench_profiler;
 mod bench_soak;
