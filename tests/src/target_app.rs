@@ -33,10 +33,17 @@ impl SqliteWorker {
     /// Spawns it with `env` added to its environment (e.g. `DD_SERVICE`, which the daemon reads
     /// from the target).
     pub fn spawn_with_env(env: &[(&str, &str)]) -> Self {
+        Self::spawn_with_args(&[], env)
+    }
+
+    /// With `args` after the script on its command line (the script ignores them: they are for
+    /// whatever reads command lines, such as the stable configuration's selectors).
+    pub fn spawn_with_args(args: &[&str], env: &[(&str, &str)]) -> Self {
         let script = workspace_root().join("tests/apps/sqlite_worker.py");
         let mut child = Command::new(python_executable())
             .arg("-u")
             .arg(&script)
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

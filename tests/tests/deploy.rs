@@ -113,6 +113,6 @@ fn the_daemonset_asks_for_what_the_agent_needs_and_nothing_more() {
     // Only the host paths it reads, read-only.
     let volumes: Vec<&str> =
         pod["volumes"].as_sequence().unwrap().iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
-    assert_eq!(volumes, ["/sys/kernel/tracing", "/sys/fs/cgroup"]);
+    assert_eq!(volumes, ["/sys/kernel/tracing", "/sys/fs/cgroup", "/etc/datadog-agent"]);
     assert!(container["volumeMounts"].as_sequence().unwrap().iter().all(|m| m["readOnly"] == Value::Bool(true)));
 }

@@ -296,3 +296,58 @@ fn a_node_agent_profiles_each_service_on_its_own() {
         assert!(total >= 50, "2 s of a busy thread: {total} samples");
     }
 }
+
+/// Datadog's stable configuration files select and configure processes: a rule matching a
+/// process's arguments gives it a service (it is then traced, though its environment says
+/// nothing), the fleet-managed file's default applies over every process's environment.
+#[test]
+fn the_stable_configuration_selects_and_configures_processes() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let dir = std::env::temp_dir().join(format!("ddtrace-node-stable-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("managed/datadog-agent/stable")).unwrap();
+    std::fs::write(
+        dir.join("application_monitoring.yaml"),
+        "rules:\n  - selectors:\n      - origin: process_arguments\n        operator: equals\n        matches: [\"--billing-worker\"]\n    configuration:\n      DD_SERVICE: billing\n      DD_ENV: from-local-file\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("managed/datadog-agent/stable/application_monitoring.yaml"),
+        "apm_configuration_default:\n  DD_VERSION: \"9.9\"\n",
+    )
+    .unwrap();
+    let url = agent.url();
+    let mut daemon =
+        AgentProcess::start(&["--node", "--agent-url", &url, "--stable-config-dir", dir.to_str().unwrap()]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    // Selected by the rule alone; its own DD_ENV is over the local file's.
+    let mut billing = SqliteWorker::spawn_with_args(&["--billing-worker"], &[("DD_ENV", "prod")]);
+    // Selected by its environment; the fleet default's version is over its own.
+    let mut opted = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "opted"), ("DD_VERSION", "1.0")]);
+    // Neither: left alone.
+    let mut plain = SqliteWorker::spawn_with_args(&["--other-worker"], &[]);
+    daemon.wait_for_stderr("as service billing", ATTACH_TIMEOUT);
+    for worker in [&mut billing, &mut opted, &mut plain] {
+        worker.run("work 1");
+    }
+    for worker in [billing, opted, plain] {
+        worker.exit();
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| with_resource(spans, INSERT).len() >= 2);
+    let stderr = daemon.stderr_text();
+    let _ = std::fs::remove_dir_all(&dir);
+    let inserts = with_resource(&spans, INSERT);
+    assert_eq!(inserts.len(), 2, "billing's and opted's, not plain's:\n{spans:#?}\n{stderr}");
+    let billing_span = inserts.iter().find(|s| s["service"] == "billing").expect("billing traced by the rule");
+    assert_eq!((meta(billing_span, "env"), meta(billing_span, "version")), ("prod", "9.9"), "{billing_span:#}");
+    let opted_span = inserts.iter().find(|s| s["service"] == "opted").expect("opted traced");
+    assert_eq!(meta(opted_span, "version"), "9.9", "the fleet file over the environment: {opted_span:#}");
+    assert!(
+        stderr.contains("as service billing, env prod, version 9.9")
+            && stderr.contains("(the stable configuration sets DD_SERVICE)"),
+        "{stderr}"
+    );
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+}

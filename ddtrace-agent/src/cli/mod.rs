@@ -30,6 +30,13 @@ pub struct Cli {
     #[arg(long, requires = "node")]
     pub select_all: bool,
 
+    /// Node mode: where Datadog's stable configuration files are (application_monitoring.yaml,
+    /// and the fleet-managed one under managed/datadog-agent/stable/). A process they give a
+    /// DD_SERVICE is selected; what they set is each process's configuration (fleet over its
+    /// environment over local).
+    #[arg(long, value_name = "DIR", default_value = "/etc/datadog-agent", requires = "node")]
+    pub stable_config_dir: std::path::PathBuf,
+
     /// Service name (default: DD_SERVICE of the target or of this daemon, else inferred from the target).
     #[arg(long)]
     pub service: Option<String>,

@@ -6,6 +6,7 @@
 mod agent_url;
 mod service_name;
 mod settings;
+mod stable_config;
 
 pub use agent_url::resolve_agent_url;
 pub use service_name::infer_service;
@@ -13,3 +14,4 @@ pub use settings::{
     parse_bool, parse_frequency, parse_interval, parse_rate, parse_tags, Config, ExporterKind, Origin, Setting,
     SettingsInput,
 };
+pub use stable_config::{runtime_language, StableConfiguration, StableSettings};

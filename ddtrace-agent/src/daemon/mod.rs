@@ -133,7 +133,8 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     let identities = if cli.node { crate::core::Identities::required() } else { crate::core::Identities::default() };
     let node = cli.node.then(|| {
         let rules = SelectionRules { all: cli.select_all, executables: cli.select_executables.clone() };
-        node::NodeSelection::new(rules, identities.clone())
+        let stable = crate::config::StableConfiguration::under(&cli.stable_config_dir);
+        node::NodeSelection::new(rules, identities.clone(), stable)
     });
     let mut integrations: Vec<Box<dyn Integration>> = integrations::all(cli.sqlite_probes, cli.openssl_probes);
     for spec in &cli.trace_functions {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    config::SettingsInput,
+    config::{runtime_language, SettingsInput, StableConfiguration},
     core::{Identities, ProcessIdentity},
     intake::identity::new_runtime_id,
     target::{ancestors, read_environ, Candidate, Container, Process, SelectionRules, Verdict},
@@ -22,6 +22,7 @@ pub struct NodeSelection {
     /// What runs the agent (`sudo`, a shell): never traced, whatever its environment.
     agent_chain: Vec<u32>,
     pub identities: Identities,
+    stable: StableConfiguration,
     /// This daemon's own environment: `DD_ENV` or `DD_TAGS` set on the DaemonSet are the
     /// defaults of processes that do not set their own.
     daemon_env: HashMap<String, String>,
@@ -40,10 +41,11 @@ pub enum Judgement {
 }
 
 impl NodeSelection {
-    pub fn new(rules: SelectionRules, identities: Identities) -> Self {
+    pub fn new(rules: SelectionRules, identities: Identities, stable: StableConfiguration) -> Self {
         let agent_pid = std::process::id();
         Self {
             rules,
+            stable,
             agent_pid,
             agent_chain: ancestors(agent_pid),
             identities,
@@ -67,11 +69,14 @@ impl NodeSelection {
             return Judgement::Ignored;
         }
         let Ok(process) = Process::open(pid) else { return Judgement::Ignored };
-        let environ = read_environ(pid);
+        let own_environ = read_environ(pid);
         let executable = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string());
         // Kernel threads have no executable; they are refused below when selected by --select-all.
         let executable = executable.unwrap_or_default();
-        let cmdline = process.cmdline().join(" ");
+        let args = process.cmdline();
+        // What the process's tracer would read: the stable configuration's values around its own.
+        let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
+        let cmdline = args.join(" ");
         let mapped_files: Vec<String> = process
             .mapped_objects()
             .map(|objects| objects.into_iter().map(|o| o.path.display().to_string()).collect())
@@ -85,6 +90,11 @@ impl NodeSelection {
         };
         match self.rules.judge(&candidate, self.agent_pid) {
             Verdict::Selected(reason) => {
+                let reason = if reason == "DD_SERVICE is set" && !own_environ.contains_key("DD_SERVICE") {
+                    "the stable configuration sets DD_SERVICE"
+                } else {
+                    reason
+                };
                 let identity = self.identity_of(&process, environ);
                 Judgement::Trace { process, identity, reason }
             }
@@ -140,7 +150,12 @@ impl NodeSelection {
     /// Returns the line to say when who it is changed.
     pub fn execed(&self, pid: u32) -> Option<String> {
         let process = Process::open(pid).ok()?;
-        let mut identity = self.identity_of(&process, read_environ(pid));
+        let own_environ = read_environ(pid);
+        let executable =
+            std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
+        let environ =
+            self.stable.for_process(&process.cmdline(), &own_environ, runtime_language(&executable)).over(&own_environ);
+        let mut identity = self.identity_of(&process, environ);
         let before = self.identities.get(pid);
         let changed = before.as_deref().is_none_or(|before| {
             let described =
