@@ -2,6 +2,7 @@
 //! `ddtrace-agent` binary loading the real eBPF programs. Nothing is mocked.
 
 pub mod agent_process;
+pub mod breakpoints;
 pub mod chart;
 pub mod container;
 pub mod http;

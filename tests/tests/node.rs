@@ -351,3 +351,33 @@ fn the_stable_configuration_selects_and_configures_processes() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
 }
+
+/// A node agent with `--probe-scope process` leaves a process that did not opt in untouched, not
+/// one breakpoint in its copy of a library the agent probes for an opted-in neighbour.
+#[test]
+fn with_process_scope_a_process_that_did_not_opt_in_keeps_no_breakpoint() {
+    use ddtrace_tests::breakpoints::breakpoints_in;
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut plain = SqliteWorker::spawn();
+    let mut opted = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "scoped")]);
+    plain.run("import");
+    opted.run("import");
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--node", "--probe-scope", "process", "--agent-url", &url]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    opted.run("work 1");
+    plain.run("work 1");
+    assert!(breakpoints_in(opted.pid(), "libsqlite3") > 0, "the opted-in process is probed");
+    assert_eq!(breakpoints_in(plain.pid(), "libsqlite3"), 0, "the other process's code was touched");
+    let (plain_pid, opted_pid) = (plain.pid(), opted.pid());
+    plain.exit();
+    opted.exit();
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| !with_resource(spans, INSERT).is_empty());
+    let inserts = with_resource(&spans, INSERT);
+    assert_eq!(inserts.len(), 1, "{spans:#?}\n{}", daemon.stderr_text());
+    assert_eq!(inserts[0]["metrics"]["process_id"].as_f64(), Some(opted_pid as f64));
+    assert!(spans.iter().all(|s| s["metrics"]["process_id"].as_f64() != Some(plain_pid as f64)));
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+}
