@@ -317,6 +317,11 @@ impl ContextTree {
     }
 
     /// Contexts open now, all threads together.
+    /// Threads with state here (open contexts or an emptied stack not yet forgotten).
+    pub fn threads_known(&self) -> usize {
+        self.threads.len() + self.detached.len()
+    }
+
     pub fn open_contexts(&self) -> usize {
         self.threads.values().map(Vec::len).sum::<usize>() + self.detached.len()
     }

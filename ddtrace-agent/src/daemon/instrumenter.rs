@@ -325,6 +325,21 @@ impl Instrumenter {
         }
     }
 
+    /// How much per-process and per-file state is held (for `--stats`: what a node under churn
+    /// must not accumulate).
+    pub fn state_sizes(&self) -> String {
+        format!(
+            "processes={} announced={} foreseen_links={} process_links={} file_identities={} foreseen_roots={} examined={}",
+            self.processes.len(),
+            self.announced.len(),
+            self.foreseen_links.len(),
+            self.links.len(),
+            self.file_identities.len(),
+            self.foreseen.len(),
+            self.examined.len()
+        )
+    }
+
     /// The traced processes.
     pub fn process_ids(&self) -> Vec<u32> {
         self.processes.keys().copied().collect()

@@ -323,10 +323,12 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             _ = sigterm.recv() => break StopReason::Signal,
             _ = stats_tick.tick(), if cli.stats.is_some() => {
                 eprintln!(
-                    "ddtrace-agent: stats: {} processes={} open_contexts={}",
+                    "ddtrace-agent: stats: {} {} identities={} open_contexts={} context_threads={}",
                     instrumenter.programs().counters(),
-                    instrumenter.process_ids().len(),
+                    instrumenter.state_sizes(),
+                    identities.len(),
                     contexts.open_contexts(),
+                    contexts.threads_known(),
                 );
             }
         }
