@@ -52,18 +52,25 @@ impl AgentProcess {
     /// Like [`start`](Self::start), with `env` added to the agent's environment (how a pod is
     /// told where the Datadog agent is).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(agent_binary())
+        let mut command = Command::new(agent_binary());
+        command
             .args(args)
             // Only what the test gives: the developer's own settings must not leak in.
             .env_remove("DD_TRACE_AGENT_URL")
             .env_remove("DD_AGENT_HOST")
             .env_remove("DD_TRACE_AGENT_PORT")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (the agent, or a shell that execs it), collecting both outputs.
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("ddtrace-agent starts");
+            .unwrap_or_else(|e| panic!("{command:?} does not start: {e}"));
         let stderr = collect_lines(child.stderr.take().unwrap());
         let stdout = collect_lines(child.stdout.take().unwrap());
         Self { child, stderr, stdout }
@@ -80,16 +87,9 @@ impl AgentProcess {
     pub fn start_with_program(prefix: &str, program: &std::path::Path, args: &[&str]) -> Self {
         let quoted: Vec<String> = args.iter().map(|a| format!("'{}'", a.replace('\'', "'\\''"))).collect();
         let command = format!("{prefix} '{}' {}", program.display(), quoted.join(" "));
-        let mut child = Command::new("sh")
-            .args(["-c", &command])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("sh starts ddtrace-agent");
-        let stderr = collect_lines(child.stderr.take().unwrap());
-        let stdout = collect_lines(child.stdout.take().unwrap());
-        Self { child, stderr, stdout }
+        let mut shell = Command::new("sh");
+        shell.args(["-c", &command]);
+        Self::spawn(shell)
     }
 
     pub fn stdout_text(&self) -> String {
@@ -122,6 +122,18 @@ impl AgentProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("ddtrace-agent did not print {needle:?} within {timeout:?}:\n{}", self.stderr_text());
+    }
+
+    /// Waits until at least `count` stderr lines contain `needle` (e.g. periodic stats lines).
+    pub fn wait_for_stderr_count(&mut self, needle: &str, count: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stderr.lock().unwrap().iter().filter(|line| line.contains(needle)).count() >= count {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ddtrace-agent did not print {count} lines with {needle:?} within {timeout:?}:\n{}", self.stderr_text());
     }
 
     /// Waits for the line the daemon prints once every process of the target (the root and the

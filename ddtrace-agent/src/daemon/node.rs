@@ -12,7 +12,7 @@ use crate::{
     config::{runtime_language, SettingsInput, StableConfiguration},
     core::{Identities, ProcessIdentity},
     intake::identity::new_runtime_id,
-    target::{ancestors, read_environ, Candidate, Container, Process, SelectionRules, Verdict},
+    target::{ancestors, read_environ, refusal, Candidate, Container, Process, SelectionRules, Verdict},
 };
 
 /// The node's selection and the selected processes' identities.
@@ -77,18 +77,23 @@ impl NodeSelection {
         // What the process's tracer would read: the stable configuration's values around its own.
         let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
         let cmdline = args.join(" ");
-        let mapped_files: Vec<String> = process
-            .mapped_objects()
-            .map(|objects| objects.into_iter().map(|o| o.path.display().to_string()).collect())
-            .unwrap_or_default();
-        let candidate = Candidate {
-            pid,
-            executable: &executable,
-            cmdline: &cmdline,
-            environ: &environ,
-            mapped_files: &mapped_files,
-        };
-        match self.rules.judge(&candidate, self.agent_pid) {
+        // Every exec of the node comes here: the memory map (an in-process tracer's native
+        // module) is read only for the few the rules select.
+        let mut candidate =
+            Candidate { pid, executable: &executable, cmdline: &cmdline, environ: &environ, mapped_files: &[] };
+        let mut verdict = self.rules.judge(&candidate, self.agent_pid);
+        let mapped_files: Vec<String>;
+        if let Verdict::Selected(_) = verdict {
+            mapped_files = process
+                .mapped_objects()
+                .map(|objects| objects.into_iter().map(|o| o.path.display().to_string()).collect())
+                .unwrap_or_default();
+            candidate.mapped_files = &mapped_files;
+            if let Some(why) = refusal(&candidate, self.agent_pid) {
+                verdict = Verdict::Refused(why);
+            }
+        }
+        match verdict {
             Verdict::Selected(reason) => {
                 let reason = if reason == "DD_SERVICE is set" && !own_environ.contains_key("DD_SERVICE") {
                     "the stable configuration sets DD_SERVICE"

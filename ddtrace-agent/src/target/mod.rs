@@ -22,6 +22,6 @@ pub use go_runtime::runs_go;
 pub use library_search::{file_identity, loadable_libraries, LibraryFile};
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
-pub use selection::{Candidate, SelectionRules, Verdict};
+pub use selection::{refusal, Candidate, SelectionRules, Verdict};
 pub use sockets::{open_tcp_connections, ConnectionSide, OpenConnection};
 pub use tree::{ancestors, descendants, is_kernel_thread, is_process, is_thread_of, never_traced};

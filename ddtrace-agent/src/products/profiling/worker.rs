@@ -36,7 +36,7 @@ pub struct ProfileSinks {
     pub per_process: Option<Identities>,
 }
 
-/// A process's profile of the current period, with its identity at its first sample: what names
+/// A process's profile of the current period, with its identity at its latest sample: what names
 /// it if it has exited by the upload (a live one is named by its identity then).
 struct ProcessWindow {
     identity: Arc<ProcessIdentity>,
@@ -220,7 +220,14 @@ impl Worker {
     ) -> Option<&'w mut ProcessWindow> {
         let identities = self.sinks.per_process.as_ref()?;
         match processes.entry(sample.tgid) {
-            std::collections::hash_map::Entry::Occupied(entry) => Some(entry.into_mut()),
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let process = entry.into_mut();
+                // Who it is at its latest sample (an exec may have said more: its container).
+                if let Some(identity) = identities.get(sample.tgid) {
+                    process.identity = identity;
+                }
+                Some(process)
+            }
             std::collections::hash_map::Entry::Vacant(entry) => {
                 let identity = identities.get(sample.tgid)?;
                 let window = ProfileWindow::new(SystemTime::now(), self.sampling_period);
