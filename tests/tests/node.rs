@@ -179,7 +179,7 @@ fn under_churn_no_short_lived_process_is_missed_and_none_is_held_after() {
     daemon.wait_attached(ATTACH_TIMEOUT);
     let mut pids = std::collections::BTreeSet::new();
     // About 1,000 a minute, as recycled PHP-FPM or gunicorn workers come and go.
-    for i in 0..PROCESSES {
+    for _ in 0..PROCESSES {
         let status = std::process::Command::new(&program)
             .arg(STATEMENTS.to_string())
             .env("DD_SERVICE", "churn")
@@ -217,7 +217,7 @@ fn under_churn_no_short_lived_process_is_missed_and_none_is_held_after() {
     let printed = daemon.stderr_text().lines().filter(|l| l.contains("stats:")).count();
     daemon.wait_for_stderr_count("stats:", printed + 2, ATTACH_TIMEOUT);
     let stderr = daemon.stderr_text();
-    let last = stderr.lines().filter(|l| l.contains("stats:")).last().unwrap_or_default();
+    let last = stderr.lines().rfind(|l| l.contains("stats:")).unwrap_or_default();
     for held in
         ["processes=0", "announced=0", "foreseen_links=0", "identities=0", "open_contexts=0", "context_threads=0"]
     {
