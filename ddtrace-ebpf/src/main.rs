@@ -4,6 +4,8 @@
 //! apart by the attach cookie (a probe id indexing `PROBE_SPECS`). No protocol parsing here: the
 //! programs filter by process, copy bounded data, and hand events to the daemon.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod opt_in;
@@ -84,12 +86,15 @@ fn is_tracked(tgid: u32) -> bool {
 fn flip_tracked(tgid: u32, track: bool) {
     if let Some(word) = TRACKED_PROCESSES.get_ptr_mut(tgid / 64) {
         let bit = 1u64 << (tgid % 64);
-        // SAFETY: points into the array map's value, which the kernel keeps alive.
+        // Atomic (BPF_ATOMIC): another CPU may flip another process's bit of the same word at
+        // the same time (a fork here, an exit or node mode's opt-in there); a plain
+        // read-modify-write would undo it.
+        // SAFETY: points into the array map's value, which the kernel keeps alive, 8-aligned.
         unsafe {
             if track {
-                *word |= bit;
+                core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(word, bit);
             } else {
-                *word &= !bit;
+                core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(word, !bit);
             }
         }
     }

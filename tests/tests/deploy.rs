@@ -94,6 +94,8 @@ fn the_daemonset_asks_for_what_the_agent_needs_and_nothing_more() {
     assert_eq!(security["privileged"], Value::Bool(false));
     assert_eq!(security["runAsNonRoot"], Value::Bool(true));
     assert_eq!(security["readOnlyRootFilesystem"], Value::Bool(true));
+    // The default AppArmor profile would hide the node's other processes.
+    assert_eq!(security["appArmorProfile"]["type"], Value::String("Unconfined".into()));
     assert_eq!(security["capabilities"]["drop"], serde_yaml::from_str::<Value>("[ALL]").unwrap());
     let added: Vec<&str> =
         security["capabilities"]["add"].as_sequence().unwrap().iter().filter_map(Value::as_str).collect();

@@ -443,7 +443,7 @@ fn select_process(node: &node::NodeSelection, instrumenter: &mut Instrumenter, p
     }
     match node.judge(pid) {
         node::Judgement::Trace { process, identity, reason } => {
-            trace_selected(node, instrumenter, process, identity, reason)
+            trace_selected(node, instrumenter, process, identity, reason, false)
         }
         node::Judgement::Refused(line) => eprintln!("ddtrace-agent: {line}"),
         node::Judgement::Ignored => {}
@@ -456,6 +456,7 @@ fn trace_selected(
     process: Process,
     identity: crate::core::ProcessIdentity,
     reason: &str,
+    kernel_tracked: bool,
 ) {
     let pid = process.pid;
     let line = node::selected_line(&process, &identity, reason);
@@ -466,9 +467,14 @@ fn trace_selected(
             eprintln!("ddtrace-agent: {line}");
             print_attach_outcomes(outcomes.into_iter().filter(|o| !matches!(o, AttachOutcome::Waiting { .. })));
         }
-        // Over while being attached: its events still in the ring buffer are named by the
-        // identity, which its exit event, behind them, removes.
-        Err(InstrumentError::Target(crate::target::TargetError::Exited { .. })) => {}
+        // Over while being attached. Tracked by the kernel since its exec: its events still in
+        // the ring buffer are named by the identity, which its exit event, behind them, removes.
+        // Otherwise no event of it will come, and nothing would remove it.
+        Err(InstrumentError::Target(crate::target::TargetError::Exited { .. })) => {
+            if !kernel_tracked {
+                node.identities.remove(pid);
+            }
+        }
         Err(error) => {
             node.identities.remove(pid);
             eprintln!("ddtrace-agent: node: not tracing pid {pid}: {error}");
@@ -480,15 +486,25 @@ fn trace_selected(
 /// judges it like any other and untracks one it refuses; one it can no longer read (over, or
 /// exiting: its environment is gone) is named by what the kernel read, its events being on
 /// their way.
-fn select_opted_in(node: &node::NodeSelection, instrumenter: &mut Instrumenter, opt_in: &crate::probes::OptIn) {
+fn select_opted_in(
+    node: &node::NodeSelection,
+    instrumenter: &mut Instrumenter,
+    contexts: &mut ContextTree,
+    opt_in: &crate::probes::OptIn,
+) {
     let pid = opt_in.tgid;
+    if instrumenter.is_tracing(pid) {
+        return; // seen in `/proc` at start already
+    }
     match node.judge(pid) {
         node::Judgement::Trace { process, identity, reason } => {
-            trace_selected(node, instrumenter, process, identity, reason)
+            trace_selected(node, instrumenter, process, identity, reason, true)
         }
         node::Judgement::Refused(line) => {
             eprintln!("ddtrace-agent: {line}");
-            instrumenter.programs_mut().untrack_process(pid);
+            // What it did since its exec goes (its spans are dropped: it has no identity).
+            contexts.end_process(pid, opt_in.ktime_ns);
+            instrumenter.process_exited(pid);
         }
         node::Judgement::Ignored => {
             node.identities.set(pid, node.identity_from_kernel(opt_in));
@@ -543,8 +559,15 @@ fn handle_events(
                         }
                         ProcessOutcome::Execed { pid, .. } => {
                             note_runtime(http, pid);
-                            if let Some(line) = node.and_then(|node| node.execed(pid)) {
-                                eprintln!("ddtrace-agent: {line}");
+                            match node.and_then(|node| node.execed(pid)) {
+                                Some(node::ExecJudgement::Changed(line)) => eprintln!("ddtrace-agent: {line}"),
+                                Some(node::ExecJudgement::Refused(line)) => {
+                                    eprintln!("ddtrace-agent: {line}");
+                                    contexts.end_process(pid, change.ktime_ns);
+                                    instrumenter.process_exited(pid);
+                                    http.process_exited(pid);
+                                }
+                                None => {}
                             }
                         }
                         ProcessOutcome::Exited { .. } => {}
@@ -565,7 +588,7 @@ fn handle_events(
             }
             KernelEvent::OptIn(opt_in) => match node {
                 Some(node) => {
-                    select_opted_in(node, instrumenter, &opt_in);
+                    select_opted_in(node, instrumenter, contexts, &opt_in);
                     if instrumenter.is_tracing(opt_in.tgid) {
                         note_runtime(http, opt_in.tgid);
                     }

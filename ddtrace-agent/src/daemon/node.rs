@@ -28,6 +28,14 @@ pub struct NodeSelection {
     daemon_env: HashMap<String, String>,
 }
 
+/// What an exec changed for a traced process.
+pub enum ExecJudgement {
+    /// Who it is changed: the line to say.
+    Changed(String),
+    /// It now runs its own tracer: left alone from now on, the line says why.
+    Refused(String),
+}
+
 /// What to do with one process.
 pub enum Judgement {
     Trace {
@@ -54,7 +62,7 @@ impl NodeSelection {
         }
     }
 
-    /// Every process on the host now, oldest first (parents before their children).
+    /// Every process on the host now, by pid.
     pub fn running_processes() -> Vec<u32> {
         let mut pids: Vec<u32> = std::fs::read_dir("/proc")
             .map(|entries| entries.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
@@ -153,13 +161,25 @@ impl NodeSelection {
     /// A traced process exec'd: the new program may say another service, or run in another
     /// container (a runtime's shim moves itself into the container's cgroup, then execs).
     /// Returns the line to say when who it is changed.
-    pub fn execed(&self, pid: u32) -> Option<String> {
+    pub fn execed(&self, pid: u32) -> Option<ExecJudgement> {
         let process = Process::open(pid).ok()?;
         let own_environ = read_environ(pid);
         let executable =
             std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-        let environ =
-            self.stable.for_process(&process.cmdline(), &own_environ, runtime_language(&executable)).over(&own_environ);
+        let args = process.cmdline();
+        let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
+        // The new program may bring its own tracer (`ddtrace-run` execs the app with its
+        // bootstrap on PYTHONPATH; an entrypoint script execs `java -javaagent:dd-java-agent`).
+        let cmdline = args.join(" ");
+        let candidate =
+            Candidate { pid, executable: &executable, cmdline: &cmdline, environ: &environ, mapped_files: &[] };
+        if let Some(why) = refusal(&candidate, self.agent_pid) {
+            self.identities.remove(pid);
+            return Some(ExecJudgement::Refused(format!(
+                "node: not tracing pid {pid} ({}) any more: {why}",
+                process.comm().unwrap_or_default()
+            )));
+        }
         let mut identity = self.identity_of(&process, environ);
         let before = self.identities.get(pid);
         let changed = before.as_deref().is_none_or(|before| {
@@ -173,7 +193,7 @@ impl NodeSelection {
         }
         let line = changed.then(|| selected_line(&process, &identity, "after its exec"));
         self.identities.set(pid, identity);
-        line
+        line.map(ExecJudgement::Changed)
     }
 }
 

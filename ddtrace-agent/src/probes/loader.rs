@@ -215,13 +215,20 @@ impl KernelPrograms {
         let _ = self.set_tracked(tgid, false);
     }
 
-    /// Flips bit `tgid` of the filter bitmap. Only this (single-threaded) daemon writes it.
+    /// Flips bit `tgid` of the filter bitmap. The kernel flips bits too (forks, exits, node
+    /// mode's opt-in at exec), atomically; this read-modify-write of a 64-process word is not, so
+    /// a kernel flip of another bit of the same word between the read and the write would be
+    /// undone. Writing only when the bit differs keeps that window to the daemon's real changes
+    /// (a process the kernel already tracked, the common case in node mode, costs no write).
     fn set_tracked(&mut self, tgid: u32, tracked: bool) -> Result<(), ProbeError> {
         let map_error =
             |e: aya::maps::MapError| ProbeError::Map { map: names::TRACKED_PROCESSES, reason: e.to_string() };
         let index = tgid / 64;
         let word = self.tracked.get(&index, 0).map_err(map_error)?;
         let bit = 1u64 << (tgid % 64);
+        if (word & bit != 0) == tracked {
+            return Ok(());
+        }
         let word = if tracked { word | bit } else { word & !bit };
         self.tracked.set(index, word, 0).map_err(map_error)
     }

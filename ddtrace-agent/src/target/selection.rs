@@ -82,8 +82,11 @@ fn is_datadog_agent(executable: &str) -> bool {
 /// loaded, the environment and the command line are what tells.
 fn in_process_tracer(candidate: &Candidate<'_>) -> Option<&'static str> {
     let env = |name: &str| candidate.environ.get(name).map(String::as_str).unwrap_or("");
-    // ddtrace-run puts ddtrace's bootstrap (its sitecustomize) first on PYTHONPATH.
-    if env("PYTHONPATH").split(':').any(|dir| dir.ends_with("ddtrace/bootstrap")) {
+    // ddtrace-run puts ddtrace's bootstrap (its sitecustomize) first on PYTHONPATH, then execs
+    // the app; before that exec it is `python .../ddtrace-run app`.
+    let ddtrace_run =
+        candidate.cmdline.split_whitespace().take(3).any(|arg| arg.ends_with("/ddtrace-run") || arg == "ddtrace-run");
+    if ddtrace_run || env("PYTHONPATH").split(':').any(|dir| dir.ends_with("ddtrace/bootstrap")) {
         return Some("dd-trace-py, by ddtrace-run");
     }
     let java_options = [candidate.cmdline, env("JAVA_TOOL_OPTIONS"), env("_JAVA_OPTIONS")];

@@ -42,7 +42,7 @@ impl SpanBuilder {
     /// The identity of process `tgid`, if it has its own.
     pub fn identity(&self, tgid: u32) -> Option<Arc<ProcessIdentity>> {
         if self.identities.is_empty() {
-            return None; // `--pid`: no lock taken on the span path
+            return None; // nothing registered (unit tests, a run with no process yet)
         }
         self.identities.get(tgid)
     }
