@@ -41,7 +41,10 @@ fn missing_from(effective: u64) -> Vec<String> {
     let has = |bit: u32| effective & (1u64 << bit) != 0;
     NEEDED
         .iter()
-        .filter(|(bit, _, _)| !has(*bit) && !(*bit == CAP_DAC_READ_SEARCH && has(CAP_DAC_OVERRIDE)))
+        .filter(|(bit, _, _)| {
+            let stood_in = *bit == CAP_DAC_READ_SEARCH && has(CAP_DAC_OVERRIDE);
+            !has(*bit) && !stood_in
+        })
         .map(|(_, name, why)| format!("{name} ({why})"))
         .collect()
 }
