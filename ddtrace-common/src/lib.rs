@@ -442,6 +442,7 @@ pub mod names {
     pub const EMPTY_EXIT_PROGRAM: &str = "bench_empty_exit";
     pub const FORK_PROGRAM: &str = "ddtrace_process_fork";
     pub const EXEC_PROGRAM: &str = "ddtrace_process_exec";
+    pub const EXEC_NODE_PROGRAM: &str = "ddtrace_process_exec_node";
     pub const EXIT_PROCESS_PROGRAM: &str = "ddtrace_process_exit";
     pub const CPU_SAMPLE_PROGRAM: &str = "ddtrace_cpu_sample";
     pub const SYSCALL_ENTER_PROGRAM: &str = "ddtrace_syscall_enter";

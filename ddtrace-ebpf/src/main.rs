@@ -296,7 +296,9 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
 static FORK_CHILD_PID_OFFSET: u32 = 20;
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD_OFFSET: u32 = 32;
-/// Set by the daemon in node mode, where a new program anywhere on the host may be one to trace.
+/// Set by the daemon in node mode: non-zero when every new program of the host is reported (the
+/// daemon selects by more than `DD_SERVICE`: executable names, stable configuration); zero when
+/// only those that opt in are.
 #[unsafe(no_mangle)]
 static REPORT_EVERY_EXEC: u32 = 0;
 
@@ -361,17 +363,26 @@ pub fn ddtrace_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn ddtrace_process_exec(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    if is_tracked((pid_tgid >> 32) as u32) {
+        emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0);
+    }
+    0
+}
+
+/// Node mode's exec program, loaded instead of `ddtrace_process_exec` (it needs `bpf_loop`, 5.17+:
+/// `--pid` keeps working on older kernels). A new program that opts in is tracked now, before
+/// its first instruction, and reported with what it said of itself; others are reported when the
+/// daemon asks for every exec.
+#[tracepoint]
+pub fn ddtrace_process_exec_node(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if is_tracked(tgid) {
         emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0);
         return 0;
     }
     // SAFETY: volatile read of a load-time constant the daemon may override.
-    if unsafe { core::ptr::read_volatile(&REPORT_EVERY_EXEC) } == 0 {
-        return 0;
-    }
-    // Node mode: every new program is reported; one that opted in is tracked now, before its
-    // first instruction, and reported with what it said of itself.
+    let every_exec = unsafe { core::ptr::read_volatile(&REPORT_EVERY_EXEC) } != 0;
     match opt_in::opted_in() {
         Some(event) => {
             flip_tracked(tgid, true);
@@ -382,7 +393,8 @@ pub fn ddtrace_process_exec(_ctx: TracePointContext) -> u32 {
                 count(counter::EVENTS);
             }
         }
-        None => emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0),
+        None if every_exec => emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0),
+        None => {}
     }
     0
 }

@@ -20,8 +20,9 @@ use ddtrace_common::{ExecLayout, OptInEvent, OPT_IN_VALUE_BYTES};
 #[unsafe(no_mangle)]
 static EXEC_LAYOUT: ExecLayout = ExecLayout { known: 0, task_mm: 0, mm_env_start: 0, mm_env_end: 0 };
 
-/// Variables looked at; an environment with more is judged by the daemon alone past them.
-const MAX_VARIABLES: u32 = 512;
+/// Steps (a variable, or 255 bytes of a long one) looked at; an environment with more is judged
+/// by the daemon alone past them. Kubernetes adds ~7 variables per Service of the namespace.
+const MAX_VARIABLES: u32 = 2048;
 /// Bytes of one variable read at once (a longer one is read on in the next step).
 const VARIABLE_BYTES: usize = 256;
 
@@ -68,6 +69,8 @@ struct Scan {
     at: u64,
     end: u64,
     found: u64,
+    /// The step is inside a variable longer than one read (its name was in an earlier one).
+    mid: u64,
 }
 
 /// One variable of the environment, as `bpf_loop`'s callback: the verifier checks it once
@@ -83,18 +86,29 @@ extern "C" fn scan_variable(_index: u64, context: *mut core::ffi::c_void) -> i64
     let (bytes, event) = unsafe { (&mut *bytes, &mut *event) };
     // SAFETY: the helper copies user memory and fails instead of faulting.
     let Ok(read) = (unsafe { bpf_probe_read_user_str_bytes(scan.at as *const u8, bytes) }) else { return 1 };
-    let length = read.len() as u64 + 1; // and its NUL
-    if starts_with(bytes, b"DD_SERVICE=") {
-        if bytes[11] != 0 {
-            take_value(bytes, 11, &mut event.service);
-            scan.found = 1;
+    let length = read.len() as u64;
+    // A full read may be cut short: the rest of the variable (or just its NUL) comes next, and
+    // is not the start of a variable.
+    let cut = length == VARIABLE_BYTES as u64 - 1;
+    if scan.mid == 0 {
+        if starts_with(bytes, b"DD_SERVICE=") {
+            if bytes[11] != 0 {
+                take_value(bytes, 11, &mut event.service);
+                scan.found = 1;
+            }
+        } else if starts_with(bytes, b"DD_ENV=") {
+            take_value(bytes, 7, &mut event.env);
+        } else if starts_with(bytes, b"DD_VERSION=") {
+            take_value(bytes, 11, &mut event.version);
         }
-    } else if starts_with(bytes, b"DD_ENV=") {
-        take_value(bytes, 7, &mut event.env);
-    } else if starts_with(bytes, b"DD_VERSION=") {
-        take_value(bytes, 11, &mut event.version);
     }
-    scan.at += length;
+    if cut {
+        scan.at += length;
+        scan.mid = 1;
+    } else {
+        scan.at += length + 1; // and its NUL
+        scan.mid = 0;
+    }
     0
 }
 
@@ -116,6 +130,7 @@ pub fn opted_in() -> Option<&'static mut OptInEvent> {
         at: read_kernel_u64(mm + offset!(mm_env_start))?,
         end: read_kernel_u64(mm + offset!(mm_env_end))?,
         found: 0,
+        mid: 0,
     };
     // SAFETY: per-CPU scratch value, used by this program only, for the length of one call.
     let event = unsafe { &mut *EVENT.get_ptr_mut(0)? };

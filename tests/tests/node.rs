@@ -375,3 +375,39 @@ fn with_process_scope_a_process_that_did_not_opt_in_keeps_no_breakpoint() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
 }
+
+/// The kernel reads a new program's environment variable by variable, 255 bytes at a time:
+/// `DD_SERVICE=` inside a long value is not a variable, and a `DD_SERVICE` behind hundreds of
+/// long variables (Kubernetes adds several per Service of the namespace) is found.
+#[test]
+fn the_kernel_finds_dd_service_only_where_a_variable_starts() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let program = ddtrace_tests::native_app::build_c(
+        "sqlite_once.c",
+        "sqlite_once",
+        &["-O1", "-Wl,--no-as-needed", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0"],
+    );
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    // Values of `DD_SERVICE=fake` over and over: with a 15-byte `NAME=`, one starts 255 and 510
+    // bytes into the variable, where cut reads resume; with a 16-byte one, 256 bytes in.
+    let disguised = "DD_SERVICE=fake".repeat(60);
+    let run = |env: Vec<(String, String)>| {
+        let status = std::process::Command::new(&program).arg("1").envs(env).status().expect("sqlite_once runs");
+        assert!(status.success());
+    };
+    run(vec![("NOT_A_SERVICE2".into(), disguised.clone()), ("NOT_A_SERVICE23".into(), disguised)]);
+    let mut crowded: Vec<(String, String)> =
+        (0..400).map(|i| (format!("SERVICE_{i}_PORT_HOST"), "z".repeat(300))).collect();
+    crowded.push(("DD_SERVICE".into(), "behind-the-crowd".into()));
+    run(crowded);
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| !spans.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let spans = if spans.len() < 2 { agent.spans() } else { spans };
+    let services: Vec<&str> = spans.iter().filter_map(|s| s["service"].as_str()).collect();
+    assert_eq!(services, ["behind-the-crowd"], "{spans:#?}\n{}", daemon.stderr_text());
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success(), "{}", daemon.stderr_text());
+}

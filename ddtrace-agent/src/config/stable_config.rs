@@ -42,6 +42,12 @@ impl StableConfiguration {
         }
     }
 
+    /// Whether either file is there (checked when node mode starts: a file written later is
+    /// read for processes judged then, but the kernel reports every exec only if one was there).
+    pub fn files_exist(&self) -> bool {
+        self.local.exists() || self.fleet.exists()
+    }
+
     /// The settings the files give a process with these arguments, environment and language.
     /// Missing files give nothing; a file that does not parse gives nothing, said once.
     pub fn for_process(&self, args: &[String], environ: &HashMap<String, String>, language: &str) -> StableSettings {

@@ -62,6 +62,12 @@ impl NodeSelection {
         }
     }
 
+    /// Whether a process can be selected by more than its own `DD_SERVICE` (which the kernel
+    /// checks itself at exec): then the daemon must see every new program.
+    pub fn selects_beyond_dd_service(&self) -> bool {
+        self.rules.all || !self.rules.executables.is_empty() || self.stable.files_exist()
+    }
+
     /// Every process on the host now, by pid.
     pub fn running_processes() -> Vec<u32> {
         let mut pids: Vec<u32> = std::fs::read_dir("/proc")

@@ -77,24 +77,32 @@ pub struct KernelPrograms {
     next_probe_id: ProbeId,
 }
 
+/// Node mode's exec reporting (see [`KernelPrograms::load_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct NodeExecs {
+    pub every_exec: bool,
+}
+
 impl KernelPrograms {
     /// Loads the embedded object and its generic entry/exit programs.
     /// `kernel_log_level` is aya-log's level (0 = off): kernel diagnostics stay off the hot path
     /// unless asked for.
     pub fn load(kernel_log_level: u8) -> Result<Self, ProbeError> {
-        Self::load_with(kernel_log_level, false)
+        Self::load_with(kernel_log_level, None)
     }
 
-    /// Like [`load`](Self::load); with `every_exec`, the kernel reports every program started on
-    /// the host (node mode judges each one), not only those of traced processes.
-    pub fn load_with(kernel_log_level: u8, every_exec: bool) -> Result<Self, ProbeError> {
+    /// Like [`load`](Self::load); `node` for node mode: the kernel tracks new programs that opt in
+    /// at their exec and reports them, and with `every_exec: true` every other new program of
+    /// the host too (the daemon selects by more than `DD_SERVICE`).
+    pub fn load_with(kernel_log_level: u8, node: Option<NodeExecs>) -> Result<Self, ProbeError> {
+        let every_exec = node.is_some_and(|node| node.every_exec);
         raise_memlock_limit();
         let offsets = lifecycle_field_offsets();
         let mut loader = EbpfLoader::new();
         loader.override_global(aya_log::LEVEL, &kernel_log_level, false);
         // Without it, a new program that opts in is judged by the daemon only: one that lives
         // less than a millisecond can be over before it is tracked.
-        let exec_layout = every_exec.then(super::exec_layout::exec_layout_from_kernel).and_then(|layout| {
+        let exec_layout = node.is_some().then(super::exec_layout::exec_layout_from_kernel).and_then(|layout| {
             layout
                 .inspect_err(|reason| tracing::warn!(%reason, "node: the kernel cannot read new programs' environments (no usable BTF); the daemon judges them alone, a moment after they start"))
                 .ok()
@@ -142,17 +150,19 @@ impl KernelPrograms {
         let mut programs = Self { ebpf, specs, tracked, counters, sockets, logger, next_probe_id: 0 };
         programs.attach_syscall_tracepoints()?;
         match offsets {
-            Ok(_) => programs.attach_lifecycle_tracepoints()?,
+            Ok(_) => programs.attach_lifecycle_tracepoints(node.is_some())?,
             Err(reason) => tracing::warn!(%reason, "children and exec of traced processes will not be followed"),
         }
         Ok(programs)
     }
 
-    /// Fork, exec and exit of tracked processes, seen in the kernel as they happen.
-    fn attach_lifecycle_tracepoints(&mut self) -> Result<(), ProbeError> {
+    /// Fork, exec and exit of tracked processes, seen in the kernel as they happen; in node mode
+    /// the exec program also opts new programs in (only it needs `bpf_loop`, 5.17+).
+    fn attach_lifecycle_tracepoints(&mut self, node: bool) -> Result<(), ProbeError> {
+        let exec = if node { names::EXEC_NODE_PROGRAM } else { names::EXEC_PROGRAM };
         for (program, event) in [
             (names::FORK_PROGRAM, "sched_process_fork"),
-            (names::EXEC_PROGRAM, "sched_process_exec"),
+            (exec, "sched_process_exec"),
             (names::EXIT_PROCESS_PROGRAM, "sched_process_exit"),
         ] {
             self.attach_tracepoint(program, "sched", event)?;

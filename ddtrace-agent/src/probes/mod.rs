@@ -19,7 +19,7 @@ pub use event::{
     decode, DecodeError, EntryData, ExitData, KernelEvent, OptIn, ProbeEvent, ProcessChange, ProcessChangeKind,
     SocketActivity, SocketOp, StackSample,
 };
-pub use loader::{KernelPrograms, ProbeError, ProbeId, ProbeLinks};
+pub use loader::{KernelPrograms, NodeExecs, ProbeError, ProbeId, ProbeLinks};
 pub use reader::EventReader;
 pub use scope::ProbeScope;
 pub use spec::{Capture, ProbeDef, ProbeKind};
