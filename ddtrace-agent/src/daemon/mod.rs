@@ -549,7 +549,21 @@ fn handle_events(
                         continue;
                     }
                 }
+                // The child is named from the event itself: one already over when the event is
+                // read (no process to open) still has its events behind this one. The kernel
+                // reports new processes only (threads are told at clone), and the child's exit
+                // event removes it.
+                if let ProcessChangeKind::Forked { child } = change.kind {
+                    identity::inherit(identities, change.tgid, child);
+                }
                 let (process_outcome, attach_outcomes) = instrumenter.handle_process_change(&change, contexts);
+                // A new thread after all (the rare fork the kernel could not tell): no exit event
+                // of its own will remove it.
+                if let ProcessChangeKind::Forked { child } = change.kind {
+                    if process_outcome.is_none() && crate::target::is_process(child) == Some(false) {
+                        identities.remove(child);
+                    }
+                }
                 if let ProcessChangeKind::Exited = change.kind {
                     http.process_exited(change.tgid);
                     // Its last contexts ended in `handle_process_change`.
@@ -557,10 +571,7 @@ fn handle_events(
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
-                        ProcessOutcome::Forked { parent, child } => {
-                            note_runtime(http, child);
-                            identity::inherit(identities, parent, child);
-                        }
+                        ProcessOutcome::Forked { child, .. } => note_runtime(http, child),
                         ProcessOutcome::Execed { pid, .. } => {
                             note_runtime(http, pid);
                             match node.and_then(|node| node.execed(pid)) {
