@@ -9,7 +9,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 /// One process's identity.
@@ -33,6 +36,9 @@ pub struct ProcessIdentity {
 #[derive(Debug, Clone, Default)]
 pub struct Identities {
     by_pid: Arc<RwLock<HashMap<u32, Arc<ProcessIdentity>>>>,
+    /// Bumped at every change: a reader that cached an answer knows it still holds with one
+    /// atomic load instead of a lock and a lookup (the span path asks once per span).
+    generation: Arc<AtomicU64>,
     required: bool,
 }
 
@@ -49,6 +55,12 @@ impl Identities {
 
     pub fn set(&self, pid: u32, identity: ProcessIdentity) {
         self.write().insert(pid, Arc::new(identity));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes so far (see `generation`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     pub fn get(&self, pid: u32) -> Option<Arc<ProcessIdentity>> {
@@ -56,7 +68,9 @@ impl Identities {
     }
 
     pub fn remove(&self, pid: u32) {
-        self.write().remove(&pid);
+        if self.write().remove(&pid).is_some() {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -21,11 +21,14 @@ pub struct TraceTags {
 pub struct SpanBuilder {
     tags: TraceTags,
     identities: Identities,
+    /// The last answer of `identities` (generation, process, identity): consecutive spans are
+    /// mostly of one process, and the registry rarely changes between them.
+    last: std::cell::RefCell<Option<(u64, u32, Option<Arc<ProcessIdentity>>)>>,
 }
 
 impl SpanBuilder {
     pub fn new(tags: TraceTags) -> Self {
-        Self { tags, identities: Identities::default() }
+        Self { tags, identities: Identities::default(), last: Default::default() }
     }
 
     /// Spans of a process with an identity take its service, env, version, tags and runtime id.
@@ -36,15 +39,20 @@ impl SpanBuilder {
 
     /// Whether spans of process `tgid` must not be built (see [`Identities::excludes`]).
     pub fn excludes(&self, tgid: u32) -> bool {
-        self.identities.excludes(tgid)
+        self.identities.are_required() && self.identity(tgid).is_none()
     }
 
     /// The identity of process `tgid`, if it has its own.
     pub fn identity(&self, tgid: u32) -> Option<Arc<ProcessIdentity>> {
-        if self.identities.is_empty() {
-            return None; // nothing registered (unit tests, a run with no process yet)
+        let generation = self.identities.generation();
+        if let Some((seen, pid, identity)) = &*self.last.borrow() {
+            if *seen == generation && *pid == tgid {
+                return identity.clone();
+            }
         }
-        self.identities.get(tgid)
+        let identity = self.identities.get(tgid);
+        *self.last.borrow_mut() = Some((generation, tgid, identity.clone()));
+        identity
     }
 
     /// Replaces the `DD_TAGS`-like tags (e.g. remote configuration's `tracing_tags`).
