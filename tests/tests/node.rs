@@ -14,6 +14,15 @@ use serde_json::Value;
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 const INSERT: &str = "INSERT INTO users ( name, secret ) VALUES";
 
+/// `tests/apps/sqlite_once.c`: a process that lives about a millisecond.
+fn sqlite_once() -> std::path::PathBuf {
+    ddtrace_tests::native_app::build_c(
+        "sqlite_once.c",
+        "sqlite_once",
+        &["-O1", "-Wl,--no-as-needed", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0"],
+    )
+}
+
 fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
     span["meta"][key].as_str().unwrap_or_default()
 }
@@ -169,11 +178,7 @@ fn under_churn_no_short_lived_process_is_missed_and_none_is_held_after() {
     const STATEMENTS: usize = 2;
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let program = ddtrace_tests::native_app::build_c(
-        "sqlite_once.c",
-        "sqlite_once",
-        &["-O1", "-Wl,--no-as-needed", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0"],
-    );
+    let program = sqlite_once();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url, "--stats", "1"]);
     daemon.wait_attached(ATTACH_TIMEOUT);
@@ -383,11 +388,7 @@ fn with_process_scope_a_process_that_did_not_opt_in_keeps_no_breakpoint() {
 fn the_kernel_finds_dd_service_only_where_a_variable_starts() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let program = ddtrace_tests::native_app::build_c(
-        "sqlite_once.c",
-        "sqlite_once",
-        &["-O1", "-Wl,--no-as-needed", "/usr/lib/x86_64-linux-gnu/libsqlite3.so.0"],
-    );
+    let program = sqlite_once();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--node", "--agent-url", &url]);
     daemon.wait_attached(ATTACH_TIMEOUT);

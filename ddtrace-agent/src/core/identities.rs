@@ -81,11 +81,6 @@ impl Identities {
         self.len() == 0
     }
 
-    /// Whether products must leave process `pid` out: identities are required and it has none.
-    pub fn excludes(&self, pid: u32) -> bool {
-        self.required && self.get(pid).is_none()
-    }
-
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<u32, Arc<ProcessIdentity>>> {
         self.by_pid.write().unwrap_or_else(|e| e.into_inner())
     }

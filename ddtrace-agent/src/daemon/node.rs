@@ -28,6 +28,16 @@ pub struct NodeSelection {
     daemon_env: HashMap<String, String>,
 }
 
+/// A process as the selection sees it (see [`NodeSelection::describe`]).
+struct Described {
+    executable: String,
+    cmdline: String,
+    /// Its own environment.
+    own_environ: HashMap<String, String>,
+    /// Its environment with the stable configuration's values below and above it.
+    environ: HashMap<String, String>,
+}
+
 /// What an exec changed for a traced process.
 pub enum ExecJudgement {
     /// Who it is changed: the line to say.
@@ -83,14 +93,7 @@ impl NodeSelection {
             return Judgement::Ignored;
         }
         let Ok(process) = Process::open(pid) else { return Judgement::Ignored };
-        let own_environ = read_environ(pid);
-        let executable = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string());
-        // Kernel threads have no executable; they are refused below when selected by --select-all.
-        let executable = executable.unwrap_or_default();
-        let args = process.cmdline();
-        // What the process's tracer would read: the stable configuration's values around its own.
-        let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
-        let cmdline = args.join(" ");
+        let Described { executable, cmdline, own_environ, environ } = self.describe(&process);
         // Every exec of the node comes here: the memory map (an in-process tracer's native
         // module) is read only for the few the rules select.
         let mut candidate =
@@ -123,6 +126,19 @@ impl NodeSelection {
             )),
             Verdict::NotSelected => Judgement::Ignored,
         }
+    }
+
+    /// What `/proc` says of a process, with the stable configuration's values around its own
+    /// environment (what its tracer would read).
+    fn describe(&self, process: &Process) -> Described {
+        let own_environ = read_environ(process.pid);
+        // Kernel threads have no executable; they are refused when selected by --select-all.
+        let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let args = process.cmdline();
+        let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
+        Described { executable, cmdline: args.join(" "), own_environ, environ }
     }
 
     /// The identity of a selected process: its own `DD_SERVICE`, `DD_ENV`, `DD_VERSION` and
@@ -169,14 +185,9 @@ impl NodeSelection {
     /// Returns the line to say when who it is changed.
     pub fn execed(&self, pid: u32) -> Option<ExecJudgement> {
         let process = Process::open(pid).ok()?;
-        let own_environ = read_environ(pid);
-        let executable =
-            std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.display().to_string()).unwrap_or_default();
-        let args = process.cmdline();
-        let environ = self.stable.for_process(&args, &own_environ, runtime_language(&executable)).over(&own_environ);
         // The new program may bring its own tracer (`ddtrace-run` execs the app with its
         // bootstrap on PYTHONPATH; an entrypoint script execs `java -javaagent:dd-java-agent`).
-        let cmdline = args.join(" ");
+        let Described { executable, cmdline, environ, .. } = self.describe(&process);
         let candidate =
             Candidate { pid, executable: &executable, cmdline: &cmdline, environ: &environ, mapped_files: &[] };
         if let Some(why) = refusal(&candidate, self.agent_pid) {

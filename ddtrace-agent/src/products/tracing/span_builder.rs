@@ -23,8 +23,11 @@ pub struct SpanBuilder {
     identities: Identities,
     /// The last answer of `identities` (generation, process, identity): consecutive spans are
     /// mostly of one process, and the registry rarely changes between them.
-    last: std::cell::RefCell<Option<(u64, u32, Option<Arc<ProcessIdentity>>)>>,
+    last: std::cell::RefCell<Option<LastIdentity>>,
 }
+
+/// (registry generation, process, its identity).
+type LastIdentity = (u64, u32, Option<Arc<ProcessIdentity>>);
 
 impl SpanBuilder {
     pub fn new(tags: TraceTags) -> Self {
@@ -37,7 +40,8 @@ impl SpanBuilder {
         self
     }
 
-    /// Whether spans of process `tgid` must not be built (see [`Identities::excludes`]).
+    /// Whether spans of process `tgid` must not be built: identities are required (node mode)
+    /// and it has none (a process tracked at its exec that the daemon then refused).
     pub fn excludes(&self, tgid: u32) -> bool {
         self.identities.are_required() && self.identity(tgid).is_none()
     }
