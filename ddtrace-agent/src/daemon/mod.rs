@@ -112,6 +112,10 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             privileges::GRANT
         );
     }
+    // Before anything is attached: a Ctrl-C or a SIGTERM while probes are going in must stop the
+    // agent the orderly way (detach, flush), not kill it with its default disposition.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     let agent_pid = std::process::id();
     let process = match cli.pid {
         Some(pid) => {
@@ -124,7 +128,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         None => None,
     };
     if let (Some(spec), Some(process)) = (&cli.bench_empty_probes, &process) {
-        return run_empty_baseline(process, spec).await;
+        return run_empty_baseline(process, spec, sigint, sigterm).await;
     }
     let config = match &process {
         Some(process) => resolve_config(&cli, process),
@@ -289,8 +293,6 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         );
     }
 
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(1024);
@@ -636,7 +638,12 @@ fn core_sample(sample: StackSample) -> CpuSample {
 }
 
 /// `cargo xtask bench`'s baseline: the empty programs on one function, and nothing else.
-async fn run_empty_baseline(process: &Process, spec: &str) -> anyhow::Result<StopReason> {
+async fn run_empty_baseline(
+    process: &Process,
+    spec: &str,
+    mut sigint: tokio::signal::unix::Signal,
+    mut sigterm: tokio::signal::unix::Signal,
+) -> anyhow::Result<StopReason> {
     let (file, symbol) = spec.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("expected FILE:SYMBOL, got {spec}"))?;
     let mut programs = KernelPrograms::load(0)?;
     let host_path = process.host_path(std::path::Path::new(file));
@@ -644,8 +651,6 @@ async fn run_empty_baseline(process: &Process, spec: &str) -> anyhow::Result<Sto
     programs.attach_empty_baseline(&host_path, location.file_offset, process.pid)?;
     eprintln!("ddtrace-agent: empty baseline probes attached to {symbol} in {file}");
     let exit_watch = ExitWatch::new(process.pid)?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = exit_watch.exited() => Ok(StopReason::TargetExited),
         _ = sigint.recv() => Ok(StopReason::Signal),
