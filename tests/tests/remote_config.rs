@@ -244,3 +244,82 @@ fn a_local_sample_rate_marks_kept_traces_with_the_rule_decision() {
     }
     agent.assert_checks_passed();
 }
+
+/// Node mode: one remote configuration client per service, as each service's own tracer would
+/// poll, and a configuration for one service changes that service alone: switched off, its
+/// statements give no spans while the other service's still do; removed, it is back.
+#[test]
+fn on_a_node_each_service_polls_as_itself_and_its_configuration_changes_it_alone() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let mut alpha = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "alpha"), ("DD_ENV", "prod")]);
+    let mut beta = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "beta"), ("DD_ENV", "prod")]);
+    alpha.run("import");
+    beta.run("import");
+    let url = agent.url();
+    let mut daemon = AgentProcess::start_with_env(
+        &["--node", "--agent-url", &url],
+        &[("DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", "0.2")],
+    );
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    let service_inserts = |service: &str| {
+        agent.spans().iter().filter(|s| s["service"] == service && s["resource"].as_str().is_some_and(|r| r.starts_with(INSERT))).count()
+    };
+    let wait_for = |service: &str, expected: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service_inserts(service) < expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(service_inserts(service), expected, "{service}: {:#?}", agent.spans());
+    };
+    alpha.run("work 1");
+    beta.run("work 1");
+    wait_for("alpha", 1);
+    wait_for("beta", 1);
+
+    // Off for alpha only.
+    let alpha_only = json!({"service_target": {"service": "alpha", "env": "prod"}, "lib_config": {"tracing_enabled": false}});
+    stub(&agent, "datadog/2/APM_TRACING/alpha/config", alpha_only);
+    let applied = wait_for_applied(&daemon, 1);
+    assert!(applied.contains("alpha") && applied.contains("enabled=false"), "{applied}");
+    alpha.run("work 2");
+    beta.run("work 2");
+    wait_for("beta", 3);
+
+    // Removed (the agent now serves a configuration for another service only): alpha is back.
+    let other = json!({"service_target": {"service": "billing", "env": "*"}, "lib_config": {"tracing_enabled": false}});
+    stub(&agent, "datadog/2/APM_TRACING/billing/config", other);
+    let applied = wait_for_applied(&daemon, 2);
+    assert!(applied.contains("alpha") && applied.contains("enabled=true"), "{applied}");
+    alpha.run("work 1");
+    wait_for("alpha", 2);
+
+    alpha.exit();
+    beta.exit();
+    daemon.signal(libc::SIGINT);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "daemon exit {status}:\n{stderr}");
+    // Nothing alpha did while off arrived late; beta was never touched.
+    assert_eq!((service_inserts("alpha"), service_inserts("beta")), (2, 3), "{:#?}", agent.spans());
+    let applied: Vec<&str> = stderr.lines().filter(|l| l.contains(APPLIED)).collect();
+    assert_eq!(applied.len(), 2, "only alpha's settings changed: {applied:#?}");
+
+    // Each service polled as itself: its own service, env and runtime id (its process's, as on
+    // its spans).
+    let polls = config_requests(&agent);
+    let runtime_id_of = |service: &str| -> String {
+        let span = agent.spans().into_iter().find(|s| s["service"] == service).expect("a span");
+        span["meta"]["runtime-id"].as_str().unwrap_or_default().to_string()
+    };
+    for service in ["alpha", "beta"] {
+        let tracer = polls
+            .iter()
+            .map(|poll| &poll["client"]["client_tracer"])
+            .find(|tracer| tracer["service"] == service)
+            .unwrap_or_else(|| panic!("no poll for {service}: {polls:#?}"));
+        assert_eq!(tracer["env"], "prod", "{tracer:#}");
+        assert_eq!(tracer["runtime_id"].as_str(), Some(runtime_id_of(service).as_str()), "{tracer:#}");
+    }
+    agent.assert_checks_passed();
+}

@@ -73,6 +73,23 @@ impl Identities {
         }
     }
 
+    /// One identity per distinct service and env among the processes, the one of the lowest
+    /// pid (the oldest, usually): whom a per-service client (remote configuration) speaks as.
+    pub fn services(&self) -> Vec<Arc<ProcessIdentity>> {
+        let by_pid = self.by_pid.read().unwrap_or_else(|e| e.into_inner());
+        let mut first: HashMap<(&str, Option<&str>), (u32, &Arc<ProcessIdentity>)> = HashMap::new();
+        for (pid, identity) in by_pid.iter() {
+            let key = (identity.service.as_str(), identity.env.as_deref());
+            let entry = first.entry(key).or_insert((*pid, identity));
+            if *pid < entry.0 {
+                *entry = (*pid, identity);
+            }
+        }
+        let mut services: Vec<Arc<ProcessIdentity>> = first.into_values().map(|(_, id)| id.clone()).collect();
+        services.sort_by(|a, b| (&a.service, &a.env).cmp(&(&b.service, &b.env)));
+        services
+    }
+
     pub fn len(&self) -> usize {
         self.by_pid.read().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -98,5 +115,33 @@ mod tests {
         assert_eq!(reader.get(7).unwrap().service, "checkout");
         identities.remove(7);
         assert!(reader.get(7).is_none() && reader.is_empty());
+    }
+
+    #[test]
+    fn services_are_distinct_by_service_and_env_and_named_by_their_oldest_process() {
+        let identities = Identities::default();
+        let process = |service: &str, env: Option<&str>, runtime_id: &str| ProcessIdentity {
+            service: service.into(),
+            env: env.map(Into::into),
+            runtime_id: runtime_id.into(),
+            ..Default::default()
+        };
+        identities.set(30, process("web", Some("prod"), "newer"));
+        identities.set(20, process("web", Some("prod"), "older"));
+        identities.set(25, process("web", Some("staging"), "s"));
+        identities.set(40, process("worker", None, "w"));
+        let services: Vec<(String, Option<String>, String)> = identities
+            .services()
+            .iter()
+            .map(|id| (id.service.clone(), id.env.clone(), id.runtime_id.clone()))
+            .collect();
+        assert_eq!(
+            services,
+            vec![
+                ("web".into(), Some("prod".into()), "older".into()),
+                ("web".into(), Some("staging".into()), "s".into()),
+                ("worker".into(), None, "w".into()),
+            ]
+        );
     }
 }

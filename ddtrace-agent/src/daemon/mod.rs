@@ -29,7 +29,7 @@ use crate::{
     products::{
         self,
         profiling::{ProfilingInputs, ProfilingSettings},
-        remote_config::{RemoteConfigAgent, RemoteConfigInputs},
+        remote_config::{RemoteConfigAgent, RemoteConfigInputs, SpeaksFor},
         telemetry::{TelemetryAgent, TelemetryInputs},
         tracing::{TraceTags, TracingSettings},
         ProductConfig, ProductInputs, ProductManager, SharedSummary,
@@ -92,9 +92,8 @@ fn resolve_node_config(cli: &Cli) -> Config {
         ..Default::default()
     }
     .resolve();
-    // Remote configuration and telemetry speak for one identity today; per service they come
-    // with the rest of node mode. Spans and profiles are per process already.
-    config.remote_config_enabled.value = false;
+    // Telemetry speaks for one identity today; per process it comes with the rest of node mode.
+    // Spans, profiles and remote configuration (one client per service) are per process already.
     config.telemetry_enabled.value = false;
     config
 }
@@ -197,9 +196,13 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             per_process: cli.node.then(|| identities.clone()),
         },
         remote_config: RemoteConfigInputs {
-            agent: identity
-                .clone()
-                .map(|identity| RemoteConfigAgent { agent_url: config.agent_url.value.clone(), identity }),
+            agent: (cli.exporter == ExporterKind::Datadog).then(|| RemoteConfigAgent {
+                agent_url: config.agent_url.value.clone(),
+                speaks_for: match &identity {
+                    Some(identity) if !cli.node => SpeaksFor::Target(identity.clone()),
+                    _ => SpeaksFor::EachService(identities.clone()),
+                },
+            }),
             enabled: config.remote_config_enabled.clone(),
             poll_interval_seconds: config.remote_config_poll_interval.clone(),
             apm_tracing: apm_tracing_tx,
@@ -263,7 +266,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 if cli.select_all { " (--select-all: every process)" } else { "" },
                 started.join(", "),
             );
-            eprintln!("ddtrace-agent: node: remote configuration and telemetry are off in node mode for now (they speak for one service); spans and profiles are per process");
+            eprintln!("ddtrace-agent: node: telemetry is off in node mode for now (it speaks for one process); spans, profiles and remote configuration are per process and service");
             let node = node.as_ref().expect("node mode");
             // The host's own libraries, in place before any program starts: through init's
             // root (the host's, from a DaemonSet's pod), else this agent's own (on the host).

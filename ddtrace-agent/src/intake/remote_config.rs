@@ -354,31 +354,45 @@ fn run_poller(
 ) -> RemoteConfigClient {
     let mut failing = false;
     loop {
-        match client.poll() {
+        client.poll_and_hand_out(&mut failing, &mut on_change);
+        match inbox.recv_timeout(client.poll_interval) {
+            Ok(PollerCommand::Stop) | Err(RecvTimeoutError::Disconnected) => return client,
+            Ok(PollerCommand::SetCapabilities(bits)) => client.set_capabilities(bits),
+            Ok(PollerCommand::PollNow) | Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+}
+
+impl RemoteConfigClient {
+    /// One poll, each change handed to `on_change` in order: what a poller does at every
+    /// interval. `on_change` returns whether the change was applied; an `Err` (or a panic, which
+    /// is caught) is reported to the agent as an apply error. A failed poll is logged once
+    /// until polling works again (`failing` remembers, per client).
+    pub fn poll_and_hand_out(
+        &mut self,
+        failing: &mut bool,
+        on_change: &mut impl FnMut(&RemoteConfigChange) -> Result<(), String>,
+    ) {
+        match self.poll() {
             Ok(changes) => {
-                if failing {
-                    info!(agent_url = %client.agent_url, "remote configuration polls work again");
-                    failing = false;
+                if *failing {
+                    info!(agent_url = %self.agent_url, "remote configuration polls work again");
+                    *failing = false;
                 }
                 for change in &changes {
                     let result = catch_unwind(AssertUnwindSafe(|| on_change(change)))
                         .unwrap_or_else(|_| Err("the configuration handler panicked".to_owned()));
                     // A removed file is no longer reported on, whatever happened.
                     if result.is_err() && !matches!(change, RemoteConfigChange::Removed(_)) {
-                        client.set_apply_result(&change.file().path, result);
+                        self.set_apply_result(&change.file().path, result);
                     }
                 }
             }
-            Err(e) if !failing => {
-                warn!("{e}; retrying every {:?}", client.poll_interval);
-                failing = true;
+            Err(e) if !*failing => {
+                warn!("{e}; retrying every {:?}", self.poll_interval);
+                *failing = true;
             }
             Err(e) => debug!("{e}"),
-        }
-        match inbox.recv_timeout(client.poll_interval) {
-            Ok(PollerCommand::Stop) | Err(RecvTimeoutError::Disconnected) => return client,
-            Ok(PollerCommand::SetCapabilities(bits)) => client.set_capabilities(bits),
-            Ok(PollerCommand::PollNow) | Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }

@@ -36,7 +36,10 @@ impl TraceAggregator {
     }
 
     pub fn on_context_ended(&mut self, context: &ExecutionContext) {
-        let (enabled, sample_rate) = self.policy.read(context.end_unix_ns, |version, settings| {
+        let identity = self.builder.identity(context.tgid);
+        // A process's service may have settings of its own (node mode's remote configuration).
+        let service = identity.as_ref().map(|id| (id.service.as_str(), id.env.as_deref()));
+        let (enabled, sample_rate) = self.policy.read(service, context.end_unix_ns, |version, settings| {
             if self.policy_version != Some(version) {
                 self.builder.set_tags(settings.tags.value.clone());
                 self.policy_version = Some(version);
@@ -50,7 +53,7 @@ impl TraceAggregator {
             }
             return;
         }
-        if self.builder.excludes(context.tgid) {
+        if identity.is_none() && self.builder.excludes(context.tgid) {
             self.drops.unidentified.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -78,7 +81,7 @@ impl TraceAggregator {
             root.meta.insert("_dd.p.dm".into(), sampler::DECISION_MAKER_RULE.into());
         }
         // What the Datadog agent tags the chunk with: the container of the process it came from.
-        let container_id = self.builder.identity(context.tgid).and_then(|id| id.container_id.clone());
+        let container_id = identity.and_then(|id| id.container_id.clone());
         self.out.send(TraceChunk { spans, container_id });
     }
 }

@@ -158,21 +158,35 @@ impl Product for TracingProduct {
 
     /// Applies an `APM_TRACING` document's `lib_config` over the local settings: what it sets
     /// wins (origin `remote_config`), what it leaves out (or a document without `lib_config`,
-    /// i.e. the configuration was removed) is the local setting again.
+    /// i.e. the configuration was removed) is the local setting again. A document with a
+    /// `service_target` (node mode: one per service) applies to that service's processes only.
     fn apm_tracing_rc(&mut self, config: &serde_json::Value) -> Result<(), ProductError> {
         let settings = remote::apply(&self.local, config).map_err(|reason| ProductError::Operation {
             product: "tracing",
             operation: "apm_tracing_rc",
             reason,
         })?;
-        if settings != self.policy.get() {
+        let log_applied = |settings: &TracingSettings, service: &str| {
             tracing::info!(
+                service,
                 enabled = settings.enabled.value,
                 sample_rate = ?settings.sample_rate.value,
                 tags = ?settings.tags.value,
                 "tracing: remote configuration applied"
             );
-            self.policy.set(settings);
+        };
+        match remote::service_target(config) {
+            Some((service, env)) => {
+                if settings != self.policy.get_for(service, env) {
+                    log_applied(&settings, service);
+                    self.policy.set_for(service, env, settings);
+                }
+            }
+            None if settings != self.policy.get() => {
+                log_applied(&settings, "*");
+                self.policy.set(settings);
+            }
+            None => {}
         }
         Ok(())
     }

@@ -46,6 +46,12 @@ pub fn apply(local: &TracingSettings, document: &Value) -> Result<TracingSetting
     Ok(settings)
 }
 
+/// The service and env a document is for (`service_target`, node mode), if it says.
+pub fn service_target(document: &Value) -> Option<(&str, Option<&str>)> {
+    let target = document.get("service_target")?;
+    Some((target.get("service")?.as_str()?, target.get("env").and_then(Value::as_str)))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
