@@ -62,3 +62,90 @@ fn app_started_reports_settings_with_origins_and_app_closing_follows_the_exit() 
     let spans = agent.spans();
     assert!(!spans.is_empty() && spans.iter().all(|s| s["service"] == "checkout"), "{spans:#?}");
 }
+
+/// Node mode: each traced process reports as its own tracer would: `app-started` under its own
+/// service, env and runtime id (the one on its spans), requests naming its container, and
+/// `app-closing` when it exits, while the agent goes on.
+#[test]
+fn on_a_node_each_process_reports_as_itself_from_its_container() {
+    use ddtrace_tests::container::FakeContainer;
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let container = FakeContainer::create();
+    let mut alpha = SqliteWorker::spawn_with_prefix(
+        &container.command_prefix(),
+        &[("DD_SERVICE", "alpha"), ("DD_ENV", "prod"), ("DD_VERSION", "2.1")],
+    );
+    alpha.run("import");
+    let url = agent.url();
+    let mut daemon = AgentProcess::start_with_env(
+        &["--node", "--agent-url", &url],
+        &[("DD_TELEMETRY_HEARTBEAT_INTERVAL", "0.5")],
+    );
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    // Started after the agent.
+    let mut beta = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "beta")]);
+    beta.run("work 1");
+    alpha.run("work 1");
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        ["alpha", "beta"].iter().all(|service| spans.iter().any(|s| s["service"] == *service))
+    });
+    let runtime_id = |service: &str| -> String {
+        let span = spans.iter().find(|s| s["service"] == service).unwrap();
+        span["meta"]["runtime-id"].as_str().unwrap().to_string()
+    };
+    let (alpha_id, beta_id) = (runtime_id("alpha"), runtime_id("beta"));
+
+    let started_for = |runtime_id: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = ddtrace_tests::telemetry::telemetry_events(&agent);
+            if let Some(found) =
+                events.into_iter().find(|(k, _, envelope)| k == "app-started" && envelope["runtime_id"] == runtime_id)
+            {
+                return found;
+            }
+            assert!(std::time::Instant::now() < deadline, "no app-started for {runtime_id}:\n{}", daemon.stderr_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let (_, started, envelope) = started_for(&alpha_id);
+    assert_eq!(envelope["application"]["service_name"], "alpha", "{envelope:#}");
+    assert_eq!(envelope["application"]["env"], "prod", "{envelope:#}");
+    assert_eq!(envelope["application"]["service_version"], "2.1", "{envelope:#}");
+    assert_eq!(envelope["host"]["container_id"], container.id.as_str(), "{envelope:#}");
+    assert_eq!(setting(&started["configuration"], "DD_SERVICE"), (&Value::from("alpha"), "env_var"));
+    let (_, _, envelope) = started_for(&beta_id);
+    assert_eq!(envelope["application"]["service_name"], "beta", "{envelope:#}");
+
+    // Beta exits: its app-closing, while the agent runs on.
+    beta.exit();
+    let closed = |runtime_id: &str| {
+        ddtrace_tests::telemetry::telemetry_events(&agent)
+            .iter()
+            .any(|(k, _, envelope)| k == "app-closing" && envelope["runtime_id"] == runtime_id)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !closed(&beta_id) {
+        assert!(std::time::Instant::now() < deadline, "no app-closing for beta:\n{}", daemon.stderr_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!closed(&alpha_id), "alpha still runs");
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "daemon exit {status}:\n{}", daemon.stderr_text());
+    assert!(closed(&alpha_id), "alpha's app-closing at the agent's stop");
+    alpha.exit();
+
+    // Every telemetry request for alpha names its container, none for beta names one.
+    let telemetry: Vec<_> = agent.requests().into_iter().filter(|r| r.url.contains("apmtelemetry")).collect();
+    let alphas: Vec<_> = telemetry.iter().filter(|r| r.body_contains(&alpha_id)).collect();
+    assert!(alphas.len() >= 2, "{telemetry:#?}");
+    for request in alphas {
+        assert_eq!(request.header("Datadog-Container-ID"), Some(container.id.as_str()), "{request:?}");
+    }
+    for request in telemetry.iter().filter(|r| r.body_contains(&beta_id)) {
+        assert_eq!(request.header("Datadog-Container-ID"), None, "{request:?}");
+    }
+    agent.assert_checks_passed();
+}

@@ -73,6 +73,11 @@ impl Identities {
         }
     }
 
+    /// Every process's identity, by pid, at this moment.
+    pub fn snapshot(&self) -> HashMap<u32, Arc<ProcessIdentity>> {
+        self.by_pid.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// One identity per distinct service and env among the processes, the one of the lowest
     /// pid (the oldest, usually): whom a per-service client (remote configuration) speaks as.
     pub fn services(&self) -> Vec<Arc<ProcessIdentity>> {

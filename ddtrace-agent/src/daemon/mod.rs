@@ -83,7 +83,7 @@ fn trace_sink(kind: ExporterKind, config: &Config) -> anyhow::Result<Box<dyn Tra
 /// Settings of a node agent: its flags and its own environment (each process's identity is its
 /// own, see `node`).
 fn resolve_node_config(cli: &Cli) -> Config {
-    let mut config = SettingsInput {
+    SettingsInput {
         cli_agent_url: cli.agent_url.clone(),
         cli_trace_enabled: cli.trace_enabled,
         cli_trace_sample_rate: cli.trace_sample_rate,
@@ -91,11 +91,7 @@ fn resolve_node_config(cli: &Cli) -> Config {
         target_comm: Some("ddtrace-agent".into()),
         ..Default::default()
     }
-    .resolve();
-    // Telemetry speaks for one identity today; per process it comes with the rest of node mode.
-    // Spans, profiles and remote configuration (one client per service) are per process already.
-    config.telemetry_enabled.value = false;
-    config
+    .resolve()
 }
 
 /// Runs the agent against `cli.pid` (until the target exits) or the whole node (`--node`), until
@@ -214,6 +210,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             heartbeat_interval_seconds: config.telemetry_heartbeat_interval.clone(),
             daemon_config: daemon_config(&config),
             summary: summary.clone(),
+            per_process: cli.node.then(|| identities.clone()),
         },
     }));
     let started = manager.start_all(&mut hub);
@@ -266,7 +263,6 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 if cli.select_all { " (--select-all: every process)" } else { "" },
                 started.join(", "),
             );
-            eprintln!("ddtrace-agent: node: telemetry is off in node mode for now (it speaks for one process); spans, profiles and remote configuration are per process and service");
             let node = node.as_ref().expect("node mode");
             // The host's own libraries, in place before any program starts: through init's
             // root (the host's, from a DaemonSet's pod), else this agent's own (on the host).

@@ -14,12 +14,13 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use libdd_capabilities_impl::NativeCapabilities;
 use libdd_telemetry::config::TelemetryEndpoint;
 use libdd_telemetry::data::Configuration;
+use libdd_shared_runtime::Worker;
 use libdd_telemetry::worker::{TelemetryActions, TelemetryWorkerBuilder, TelemetryWorkerHandle};
 use tracing::debug;
 
+use super::container_headers::{ContainerAwareHttp, ContainerOfPayloads, SPEAKS_FOR_CONTAINER};
 use super::identity::ClientIdentity;
 
 /// Where a setting's value came from, in telemetry's vocabulary (`env_var`, `code`,
@@ -143,6 +144,37 @@ impl TelemetryClientBuilder {
     /// Starts the worker and queues `app-started`. An agent that is down is not an error here:
     /// the worker logs failed sends (at debug level) and goes on.
     pub fn start(self) -> Result<TelemetryClient, TelemetryError> {
+        let (worker, url, queued) = self.worker_builder(None)?;
+        // Spawns its own thread and runtime: fine from anywhere.
+        let handle = worker
+            .run::<ContainerAwareHttp>()
+            .map_err(|e| TelemetryError::Setup { url: url.clone(), reason: format!("{e:#}") })?;
+        TelemetryClient::started(handle, url, queued)
+    }
+
+    /// Like [`start`](Self::start), the worker a task on `runtime` (one runtime for many
+    /// processes' workers, node mode: a thread each would not survive churn) whose requests name
+    /// `container`. [`TelemetryTask::close`] sends `app-closing` and ends it.
+    pub fn spawn_in(
+        self,
+        runtime: &tokio::runtime::Handle,
+        container: ContainerOfPayloads,
+    ) -> Result<TelemetryTask, TelemetryError> {
+        let (worker, url, queued) = self.worker_builder(container.container_id.clone())?;
+        let (handle, worker) = worker.build_worker::<ContainerAwareHttp>(Some(runtime.clone()));
+        let (close, closed) = tokio::sync::oneshot::channel();
+        let task = runtime.spawn(SPEAKS_FOR_CONTAINER.scope(container, drive(worker, closed)));
+        let mut client = TelemetryClient::started(handle, url, queued)?;
+        // `app-closing` is the task's to send, once (see `drive`).
+        client.stopped = true;
+        Ok(TelemetryTask { client, close, task })
+    }
+
+    /// libdatadog's builder with this one's options, and what is queued before `app-started`.
+    fn worker_builder(
+        self,
+        container_id: Option<String>,
+    ) -> Result<(TelemetryWorkerBuilder, String, QueuedAtStart), TelemetryError> {
         let identity = self.identity;
         if identity.service.is_empty() {
             return Err(TelemetryError::MissingService);
@@ -165,6 +197,9 @@ impl TelemetryClientBuilder {
         builder.application.service_version = identity.app_version;
         builder.runtime_id = Some(identity.runtime_id);
         builder.config.telemetry_heartbeat_interval = self.heartbeat_interval;
+        if container_id.is_some() {
+            builder.host.container_id = container_id;
+        }
         // No API key: always through the agent's proxy, never directly to the intake.
         builder
             .config
@@ -174,25 +209,53 @@ impl TelemetryClientBuilder {
                 ..Default::default()
             })
             .map_err(|e| TelemetryError::InvalidAgentUrl { url: url.clone(), reason: format!("{e:#}") })?;
-
-        // Spawns its own thread and runtime: fine from anywhere.
-        let handle = builder
-            .run::<NativeCapabilities>()
-            .map_err(|e| TelemetryError::Setup { url: url.clone(), reason: format!("{e:#}") })?;
-        let client = TelemetryClient { handle, agent_url: url, stopped: false };
-        // Queued before Start, so they are part of app-started.
-        client.add_configuration(self.configuration)?;
-        for (name, enabled) in self.products {
-            client.handle.add_product_change(name, enabled, None).map_err(|e| client.dropped("a product state", e))?;
-        }
-        client.handle.send_start().map_err(|e| client.dropped("app-started", e))?;
-        Ok(client)
+        Ok((builder, url, QueuedAtStart { configuration: self.configuration, products: self.products }))
     }
+}
+
+/// A worker through libdatadog's public `Worker` face (its own loop is private): wait for the
+/// next action and run it, until told to close; then `shutdown`, which sends what is queued and
+/// `app-closing`. Waiting is cancellation safe (the trait's contract).
+async fn drive(mut worker: impl Worker, mut closed: tokio::sync::oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut closed => break,
+            () = worker.trigger() => worker.run().await,
+        }
+    }
+    worker.shutdown().await;
+}
+
+/// A process's telemetry worker running as a task (see [`TelemetryClientBuilder::spawn_in`]).
+#[derive(Debug)]
+pub struct TelemetryTask {
+    client: TelemetryClient,
+    close: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TelemetryTask {
+    pub fn client(&self) -> &TelemetryClient {
+        &self.client
+    }
+
+    /// Sends what is pending and `app-closing`; the task ends after (await it to know when).
+    pub fn close(self) -> tokio::task::JoinHandle<()> {
+        let _ = self.close.send(());
+        self.task
+    }
+}
+
+/// What goes out with `app-started`.
+struct QueuedAtStart {
+    configuration: Vec<ConfigurationEntry>,
+    products: Vec<(String, bool)>,
 }
 
 /// Sends instrumentation telemetry for one traced process; see the module documentation.
 pub struct TelemetryClient {
-    handle: TelemetryWorkerHandle<NativeCapabilities>,
+    handle: TelemetryWorkerHandle<ContainerAwareHttp>,
     agent_url: String,
     stopped: bool,
 }
@@ -207,6 +270,21 @@ impl std::fmt::Debug for TelemetryClient {
 }
 
 impl TelemetryClient {
+    fn started(
+        handle: TelemetryWorkerHandle<ContainerAwareHttp>,
+        agent_url: String,
+        queued: QueuedAtStart,
+    ) -> Result<Self, TelemetryError> {
+        let client = TelemetryClient { handle, agent_url, stopped: false };
+        // Queued before Start, so they are part of app-started.
+        client.add_configuration(queued.configuration)?;
+        for (name, enabled) in queued.products {
+            client.handle.add_product_change(name, enabled, None).map_err(|e| client.dropped("a product state", e))?;
+        }
+        client.handle.send_start().map_err(|e| client.dropped("app-started", e))?;
+        Ok(client)
+    }
+
     /// Starts building a client for the agent at `agent_url` (`http://host:port` or
     /// `unix:///path/to/apm.socket`) that speaks for `identity`.
     pub fn builder(agent_url: &str, identity: ClientIdentity) -> TelemetryClientBuilder {

@@ -1,13 +1,18 @@
 //! The telemetry product: instrumentation telemetry for the traced process through the Datadog
 //! agent (libdatadog's worker, `intake::telemetry`): `app-started` with the configuration of the
 //! daemon and of every product (each setting with its origin), heartbeats, `app-closing` at exit.
+//! For a node, each traced process has its own ([`per_process`]).
+
+mod per_process;
 
 use std::time::Duration;
 
 use super::{ConfigEntry, Product, ProductConfig, ProductError, SharedSummary};
+use per_process::{PerProcessTelemetry, SharedReport};
+
 use crate::{
     config::{Origin, Setting},
-    core::EventHub,
+    core::{EventHub, Identities},
     intake::{
         identity::ClientIdentity,
         telemetry::{ConfigurationEntry, ConfigurationOrigin, TelemetryClient},
@@ -36,16 +41,27 @@ pub struct TelemetryInputs {
     pub daemon_config: ProductConfig,
     /// The other products' configurations, known once they all started.
     pub summary: SharedSummary,
+    /// Node mode: every process of this registry speaks for itself (the agent's identity is
+    /// then nobody's).
+    pub per_process: Option<Identities>,
 }
 
 pub struct TelemetryProduct {
     inputs: TelemetryInputs,
     client: Option<TelemetryClient>,
+    per_process: Option<PerProcessTelemetry>,
 }
 
 impl TelemetryProduct {
     pub fn new(inputs: TelemetryInputs) -> Self {
-        Self { inputs, client: None }
+        Self { inputs, client: None, per_process: None }
+    }
+
+    /// The products running and not, as `app-started` lists them.
+    fn product_states(&self) -> Vec<(&'static str, bool)> {
+        let Some(summary) = self.inputs.summary.get() else { return Vec::new() };
+        let running = summary.running.iter().map(|name| (*name, true));
+        running.chain(summary.not_running.iter().map(|name| (*name, false))).collect()
     }
 
     /// `app-started`'s configuration: the daemon's settings, then each product's (this one's
@@ -60,6 +76,9 @@ impl TelemetryProduct {
     }
 
     fn close(&mut self, join: bool) -> Result<(), ProductError> {
+        if let Some(mut per_process) = self.per_process.take() {
+            per_process.close(join);
+        }
         let Some(mut client) = self.client.take() else { return Ok(()) };
         let deadline = if join { CLOSING_DEADLINE } else { Duration::from_millis(1) };
         client.stop(deadline).map_err(|e| ProductError::Operation {
@@ -107,26 +126,35 @@ impl Product for TelemetryProduct {
         self.close(join)
     }
 
-    /// Every product has started and the probes are attached: `app-started`.
+    /// Every product has started and the probes are attached: `app-started` (for each process,
+    /// in node mode, as it comes).
     fn post_preload(&mut self) -> Result<(), ProductError> {
         let Some(agent) = &self.inputs.agent else { return Ok(()) };
-        let mut builder = TelemetryClient::builder(&agent.agent_url, agent.identity.clone())
-            .heartbeat_interval(Duration::from_secs_f64(self.inputs.heartbeat_interval_seconds.value))
-            .configuration(self.configuration());
-        if let Some(summary) = self.inputs.summary.get() {
-            for name in &summary.running {
-                builder = builder.product(*name, true);
-            }
-            for name in &summary.not_running {
-                builder = builder.product(*name, false);
-            }
+        if self.client.is_some() || self.per_process.is_some() {
+            return Ok(());
         }
-        let client = builder.start().map_err(|e| ProductError::Operation {
-            product: "telemetry",
-            operation: "post_preload",
-            reason: e.to_string(),
-        })?;
-        self.client = Some(client);
+        let error = |reason: String| ProductError::Operation { product: "telemetry", operation: "post_preload", reason };
+        let heartbeat_interval = Duration::from_secs_f64(self.inputs.heartbeat_interval_seconds.value);
+        if let Some(identities) = &self.inputs.per_process {
+            // The node's own service, env and version name nobody: each process reports its own.
+            let node_identity = ["DD_SERVICE", "DD_ENV", "DD_VERSION"];
+            let report = SharedReport {
+                agent_url: agent.agent_url.clone(),
+                heartbeat_interval,
+                configuration: self.configuration().into_iter().filter(|e| !node_identity.contains(&e.name.as_str())).collect(),
+                products: self.product_states(),
+            };
+            let telemetry = PerProcessTelemetry::spawn(report, identities.clone()).map_err(|e| error(e.to_string()))?;
+            self.per_process = Some(telemetry);
+            return Ok(());
+        }
+        let mut builder = TelemetryClient::builder(&agent.agent_url, agent.identity.clone())
+            .heartbeat_interval(heartbeat_interval)
+            .configuration(self.configuration());
+        for (name, enabled) in self.product_states() {
+            builder = builder.product(name, enabled);
+        }
+        self.client = Some(builder.start().map_err(|e| error(e.to_string()))?);
         Ok(())
     }
 
@@ -173,6 +201,7 @@ mod tests {
             heartbeat_interval_seconds: Setting { value: 60.0, origin: Origin::Default },
             daemon_config: ProductConfig::new().with("DD_SERVICE", "checkout", Origin::TargetEnvironment),
             summary: summary.clone(),
+            per_process: None,
         });
         summary
             .set(ProductsSummary {
