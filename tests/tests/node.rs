@@ -287,6 +287,13 @@ fn a_node_agent_profiles_each_service_on_its_own() {
     let runtime_id = |tags: &str| tags.split(',').find(|t| t.starts_with("runtime-id:")).map(str::to_string);
     assert!(runtime_id(&alpha[0]).is_some() && runtime_id(&alpha[0]) != runtime_id(&beta[0]), "{alpha:?} {beta:?}");
     assert!(beta[0].contains(&format!("container_id:{}", container.id)), "{beta:?}");
+    // The upload names its container, so the Datadog agent tags it with the pod's tags.
+    let uploads: Vec<_> = agent.requests().into_iter().filter(|r| r.url.contains("/profiling/v1/input")).collect();
+    let (beta_uploads, alpha_uploads): (Vec<_>, Vec<_>) = uploads.iter().partition(|r| r.body_contains("service:beta"));
+    assert_eq!((beta_uploads.len(), alpha_uploads.len()), (1, 1), "{uploads:#?}");
+    assert_eq!(beta_uploads[0].header("Datadog-Container-ID"), Some(container.id.as_str()), "{:?}", beta_uploads[0]);
+    assert_eq!(beta_uploads[0].header("Datadog-Entity-ID"), Some(format!("ci-{}", container.id).as_str()));
+    assert_eq!(alpha_uploads[0].header("Datadog-Container-ID"), None, "alpha runs in no container");
     // Nothing but the two services' samples.
     assert_eq!(profiles.len(), 2, "{all_tags:#?}");
     for profile in &profiles {

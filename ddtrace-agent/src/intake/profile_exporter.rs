@@ -20,6 +20,7 @@ use libdd_profiling::internal::Profile;
 use tracing::debug;
 
 use super::blocking::outside_tokio;
+use super::container_headers::ContainerOfPayloads;
 use super::identity::ClientIdentity;
 
 /// The profile family when none is set: what the profiled code is, for the profiling UI.
@@ -345,7 +346,14 @@ impl ProfileExporterBuilder {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ProfileExporter { target, url: self.agent_url, tags, family: self.family, timeout: self.timeout })
+        Ok(ProfileExporter {
+            target,
+            url: self.agent_url,
+            tags,
+            family: self.family,
+            timeout: self.timeout,
+            container: ContainerOfPayloads::default(),
+        })
     }
 }
 
@@ -384,6 +392,8 @@ pub struct ProfileExporter {
     tags: Vec<Tag>,
     family: String,
     timeout: Duration,
+    /// The container the profiles come from, for the upload's headers (node mode).
+    container: ContainerOfPayloads,
 }
 
 impl ProfileExporter {
@@ -404,7 +414,7 @@ impl ProfileExporter {
     }
 
     /// An exporter to the same agent for the profiles of one process of a node: its service,
-    /// env, version, runtime id and tags instead of this one's.
+    /// env, version, runtime id, tags and container instead of this one's.
     pub fn for_process(
         &self,
         service: &str,
@@ -412,6 +422,7 @@ impl ProfileExporter {
         version: Option<&str>,
         runtime_id: &str,
         tags: &[(String, String)],
+        container: ContainerOfPayloads,
     ) -> Result<ProfileExporter, ProfileExportError> {
         let mut builder = Self::builder(self.url.clone(), service)
             .runtime_id(runtime_id)
@@ -426,7 +437,9 @@ impl ProfileExporter {
         for (key, value) in tags {
             builder = builder.tag(key.clone(), value.clone());
         }
-        builder.build()
+        let mut exporter = builder.build()?;
+        exporter.container = container;
+        Ok(exporter)
     }
 
     /// The agent URL profiles go to.
@@ -461,8 +474,19 @@ impl ProfileExporter {
         .map_err(|e| setup(format!("{e:#}")))?;
         client.set_timeout(self.timeout.as_millis().clamp(1, u128::from(u64::MAX)) as u64);
         let request = client.build(encoded, &[], &[], None, None, None).map_err(|e| setup(format!("{e:#}")))?;
-        let response = client
-            .send(request, None)
+        // libdd-profiling offers no way to add a header, so its request is read back and sent
+        // with the process's container added, through the same crate's plain sender.
+        let url = request.uri().to_string();
+        let mut headers = request.headers().clone();
+        for (name, value) in [("datadog-container-id", &self.container.container_id), ("datadog-entity-id", &self.container.entity_id)] {
+            if let Some(value) = value.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()) {
+                headers.insert(name, value);
+            }
+        }
+        let body = read_body(request.body()).map_err(|e| setup(format!("reading the built upload back: {e:#}")))?;
+        let sender = exporter::Exporter::new().map_err(|e| setup(format!("{e:#}")))?;
+        let response = sender
+            .send(http::Method::POST, &url, headers, &body, self.timeout)
             .map_err(|e| ProfileExportError::AgentUnreachable { url: self.url.clone(), reason: format!("{e:#}") })?;
         let status = response.status();
         if !status.is_success() {
@@ -470,6 +494,17 @@ impl ProfileExporter {
         }
         Ok(())
     }
+}
+
+/// The whole body of a built upload (a multipart form over in-memory readers: nothing waits).
+fn read_body<B>(body: B) -> anyhow::Result<libdd_capabilities::Bytes>
+where
+    B: http_body_util::BodyExt,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let collected = runtime.block_on(body.collect()).map_err(|e| anyhow::anyhow!(e.into()))?;
+    Ok(collected.to_bytes())
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     core::{CpuSample, Identities, ProcessIdentity},
-    intake::profile_exporter::ProfileExporter,
+    intake::{container_headers::ContainerOfPayloads, profile_exporter::ProfileExporter},
 };
 
 /// Samples waiting for the worker. At 100 Hz on 64 busy CPUs that is 10 s of samples.
@@ -256,6 +256,7 @@ impl Worker {
                 identity.version.as_deref(),
                 &identity.runtime_id,
                 &tags,
+                ContainerOfPayloads { container_id: identity.container_id.clone(), entity_id: identity.entity_id.clone() },
             ) {
                 Ok(exporter) => self.export(&exporter, &window, end),
                 Err(error) => {
