@@ -29,6 +29,14 @@ pub fn obfuscate_sql_for_dbms(sql: &str, db_type: Option<&str>) -> String {
         .unwrap_or_else(|_| SQL_NON_PARSABLE_REPLACEMENT.to_owned())
 }
 
+/// Obfuscates Redis commands (one per line, as a pipeline's `redis.raw_command` has them) as the
+/// Datadog agent does by default: the values of commands that store them (`SET k ?`,
+/// `HSET h f ?`, `AUTH ?`...) become `?`. Never returns the input when the tokenizer fails: `?`.
+pub fn obfuscate_redis(commands: &str) -> String {
+    std::panic::catch_unwind(|| libdd_trace_obfuscation::redis::obfuscate_redis_string(commands))
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ pub mod http;
 pub mod native_app;
 pub mod nginx;
 pub mod profiles;
+pub mod redis_server;
 pub mod target_app;
 pub mod telemetry;
 pub mod test_agent;

@@ -18,7 +18,8 @@ pub fn python_executable() -> String {
     .clone()
 }
 
-/// `tests/apps/sqlite_worker.py` under the real Python interpreter.
+/// `tests/apps/sqlite_worker.py` (or another worker script, [`SqliteWorker::spawn_script`])
+/// under the real Python interpreter.
 pub struct SqliteWorker {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -39,7 +40,13 @@ impl SqliteWorker {
     /// With `args` after the script on its command line (the script ignores them: they are for
     /// whatever reads command lines, such as the stable configuration's selectors).
     pub fn spawn_with_args(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let script = workspace_root().join("tests/apps/sqlite_worker.py");
+        Self::spawn_script("sqlite_worker.py", args, env)
+    }
+
+    /// Another worker script of `tests/apps` speaking the same stdin protocol (`ok <command>`),
+    /// e.g. `redis_worker.py`.
+    pub fn spawn_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let script = workspace_root().join("tests/apps").join(script);
         let mut child = Command::new(python_executable())
             .arg("-u")
             .arg(&script)

@@ -34,7 +34,7 @@ fn a_keep_alive_connection_opened_before_attach_is_followed_from_its_next_reques
     let pid = server.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "live"]);
-    daemon.wait_for_stderr("following 1 TCP connections already open", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("following 1 TCP connections already open, from their next message", ATTACH_TIMEOUT);
     stream.write_all(b"padding\r\n\r\n").unwrap();
     let mut status = String::new();
     reader.read_line(&mut status).unwrap();
@@ -80,7 +80,7 @@ fn a_tls_session_opened_before_attach_is_followed_from_its_next_request() {
     let pid = client.pid().to_string();
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "live-tls"]);
-    daemon.wait_for_stderr("following 1 TCP connections already open", ATTACH_TIMEOUT);
+    daemon.wait_for_stderr("following 1 TCP connections already open, from their next message", ATTACH_TIMEOUT);
     assert_eq!(client.get(&format!("{base}/users/2")), 200);
     assert_eq!(client.get(&format!("{base}/fail")), 503);
 

@@ -263,7 +263,11 @@ fn on_a_node_each_service_polls_as_itself_and_its_configuration_changes_it_alone
     );
     daemon.wait_attached(ATTACH_TIMEOUT);
     let service_inserts = |service: &str| {
-        agent.spans().iter().filter(|s| s["service"] == service && s["resource"].as_str().is_some_and(|r| r.starts_with(INSERT))).count()
+        agent
+            .spans()
+            .iter()
+            .filter(|s| s["service"] == service && s["resource"].as_str().is_some_and(|r| r.starts_with(INSERT)))
+            .count()
     };
     let wait_for = |service: &str, expected: usize| {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -278,7 +282,8 @@ fn on_a_node_each_service_polls_as_itself_and_its_configuration_changes_it_alone
     wait_for("beta", 1);
 
     // Off for alpha only.
-    let alpha_only = json!({"service_target": {"service": "alpha", "env": "prod"}, "lib_config": {"tracing_enabled": false}});
+    let alpha_only =
+        json!({"service_target": {"service": "alpha", "env": "prod"}, "lib_config": {"tracing_enabled": false}});
     stub(&agent, "datadog/2/APM_TRACING/alpha/config", alpha_only);
     let applied = wait_for_applied(&daemon, 1);
     assert!(applied.contains("alpha") && applied.contains("enabled=false"), "{applied}");

@@ -78,10 +78,8 @@ fn on_a_node_each_process_reports_as_itself_from_its_container() {
     );
     alpha.run("import");
     let url = agent.url();
-    let mut daemon = AgentProcess::start_with_env(
-        &["--node", "--agent-url", &url],
-        &[("DD_TELEMETRY_HEARTBEAT_INTERVAL", "0.5")],
-    );
+    let mut daemon =
+        AgentProcess::start_with_env(&["--node", "--agent-url", &url], &[("DD_TELEMETRY_HEARTBEAT_INTERVAL", "0.5")]);
     daemon.wait_attached(ATTACH_TIMEOUT);
     // Started after the agent.
     let mut beta = SqliteWorker::spawn_with_env(&[("DD_SERVICE", "beta")]);

@@ -43,6 +43,8 @@ const PACKAGES: &[&str] = &[
     "nginx",
     // setcap: the least-privilege test gives the agent file capabilities, as the image does.
     "libcap2-bin",
+    // The database protocol tests run their own servers on free loopback ports.
+    "redis-server",
 ];
 
 /// The package whose system service we stop.

@@ -63,7 +63,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
 }
 
 /// Python modules the end-to-end tests' target applications import.
-const TARGET_APP_MODULES: &[&str] = &["gunicorn", "flask", "requests"];
+const TARGET_APP_MODULES: &[&str] = &["gunicorn", "flask", "requests", "redis"];
 
 /// Installs the target applications' Python modules that `python3` cannot import yet.
 fn ensure_target_app_modules() -> Result<()> {

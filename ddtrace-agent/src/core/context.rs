@@ -43,6 +43,9 @@ pub struct ContextData {
     pub meta: BTreeMap<String, String>,
     pub metrics: BTreeMap<String, f64>,
     pub error: Option<ContextError>,
+    /// The service an in-process integration names its spans with by default (dd-trace-py's
+    /// schema v0: `redis`, `postgres`); `None`: the process's. Products decide what to show.
+    pub integration_service: Option<&'static str>,
 }
 
 impl ContextData {
@@ -56,7 +59,13 @@ impl ContextData {
             meta: BTreeMap::new(),
             metrics: BTreeMap::new(),
             error: None,
+            integration_service: None,
         }
+    }
+
+    pub fn with_service(mut self, service: &'static str) -> Self {
+        self.integration_service = Some(service);
+        self
     }
 
     pub fn with_resource(mut self, resource: impl Into<String>) -> Self {

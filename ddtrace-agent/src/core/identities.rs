@@ -82,7 +82,8 @@ impl Identities {
     /// pid (the oldest, usually): whom a per-service client (remote configuration) speaks as.
     pub fn services(&self) -> Vec<Arc<ProcessIdentity>> {
         let by_pid = self.by_pid.read().unwrap_or_else(|e| e.into_inner());
-        let mut first: HashMap<(&str, Option<&str>), (u32, &Arc<ProcessIdentity>)> = HashMap::new();
+        type ServiceKey<'a> = (&'a str, Option<&'a str>);
+        let mut first: HashMap<ServiceKey<'_>, (u32, &Arc<ProcessIdentity>)> = HashMap::new();
         for (pid, identity) in by_pid.iter() {
             let key = (identity.service.as_str(), identity.env.as_deref());
             let entry = first.entry(key).or_insert((*pid, identity));

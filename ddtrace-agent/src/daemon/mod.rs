@@ -20,11 +20,7 @@ use crate::{
     intake::{
         agent_exporter::AgentExporter, console_exporter::ConsoleExporter, profile_exporter::ProfileExporter, TraceSink,
     },
-    integrations::{
-        self,
-        http::{HeaderTags, HttpOverSockets},
-        Integration, TracedFunction,
-    },
+    integrations::{self, streams::StreamLayer, Integration, TracedFunction},
     probes::{KernelEvent, KernelPrograms, ProcessChangeKind, StackSample},
     products::{
         self,
@@ -295,28 +291,25 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(1024);
-    // HTTP over the traced processes' sockets (system call tracepoints, no library to wait for).
-    let (header_tags, header_tag_errors) = HeaderTags::parse(&config.header_tags.value);
-    for error in header_tag_errors {
-        tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
-    }
-    let mut http = HttpOverSockets::new(header_tags);
+    // The protocols on the traced processes' connections (system call tracepoints and TLS
+    // plaintext, no library to wait for).
+    let mut streams = StreamLayer::new(crate::integrations::wire_protocols(&config));
     for pid in instrumenter.process_ids() {
-        note_runtime(&mut http, pid);
+        note_runtime(&mut streams, pid);
     }
-    adopt_open_connections(&mut instrumenter, &mut http);
+    adopt_open_connections(&mut instrumenter, &mut streams);
     let mut root_exit_seen = exit_watch.is_none();
     let reason = loop {
         tokio::select! {
             _ = reader.next_batch(&mut batch) => {
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref());
             }
             _ = root_exited(&exit_watch), if !root_exit_seen => {
                 root_exit_seen = true;
                 let root = exit_watch.as_ref().map(|(root, _)| *root).unwrap_or_default();
                 // The kernel's exit event normally comes first; this covers its loss.
                 reader.drain(&mut batch);
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
+                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref());
                 if instrumenter.is_tracing(root) {
                     contexts.end_process(root, WallClock::monotonic_now_ns());
                     instrumenter.process_exited(root);
@@ -345,7 +338,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
 
     // Events the processes produced before they went away are still in the ring buffer.
     reader.drain(&mut batch);
-    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut http, &identities, node.as_ref());
+    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref());
     for pid in instrumenter.process_ids() {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
@@ -400,14 +393,14 @@ fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
 
 /// Keep-alive connections the traced processes already had (from a load balancer, to their
 /// upstreams) are followed from their next request on, not only those opened after attach.
-fn adopt_open_connections(instrumenter: &mut Instrumenter, http: &mut HttpOverSockets) {
+fn adopt_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
     let mut adopted = 0;
     for pid in instrumenter.process_ids() {
         for connection in open_tcp_connections(pid) {
             let accepted = connection.side == ConnectionSide::Accepted;
             match instrumenter.programs_mut().adopt_socket(pid, connection.fd, accepted) {
                 Ok(()) => {
-                    http.adopt(pid, connection.fd, accepted, connection.peer);
+                    streams.adopt(pid, connection.fd, accepted, connection.peer);
                     adopted += 1;
                 }
                 Err(error) => tracing::warn!(%error, pid, "an open connection will not be followed"),
@@ -415,7 +408,7 @@ fn adopt_open_connections(instrumenter: &mut Instrumenter, http: &mut HttpOverSo
         }
     }
     if adopted > 0 {
-        eprintln!("ddtrace-agent: http: following {adopted} TCP connections already open, from their next request");
+        eprintln!("ddtrace-agent: streams: following {adopted} TCP connections already open, from their next message");
     }
 }
 
@@ -532,7 +525,7 @@ fn handle_events(
     instrumenter: &mut Instrumenter,
     contexts: &mut ContextTree,
     manager: &mut ProductManager,
-    http: &mut HttpOverSockets,
+    streams: &mut StreamLayer,
     identities: &crate::core::Identities,
     node: Option<&node::NodeSelection>,
 ) {
@@ -545,7 +538,7 @@ fn handle_events(
                     if !instrumenter.is_tracing(change.tgid) {
                         select_process(node, instrumenter, change.tgid);
                         if instrumenter.is_tracing(change.tgid) {
-                            note_runtime(http, change.tgid);
+                            note_runtime(streams, change.tgid);
                         }
                         continue;
                     }
@@ -566,22 +559,22 @@ fn handle_events(
                     }
                 }
                 if let ProcessChangeKind::Exited = change.kind {
-                    http.process_exited(change.tgid);
+                    streams.process_exited(change.tgid);
                     // Its last contexts ended in `handle_process_change`.
                     identities.remove(change.tgid);
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
-                        ProcessOutcome::Forked { child, .. } => note_runtime(http, child),
+                        ProcessOutcome::Forked { child, .. } => note_runtime(streams, child),
                         ProcessOutcome::Execed { pid, .. } => {
-                            note_runtime(http, pid);
+                            note_runtime(streams, pid);
                             match node.and_then(|node| node.execed(pid)) {
                                 Some(node::ExecJudgement::Changed(line)) => eprintln!("ddtrace-agent: {line}"),
                                 Some(node::ExecJudgement::Refused(line)) => {
                                     eprintln!("ddtrace-agent: {line}");
                                     contexts.end_process(pid, change.ktime_ns);
                                     instrumenter.process_exited(pid);
-                                    http.process_exited(pid);
+                                    streams.process_exited(pid);
                                 }
                                 None => {}
                             }
@@ -606,20 +599,20 @@ fn handle_events(
                 Some(node) => {
                     select_opted_in(node, instrumenter, contexts, &opt_in);
                     if instrumenter.is_tracing(opt_in.tgid) {
-                        note_runtime(http, opt_in.tgid);
+                        note_runtime(streams, opt_in.tgid);
                     }
                 }
                 None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
             },
             KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
-            KernelEvent::Socket(activity) => http.on_socket(&activity, contexts),
+            KernelEvent::Socket(activity) => streams.on_socket(&activity, contexts),
         }
     }
 }
 
 /// Tells the HTTP integration whether `pid` runs Go, whose goroutines share OS threads.
-fn note_runtime(http: &mut HttpOverSockets, pid: u32) {
-    http.set_threads_shared(pid, runs_go(pid));
+fn note_runtime(streams: &mut StreamLayer, pid: u32) {
+    streams.set_threads_shared(pid, runs_go(pid));
 }
 
 fn core_sample(sample: StackSample) -> CpuSample {

@@ -50,8 +50,9 @@ impl HttpClientCapability for ContainerAwareHttp {
     fn request(
         &self,
         mut req: libdd_capabilities::Request<libdd_capabilities::Bytes>,
-    ) -> impl std::future::Future<Output = Result<libdd_capabilities::Response<libdd_capabilities::Bytes>, libdd_capabilities::HttpError>>
-           + libdd_capabilities::MaybeSend {
+    ) -> impl std::future::Future<
+        Output = Result<libdd_capabilities::Response<libdd_capabilities::Bytes>, libdd_capabilities::HttpError>,
+    > + libdd_capabilities::MaybeSend {
         let _ = SPEAKS_FOR_CONTAINER.try_with(|container| {
             let headers = req.headers_mut();
             for (name, value) in
@@ -71,7 +72,10 @@ impl libdd_capabilities::SleepCapability for ContainerAwareHttp {
         Self(<NativeCapabilities as libdd_capabilities::SleepCapability>::new())
     }
 
-    fn sleep(&self, duration: std::time::Duration) -> impl std::future::Future<Output = ()> + libdd_capabilities::MaybeSend {
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> impl std::future::Future<Output = ()> + libdd_capabilities::MaybeSend {
         libdd_capabilities::SleepCapability::sleep(&self.0, duration)
     }
 }

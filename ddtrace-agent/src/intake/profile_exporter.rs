@@ -478,7 +478,9 @@ impl ProfileExporter {
         // with the process's container added, through the same crate's plain sender.
         let url = request.uri().to_string();
         let mut headers = request.headers().clone();
-        for (name, value) in [("datadog-container-id", &self.container.container_id), ("datadog-entity-id", &self.container.entity_id)] {
+        for (name, value) in
+            [("datadog-container-id", &self.container.container_id), ("datadog-entity-id", &self.container.entity_id)]
+        {
             if let Some(value) = value.as_deref().and_then(|v| http::HeaderValue::from_str(v).ok()) {
                 headers.insert(name, value);
             }

@@ -14,9 +14,9 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use libdd_shared_runtime::Worker;
 use libdd_telemetry::config::TelemetryEndpoint;
 use libdd_telemetry::data::Configuration;
-use libdd_shared_runtime::Worker;
 use libdd_telemetry::worker::{TelemetryActions, TelemetryWorkerBuilder, TelemetryWorkerHandle};
 use tracing::debug;
 

@@ -1,12 +1,16 @@
-//! One module per instrumented library. An integration says which library it matches, which
-//! symbols it probes with what capture, and how its events open and close execution contexts.
-//! It knows nothing of products: it only talks to `core`.
+//! One module per instrumented library or wire protocol. A library integration says which
+//! library it matches, which symbols it probes with what capture, and how its events open and
+//! close execution contexts; a wire protocol (`streams::WireProtocol`) says which connections
+//! speak it and how their messages do. Neither knows anything of products: they only talk to
+//! `core`.
 
 pub mod http;
 mod openssl;
+mod redis;
 mod sqlite;
 mod sqlite_layout;
 mod sqlite_text;
+pub mod streams;
 mod traced_function;
 
 use std::path::Path;
@@ -25,6 +29,26 @@ pub fn all(sqlite_probes: ProbePlacement, openssl_probes: ProbePlacement) -> Vec
         Box::new(sqlite::SqliteIntegration::placed(sqlite_probes)),
         Box::new(openssl::OpenSslIntegration { probes: openssl_probes }),
     ]
+}
+
+/// Every wire protocol this agent recognises on the connections of traced processes, in the
+/// order they are asked: the one place to add one.
+pub fn wire_protocols(config: &crate::config::Config) -> Vec<Box<dyn streams::WireProtocol>> {
+    let (header_tags, header_tag_errors) = http::HeaderTags::parse(&config.header_tags.value);
+    for error in header_tag_errors {
+        tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
+    }
+    vec![Box::new(http::HttpProtocol::new(header_tags)), Box::new(redis::RedisProtocol)]
+}
+
+#[cfg(test)]
+pub mod test_support {
+    use super::{http::HeaderTags, streams::StreamLayer};
+
+    /// A stream layer that knows HTTP only.
+    pub fn http_layer(header_tags: HeaderTags) -> StreamLayer {
+        StreamLayer::new(vec![Box::new(super::http::HttpProtocol::new(header_tags))])
+    }
 }
 
 /// Where an integration's probes go (`--openssl-probes`, `--sqlite-probes`).

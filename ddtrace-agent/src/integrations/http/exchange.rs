@@ -12,21 +12,7 @@ use super::{
     message_parser::{IgnoreReason, MessageHead, MessageKind, MessageParser, ParseEvent, ParserLimits},
 };
 
-/// The side of the connection the traced process is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// Accepted the connection: reads requests, writes responses.
-    Server,
-    /// Opened the connection: writes requests, reads responses.
-    Client,
-}
-
-/// The direction of a read or write, seen from the traced process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    Read,
-    Write,
-}
+pub use crate::integrations::streams::{Direction, Role};
 
 /// How an exchange ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

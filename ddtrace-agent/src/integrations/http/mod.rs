@@ -9,20 +9,17 @@
 //! - [`resource`]: the `METHOD /path` resource with ids in the path quantized;
 //! - [`url`]: `http.url`, with the query string obfuscated by Datadog's default pattern;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
-//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps;
-//! - [`client_parent`]: which request a client call belongs to, when threads do not tell (Go).
+//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
 //!
-//! `sockets` turns the kernel's socket activity into contexts with these, and `linking` makes a
-//! traced server's request continue the span of the traced client that sent it.
+//! `stream` makes it a wire protocol of the stream layer (`integrations::streams`): each
+//! connection that starts with a request line, its exchanges as contexts.
 
-mod client_parent;
 pub mod exchange;
 pub mod headers;
-mod linking;
 pub mod message_parser;
 pub mod propagation;
 pub mod resource;
-mod sockets;
+mod stream;
 pub mod url;
 
 pub use exchange::{ConnectionTracker, Direction, Exchange, ExchangeOutcome, Role};
@@ -33,5 +30,5 @@ pub use message_parser::{
 };
 pub use propagation::{ExtractedContext, PropagationStyle, PropagationStyleError, StyleList};
 pub use resource::{quantize_path, resource_name};
-pub use sockets::HttpOverSockets;
+pub use stream::HttpProtocol;
 pub use url::{build_http_url, QueryObfuscator, QueryObfuscatorError};

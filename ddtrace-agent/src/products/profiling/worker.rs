@@ -256,7 +256,10 @@ impl Worker {
                 identity.version.as_deref(),
                 &identity.runtime_id,
                 &tags,
-                ContainerOfPayloads { container_id: identity.container_id.clone(), entity_id: identity.entity_id.clone() },
+                ContainerOfPayloads {
+                    container_id: identity.container_id.clone(),
+                    entity_id: identity.entity_id.clone(),
+                },
             ) {
                 Ok(exporter) => self.export(&exporter, &window, end),
                 Err(error) => {

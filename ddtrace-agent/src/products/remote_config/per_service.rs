@@ -134,7 +134,11 @@ fn start_client(settings: &PollerSettings, key: &ServiceKey, process: &ProcessId
         .build();
     match built {
         Ok(client) => {
-            tracing::info!(service, env = env.as_deref().unwrap_or(""), "remote configuration: polling for this service");
+            tracing::info!(
+                service,
+                env = env.as_deref().unwrap_or(""),
+                "remote configuration: polling for this service"
+            );
             let active = ActiveConfigs::new(service, env.as_deref());
             // Nothing is in force until a configuration arrives: no document for it.
             let last_sent = scoped(active.effective(), key);

@@ -133,7 +133,8 @@ impl Product for TelemetryProduct {
         if self.client.is_some() || self.per_process.is_some() {
             return Ok(());
         }
-        let error = |reason: String| ProductError::Operation { product: "telemetry", operation: "post_preload", reason };
+        let error =
+            |reason: String| ProductError::Operation { product: "telemetry", operation: "post_preload", reason };
         let heartbeat_interval = Duration::from_secs_f64(self.inputs.heartbeat_interval_seconds.value);
         if let Some(identities) = &self.inputs.per_process {
             // The node's own service, env and version name nobody: each process reports its own.
@@ -141,7 +142,11 @@ impl Product for TelemetryProduct {
             let report = SharedReport {
                 agent_url: agent.agent_url.clone(),
                 heartbeat_interval,
-                configuration: self.configuration().into_iter().filter(|e| !node_identity.contains(&e.name.as_str())).collect(),
+                configuration: self
+                    .configuration()
+                    .into_iter()
+                    .filter(|e| !node_identity.contains(&e.name.as_str()))
+                    .collect(),
                 products: self.product_states(),
             };
             let telemetry = PerProcessTelemetry::spawn(report, identities.clone()).map_err(|e| error(e.to_string()))?;

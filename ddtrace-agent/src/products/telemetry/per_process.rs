@@ -141,7 +141,11 @@ fn start(
     if let Some(version) = &process.version {
         identity = identity.with_app_version(version.clone());
     }
-    let own = [("DD_SERVICE", Some(&process.service)), ("DD_ENV", process.env.as_ref()), ("DD_VERSION", process.version.as_ref())];
+    let own = [
+        ("DD_SERVICE", Some(&process.service)),
+        ("DD_ENV", process.env.as_ref()),
+        ("DD_VERSION", process.version.as_ref()),
+    ];
     let mut builder = TelemetryClient::builder(&report.agent_url, identity)
         .heartbeat_interval(report.heartbeat_interval)
         .configuration(report.configuration.iter().cloned())
@@ -152,6 +156,7 @@ fn start(
     for (name, enabled) in &report.products {
         builder = builder.product(*name, *enabled);
     }
-    let container = ContainerOfPayloads { container_id: process.container_id.clone(), entity_id: process.entity_id.clone() };
+    let container =
+        ContainerOfPayloads { container_id: process.container_id.clone(), entity_id: process.entity_id.clone() };
     builder.spawn_in(runtime, container)
 }

@@ -176,12 +176,11 @@ impl Product for TracingProduct {
             );
         };
         match remote::service_target(config) {
-            Some((service, env)) => {
-                if settings != self.policy.get_for(service, env) {
-                    log_applied(&settings, service);
-                    self.policy.set_for(service, env, settings);
-                }
+            Some((service, env)) if settings != self.policy.get_for(service, env) => {
+                log_applied(&settings, service);
+                self.policy.set_for(service, env, settings);
             }
+            Some(_) => {}
             None if settings != self.policy.get() => {
                 log_applied(&settings, "*");
                 self.policy.set(settings);

@@ -90,10 +90,7 @@ impl Policies {
 }
 
 fn unix_now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(i64::MAX)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(i64::MAX)
 }
 
 impl SharedPolicy {
@@ -200,7 +197,10 @@ mod tests {
     use super::*;
 
     fn sampled(rate: f64) -> TracingSettings {
-        TracingSettings { sample_rate: Setting { value: Some(rate), origin: Origin::RemoteConfig }, ..Default::default() }
+        TracingSettings {
+            sample_rate: Setting { value: Some(rate), origin: Origin::RemoteConfig },
+            ..Default::default()
+        }
     }
 
     fn rate_of(policy: &SharedPolicy, service: Option<(&str, Option<&str>)>, end: i64) -> (u64, Option<f64>) {

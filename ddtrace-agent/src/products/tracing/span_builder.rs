@@ -92,6 +92,15 @@ impl SpanBuilder {
                 meta.insert("runtime-id".into(), id.runtime_id.clone());
             }
         }
+        // dd-trace-py's default schema (v0): an integration's spans under its own service, the
+        // process's kept as the base service.
+        let service = match data.integration_service {
+            Some(integration) => {
+                meta.insert("_dd.base_service".into(), service.clone());
+                integration.to_string()
+            }
+            None => service.clone(),
+        };
         let mut error = 0;
         if let Some(e) = &data.error {
             error = 1;
@@ -104,7 +113,7 @@ impl SpanBuilder {
             parent_id: context.parent_id,
             name: data.name.to_string(),
             resource: if data.resource.is_empty() { data.name.to_string() } else { data.resource.clone() },
-            service: service.clone(),
+            service,
             span_type: data.span_type.to_string(),
             start_unix_ns: context.start_unix_ns,
             duration_ns: context.duration_ns(),

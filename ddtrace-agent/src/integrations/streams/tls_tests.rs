@@ -1,9 +1,9 @@
-//! TLS plaintext through [`HttpOverSockets`]: sessions tied to their socket, reads served from the
+//! TLS plaintext through [`StreamLayer`] with HTTP: sessions tied to their socket, reads served from the
 //! library's buffer (no fd), roles and closes.
 
 use ddtrace_common::FD_UNKNOWN;
 
-use super::{HeaderTags, HttpOverSockets};
+use crate::integrations::{http::HeaderTags, test_support::http_layer};
 use crate::{
     core::{test_support::tree_recording_ends, SpanKind},
     probes::{SocketActivity, SocketOp},
@@ -35,7 +35,7 @@ const CIPHERTEXT: &[u8] = &[0x17, 0x03, 0x03, 0x00, 0x40, 0x9a, 0x11, 0x42];
 #[test]
 fn plaintext_of_an_accepted_socket_is_one_https_server_span_and_its_ciphertext_none() {
     let (mut contexts, ended) = tree_recording_ends();
-    let mut http = HttpOverSockets::new(HeaderTags::default());
+    let mut http = http_layer(HeaderTags::default());
     http.on_socket(&activity(7, SocketOp::Accepted, b"", None), &mut contexts);
     http.on_socket(&activity(7, SocketOp::Received, CIPHERTEXT, None), &mut contexts);
     http.on_socket(&activity(7, SocketOp::Received, REQUEST, Some(SESSION)), &mut contexts);
@@ -54,7 +54,7 @@ fn plaintext_of_an_accepted_socket_is_one_https_server_span_and_its_ciphertext_n
 #[test]
 fn closing_the_socket_ends_its_tls_session() {
     let (mut contexts, ended) = tree_recording_ends();
-    let mut http = HttpOverSockets::new(HeaderTags::default());
+    let mut http = http_layer(HeaderTags::default());
     http.on_socket(&activity(8, SocketOp::Connected, b"", None), &mut contexts);
     http.on_socket(&activity(8, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
     http.on_socket(&activity(8, SocketOp::Closed, b"", None), &mut contexts);
@@ -69,7 +69,7 @@ fn closing_the_socket_ends_its_tls_session() {
 #[test]
 fn a_session_on_a_socket_opened_before_attach_takes_its_role_from_who_speaks_first() {
     let (mut contexts, ended) = tree_recording_ends();
-    let mut http = HttpOverSockets::new(HeaderTags::default());
+    let mut http = http_layer(HeaderTags::default());
     // fd 9 was never seen accepted or connected: the client writes the request first.
     http.on_socket(&activity(9, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
     http.on_socket(&activity(FD_UNKNOWN, SocketOp::Received, RESPONSE, Some(SESSION)), &mut contexts);
@@ -83,7 +83,7 @@ fn a_session_on_a_socket_opened_before_attach_takes_its_role_from_who_speaks_fir
 #[test]
 fn a_new_session_on_the_same_socket_ends_the_old_one() {
     let (mut contexts, ended) = tree_recording_ends();
-    let mut http = HttpOverSockets::new(HeaderTags::default());
+    let mut http = http_layer(HeaderTags::default());
     http.on_socket(&activity(11, SocketOp::Connected, b"", None), &mut contexts);
     http.on_socket(&activity(11, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
     // A second SSL object on the socket: the first one's request never got its answer.
@@ -98,7 +98,7 @@ fn a_new_session_on_the_same_socket_ends_the_old_one() {
 #[test]
 fn a_request_read_from_the_librarys_buffer_still_gets_its_clients_address() {
     let (mut contexts, ended) = tree_recording_ends();
-    let mut http = HttpOverSockets::new(HeaderTags::default());
+    let mut http = http_layer(HeaderTags::default());
     http.on_socket(&activity(12, SocketOp::Accepted, b"", None), &mut contexts);
     // The request came with the handshake's last bytes: no read on the socket in SSL_read.
     http.on_socket(&activity(FD_UNKNOWN, SocketOp::Received, REQUEST, Some(SESSION)), &mut contexts);

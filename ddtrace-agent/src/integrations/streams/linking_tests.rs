@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::{
     core::{test_support::tree_recording_ends, ContextData, ContextTree, ExecutionContext, SpanKind},
-    integrations::http::{HeaderTags, HttpOverSockets},
+    integrations::{http::HeaderTags, streams::StreamLayer, test_support::http_layer},
     probes::{SocketActivity, SocketOp},
 };
 
@@ -15,7 +15,7 @@ const CLIENT_TID: u32 = 11;
 const SERVER_TID: u32 = 22;
 
 struct Harness {
-    http: HttpOverSockets,
+    http: StreamLayer,
     contexts: ContextTree,
     ended: Arc<Mutex<Vec<ExecutionContext>>>,
     now: u64,
@@ -24,7 +24,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let (contexts, ended) = tree_recording_ends();
-        Self { http: HttpOverSockets::new(HeaderTags::parse("").0), contexts, ended, now: 1_000 }
+        Self { http: http_layer(HeaderTags::parse("").0), contexts, ended, now: 1_000 }
     }
 
     fn event(&mut self, end: (u32, u32), tid: u32, op: SocketOp, data: &[u8]) {
