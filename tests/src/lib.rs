@@ -8,6 +8,7 @@ pub mod container;
 pub mod http;
 pub mod native_app;
 pub mod nginx;
+pub mod postgres_server;
 pub mod profiles;
 pub mod redis_server;
 pub mod target_app;

@@ -45,6 +45,7 @@ const PACKAGES: &[&str] = &[
     "libcap2-bin",
     // The database protocol tests run their own servers on free loopback ports.
     "redis-server",
+    "postgresql",
 ];
 
 /// The package whose system service we stop.

@@ -62,12 +62,21 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(code.unwrap_or(1)))
 }
 
-/// Python modules the end-to-end tests' target applications import.
-const TARGET_APP_MODULES: &[&str] = &["gunicorn", "flask", "requests", "redis"];
+/// Python modules the end-to-end tests' target applications import, and the PyPI package that
+/// brings each.
+const TARGET_APP_MODULES: &[(&str, &str)] = &[
+    ("gunicorn", "gunicorn"),
+    ("flask", "flask"),
+    ("requests", "requests"),
+    ("redis", "redis"),
+    // psycopg2's wheel bundles its own libpq and libssl; psycopg (3) uses the system's libpq.
+    ("psycopg2", "psycopg2-binary"),
+    ("psycopg", "psycopg"),
+];
 
 /// Installs the target applications' Python modules that `python3` cannot import yet.
 fn ensure_target_app_modules() -> Result<()> {
-    for module in TARGET_APP_MODULES {
+    for (module, package) in TARGET_APP_MODULES {
         let present = Command::new("python3")
             .args(["-c", &format!("import {module}")])
             .stdout(std::process::Stdio::null())
@@ -78,9 +87,9 @@ fn ensure_target_app_modules() -> Result<()> {
             step("test-apps", format!("python module {module}: already installed"));
             continue;
         }
-        step("test-apps", format!("python module {module}: missing, installing it with pip"));
-        process::run(&mut pip_install(module)).map_err(|error| {
-            error.context(format!("installing the Python module {module} for the test apps failed"))
+        step("test-apps", format!("python module {module}: missing, installing {package} with pip"));
+        process::run(&mut pip_install(package)).map_err(|error| {
+            error.context(format!("installing the Python package {package} for the test apps failed"))
         })?;
     }
     Ok(())

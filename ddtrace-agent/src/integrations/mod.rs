@@ -6,6 +6,7 @@
 
 pub mod http;
 mod openssl;
+mod postgres;
 mod redis;
 mod sqlite;
 mod sqlite_layout;
@@ -38,7 +39,11 @@ pub fn wire_protocols(config: &crate::config::Config) -> Vec<Box<dyn streams::Wi
     for error in header_tag_errors {
         tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
     }
-    vec![Box::new(http::HttpProtocol::new(header_tags)), Box::new(redis::RedisProtocol)]
+    vec![
+        Box::new(http::HttpProtocol::new(header_tags)),
+        Box::new(postgres::PostgresProtocol),
+        Box::new(redis::RedisProtocol),
+    ]
 }
 
 #[cfg(test)]
