@@ -21,13 +21,13 @@ mod wire;
 
 use std::collections::{HashMap, VecDeque};
 
-use wire::{Message, MessageReader};
+use wire::{MessageReader, PostgresFraming};
 
 use crate::{
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
-        client_parent::ClientParent, ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment,
-        StreamServices, WireProtocol,
+        client_parent::ClientParent, framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role,
+        Segment, StreamServices, WireProtocol,
     },
     obfuscation::obfuscate_sql_for_dbms,
 };
@@ -63,8 +63,8 @@ impl WireProtocol for PostgresProtocol {
 
     fn open(&self, facts: &ConnectionFacts) -> Box<dyn ProtocolConnection> {
         Box::new(PostgresConnection {
-            writes: MessageReader::new(KEPT_CLIENT_BYTES, !facts.adopted),
-            reads: MessageReader::new(KEPT_SERVER_BYTES, false),
+            writes: MessageReader::new(PostgresFraming::new(!facts.adopted), KEPT_CLIENT_BYTES),
+            reads: MessageReader::new(PostgresFraming::new(false), KEPT_SERVER_BYTES),
             startup: Startup::default(),
             statements: HashMap::new(),
             statement_order: VecDeque::new(),
@@ -264,12 +264,10 @@ impl PostgresConnection {
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
             }
-            b'C' => {
-                // Close of a statement ('S') or a portal ('P').
-                if body.first() == Some(&b'S') {
-                    let name = wire::strings(&body[1..]).next().unwrap_or_default();
-                    self.statements.remove(name);
-                }
+            // Close of a statement ('S'; a portal's is 'P').
+            b'C' if body.first() == Some(&b'S') => {
+                let name = wire::strings(&body[1..]).next().unwrap_or_default();
+                self.statements.remove(name);
             }
             _ => {}
         }
@@ -312,7 +310,7 @@ impl PostgresConnection {
                     return;
                 }
                 Some(b'N') => {
-                    self.writes.expect_untyped();
+                    self.writes.framing.expect_untyped();
                     data = &data[1..];
                 }
                 _ => {}
@@ -388,8 +386,8 @@ struct OwnedMessage {
     length: usize,
 }
 
-fn owned(message: &Message<'_>) -> OwnedMessage {
-    OwnedMessage { kind: message.kind, body: message.body.to_vec(), length: message.length }
+fn owned(message: &Frame<'_>) -> OwnedMessage {
+    OwnedMessage { kind: message.head.kind, body: message.body.to_vec(), length: message.head.length }
 }
 
 fn first_string(body: &[u8]) -> String {

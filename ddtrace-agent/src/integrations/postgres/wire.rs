@@ -1,68 +1,31 @@
-//! PostgreSQL's frontend/backend protocol (version 3) framing, read incrementally from the
-//! capture: a type byte and a 4-byte big-endian length (which counts itself) before each body,
-//! except the client's first message (startup, SSL or GSS request, cancel), which has no type
-//! byte. Bodies are kept up to a bound and skipped past it by count: bytes the capture did not
-//! keep are fine inside a body, fatal in a header.
+//! PostgreSQL's frontend/backend protocol (version 3) framing: a type byte and a 4-byte
+//! big-endian length (which counts itself) before each body, except the client's first message
+//! (startup, SSL or GSS request, cancel), which has no type byte; read with the stream layer's
+//! `FrameReader`.
 
 /// The startup message's protocol version 3.0.
 pub const PROTOCOL_3: u32 = 196_608;
 pub const SSL_REQUEST: u32 = 80_877_103;
 pub const GSS_ENC_REQUEST: u32 = 80_877_104;
 pub const CANCEL_REQUEST: u32 = 80_877_102;
+use crate::integrations::streams::framing::{FrameHead, FrameReader, Framing};
+
 /// The longest message length believed: past it the bytes are not PostgreSQL (the server's own
 /// limit for a query is 1 GB).
 const MAX_LENGTH: u32 = 1 << 30;
 
-/// One message, with the first bytes of its body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message<'a> {
-    /// The type byte; 0 for an untyped first message (`body` then starts with its code).
-    pub kind: u8,
-    /// The body's first bytes (at most the reader's `keep`).
-    pub body: &'a [u8],
-    /// The body's length.
-    pub length: usize,
-}
-
+/// PostgreSQL's header: a type byte (none for the client's first message) and a length that
+/// counts itself.
 #[derive(Debug)]
-enum State {
-    /// Reading a header: its bytes so far.
-    Header,
-    /// In a body: bytes still to come.
-    Body { kind: u8, length: usize, remaining: usize },
-}
-
-/// Why a direction cannot be followed until it is found again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lost {
-    /// Bytes the capture did not keep fell in a header.
-    Uncaptured,
-    /// A header that is not PostgreSQL's.
-    Malformed,
-}
-
-/// The reader of one direction.
-#[derive(Debug)]
-pub struct MessageReader {
-    state: State,
-    header: Vec<u8>,
-    body: Vec<u8>,
-    keep: usize,
+pub struct PostgresFraming {
     /// The next header has no type byte (the client's first message).
     untyped_next: bool,
 }
 
-impl MessageReader {
-    /// A reader keeping the first `keep` bytes of each body; `untyped_first` for the client's
-    /// direction of a connection seen from its start.
-    pub fn new(keep: usize, untyped_first: bool) -> Self {
-        Self { state: State::Header, header: Vec::new(), body: Vec::new(), keep, untyped_next: untyped_first }
-    }
-
-    /// Whether the reader stands between two messages.
-    #[cfg(test)]
-    pub fn at_boundary(&self) -> bool {
-        matches!(self.state, State::Header) && self.header.is_empty()
+impl PostgresFraming {
+    /// `untyped_first` for the client's direction of a connection seen from its start.
+    pub fn new(untyped_first: bool) -> Self {
+        Self { untyped_next: untyped_first }
     }
 
     /// The next message has no type byte (after an SSL request was refused, the startup
@@ -70,83 +33,33 @@ impl MessageReader {
     pub fn expect_untyped(&mut self) {
         self.untyped_next = true;
     }
+}
 
-    pub fn reset(&mut self) {
-        self.state = State::Header;
-        self.header.clear();
-        self.body.clear();
-        self.untyped_next = false;
-    }
-
-    /// Reads `data` then `uncaptured` unseen bytes, calling `on_message` for each message
-    /// completed. An error leaves the reader reset.
-    pub fn feed(
-        &mut self,
-        mut data: &[u8],
-        uncaptured: usize,
-        on_message: &mut dyn FnMut(Message<'_>),
-    ) -> Result<(), Lost> {
-        while !data.is_empty() {
-            match self.state {
-                State::Header => {
-                    let size = if self.untyped_next { 4 } else { 5 };
-                    let take = (size - self.header.len()).min(data.len());
-                    self.header.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if self.header.len() == size {
-                        self.header_done(on_message).inspect_err(|_| self.reset())?;
-                    }
-                }
-                State::Body { kind, length, remaining } => {
-                    let take = remaining.min(data.len());
-                    let wanted = self.keep.saturating_sub(self.body.len()).min(take);
-                    self.body.extend_from_slice(&data[..wanted]);
-                    data = &data[take..];
-                    self.body_advanced(kind, length, remaining - take, on_message);
-                }
-            }
-        }
-        if uncaptured == 0 {
-            return Ok(());
-        }
-        match self.state {
-            State::Body { kind, length, remaining } if remaining >= uncaptured => {
-                self.body_advanced(kind, length, remaining - uncaptured, on_message);
-                Ok(())
-            }
-            _ => {
-                self.reset();
-                Err(Lost::Uncaptured)
-            }
+impl Framing for PostgresFraming {
+    fn header_size(&self) -> usize {
+        if self.untyped_next {
+            4
+        } else {
+            5
         }
     }
 
-    fn header_done(&mut self, on_message: &mut dyn FnMut(Message<'_>)) -> Result<(), Lost> {
-        let (kind, length) = match self.header.as_slice() {
+    fn read_head(&mut self, header: &[u8]) -> Option<FrameHead> {
+        let (kind, length) = match header {
             [a, b, c, d] => (0, u32::from_be_bytes([*a, *b, *c, *d])),
             [kind, a, b, c, d] if kind.is_ascii_graphic() => (*kind, u32::from_be_bytes([*a, *b, *c, *d])),
-            _ => return Err(Lost::Malformed),
+            _ => return None,
         };
         if !(4..=MAX_LENGTH).contains(&length) {
-            return Err(Lost::Malformed);
+            return None;
         }
         self.untyped_next = false;
-        self.header.clear();
-        self.body.clear();
-        let length = length as usize - 4;
-        self.body_advanced(kind, length, length, on_message);
-        Ok(())
-    }
-
-    fn body_advanced(&mut self, kind: u8, length: usize, remaining: usize, on_message: &mut dyn FnMut(Message<'_>)) {
-        if remaining == 0 {
-            self.state = State::Header;
-            on_message(Message { kind, body: &self.body, length });
-        } else {
-            self.state = State::Body { kind, length, remaining };
-        }
+        Some(FrameHead { kind, sequence: 0, length: length as usize - 4 })
     }
 }
+
+/// The reader of one direction of a PostgreSQL connection.
+pub type MessageReader = FrameReader<PostgresFraming>;
 
 /// The NUL-terminated strings at the start of `body`, in order (the last may be cut).
 pub fn strings(body: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -183,6 +96,11 @@ pub fn starts_query(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integrations::streams::framing::Lost;
+
+    fn reader(keep: usize, untyped_first: bool) -> MessageReader {
+        MessageReader::new(PostgresFraming::new(untyped_first), keep)
+    }
 
     fn messages(
         reader: &mut MessageReader,
@@ -191,7 +109,7 @@ mod tests {
     ) -> Result<Vec<(char, String, usize)>, Lost> {
         let mut out = Vec::new();
         reader.feed(data, uncaptured, &mut |m| {
-            out.push((m.kind as char, String::from_utf8_lossy(m.body).into_owned(), m.length))
+            out.push((m.head.kind as char, String::from_utf8_lossy(m.body).into_owned(), m.head.length))
         })?;
         Ok(out)
     }
@@ -201,24 +119,24 @@ mod tests {
         let mut wire = 8u32.to_be_bytes().to_vec();
         wire.extend(SSL_REQUEST.to_be_bytes());
         wire.extend(b"Q\x00\x00\x00\x0dSELECT 1\x00");
-        let whole = messages(&mut MessageReader::new(64, true), &wire, 0).unwrap();
+        let whole = messages(&mut reader(64, true), &wire, 0).unwrap();
         assert_eq!(whole.len(), 2);
         assert_eq!(whole[1], ('Q', "SELECT 1\0".to_string(), 9));
         for cut in 1..wire.len() {
-            let mut reader = MessageReader::new(64, true);
+            let mut reader = reader(64, true);
             let mut split = messages(&mut reader, &wire[..cut], 0).unwrap();
             split.extend(messages(&mut reader, &wire[cut..], 0).unwrap());
             assert_eq!(split, whole, "cut at {cut}");
         }
         // A 1 MB DataRow of which the capture kept 10 bytes.
-        let mut reader = MessageReader::new(4, false);
+        let mut server = reader(4, false);
         let mut row = b"D".to_vec();
         row.extend((1_000_004u32).to_be_bytes());
         row.extend(b"0123456789");
-        assert_eq!(messages(&mut reader, &row, 1_000_000 - 10).unwrap(), [('D', "0123".to_string(), 1_000_000)]);
-        assert!(reader.at_boundary());
-        assert_eq!(messages(&mut reader, b"Z\x00\x00", 10), Err(Lost::Uncaptured));
-        assert_eq!(messages(&mut MessageReader::new(4, false), b"\x01\xff\xff\xff\xff", 0), Err(Lost::Malformed));
+        assert_eq!(messages(&mut server, &row, 1_000_000 - 10).unwrap(), [('D', "0123".to_string(), 1_000_000)]);
+        assert!(server.at_boundary());
+        assert_eq!(messages(&mut server, b"Z\x00\x00", 10), Err(Lost::Uncaptured));
+        assert_eq!(messages(&mut reader(4, false), b"\x01\xff\xff\xff\xff", 0), Err(Lost::Malformed));
     }
 
     #[test]

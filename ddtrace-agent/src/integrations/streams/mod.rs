@@ -15,6 +15,7 @@
 //!   traced server ([`linking`]).
 
 pub mod client_parent;
+pub mod framing;
 pub mod linking;
 mod protocol;
 
