@@ -6,6 +6,7 @@ pub mod breakpoints;
 pub mod chart;
 pub mod container;
 pub mod http;
+pub mod mysql_server;
 pub mod native_app;
 pub mod nginx;
 pub mod postgres_server;

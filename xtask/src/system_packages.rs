@@ -46,6 +46,7 @@ const PACKAGES: &[&str] = &[
     // The database protocol tests run their own servers on free loopback ports.
     "redis-server",
     "postgresql",
+    "mariadb-server",
 ];
 
 /// The package whose system service we stop.

@@ -72,6 +72,7 @@ const TARGET_APP_MODULES: &[(&str, &str)] = &[
     // psycopg2's wheel bundles its own libpq and libssl; psycopg (3) uses the system's libpq.
     ("psycopg2", "psycopg2-binary"),
     ("psycopg", "psycopg"),
+    ("pymysql", "PyMySQL"),
 ];
 
 /// Installs the target applications' Python modules that `python3` cannot import yet.

@@ -5,6 +5,7 @@
 //! `core`.
 
 pub mod http;
+mod mysql;
 mod openssl;
 mod postgres;
 mod redis;
@@ -42,6 +43,7 @@ pub fn wire_protocols(config: &crate::config::Config) -> Vec<Box<dyn streams::Wi
     vec![
         Box::new(http::HttpProtocol::new(header_tags)),
         Box::new(postgres::PostgresProtocol),
+        Box::new(mysql::MysqlProtocol),
         Box::new(redis::RedisProtocol),
     ]
 }

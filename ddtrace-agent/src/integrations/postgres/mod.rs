@@ -155,6 +155,10 @@ impl ProtocolConnection for PostgresConnection {
         _services: &mut StreamServices,
         contexts: &mut ContextTree,
     ) {
+        // A response the capture could not follow ended before the close, with its last read.
+        if let Some(last_read_ns) = self.reply_unseen.take() {
+            self.result_ended_unseen(last_read_ns, contexts);
+        }
         for pending in self.pending.drain(..) {
             let error = pending.error.clone().or_else(|| {
                 Some(ContextError {

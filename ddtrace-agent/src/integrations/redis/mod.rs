@@ -166,6 +166,10 @@ impl ProtocolConnection for RedisConnection {
         _services: &mut StreamServices,
         contexts: &mut ContextTree,
     ) {
+        // A response the capture could not follow ended before the close, with its last read.
+        if let Some(last_read_ns) = self.reply_unseen.take() {
+            self.reply_ended_unseen(last_read_ns, contexts);
+        }
         for pending in self.pending.drain(..) {
             let error = ContextError {
                 kind: "redis.exceptions.ConnectionError".to_string(),

@@ -1,0 +1,79 @@
+//! MySQL on the wire: PyMySQL (pure Python) against a real MariaDB 10.11 over TCP and over its
+//! Unix socket, traced from outside. Each `execute` is a `mysql.query` span (service `mysql`,
+//! resource the obfuscated SQL, user and database from the handshake), an error its code and
+//! message, a result its rows; no literal leaves the host.
+
+use std::time::Duration;
+
+use ddtrace_tests::{
+    agent_process::AgentProcess, mysql_server::MysqlServer, target_app::SqliteWorker, test_agent::TestAgent,
+};
+use serde_json::Value;
+
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
+    span["meta"][key].as_str().unwrap_or_default()
+}
+
+#[test]
+fn pymysql_queries_over_tcp_and_a_unix_socket_are_spans_as_dd_trace_py_shows_them() {
+    let _serial = ddtrace_tests::serial();
+    let server = MysqlServer::start();
+    for (connect, over_socket) in [("connect", false), ("connect_socket", true)] {
+        let agent = TestAgent::start();
+        let port = server.port.to_string();
+        let socket = server.socket.display().to_string();
+        let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
+        let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+        daemon.wait_attached(ATTACH_TIMEOUT);
+        worker.run(connect);
+        worker.run("work");
+        worker.exit();
+        let status = daemon.wait_exit(Duration::from_secs(15));
+        let stderr = daemon.stderr_text();
+        assert!(status.success(), "{status}\n{stderr}");
+
+        let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "mysql.query").collect();
+        let context = format!("{connect}: {spans:#?}\n{stderr}");
+        let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
+        // PyMySQL's own set-up queries at connect (SET AUTOCOMMIT...) are real round trips: kept.
+        let expected = [
+            "CREATE TABLE IF NOT EXISTS users ( id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR ( ? ) UNIQUE, secret TEXT )",
+            "INSERT INTO users ( name, secret ) VALUES ( ? )",
+            "COMMIT",
+            "SELECT id, name FROM users WHERE name = ?",
+            "SELECT * FROM nope",
+            "SELECT seq FROM seq_1_to_5000",
+        ];
+        let application: Vec<&str> = resources.iter().copied().filter(|r| expected.contains(r)).collect();
+        assert_eq!(application, expected, "{context}");
+        for span in &spans {
+            assert_eq!((span["service"].as_str(), span["type"].as_str()), (Some("mysql"), Some("sql")), "{span:#}");
+            assert_eq!((meta(span, "db.system"), meta(span, "span.kind")), ("mysql", "client"), "{span:#}");
+            assert_eq!((meta(span, "db.name"), meta(span, "db.user")), ("shop", "app"), "{span:#}");
+            if over_socket {
+                assert_eq!(meta(span, "out.host"), "localhost", "{span:#}");
+            } else {
+                assert_eq!(meta(span, "out.host"), "127.0.0.1", "{span:#}");
+                assert_eq!(span["metrics"]["network.destination.port"].as_f64(), Some(f64::from(server.port)));
+            }
+        }
+        let find = |resource: &str| spans.iter().find(|s| s["resource"] == resource).unwrap();
+        assert_eq!(find(expected[1])["metrics"]["db.row_count"].as_f64(), Some(1.0), "{context}");
+        assert_eq!(find(expected[3])["metrics"]["db.row_count"].as_f64(), Some(1.0), "{context}");
+        let large = find(expected[5]);
+        let rows = large["metrics"]["db.row_count"].as_f64();
+        assert!(rows.is_none() || rows == Some(5000.0), "{large:#}");
+        let failed = find("SELECT * FROM nope");
+        assert_eq!(failed["error"], 1, "{failed:#}");
+        assert_eq!(meta(failed, "error.type"), "1146", "{failed:#}");
+        assert_eq!(meta(failed, "error.message"), "Table 'shop.nope' doesn't exist", "{failed:#}");
+        let errors = spans.iter().filter(|s| s["error"].as_i64().unwrap_or(0) != 0).count();
+        assert_eq!(errors, 1, "{context}");
+        for request in agent.requests() {
+            assert!(!request.body_contains("s3cret") && !request.body_contains("bob-"), "{request:?}");
+        }
+        agent.assert_checks_passed();
+    }
+}
