@@ -33,7 +33,8 @@ fn greeting(deprecate_eof: bool) -> Vec<u8> {
     payload.extend(0xF7FFu16.to_le_bytes()); // capabilities, lower
     payload.push(8); // charset
     payload.extend([2, 0]); // status
-    let upper: u16 = if deprecate_eof { 0x0100 | 0x81BF } else { 0x81BF };
+                            // The upper capabilities; 0x0100 is CLIENT_DEPRECATE_EOF (1 << 24).
+    let upper: u16 = if deprecate_eof { 0x0100 | 0x80BF } else { 0x80BF };
     payload.extend(upper.to_le_bytes());
     payload.extend([21; 1]);
     payload.extend([0; 10]);
