@@ -169,8 +169,14 @@ pub struct SocketEvent {
     /// With [`socket_flags::TLS`]: the `SSL*` the plaintext belongs to.
     pub session: u64,
     pub local_address: [u8; 16],
-    pub data: [u8; MAX_SOCKET_CAPTURE + 1],
+    /// The copied bytes: at most `MAX_SOCKET_CAPTURE`, in twice that room so that the kernel's
+    /// verifier can bound each piece of a vectored copy (at an offset below 4 KiB, of a length
+    /// below 4 KiB) without knowing the pieces before it.
+    pub data: [u8; SOCKET_DATA_ROOM],
 }
+
+/// Room of [`SocketEvent::data`].
+pub const SOCKET_DATA_ROOM: usize = 2 * (MAX_SOCKET_CAPTURE + 1);
 
 /// Key of the kernel's table of sockets of tracked processes.
 #[repr(C)]
@@ -204,6 +210,8 @@ pub struct PendingSyscall {
     pub fd: u64,
     /// The buffer, iovec array, msghdr or sockaddr argument, by system call.
     pub pointer: u64,
+    /// The third argument: `readv`/`writev`'s count of buffers.
+    pub count: u64,
 }
 
 /// Common first bytes of every event.

@@ -130,7 +130,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         _ => false,
     };
     if wanted {
-        let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1) };
+        let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1), count: arg(&ctx, 2) };
         let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
     }
     0
@@ -173,16 +173,13 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             } else {
                 socket_op::SENT
             };
-            // msghdr: msg_iov at 16; readv/writev pass the iovec array itself.
-            let iov = if pending.id == nr::RECVMSG || pending.id == nr::SENDMSG {
-                read_u64(pending.pointer + 16)
+            // msghdr: msg_iov at 16, msg_iovlen at 24; readv/writev pass the iovec array itself.
+            let (iov, buffers) = if pending.id == nr::RECVMSG || pending.id == nr::SENDMSG {
+                (read_u64(pending.pointer + 16), read_u64(pending.pointer + 24))
             } else {
-                pending.pointer
+                (pending.pointer, pending.count)
             };
-            // Only the first buffer is copied, and no further than its end (nginx writes a response
-            // head in the first buffer and its body in the next ones, elsewhere in memory).
-            let (base, first_len) = (read_u64(iov), read_u64(iov + 8));
-            emit_data_within(pid_tgid, pending.fd as u32, op, ret as u64, base, first_len, 0, 0);
+            emit_vector(pid_tgid, pending.fd as u32, op, ret as u64, iov, buffers);
         }
         _ => {}
     }
@@ -249,24 +246,16 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
 /// the first of them are copied from `data`, in the target's memory.
 #[inline(always)]
 pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
-    emit_data_within(pid_tgid, fd, op, length, data, length, flags, session)
-}
-
-/// Same, when only `readable` bytes are at `data` (the first buffer of a vector).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn emit_data_within(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, readable: u64, flags: u32, session: u64) {
     let Some(event) = start_event(pid_tgid, fd, op) else { return };
     event.length = length;
     event.flags = flags;
     event.session = session;
-    let available = if readable < length { readable } else { length };
-    if data != 0 && available > 0 {
-        let wanted = if available > MAX_SOCKET_CAPTURE as u64 {
+    if data != 0 && length > 0 {
+        let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
             MAX_SOCKET_CAPTURE as u32
         } else {
-            available as u32
+            length as u32
         };
         // The mask keeps the verifier's bound proof simple: `wanted` <= MAX_SOCKET_CAPTURE.
         let wanted = wanted & MAX_SOCKET_CAPTURE as u32;
@@ -278,6 +267,55 @@ fn emit_data_within(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, rea
             event.captured_len = wanted;
         }
     }
+    submit(event);
+}
+
+/// Buffers of a vectored read or write copied, in order: Node's and nginx's writes gather a
+/// message's pieces (PostgreSQL's Parse, Bind, Execute and Sync; a response's head and body)
+/// from several buffers.
+const MAX_VECTOR_PIECES: u64 = 8;
+
+/// `length` bytes moved on `fd` through the `buffers` iovecs at `iov`: the first of them copied,
+/// buffer after buffer, up to `MAX_SOCKET_CAPTURE`.
+#[inline(always)]
+fn emit_vector(pid_tgid: u64, fd: u32, op: u32, length: u64, iov: u64, buffers: u64) {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+    event.length = length;
+    let mut left = if length > MAX_SOCKET_CAPTURE as u64 { MAX_SOCKET_CAPTURE as u64 } else { length };
+    let mut copied: u32 = 0;
+    for index in 0..MAX_VECTOR_PIECES {
+        if left == 0 || index >= buffers || iov == 0 {
+            break;
+        }
+        let entry = iov + index * 16;
+        let (base, size) = (read_u64(entry), read_u64(entry + 8));
+        let piece = if size < left { size } else { left };
+        if base == 0 || piece == 0 {
+            continue;
+        }
+        // Both masks are no-ops (copied + piece <= MAX_SOCKET_CAPTURE); they are the verifier's
+        // proof that the piece lands inside `data`.
+        let offset = (copied & MAX_SOCKET_CAPTURE as u32) as usize;
+        let piece = piece as u32 & MAX_SOCKET_CAPTURE as u32;
+        // SAFETY: reads at most `piece` bytes of the target's memory into our scratch, at an
+        // offset and of a length each below MAX_SOCKET_CAPTURE + 1, inside `data`'s room.
+        let result = unsafe {
+            read_user_raw(
+                event.data.as_mut_ptr().add(offset) as *mut core::ffi::c_void,
+                piece,
+                base as *const core::ffi::c_void,
+            )
+        };
+        if result != 0 {
+            break;
+        }
+        copied += piece;
+        left -= piece as u64;
+    }
+    if length > MAX_SOCKET_CAPTURE as u64 {
+        count(counter::SOCKET_CAPTURE_TRUNCATED);
+    }
+    event.captured_len = copied;
     submit(event);
 }
 

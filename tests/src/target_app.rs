@@ -46,16 +46,29 @@ impl SqliteWorker {
     /// Another worker script of `tests/apps` speaking the same stdin protocol (`ok <command>`),
     /// e.g. `redis_worker.py`.
     pub fn spawn_script(script: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let script = workspace_root().join("tests/apps").join(script);
-        let mut child = Command::new(python_executable())
-            .arg("-u")
-            .arg(&script)
+        let mut command = Command::new(python_executable());
+        command.arg("-u").arg(workspace_root().join("tests/apps").join(script));
+        Self::spawn_command(command, args, env)
+    }
+
+    /// `tests/apps/node/<script>` under Node.js, with the modules `cargo xtask test` installed
+    /// into `target/node-apps` (pg, mysql2, redis).
+    pub fn spawn_node_script(script: &str, env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new("node");
+        command
+            .arg(workspace_root().join("tests/apps/node").join(script))
+            .env("NODE_PATH", workspace_root().join("target/node-apps/node_modules"));
+        Self::spawn_command(command, &[], env)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("python3 {} failed to start: {e}", script.display()));
+            .unwrap_or_else(|e| panic!("{command:?} failed to start: {e}"));
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Self { child, stdin, stdout }

@@ -47,6 +47,9 @@ const PACKAGES: &[&str] = &[
     "redis-server",
     "postgresql",
     "mariadb-server",
+    // The database tests' Node.js clients (pg, mysql2, redis from npm: pure-JavaScript protocol
+    // code). A machine may have a Node.js of another origin that brings its own npm.
+    "nodejs",
 ];
 
 /// The package whose system service we stop.
@@ -69,6 +72,14 @@ pub fn ensure() -> Result<()> {
     }
     stop_system_nginx(missing.contains(&NGINX));
     Ok(())
+}
+
+/// Installs Debian's `npm` when no `npm` is on PATH (Debian's nodejs comes without it).
+pub fn ensure_npm() -> Result<()> {
+    if process::find_in_path("npm").is_some() {
+        return Ok(());
+    }
+    install(&["npm"])
 }
 
 /// Which of `packages` dpkg does not list as installed, in their order; `None` without dpkg.

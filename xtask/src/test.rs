@@ -36,6 +36,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
     // The deployment test checks the Kubernetes manifests against the Kubernetes schemas.
     let validator_path = ensure_python_tool("deploy", "kubernetes-validate", "kubernetes-validate")?;
     ensure_target_app_modules()?;
+    ensure_node_modules()?;
 
     if !is_root() {
         step(
@@ -94,6 +95,29 @@ fn ensure_target_app_modules() -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// The Node.js clients' manifest, and where `npm` installs them (the tests set `NODE_PATH`).
+const NODE_APPS_MANIFEST: &str = "tests/apps/node/package.json";
+
+/// Installs the Node.js test apps' modules (`tests/apps/node/package.json`) into
+/// `target/node-apps` when they are missing or the manifest changed.
+fn ensure_node_modules() -> Result<()> {
+    let manifest = std::fs::read(workspace::root().join(NODE_APPS_MANIFEST))?;
+    let directory = workspace::target_dir().join("node-apps");
+    let installed_manifest = directory.join("package.json");
+    let complete = directory.join("node_modules/.package-lock.json").exists();
+    if complete && std::fs::read(&installed_manifest).ok().as_deref() == Some(manifest.as_slice()) {
+        step("test-apps", "node modules: already installed");
+        return Ok(());
+    }
+    system_packages::ensure_npm()?;
+    std::fs::create_dir_all(&directory)?;
+    std::fs::write(&installed_manifest, &manifest)?;
+    let mut install = Command::new("npm");
+    install.args(["install", "--no-audit", "--no-fund", "--prefix"]).arg(&directory);
+    step("test-apps", format!("node modules: installing: {}", process::describe(&install)));
+    process::run(&mut install).map_err(|error| error.context("installing the Node.js test apps' modules failed"))
 }
 
 /// Installs the test agent if `ddapm-test-agent` is not on PATH. Returns a directory to add to
