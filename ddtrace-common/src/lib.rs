@@ -114,6 +114,10 @@ pub const MAX_SOCKET_CAPTURE: usize = 4095;
 /// Bytes of [`SocketEvent`] before the data; the kernel submits these plus `captured_len`.
 pub const SOCKET_EVENT_HEADER_BYTES: usize = 96;
 
+/// Bit of the kernel's `SOCKETS` values that the daemon sets when no protocol it knows is spoken
+/// on a socket: its reads and writes are then no longer reported.
+pub const SOCKET_IGNORED: u64 = 1 << 17;
+
 /// [`SocketEvent::fd`] when the descriptor is not known (TLS plaintext read from the library's
 /// buffer, with no system call on the socket during that call).
 pub const FD_UNKNOWN: u32 = u32::MAX;

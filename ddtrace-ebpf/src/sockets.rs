@@ -41,13 +41,19 @@ const EINPROGRESS: i64 = 115;
 
 /// Bit of a `SOCKETS` value: a TLS library call read or wrote this socket, so the reads and
 /// writes on it are ciphertext and are not reported.
-const SOCKET_CARRIES_TLS: u32 = 1 << 16;
+const SOCKET_CARRIES_TLS: u64 = 1 << 16;
+/// Bit of a `SOCKETS` value, set by the daemon: no protocol it knows is spoken on this socket,
+/// so its reads and writes are not reported (a traced Redis server pays a lookup per call, not a
+/// copy and an event).
+const SOCKET_IGNORED: u64 = ddtrace_common::SOCKET_IGNORED;
 
 /// Sockets of tracked processes: accepted or connected since the daemon attached, with their
-/// `socket_op` (ACCEPTED or CONNECTED) and [`SOCKET_CARRIES_TLS`]. LRU, so a close the program
-/// missed (a process killed mid-call) never fills it.
+/// `socket_op` (ACCEPTED or CONNECTED), [`SOCKET_CARRIES_TLS`] and [`SOCKET_IGNORED`] in the low
+/// half and, in the high half, the low 32 bits of the connection event's time: which socket
+/// this is, for the daemon's requests about an fd number the process may have reused since.
+/// LRU, so a close the program missed (a process killed mid-call) never fills it.
 #[map(name = "SOCKETS")]
-static SOCKETS: LruHashMap<SocketKey, u32> = LruHashMap::with_max_entries(65536, 0);
+static SOCKETS: LruHashMap<SocketKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// System calls in flight, by thread, from entry to exit.
 #[map(name = "PENDING_SYSCALLS")]
@@ -99,7 +105,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
                         *state |= SOCKET_CARRIES_TLS;
                     }
                     // Its ciphertext is of no use: the plaintext comes from the TLS probes.
-                    *state & SOCKET_CARRIES_TLS == 0
+                    *state & (SOCKET_CARRIES_TLS | SOCKET_IGNORED) == 0
                 },
             }
         }
@@ -111,7 +117,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         nr::CLOSE => {
             let fd = arg(&ctx, 0) as u32;
             if SOCKETS.remove(&SocketKey { tgid, fd }).is_ok() {
-                emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
+                let _ = emit_connection(pid_tgid, fd, socket_op::CLOSED, AddressSource::None);
             }
             false
         }
@@ -143,6 +149,27 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     if !is_tracked(tgid) {
         return 0;
     }
+    // Most system calls of a traced process are none of ours (a server's epoll_wait, a client's
+    // nanosleep): told from the record alone, before any map lookup.
+    // SAFETY: bounded read of the tracepoint record.
+    let id = unsafe { ctx.read_at::<u64>(ID_OFFSET) }.unwrap_or(u64::MAX);
+    if !matches!(
+        id,
+        nr::ACCEPT
+            | nr::ACCEPT4
+            | nr::CONNECT
+            | nr::READ
+            | nr::WRITE
+            | nr::READV
+            | nr::WRITEV
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::SENDFILE
+    ) {
+        return 0;
+    }
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING_SYSCALLS.get(&pid_tgid) }).copied() else { return 0 };
     let _ = PENDING_SYSCALLS.remove(&pid_tgid);
@@ -150,13 +177,14 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
     match pending.id {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
-            let _ = SOCKETS.insert(&SocketKey { tgid, fd: ret as u32 }, &socket_op::ACCEPTED, 0);
-            emit_connection(pid_tgid, ret as u32, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
+            let fd = ret as u32;
+            let at = emit_connection(pid_tgid, fd, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_value(socket_op::ACCEPTED, at), 0);
         }
         nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             let fd = pending.fd as u32;
-            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_op::CONNECTED, 0);
-            emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
+            let at = emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_value(socket_op::CONNECTED, at), 0);
         }
         nr::READ | nr::RECVFROM if ret > 0 => {
             emit_data(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
@@ -229,17 +257,25 @@ fn start_event(pid_tgid: u64, fd: u32, op: u32) -> Option<&'static mut SocketEve
     Some(event)
 }
 
-/// Accepted, connected or closed.
+/// A `SOCKETS` value: the side, and which socket (the connection event's time).
 #[inline(always)]
-fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) {
-    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+fn socket_value(op: u32, event_ktime_ns: u64) -> u64 {
+    (event_ktime_ns & 0xFFFF_FFFF) << 32 | op as u64
+}
+
+/// Accepted, connected or closed. Returns the event's time (0 if it could not be made).
+#[inline(always)]
+fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u64 {
+    let Some(event) = start_event(pid_tgid, fd, op) else { return 0 };
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
         // After `read_peer`: the kernel's socket gives the peer only when the call did not.
         // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
         socket_addresses::read_from_kernel(event, fd);
     }
+    let at = event.header.ktime_ns;
     submit(event);
+    at
 }
 
 /// `length` bytes moved on `fd` (or, with `socket_flags::TLS`, through TLS session `session`);

@@ -67,6 +67,8 @@ pub struct BenchArgs {
     pub soak: crate::bench_soak::SoakArgs,
     #[command(flatten)]
     pub churn: crate::bench_churn::ChurnArgs,
+    #[command(flatten)]
+    pub redis: crate::bench_redis::RedisArgs,
 }
 
 /// The goal at this stage for (c)/(b): our programs may add at most 25% to the bare uprobe cost.
@@ -89,6 +91,18 @@ const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let calls = args.calls_bench.tls || args.calls_bench.sqlite;
+    if args.redis.redis {
+        if calls
+            || args.profiler.profiler
+            || args.http.http
+            || args.vs_ddtrace.vs_ddtrace
+            || args.soak.soak
+            || args.churn.churn
+        {
+            bail!("--redis is a benchmark of its own: run it alone");
+        }
+        return crate::bench_redis::run(args);
+    }
     if args.churn.churn {
         if calls || args.profiler.profiler || args.http.http || args.vs_ddtrace.vs_ddtrace || args.soak.soak {
             bail!("--churn is a benchmark of its own: run it alone");

@@ -605,7 +605,16 @@ fn handle_events(
                 None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
             },
             KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
-            KernelEvent::Socket(activity) => streams.on_socket(&activity, contexts),
+            KernelEvent::Socket(activity) => {
+                streams.on_socket(&activity, contexts);
+                // Sockets that speak nothing we know: the kernel stops copying their bytes.
+                for silent in streams.take_silent() {
+                    let programs = instrumenter.programs_mut();
+                    if let Err(error) = programs.ignore_socket(silent.tgid, silent.fd, silent.opened_ktime_ns) {
+                        tracing::debug!(%error, "streams: a silent socket stays reported");
+                    }
+                }
+            }
         }
     }
 }

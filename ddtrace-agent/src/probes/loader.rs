@@ -71,7 +71,8 @@ pub struct KernelPrograms {
     specs: Array<MapData, ProbeSpec>,
     tracked: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
-    sockets: HashMap<MapData, SocketKey, u32>,
+    /// Low half: the side and the kernel's flags; high half: which socket (see the kernel's map).
+    sockets: HashMap<MapData, SocketKey, u64>,
     /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     next_probe_id: ProbeId,
@@ -248,7 +249,21 @@ impl KernelPrograms {
     pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
         let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
         self.sockets
-            .insert(SocketKey { tgid, fd }, side, 0)
+            .insert(SocketKey { tgid, fd }, u64::from(side), 0)
+            .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
+    }
+
+    /// Stops the reports of reads and writes on socket `fd` of process `tgid`, the one accepted
+    /// or connected at `connected_ktime_ns` (nothing is done if the process has since reused the
+    /// number for another socket): no protocol the daemon knows is spoken on it.
+    pub fn ignore_socket(&mut self, tgid: u32, fd: u32, connected_ktime_ns: u64) -> Result<(), ProbeError> {
+        let key = SocketKey { tgid, fd };
+        let Ok(value) = self.sockets.get(&key, 0) else { return Ok(()) };
+        if value >> 32 != connected_ktime_ns & 0xFFFF_FFFF {
+            return Ok(());
+        }
+        self.sockets
+            .insert(key, value | ddtrace_common::SOCKET_IGNORED, 0)
             .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 

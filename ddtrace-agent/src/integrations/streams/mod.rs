@@ -8,8 +8,9 @@
 //!   served from the library's buffer, the fd it used before) and closed with that socket. The
 //!   socket's own bytes are then ciphertext, which no protocol recognises.
 //! - The first segment of a new connection decides what it speaks; nothing recognised it: the
-//!   connection is ignored to its close. A connection open before the agent attached (adopted)
-//!   is mid-stream: each segment is offered until one starts a message a protocol recognises.
+//!   connection is ignored to its close, and the kernel is told to stop copying its bytes. A
+//!   connection open before the agent attached (adopted) is mid-stream: each segment is offered
+//!   until one starts a message a protocol recognises, up to 64, then it is ignored the same way.
 //! - [`StreamServices`] holds what spans across connections need: the parent of a client call
 //!   when threads do not tell ([`client_parent`]) and the link between a traced client and a
 //!   traced server ([`linking`]).
@@ -48,10 +49,14 @@ impl Stream {
     }
 }
 
+/// Segments of a connection found open at attach offered to the protocols before it counts as
+/// speaking none of them (a mid-stream connection waits for a message start; not forever).
+const MAX_OFFERS: u32 = 64;
+
 /// What a connection speaks.
 enum Speaks {
-    /// Nothing recognised yet (a connection adopted mid-stream, or no bytes yet).
-    NotYet,
+    /// Nothing recognised yet (a connection adopted mid-stream: so many segments offered).
+    NotYet(u32),
     Protocol(Box<dyn ProtocolConnection>),
     /// Its first bytes matched no protocol: ignored to its close.
     Nothing,
@@ -62,6 +67,17 @@ struct Connection {
     /// For a TLS session: the fd of the socket it was last seen using.
     socket_fd: Option<u32>,
     speaks: Speaks,
+    /// For a socket seen accepted or connected: the time of that event (which socket this is).
+    opened_ktime_ns: Option<u64>,
+}
+
+/// A socket no protocol is spoken on: its reads and writes need not be reported any more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilentSocket {
+    pub tgid: u32,
+    pub fd: u32,
+    /// When it was accepted or connected (which socket of that fd number).
+    pub opened_ktime_ns: u64,
 }
 
 /// Connections seen, by what their first bytes said.
@@ -81,6 +97,8 @@ pub struct StreamLayer {
     session_of_socket: HashMap<(u32, u32), u64>,
     services: StreamServices,
     stats: StreamStats,
+    /// Sockets found to speak nothing since the last [`StreamLayer::take_silent`].
+    silent: Vec<SilentSocket>,
 }
 
 impl StreamLayer {
@@ -92,7 +110,14 @@ impl StreamLayer {
             session_of_socket: HashMap::new(),
             services: StreamServices::default(),
             stats: StreamStats { recognised, unrecognised: 0 },
+            silent: Vec::new(),
         }
+    }
+
+    /// The sockets found to speak no known protocol since the last call: the kernel can stop
+    /// reporting their reads and writes.
+    pub fn take_silent(&mut self) -> Vec<SilentSocket> {
+        std::mem::take(&mut self.silent)
     }
 
     pub fn stats(&self) -> &StreamStats {
@@ -121,7 +146,13 @@ impl StreamLayer {
                     opened_within: contexts.innermost(event.tid),
                     adopted: false,
                 };
-                self.connections.insert(socket, Connection { facts, socket_fd: None, speaks: Speaks::NotYet });
+                let connection = Connection {
+                    facts,
+                    socket_fd: None,
+                    speaks: Speaks::NotYet(0),
+                    opened_ktime_ns: Some(event.ktime_ns),
+                };
+                self.connections.insert(socket, connection);
             }
             SocketOp::Received | SocketOp::Sent => {
                 let stream = match event.tls_session {
@@ -137,8 +168,14 @@ impl StreamLayer {
                     data: &event.data,
                     length: usize::try_from(event.length).unwrap_or(usize::MAX),
                 };
-                if let Speaks::NotYet = connection.speaks {
-                    connection.speaks = recognise(&self.protocols, &segment, &connection.facts, &mut self.stats);
+                if let Speaks::NotYet(offered) = connection.speaks {
+                    connection.speaks =
+                        recognise(&self.protocols, &segment, &connection.facts, offered, &mut self.stats);
+                    if let (Speaks::Nothing, Stream::Socket { tgid, fd }, Some(opened_ktime_ns)) =
+                        (&connection.speaks, stream, connection.opened_ktime_ns)
+                    {
+                        self.silent.push(SilentSocket { tgid, fd, opened_ktime_ns });
+                    }
                 }
                 if let Speaks::Protocol(protocol) = &mut connection.speaks {
                     protocol.on_data(&segment, &connection.facts, &mut self.services, contexts);
@@ -166,7 +203,11 @@ impl StreamLayer {
             adopted: true,
         };
         self.connections
-            .insert(Stream::Socket { tgid, fd }, Connection { facts, socket_fd: None, speaks: Speaks::NotYet });
+            // Told to the kernel with no connection time (`adopt_socket`): 0 names it.
+            .insert(
+                Stream::Socket { tgid, fd },
+                Connection { facts, socket_fd: None, speaks: Speaks::NotYet(0), opened_ktime_ns: Some(0) },
+            );
     }
 
     /// The connection TLS plaintext of `session` belongs to, made on its first bytes. The
@@ -216,7 +257,8 @@ impl StreamLayer {
                         adopted: false,
                     },
                 };
-                self.connections.insert(stream, Connection { facts, socket_fd: fd, speaks: Speaks::NotYet });
+                let connection = Connection { facts, socket_fd: fd, speaks: Speaks::NotYet(0), opened_ktime_ns: None };
+                self.connections.insert(stream, connection);
             }
         }
         stream
@@ -259,19 +301,21 @@ impl StreamLayer {
     }
 }
 
-/// What `segment`, a connection's first (or, adopted, its next), says the connection speaks.
+/// What `segment`, a connection's first (or, adopted, its next after `offered` others), says the
+/// connection speaks.
 fn recognise(
     protocols: &[Box<dyn WireProtocol>],
     segment: &Segment<'_>,
     facts: &ConnectionFacts,
+    offered: u32,
     stats: &mut StreamStats,
 ) -> Speaks {
     if let Some(index) = protocols.iter().position(|p| p.recognises(segment, facts)) {
         stats.recognised[index].1 += 1;
         return Speaks::Protocol(protocols[index].open(facts));
     }
-    if facts.adopted {
-        return Speaks::NotYet;
+    if facts.adopted && offered + 1 < MAX_OFFERS {
+        return Speaks::NotYet(offered + 1);
     }
     stats.unrecognised += 1;
     Speaks::Nothing

@@ -107,3 +107,31 @@ fn a_request_read_from_the_librarys_buffer_still_gets_its_clients_address() {
     assert_eq!(ended.len(), 1, "{ended:#?}");
     assert_eq!(ended[0].data.meta["network.client.ip"], "127.0.0.1");
 }
+
+#[test]
+fn a_socket_whose_first_bytes_no_protocol_recognises_is_silenced_once_and_others_never() {
+    let (mut contexts, _ended) = tree_recording_ends();
+    let mut layer = http_layer(HeaderTags::default());
+    let mut connected = activity(9, SocketOp::Connected, b"", None);
+    connected.ktime_ns = 4_242;
+    layer.on_socket(&connected, &mut contexts);
+    layer.on_socket(&activity(9, SocketOp::Sent, CIPHERTEXT, None), &mut contexts);
+    layer.on_socket(&activity(9, SocketOp::Received, CIPHERTEXT, None), &mut contexts);
+    let silent = layer.take_silent();
+    assert_eq!(silent, [super::SilentSocket { tgid: PID, fd: 9, opened_ktime_ns: 4_242 }]);
+    assert!(layer.take_silent().is_empty(), "said once");
+    // The plaintext of its TLS session is followed all the same.
+    layer.on_socket(&activity(9, SocketOp::Sent, REQUEST, Some(SESSION)), &mut contexts);
+    // A connection found open at attach is mid-stream: silenced only after 64 unknown segments.
+    layer.adopt(PID, 10, false, "127.0.0.1:80".parse().unwrap());
+    for _ in 0..63 {
+        layer.on_socket(&activity(10, SocketOp::Received, b"\x00\x01binary", None), &mut contexts);
+    }
+    assert!(layer.take_silent().is_empty());
+    layer.on_socket(&activity(10, SocketOp::Received, b"\x00\x01binary", None), &mut contexts);
+    assert_eq!(layer.take_silent(), [super::SilentSocket { tgid: PID, fd: 10, opened_ktime_ns: 0 }]);
+    // An HTTP connection: spoken.
+    layer.on_socket(&activity(11, SocketOp::Connected, b"", None), &mut contexts);
+    layer.on_socket(&activity(11, SocketOp::Sent, REQUEST, None), &mut contexts);
+    assert!(layer.take_silent().is_empty());
+}
