@@ -132,6 +132,12 @@ impl ContextTree {
 
     /// Ends the detached context `id` (see [`Self::start_detached`]). Returns false when it is
     /// not open (never opened, or ended with its parent).
+    /// Detached contexts still open (client calls waiting for their answer).
+    #[cfg(test)]
+    pub fn open_detached(&self) -> usize {
+        self.detached.len()
+    }
+
     pub fn end_detached(&mut self, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
         let Some(mut context) = self.detached.remove(&id) else { return false };
         context.end_unix_ns = self.clock.to_unix_ns(ktime_ns).max(context.start_unix_ns);

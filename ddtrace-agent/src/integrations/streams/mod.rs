@@ -324,3 +324,7 @@ fn recognise(
 #[cfg(test)]
 #[path = "tls_tests.rs"]
 mod tls_tests;
+
+#[cfg(test)]
+#[path = "garbage_tests.rs"]
+mod garbage_tests;
