@@ -1,6 +1,6 @@
 """A PostgreSQL workload driven over stdin, with psycopg2 or psycopg (3).
 
-Usage: `postgres_worker.py PORT DRIVER`. Commands (one per line): `connect` (user `app` on the
+Usage: `postgres_worker.py PORT DRIVER [SSLMODE]` (`require`: over TLS). Commands (one per line): `connect` (user `app` on the
 database `shop` at 127.0.0.1:PORT), `work` (a CREATE, a parameterised INSERT of a secret and a
 commit, a parameterised SELECT, a SELECT of a table that does not exist and a rollback, a
 20,000-row result), `exit`. Prints `ok <command>` after each, flushing, so the test can wait for it.
@@ -8,6 +8,7 @@ commit, a parameterised SELECT, a SELECT of a table that does not exist and a ro
 import sys
 
 port, driver_name = int(sys.argv[1]), sys.argv[2]
+sslmode = sys.argv[3] if len(sys.argv) > 3 else "disable"
 if driver_name == "psycopg2":
     import psycopg2 as driver
 else:
@@ -34,7 +35,9 @@ def work():
 for line in sys.stdin:
     command = line.strip()
     if command == "connect":
-        conn = driver.connect(host="127.0.0.1", port=port, user="app", dbname="shop", application_name="e2e-worker")
+        conn = driver.connect(
+            host="127.0.0.1", port=port, user="app", dbname="shop", application_name="e2e-worker", sslmode=sslmode
+        )
     elif command == "work":
         work()
     elif command == "exit":

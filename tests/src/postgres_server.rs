@@ -30,6 +30,16 @@ fn run(command: &mut Command) {
 
 impl PostgresServer {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// The same server accepting TLS (`ssl=on`, a certificate made for the test); clients choose
+    /// with their `sslmode`.
+    pub fn start_with_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let port = crate::http::free_port();
         let directory = std::env::temp_dir().join(format!("ddtrace-pg-{}-{port}", std::process::id()));
         let data = directory.join("data");
@@ -39,12 +49,27 @@ impl PostgresServer {
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "-D"])
             .arg(&data)
             .stdout(Stdio::null()));
+        let mut ssl = vec!["-c".to_string(), "ssl=off".to_string()];
+        if tls {
+            let certificate = crate::tls::TestCertificate::make("postgres");
+            let (cert, key) = (directory.join("server.crt"), directory.join("server.key"));
+            std::fs::copy(&certificate.cert, &cert).unwrap();
+            std::fs::copy(&certificate.key, &key).unwrap();
+            // The server refuses a key others can read.
+            run(Command::new("chown").arg("postgres:postgres").arg(&cert).arg(&key));
+            run(Command::new("chmod").arg("600").arg(&key));
+            ssl = ["ssl=on".to_string(), format!("ssl_cert_file={}", cert.display()), format!("ssl_key_file={}", key.display())]
+                .into_iter()
+                .flat_map(|setting| ["-c".to_string(), setting])
+                .collect();
+        }
         let child = as_postgres(&format!("{BIN}/postgres"))
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
             .arg(&directory)
-            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "ssl=off"])
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(&ssl)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -17,10 +17,10 @@ fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
     span["meta"][key].as_str().unwrap_or_default()
 }
 
-fn traced_work(server: &PostgresServer, driver: &str) -> (Vec<Value>, String, TestAgent) {
+fn traced_work(server: &PostgresServer, driver: &str, sslmode: &str) -> (Vec<Value>, String, TestAgent) {
     let agent = TestAgent::start();
     let port = server.port.to_string();
-    let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver], &[]);
+    let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver, sslmode], &[]);
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
     daemon.wait_attached(ATTACH_TIMEOUT);
     worker.run("connect");
@@ -33,8 +33,8 @@ fn traced_work(server: &PostgresServer, driver: &str) -> (Vec<Value>, String, Te
     (spans, stderr, agent)
 }
 
-fn check(server: &PostgresServer, driver: &str) {
-    let (spans, stderr, agent) = traced_work(server, driver);
+fn check(server: &PostgresServer, driver: &str, sslmode: &str) {
+    let (spans, stderr, agent) = traced_work(server, driver, sslmode);
     let context = format!("{driver}: {spans:#?}\n{stderr}");
     let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
     let expected = [
@@ -82,6 +82,17 @@ fn check(server: &PostgresServer, driver: &str) {
 fn psycopg2_and_psycopg_queries_are_spans_as_dd_trace_py_shows_them() {
     let _serial = ddtrace_tests::serial();
     let server = PostgresServer::start();
-    check(&server, "psycopg2");
-    check(&server, "psycopg");
+    check(&server, "psycopg2", "disable");
+    check(&server, "psycopg", "disable");
+}
+
+/// Over TLS: the socket carries the SSL request, then ciphertext; the queries are read from the
+/// plaintext at the TLS library (psycopg2's wheel bundles its own libssl, psycopg uses the
+/// system's), and the spans are the same.
+#[test]
+fn queries_over_tls_are_read_at_the_tls_library_and_give_the_same_spans() {
+    let _serial = ddtrace_tests::serial();
+    let server = PostgresServer::start_with_tls();
+    check(&server, "psycopg2", "require");
+    check(&server, "psycopg", "require");
 }
