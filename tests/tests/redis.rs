@@ -33,6 +33,8 @@ fn redis_py_commands_pipelines_and_errors_are_spans_as_dd_trace_py_shows_them() 
     let stderr = daemon.stderr_text();
     assert!(status.success(), "{status}\n{stderr}");
 
+    // One connection, recognised as Redis (the exit line counts connections by protocol).
+    assert!(stderr.contains("connections: http=0 postgresql=0 mysql=0 redis=1"), "{stderr}");
     let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "redis.command").collect();
     let context = format!("{spans:#?}\n{stderr}");
     let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();

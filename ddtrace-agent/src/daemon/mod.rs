@@ -321,9 +321,10 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             _ = sigterm.recv() => break StopReason::Signal,
             _ = stats_tick.tick(), if cli.stats.is_some() => {
                 eprintln!(
-                    "ddtrace-agent: stats: {} {} identities={} open_contexts={} context_threads={}",
+                    "ddtrace-agent: stats: {} {} {} identities={} open_contexts={} context_threads={}",
                     instrumenter.programs().counters(),
                     instrumenter.state_sizes(),
+                    streams.stats(),
                     identities.len(),
                     contexts.open_contexts(),
                     contexts.threads_known(),
@@ -350,13 +351,14 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     manager.at_exit(true);
     let root = exit_watch.as_ref().map_or_else(|| "node".to_string(), |(root, _)| root.to_string());
     eprintln!(
-        "ddtrace-agent: {} ({root}); kernel: {kernel_counters}; malformed_events={} abandoned_contexts={} library_loads={library_loads}",
+        "ddtrace-agent: {} ({root}); kernel: {kernel_counters}; malformed_events={} abandoned_contexts={} library_loads={library_loads}; {}",
         match reason {
             StopReason::TargetExited => "target exited",
             StopReason::Signal => "stopped by signal",
         },
         reader.malformed,
         contexts.abandoned,
+        streams.stats(),
     );
     Ok(reason)
 }

@@ -89,6 +89,17 @@ pub struct StreamStats {
     pub unrecognised: u64,
 }
 
+impl std::fmt::Display for StreamStats {
+    /// `connections: http=3 postgresql=1 ... unrecognised=2`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connections:")?;
+        for (protocol, count) in &self.recognised {
+            write!(f, " {protocol}={count}")?;
+        }
+        write!(f, " unrecognised={}", self.unrecognised)
+    }
+}
+
 /// Follows the connections of traced processes and hands their bytes to their protocols.
 pub struct StreamLayer {
     protocols: Vec<Box<dyn WireProtocol>>,
