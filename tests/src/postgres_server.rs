@@ -58,10 +58,14 @@ impl PostgresServer {
             // The server refuses a key others can read.
             run(Command::new("chown").arg("postgres:postgres").arg(&cert).arg(&key));
             run(Command::new("chmod").arg("600").arg(&key));
-            ssl = ["ssl=on".to_string(), format!("ssl_cert_file={}", cert.display()), format!("ssl_key_file={}", key.display())]
-                .into_iter()
-                .flat_map(|setting| ["-c".to_string(), setting])
-                .collect();
+            ssl = [
+                "ssl=on".to_string(),
+                format!("ssl_cert_file={}", cert.display()),
+                format!("ssl_key_file={}", key.display()),
+            ]
+            .into_iter()
+            .flat_map(|setting| ["-c".to_string(), setting])
+            .collect();
         }
         let child = as_postgres(&format!("{BIN}/postgres"))
             .arg("-D")

@@ -75,3 +75,30 @@ fn redis_py_commands_pipelines_and_errors_are_spans_as_dd_trace_py_shows_them() 
     }
     agent.assert_checks_passed();
 }
+
+/// `DD_TRACE_SPAN_ATTRIBUTE_SCHEMA=v1` in the target: the process's service, the command under
+/// `redis.command`, and `peer.service` from the server's host, as dd-trace-py names them.
+#[test]
+fn schema_v1_names_redis_spans_as_dd_trace_py_does() {
+    let _serial = ddtrace_tests::serial();
+    let server = RedisServer::start();
+    let agent = TestAgent::start();
+    let port = server.port.to_string();
+    let mut worker =
+        SqliteWorker::spawn_script("redis_worker.py", &[&port], &[("DD_TRACE_SPAN_ATTRIBUTE_SCHEMA", "v1")]);
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    worker.run("connect");
+    worker.run("work");
+    worker.exit();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success(), "{}", daemon.stderr_text());
+    let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "redis.command").collect();
+    assert_eq!(spans.len(), 7, "{spans:#?}");
+    for span in &spans {
+        assert_eq!(span["service"], "e2e-sqlite", "{span:#}");
+        assert_eq!((meta(span, "peer.service"), meta(span, "_dd.peer.service.source")), ("127.0.0.1", "out.host"));
+        assert!(span["meta"].get("redis.raw_command").is_none() && span["meta"].get("_dd.base_service").is_none());
+    }
+    assert!(spans.iter().any(|s| meta(s, "redis.command") == "SET user:1 ?"), "{spans:#?}");
+    agent.assert_checks_passed();
+}

@@ -12,6 +12,6 @@ pub use agent_url::resolve_agent_url;
 pub use service_name::infer_service;
 pub use settings::{
     parse_bool, parse_frequency, parse_interval, parse_rate, parse_tags, Config, ExporterKind, Origin, Setting,
-    SettingsInput,
+    SettingsInput, SpanSchema,
 };
 pub use stable_config::{runtime_language, StableConfiguration, StableSettings};

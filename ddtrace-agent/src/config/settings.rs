@@ -93,6 +93,43 @@ pub struct Config {
     pub telemetry_enabled: Setting<bool>,
     /// `DD_TELEMETRY_HEARTBEAT_INTERVAL` in seconds (default 60, as in-process tracers).
     pub telemetry_heartbeat_interval: Setting<f64>,
+    /// `DD_TRACE_SPAN_ATTRIBUTE_SCHEMA`: `v0` (default: integrations' own services, as
+    /// dd-trace-py) or `v1` (the process's service, `peer.service` on client spans).
+    pub span_attribute_schema: Setting<SpanSchema>,
+    /// `DD_TRACE_PEER_SERVICE_DEFAULTS_ENABLED`: `peer.service` on client spans under v0 too.
+    pub peer_service_defaults: Setting<bool>,
+}
+
+/// How spans are named: dd-trace-py's span attribute schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpanSchema {
+    #[default]
+    V0,
+    V1,
+}
+
+impl SpanSchema {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "v0" => Some(Self::V0),
+            "v1" => Some(Self::V1),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V0 => "v0",
+            Self::V1 => "v1",
+        }
+    }
+}
+
+impl Config {
+    /// Whether client spans get `peer.service` (schema v1, or the v0 opt-in).
+    pub fn peer_service(&self) -> bool {
+        self.span_attribute_schema.value == SpanSchema::V1 || self.peer_service_defaults.value
+    }
 }
 
 fn non_empty(value: Option<&String>) -> Option<String> {
@@ -191,6 +228,12 @@ impl SettingsInput {
             remote_config_poll_interval: self
                 .parsed(self.cli_remote_config_poll_interval, "DD_REMOTE_CONFIG_POLL_INTERVAL_SECONDS", parse_interval)
                 .unwrap_or(Setting { value: DEFAULT_REMOTE_CONFIG_POLL_INTERVAL_SECONDS, origin: Origin::Default }),
+            span_attribute_schema: self
+                .parsed(None, "DD_TRACE_SPAN_ATTRIBUTE_SCHEMA", SpanSchema::parse)
+                .unwrap_or(Setting { value: SpanSchema::V0, origin: Origin::Default }),
+            peer_service_defaults: self
+                .parsed(None, "DD_TRACE_PEER_SERVICE_DEFAULTS_ENABLED", parse_bool)
+                .unwrap_or(Setting { value: false, origin: Origin::Default }),
         }
     }
 }

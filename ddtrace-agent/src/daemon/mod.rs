@@ -152,6 +152,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         env: config.env.value.clone(),
         version: config.version.value.clone(),
         tags: config.tags.value.clone(),
+        peer_service: config.peer_service(),
     };
     let sink = trace_sink(cli.exporter, &config)?;
     let tracing_settings = TracingSettings {
@@ -385,6 +386,11 @@ fn daemon_config(config: &Config) -> ProductConfig {
         .with("DD_VERSION", optional(&config.version.value), config.version.origin)
         .with("DD_TRACE_AGENT_URL", config.agent_url.value.clone(), config.agent_url.origin)
         .with("DD_TRACE_HEADER_TAGS", config.header_tags.value.clone(), config.header_tags.origin)
+        .with(
+            "DD_TRACE_SPAN_ATTRIBUTE_SCHEMA",
+            config.span_attribute_schema.value.as_str(),
+            config.span_attribute_schema.origin,
+        )
 }
 
 fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {

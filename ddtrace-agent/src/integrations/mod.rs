@@ -42,9 +42,9 @@ pub fn wire_protocols(config: &crate::config::Config) -> Vec<Box<dyn streams::Wi
     }
     vec![
         Box::new(http::HttpProtocol::new(header_tags)),
-        Box::new(postgres::PostgresProtocol),
-        Box::new(mysql::MysqlProtocol),
-        Box::new(redis::RedisProtocol),
+        Box::new(postgres::PostgresProtocol { schema: config.span_attribute_schema.value }),
+        Box::new(mysql::MysqlProtocol { schema: config.span_attribute_schema.value }),
+        Box::new(redis::RedisProtocol { schema: config.span_attribute_schema.value }),
     ]
 }
 

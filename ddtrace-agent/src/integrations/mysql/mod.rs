@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use wire::{MysqlFraming, PacketReader, MAX_PAYLOAD, SERVER_MORE_RESULTS_EXISTS};
 
 use crate::{
+    config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
         client_parent::ClientParent, framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role,
@@ -36,7 +37,10 @@ const KEPT_SERVER_BYTES: usize = 512;
 const MAX_STATEMENTS: usize = 512;
 const MYSQL_PORT: u16 = 3306;
 
-pub struct MysqlProtocol;
+/// MySQL and MariaDB clients, spans named by `schema`.
+pub struct MysqlProtocol {
+    pub schema: SpanSchema,
+}
 
 impl WireProtocol for MysqlProtocol {
     fn name(&self) -> &'static str {
@@ -59,6 +63,7 @@ impl WireProtocol for MysqlProtocol {
 
     fn open(&self, facts: &ConnectionFacts) -> Box<dyn ProtocolConnection> {
         Box::new(MysqlConnection {
+            schema: self.schema,
             writes: PacketReader::new(MysqlFraming, KEPT_CLIENT_BYTES),
             reads: PacketReader::new(MysqlFraming, KEPT_SERVER_BYTES),
             phase: if facts.adopted { Phase::Commands } else { Phase::Greeting },
@@ -118,6 +123,7 @@ enum Expecting {
 }
 
 struct MysqlConnection {
+    schema: SpanSchema,
     writes: PacketReader,
     reads: PacketReader,
     phase: Phase,
@@ -459,9 +465,11 @@ fn query_data(sql: &str, cut: bool, connection: &MysqlConnection, facts: &Connec
 
 /// A query's span as dd-trace-py's MySQL integrations tag it.
 fn base_data(connection: &MysqlConnection, facts: &ConnectionFacts) -> ContextData {
-    let mut data = ContextData::new("mysql.query", "mysql", "sql", SpanKind::Client)
-        .with_service("mysql")
-        .with_meta("db.system", "mysql");
+    let mut data = ContextData::new("mysql.query", "mysql", "sql", SpanKind::Client).with_meta("db.system", "mysql");
+    // v0: the integration's own service; v1: the process's.
+    if connection.schema == SpanSchema::V0 {
+        data = data.with_service("mysql");
+    }
     for (key, value) in [("db.user", &connection.user), ("db.name", &connection.database)] {
         if let Some(value) = value {
             data = data.with_meta(key, value.clone());

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::MysqlProtocol;
 use crate::{
+    config::SpanSchema,
     core::{test_support::tree_recording_ends, ContextTree, ExecutionContext, SpanKind},
     integrations::streams::StreamLayer,
     probes::{SocketActivity, SocketOp},
@@ -63,7 +64,12 @@ const OK: &[u8] = &[0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
 impl Client {
     fn connected(deprecate_eof: bool) -> Self {
         let (contexts, ended) = tree_recording_ends();
-        let mut client = Self { layer: StreamLayer::new(vec![Box::new(MysqlProtocol)]), contexts, ended, now: 1_000 };
+        let mut client = Self {
+            layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
+            contexts,
+            ended,
+            now: 1_000,
+        };
         client.event(SocketOp::Connected, b"", 0);
         client.read(&greeting(deprecate_eof));
         client.write(&handshake_response(deprecate_eof));
@@ -195,7 +201,12 @@ fn multi_statements_end_with_their_last_result_and_prepared_statements_are_named
 #[test]
 fn tls_and_garbage_give_no_span() {
     let (contexts, ended) = tree_recording_ends();
-    let mut client = Client { layer: StreamLayer::new(vec![Box::new(MysqlProtocol)]), contexts, ended, now: 1 };
+    let mut client = Client {
+        layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
+        contexts,
+        ended,
+        now: 1,
+    };
     client.event(SocketOp::Connected, b"", 0);
     client.read(&greeting(false));
     // An SSL request (the short handshake response with CLIENT_SSL), then ciphertext.

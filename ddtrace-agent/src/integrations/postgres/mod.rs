@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use wire::{MessageReader, PostgresFraming};
 
 use crate::{
+    config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
         client_parent::ClientParent, framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role,
@@ -42,7 +43,10 @@ const MAX_STATEMENTS: usize = 512;
 const MAX_PENDING: usize = 1024;
 const POSTGRES_PORT: u16 = 5432;
 
-pub struct PostgresProtocol;
+/// PostgreSQL clients, spans named by `schema`.
+pub struct PostgresProtocol {
+    pub schema: SpanSchema,
+}
 
 impl WireProtocol for PostgresProtocol {
     fn name(&self) -> &'static str {
@@ -63,6 +67,7 @@ impl WireProtocol for PostgresProtocol {
 
     fn open(&self, facts: &ConnectionFacts) -> Box<dyn ProtocolConnection> {
         Box::new(PostgresConnection {
+            schema: self.schema,
             writes: MessageReader::new(PostgresFraming::new(!facts.adopted), KEPT_CLIENT_BYTES),
             reads: MessageReader::new(PostgresFraming::new(false), KEPT_SERVER_BYTES),
             startup: Startup::default(),
@@ -113,6 +118,7 @@ struct Pending {
 }
 
 struct PostgresConnection {
+    schema: SpanSchema,
     writes: MessageReader,
     reads: MessageReader,
     startup: Startup,
@@ -223,7 +229,7 @@ impl PostgresConnection {
             b'Q' => {
                 let sql = Sql { text: first_string(body), cut };
                 let id = (!is_driver_begin(&sql.text)).then(|| {
-                    let data = query_data(&sql, &self.startup, facts);
+                    let data = query_data(&sql, self.schema, &self.startup, facts);
                     start(segment, segment.ktime_ns, data, facts, services, contexts)
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
@@ -261,8 +267,8 @@ impl PostgresConnection {
                 let begins = batch.sql.as_ref().is_some_and(|sql| is_driver_begin(&sql.text));
                 let id = (batch.executes && !begins).then(|| {
                     let data = match (&batch.sql, &batch.unknown_statement) {
-                        (Some(sql), _) => query_data(sql, &self.startup, facts),
-                        (None, name) => unknown_statement_data(name.as_deref(), &self.startup, facts),
+                        (Some(sql), _) => query_data(sql, self.schema, &self.startup, facts),
+                        (None, name) => unknown_statement_data(name.as_deref(), self.schema, &self.startup, facts),
                     };
                     start(segment, batch.started_ns, data, facts, services, contexts)
                 });
@@ -476,8 +482,9 @@ fn lost_error() -> ContextError {
 }
 
 /// The span of a query, tagged as dd-trace-py's psycopg integration tags it.
-fn query_data(sql: &Sql, startup: &Startup, facts: &ConnectionFacts) -> ContextData {
-    let mut data = base_data(startup, facts).with_resource(obfuscate_sql_for_dbms(&sql.text, Some("postgresql")));
+fn query_data(sql: &Sql, schema: SpanSchema, startup: &Startup, facts: &ConnectionFacts) -> ContextData {
+    let mut data =
+        base_data(schema, startup, facts).with_resource(obfuscate_sql_for_dbms(&sql.text, Some("postgresql")));
     if sql.cut {
         data = data.with_meta("sql.truncated", "true");
     }
@@ -485,16 +492,27 @@ fn query_data(sql: &Sql, startup: &Startup, facts: &ConnectionFacts) -> ContextD
 }
 
 /// A statement prepared before the agent attached: its name is all there is.
-fn unknown_statement_data(name: Option<&str>, startup: &Startup, facts: &ConnectionFacts) -> ContextData {
+fn unknown_statement_data(
+    name: Option<&str>,
+    schema: SpanSchema,
+    startup: &Startup,
+    facts: &ConnectionFacts,
+) -> ContextData {
     let name = name.filter(|n| !n.is_empty()).unwrap_or("unnamed");
-    base_data(startup, facts)
+    base_data(schema, startup, facts)
         .with_resource(format!("EXECUTE {name} (statement prepared before ddtrace-agent attached)"))
 }
 
-fn base_data(startup: &Startup, facts: &ConnectionFacts) -> ContextData {
-    let mut data = ContextData::new("postgres.query", "postgres", "sql", SpanKind::Client)
-        .with_service("postgres")
-        .with_meta("db.system", "postgresql");
+fn base_data(schema: SpanSchema, startup: &Startup, facts: &ConnectionFacts) -> ContextData {
+    // dd-trace-py's names: v0 `postgres.query` under the service `postgres`; v1
+    // `postgresql.query` under the process's service.
+    let mut data = match schema {
+        SpanSchema::V0 => {
+            ContextData::new("postgres.query", "postgres", "sql", SpanKind::Client).with_service("postgres")
+        }
+        SpanSchema::V1 => ContextData::new("postgresql.query", "postgres", "sql", SpanKind::Client),
+    }
+    .with_meta("db.system", "postgresql");
     for (key, value) in
         [("db.user", &startup.user), ("db.name", &startup.database), ("db.application", &startup.application)]
     {

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::{wire, PostgresProtocol};
 use crate::{
+    config::SpanSchema,
     core::{test_support::tree_recording_ends, ContextTree, ExecutionContext, SpanKind},
     integrations::streams::StreamLayer,
     probes::{SocketActivity, SocketOp},
@@ -20,8 +21,12 @@ struct Client {
 impl Client {
     fn connected() -> Self {
         let (contexts, ended) = tree_recording_ends();
-        let mut client =
-            Self { layer: StreamLayer::new(vec![Box::new(PostgresProtocol)]), contexts, ended, now: 1_000 };
+        let mut client = Self {
+            layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
+            contexts,
+            ended,
+            now: 1_000,
+        };
         client.event(SocketOp::Connected, b"", 0);
         client
     }
@@ -204,7 +209,12 @@ fn a_result_past_the_capture_ends_at_its_ready_for_query_and_a_long_query_is_fla
 #[test]
 fn a_pooled_connection_open_before_the_attach_is_followed_from_its_next_query() {
     let (contexts, ended) = tree_recording_ends();
-    let mut client = Client { layer: StreamLayer::new(vec![Box::new(PostgresProtocol)]), contexts, ended, now: 1 };
+    let mut client = Client {
+        layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
+        contexts,
+        ended,
+        now: 1,
+    };
     client.layer.adopt(9, 4, false, "127.0.0.1:5432".parse().unwrap());
     // The middle of an earlier result, then a query.
     client.read(b"\x00\x00\x00\x03bob");

@@ -24,6 +24,7 @@ use command::{Command, CommandBuilder, KEPT_ARGUMENT_BYTES};
 use resp::{Nesting, RespReader, Token};
 
 use crate::{
+    config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
         client_parent::ClientParent, ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment,
@@ -63,7 +64,10 @@ const ROW_COUNT_COMMANDS: [&str; 16] = [
 ];
 
 /// Redis clients: RESP arrays of bulk strings written on a connection the process opened.
-pub struct RedisProtocol;
+/// Redis clients, spans named by `schema`.
+pub struct RedisProtocol {
+    pub schema: SpanSchema,
+}
 
 impl WireProtocol for RedisProtocol {
     fn name(&self) -> &'static str {
@@ -80,6 +84,7 @@ impl WireProtocol for RedisProtocol {
 
     fn open(&self, facts: &ConnectionFacts) -> Box<dyn ProtocolConnection> {
         Box::new(RedisConnection {
+            schema: self.schema,
             writes: RespReader::new(KEPT_ARGUMENT_BYTES),
             commands: CommandBuilder::default(),
             reads: RespReader::new(KEPT_ERROR_BYTES),
@@ -126,6 +131,7 @@ struct Pending {
 }
 
 struct RedisConnection {
+    schema: SpanSchema,
     writes: RespReader,
     commands: CommandBuilder,
     reads: RespReader,
@@ -231,7 +237,7 @@ impl RedisConnection {
         let (tgid, tid) = (segment.tgid, segment.tid);
         self.setting_up &= commands.iter().all(|c| CONNECTION_SETUP.contains(&c.name.as_str()));
         let id = (!self.setting_up).then(|| {
-            let data = command_data(&commands, facts);
+            let data = command_data(&commands, self.schema, facts);
             match services.parents.for_call(tgid, started) {
                 ClientParent::CallingThread => {
                     contexts.start_detached_within(tgid, tid, facts.opened_within, started, data)
@@ -403,7 +409,7 @@ fn lost_error() -> ContextError {
 }
 
 /// The span of commands written together, as dd-trace-py's redis integration tags it.
-fn command_data(commands: &[Command], facts: &ConnectionFacts) -> ContextData {
+fn command_data(commands: &[Command], schema: SpanSchema, facts: &ConnectionFacts) -> ContextData {
     // redis-py wraps a transaction's pipeline in MULTI ... EXEC itself; dd-trace-py shows the
     // commands the application queued.
     let shown: &[Command] = match commands {
@@ -412,11 +418,17 @@ fn command_data(commands: &[Command], facts: &ConnectionFacts) -> ContextData {
     };
     let resource = shown.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join("\n");
     let raw = shown.iter().map(Command::text).collect::<Vec<_>>().join("\n");
+    // v0: the service `redis` and `redis.raw_command`; v1: the process's service, and the
+    // command's tag is `redis.command`.
+    let (service, raw_key) = match schema {
+        SpanSchema::V0 => (Some("redis"), "redis.raw_command"),
+        SpanSchema::V1 => (None, "redis.command"),
+    };
     let mut data = ContextData::new("redis.command", "redis", "redis", SpanKind::Client)
-        .with_service("redis")
         .with_resource(resource)
         .with_meta("db.system", "redis")
-        .with_meta("redis.raw_command", obfuscate_redis(&raw));
+        .with_meta(raw_key, obfuscate_redis(&raw));
+    data.integration_service = service;
     if let Some(peer) = facts.peer {
         let host = peer.ip().to_string();
         data = data.with_meta("out.host", host.clone()).with_meta("server.address", host);

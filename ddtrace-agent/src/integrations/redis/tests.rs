@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::RedisProtocol;
 use crate::{
+    config::SpanSchema,
     core::{test_support::tree_recording_ends, ContextTree, ExecutionContext, SpanKind},
     integrations::streams::StreamLayer,
     probes::{SocketActivity, SocketOp},
@@ -23,7 +24,12 @@ struct Client {
 impl Client {
     fn connected() -> Self {
         let (contexts, ended) = tree_recording_ends();
-        let mut client = Self { layer: StreamLayer::new(vec![Box::new(RedisProtocol)]), contexts, ended, now: 1_000 };
+        let mut client = Self {
+            layer: StreamLayer::new(vec![Box::new(RedisProtocol { schema: SpanSchema::V0 })]),
+            contexts,
+            ended,
+            now: 1_000,
+        };
         client.event(SocketOp::Connected, b"", 0);
         client
     }

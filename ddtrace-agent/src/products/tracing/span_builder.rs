@@ -15,7 +15,13 @@ pub struct TraceTags {
     pub env: Option<String>,
     pub version: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// Client spans get `peer.service` from their `db.name`, else `out.host`, as dd-trace-py's
+    /// peer service processor does (`DD_TRACE_PEER_SERVICE_DEFAULTS_ENABLED`, or schema v1).
+    pub peer_service: bool,
 }
+
+/// Where dd-trace-py takes a client span's `peer.service` from, in order.
+const PEER_SERVICE_SOURCES: [&str; 2] = ["db.name", "out.host"];
 
 /// Turns an ended execution context into a span. Generic: it reads only core's context shape.
 pub struct SpanBuilder {
@@ -101,6 +107,13 @@ impl SpanBuilder {
             }
             None => service.clone(),
         };
+        if self.tags.peer_service && data.kind == crate::core::SpanKind::Client && !meta.contains_key("peer.service") {
+            let source = PEER_SERVICE_SOURCES.iter().find_map(|key| Some((*key, meta.get(*key)?.clone())));
+            if let Some((source, peer)) = source {
+                meta.insert("peer.service".into(), peer);
+                meta.insert("_dd.peer.service.source".into(), source.into());
+            }
+        }
         let mut error = 0;
         if let Some(e) = &data.error {
             error = 1;
@@ -130,12 +143,46 @@ mod tests {
     use crate::core::{ContextData, ContextError, SpanKind};
 
     #[test]
+    fn client_spans_get_peer_service_from_db_name_then_out_host_when_asked() {
+        let context = |data: ContextData| ExecutionContext {
+            id: 1,
+            trace_id: 1,
+            parent_id: 0,
+            root_id: 1,
+            tgid: 1,
+            tid: 1,
+            start_unix_ns: 0,
+            end_unix_ns: 1,
+            data,
+        };
+        let query = ContextData::new("postgres.query", "postgres", "sql", SpanKind::Client)
+            .with_meta("db.name", "shop")
+            .with_meta("out.host", "10.0.0.5");
+        let command =
+            ContextData::new("redis.command", "redis", "redis", SpanKind::Client).with_meta("out.host", "10.0.0.6");
+        let on = SpanBuilder::new(TraceTags { peer_service: true, ..Default::default() });
+        let span = on.build(&context(query.clone()));
+        assert_eq!(
+            (span.meta["peer.service"].as_str(), span.meta["_dd.peer.service.source"].as_str()),
+            ("shop", "db.name")
+        );
+        let span = on.build(&context(command));
+        assert_eq!(
+            (span.meta["peer.service"].as_str(), span.meta["_dd.peer.service.source"].as_str()),
+            ("10.0.0.6", "out.host")
+        );
+        let off = SpanBuilder::new(TraceTags::default());
+        assert!(!off.build(&context(query)).meta.contains_key("peer.service"), "v0 without the opt-in: none");
+    }
+
+    #[test]
     fn carries_unified_tags_kind_and_error() {
         let builder = SpanBuilder::new(TraceTags {
             service: "billing".into(),
             env: Some("prod".into()),
             version: Some("1.2".into()),
             tags: vec![("team".into(), "db".into())],
+            peer_service: false,
         });
         let mut data = ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client).with_resource("SELECT ?");
         data.error = Some(ContextError { kind: "SQLITE_ERROR".into(), message: "boom".into() });
