@@ -22,6 +22,7 @@ mod bench_vs_ddtrace;
 mod bootstrap;
 mod build_ebpf;
 mod demo;
+mod fuzz;
 mod process;
 mod system_packages;
 mod test;
@@ -52,6 +53,8 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Overhead benchmarks.
     Bench(bench::BenchArgs),
+    /// The wire protocol parsers under libFuzzer (10 minutes each by default).
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,5 +78,6 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Test(args) => test::run(&args),
         Task::Demo(args) => demo::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Fuzz(args) => fuzz::run(&args),
     }
 }

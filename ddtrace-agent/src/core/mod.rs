@@ -9,7 +9,7 @@ mod hub;
 mod identities;
 mod ids;
 mod sample;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod test_support;
 mod tree;
 

@@ -133,7 +133,6 @@ impl ContextTree {
     /// Ends the detached context `id` (see [`Self::start_detached`]). Returns false when it is
     /// not open (never opened, or ended with its parent).
     /// Detached contexts still open (client calls waiting for their answer).
-    #[cfg(test)]
     pub fn open_detached(&self) -> usize {
         self.detached.len()
     }

@@ -19,6 +19,8 @@ pub mod client_parent;
 pub mod framing;
 pub mod linking;
 mod protocol;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod replay;
 
 use std::{collections::HashMap, net::SocketAddr};
 
