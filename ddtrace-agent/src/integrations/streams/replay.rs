@@ -11,6 +11,9 @@ use crate::{
     probes::{SocketActivity, SocketOp},
 };
 
+/// One socket event of the replayed connection: its op, bytes and uncaptured bytes.
+type Emit<'a> = dyn FnMut(SocketOp, &[u8], u64, &mut StreamLayer, &mut ContextTree) + 'a;
+
 /// The protocols a replay can open a connection for.
 pub const PROTOCOLS: [&str; 4] = ["http", "postgresql", "mysql", "redis"];
 
@@ -73,9 +76,7 @@ pub fn replay_on(layer: &mut StreamLayer, protocol: &str, input: &[u8], contexts
             };
             layer.on_socket(&activity, contexts);
         };
-    let open = |layer: &mut StreamLayer,
-                contexts: &mut ContextTree,
-                event: &mut dyn FnMut(SocketOp, &[u8], u64, &mut StreamLayer, &mut ContextTree)| {
+    let open = |layer: &mut StreamLayer, contexts: &mut ContextTree, event: &mut Emit<'_>| {
         event(SocketOp::Connected, b"", 0, layer, contexts);
         event(first_op, &first, 0, layer, contexts);
     };
