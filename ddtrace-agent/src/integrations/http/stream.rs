@@ -128,15 +128,7 @@ impl HttpConnection {
             let mut data = request_data_of(&self.settings, head, facts);
             if facts.role == Role::Client {
                 let (tgid, tid, started) = (at.tgid, at.tid, head.started_ns);
-                let id = match services.parents.for_call(tgid, started) {
-                    ClientParent::CallingThread => {
-                        contexts.start_detached_within(tgid, tid, facts.opened_within, started, data)
-                    }
-                    ClientParent::Request { tid: parent_tid, id } => {
-                        contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
-                    }
-                    ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started, data),
-                };
+                let id = services.start_client_call(tgid, tid, started, facts, data, contexts);
                 self.open.push_back((at.tid, id));
                 if let Some(local) = facts.local {
                     services.callers.call_opened(local, index, id, contexts);

@@ -24,8 +24,8 @@ use crate::{
     config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
-        client_parent::ClientParent, framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role,
-        Segment, StreamServices, WireProtocol,
+        framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment, StreamServices,
+        WireProtocol,
     },
     obfuscation::obfuscate_sql_for_dbms,
 };
@@ -261,7 +261,7 @@ impl MysqlConnection {
             wire::COM_QUERY => {
                 let sql = String::from_utf8_lossy(argument).into_owned();
                 let data = query_data(&sql, cut, self, facts);
-                let id = start(segment, data, facts, services, contexts);
+                let id = services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts);
                 self.pending.push_back(pending(Some(id), Expecting::First));
             }
             wire::COM_STMT_PREPARE => {
@@ -276,7 +276,8 @@ impl MysqlConnection {
                     None => base_data(self, facts)
                         .with_resource(format!("EXECUTE {id} (statement prepared before ddtrace-agent attached)")),
                 };
-                let span = start(segment, data, facts, services, contexts);
+                let span =
+                    services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts);
                 self.pending.push_back(pending(Some(span), Expecting::First));
             }
             wire::COM_INIT_DB => {
@@ -486,23 +487,6 @@ fn base_data(connection: &MysqlConnection, facts: &ConnectionFacts) -> ContextDa
     }
     data.metrics.insert("_dd.measured".into(), 1.0);
     data
-}
-
-fn start(
-    segment: &Segment<'_>,
-    data: ContextData,
-    facts: &ConnectionFacts,
-    services: &mut StreamServices,
-    contexts: &mut ContextTree,
-) -> ContextId {
-    let (tgid, tid, started) = (segment.tgid, segment.tid, segment.ktime_ns);
-    match services.parents.for_call(tgid, started) {
-        ClientParent::CallingThread => contexts.start_detached_within(tgid, tid, facts.opened_within, started, data),
-        ClientParent::Request { tid: parent_tid, id } => {
-            contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
-        }
-        ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started, data),
-    }
 }
 
 fn end(pending: Pending, error: Option<ContextError>, ktime_ns: u64, contexts: &mut ContextTree) {

@@ -27,8 +27,8 @@ use crate::{
     config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
-        client_parent::ClientParent, framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role,
-        Segment, StreamServices, WireProtocol,
+        framing::Frame, ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment, StreamServices,
+        WireProtocol,
     },
     obfuscation::obfuscate_sql_for_dbms,
 };
@@ -230,7 +230,7 @@ impl PostgresConnection {
                 let sql = Sql { text: first_string(body), cut };
                 let id = (!is_driver_begin(&sql.text)).then(|| {
                     let data = query_data(&sql, self.schema, &self.startup, facts);
-                    start(segment, segment.ktime_ns, data, facts, services, contexts)
+                    services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts)
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
             }
@@ -270,7 +270,7 @@ impl PostgresConnection {
                         (Some(sql), _) => query_data(sql, self.schema, &self.startup, facts),
                         (None, name) => unknown_statement_data(name.as_deref(), self.schema, &self.startup, facts),
                     };
-                    start(segment, batch.started_ns, data, facts, services, contexts)
+                    services.start_client_call(segment.tgid, segment.tid, batch.started_ns, facts, data, contexts)
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
             }
@@ -527,24 +527,6 @@ fn base_data(schema: SpanSchema, startup: &Startup, facts: &ConnectionFacts) -> 
     }
     data.metrics.insert("_dd.measured".into(), 1.0);
     data
-}
-
-fn start(
-    segment: &Segment<'_>,
-    started_ns: u64,
-    data: ContextData,
-    facts: &ConnectionFacts,
-    services: &mut StreamServices,
-    contexts: &mut ContextTree,
-) -> ContextId {
-    let (tgid, tid) = (segment.tgid, segment.tid);
-    match services.parents.for_call(tgid, started_ns) {
-        ClientParent::CallingThread => contexts.start_detached_within(tgid, tid, facts.opened_within, started_ns, data),
-        ClientParent::Request { tid: parent_tid, id } => {
-            contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started_ns, data)
-        }
-        ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started_ns, data),
-    }
 }
 
 fn end(pending: Pending, error: Option<ContextError>, ktime_ns: u64, contexts: &mut ContextTree) {

@@ -27,8 +27,7 @@ use crate::{
     config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, SpanKind},
     integrations::streams::{
-        client_parent::ClientParent, ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment,
-        StreamServices, WireProtocol,
+        ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment, StreamServices, WireProtocol,
     },
     obfuscation::obfuscate_redis,
 };
@@ -238,15 +237,7 @@ impl RedisConnection {
         self.setting_up &= commands.iter().all(|c| CONNECTION_SETUP.contains(&c.name.as_str()));
         let id = (!self.setting_up).then(|| {
             let data = command_data(&commands, self.schema, facts);
-            match services.parents.for_call(tgid, started) {
-                ClientParent::CallingThread => {
-                    contexts.start_detached_within(tgid, tid, facts.opened_within, started, data)
-                }
-                ClientParent::Request { tid: parent_tid, id } => {
-                    contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started, data)
-                }
-                ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started, data),
-            }
+            services.start_client_call(tgid, tid, started, facts, data, contexts)
         });
         if self.pending.len() >= MAX_PENDING {
             if let Some(id) = self.pending.pop_front().and_then(|oldest| oldest.id) {

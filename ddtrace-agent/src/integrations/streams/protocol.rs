@@ -6,8 +6,11 @@
 
 use std::net::SocketAddr;
 
-use super::{client_parent::ClientParents, linking::CallerIndex};
-use crate::core::{ContextId, ContextTree};
+use super::{
+    client_parent::{ClientParent, ClientParents},
+    linking::CallerIndex,
+};
+use crate::core::{ContextData, ContextId, ContextTree};
 
 /// The side of the connection the traced process is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +104,29 @@ impl StreamServices {
         let frame = self.next_frame;
         self.next_frame -= 1;
         frame
+    }
+
+    /// Opens the context of a client call (an outgoing request, a database query) that thread
+    /// `tid` of `tgid` started at `started_ns`, off the thread's stack, under the parent the
+    /// client-call rule gives (see [`ClientParents`]).
+    pub fn start_client_call(
+        &self,
+        tgid: u32,
+        tid: u32,
+        started_ns: u64,
+        facts: &ConnectionFacts,
+        data: ContextData,
+        contexts: &mut ContextTree,
+    ) -> ContextId {
+        match self.parents.for_call(tgid, started_ns) {
+            ClientParent::CallingThread => {
+                contexts.start_detached_within(tgid, tid, facts.opened_within, started_ns, data)
+            }
+            ClientParent::Request { tid: parent_tid, id } => {
+                contexts.start_detached_under(Some((parent_tid, id)), tgid, tid, started_ns, data)
+            }
+            ClientParent::NewTrace => contexts.start_detached_under(None, tgid, tid, started_ns, data),
+        }
     }
 }
 
