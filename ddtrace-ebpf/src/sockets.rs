@@ -1,4 +1,4 @@
-//! Socket traffic of tracked processes from the `raw_syscalls` tracepoints: accepted and
+//! Socket traffic of tracked processes from the system call tracepoints: accepted and
 //! connected sockets are remembered per (process, fd) in the kernel, and the reads and writes
 //! on them are reported with their first bytes. Tracepoints rather than libc uprobes: Go and
 //! static binaries make these system calls without libc, and an untracked process pays a
@@ -62,8 +62,11 @@ static PENDING_SYSCALLS: LruHashMap<u64, PendingSyscall> = LruHashMap::with_max_
 #[map(name = "SOCKET_SCRATCH")]
 static SOCKET_SCRATCH: PerCpuArray<SocketEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// raw_syscalls tracepoint record: `long id` at 8, `unsigned long args[6]` at 16 (sys_enter) or
-/// `long ret` at 16 (sys_exit); stable since the tracepoints exist.
+/// The programs run on `syscalls:sys_{enter,exit}_<name>` (only the calls below fire them) or,
+/// where the kernel lacks those, on `raw_syscalls:sys_{enter,exit}` (every call). Both records
+/// have the call's number at 8 (`int __syscall_nr`, or `long id` whose low half is there on
+/// x86-64), the arguments from 16 (sys_enter) or `long ret` at 16 (sys_exit); stable since the
+/// tracepoints exist.
 const ID_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
 const RET_OFFSET: usize = 16;
@@ -82,7 +85,8 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: bounded read of the tracepoint record.
-    let Ok(id) = (unsafe { ctx.read_at::<u64>(ID_OFFSET) }) else { return 0 };
+    let Ok(id) = (unsafe { ctx.read_at::<u32>(ID_OFFSET) }) else { return 0 };
+    let id = id as u64;
     let wanted = match id {
         nr::ACCEPT | nr::ACCEPT4 | nr::CONNECT => true,
         nr::READ
@@ -152,7 +156,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     // Most system calls of a traced process are none of ours (a server's epoll_wait, a client's
     // nanosleep): told from the record alone, before any map lookup.
     // SAFETY: bounded read of the tracepoint record.
-    let id = unsafe { ctx.read_at::<u64>(ID_OFFSET) }.unwrap_or(u64::MAX);
+    let id = unsafe { ctx.read_at::<u32>(ID_OFFSET) }.map_or(u64::MAX, u64::from);
     if !matches!(
         id,
         nr::ACCEPT

@@ -291,7 +291,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
 
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
-    let mut batch = Vec::with_capacity(1024);
+    let mut batch = Vec::with_capacity(crate::probes::MAX_BATCH);
     // The protocols on the traced processes' connections (system call tracepoints and TLS
     // plaintext, no library to wait for).
     let mut streams = StreamLayer::new(crate::integrations::wire_protocols(&config));
@@ -309,8 +309,9 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 root_exit_seen = true;
                 let root = exit_watch.as_ref().map(|(root, _)| *root).unwrap_or_default();
                 // The kernel's exit event normally comes first; this covers its loss.
-                reader.drain(&mut batch);
-                handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref());
+                reader.drain_all(&mut batch, |batch| {
+                    handle_events(batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref())
+                });
                 if instrumenter.is_tracing(root) {
                     contexts.end_process(root, WallClock::monotonic_now_ns());
                     instrumenter.process_exited(root);
@@ -339,8 +340,9 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     };
 
     // Events the processes produced before they went away are still in the ring buffer.
-    reader.drain(&mut batch);
-    handle_events(&mut batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref());
+    reader.drain_all(&mut batch, |batch| {
+        handle_events(batch, &mut instrumenter, &mut contexts, &mut manager, &mut streams, &identities, node.as_ref())
+    });
     for pid in instrumenter.process_ids() {
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);

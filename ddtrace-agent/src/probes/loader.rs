@@ -35,6 +35,15 @@ fn process_scope(pid: u32) -> UProbeScope {
 /// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJECT"));
 
+/// System calls whose entry and exit the socket programs follow (x86-64 tracepoint names:
+/// `sendfile` is `sendfile64`). The numbers they stand for are in the eBPF object's `sockets`.
+const SOCKET_SYSCALLS: &[&str] = &[
+    "read", "write", "readv", "writev", "sendfile64", "connect", "accept", "accept4", "sendto", "recvfrom",
+    "sendmsg", "recvmsg",
+];
+/// System calls the programs need at entry only: a close ends a socket, a clone tells a thread.
+const ENTRY_ONLY_SYSCALLS: &[&str] = &["close", "clone", "clone3"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("loading eBPF programs was refused ({0}); run ddtrace-agent as root (sudo) or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")]
@@ -171,12 +180,30 @@ impl KernelPrograms {
         Ok(())
     }
 
-    /// Socket system calls of tracked processes (`raw_syscalls`: every system call of the
-    /// machine runs the programs, which stop at the tracked-process bitmap for the others).
+    /// Socket system calls of tracked processes, on each call's own tracepoints: other system
+    /// calls run no program (a uretprobe's return is a system call on x86-64 since 6.11, and a
+    /// busy server's `epoll_wait` is none of ours). A kernel without them (no
+    /// `CONFIG_FTRACE_SYSCALLS`) gets `raw_syscalls`, where every call of the machine runs the
+    /// programs up to the tracked-process bitmap.
     fn attach_syscall_tracepoints(&mut self) -> Result<(), ProbeError> {
-        for (program, event) in [(names::SYSCALL_EXIT_PROGRAM, "sys_exit"), (names::SYSCALL_ENTER_PROGRAM, "sys_enter")]
-        {
-            self.attach_tracepoint(program, "raw_syscalls", event)?;
+        if !tracefs::has_event("syscalls", "sys_enter_read") {
+            tracing::info!("no per-call system call tracepoints in this kernel: every system call runs the socket programs");
+            for (program, event) in
+                [(names::SYSCALL_EXIT_PROGRAM, "sys_exit"), (names::SYSCALL_ENTER_PROGRAM, "sys_enter")]
+            {
+                self.attach_tracepoint(program, "raw_syscalls", event)?;
+            }
+            return Ok(());
+        }
+        let enter: &mut TracePoint = Self::program(&mut self.ebpf, names::SYSCALL_ENTER_PROGRAM)?;
+        enter.load().map_err(|e| load_error(names::SYSCALL_ENTER_PROGRAM, e))?;
+        let exit: &mut TracePoint = Self::program(&mut self.ebpf, names::SYSCALL_EXIT_PROGRAM)?;
+        exit.load().map_err(|e| load_error(names::SYSCALL_EXIT_PROGRAM, e))?;
+        for call in SOCKET_SYSCALLS.iter().chain(ENTRY_ONLY_SYSCALLS) {
+            self.attach_loaded_tracepoint(names::SYSCALL_ENTER_PROGRAM, "syscalls", &format!("sys_enter_{call}"))?;
+        }
+        for call in SOCKET_SYSCALLS {
+            self.attach_loaded_tracepoint(names::SYSCALL_EXIT_PROGRAM, "syscalls", &format!("sys_exit_{call}"))?;
         }
         Ok(())
     }
@@ -184,6 +211,11 @@ impl KernelPrograms {
     fn attach_tracepoint(&mut self, program: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
         let tracepoint: &mut TracePoint = Self::program(&mut self.ebpf, program)?;
         tracepoint.load().map_err(|e| load_error(program, e))?;
+        self.attach_loaded_tracepoint(program, category, event)
+    }
+
+    fn attach_loaded_tracepoint(&mut self, program: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
+        let tracepoint: &mut TracePoint = Self::program(&mut self.ebpf, program)?;
         tracepoint.attach(category, event).map_err(|e| ProbeError::Attach {
             program,
             symbol: format!("{category}:{event}"),

@@ -20,6 +20,6 @@ pub use event::{
     SocketActivity, SocketOp, StackSample,
 };
 pub use loader::{KernelPrograms, NodeExecs, ProbeError, ProbeId, ProbeLinks};
-pub use reader::EventReader;
+pub use reader::{EventReader, MAX_BATCH};
 pub use scope::ProbeScope;
 pub use spec::{Capture, ProbeDef, ProbeKind};

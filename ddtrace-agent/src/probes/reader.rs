@@ -12,6 +12,17 @@ use super::{
 /// library was loaded); everything else is picked up on this tick, in batches.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 
+/// Most records taken per batch. Draining "until empty" never ended while the kernel wrote
+/// faster than the daemon read (a batch of millions of events, grown by reallocation: most of
+/// the daemon's time went to zeroing fresh pages, and its memory followed the backlog); a
+/// bounded batch keeps the batch buffer at one size and lets the loop's other work run between
+/// batches.
+pub const MAX_BATCH: usize = 4096;
+
+/// The smallest record the programs write (an exit event and the ring's 8-byte header): how many
+/// records a full ring can hold at most.
+const SMALLEST_RECORD_BYTES: usize = 8 + 24;
+
 /// Reads the kernel's ring buffer: waits until it is readable or the drain timer fires, then
 /// drains it completely.
 pub struct EventReader {
@@ -19,6 +30,8 @@ pub struct EventReader {
     tick: tokio::time::Interval,
     /// Records that did not decode (a version mismatch between object and daemon).
     pub malformed: u64,
+    /// The last batch stopped at [`MAX_BATCH`]: more records were waiting.
+    behind: bool,
 }
 
 impl EventReader {
@@ -29,33 +42,52 @@ impl EventReader {
             .map_err(|e| ProbeError::Load(format!("registering the ring buffer with tokio: {e}")))?;
         let mut tick = tokio::time::interval(DRAIN_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        Ok(Self { ring, tick, malformed: 0 })
+        Ok(Self { ring, tick, malformed: 0, behind: false })
     }
 
-    /// Waits for events and appends them to `out`. Cancel-safe: nothing is lost if the future is
-    /// dropped while waiting.
+    /// Waits for events (not when the last batch left some behind) and appends up to
+    /// [`MAX_BATCH`] of them to `out`. Cancel-safe: nothing is lost if the future is dropped
+    /// while waiting.
     pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) {
-        tokio::select! {
-            guard = self.ring.readable_mut() => {
-                if let Ok(mut guard) = guard {
-                    guard.clear_ready();
+        if !self.behind {
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        guard.clear_ready();
+                    }
                 }
+                _ = self.tick.tick() => {}
             }
-            _ = self.tick.tick() => {}
         }
-        self.drain(out);
+        self.behind = self.drain(out);
     }
 
-    /// Appends every event already in the ring buffer to `out`, without waiting.
-    pub fn drain(&mut self, out: &mut Vec<KernelEvent>) {
+    /// Appends up to [`MAX_BATCH`] events already in the ring buffer to `out`, without waiting;
+    /// returns whether it stopped at that bound (more may be waiting).
+    pub fn drain(&mut self, out: &mut Vec<KernelEvent>) -> bool {
         let ring = self.ring.get_mut();
-        while let Some(record) = ring.next() {
+        for _ in 0..MAX_BATCH {
+            let Some(record) = ring.next() else { return false };
             match decode(&record) {
                 Ok(event) => out.push(event),
                 Err(error) => {
                     self.malformed += 1;
                     tracing::debug!(%error, "malformed kernel event");
                 }
+            }
+        }
+        true
+    }
+
+    /// Hands every event in the ring buffer to `handle`, a batch at a time, up to what a full
+    /// ring holds (the kernel may go on writing: this must end).
+    pub fn drain_all(&mut self, out: &mut Vec<KernelEvent>, mut handle: impl FnMut(&mut Vec<KernelEvent>)) {
+        let most_batches = ddtrace_common::RING_BUFFER_BYTES as usize / SMALLEST_RECORD_BYTES / MAX_BATCH + 1;
+        for _ in 0..most_batches {
+            let more = self.drain(out);
+            handle(out);
+            if !more {
+                break;
             }
         }
     }

@@ -20,6 +20,11 @@ pub fn ensure_mounted() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether tracepoint `category/event` exists in this kernel (tracefs mounted).
+pub fn has_event(category: &str, event: &str) -> bool {
+    Path::new(TRACEFS).join("events").join(category).join(event).exists()
+}
+
 /// The byte offset of `field` in tracepoint `category/event`'s record, from its `format` file.
 pub fn field_offset(category: &str, event: &str, field: &str) -> io::Result<u32> {
     let path = Path::new(TRACEFS).join("events").join(category).join(event).join("format");
