@@ -458,6 +458,7 @@ pub mod names {
     pub const EXIT_PROCESS_PROGRAM: &str = "ddtrace_process_exit";
     pub const CPU_SAMPLE_PROGRAM: &str = "ddtrace_cpu_sample";
     pub const SYSCALL_ENTER_PROGRAM: &str = "ddtrace_syscall_enter";
+    pub const SYSCALL_ENTER_CLOSE_CLONE_PROGRAM: &str = "ddtrace_syscall_enter_close_clone";
     pub const SYSCALL_EXIT_PROGRAM: &str = "ddtrace_syscall_exit";
     pub const TLS_ENTRY_PROGRAM: &str = "ddtrace_tls_entry";
     pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";

@@ -36,7 +36,8 @@ fn process_scope(pid: u32) -> UProbeScope {
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJECT"));
 
 /// System calls whose entry and exit the socket programs follow (x86-64 tracepoint names:
-/// `sendfile` is `sendfile64`). The numbers they stand for are in the eBPF object's `sockets`.
+/// `sendfile` is `sendfile64`), each with three arguments or more (the entry program loads
+/// them from the record directly). The numbers they stand for are in the eBPF object's `sockets`.
 const SOCKET_SYSCALLS: &[&str] = &[
     "read", "write", "readv", "writev", "sendfile64", "connect", "accept", "accept4", "sendto", "recvfrom",
     "sendmsg", "recvmsg",
@@ -186,24 +187,27 @@ impl KernelPrograms {
     /// `CONFIG_FTRACE_SYSCALLS`) gets `raw_syscalls`, where every call of the machine runs the
     /// programs up to the tracked-process bitmap.
     fn attach_syscall_tracepoints(&mut self) -> Result<(), ProbeError> {
+        let programs =
+            [names::SYSCALL_ENTER_PROGRAM, names::SYSCALL_ENTER_CLOSE_CLONE_PROGRAM, names::SYSCALL_EXIT_PROGRAM];
+        for program in programs {
+            let tracepoint: &mut TracePoint = Self::program(&mut self.ebpf, program)?;
+            tracepoint.load().map_err(|e| load_error(program, e))?;
+        }
         if !tracefs::has_event("syscalls", "sys_enter_read") {
             tracing::info!("no per-call system call tracepoints in this kernel: every system call runs the socket programs");
-            for (program, event) in
-                [(names::SYSCALL_EXIT_PROGRAM, "sys_exit"), (names::SYSCALL_ENTER_PROGRAM, "sys_enter")]
-            {
-                self.attach_tracepoint(program, "raw_syscalls", event)?;
+            for program in programs {
+                let event = if program == names::SYSCALL_EXIT_PROGRAM { "sys_exit" } else { "sys_enter" };
+                self.attach_loaded_tracepoint(program, "raw_syscalls", event)?;
             }
             return Ok(());
         }
-        let enter: &mut TracePoint = Self::program(&mut self.ebpf, names::SYSCALL_ENTER_PROGRAM)?;
-        enter.load().map_err(|e| load_error(names::SYSCALL_ENTER_PROGRAM, e))?;
-        let exit: &mut TracePoint = Self::program(&mut self.ebpf, names::SYSCALL_EXIT_PROGRAM)?;
-        exit.load().map_err(|e| load_error(names::SYSCALL_EXIT_PROGRAM, e))?;
-        for call in SOCKET_SYSCALLS.iter().chain(ENTRY_ONLY_SYSCALLS) {
-            self.attach_loaded_tracepoint(names::SYSCALL_ENTER_PROGRAM, "syscalls", &format!("sys_enter_{call}"))?;
-        }
         for call in SOCKET_SYSCALLS {
+            self.attach_loaded_tracepoint(names::SYSCALL_ENTER_PROGRAM, "syscalls", &format!("sys_enter_{call}"))?;
             self.attach_loaded_tracepoint(names::SYSCALL_EXIT_PROGRAM, "syscalls", &format!("sys_exit_{call}"))?;
+        }
+        for call in ENTRY_ONLY_SYSCALLS {
+            let event = format!("sys_enter_{call}");
+            self.attach_loaded_tracepoint(names::SYSCALL_ENTER_CLOSE_CLONE_PROGRAM, "syscalls", &event)?;
         }
         Ok(())
     }
