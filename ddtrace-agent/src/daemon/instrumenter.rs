@@ -345,6 +345,10 @@ impl Instrumenter {
         self.processes.keys().copied().collect()
     }
 
+    pub fn traces_any_process(&self) -> bool {
+        !self.processes.is_empty()
+    }
+
     pub fn is_tracing(&self, pid: u32) -> bool {
         self.processes.contains_key(&pid)
     }

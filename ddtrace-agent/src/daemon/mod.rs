@@ -334,7 +334,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             }
         }
         // A node agent runs until stopped, traced processes or not.
-        if node.is_none() && instrumenter.process_ids().is_empty() {
+        if node.is_none() && !instrumenter.traces_any_process() {
             break StopReason::TargetExited;
         }
     };

@@ -7,6 +7,7 @@ mod detacher;
 mod event;
 mod exec_layout;
 mod loader;
+mod drain_timer;
 mod reader;
 mod scope;
 mod socket_layout;
