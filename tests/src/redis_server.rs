@@ -31,6 +31,11 @@ impl RedisServer {
         server
     }
 
+    /// The server's process id (benchmarks trace it and read its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn answers_ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         let mut reply = [0u8; 7];

@@ -77,3 +77,41 @@ fn pymysql_queries_over_tcp_and_a_unix_socket_are_spans_as_dd_trace_py_shows_the
         agent.assert_checks_passed();
     }
 }
+
+/// A connection opened before the attach on a port that is not MySQL's usual one: recognised
+/// by its next command's whole packet, and followed from there (the handshake was missed: no
+/// database or user).
+#[test]
+fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next_query() {
+    let _serial = ddtrace_tests::serial();
+    let server = MysqlServer::start();
+    let agent = TestAgent::start();
+    let port = server.port.to_string();
+    let socket = server.socket.display().to_string();
+    let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
+    worker.run("connect");
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    worker.run("work");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "mysql.query").collect();
+    let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
+    let expected = [
+        "CREATE TABLE IF NOT EXISTS users ( id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR ( ? ) UNIQUE, secret TEXT )",
+        "INSERT INTO users ( name, secret ) VALUES ( ? )",
+        "COMMIT",
+        "SELECT id, name FROM users WHERE name = ?",
+        "SELECT * FROM nope",
+        "SELECT seq FROM seq_1_to_5000",
+    ];
+    assert_eq!(resources, expected, "{spans:#?}\n{stderr}");
+    for span in &spans {
+        assert_eq!(meta(span, "db.system"), "mysql", "{span:#}");
+        assert_eq!(meta(span, "db.name"), "", "the handshake was before the attach: {span:#}");
+        assert_eq!(span["metrics"]["network.destination.port"].as_f64(), Some(f64::from(server.port)), "{span:#}");
+    }
+    agent.assert_checks_passed();
+}

@@ -96,3 +96,47 @@ fn queries_over_tls_are_read_at_the_tls_library_and_give_the_same_spans() {
     check(&server, "psycopg2", "require");
     check(&server, "psycopg", "require");
 }
+
+/// A connection opened before the attach (a live service's pool), on a port that is not
+/// PostgreSQL's usual one: recognised by its next query's whole message, and followed from
+/// there. The startup was missed, so the database, user and application are not known.
+#[test]
+fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next_query() {
+    let _serial = ddtrace_tests::serial();
+    let server = PostgresServer::start();
+    for driver in ["psycopg2", "psycopg"] {
+        let agent = TestAgent::start();
+        let port = server.port.to_string();
+        let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver, "disable"], &[]);
+        worker.run("connect");
+        let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+        daemon.wait_attached(ATTACH_TIMEOUT);
+        worker.run("work");
+        worker.exit();
+        let status = daemon.wait_exit(Duration::from_secs(15));
+        let stderr = daemon.stderr_text();
+        assert!(status.success(), "{status}\n{stderr}");
+        let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "postgres.query").collect();
+        let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
+        assert_eq!(
+            resources,
+            [
+                "CREATE TABLE IF NOT EXISTS users ( id serial PRIMARY KEY, name text UNIQUE, secret text )",
+                "INSERT INTO users ( name, secret ) VALUES ( ? )",
+                "COMMIT",
+                "SELECT id, name FROM users WHERE name = ?",
+                "SELECT * FROM nope",
+                "ROLLBACK",
+                "SELECT generate_series ( ? )",
+                "COMMIT",
+            ],
+            "{driver}: {spans:#?}\n{stderr}"
+        );
+        for span in &spans {
+            assert_eq!(meta(span, "db.system"), "postgresql", "{span:#}");
+            assert_eq!(meta(span, "db.name"), "", "the startup was before the attach: {span:#}");
+            assert_eq!(span["metrics"]["network.destination.port"].as_f64(), Some(f64::from(server.port)), "{span:#}");
+        }
+        agent.assert_checks_passed();
+    }
+}

@@ -221,7 +221,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 }
 
 /// The spans the agent sent, from its exit line (`tracing: flushed at exit ... sent_spans=N ...`).
-fn sent_spans(stderr: &[String]) -> Option<u64> {
+pub(crate) fn sent_spans(stderr: &[String]) -> Option<u64> {
     let line = stderr.iter().rev().find(|line| line.contains("tracing: flushed at exit"))?;
     let (_, rest) = line.split_once("sent_spans=")?;
     rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()

@@ -17,16 +17,17 @@ use std::{
     fs,
     io::Write,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitCode, Stdio},
+    process::{Command, ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use ddtrace_tests::redis_server::RedisServer;
 
 use crate::{
     bench::{
-        background_load, kill_unreaped, median, proc_cpu_time, publish, reply, root_and_agent, steal_and_noise_notes,
+        background_load, median, proc_cpu_time, publish, reply, root_and_agent, steal_and_noise_notes,
         steal_time, BenchArgs, Lines, Stream, Watched,
     },
     process::{self, find_in_path, step},
@@ -103,7 +104,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let background = background_load()?;
     let started = Instant::now();
     let steal_before = steal_time();
-    let mut server = RedisServer::start()?;
+    let server = RedisServer::start();
     let mut runs: Vec<(Phase, Run)> = Vec::new();
     for cycle in 1..=cycles {
         for phase in Phase::ALL {
@@ -123,7 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             runs.push((phase, run));
         }
     }
-    server.stop();
+    drop(server);
     let medians = |phase: Phase, figure: fn(&Run) -> f64| {
         median(runs.iter().filter(|(p, _)| *p == phase).map(|(_, run)| figure(run)))
     };
@@ -185,7 +186,7 @@ fn measure(
     let traced = match phase {
         Phase::NoAgent => None,
         Phase::ClientTraced => Some(client.id()),
-        Phase::ServerTraced => Some(server.child.id()),
+        Phase::ServerTraced => Some(server.pid()),
     };
     let mut agent = match traced {
         None => None,
@@ -198,10 +199,10 @@ fn measure(
     };
     let agent_pid = agent.as_ref().map(|a| a.child.id());
     let agent_before = agent_pid.and_then(proc_cpu_time).unwrap_or_default();
-    let server_before = proc_cpu_time(server.child.id()).context("the Redis server is gone")?;
+    let server_before = proc_cpu_time(server.pid()).context("the Redis server is gone")?;
     client.stdin.as_mut().context("piped")?.write_all(b"go\n")?;
     let done = reply(&lines, &mut client, "the Redis client", Duration::from_secs(seconds * 3 + 30))?;
-    let server_cpu = proc_cpu_time(server.child.id()).context("the Redis server is gone")? - server_before;
+    let server_cpu = proc_cpu_time(server.pid()).context("the Redis server is gone")? - server_before;
     let agent_cpu = agent_pid.and_then(proc_cpu_time).unwrap_or_default().saturating_sub(agent_before);
     let _ = client.wait();
     if let Some(agent) = &mut agent {
@@ -226,35 +227,4 @@ fn compile_client(out_dir: &Path) -> Result<PathBuf> {
     cmd.args(["-O2", "-Wall", "-Wextra", "-o"]).arg(&binary).arg(workspace::root().join(CLIENT));
     process::run(&mut cmd)?;
     Ok(binary)
-}
-
-/// `redis-server` on a free loopback port, no persistence.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let redis =
-            find_in_path("redis-server").context("`redis-server` is not on PATH (cargo xtask test installs it)")?;
-        let child = Command::new(redis)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("redis-server on port {port} does not accept connections");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child, port })
-    }
-
-    fn stop(&mut self) {
-        kill_unreaped(&mut self.child);
-    }
 }

@@ -16,6 +16,7 @@ mod bench_calls;
 mod bench_churn;
 mod bench_http;
 mod bench_profiler;
+mod bench_databases;
 mod bench_redis;
 mod bench_soak;
 mod bench_vs_ddtrace;

@@ -226,6 +226,9 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     };
     let mut instrumenter = Instrumenter::new(programs, integrations, cli.probe_scope);
     instrumenter.report_sites = cli.stats.is_some();
+    // The protocols on the traced processes' connections (system call tracepoints and TLS
+    // plaintext, no library to wait for).
+    let mut streams = StreamLayer::new(crate::integrations::wire_protocols(&config));
     let exit_watch = match process {
         Some(process) => {
             eprintln!(
@@ -245,6 +248,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 identities.set(pid, identity::tree_identity(&config, pid, runtime_id));
             }
             manager.post_preload();
+            follow_open_connections(&mut instrumenter, &mut streams);
             // The one line that means "traced from now on", whatever the target maps: a static
             // binary (Go) has no library to attach to, so the per-library lines say nothing for it.
             eprintln!(
@@ -273,6 +277,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
                 select_process(node, &mut instrumenter, pid);
             }
             manager.post_preload();
+            follow_open_connections(&mut instrumenter, &mut streams);
             eprintln!("ddtrace-agent: attached: tracing {} process(es) on this node", instrumenter.process_ids().len());
             None
         }
@@ -292,13 +297,6 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     let mut stats_tick = tokio::time::interval(Duration::from_secs(cli.stats.unwrap_or(3600).max(1)));
     stats_tick.tick().await;
     let mut batch = Vec::with_capacity(crate::probes::MAX_BATCH);
-    // The protocols on the traced processes' connections (system call tracepoints and TLS
-    // plaintext, no library to wait for).
-    let mut streams = StreamLayer::new(crate::integrations::wire_protocols(&config));
-    for pid in instrumenter.process_ids() {
-        note_runtime(&mut streams, pid);
-    }
-    adopt_open_connections(&mut instrumenter, &mut streams);
     let mut root_exit_seen = exit_watch.is_none();
     let reason = loop {
         tokio::select! {
@@ -403,6 +401,15 @@ fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
 
 /// Keep-alive connections the traced processes already had (from a load balancer, to their
 /// upstreams) are followed from their next request on, not only those opened after attach.
+/// The traced processes' runtimes and the connections they already have open, before the line
+/// that says they are traced (a query made right after it is on a connection followed already).
+fn follow_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
+    for pid in instrumenter.process_ids() {
+        note_runtime(streams, pid);
+    }
+    adopt_open_connections(instrumenter, streams);
+}
+
 fn adopt_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
     let mut adopted = 0;
     for pid in instrumenter.process_ids() {

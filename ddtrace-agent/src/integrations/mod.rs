@@ -12,6 +12,7 @@ mod redis;
 mod sqlite;
 mod sqlite_layout;
 mod sqlite_text;
+mod sql_wire;
 pub mod streams;
 mod traced_function;
 

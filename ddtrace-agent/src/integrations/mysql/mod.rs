@@ -54,9 +54,12 @@ impl WireProtocol for MysqlProtocol {
         match segment.direction {
             // The server speaks first.
             Direction::Read => !facts.adopted && wire::starts_greeting(segment.data),
-            // Mid-stream: a command, on MySQL's port or a Unix socket (no peer).
+            // Mid-stream: a command, on MySQL's port or a Unix socket (no peer), or on any port a
+            // whole command packet whose text is SQL.
             Direction::Write => {
-                facts.adopted && facts.peer.is_none_or(|p| p.port() == MYSQL_PORT) && wire::starts_command(segment.data)
+                facts.adopted
+                    && (facts.peer.is_none_or(|p| p.port() == MYSQL_PORT) && wire::starts_command(segment.data)
+                        || wire::is_whole_command(segment.data))
             }
         }
     }

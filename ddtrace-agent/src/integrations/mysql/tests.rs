@@ -223,3 +223,28 @@ fn tls_and_garbage_give_no_span() {
     other.read(&packet(1, OK));
     assert_eq!(other.spans().len(), 1, "a stray read before the query does not stop pairing");
 }
+
+#[test]
+fn a_pooled_connection_on_another_port_is_recognised_by_a_whole_command_of_sql() {
+    let adopted_on = |port: u16, first_write: &[u8]| {
+        let (contexts, ended) = tree_recording_ends();
+        let mut client = Client {
+            layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
+            contexts,
+            ended,
+            now: 1_000,
+        };
+        client.layer.adopt(5, 6, false, format!("127.0.0.1:{port}").parse().unwrap());
+        client.write(first_write);
+        client.read(&result_set(1, true, 0x0002));
+        client.spans()
+    };
+    let select = packet(0, &[b"\x03".as_slice(), b"SELECT 1"].concat());
+    let spans = adopted_on(43_306, &select);
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].data.resource, "SELECT ?");
+    // A command byte and a length, but no statement: nothing, off MySQL's port.
+    assert!(adopted_on(43_306, &packet(0, b"\x03\x01\x02")).is_empty());
+    // The packet's length does not match the write: nothing either.
+    assert!(adopted_on(43_306, &select[..7]).is_empty());
+}

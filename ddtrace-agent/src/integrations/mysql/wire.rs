@@ -63,6 +63,22 @@ pub fn starts_command(data: &[u8]) -> bool {
     matches!(*command, COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE) && length >= 1
 }
 
+/// Whether `data` is exactly one command packet of sequence 0 whose statement text is SQL, or
+/// the execution of a prepared statement (its iteration count is always 1). Evidence enough,
+/// without the usual port, for a connection open before the attach.
+pub fn is_whole_command(data: &[u8]) -> bool {
+    let [a, b, c, 0, command, payload @ ..] = data else { return false };
+    let length = u32::from_le_bytes([*a, *b, *c, 0]) as usize;
+    if length != payload.len() + 1 {
+        return false;
+    }
+    match *command {
+        COM_QUERY | COM_STMT_PREPARE => crate::integrations::sql_wire::looks_like_sql(payload),
+        COM_STMT_EXECUTE => payload.get(5..9) == Some(&[1, 0, 0, 0]),
+        _ => false,
+    }
+}
+
 /// The server's capabilities in its greeting (protocol 10): two bytes after the version, the
 /// thread id, the first scramble and a filler; two more after the charset and status.
 pub fn greeting_capabilities(payload: &[u8]) -> u32 {

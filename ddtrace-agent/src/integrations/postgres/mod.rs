@@ -60,9 +60,12 @@ impl WireProtocol for PostgresProtocol {
         if wire::starts_first_message(segment.data) {
             return true;
         }
-        // Mid-stream (a pooled connection open before the attach): a query, on PostgreSQL's
-        // port (a `Q` then four bytes is too little to tell otherwise).
-        facts.adopted && facts.peer.is_some_and(|p| p.port() == POSTGRES_PORT) && wire::starts_query(segment.data)
+        // Mid-stream (a pooled connection open before the attach): a query on PostgreSQL's port
+        // (a `Q` then four bytes is too little to tell otherwise), or on any port a whole query
+        // message whose text is SQL.
+        facts.adopted
+            && (facts.peer.is_some_and(|p| p.port() == POSTGRES_PORT) && wire::starts_query(segment.data)
+                || wire::starts_whole_query(segment.data))
     }
 
     fn open(&self, facts: &ConnectionFacts) -> Box<dyn ProtocolConnection> {

@@ -225,3 +225,27 @@ fn a_pooled_connection_open_before_the_attach_is_followed_from_its_next_query() 
     assert_eq!(spans[0].data.resource, "UPDATE users SET name = ? WHERE id = ?");
     assert!(!spans[0].data.meta.contains_key("db.name"), "the startup was before the attach");
 }
+
+#[test]
+fn a_pooled_connection_on_another_port_is_recognised_by_a_whole_query_of_sql() {
+    let adopted_on = |port: u16, first_write: &[u8]| {
+        let (contexts, ended) = tree_recording_ends();
+        let mut client = Client {
+            layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
+            contexts,
+            ended,
+            now: 1,
+        };
+        client.layer.adopt(9, 4, false, format!("127.0.0.1:{port}").parse().unwrap());
+        client.write(first_write);
+        client.read(&[message(b'C', b"SELECT 1\0"), ready()].concat());
+        client.spans()
+    };
+    let spans = adopted_on(45_871, &query("SELECT 1"));
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(spans[0].data.resource, "SELECT ?");
+    // A `Q` and a length, but not a statement: nothing, off PostgreSQL's port.
+    assert!(adopted_on(45_871, &message(b'Q', b"\x01\x02\x03\0")).is_empty());
+    // Cut short (the message's end is not in the write): nothing either.
+    assert!(adopted_on(45_871, &query("SELECT 1")[..8]).is_empty());
+}

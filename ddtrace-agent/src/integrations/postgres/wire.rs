@@ -93,6 +93,24 @@ pub fn starts_query(data: &[u8]) -> bool {
     matches!(kind, b'Q' | b'P') && (5..MAX_LENGTH).contains(&length)
 }
 
+/// Whether `data` starts with a whole query message whose text is SQL: a `Q`, or a `P` followed
+/// by the extended protocol's next message. Evidence enough, without the usual port, for a
+/// connection open before the attach.
+pub fn starts_whole_query(data: &[u8]) -> bool {
+    let (Some(kind), Some(length)) = (data.first(), data.get(1..5)) else { return false };
+    let end = u32::from_be_bytes(length.try_into().unwrap_or_default()) as usize + 1;
+    let Some(body) = data.get(5..end) else { return false };
+    match kind {
+        b'Q' => body.last() == Some(&0) && crate::integrations::sql_wire::looks_like_sql(body),
+        b'P' => {
+            let Some(name_end) = body.iter().position(|b| *b == 0) else { return false };
+            let next_ok = data.get(end).is_none_or(|next| matches!(next, b'B' | b'D' | b'S' | b'H' | b'E'));
+            next_ok && crate::integrations::sql_wire::looks_like_sql(&body[name_end + 1..])
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
