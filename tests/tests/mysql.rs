@@ -12,6 +12,41 @@ use serde_json::Value;
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The resources of the worker's `work`, in order.
+const WORK_RESOURCES: [&str; 6] = [
+    "CREATE TABLE IF NOT EXISTS users ( id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR ( ? ) UNIQUE, secret TEXT )",
+    "INSERT INTO users ( name, secret ) VALUES ( ? )",
+    "COMMIT",
+    "SELECT id, name FROM users WHERE name = ?",
+    "SELECT * FROM nope",
+    "SELECT seq FROM seq_1_to_5000",
+];
+
+/// The worker's `work` traced, its connection made by `connect` (`connect` or `connect_socket`)
+/// after the attach or, with `before_attach`, before it; the `mysql.query` spans and the agent's
+/// stderr.
+fn traced_work(server: &MysqlServer, connect: &str, before_attach: bool) -> (Vec<Value>, String, TestAgent) {
+    let agent = TestAgent::start();
+    let port = server.port.to_string();
+    let socket = server.socket.display().to_string();
+    let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
+    if before_attach {
+        worker.run(connect);
+    }
+    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    if !before_attach {
+        worker.run(connect);
+    }
+    worker.run("work");
+    worker.exit();
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    let stderr = daemon.stderr_text();
+    assert!(status.success(), "{status}\n{stderr}");
+    let spans = agent.spans().into_iter().filter(|s| s["name"] == "mysql.query").collect();
+    (spans, stderr, agent)
+}
+
 fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
     span["meta"][key].as_str().unwrap_or_default()
 }
@@ -21,31 +56,11 @@ fn pymysql_queries_over_tcp_and_a_unix_socket_are_spans_as_dd_trace_py_shows_the
     let _serial = ddtrace_tests::serial();
     let server = MysqlServer::start();
     for (connect, over_socket) in [("connect", false), ("connect_socket", true)] {
-        let agent = TestAgent::start();
-        let port = server.port.to_string();
-        let socket = server.socket.display().to_string();
-        let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
-        let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-        daemon.wait_attached(ATTACH_TIMEOUT);
-        worker.run(connect);
-        worker.run("work");
-        worker.exit();
-        let status = daemon.wait_exit(Duration::from_secs(15));
-        let stderr = daemon.stderr_text();
-        assert!(status.success(), "{status}\n{stderr}");
-
-        let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "mysql.query").collect();
+        let (spans, stderr, agent) = traced_work(&server, connect, false);
         let context = format!("{connect}: {spans:#?}\n{stderr}");
         let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
         // PyMySQL's own set-up queries at connect (SET AUTOCOMMIT...) are real round trips: kept.
-        let expected = [
-            "CREATE TABLE IF NOT EXISTS users ( id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR ( ? ) UNIQUE, secret TEXT )",
-            "INSERT INTO users ( name, secret ) VALUES ( ? )",
-            "COMMIT",
-            "SELECT id, name FROM users WHERE name = ?",
-            "SELECT * FROM nope",
-            "SELECT seq FROM seq_1_to_5000",
-        ];
+        let expected = WORK_RESOURCES;
         let application: Vec<&str> = resources.iter().copied().filter(|r| expected.contains(r)).collect();
         assert_eq!(application, expected, "{context}");
         for span in &spans {
@@ -85,29 +100,9 @@ fn pymysql_queries_over_tcp_and_a_unix_socket_are_spans_as_dd_trace_py_shows_the
 fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next_query() {
     let _serial = ddtrace_tests::serial();
     let server = MysqlServer::start();
-    let agent = TestAgent::start();
-    let port = server.port.to_string();
-    let socket = server.socket.display().to_string();
-    let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
-    worker.run("connect");
-    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-    daemon.wait_attached(ATTACH_TIMEOUT);
-    worker.run("work");
-    worker.exit();
-    let status = daemon.wait_exit(Duration::from_secs(15));
-    let stderr = daemon.stderr_text();
-    assert!(status.success(), "{status}\n{stderr}");
-    let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "mysql.query").collect();
+    let (spans, stderr, agent) = traced_work(&server, "connect", true);
     let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
-    let expected = [
-        "CREATE TABLE IF NOT EXISTS users ( id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR ( ? ) UNIQUE, secret TEXT )",
-        "INSERT INTO users ( name, secret ) VALUES ( ? )",
-        "COMMIT",
-        "SELECT id, name FROM users WHERE name = ?",
-        "SELECT * FROM nope",
-        "SELECT seq FROM seq_1_to_5000",
-    ];
-    assert_eq!(resources, expected, "{spans:#?}\n{stderr}");
+    assert_eq!(resources, WORK_RESOURCES, "{spans:#?}\n{stderr}");
     for span in &spans {
         assert_eq!(meta(span, "db.system"), "mysql", "{span:#}");
         assert_eq!(meta(span, "db.name"), "", "the handshake was before the attach: {span:#}");

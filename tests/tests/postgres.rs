@@ -13,17 +13,41 @@ use serde_json::Value;
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The resources of the worker's `work`, in order.
+const WORK_RESOURCES: [&str; 8] = [
+    "CREATE TABLE IF NOT EXISTS users ( id serial PRIMARY KEY, name text UNIQUE, secret text )",
+    "INSERT INTO users ( name, secret ) VALUES ( ? )",
+    "COMMIT",
+    "SELECT id, name FROM users WHERE name = ?",
+    "SELECT * FROM nope",
+    "ROLLBACK",
+    "SELECT generate_series ( ? )",
+    "COMMIT",
+];
+
 fn meta<'a>(span: &'a Value, key: &str) -> &'a str {
     span["meta"][key].as_str().unwrap_or_default()
 }
 
-fn traced_work(server: &PostgresServer, driver: &str, sslmode: &str) -> (Vec<Value>, String, TestAgent) {
+/// When the worker connects: after the agent attached (its startup seen), or before.
+#[derive(Clone, Copy, PartialEq)]
+enum Connect {
+    Traced,
+    BeforeAttach,
+}
+
+fn traced_work(server: &PostgresServer, driver: &str, sslmode: &str, connect: Connect) -> (Vec<Value>, String, TestAgent) {
     let agent = TestAgent::start();
     let port = server.port.to_string();
     let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver, sslmode], &[]);
+    if connect == Connect::BeforeAttach {
+        worker.run("connect");
+    }
     let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
     daemon.wait_attached(ATTACH_TIMEOUT);
-    worker.run("connect");
+    if connect == Connect::Traced {
+        worker.run("connect");
+    }
     worker.run("work");
     worker.exit();
     let status = daemon.wait_exit(Duration::from_secs(15));
@@ -34,19 +58,10 @@ fn traced_work(server: &PostgresServer, driver: &str, sslmode: &str) -> (Vec<Val
 }
 
 fn check(server: &PostgresServer, driver: &str, sslmode: &str) {
-    let (spans, stderr, agent) = traced_work(server, driver, sslmode);
+    let (spans, stderr, agent) = traced_work(server, driver, sslmode, Connect::Traced);
     let context = format!("{driver}: {spans:#?}\n{stderr}");
     let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
-    let expected = [
-        "CREATE TABLE IF NOT EXISTS users ( id serial PRIMARY KEY, name text UNIQUE, secret text )",
-        "INSERT INTO users ( name, secret ) VALUES ( ? )",
-        "COMMIT",
-        "SELECT id, name FROM users WHERE name = ?",
-        "SELECT * FROM nope",
-        "ROLLBACK",
-        "SELECT generate_series ( ? )",
-        "COMMIT",
-    ];
+    let expected = WORK_RESOURCES;
     assert_eq!(resources, expected, "{context}");
     for span in &spans {
         assert_eq!((span["service"].as_str(), span["type"].as_str()), (Some("postgres"), Some("sql")), "{span:#}");
@@ -105,33 +120,9 @@ fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next
     let _serial = ddtrace_tests::serial();
     let server = PostgresServer::start();
     for driver in ["psycopg2", "psycopg"] {
-        let agent = TestAgent::start();
-        let port = server.port.to_string();
-        let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver, "disable"], &[]);
-        worker.run("connect");
-        let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
-        daemon.wait_attached(ATTACH_TIMEOUT);
-        worker.run("work");
-        worker.exit();
-        let status = daemon.wait_exit(Duration::from_secs(15));
-        let stderr = daemon.stderr_text();
-        assert!(status.success(), "{status}\n{stderr}");
-        let spans: Vec<Value> = agent.spans().into_iter().filter(|s| s["name"] == "postgres.query").collect();
+        let (spans, stderr, agent) = traced_work(&server, driver, "disable", Connect::BeforeAttach);
         let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
-        assert_eq!(
-            resources,
-            [
-                "CREATE TABLE IF NOT EXISTS users ( id serial PRIMARY KEY, name text UNIQUE, secret text )",
-                "INSERT INTO users ( name, secret ) VALUES ( ? )",
-                "COMMIT",
-                "SELECT id, name FROM users WHERE name = ?",
-                "SELECT * FROM nope",
-                "ROLLBACK",
-                "SELECT generate_series ( ? )",
-                "COMMIT",
-            ],
-            "{driver}: {spans:#?}\n{stderr}"
-        );
+        assert_eq!(resources, WORK_RESOURCES, "{driver}: {spans:#?}\n{stderr}");
         for span in &spans {
             assert_eq!(meta(span, "db.system"), "postgresql", "{span:#}");
             assert_eq!(meta(span, "db.name"), "", "the startup was before the attach: {span:#}");

@@ -62,14 +62,14 @@ fn handshake_response(deprecate_eof: bool) -> Vec<u8> {
 const OK: &[u8] = &[0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00];
 
 impl Client {
-    fn connected(deprecate_eof: bool) -> Self {
+    fn new() -> Self {
         let (contexts, ended) = tree_recording_ends();
-        let mut client = Self {
-            layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
-            contexts,
-            ended,
-            now: 1_000,
-        };
+        let layer = StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]);
+        Self { layer, contexts, ended, now: 1_000 }
+    }
+
+    fn connected(deprecate_eof: bool) -> Self {
+        let mut client = Self::new();
         client.event(SocketOp::Connected, b"", 0);
         client.read(&greeting(deprecate_eof));
         client.write(&handshake_response(deprecate_eof));
@@ -200,13 +200,7 @@ fn multi_statements_end_with_their_last_result_and_prepared_statements_are_named
 
 #[test]
 fn tls_and_garbage_give_no_span() {
-    let (contexts, ended) = tree_recording_ends();
-    let mut client = Client {
-        layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
-        contexts,
-        ended,
-        now: 1,
-    };
+    let mut client = Client::new();
     client.event(SocketOp::Connected, b"", 0);
     client.read(&greeting(false));
     // An SSL request (the short handshake response with CLIENT_SSL), then ciphertext.
@@ -227,13 +221,7 @@ fn tls_and_garbage_give_no_span() {
 #[test]
 fn a_pooled_connection_on_another_port_is_recognised_by_a_whole_command_of_sql() {
     let adopted_on = |port: u16, first_write: &[u8]| {
-        let (contexts, ended) = tree_recording_ends();
-        let mut client = Client {
-            layer: StreamLayer::new(vec![Box::new(MysqlProtocol { schema: SpanSchema::V0 })]),
-            contexts,
-            ended,
-            now: 1_000,
-        };
+        let mut client = Client::new();
         client.layer.adopt(5, 6, false, format!("127.0.0.1:{port}").parse().unwrap());
         client.write(first_write);
         client.read(&result_set(1, true, 0x0002));

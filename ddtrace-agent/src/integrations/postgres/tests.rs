@@ -19,15 +19,22 @@ struct Client {
 }
 
 impl Client {
-    fn connected() -> Self {
+    fn new() -> Self {
         let (contexts, ended) = tree_recording_ends();
-        let mut client = Self {
-            layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
-            contexts,
-            ended,
-            now: 1_000,
-        };
+        let layer = StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]);
+        Self { layer, contexts, ended, now: 1_000 }
+    }
+
+    fn connected() -> Self {
+        let mut client = Self::new();
         client.event(SocketOp::Connected, b"", 0);
+        client
+    }
+
+    /// A connection open before the attach (process 9, fd 4) to 127.0.0.1:`port`.
+    fn adopted(port: u16) -> Self {
+        let mut client = Self::new();
+        client.layer.adopt(9, 4, false, format!("127.0.0.1:{port}").parse().unwrap());
         client
     }
 
@@ -208,14 +215,7 @@ fn a_result_past_the_capture_ends_at_its_ready_for_query_and_a_long_query_is_fla
 
 #[test]
 fn a_pooled_connection_open_before_the_attach_is_followed_from_its_next_query() {
-    let (contexts, ended) = tree_recording_ends();
-    let mut client = Client {
-        layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
-        contexts,
-        ended,
-        now: 1,
-    };
-    client.layer.adopt(9, 4, false, "127.0.0.1:5432".parse().unwrap());
+    let mut client = Client::adopted(5432);
     // The middle of an earlier result, then a query.
     client.read(b"\x00\x00\x00\x03bob");
     client.write(&query("UPDATE users SET name = 'x' WHERE id = 7"));
@@ -229,14 +229,7 @@ fn a_pooled_connection_open_before_the_attach_is_followed_from_its_next_query() 
 #[test]
 fn a_pooled_connection_on_another_port_is_recognised_by_a_whole_query_of_sql() {
     let adopted_on = |port: u16, first_write: &[u8]| {
-        let (contexts, ended) = tree_recording_ends();
-        let mut client = Client {
-            layer: StreamLayer::new(vec![Box::new(PostgresProtocol { schema: SpanSchema::V0 })]),
-            contexts,
-            ended,
-            now: 1,
-        };
-        client.layer.adopt(9, 4, false, format!("127.0.0.1:{port}").parse().unwrap());
+        let mut client = Client::adopted(port);
         client.write(first_write);
         client.read(&[message(b'C', b"SELECT 1\0"), ready()].concat());
         client.spans()
