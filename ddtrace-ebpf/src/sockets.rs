@@ -114,10 +114,8 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
                 // SAFETY: points into this socket's map value; a race with another thread of
                 // the process on the same fd can at worst cost one event.
                 Some(state) => unsafe {
-                    // Silenced: nothing more to learn from it (its bytes go nowhere).
-                    if *state & SOCKET_IGNORED != 0 {
-                        return 0;
-                    }
+                    // Even on a silenced socket (a TLS handshake's records are recognised by no
+                    // protocol): a TLS call in progress learns its socket here.
                     if super::tls::note_socket_io(pid_tgid, fd) {
                         *state |= SOCKET_CARRIES_TLS;
                     }
@@ -211,6 +209,10 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING_SYSCALLS.get(&pid_tgid) }).copied() else { return 0 };
     let _ = PENDING_SYSCALLS.remove(&pid_tgid);
+    // An entry left by a call whose exit was missed belongs to no other call.
+    if pending.id != id {
+        return 0;
+    }
     let ret = record_field::<i64>(&ctx, RET_OFFSET);
     match pending.id {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {

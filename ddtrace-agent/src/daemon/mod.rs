@@ -399,8 +399,6 @@ fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
     }
 }
 
-/// Keep-alive connections the traced processes already had (from a load balancer, to their
-/// upstreams) are followed from their next request on, not only those opened after attach.
 /// The traced processes' runtimes and the connections they already have open, before the line
 /// that says they are traced (a query made right after it is on a connection followed already).
 fn follow_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
@@ -410,6 +408,9 @@ fn follow_open_connections(instrumenter: &mut Instrumenter, streams: &mut Stream
     adopt_open_connections(instrumenter, streams);
 }
 
+/// Keep-alive connections the traced processes already had (from a load balancer, to their
+/// upstreams, a database pool) are followed from their next request on, not only those opened
+/// after attach.
 fn adopt_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
     let mut adopted = 0;
     for pid in instrumenter.process_ids() {

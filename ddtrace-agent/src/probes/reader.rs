@@ -56,7 +56,11 @@ impl EventReader {
     /// [`MAX_BATCH`] of them to `out`. Cancel-safe: nothing is lost if the future is dropped
     /// while waiting.
     pub async fn next_batch(&mut self, out: &mut Vec<KernelEvent>) {
-        if !self.behind {
+        if self.behind {
+            // The loop's thread also drives the signals, timers and other fds: let them run
+            // between batches, or a backlog that never ends would leave SIGTERM unanswered.
+            tokio::task::yield_now().await;
+        } else {
             tokio::select! {
                 guard = self.ring.readable_mut() => {
                     if let Ok(mut guard) = guard {
