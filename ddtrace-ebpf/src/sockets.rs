@@ -116,7 +116,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
                 Some(state) => unsafe {
                     // Even on a silenced socket (a TLS handshake's records are recognised by no
                     // protocol): a TLS call in progress learns its socket here.
-                    if super::tls::note_socket_io(pid_tgid, fd) {
+                    if super::tls::any_call_in_flight() && super::tls::note_socket_io(pid_tgid, fd) {
                         *state |= SOCKET_CARRIES_TLS;
                     }
                     // Its ciphertext is of no use: the plaintext comes from the TLS probes.

@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 use ddtrace_common::{probe_flags, socket_flags, socket_op, TlsCall, FD_UNKNOWN};
@@ -21,6 +21,33 @@ use super::{is_tracked, sockets, tracked_spec};
 /// replaces the outer's and the outer one is not reported).
 #[map(name = "TLS_CALLS")]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// How many TLS calls are in flight on the host (entries counted up, exits that found their
+/// record counted down): while none is, a socket's read or write skips the `TLS_CALLS` lookup
+/// (a busy Redis server that no TLS touches paid it on every call). Never below the truth: a
+/// record replaced or evicted before its exit leaves it higher, which only costs lookups.
+#[map(name = "TLS_CALLS_IN_FLIGHT")]
+static TLS_CALLS_IN_FLIGHT: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn count_in_flight(up: bool) {
+    if let Some(count) = TLS_CALLS_IN_FLIGHT.get_ptr_mut(0) {
+        // SAFETY: points into the array map's one value, 8-aligned; atomic: any CPU may count.
+        unsafe {
+            if up {
+                core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(count, 1);
+            } else {
+                core::intrinsics::atomic_xsub::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(count, 1);
+            }
+        }
+    }
+}
+
+/// Whether any TLS call may be in flight (see [`TLS_CALLS_IN_FLIGHT`]).
+#[inline(always)]
+pub fn any_call_in_flight() -> bool {
+    TLS_CALLS_IN_FLIGHT.get(0).is_none_or(|count| *count != 0)
+}
 
 #[uprobe]
 pub fn ddtrace_tls_entry(ctx: ProbeContext) -> u32 {
@@ -34,7 +61,9 @@ pub fn ddtrace_tls_entry(ctx: ProbeContext) -> u32 {
         flags: spec.flags,
         fd: FD_UNKNOWN,
     };
-    let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    if TLS_CALLS.insert(&pid_tgid, &call, 0).is_ok() {
+        count_in_flight(true);
+    }
     0
 }
 
@@ -46,7 +75,9 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
     }
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { TLS_CALLS.get(&pid_tgid) }).copied() else { return 0 };
-    let _ = TLS_CALLS.remove(&pid_tgid);
+    if TLS_CALLS.remove(&pid_tgid).is_ok() {
+        count_in_flight(false);
+    }
     // These functions return an `int`: only eax is defined.
     let ret = ctx.ret::<u64>() as u32 as i32;
     let moved = if call.flags & probe_flags::TLS_LENGTH_OUT != 0 {
