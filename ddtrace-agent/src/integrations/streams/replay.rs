@@ -53,6 +53,21 @@ pub fn layer() -> StreamLayer {
     StreamLayer::new(crate::integrations::wire_protocols(&SettingsInput::default().resolve()))
 }
 
+/// One fuzzer input for `protocol`: replayed on a layer and a tree made once per fuzzing
+/// process (the protocols' settings are not what is fuzzed; no product listens to the tree, so
+/// ended contexts are dropped). Panics when a call outlives the close.
+pub fn fuzz_one(protocol: &str, input: &[u8]) {
+    thread_local! {
+        static STATE: std::cell::RefCell<(StreamLayer, ContextTree)> = std::cell::RefCell::new((
+            layer(),
+            ContextTree::new(crate::core::WallClock::calibrate(), crate::core::EventHub::new()),
+        ));
+    }
+    STATE.with_borrow_mut(|(layer, contexts)| {
+        assert_eq!(replay_on(layer, protocol, input, contexts), 0, "the close ends every call");
+    });
+}
+
 /// [`replay`] on a layer made once (a fuzzer's: the protocols' settings, a compiled URL
 /// obfuscation pattern among them, are not made anew for every input). The process's state is
 /// forgotten at the end.
