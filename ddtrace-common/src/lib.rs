@@ -406,7 +406,8 @@ pub struct OutPointerKey {
 
 /// Indexes of the per-CPU counter array the daemon reports (`--stats`, and at exit).
 pub mod counter {
-    /// Events written to the ring buffer.
+    /// Events written to the ring buffer. Not counted by the programs (a per-CPU counter bump
+    /// cost every probed call two map lookups): the daemon fills it in with the records it read.
     pub const EVENTS: u32 = 0;
     /// Events dropped because the ring buffer was full.
     pub const DROPPED_RING_FULL: u32 = 1;

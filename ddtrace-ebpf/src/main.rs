@@ -195,7 +195,6 @@ fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64,
     };
     slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args, frame });
     slot.submit(submit_flags(spec_flags));
-    count(counter::EVENTS);
 }
 
 #[inline(always)]
@@ -241,7 +240,6 @@ fn emit_entry_with_capture(
         }
     }
     slot.submit(submit_flags(spec_flags));
-    count(counter::EVENTS);
 }
 
 /// The shared exit handler.
@@ -287,7 +285,6 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
         _pad: 0,
     });
     slot.submit(submit_flags(spec.flags));
-    count(counter::EVENTS);
     0
 }
 
@@ -314,7 +311,6 @@ fn emit_process_event(kind: u32, pid_tgid: u64, child_pid: u32) {
     // daemon handles this event (about a millisecond later). A child's library calls in that gap
     // are not seen (its probes are scoped to traced processes; its events still pass the bitmap).
     slot.submit(BPF_RB_FORCE_WAKEUP as u64);
-    count(counter::EVENTS);
 }
 
 /// `clone`'s flag for a new thread of the caller's process.
@@ -390,7 +386,6 @@ pub fn ddtrace_process_exec_node(_ctx: TracePointContext) -> u32 {
             if EVENTS.output::<ddtrace_common::OptInEvent>(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
                 count(counter::DROPPED_RING_FULL);
             } else {
-                count(counter::EVENTS);
             }
         }
         None if every_exec => emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0),
@@ -501,7 +496,6 @@ pub fn ddtrace_cpu_sample(ctx: PerfEventContext) -> u32 {
     // SAFETY: `total` never exceeds the scratch value's size (header + largest copy).
     let bytes = unsafe { core::slice::from_raw_parts(event as *const StackSampleEvent as *const u8, total) };
     if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
-        count(counter::EVENTS);
     } else {
         count(counter::DROPPED_RING_FULL);
     }

@@ -400,7 +400,6 @@ fn submit(event: &SocketEvent) {
     // SAFETY: `total` never exceeds the scratch value's size.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };
     if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
-        count(counter::EVENTS);
     } else {
         count(counter::DROPPED_RING_FULL);
     }

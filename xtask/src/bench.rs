@@ -166,6 +166,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mut ours = Phase::new("(c)  ddtrace entry+exit programs + daemon", Vec::new());
     let mut counters = KernelCounters::default();
     let mut agent_cpu = Duration::ZERO;
+    // The spans go the way users' do (msgpack to an agent's intake), to a sink that costs nothing.
+    let sink = crate::bench_sink::TraceSink::start()?;
     for cycle in 1..=cycles {
         let mut agent = start_agent(
             &agent_binary,
@@ -179,13 +181,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         let mut agent = start_agent(
             &agent_binary,
             // Profiling off: this measures the tracing probes; `--profiler` measures sampling.
-            &["--pid", &pid, "--trace-function", &probe_spec, "--exporter", "console", "--profiling-enabled", "false"],
+            &["--pid", &pid, "--trace-function", &probe_spec, "--agent-url", &sink.url, "--profiling-enabled", "false"],
             OURS_ATTACHED,
             attach_timeout,
         )?;
         ours.cycles.push(measure(&mut target, &format!("(c) ddtrace programs, cycle {cycle}"))?);
         let children_cpu_before = children_cpu_time();
         let stderr = agent.stop()?;
+        if let Ok(path) = std::env::var("BENCH_AGENT_LOG") { let _ = fs::write(path, stderr.join("\n")); }
         agent_cpu += children_cpu_time().saturating_sub(children_cpu_before);
         let cycle_counters = KernelCounters::parse(&stderr).with_context(|| {
             format!("the agent's exit line with its kernel counters is missing; its stderr:\n{}", stderr.join("\n"))
@@ -212,6 +215,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         unprobed_after,
         counters,
         agent_cpu,
+        sink_traces: sink.counts.traces.load(std::sync::atomic::Ordering::Relaxed),
+        sink_bytes: sink.counts.body_bytes.load(std::sync::atomic::Ordering::Relaxed),
         steal: steal_time().saturating_sub(steal_before),
         elapsed: run_started.elapsed(),
     };
@@ -744,6 +749,9 @@ struct Report {
     counters: KernelCounters,
     /// CPU time of the (c) agents over their whole lives, start-up included.
     agent_cpu: Duration,
+    /// Traces (one span each) and msgpack bytes the (c) agents delivered to the bench's sink.
+    sink_traces: u64,
+    sink_bytes: u64,
     /// vCPU time the hypervisor gave to others during the run (`steal` in /proc/stat).
     steal: Duration,
     elapsed: Duration,
@@ -864,6 +872,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
+            "  (c) delivered: {} traces of {} traced calls, {:.1} MB of msgpack, to the bench's intake",
+            self.sink_traces,
+            self.traced_calls(),
+            self.sink_bytes as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
             "  wall: the loop's CLOCK_MONOTONIC time; cpu: the target thread's CPU time. Wall above cpu is time \
              the target lost to other tasks and interrupts (e.g. ring buffer wake-ups)."
         );
@@ -914,7 +929,9 @@ impl Report {
   }},
   "goal": {{"ddtrace_over_empty_max": {goal}, "met": {met}}},
   "ddtrace_events": {{"events": {events}, "dropped_ring_full": {dropped}, "expected": {expected}}},
-  "ddtrace_agent_cpu_ns_per_call": {agent_cpu}
+  "ddtrace_agent_cpu_ns_per_call": {agent_cpu},
+  "ddtrace_agent_cpu_ns_per_event": {agent_cpu_event},
+  "delivered": {{"traces": {sink_traces}, "msgpack_bytes": {sink_bytes}}}
 }}
 "#,
             target = string(&self.target_binary.display().to_string()),
@@ -940,6 +957,9 @@ impl Report {
             dropped = self.counters.dropped_ring_full,
             expected = self.expected_events(),
             agent_cpu = number(self.agent_cpu_ns_per_call()),
+            agent_cpu_event = number(self.agent_cpu_ns_per_event()),
+            sink_traces = self.sink_traces,
+            sink_bytes = self.sink_bytes,
         )
     }
 }

@@ -18,6 +18,7 @@ mod bench_http;
 mod bench_profiler;
 mod bench_databases;
 mod bench_redis;
+mod bench_sink;
 mod bench_soak;
 mod bench_vs_ddtrace;
 mod bootstrap;

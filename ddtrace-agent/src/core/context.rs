@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 /// The role of the operation, as Datadog's `span.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +40,9 @@ pub struct ContextData {
     pub span_type: &'static str,
     pub component: &'static str,
     pub kind: SpanKind,
-    pub meta: BTreeMap<String, String>,
-    pub metrics: BTreeMap<String, f64>,
+    /// Keys are literals but for the few an integration builds (`http.request.headers.<name>`).
+    pub meta: BTreeMap<Cow<'static, str>, String>,
+    pub metrics: BTreeMap<Cow<'static, str>, f64>,
     pub error: Option<ContextError>,
     /// The service an in-process integration names its spans with by default (dd-trace-py's
     /// schema v0: `redis`, `postgres`); `None`: the process's. Products decide what to show.
@@ -73,8 +74,8 @@ impl ContextData {
         self
     }
 
-    pub fn with_meta(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.meta.insert(key.to_string(), value.into());
+    pub fn with_meta(mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Self {
+        self.meta.insert(key.into(), value.into());
         self
     }
 }

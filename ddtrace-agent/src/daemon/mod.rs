@@ -322,7 +322,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
             _ = stats_tick.tick(), if cli.stats.is_some() => {
                 eprintln!(
                     "ddtrace-agent: stats: {} {} {} identities={} open_contexts={} context_threads={}",
-                    instrumenter.programs().counters(),
+                    instrumenter.programs().counters().with_events_read(reader.read),
                     instrumenter.state_sizes(),
                     streams.stats(),
                     identities.len(),
@@ -345,7 +345,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         contexts.end_process(pid, WallClock::monotonic_now_ns());
         instrumenter.process_exited(pid);
     }
-    let kernel_counters = instrumenter.programs().counters();
+    let kernel_counters = instrumenter.programs().counters().with_events_read(reader.read);
     let library_loads = instrumenter.library_events;
     // Detach before the flush: the processes stop paying for probes while we send.
     instrumenter.detach_all(Duration::from_secs(2));

@@ -184,7 +184,7 @@ mod tests {
         late.resource = "SELECT * FROM users\n WHERE id = ?".to_owned();
         late.span_type = "sql".to_owned();
         late.error = 1;
-        late.meta.insert("error.message".to_owned(), "no such table: users".to_owned());
+        late.meta.insert("error.message".into(), "no such table: users".to_owned());
         let early = span(2, 1, "sqlite.connect", 200, 500);
         let grandchild = span(4, 2, "fs.open", 210, 100);
         let chunk = TraceChunk { spans: vec![root, late, early, grandchild], container_id: None };

@@ -2,7 +2,11 @@
 //! [`TraceSink`](super::TraceSink). Plain owned data, independent of any wire format; each sink
 //! converts it (msgpack v0.4 through libdatadog, console text, ...).
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
+
+/// A tag's name: nearly always a literal (`span.kind`, `db.system`), so a span's tags allocate
+/// for their values only. Looked up with a plain `&str`.
+pub type TagName = Cow<'static, str>;
 
 /// One finished span, in Datadog's terms.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -24,8 +28,8 @@ pub struct Span {
     pub duration_ns: i64,
     /// 1 if the operation failed, else 0 (as in the v0.4 protocol).
     pub error: i32,
-    pub meta: BTreeMap<String, String>,
-    pub metrics: BTreeMap<String, f64>,
+    pub meta: BTreeMap<TagName, String>,
+    pub metrics: BTreeMap<TagName, f64>,
 }
 
 /// The spans of one trace that finished together in one process. The first span is the local

@@ -18,6 +18,12 @@ impl KernelCounters {
         Self { values }
     }
 
+    /// These counters with `events` records read from the ring buffer (see [`counter::EVENTS`]).
+    pub fn with_events_read(mut self, events: u64) -> Self {
+        self.values[counter::EVENTS as usize] = events;
+        self
+    }
+
     pub fn get(&self, index: u32) -> u64 {
         self.values[index as usize]
     }

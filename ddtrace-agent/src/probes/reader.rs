@@ -36,6 +36,8 @@ pub struct EventReader {
     timer: DrainTimer,
     /// Records that did not decode (a version mismatch between object and daemon).
     pub malformed: u64,
+    /// Records read, malformed ones included: what the programs submitted and we drained.
+    pub read: u64,
     /// The last batch stopped at [`MAX_BATCH`]: more records were waiting.
     behind: bool,
 }
@@ -49,7 +51,7 @@ impl EventReader {
         let period = BUSY_DRAIN_INTERVAL;
         let timer = DrainTimer::new().map_err(|e| ProbeError::Load(format!("creating the drain timer: {e}")))?;
         arm(&timer, period);
-        Ok(Self { ring, period, timer, malformed: 0, behind: false })
+        Ok(Self { ring, period, timer, malformed: 0, read: 0, behind: false })
     }
 
     /// Waits for events (not when the last batch left some behind) and appends up to
@@ -82,6 +84,7 @@ impl EventReader {
         let ring = self.ring.get_mut();
         for _ in 0..MAX_BATCH {
             let Some(record) = ring.next() else { return false };
+            self.read += 1;
             match decode(&record) {
                 Ok(event) => out.push(event),
                 Err(error) => {

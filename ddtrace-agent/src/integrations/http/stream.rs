@@ -178,7 +178,7 @@ impl HttpConnection {
                     add_response(data, &exchange, role, header_tags);
                     // The client's address when it was learnt after the request (TLS above).
                     if let (Role::Server, Some(peer)) = (role, peer) {
-                        data.meta.entry("network.client.ip".to_string()).or_insert_with(|| peer.ip().to_string());
+                        data.meta.entry("network.client.ip".into()).or_insert_with(|| peer.ip().to_string());
                     }
                 };
                 match role {
@@ -221,7 +221,7 @@ impl HttpConnection {
 fn request_data_of(settings: &HttpSettings, request: &MessageHead, facts: &ConnectionFacts) -> ContextData {
     let scheme = if facts.tls { "https" } else { "http" };
     let mut data = request_data(request, facts.role, scheme, facts.peer, &settings.obfuscator);
-    data.meta.extend(settings.header_tags.request_tags(&request.headers));
+    data.meta.extend(settings.header_tags.request_tags(&request.headers).into_iter().map(|(k, v)| (k.into(), v)));
     data
 }
 
@@ -276,12 +276,12 @@ fn request_data(
 /// origin, and its propagated `_dd.p.*` tags.
 fn continue_callers_decision(data: &mut ContextData, caller: ExtractedContext) {
     if let Some(priority) = caller.sampling_priority {
-        data.metrics.insert("_sampling_priority_v1".to_string(), f64::from(priority));
+        data.metrics.insert("_sampling_priority_v1".into(), f64::from(priority));
     }
     if let Some(origin) = caller.origin {
-        data.meta.insert("_dd.origin".to_string(), origin);
+        data.meta.insert("_dd.origin".into(), origin);
     }
-    data.meta.extend(caller.tags);
+    data.meta.extend(caller.tags.into_iter().map(|(k, v)| (k.into(), v)));
 }
 
 /// What the response adds: the status, and the error for a connection that closed without an
@@ -289,10 +289,10 @@ fn continue_callers_decision(data: &mut ContextData, caller: ExtractedContext) {
 /// default, 400-499; a 4xx is the caller's mistake, not the server's).
 fn add_response(data: &mut ContextData, exchange: &Exchange, role: Role, header_tags: &HeaderTags) {
     if let Some(status) = exchange.status() {
-        data.meta.insert("http.status_code".to_string(), status.to_string());
+        data.meta.insert("http.status_code".into(), status.to_string());
     }
     if let Some(response) = &exchange.response {
-        data.meta.extend(header_tags.response_tags(&response.headers));
+        data.meta.extend(header_tags.response_tags(&response.headers).into_iter().map(|(k, v)| (k.into(), v)));
     }
     let client_error = role == Role::Client && exchange.status().is_some_and(|s| (400..500).contains(&s));
     if exchange.is_error() || client_error {

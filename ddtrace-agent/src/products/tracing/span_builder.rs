@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     core::{ExecutionContext, Identities, ProcessIdentity},
-    intake::traces::Span,
+    intake::traces::{Span, TagName},
 };
 
 /// Tags every span of this daemon's traces carries (unified service tagging and `DD_TAGS`), for
@@ -78,9 +78,10 @@ impl SpanBuilder {
             None => (&self.tags.service, &self.tags.env, &self.tags.version),
         };
         // The policy's tags (DD_TAGS, or remote configuration's), then the process's own.
-        let mut meta: BTreeMap<String, String> = self.tags.tags.iter().cloned().collect();
+        let owned = |(k, v): &(String, String)| (TagName::Owned(k.clone()), v.clone());
+        let mut meta: BTreeMap<TagName, String> = self.tags.tags.iter().map(owned).collect();
         if let Some(id) = &identity {
-            meta.extend(id.tags.iter().cloned());
+            meta.extend(id.tags.iter().map(owned));
         }
         if let Some(env) = env {
             meta.insert("env".into(), env.clone());
