@@ -7,6 +7,7 @@ pub mod core;
 pub mod daemon;
 pub mod intake;
 pub mod integrations;
+pub mod interpreters;
 pub mod obfuscation;
 pub mod probes;
 pub mod products;

@@ -76,6 +76,9 @@ pub mod event_kind {
     /// Node mode: a program started with `DD_SERVICE` in its environment, tracked by the kernel
     /// at its exec, before it ran ([`OptInEvent`]). Sent instead of PROCESS_EXEC.
     pub const PROCESS_OPT_IN: u32 = 9;
+    /// The Python frames of a thread sampled on a CPU ([`PythonStackEvent`]), written just
+    /// before that sample's [`StackSampleEvent`].
+    pub const PYTHON_STACK: u32 = 10;
 }
 
 /// Bytes kept of each unified service tagging value read from an environment at exec.
@@ -332,6 +335,86 @@ pub mod sample_flags {
     pub const IN_KERNEL: u32 = 1 << 0;
 }
 
+/// Most Python frames the sampler records per sample (innermost first; deeper ones are cut and
+/// the cut flagged).
+pub const MAX_PYTHON_FRAMES: usize = 64;
+
+/// Most bytes of one interpreter frame the sampler reads (CPython 3.8's `PyFrameObject` up to
+/// `f_lasti` is the largest: 112).
+pub const PYTHON_FRAME_READ_BYTES: u32 = 128;
+
+/// How the sampler finds a CPython thread's frames in process `tgid` (the value of the
+/// `PYTHON_PROCESSES` map): offsets per interpreter version, and addresses in that process,
+/// found by the daemon. The kernel only follows them; it knows no Python version.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonLayout {
+    /// `task_struct.thread.fsbase` on the running kernel (the thread's TLS base).
+    pub task_fsbase: u32,
+    /// glibc's `pthread_getspecific` first-level block: the value of key `k` (below 32) is at
+    /// `fsbase + tls_block + k * 16 + 8`.
+    pub tls_block: u32,
+    /// Address of CPython's thread-state TLS key (`_PyRuntime...autoTSSkey._key`, a u32).
+    pub tss_key_address: u64,
+    /// Offset in `PyThreadState` of the innermost frame pointer, or of the `_PyCFrame *` when
+    /// `cframe_frame` is not [`PythonLayout::NO_OFFSET`].
+    pub tstate_frame: u32,
+    /// Offset in `_PyCFrame` of `current_frame` (3.11, 3.12), or `NO_OFFSET`.
+    pub cframe_frame: u32,
+    /// Offsets in a frame of its code object pointer, its caller, and its instruction position
+    /// (a pointer, 3.11+; an `int`, 3.8-3.10).
+    pub frame_code: u32,
+    pub frame_previous: u32,
+    pub frame_instruction: u32,
+    /// Offset of the byte that marks a C-stack boundary (3.11 `is_entry`, 3.12+ `owner`), or
+    /// `NO_OFFSET`.
+    pub frame_marker: u32,
+    /// Bytes of a frame that hold the fields above (at most [`PYTHON_FRAME_READ_BYTES`]).
+    pub frame_bytes: u32,
+    pub _pad: u32,
+}
+
+impl PythonLayout {
+    pub const NO_OFFSET: u32 = u32::MAX;
+}
+
+/// One Python frame as the sampler read it; the daemon names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PythonFrame {
+    /// The code object (3.13: the executable, possibly not a code object).
+    pub code: u64,
+    /// The instruction position, raw: a pointer (3.11+) or an `int` (3.8-3.10).
+    pub instruction: u64,
+    /// The frame's marker byte ([`PythonLayout::frame_marker`]), 0 when there is none.
+    pub marker: u32,
+    pub _pad: u32,
+}
+
+/// Bits of [`PythonStackEvent::flags`].
+pub mod python_stack_flags {
+    /// The chain went on past [`super::MAX_PYTHON_FRAMES`].
+    pub const TRUNCATED: u32 = 1 << 0;
+    /// A frame could not be read (the chain stops there).
+    pub const READ_FAILED: u32 = 1 << 1;
+    /// The thread has no thread state (not a Python thread, or not yet/no longer one).
+    pub const NO_THREAD_STATE: u32 = 1 << 2;
+}
+
+/// Bytes of [`PythonStackEvent`] before its frames; the kernel submits only the frames read.
+pub const PYTHON_STACK_HEADER_BYTES: usize = 32;
+
+/// The Python frames of a sampled thread, innermost first. `header.probe_id` is 0.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PythonStackEvent {
+    pub header: EventHeader,
+    pub frame_count: u32,
+    /// Bits of [`python_stack_flags`].
+    pub flags: u32,
+    pub frames: [PythonFrame; MAX_PYTHON_FRAMES],
+}
+
 /// Byte offsets of the tracepoint fields the lifecycle programs read. The layout changes
 /// between kernels (6.x turned the comm arrays into `__data_loc`), so the daemon reads each
 /// tracepoint's `format` file and sets these read-only globals at load time.
@@ -467,6 +550,7 @@ pub mod names {
     /// The [`super::SocketLayout`] global.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";
     pub const EXEC_LAYOUT: &str = "EXEC_LAYOUT";
+    pub const PYTHON_PROCESSES: &str = "PYTHON_PROCESSES";
 }
 
 #[cfg(feature = "user")]
@@ -478,6 +562,7 @@ mod pod {
     unsafe impl aya::Pod for SocketKey {}
     unsafe impl aya::Pod for SocketLayout {}
     unsafe impl aya::Pod for ExecLayout {}
+    unsafe impl aya::Pod for PythonLayout {}
 }
 
 #[cfg(test)]
@@ -499,5 +584,8 @@ mod tests {
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
         assert_eq!(size_of::<SocketLayout>(), 56);
         assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
+        assert_eq!(size_of::<PythonLayout>(), 48);
+        assert_eq!(size_of::<PythonFrame>(), 24);
+        assert_eq!(core::mem::offset_of!(PythonStackEvent, frames), PYTHON_STACK_HEADER_BYTES);
     }
 }

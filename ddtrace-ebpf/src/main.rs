@@ -9,6 +9,7 @@
 #![no_main]
 
 mod opt_in;
+mod python;
 mod socket_addresses;
 mod sockets;
 mod tls;
@@ -435,10 +436,13 @@ pub fn ddtrace_cpu_sample(ctx: PerfEventContext) -> u32 {
     if tgid == 0 || !is_tracked(tgid) {
         return 0;
     }
+    let sample_header = header(event_kind::STACK_SAMPLE, 0, pid_tgid);
+    // First, so that the daemon holds the thread's Python frames when its native sample comes.
+    python::record_stack(tgid, sample_header);
     let Some(event) = SAMPLE_SCRATCH.get_ptr_mut(0) else { return 0 };
     // SAFETY: the per-CPU scratch value; a perf-event program is not preempted on its CPU.
     let event = unsafe { &mut *event };
-    event.header = header(event_kind::STACK_SAMPLE, 0, pid_tgid);
+    event.header = sample_header;
     event.sample_flags = 0;
     event.stack_len = 0;
     // SAFETY: a perf-event program's context is `bpf_perf_event_data`, whose first field is the

@@ -21,6 +21,21 @@ pub fn read_u64(pid: u32, address: u64) -> Option<u64> {
     (read_at(pid, address, &mut buf)? == 8).then(|| u64::from_ne_bytes(buf))
 }
 
+/// The 4-byte value at `address`.
+pub fn read_u32(pid: u32, address: u64) -> Option<u32> {
+    let mut buf = [0u8; 4];
+    (read_at(pid, address, &mut buf)? == 4).then(|| u32::from_ne_bytes(buf))
+}
+
+/// Exactly `len` bytes at `address` (one system call; `len` is the caller's bound).
+pub fn read_bytes(pid: u32, address: u64, len: usize) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Some(buf);
+    }
+    (read_at(pid, address, &mut buf)? == len).then_some(buf)
+}
+
 /// The NUL-terminated string at `address`, at most `max` bytes (bounded by [`MAX_READ`]).
 /// Reads page by page so a string ending just before an unmapped page is still read.
 pub fn read_c_string(pid: u32, address: u64, max: usize) -> Option<Vec<u8>> {

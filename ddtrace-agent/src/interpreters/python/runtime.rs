@@ -1,0 +1,276 @@
+//! Finding CPython in a process: the object that exports `_PyRuntime` (the executable of a
+//! static build such as Debian's, or `libpython3.X.so`), where it is loaded, which version it
+//! is, and a check of our offsets against what the interpreter says about itself
+//! (`PyCode_Type`'s size and member table) before any of them is trusted.
+
+use std::{fmt, fs, path::PathBuf};
+
+use object::{Object, ObjectSegment, ObjectSymbol};
+
+use super::layout::{self, VersionLayout};
+use crate::{symbols::parse_maps_line, target::memory};
+
+/// A CPython interpreter in process `pid`, with addresses in that process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonRuntime {
+    pub pid: u32,
+    /// Major, minor, micro (micro 0 when only the file name told the version).
+    pub version: (u32, u32, u32),
+    pub layout: VersionLayout,
+    /// The object that holds the interpreter, as the process sees it.
+    pub binary: PathBuf,
+    /// `_PyRuntime`, and the address of its thread-state TLS key.
+    pub runtime_address: u64,
+    pub tss_key_address: u64,
+    /// `PyCode_Type`: a frame's code is named only when its type is this.
+    pub code_type: u64,
+}
+
+/// Why a process's CPython cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PythonError {
+    /// A version whose layout this agent does not know.
+    UnknownVersion { version: String, binary: PathBuf },
+    /// What the interpreter says about its code objects disagrees with our table: reading its
+    /// frames would give garbage, so none are read.
+    LayoutMismatch { version: String, what: String },
+    /// The process or its files could not be read (it may have exited).
+    Unreadable { reason: String },
+}
+
+impl fmt::Display for PythonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownVersion { version, binary } => write!(
+                f,
+                "CPython {version} ({}) is not a version this agent can read frames of ({}): its profiles show the \
+                 interpreter's C functions only",
+                binary.display(),
+                layout::KNOWN_VERSIONS
+            ),
+            Self::LayoutMismatch { version, what } => write!(
+                f,
+                "CPython {version} does not have the layout this agent expects ({what}): no Python frames in its \
+                 profiles"
+            ),
+            Self::Unreadable { reason } => write!(f, "could not inspect the interpreter: {reason}"),
+        }
+    }
+}
+
+impl PythonRuntime {
+    /// The CPython in `pid`, `Ok(None)` when it runs none.
+    pub fn find(pid: u32) -> Result<Option<Self>, PythonError> {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map_err(|e| PythonError::Unreadable { reason: format!("/proc/{pid}/maps: {e}") })?;
+        let mappings: Vec<_> = maps.lines().filter_map(parse_maps_line).collect();
+        let mut candidates: Vec<&PathBuf> = mappings
+            .iter()
+            .filter_map(|m| m.path.as_ref())
+            .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(names_python))
+            .collect();
+        candidates.dedup();
+        for path in candidates {
+            let Some(first) = mappings.iter().filter(|m| m.path.as_ref() == Some(path)).min_by_key(|m| m.start) else {
+                continue;
+            };
+            let host_path =
+                PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+            // Through a read cache: pyenv's libpython with its DWARF is tens of MB, of which only
+            // the headers and symbol tables are read.
+            let Ok(file) = fs::File::open(&host_path) else { continue };
+            let cache = object::read::ReadCache::new(file);
+            let Ok(elf) = object::File::parse(&cache) else { continue };
+            let Some(symbols) = InterpreterSymbols::of(&elf) else { continue };
+            let Some(bias) = load_bias(&elf, first.start, first.file_offset) else { continue };
+            return Self::at(pid, path.clone(), &symbols, bias).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn at(pid: u32, binary: PathBuf, symbols: &InterpreterSymbols, bias: u64) -> Result<Self, PythonError> {
+        let runtime_address = symbols.runtime.wrapping_add(bias);
+        let version = match symbols.version_hex {
+            // `Py_Version` (3.11+): PY_VERSION_HEX, 0xMMmmuu.. .
+            Some(address) => memory::read_u32(pid, address.wrapping_add(bias))
+                .map(|hex| (hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff))
+                .ok_or_else(|| PythonError::Unreadable { reason: "Py_Version could not be read".into() })?,
+            None => version_from_name(&binary).ok_or_else(|| PythonError::UnknownVersion {
+                version: "of unknown version".into(),
+                binary: binary.clone(),
+            })?,
+        };
+        let version_text = format!("{}.{}.{}", version.0, version.1, version.2);
+        let layout = (version.0 == 3).then(|| layout::for_minor(version.1)).flatten().ok_or_else(|| {
+            PythonError::UnknownVersion { version: version_text.clone(), binary: binary.clone() }
+        })?;
+        let code_type = symbols.code_type.wrapping_add(bias);
+        check_code_type(pid, code_type, &layout)
+            .map_err(|what| PythonError::LayoutMismatch { version: version_text.clone(), what })?;
+        Ok(Self {
+            pid,
+            version,
+            layout,
+            binary,
+            runtime_address,
+            tss_key_address: runtime_address + layout.tss_key,
+            code_type,
+        })
+    }
+
+    /// `3.11.7`.
+    pub fn version_text(&self) -> String {
+        format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
+    }
+}
+
+/// `python3.11`, `python3`, `libpython3.11.so.1.0`, `python3.11d`: worth opening.
+fn names_python(name: &str) -> bool {
+    name.starts_with("python") || name.starts_with("libpython")
+}
+
+/// `3.X` from `python3.X` or `libpython3.X.so...`.
+fn version_from_name(path: &std::path::Path) -> Option<(u32, u32, u32)> {
+    let name = path.file_name()?.to_str()?;
+    let rest = name.strip_prefix("lib").unwrap_or(name).strip_prefix("python3.")?;
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((3, minor.parse().ok()?, 0))
+}
+
+/// The interpreter's symbols, as ELF virtual addresses.
+struct InterpreterSymbols {
+    runtime: u64,
+    version_hex: Option<u64>,
+    code_type: u64,
+}
+
+impl InterpreterSymbols {
+    fn of<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<Self> {
+        let find = |name: &str| {
+            elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address())
+        };
+        Some(Self { runtime: find("_PyRuntime")?, version_hex: find("Py_Version"), code_type: find("PyCode_Type")? })
+    }
+}
+
+/// What to add to an ELF virtual address to get the process address, from the mapping of the
+/// file's lowest mapped offset.
+fn load_bias<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, start: u64, file_offset: u64) -> Option<u64> {
+    let segment = elf.segments().find(|segment| {
+        let (offset, size) = segment.file_range();
+        offset <= file_offset && file_offset < offset + size.max(1)
+    })?;
+    let vaddr = segment.address() + (file_offset - segment.file_range().0);
+    Some(start.wrapping_sub(vaddr))
+}
+
+/// `PyTypeObject.tp_name`, `.tp_basicsize` and `.tp_members`, and `PyMemberDef`'s size and its
+/// `name` and `offset` fields (x86_64, every supported version).
+const TYPE_NAME: u64 = 24;
+const TYPE_BASIC_SIZE: u64 = 32;
+const TYPE_MEMBERS: u64 = 240;
+const MEMBER_DEF_BYTES: u64 = 40;
+const MEMBER_OFFSET: u64 = 16;
+
+/// Checks our code-object offsets against `PyCode_Type` in the process: its name, its size
+/// (where the bytecode starts, 3.11+) and the offsets its member table gives the fields we read.
+fn check_code_type(pid: u32, code_type: u64, layout: &VersionLayout) -> Result<(), String> {
+    let name = memory::read_u64(pid, code_type + TYPE_NAME)
+        .and_then(|address| memory::read_c_string(pid, address, 16))
+        .ok_or("PyCode_Type could not be read")?;
+    if name != b"code" {
+        return Err(format!("PyCode_Type is named {:?}", String::from_utf8_lossy(&name)));
+    }
+    if layout.code_adaptive != 0 {
+        let size = memory::read_u64(pid, code_type + TYPE_BASIC_SIZE).ok_or("PyCode_Type's size")?;
+        if size != u64::from(layout.code_adaptive) {
+            return Err(format!("code objects are {size} bytes, not {}", layout.code_adaptive));
+        }
+    }
+    let members = memory::read_u64(pid, code_type + TYPE_MEMBERS).ok_or("PyCode_Type's members")?;
+    let mut expected = vec![
+        ("co_filename", layout.code_filename),
+        ("co_name", layout.code_name),
+        ("co_firstlineno", layout.code_first_line),
+    ];
+    if let Some(qualname) = layout.code_qualname {
+        expected.push(("co_qualname", qualname));
+    }
+    // Bounded: the table is NULL-terminated and has about 20 entries.
+    for index in 0..64 {
+        let entry = members + index * MEMBER_DEF_BYTES;
+        let name_address = memory::read_u64(pid, entry).ok_or("a member of PyCode_Type")?;
+        if name_address == 0 {
+            break;
+        }
+        let name = memory::read_c_string(pid, name_address, 32).ok_or("a member name of PyCode_Type")?;
+        let offset = memory::read_u64(pid, entry + MEMBER_OFFSET).ok_or("a member offset of PyCode_Type")?;
+        if let Some(at) = expected.iter().position(|(field, _)| field.as_bytes() == name) {
+            let (field, ours) = expected.remove(at);
+            if offset != u64::from(ours) {
+                return Err(format!("{field} is at {offset}, not {ours}"));
+            }
+        }
+    }
+    match expected.first() {
+        Some((field, _)) => Err(format!("PyCode_Type does not list {field}")),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(version_from_name("/usr/bin/python3.9".as_ref()), Some((3, 9, 0)));
+        assert_eq!(version_from_name("/x/libpython3.10.so.1.0".as_ref()), Some((3, 10, 0)));
+        assert_eq!(version_from_name("/usr/bin/python3".as_ref()), None);
+        assert!(names_python("python3.11") && names_python("libpython3.8.so.1.0") && !names_python("libc.so.6"));
+    }
+
+    /// Every interpreter the tests prove: Debian's (static, stripped) and pyenv's 3.8 to 3.13
+    /// (shared libpython). A missing one fails: the machine image carries them all.
+    pub(crate) fn test_interpreters() -> Vec<(PathBuf, (u32, u32))> {
+        let pyenv = std::env::var("PYENV_ROOT").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv")
+        });
+        let mut found = vec![(PathBuf::from("/usr/bin/python3.11"), (3, 11))];
+        for minor in 8..=13 {
+            let versions = fs::read_dir(pyenv.join("versions")).expect("pyenv's versions directory");
+            let dir = versions
+                .flatten()
+                .map(|entry| entry.path())
+                .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("3.{minor}."))))
+                .unwrap_or_else(|| panic!("pyenv has no CPython 3.{minor} under {}", pyenv.display()));
+            found.push((dir.join(format!("bin/python3.{minor}")), (3, minor)));
+        }
+        found
+    }
+
+    #[test]
+    fn finds_and_checks_every_supported_interpreter() {
+        for (python, (major, minor)) in test_interpreters() {
+            let mut child = std::process::Command::new(&python)
+                .args(["-c", "import sys, time; print('up', flush=True); time.sleep(30)"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", python.display()));
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+            let found = PythonRuntime::find(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            let runtime = found.unwrap_or_else(|e| panic!("{}: {e}", python.display())).expect("a CPython");
+            assert_eq!((runtime.version.0, runtime.version.1), (major, minor), "{}", python.display());
+            assert_eq!(runtime.layout.minor, minor);
+            assert_eq!(runtime.tss_key_address, runtime.runtime_address + runtime.layout.tss_key);
+        }
+    }
+
+    #[test]
+    fn this_test_binary_runs_no_python() {
+        assert_eq!(PythonRuntime::find(std::process::id()), Ok(None));
+    }
+}

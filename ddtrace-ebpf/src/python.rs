@@ -1,0 +1,168 @@
+//! Python frames at CPU samples: for a process the daemon found a CPython in, the sampler
+//! follows the sampled thread's frame chain (it lives in the heap, not in the stack copy) and
+//! records each frame's code object and instruction position, innermost first. The offsets come
+//! from the daemon per process ([`PythonLayout`]); this program knows no Python version. Every
+//! read is `bpf_probe_read_user`, which fails instead of faulting; nothing is written.
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use ddtrace_common::{
+    event_kind, python_stack_flags, EventHeader, PythonFrame, PythonLayout, PythonStackEvent, MAX_PYTHON_FRAMES,
+    PYTHON_FRAME_READ_BYTES, PYTHON_STACK_HEADER_BYTES,
+};
+
+use super::EVENTS;
+
+/// Processes whose samples carry Python frames, by tgid; written by the daemon at attach.
+#[map(name = "PYTHON_PROCESSES")]
+static PYTHON_PROCESSES: HashMap<u32, PythonLayout> = HashMap::with_max_entries(4096, 0);
+
+/// Where the event is assembled (1.6 KiB does not fit the 512-byte BPF stack).
+#[map(name = "PYTHON_SCRATCH")]
+static PYTHON_SCRATCH: PerCpuArray<PythonStackEvent> = PerCpuArray::with_max_entries(1, 0);
+
+const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;
+const SHORT_FRAME_BYTES: u32 = 72;
+
+#[inline(always)]
+fn read_user_u64(address: u64) -> Option<u64> {
+    let mut value = 0u64;
+    // SAFETY: the helper copies 8 bytes into `value` or fails; it never faults the target.
+    let failed = unsafe { bpf_probe_read_user(&mut value as *mut u64 as *mut _, 8, address as *const _) };
+    (failed == 0).then_some(value)
+}
+
+/// Where a field sits in the frame words: the word's index, masked so the verifier sees it
+/// within the array wherever the compiler computes the address, and the byte in that word.
+/// `None` for an offset outside the words.
+#[derive(Clone, Copy)]
+struct Field {
+    index: usize,
+    shift: u32,
+}
+
+#[inline(always)]
+fn field(offset: u32) -> Option<Field> {
+    if offset >= PYTHON_FRAME_READ_BYTES {
+        return None;
+    }
+    Some(Field { index: (offset as usize / 8) & (FRAME_WORDS - 1), shift: (offset % 8) * 8 })
+}
+
+#[inline(always)]
+fn word(words: &[u64; FRAME_WORDS], field: Option<Field>) -> u64 {
+    match field {
+        Some(Field { index, shift: 0 }) => words[index & (FRAME_WORDS - 1)],
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn byte(words: &[u64; FRAME_WORDS], field: Option<Field>) -> u32 {
+    match field {
+        Some(Field { index, shift }) => ((words[index & (FRAME_WORDS - 1)] >> (shift & 63)) & 0xff) as u32,
+        None => 0,
+    }
+}
+
+/// The innermost frame of the current thread, or why there is none.
+#[inline(always)]
+fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
+    let mut fsbase = 0u64;
+    // SAFETY: reads one field of the current task (offset from the kernel's BTF) or fails.
+    let failed = unsafe {
+        let task = bpf_get_current_task_btf() as u64;
+        bpf_probe_read_kernel(
+            &mut fsbase as *mut u64 as *mut _,
+            8,
+            (task + layout.task_fsbase as u64) as *const _,
+        )
+    };
+    if failed != 0 || fsbase == 0 {
+        return Err(python_stack_flags::READ_FAILED);
+    }
+    let mut key = 0u32;
+    // SAFETY: as `read_user_u64`, 4 bytes.
+    let failed =
+        unsafe { bpf_probe_read_user(&mut key as *mut u32 as *mut _, 4, layout.tss_key_address as *const _) };
+    // Keys past glibc's first block of 32 live in a second level we do not follow.
+    if failed != 0 || key >= 32 {
+        return Err(python_stack_flags::READ_FAILED);
+    }
+    let tstate = read_user_u64(fsbase + layout.tls_block as u64 + key as u64 * 16 + 8)
+        .ok_or(python_stack_flags::READ_FAILED)?;
+    if tstate == 0 {
+        return Err(python_stack_flags::NO_THREAD_STATE);
+    }
+    let mut frame = read_user_u64(tstate + layout.tstate_frame as u64).ok_or(python_stack_flags::READ_FAILED)?;
+    if layout.cframe_frame != PythonLayout::NO_OFFSET && frame != 0 {
+        frame = read_user_u64(frame + layout.cframe_frame as u64).ok_or(python_stack_flags::READ_FAILED)?;
+    }
+    Ok(frame)
+}
+
+/// Writes the current thread's Python frames as one event, when its process has a layout.
+#[inline(always)]
+pub fn record_stack(tgid: u32, header: EventHeader) {
+    // SAFETY: a map lookup; the value is copied out at once.
+    let Some(layout) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else { return };
+    let Some(event) = PYTHON_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch value; a perf-event program is not preempted on its CPU.
+    let event = unsafe { &mut *event };
+    event.header = EventHeader { kind: event_kind::PYTHON_STACK, ..header };
+    event.frame_count = 0;
+    event.flags = 0;
+    let mut frame = match innermost_frame(&layout) {
+        Ok(frame) => frame,
+        Err(flag) => {
+            event.flags = flag;
+            0
+        }
+    };
+    // Two constant sizes (a size computed from the layout loses its bounds for the verifier
+    // once the compiler spills it): 3.11+ frames need 72 bytes, and the last frame of a frame
+    // chunk may end right before unmapped memory; older frame objects need 112.
+    let short = layout.frame_bytes <= SHORT_FRAME_BYTES;
+    let code = field(layout.frame_code);
+    let instruction = field(layout.frame_instruction);
+    let previous = field(layout.frame_previous);
+    let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
+    let mut words = [0u64; FRAME_WORDS];
+    let mut count = 0usize;
+    while count < MAX_PYTHON_FRAMES && frame != 0 {
+        // SAFETY: copies at most the array's size from the target, or fails.
+        let failed = unsafe {
+            if short {
+                bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
+            } else {
+                bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+            }
+        };
+        if failed != 0 {
+            event.flags |= python_stack_flags::READ_FAILED;
+            break;
+        }
+        event.frames[count] = PythonFrame {
+            code: word(&words, code),
+            instruction: word(&words, instruction),
+            marker: byte(&words, marker),
+            _pad: 0,
+        };
+        count += 1;
+        frame = word(&words, previous);
+    }
+    if frame != 0 && count == MAX_PYTHON_FRAMES {
+        event.flags |= python_stack_flags::TRUNCATED;
+    }
+    event.frame_count = count as u32;
+    let total = PYTHON_STACK_HEADER_BYTES + count * core::mem::size_of::<PythonFrame>();
+    // SAFETY: `total` never exceeds the scratch value's size (header + MAX_PYTHON_FRAMES frames).
+    let bytes = unsafe { core::slice::from_raw_parts(event as *const PythonStackEvent as *const u8, total) };
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_err() {
+        super::count(ddtrace_common::counter::DROPPED_RING_FULL);
+    }
+}
