@@ -25,6 +25,8 @@ pub struct FlatSample {
     pub functions: Vec<String>,
     /// Mapping file names, leaf first.
     pub modules: Vec<String>,
+    /// Source lines, leaf first (0 when unknown).
+    pub lines: Vec<i64>,
     pub values: Vec<i64>,
     /// (key, string value, numeric value).
     pub labels: Vec<(String, String, i64)>,
@@ -74,6 +76,7 @@ impl UploadedProfile {
                         .map(|l| l.lines.first().map(|line| function_name(line.function_id)).unwrap_or_default())
                         .collect(),
                     modules: locations.iter().map(|l| module(l.mapping_id)).collect(),
+                    lines: locations.iter().map(|l| l.lines.first().map_or(0, |line| line.line)).collect(),
                     values: sample.values.clone(),
                     labels: sample.labels.iter().map(|l| (s(l.key), s(l.str), l.num)).collect(),
                 }

@@ -7,6 +7,7 @@ use std::{
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
+    interpreters::Interpreters,
     probes::{
         Detacher, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope, ProcessChange,
         ProcessChangeKind,
@@ -195,6 +196,8 @@ pub struct Instrumenter {
     detacher: Detacher,
     /// Print each probe site with its first instruction when a library is resolved.
     pub report_sites: bool,
+    /// Traced processes whose interpreter frames the sampler walks.
+    interpreters: Interpreters,
 }
 
 impl Instrumenter {
@@ -217,7 +220,28 @@ impl Instrumenter {
             library_events: 0,
             detacher: Detacher::default(),
             report_sites: false,
+            interpreters: Interpreters::new(),
         }
+    }
+
+    /// Looks for an interpreter in `pid`, newly traced, forked or exec'd (see [`Interpreters`]).
+    pub fn interpreter_started(&mut self, pid: u32) -> Option<String> {
+        self.interpreters.process_started(pid, &mut self.programs)
+    }
+
+    /// A sample of `pid` came: looks again for an interpreter it may have loaded since.
+    pub fn interpreter_sampled(&mut self, pid: u32) -> Option<String> {
+        self.interpreters.sampled(pid, &mut self.programs)
+    }
+
+    /// Keeps a thread's interpreter frames for its coming sample.
+    pub fn hold_interpreter_frames(&mut self, stack: crate::probes::PythonStack) {
+        self.interpreters.hold(stack);
+    }
+
+    /// The interpreter frames recorded with the sample of `tid` at `ktime_ns`.
+    pub fn interpreter_frames(&mut self, tid: u32, ktime_ns: u64) -> Option<crate::core::InterpreterFrames> {
+        self.interpreters.take(tid, ktime_ns)
     }
 
     pub fn programs(&self) -> &KernelPrograms {
@@ -429,6 +453,7 @@ impl Instrumenter {
             integration.on_process_exit(tgid);
         }
         self.programs.untrack_process(tgid);
+        self.interpreters.process_exited(tgid, &mut self.programs);
         self.processes.remove(&tgid);
         self.announced.retain(|(pid, _)| *pid != tgid);
         self.forget_links(tgid);

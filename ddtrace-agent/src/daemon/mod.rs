@@ -403,7 +403,7 @@ fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
 /// that says they are traced (a query made right after it is on a connection followed already).
 fn follow_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
     for pid in instrumenter.process_ids() {
-        note_runtime(streams, pid);
+        note_runtime(instrumenter, streams, pid);
     }
     adopt_open_connections(instrumenter, streams);
 }
@@ -556,7 +556,7 @@ fn handle_events(
                     if !instrumenter.is_tracing(change.tgid) {
                         select_process(node, instrumenter, change.tgid);
                         if instrumenter.is_tracing(change.tgid) {
-                            note_runtime(streams, change.tgid);
+                            note_runtime(instrumenter, streams, change.tgid);
                         }
                         continue;
                     }
@@ -583,9 +583,9 @@ fn handle_events(
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
-                        ProcessOutcome::Forked { child, .. } => note_runtime(streams, child),
+                        ProcessOutcome::Forked { child, .. } => note_runtime(instrumenter, streams, child),
                         ProcessOutcome::Execed { pid, .. } => {
-                            note_runtime(streams, pid);
+                            note_runtime(instrumenter, streams, pid);
                             match node.and_then(|node| node.execed(pid)) {
                                 Some(node::ExecJudgement::Changed(line)) => eprintln!("ddtrace-agent: {line}"),
                                 Some(node::ExecJudgement::Refused(line)) => {
@@ -617,12 +617,19 @@ fn handle_events(
                 Some(node) => {
                     select_opted_in(node, instrumenter, contexts, &opt_in);
                     if instrumenter.is_tracing(opt_in.tgid) {
-                        note_runtime(streams, opt_in.tgid);
+                        note_runtime(instrumenter, streams, opt_in.tgid);
                     }
                 }
                 None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
             },
-            KernelEvent::StackSample(sample) => contexts.cpu_sampled(sample.ktime_ns, core_sample(sample)),
+            KernelEvent::PythonStack(stack) => instrumenter.hold_interpreter_frames(stack),
+            KernelEvent::StackSample(sample) => {
+                if let Some(line) = instrumenter.interpreter_sampled(sample.tgid) {
+                    eprintln!("ddtrace-agent: {line}");
+                }
+                let interpreter = instrumenter.interpreter_frames(sample.tid, sample.ktime_ns);
+                contexts.cpu_sampled(sample.ktime_ns, core_sample(sample, interpreter))
+            }
             KernelEvent::Socket(activity) => {
                 streams.on_socket(&activity, contexts);
                 // Sockets that speak nothing we know: the kernel stops copying their bytes.
@@ -638,11 +645,14 @@ fn handle_events(
 }
 
 /// Tells the HTTP integration whether `pid` runs Go, whose goroutines share OS threads.
-fn note_runtime(streams: &mut StreamLayer, pid: u32) {
+fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32) {
     streams.set_threads_shared(pid, runs_go(pid));
+    if let Some(line) = instrumenter.interpreter_started(pid) {
+        eprintln!("ddtrace-agent: {line}");
+    }
 }
 
-fn core_sample(sample: StackSample) -> CpuSample {
+fn core_sample(sample: StackSample, interpreter: Option<crate::core::InterpreterFrames>) -> CpuSample {
     CpuSample {
         tgid: sample.tgid,
         tid: sample.tid,
@@ -652,6 +662,7 @@ fn core_sample(sample: StackSample) -> CpuSample {
         bp: sample.bp,
         in_kernel: sample.in_kernel,
         stack: sample.stack,
+        interpreter,
         active: None,
     }
 }

@@ -3,3 +3,6 @@
 //! use the names; none of them sees an offset.
 
 pub mod python;
+mod registry;
+
+pub use registry::Interpreters;

@@ -1,6 +1,7 @@
 use ddtrace_common::{
     capture_flags, event_kind, exit_flags, sample_flags, EntryCaptureEvent, EntryEvent, EventHeader, ExitEvent,
-    OptInEvent, ProcessEvent, ENTRY_ARGS, MAX_CAPTURE, SOCKET_EVENT_HEADER_BYTES, STACK_SAMPLE_HEADER_BYTES,
+    OptInEvent, ProcessEvent, PythonFrame, ENTRY_ARGS, MAX_CAPTURE, MAX_PYTHON_FRAMES, PYTHON_STACK_HEADER_BYTES,
+    SOCKET_EVENT_HEADER_BYTES, STACK_SAMPLE_HEADER_BYTES,
 };
 
 /// Anything the kernel programs report.
@@ -12,6 +13,8 @@ pub enum KernelEvent {
     Process(ProcessChange),
     /// The CPU sampler caught a thread of a tracked process running.
     StackSample(StackSample),
+    /// The Python frames of a thread about to be reported by its `StackSample`.
+    PythonStack(PythonStack),
     /// A tracked process used a socket.
     Socket(SocketActivity),
     /// Node mode: a new program opted in (`DD_SERVICE` in its environment) and is tracked.
@@ -95,6 +98,28 @@ pub struct StackSample {
     /// The stack from `sp` up (empty when the kernel could not copy it).
     pub stack: Box<[u8]>,
 }
+
+/// The Python frames of a sampled thread, innermost first, as the sampler read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonStack {
+    pub tid: u32,
+    /// The same as its `StackSample`'s.
+    pub ktime_ns: u64,
+    pub frames: Box<[PythonFrame]>,
+    /// Bits of `ddtrace_common::python_stack_flags`.
+    pub flags: u32,
+}
+
+/// The fixed part of a Python stack record (`frame_count` frames follow).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PythonStackHead {
+    header: EventHeader,
+    frame_count: u32,
+    flags: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<PythonStackHead>() == PYTHON_STACK_HEADER_BYTES);
 
 /// The fixed part of a sample record (the stack copy follows, `stack_len` bytes).
 #[repr(C)]
@@ -225,6 +250,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     match header.kind {
         event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
         event_kind::STACK_SAMPLE => decode_stack_sample(bytes),
+        event_kind::PYTHON_STACK => decode_python_stack(bytes),
         event_kind::SOCKET => decode_socket(bytes),
         event_kind::PROCESS_OPT_IN => {
             let event: OptInEvent = read(bytes, "opt-in")?;
@@ -259,6 +285,23 @@ fn decode_stack_sample(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         bp: head.bp,
         in_kernel: head.sample_flags & sample_flags::IN_KERNEL != 0,
         stack: bytes[STACK_SAMPLE_HEADER_BYTES..STACK_SAMPLE_HEADER_BYTES + len].into(),
+    }))
+}
+
+/// The frames the record holds: `frame_count`, bounded by the record's length and the maximum.
+fn decode_python_stack(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let head: PythonStackHead = read(bytes, "python stack")?;
+    let frame_bytes = std::mem::size_of::<PythonFrame>();
+    let available = (bytes.len() - PYTHON_STACK_HEADER_BYTES) / frame_bytes;
+    let count = (head.frame_count as usize).min(available).min(MAX_PYTHON_FRAMES);
+    let frames = (0..count)
+        .map(|i| read::<PythonFrame>(&bytes[PYTHON_STACK_HEADER_BYTES + i * frame_bytes..], "python frame"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KernelEvent::PythonStack(PythonStack {
+        tid: head.header.tid,
+        ktime_ns: head.header.ktime_ns,
+        frames: frames.into(),
+        flags: head.flags,
     }))
 }
 

@@ -9,7 +9,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, SocketKey, MAX_PROBES};
+use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, PythonLayout, SocketKey, MAX_PROBES};
 
 use super::{
     counters::KernelCounters,
@@ -83,6 +83,10 @@ pub struct KernelPrograms {
     counters: PerCpuArray<MapData, u64>,
     /// Low half: the side and the kernel's flags; high half: which socket (see the kernel's map).
     sockets: HashMap<MapData, SocketKey, u64>,
+    /// How the sampler walks the Python frames of each process that has a CPython.
+    python: HashMap<MapData, u32, PythonLayout>,
+    /// `task_struct.thread.fsbase` on this kernel, when its BTF says (Python frames need it).
+    task_fsbase: Option<u32>,
     /// Kept alive for the life of the programs: dropping it closes the log map (see platform.md).
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     next_probe_id: ProbeId,
@@ -158,7 +162,22 @@ impl KernelPrograms {
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
         let sockets = HashMap::try_from(ebpf.take_map(names::SOCKETS).ok_or(ProbeError::Missing(names::SOCKETS))?)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let mut programs = Self { ebpf, specs, tracked, counters, sockets, logger, next_probe_id: 0 };
+        let python =
+            HashMap::try_from(ebpf.take_map(names::PYTHON_PROCESSES).ok_or(ProbeError::Missing(names::PYTHON_PROCESSES))?)
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let task_fsbase = match super::btf::Btf::from_kernel().and_then(|mut btf| btf.member("task_struct", "thread.fsbase")) {
+            Ok(place) if place.size == 8 => Some(place.offset),
+            Ok(place) => {
+                tracing::warn!(size = place.size, "task_struct.thread.fsbase is not 8 bytes: no Python frames in profiles");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the kernel's BTF does not locate a task's TLS base: no Python frames in profiles");
+                None
+            }
+        };
+        let mut programs =
+            Self { ebpf, specs, tracked, counters, sockets, python, task_fsbase, logger, next_probe_id: 0 };
         programs.attach_syscall_tracepoints()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints(node.is_some())?,
@@ -278,6 +297,21 @@ impl KernelPrograms {
         }
         let word = if tracked { word | bit } else { word & !bit };
         self.tracked.set(index, word, 0).map_err(map_error)
+    }
+
+    /// Lets the sampler record the Python frames of process `tgid` with `layout` (built with
+    /// [`Self::task_fsbase`]). Returns false when the kernel's BTF did not give that offset.
+    pub fn walk_python_frames(&mut self, tgid: u32, layout: impl FnOnce(u32) -> PythonLayout) -> Result<bool, ProbeError> {
+        let Some(task_fsbase) = self.task_fsbase else { return Ok(false) };
+        self.python
+            .insert(tgid, layout(task_fsbase), 0)
+            .map_err(|e| ProbeError::Map { map: names::PYTHON_PROCESSES, reason: e.to_string() })?;
+        Ok(true)
+    }
+
+    /// Stops walking the Python frames of `tgid` (it exited, or exec'd another program).
+    pub fn forget_python_frames(&mut self, tgid: u32) {
+        let _ = self.python.remove(&tgid);
     }
 
     /// Tells the socket programs that `fd` of process `tgid` is a TCP connection it already had

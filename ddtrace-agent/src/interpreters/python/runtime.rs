@@ -100,7 +100,7 @@ impl PythonRuntime {
                 binary: binary.clone(),
             })?,
         };
-        let version_text = format!("{}.{}.{}", version.0, version.1, version.2);
+        let version_text = version_text(version);
         let layout = (version.0 == 3).then(|| layout::for_minor(version.1)).flatten().ok_or_else(|| {
             PythonError::UnknownVersion { version: version_text.clone(), binary: binary.clone() }
         })?;
@@ -118,9 +118,17 @@ impl PythonRuntime {
         })
     }
 
-    /// `3.11.7`.
+    /// `3.11.7`, or `3.9` when the file name was all that told the version.
     pub fn version_text(&self) -> String {
-        format!("{}.{}.{}", self.version.0, self.version.1, self.version.2)
+        version_text(self.version)
+    }
+}
+
+fn version_text((major, minor, micro): (u32, u32, u32)) -> String {
+    if micro == 0 && minor < 11 {
+        format!("{major}.{minor}")
+    } else {
+        format!("{major}.{minor}.{micro}")
     }
 }
 

@@ -12,8 +12,9 @@ use std::{
 };
 
 use crate::{
-    core::CpuSample,
+    core::{CpuSample, InterpreterFrames},
     intake::profile_exporter::Frame,
+    interpreters::python::{NamedFrame, PythonFrames, PythonRuntime},
     symbols::{ProcessMaps, Symbolizer, UnwindEnd, Unwinder, UserRegisters},
 };
 
@@ -73,6 +74,8 @@ pub struct StackResolver {
     /// Per (process, address): innermost (inlined) first.
     frames: HashMap<(u32, u64), Box<[Frame]>>,
     addresses: Vec<u64>,
+    /// Per process: its interpreter's frame namer (`None`: no interpreter we can read).
+    interpreters: HashMap<u32, Option<PythonFrames>>,
     pub counts: UnwindCounts,
 }
 
@@ -129,12 +132,26 @@ impl StackResolver {
             }
         }
         self.addresses = addresses;
+        if let Some(interpreter) = &sample.interpreter {
+            let groups = self.interpreter_groups(tgid, interpreter);
+            frames = splice_interpreter_frames(frames, groups);
+        }
         Some(frames)
+    }
+
+    /// The sample's interpreter frames, named, in the groups each eval-loop call runs.
+    fn interpreter_groups(&mut self, tgid: u32, interpreter: &InterpreterFrames) -> Vec<Vec<NamedFrame>> {
+        let namer = self.interpreters.entry(tgid).or_insert_with(|| PythonRuntime::find(tgid).ok().flatten().map(PythonFrames::new));
+        match namer {
+            Some(namer) => namer.groups(&interpreter.frames),
+            None => Vec::new(),
+        }
     }
 
     /// Forgets an exited process (its addresses mean nothing any more).
     pub fn forget(&mut self, tgid: u32) {
         self.processes.remove(&tgid);
+        self.interpreters.remove(&tgid);
         self.symbolizer.modules().forget_paths_under(&std::path::Path::new("/proc").join(tgid.to_string()));
         self.frames.retain(|(pid, _), _| *pid != tgid);
     }
@@ -162,6 +179,38 @@ impl StackResolver {
             }
         })
     }
+}
+
+/// Whether a native frame is a call of CPython's eval loop, which runs a group of Python frames
+/// (its `.cold` part included).
+fn is_eval_loop(frame: &Frame) -> bool {
+    frame.function.starts_with("_PyEval_EvalFrameDefault")
+}
+
+/// `native` (innermost first) with each eval-loop frame replaced by the Python frames that call
+/// ran, innermost group first. Groups left over (the native unwinding stopped early) go at the
+/// outer end; eval-loop frames left over (a call that has not pushed its frame yet) stay.
+fn splice_interpreter_frames(native: Vec<Frame>, groups: Vec<Vec<NamedFrame>>) -> Vec<Frame> {
+    if groups.is_empty() {
+        return native;
+    }
+    let python = |frame: NamedFrame| {
+        let file = frame.file.to_string();
+        Frame { function: frame.function.to_string(), module: file.clone(), file, line: frame.line }
+    };
+    let mut groups = groups.into_iter();
+    let mut spliced = Vec::with_capacity(native.len() + 32);
+    for frame in native {
+        if is_eval_loop(&frame) {
+            if let Some(group) = groups.next() {
+                spliced.extend(group.into_iter().map(python));
+                continue;
+            }
+        }
+        spliced.push(frame);
+    }
+    spliced.extend(groups.flatten().map(python));
+    spliced
 }
 
 /// A symbol's frames: each function inlined at the address (innermost first), then its own.
