@@ -444,6 +444,7 @@ mod tests {
             bp: 0,
             in_kernel: false,
             stack: Box::new([]),
+            interpreter: None,
             active: None,
         };
         let outer = tree.start(1, 10, 1_000, 0x1000, data("outer"));

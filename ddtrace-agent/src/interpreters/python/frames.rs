@@ -233,6 +233,40 @@ fn read_bytes_object(pid: u32, address: u64) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn frames_of(minor: u32) -> PythonFrames {
+        let layout = layout::for_minor(minor).unwrap();
+        PythonFrames::new(PythonRuntime {
+            pid: std::process::id(),
+            version: (3, minor, 0),
+            layout,
+            binary: "/usr/bin/python3".into(),
+            runtime_address: 0,
+            tss_key_address: 0,
+            code_type: 0x1234,
+        })
+    }
+
+    fn sizes(groups: &[Vec<NamedFrame>]) -> Vec<usize> {
+        groups.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn groups_end_where_each_version_marks_an_eval_loop_call() {
+        let frame = |marker| PythonFrame { code: 0, instruction: 0, marker, _pad: 0 };
+        // 3.11: after the frame with is_entry.
+        let chain = [frame(0), frame(0), frame(1), frame(0), frame(1)];
+        assert_eq!(sizes(&frames_of(11).groups(&chain)), [3, 2]);
+        // 3.12+: at the shim frames (owner 3), which are not shown.
+        let chain = [frame(0), frame(0), frame(3), frame(0), frame(0), frame(3)];
+        let mut v312 = frames_of(12);
+        assert_eq!(sizes(&v312.groups(&chain)), [2, 2]);
+        // A frame whose code cannot be read is kept, named so: the groups stay aligned.
+        assert!(v312.groups(&chain)[0].iter().all(|f| &*f.function == UNKNOWN_FUNCTION));
+        assert!(v312.unnamed > 0);
+        // 3.8-3.10: one eval-loop call per frame.
+        assert_eq!(sizes(&frames_of(9).groups(&[frame(0), frame(0), frame(0)])), [1, 1, 1]);
+    }
+
     #[test]
     fn instruction_offsets_per_version() {
         let v38 = layout::for_minor(8).unwrap();

@@ -231,3 +231,42 @@ fn symbol_frames(symbol: crate::symbols::Symbol) -> Box<[Frame]> {
     frames.push(Frame::new(function, module).with_source(symbol.file.unwrap_or_default(), symbol.line));
     frames.into_boxed_slice()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn native(names: &[&str]) -> Vec<Frame> {
+        names.iter().map(|n| Frame::new(*n, "libpython3.11.so")).collect()
+    }
+
+    fn group(names: &[&str]) -> Vec<NamedFrame> {
+        names.iter().map(|n| NamedFrame { function: (*n).into(), file: "app.py".into(), line: Some(1) }).collect()
+    }
+
+    fn names(frames: &[Frame]) -> Vec<&str> {
+        frames.iter().map(|f| f.function.as_str()).collect()
+    }
+
+    #[test]
+    fn each_eval_loop_call_is_replaced_by_its_python_frames_innermost_first() {
+        let spliced = splice_interpreter_frames(
+            native(&["long_mod", "_PyEval_EvalFrameDefault", "list_sort", "_PyEval_EvalFrameDefault.cold", "main"]),
+            vec![group(&["gamma", "key"]), group(&["beta", "alpha", "<module>"])],
+        );
+        assert_eq!(names(&spliced), ["long_mod", "gamma", "key", "list_sort", "beta", "alpha", "<module>", "main"]);
+        assert_eq!(spliced[1].file, "app.py");
+    }
+
+    #[test]
+    fn groups_without_an_eval_frame_go_outermost_and_extra_eval_frames_stay() {
+        let cut_short = splice_interpreter_frames(native(&["leaf"]), vec![group(&["gamma"]), group(&["main"])]);
+        assert_eq!(names(&cut_short), ["leaf", "gamma", "main"]);
+        let not_pushed_yet = splice_interpreter_frames(
+            native(&["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault", "main"]),
+            vec![group(&["only"])],
+        );
+        assert_eq!(names(&not_pushed_yet), ["only", "_PyEval_EvalFrameDefault", "main"]);
+        assert_eq!(names(&splice_interpreter_frames(native(&["a"]), Vec::new())), ["a"]);
+    }
+}
