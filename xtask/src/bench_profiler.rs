@@ -40,8 +40,9 @@ pub struct ProfilerArgs {
     /// Instead of the uprobe cost: the profiler's cost to a Python program, against py-spy.
     #[arg(long)]
     pub profiler: bool,
-    /// --profiler: units of work of the Python workload (one is ~0.1 s of CPU).
-    #[arg(long, default_value_t = 50)]
+    /// --profiler: units of work of the Python workload (one is ~0.02 s of CPU). Long enough by
+    /// default for the steady state to outweigh loading symbols at the first samples.
+    #[arg(long, default_value_t = 300)]
     pub work_units: u32,
     /// --profiler: also measure `py-spy record --nonblocking`.
     #[arg(long)]
