@@ -1,9 +1,23 @@
-"""A pure-Python CPU-bound call chain for the profiler's tests: prints "ready", waits for a line
-on stdin, then spins SECONDS in main -> Worker.alpha_loop -> beta_step -> gamma_spin, part of it
-inside sorted() calling back into Python (a sort key: C calling Python), on two threads."""
+"""A CPU-bound call chain for the profiler's tests: `python_chain.py SECONDS [sql]` prints
+"ready", waits for a line on stdin, then spins SECONDS in main -> Worker.alpha_loop -> beta_step
+-> gamma_spin, part of it inside sorted() calling back into Python (a sort key: C calling Python),
+on two threads. With `sql`, beta_step runs a CPU-heavy SQLite query instead (traced spans with
+the Python code that ran them)."""
 import sys
 import threading
 import time
+
+SQL = len(sys.argv) > 2 and sys.argv[2] == "sql"
+local = threading.local()
+
+
+def heavy_query():
+    if not hasattr(local, "conn"):
+        import sqlite3
+
+        local.conn = sqlite3.connect(":memory:")
+    sql = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30000) SELECT sum(x) FROM c"
+    return local.conn.execute(sql).fetchone()[0]
 
 
 def gamma_spin(n):
@@ -18,6 +32,8 @@ def sort_key(x):
 
 
 def beta_step(n):
+    if SQL:
+        return heavy_query()
     if n % 4 == 0:
         return sorted(range(20), key=sort_key)[0]
     return gamma_spin(2000)

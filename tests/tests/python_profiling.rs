@@ -169,3 +169,47 @@ fn an_interpreter_of_an_unknown_version_is_said_and_profiled_natively() {
         describe(&samples)
     );
 }
+
+#[test]
+fn samples_in_a_traced_statement_carry_its_span_and_the_python_code_that_ran_it() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let script = workspace_root().join("tests/apps").join(SCRIPT);
+    let python = PathBuf::from("/usr/bin/python3.11");
+    let mut app = NativeApp::spawn(&python, &[script.to_str().unwrap(), "3", "sql"]);
+    let pid = app.pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-sql"]);
+    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
+    app.go();
+    assert!(app.wait_exit(Duration::from_secs(30)).success());
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let span_ids: std::collections::HashSet<u64> =
+        agent.spans().iter().filter(|s| s["name"] == "sqlite.query").filter_map(|s| s["span_id"].as_u64()).collect();
+    assert!(span_ids.len() > 20, "{} statements traced:\n{}", span_ids.len(), daemon.stderr_text());
+    let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
+    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    let linked: Vec<&FlatSample> = samples.iter().filter(|s| s.num_label("span id").is_some()).collect();
+    let linked_count: i64 = linked.iter().map(|s| s.values[0]).sum();
+    // The statements hold nearly all the CPU time.
+    assert!(linked_count * 100 >= total * 80, "{linked_count} of {total} samples carry a span id");
+    for sample in &linked {
+        let span_id = sample.num_label("span id").unwrap() as u64;
+        assert!(span_ids.contains(&span_id), "span id {span_id} of a sample is no statement the agent received");
+    }
+    // Code Hotspots: what ran in the span, down to the Python function that issued it.
+    let in_python = linked
+        .iter()
+        .filter(|s| {
+            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
+            names.windows(3).any(|w| w == ["Worker.alpha_loop", "beta_step", "heavy_query"])
+        })
+        .map(|s| s.values[0])
+        .sum::<i64>();
+    assert!(
+        in_python * 100 >= linked_count * 95,
+        "{in_python} of {linked_count} linked samples show alpha_loop -> beta_step -> heavy_query:\n{}",
+        describe(&samples)
+    );
+    agent.assert_checks_passed();
+}
