@@ -62,13 +62,22 @@ impl StartupPurge {
 /// purge split a 2 MiB page and every new allocation after it zeroed a fresh one (measured:
 /// about two thirds of the agent's CPU under a Flask app's load in `clear_page_erms`, and its
 /// resident memory counted in 2 MiB steps). A daemon of a few tens of MB gains nothing from them.
-fn refuse_huge_pages() {
+///
+/// Set from a constructor, before anything allocates: done in `main`, it came after the Rust
+/// runtime's first allocations, whose arena page was already huge (2 MiB resident for good,
+/// measured on an idle agent).
+extern "C" fn refuse_huge_pages() {
     // SAFETY: plain prctl on this process; it affects only how its future page faults are served.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
+/// Priority 101, the first one programs may use: ahead of the default-priority constructors and
+/// of the runtime's first allocation.
+#[used]
+#[link_section = ".init_array.00101"]
+static REFUSE_HUGE_PAGES: extern "C" fn() = refuse_huge_pages;
+
 fn main() -> std::process::ExitCode {
-    refuse_huge_pages();
     let startup_purge = StartupPurge::begin();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
