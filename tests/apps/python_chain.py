@@ -1,13 +1,14 @@
 """A CPU-bound call chain for the profiler's tests: `python_chain.py SECONDS [sql]` prints
 "ready", waits for a line on stdin, then spins SECONDS in main -> Worker.alpha_loop -> beta_step
 -> gamma_spin, part of it inside sorted() calling back into Python (a sort key: C calling Python),
-on two threads. With `sql`, beta_step runs a CPU-heavy SQLite query instead (traced spans with
-the Python code that ran them)."""
+on two threads. The optional mode changes beta_step: `sql` runs a CPU-heavy SQLite query (traced
+spans with the Python code that ran them), `deep` recurses 150 calls deep before spinning (more
+frames than the sampler records), `gen` spins inside a generator that a loop consumes."""
 import sys
 import threading
 import time
 
-SQL = len(sys.argv) > 2 and sys.argv[2] == "sql"
+MODE = sys.argv[2] if len(sys.argv) > 2 else ""
 local = threading.local()
 
 
@@ -31,9 +32,24 @@ def sort_key(x):
     return gamma_spin(50) + x
 
 
+def recurse(depth):
+    if depth == 0:
+        return gamma_spin(3000)
+    return recurse(depth - 1) + 1
+
+
+def squares(count):
+    for i in range(count):
+        yield gamma_spin(300) + i
+
+
 def beta_step(n):
-    if SQL:
+    if MODE == "sql":
         return heavy_query()
+    if MODE == "deep":
+        return recurse(150)
+    if MODE == "gen":
+        return sum(squares(10))
     if n % 4 == 0:
         return sorted(range(20), key=sort_key)[0]
     return gamma_spin(2000)

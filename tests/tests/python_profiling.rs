@@ -213,3 +213,89 @@ fn samples_in_a_traced_statement_carry_its_span_and_the_python_code_that_ran_it(
     );
     agent.assert_checks_passed();
 }
+
+/// Runs the chain in `mode` under the agent on `python` for 2 s; the samples received.
+fn chain_samples(python: &std::path::Path, mode: &str) -> Vec<FlatSample> {
+    let agent = TestAgent::start();
+    let script = workspace_root().join("tests/apps").join(SCRIPT);
+    let mut app = NativeApp::spawn(python, &[script.to_str().unwrap(), "2", mode]);
+    let pid = app.pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-chain"]);
+    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
+    app.go();
+    assert!(app.wait_exit(Duration::from_secs(30)).success());
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    received_profiles(&agent).iter().flat_map(|p| p.samples()).collect()
+}
+
+#[test]
+fn deep_recursion_keeps_the_innermost_frames_and_says_the_rest_was_cut() {
+    let _serial = ddtrace_tests::serial();
+    let samples = chain_samples(std::path::Path::new("/usr/bin/python3.11"), "deep");
+    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    let deep: i64 = samples
+        .iter()
+        .filter(|s| {
+            let frames = script_frames(s);
+            frames.first().is_some_and(|(f, _)| *f == "gamma_spin")
+                && frames.iter().filter(|(f, _)| *f == "recurse").count() >= 60
+                && s.functions.iter().any(|f| f == "[more Python frames]")
+        })
+        .map(|s| s.values[0])
+        .sum();
+    assert!(deep * 100 >= total * 85, "{deep} of {total} samples deep in recurse, cut and said so:\n{}", describe(&samples));
+}
+
+#[test]
+fn a_generator_reads_as_called_from_the_loop_that_consumes_it() {
+    let _serial = ddtrace_tests::serial();
+    let samples = chain_samples(std::path::Path::new("/usr/bin/python3.11"), "gen");
+    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    let in_generator: i64 = samples
+        .iter()
+        .filter(|s| {
+            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
+            names.windows(3).any(|w| w == ["beta_step", "squares", "gamma_spin"])
+        })
+        .map(|s| s.values[0])
+        .sum();
+    assert!(in_generator * 100 >= total * 85, "{in_generator} of {total} samples in beta_step -> squares -> gamma_spin:\n{}", describe(&samples));
+}
+
+#[test]
+fn a_python_started_by_a_traced_shell_gets_its_frames_once_it_has_loaded_libpython() {
+    let _serial = ddtrace_tests::serial();
+    let (minor, python) = interpreters().into_iter().find(|(minor, _)| *minor == 12).unwrap();
+    let agent = TestAgent::start();
+    let script = workspace_root().join("tests/apps").join(SCRIPT);
+    // The shell forks and execs the interpreter after the agent attached; pyenv's maps its
+    // libpython only after the exec.
+    let command = format!("echo ready; read line; echo go | {} {} 2 > /dev/null", python.display(), script.display());
+    let mut app = NativeApp::spawn(std::path::Path::new("/bin/sh"), &["-c", &command]);
+    let url = agent.url();
+    let shell = app.pid().to_string();
+    let mut daemon = AgentProcess::start(&["--pid", &shell, "--agent-url", &url, "--service", "py-exec"]);
+    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
+    app.go();
+    assert!(app.wait_exit(Duration::from_secs(30)).success());
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let stderr = daemon.stderr_text();
+    assert!(stderr.contains(&format!("runs CPython 3.{minor}.")), "the exec'd interpreter was not found:\n{stderr}");
+    let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
+    let in_chain: i64 = samples
+        .iter()
+        .filter(|s| {
+            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
+            names.windows(2).any(|w| w == ["Worker.alpha_loop", "beta_step"])
+        })
+        .map(|s| s.values[0])
+        .sum();
+    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    // Found within 0.2 s of its first samples.
+    assert!(
+        in_chain * 100 >= total * 80,
+        "{in_chain} of {total} samples in Worker.alpha_loop -> beta_step:\n{}",
+        describe(&samples)
+    );
+}

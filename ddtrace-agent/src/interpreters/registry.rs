@@ -15,7 +15,7 @@ use crate::{
 
 /// A process that ran no interpreter when looked at may load one later (a shared libpython is
 /// mapped after the exec): it is looked at again on its samples, this often, this long.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+const RETRY_EVERY: Duration = Duration::from_millis(200);
 const RETRY_FOR: Duration = Duration::from_secs(30);
 
 enum Seen {

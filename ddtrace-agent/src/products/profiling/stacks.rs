@@ -26,6 +26,9 @@ pub const MAX_FRAMES: usize = crate::symbols::MAX_DEPTH;
 /// Cached addresses, all processes together; the cache starts over beyond this.
 const FRAME_CACHE_LIMIT: usize = 200_000;
 
+/// Shown past the innermost Python frames the sampler records (`MAX_PYTHON_FRAMES`).
+pub const TRUNCATED_FRAMES: &str = "[more Python frames]";
+
 /// The frame shown for time the thread spent in a system call.
 pub const SYSCALL_FRAME: &str = "[system call]";
 
@@ -142,10 +145,15 @@ impl StackResolver {
     /// The sample's interpreter frames, named, in the groups each eval-loop call runs.
     fn interpreter_groups(&mut self, tgid: u32, interpreter: &InterpreterFrames) -> Vec<Vec<NamedFrame>> {
         let namer = self.interpreters.entry(tgid).or_insert_with(|| PythonRuntime::find(tgid).ok().flatten().map(PythonFrames::new));
-        match namer {
-            Some(namer) => namer.groups(&interpreter.frames),
-            None => Vec::new(),
+        let Some(namer) = namer else { return Vec::new() };
+        let mut groups = namer.groups(&interpreter.frames);
+        // The walk stops after the innermost frames: what was cut is at the outer end.
+        if interpreter.flags & ddtrace_common::python_stack_flags::TRUNCATED != 0 {
+            if let Some(outermost) = groups.last_mut() {
+                outermost.push(NamedFrame { function: TRUNCATED_FRAMES.into(), file: "".into(), line: None });
+            }
         }
+        groups
     }
 
     /// Forgets an exited process (its addresses mean nothing any more).
