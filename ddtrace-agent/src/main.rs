@@ -25,7 +25,8 @@ const MIMALLOC_DEFAULT_PURGE_DELAYS_MS: [std::ffi::c_long; 2] = [1000, 10];
 /// back and then faulted in and zeroed again for the next spans (measured with `cargo xtask
 /// bench` at 1M spans/s: 30-45% of the agent's CPU in `clear_page_erms`, and a third of the
 /// events dropped for want of CPU; at 10 s: 0.4% dropped, 1,048 -> 773 ns per event). Memory a
-/// burst took is returned 10 s after it, and an idle agent's resident size is unchanged.
+/// burst took is returned 10 s after it (at the freeing thread's next allocation), and an idle
+/// agent's resident size is unchanged.
 const RUNNING_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// mimalloc hands memory a thread freed back to the kernel a second later, and only at that
@@ -35,23 +36,25 @@ const RUNNING_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 /// and a madvise for every purge (measured: 1,121 -> 1,884 ns of agent CPU per traced call, and
 /// events dropped). Once the daemon has attached, freed memory is kept for [`RUNNING_PURGE_DELAY_MS`].
 struct StartupPurge {
-    default_ms: Option<std::ffi::c_long>,
+    /// The purge delay was mimalloc's default (ours to change).
+    untouched: bool,
 }
 
 impl StartupPurge {
     fn begin() -> Self {
         // SAFETY: plain calls into the allocator's option table, before any thread is started.
         let current = unsafe { mi_option_get(MI_OPTION_PURGE_DELAY) };
-        let default_ms = MIMALLOC_DEFAULT_PURGE_DELAYS_MS.contains(&current).then_some(current);
-        if default_ms.is_some() {
+        // Left alone when someone set it (MIMALLOC_PURGE_DELAY): then it is theirs.
+        let untouched = MIMALLOC_DEFAULT_PURGE_DELAYS_MS.contains(&current);
+        if untouched {
             // SAFETY: as above.
             unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
         }
-        Self { default_ms }
+        Self { untouched }
     }
 
     fn end(&self) {
-        if self.default_ms.is_some() {
+        if self.untouched {
             // SAFETY: the option table is a set of atomics; any thread may write it.
             unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, RUNNING_PURGE_DELAY_MS) };
         }

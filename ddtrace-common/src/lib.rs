@@ -371,7 +371,9 @@ pub struct PythonLayout {
     pub frame_marker: u32,
     /// Bytes of a frame that hold the fields above (at most [`PYTHON_FRAME_READ_BYTES`]).
     pub frame_bytes: u32,
-    pub _pad: u32,
+    /// Offset in `PyThreadState` of `thread_id` (the thread's `pthread_self()`, its TLS base):
+    /// a thread state read through the TLS slot must name the sampled thread, or it is not one.
+    pub tstate_thread_id: u32,
 }
 
 impl PythonLayout {
@@ -399,6 +401,8 @@ pub mod python_stack_flags {
     pub const READ_FAILED: u32 = 1 << 1;
     /// The thread has no thread state (not a Python thread, or not yet/no longer one).
     pub const NO_THREAD_STATE: u32 = 1 << 2;
+    /// What the TLS slot pointed to is not this thread's state (another libc's layout).
+    pub const NOT_THIS_THREAD: u32 = 1 << 3;
 }
 
 /// Bytes of [`PythonStackEvent`] before its frames; the kernel submits only the frames read.

@@ -386,7 +386,6 @@ pub fn ddtrace_process_exec_node(_ctx: TracePointContext) -> u32 {
             event.header = header(event_kind::PROCESS_OPT_IN, 0, pid_tgid);
             if EVENTS.output::<ddtrace_common::OptInEvent>(event, BPF_RB_FORCE_WAKEUP as u64).is_err() {
                 count(counter::DROPPED_RING_FULL);
-            } else {
             }
         }
         None if every_exec => emit_process_event(event_kind::PROCESS_EXEC, pid_tgid, 0),
@@ -499,8 +498,7 @@ pub fn ddtrace_cpu_sample(ctx: PerfEventContext) -> u32 {
     let total = (STACK_SAMPLE_HEADER_BYTES as u32 + copied) as usize;
     // SAFETY: `total` never exceeds the scratch value's size (header + largest copy).
     let bytes = unsafe { core::slice::from_raw_parts(event as *const StackSampleEvent as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
-    } else {
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_err() {
         count(counter::DROPPED_RING_FULL);
     }
     0

@@ -26,6 +26,8 @@ static PYTHON_PROCESSES: HashMap<u32, PythonLayout> = HashMap::with_max_entries(
 static PYTHON_SCRATCH: PerCpuArray<PythonStackEvent> = PerCpuArray::with_max_entries(1, 0);
 
 const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;
+// The index masks (`& (FRAME_WORDS - 1)`) keep indexes in the array only for a power of two.
+const _: () = assert!(FRAME_WORDS.is_power_of_two());
 const SHORT_FRAME_BYTES: u32 = 72;
 
 #[inline(always)]
@@ -97,6 +99,9 @@ fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
         .ok_or(python_stack_flags::READ_FAILED)?;
     if tstate == 0 {
         return Err(python_stack_flags::NO_THREAD_STATE);
+    }
+    if read_user_u64(tstate + layout.tstate_thread_id as u64) != Some(fsbase) {
+        return Err(python_stack_flags::NOT_THIS_THREAD);
     }
     let mut frame = read_user_u64(tstate + layout.tstate_frame as u64).ok_or(python_stack_flags::READ_FAILED)?;
     if layout.cframe_frame != PythonLayout::NO_OFFSET && frame != 0 {

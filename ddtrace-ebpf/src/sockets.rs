@@ -399,8 +399,7 @@ fn submit(event: &SocketEvent) {
     let total = SOCKET_EVENT_HEADER_BYTES + (event.captured_len & MAX_SOCKET_CAPTURE as u32) as usize;
     // SAFETY: `total` never exceeds the scratch value's size.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_ok() {
-    } else {
+    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_err() {
         count(counter::DROPPED_RING_FULL);
     }
 }

@@ -1,10 +1,14 @@
-//! Python frames in CPU profiles: a pure-Python program under the real sampler, on every CPython
-//! the project supports (Debian's static, stripped 3.11, and pyenv's shared 3.8 to 3.13), and
-//! the profiles the Datadog test agent received. Each sample must read as the Python program
-//! does (`Worker.alpha_loop -> beta_step -> gamma_spin`, with the lines of those functions),
-//! including through C calling back into Python (`sorted` with a Python key).
+//! Python frames in CPU profiles: a Python program under the real sampler, on every CPython the
+//! project supports (Debian's static, stripped 3.11, and pyenv's shared 3.8 to 3.13), and the
+//! profiles the Datadog test agent received. Each sample must read as the Python program does
+//! (`Worker.alpha_loop -> beta_step -> gamma_spin`, with the lines of those functions), through C
+//! calling back into Python (`sorted` with a Python key), generators, deep recursion, traced
+//! statements (Code Hotspots) and an interpreter exec'd after the attach.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use ddtrace_tests::{
     agent_process::AgentProcess,
@@ -16,26 +20,92 @@ use ddtrace_tests::{
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(20);
 const SCRIPT: &str = "python_chain.py";
+const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
 
-/// Debian's interpreter and pyenv's, by (minor version, path). A missing one fails the test.
-fn interpreters() -> Vec<(u32, PathBuf)> {
-    let pyenv = std::env::var("PYENV_ROOT")
+fn script() -> PathBuf {
+    workspace_root().join("tests/apps").join(SCRIPT)
+}
+
+/// pyenv's CPython 3.`minor`: its interpreter. A missing one fails: the machine image has them.
+fn pyenv_python(minor: u32) -> PathBuf {
+    let root = std::env::var("PYENV_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv"));
-    let mut found = vec![(11, PathBuf::from("/usr/bin/python3.11"))];
-    for minor in 8..=13 {
-        let dir = std::fs::read_dir(pyenv.join("versions"))
-            .unwrap_or_else(|e| panic!("pyenv's versions under {}: {e}", pyenv.display()))
-            .flatten()
-            .map(|entry| entry.path())
-            .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("3.{minor}."))))
-            .unwrap_or_else(|| panic!("pyenv has no CPython 3.{minor} under {}", pyenv.display()));
-        found.push((minor, dir.join(format!("bin/python3.{minor}"))));
-    }
+    let prefix = format!("3.{minor}.");
+    std::fs::read_dir(root.join("versions"))
+        .unwrap_or_else(|e| panic!("pyenv's versions under {}: {e}", root.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .unwrap_or_else(|| panic!("pyenv has no CPython 3.{minor} under {}", root.display()))
+        .join(format!("bin/python3.{minor}"))
+}
+
+/// Every interpreter proven, by (minor version, path).
+fn interpreters() -> Vec<(u32, PathBuf)> {
+    let mut found = vec![(11, PathBuf::from(DEBIAN_PYTHON))];
+    found.extend((8..=13).map(|minor| (minor, pyenv_python(minor))));
     found
 }
 
-/// The sample's Python frames (those of the test script), leaf first, with their lines.
+/// What one profiled run left: the samples the agent received, and the daemon's stderr.
+struct Run {
+    samples: Vec<FlatSample>,
+    stderr: String,
+    agent: TestAgent,
+}
+
+impl Run {
+    /// `program args` (printing "ready", then working once told) under the agent until it exits.
+    fn of(program: &Path, args: &[&str], service: &str) -> Self {
+        let agent = TestAgent::start();
+        let mut app = NativeApp::spawn(program, args);
+        let pid = app.pid().to_string();
+        let url = agent.url();
+        let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
+        daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
+        app.go();
+        assert!(app.wait_exit(Duration::from_secs(30)).success());
+        let status = daemon.wait_exit(Duration::from_secs(20));
+        let stderr = daemon.stderr_text();
+        assert!(status.success(), "daemon exit {status}:\n{stderr}");
+        let samples = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
+        Self { samples, stderr, agent }
+    }
+
+    /// The chain script in `mode` for `seconds`.
+    fn chain(python: &Path, seconds: &str, mode: &str) -> Self {
+        Self::of(python, &[script().to_str().unwrap(), seconds, mode], "py-chain")
+    }
+
+    fn total(&self) -> i64 {
+        self.samples.iter().map(|s| s.values[0]).sum()
+    }
+
+    /// Samples whose script frames (root first) `keep` accepts.
+    fn count(&self, keep: impl Fn(&[(&str, i64)]) -> bool) -> i64 {
+        self.samples
+            .iter()
+            .filter(|s| {
+                let mut frames = script_frames(s);
+                frames.reverse();
+                keep(&frames)
+            })
+            .map(|s| s.values[0])
+            .sum()
+    }
+
+    fn describe(&self) -> String {
+        self.samples
+            .iter()
+            .take(12)
+            .map(|s| s.functions.iter().zip(&s.lines).rev().map(|(f, l)| format!("{f}:{l}")).collect::<Vec<_>>().join(";"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The sample's frames of the test script, leaf first, with their lines.
 fn script_frames(sample: &FlatSample) -> Vec<(&str, i64)> {
     sample
         .functions
@@ -47,23 +117,16 @@ fn script_frames(sample: &FlatSample) -> Vec<(&str, i64)> {
         .collect()
 }
 
-fn describe(samples: &[FlatSample]) -> String {
-    samples
-        .iter()
-        .take(12)
-        .map(|s| {
-            s.functions.iter().zip(&s.lines).rev().map(|(f, l)| format!("{f}:{l}")).collect::<Vec<_>>().join(";")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Whether `chain` (root first) are consecutive frames of `frames` (root first).
+fn has_chain(frames: &[(&str, i64)], chain: &[&str]) -> bool {
+    frames.windows(chain.len()).any(|w| w.iter().map(|(f, _)| *f).eq(chain.iter().copied()))
 }
 
-/// Where each function of the script is (first and last line), as the file says.
+/// Where a function of the script is (first and last line), as the file says.
 fn line_range(function: &str) -> (i64, i64) {
-    let source = std::fs::read_to_string(workspace_root().join("tests/apps").join(SCRIPT)).unwrap();
-    let name = function.rsplit('.').next().unwrap();
+    let source = std::fs::read_to_string(script()).unwrap();
     let lines: Vec<&str> = source.lines().collect();
-    let start = lines.iter().position(|l| l.trim_start().starts_with(&format!("def {name}("))).unwrap();
+    let start = lines.iter().position(|l| l.trim_start().starts_with(&format!("def {function}("))).unwrap();
     let indent = lines[start].len() - lines[start].trim_start().len();
     let end = (start + 1..lines.len())
         .find(|&i| !lines[i].trim().is_empty() && lines[i].len() - lines[i].trim_start().len() <= indent)
@@ -74,59 +137,35 @@ fn line_range(function: &str) -> (i64, i64) {
 #[test]
 fn python_frames_name_the_code_on_every_supported_cpython() {
     let _serial = ddtrace_tests::serial();
-    let script = workspace_root().join("tests/apps").join(SCRIPT);
+    let (gamma_first, gamma_last) = line_range("gamma_spin");
     let mut failures = Vec::new();
     for (minor, python) in interpreters() {
-        let agent = TestAgent::start();
-        let mut app = NativeApp::spawn(&python, &[script.to_str().unwrap(), "3"]);
-        let pid = app.pid().to_string();
-        let url = agent.url();
-        let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-chain"]);
-        daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
-        let stderr = daemon.stderr_text();
-        assert!(
-            stderr.contains(&format!("python: pid {pid} runs CPython 3.{minor}.")),
-            "{}: no line saying Python frames are read:\n{stderr}",
-            python.display()
-        );
-        app.go();
-        assert!(app.wait_exit(Duration::from_secs(30)).success());
-        let status = daemon.wait_exit(Duration::from_secs(20));
-        assert!(status.success(), "daemon exit {status}:\n{}", daemon.stderr_text());
-        let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
-        let total: i64 = samples.iter().map(|s| s.values[0]).sum();
-        let count = |keep: &dyn Fn(&[(&str, i64)]) -> bool| -> i64 {
-            samples.iter().filter(|s| keep(&script_frames(s))).map(|s| s.values[0]).sum()
-        };
+        let run = Run::chain(&python, "3", "");
+        let said = run.stderr.lines().any(|l| l.contains(&format!("runs CPython 3.{minor}")) && l.contains("Python frames"));
+        let total = run.total();
         // Before 3.11 code objects have no qualified name.
         let alpha = if minor >= 11 { "Worker.alpha_loop" } else { "alpha_loop" };
-        let in_chain = count(&|frames| {
-            let names: Vec<&str> = frames.iter().rev().map(|(f, _)| *f).collect();
-            names.windows(2).any(|w| w == [alpha, "beta_step"])
+        let in_chain = run.count(|frames| has_chain(frames, &[alpha, "beta_step"]));
+        let in_gamma = run.count(|frames| frames.last().is_some_and(|(f, _)| *f == "gamma_spin"));
+        let on_its_lines = run.count(|frames| {
+            frames.last().is_some_and(|(f, line)| *f == "gamma_spin" && (gamma_first..=gamma_last).contains(line))
         });
-        let in_gamma = count(&|frames| frames.first().is_some_and(|(f, _)| *f == "gamma_spin"));
-        let through_sorted = count(&|frames| {
-            let names: Vec<&str> = frames.iter().rev().map(|(f, _)| *f).collect();
-            names.windows(3).any(|w| w == ["beta_step", "sort_key", "gamma_spin"])
-        });
-        let (gamma_first, gamma_last) = line_range("gamma_spin");
-        let gamma_lines_right = count(&|frames| {
-            frames.first().is_some_and(|(f, line)| *f == "gamma_spin" && (gamma_first..=gamma_last).contains(line))
-        });
+        let through_sorted = run.count(|frames| has_chain(frames, &["beta_step", "sort_key", "gamma_spin"]));
         let verdict = format!(
             "3.{minor} ({}): {total} samples, {in_chain} in {alpha} -> beta_step, {in_gamma} in gamma_spin \
-             ({gamma_lines_right} on its lines {gamma_first}-{gamma_last}), {through_sorted} through sorted()",
+             ({on_its_lines} on its lines {gamma_first}-{gamma_last}), {through_sorted} through sorted()",
             python.display()
         );
         eprintln!("{verdict}");
         // Two busy threads for 3 s at 100 Hz; the VM may lend less.
-        let ok = total >= 200
+        let ok = said
+            && total >= 200
             && in_chain * 100 >= total * 85
             && in_gamma * 100 >= total * 50
-            && gamma_lines_right == in_gamma
+            && on_its_lines == in_gamma
             && through_sorted > 0;
         if !ok {
-            failures.push(format!("{verdict}\n{}", describe(&samples)));
+            failures.push(format!("{verdict}; line said: {said}\n{}\n{}", run.describe(), run.stderr));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -135,167 +174,102 @@ fn python_frames_name_the_code_on_every_supported_cpython() {
 #[test]
 fn an_interpreter_of_an_unknown_version_is_said_and_profiled_natively() {
     let _serial = ddtrace_tests::serial();
-    let pyenv = std::env::var("HOME").map(PathBuf::from).unwrap_or_else(|_| "/root".into()).join(".pyenv/versions");
-    let python = std::fs::read_dir(&pyenv)
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("3.7.")))
-        .unwrap_or_else(|| panic!("pyenv has no CPython 3.7 under {}", pyenv.display()))
-        .join("bin/python3.7");
-    let agent = TestAgent::start();
-    let script = workspace_root().join("tests/apps").join(SCRIPT);
-    let mut app = NativeApp::spawn(&python, &[script.to_str().unwrap(), "2"]);
-    let pid = app.pid().to_string();
-    let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-old"]);
-    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
-    app.go();
-    assert!(app.wait_exit(Duration::from_secs(30)).success());
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
-    let stderr = daemon.stderr_text();
-    let line = format!("python: pid {pid}: CPython 3.7 (");
+    let run = Run::chain(&pyenv_python(7), "2", "");
     assert!(
-        stderr.lines().any(|l| l.contains(&line) && l.contains("is not a version this agent can read frames of (3.8 to 3.13)")),
-        "no line saying why there are no Python frames:\n{stderr}"
+        run.stderr.lines().any(|l| l.contains(": CPython 3.7 (")
+            && l.contains("is not a version this agent can read frames of (3.8 to 3.13)")),
+        "no line saying why there are no Python frames:\n{}",
+        run.stderr
     );
-    let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
-    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
-    assert!(total >= 100, "the profile goes on, with native frames: {total} samples");
-    assert!(samples.iter().all(|s| script_frames(s).is_empty()), "no Python frame from a layout we do not know");
+    assert!(run.total() >= 100, "the profile goes on, with native frames: {} samples", run.total());
+    assert!(run.samples.iter().all(|s| script_frames(s).is_empty()), "no Python frame from a layout we do not know");
     assert!(
-        samples.iter().any(|s| s.functions.iter().any(|f| f.starts_with("_PyEval_EvalFrameDefault"))),
+        run.samples.iter().any(|s| s.functions.iter().any(|f| f.starts_with("_PyEval_EvalFrameDefault"))),
         "{}",
-        describe(&samples)
+        run.describe()
     );
 }
 
 #[test]
 fn samples_in_a_traced_statement_carry_its_span_and_the_python_code_that_ran_it() {
     let _serial = ddtrace_tests::serial();
-    let agent = TestAgent::start();
-    let script = workspace_root().join("tests/apps").join(SCRIPT);
-    let python = PathBuf::from("/usr/bin/python3.11");
-    let mut app = NativeApp::spawn(&python, &[script.to_str().unwrap(), "3", "sql"]);
-    let pid = app.pid().to_string();
-    let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-sql"]);
-    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
-    app.go();
-    assert!(app.wait_exit(Duration::from_secs(30)).success());
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
+    let run = Run::chain(Path::new(DEBIAN_PYTHON), "3", "sql");
     let span_ids: std::collections::HashSet<u64> =
-        agent.spans().iter().filter(|s| s["name"] == "sqlite.query").filter_map(|s| s["span_id"].as_u64()).collect();
-    assert!(span_ids.len() > 20, "{} statements traced:\n{}", span_ids.len(), daemon.stderr_text());
-    let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
-    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
-    let linked: Vec<&FlatSample> = samples.iter().filter(|s| s.num_label("span id").is_some()).collect();
+        run.agent.spans().iter().filter(|s| s["name"] == "sqlite.query").filter_map(|s| s["span_id"].as_u64()).collect();
+    assert!(span_ids.len() > 20, "{} statements traced:\n{}", span_ids.len(), run.stderr);
+    let linked: Vec<&FlatSample> = run.samples.iter().filter(|s| s.num_label("span id").is_some()).collect();
     let linked_count: i64 = linked.iter().map(|s| s.values[0]).sum();
     // The statements hold nearly all the CPU time.
-    assert!(linked_count * 100 >= total * 80, "{linked_count} of {total} samples carry a span id");
+    assert!(linked_count * 100 >= run.total() * 80, "{linked_count} of {} samples carry a span id", run.total());
     for sample in &linked {
         let span_id = sample.num_label("span id").unwrap() as u64;
         assert!(span_ids.contains(&span_id), "span id {span_id} of a sample is no statement the agent received");
     }
     // Code Hotspots: what ran in the span, down to the Python function that issued it.
-    let in_python = linked
+    let in_python: i64 = linked
         .iter()
         .filter(|s| {
-            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
-            names.windows(3).any(|w| w == ["Worker.alpha_loop", "beta_step", "heavy_query"])
+            let mut frames = script_frames(s);
+            frames.reverse();
+            has_chain(&frames, &["Worker.alpha_loop", "beta_step", "heavy_query"])
         })
         .map(|s| s.values[0])
-        .sum::<i64>();
+        .sum();
     assert!(
         in_python * 100 >= linked_count * 95,
         "{in_python} of {linked_count} linked samples show alpha_loop -> beta_step -> heavy_query:\n{}",
-        describe(&samples)
+        run.describe()
     );
-    agent.assert_checks_passed();
-}
-
-/// Runs the chain in `mode` under the agent on `python` for 2 s; the samples received.
-fn chain_samples(python: &std::path::Path, mode: &str) -> Vec<FlatSample> {
-    let agent = TestAgent::start();
-    let script = workspace_root().join("tests/apps").join(SCRIPT);
-    let mut app = NativeApp::spawn(python, &[script.to_str().unwrap(), "2", mode]);
-    let pid = app.pid().to_string();
-    let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "py-chain"]);
-    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
-    app.go();
-    assert!(app.wait_exit(Duration::from_secs(30)).success());
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
-    received_profiles(&agent).iter().flat_map(|p| p.samples()).collect()
+    run.agent.assert_checks_passed();
 }
 
 #[test]
 fn deep_recursion_keeps_the_innermost_frames_and_says_the_rest_was_cut() {
     let _serial = ddtrace_tests::serial();
-    let samples = chain_samples(std::path::Path::new("/usr/bin/python3.11"), "deep");
-    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
-    let deep: i64 = samples
+    let run = Run::chain(Path::new(DEBIAN_PYTHON), "2", "deep");
+    let cut = |s: &FlatSample| s.functions.iter().any(|f| f == "[more Python frames]");
+    let deep: i64 = run
+        .samples
         .iter()
         .filter(|s| {
             let frames = script_frames(s);
-            frames.first().is_some_and(|(f, _)| *f == "gamma_spin")
+            cut(s)
+                && frames.first().is_some_and(|(f, _)| *f == "gamma_spin")
                 && frames.iter().filter(|(f, _)| *f == "recurse").count() >= 60
-                && s.functions.iter().any(|f| f == "[more Python frames]")
         })
         .map(|s| s.values[0])
         .sum();
-    assert!(deep * 100 >= total * 85, "{deep} of {total} samples deep in recurse, cut and said so:\n{}", describe(&samples));
+    assert!(deep * 100 >= run.total() * 85, "{deep} of {} samples deep in recurse, cut and said so:\n{}", run.total(), run.describe());
 }
 
 #[test]
 fn a_generator_reads_as_called_from_the_loop_that_consumes_it() {
     let _serial = ddtrace_tests::serial();
-    let samples = chain_samples(std::path::Path::new("/usr/bin/python3.11"), "gen");
-    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
-    let in_generator: i64 = samples
-        .iter()
-        .filter(|s| {
-            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
-            names.windows(3).any(|w| w == ["beta_step", "squares", "gamma_spin"])
-        })
-        .map(|s| s.values[0])
-        .sum();
-    assert!(in_generator * 100 >= total * 85, "{in_generator} of {total} samples in beta_step -> squares -> gamma_spin:\n{}", describe(&samples));
+    let run = Run::chain(Path::new(DEBIAN_PYTHON), "2", "gen");
+    let in_generator = run.count(|frames| has_chain(frames, &["beta_step", "squares", "gamma_spin"]));
+    assert!(
+        in_generator * 100 >= run.total() * 85,
+        "{in_generator} of {} samples in beta_step -> squares -> gamma_spin:\n{}",
+        run.total(),
+        run.describe()
+    );
 }
 
 #[test]
 fn a_python_started_by_a_traced_shell_gets_its_frames_once_it_has_loaded_libpython() {
     let _serial = ddtrace_tests::serial();
-    let (minor, python) = interpreters().into_iter().find(|(minor, _)| *minor == 12).unwrap();
-    let agent = TestAgent::start();
-    let script = workspace_root().join("tests/apps").join(SCRIPT);
-    // The shell forks and execs the interpreter after the agent attached; pyenv's maps its
-    // libpython only after the exec.
-    let command = format!("echo ready; read line; echo go | {} {} 2 > /dev/null", python.display(), script.display());
-    let mut app = NativeApp::spawn(std::path::Path::new("/bin/sh"), &["-c", &command]);
-    let url = agent.url();
-    let shell = app.pid().to_string();
-    let mut daemon = AgentProcess::start(&["--pid", &shell, "--agent-url", &url, "--service", "py-exec"]);
-    daemon.wait_for_stderr("profiling: sampling CPU at 100 Hz", ATTACH_TIMEOUT);
-    app.go();
-    assert!(app.wait_exit(Duration::from_secs(30)).success());
-    assert!(daemon.wait_exit(Duration::from_secs(20)).success());
-    let stderr = daemon.stderr_text();
-    assert!(stderr.contains(&format!("runs CPython 3.{minor}.")), "the exec'd interpreter was not found:\n{stderr}");
-    let samples: Vec<FlatSample> = received_profiles(&agent).iter().flat_map(|p| p.samples()).collect();
-    let in_chain: i64 = samples
-        .iter()
-        .filter(|s| {
-            let names: Vec<&str> = script_frames(s).iter().rev().map(|(f, _)| *f).collect();
-            names.windows(2).any(|w| w == ["Worker.alpha_loop", "beta_step"])
-        })
-        .map(|s| s.values[0])
-        .sum();
-    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    // The shell forks and execs the interpreter after the attach; pyenv's maps its libpython
+    // only after the exec, so it is found at its samples.
+    let python = pyenv_python(12);
+    let command = format!("echo ready; read line; echo go | {} {} 2 > /dev/null", python.display(), script().display());
+    let run = Run::of(Path::new("/bin/sh"), &["-c", &command], "py-exec");
+    assert!(run.stderr.contains("runs CPython 3.12."), "the exec'd interpreter was not found:\n{}", run.stderr);
+    let in_chain = run.count(|frames| has_chain(frames, &["Worker.alpha_loop", "beta_step"]));
     // Found within 0.2 s of its first samples.
     assert!(
-        in_chain * 100 >= total * 80,
-        "{in_chain} of {total} samples in Worker.alpha_loop -> beta_step:\n{}",
-        describe(&samples)
+        in_chain * 100 >= run.total() * 80,
+        "{in_chain} of {} samples in Worker.alpha_loop -> beta_step:\n{}",
+        run.total(),
+        run.describe()
     );
 }

@@ -168,6 +168,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let mut agent_cpu = Duration::ZERO;
     // The spans go the way users' do (msgpack to an agent's intake), to a sink that costs nothing.
     let sink = crate::bench_sink::TraceSink::start()?;
+    let mut writer_dropped = 0;
     for cycle in 1..=cycles {
         let mut agent = start_agent(
             &agent_binary,
@@ -188,7 +189,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         ours.cycles.push(measure(&mut target, &format!("(c) ddtrace programs, cycle {cycle}"))?);
         let children_cpu_before = children_cpu_time();
         let stderr = agent.stop()?;
-        if let Ok(path) = std::env::var("BENCH_AGENT_LOG") { let _ = fs::write(path, stderr.join("\n")); }
+        writer_dropped += dropped_chunks(&stderr);
         agent_cpu += children_cpu_time().saturating_sub(children_cpu_before);
         let cycle_counters = KernelCounters::parse(&stderr).with_context(|| {
             format!("the agent's exit line with its kernel counters is missing; its stderr:\n{}", stderr.join("\n"))
@@ -217,6 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         agent_cpu,
         sink_traces: sink.counts.traces.load(std::sync::atomic::Ordering::Relaxed),
         sink_bytes: sink.counts.body_bytes.load(std::sync::atomic::Ordering::Relaxed),
+        writer_dropped,
         steal: steal_time().saturating_sub(steal_before),
         elapsed: run_started.elapsed(),
     };
@@ -732,6 +734,15 @@ impl KernelCounters {
     }
 }
 
+/// The trace chunks an agent's exit line says its writer dropped (`dropped_chunks=N`).
+fn dropped_chunks(stderr: &[String]) -> u64 {
+    stderr
+        .iter()
+        .filter_map(|line| line.split_whitespace().find_map(|field| field.strip_prefix("dropped_chunks=")))
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum()
+}
+
 struct Report {
     /// Share of CPU other work used just before the run.
     background_busy: f64,
@@ -752,6 +763,8 @@ struct Report {
     /// Traces (one span each) and msgpack bytes the (c) agents delivered to the bench's sink.
     sink_traces: u64,
     sink_bytes: u64,
+    /// Traces the (c) agents dropped because their intake could not keep up (their exit lines).
+    writer_dropped: u64,
     /// vCPU time the hypervisor gave to others during the run (`steal` in /proc/stat).
     steal: Duration,
     elapsed: Duration,
@@ -872,10 +885,13 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "  (c) delivered: {} traces of {} traced calls, {:.1} MB of msgpack, to the bench's intake",
+            "  (c) delivered: {} traces of {} traced calls, {:.1} MB of msgpack, to the bench's intake; {} dropped \
+             by the agents' trace writers (sending slower than the calls came){}",
             self.sink_traces,
             self.traced_calls(),
-            self.sink_bytes as f64 / 1e6
+            self.sink_bytes as f64 / 1e6,
+            self.writer_dropped,
+            if self.sink_traces + self.writer_dropped < self.traced_calls() { "  <- SOME UNACCOUNTED FOR" } else { "" }
         );
         let _ = writeln!(
             out,
@@ -931,7 +947,7 @@ impl Report {
   "ddtrace_events": {{"events": {events}, "dropped_ring_full": {dropped}, "expected": {expected}}},
   "ddtrace_agent_cpu_ns_per_call": {agent_cpu},
   "ddtrace_agent_cpu_ns_per_event": {agent_cpu_event},
-  "delivered": {{"traces": {sink_traces}, "msgpack_bytes": {sink_bytes}}}
+  "delivered": {{"traces": {sink_traces}, "msgpack_bytes": {sink_bytes}, "dropped_by_writer": {writer_dropped}}}
 }}
 "#,
             target = string(&self.target_binary.display().to_string()),
@@ -960,6 +976,7 @@ impl Report {
             agent_cpu_event = number(self.agent_cpu_ns_per_event()),
             sink_traces = self.sink_traces,
             sink_bytes = self.sink_bytes,
+            writer_dropped = self.writer_dropped,
         )
     }
 }

@@ -19,5 +19,5 @@ pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};
 pub use hub::{CoreEvent, EventHub};
 pub use identities::{Identities, ProcessIdentity};
 pub use ids::{new_span_id, new_trace_id};
-pub use sample::{ActiveContext, CpuSample, InterpreterFrames};
+pub use sample::{ActiveContext, CpuSample};
 pub use tree::{ContextId, ContextTree, RemoteParent};

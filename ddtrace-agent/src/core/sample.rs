@@ -27,15 +27,8 @@ pub struct CpuSample {
     pub stack: Box<[u8]>,
     /// The interpreter's frames at the sample, as the kernel read them (a CPython thread's),
     /// for the profiler to name and put among the native ones.
-    pub interpreter: Option<InterpreterFrames>,
+    pub interpreter: Option<crate::interpreters::InterpreterFrames>,
     /// Filled by core: the context open on the thread at the sample, if any.
     pub active: Option<ActiveContext>,
 }
 
-/// Interpreter frames, innermost first, as the sampler recorded them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InterpreterFrames {
-    pub frames: Box<[ddtrace_common::PythonFrame]>,
-    /// Bits of `ddtrace_common::python_stack_flags`.
-    pub flags: u32,
-}

@@ -7,9 +7,9 @@ use std::{
 use crate::{
     core::{ContextTree, WallClock},
     integrations::Integration,
-    interpreters::Interpreters,
+    interpreters::{InterpreterFrames, Interpreters},
     probes::{
-        Detacher, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope, ProcessChange,
+        Detacher, InterpreterStack, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope, ProcessChange,
         ProcessChangeKind,
     },
     symbols::{ElfSymbols, SymbolError},
@@ -224,9 +224,14 @@ impl Instrumenter {
         }
     }
 
-    /// Looks for an interpreter in `pid`, newly traced, forked or exec'd (see [`Interpreters`]).
+    /// Looks for an interpreter in `pid`, newly traced or exec'd (see [`Interpreters`]).
     pub fn interpreter_started(&mut self, pid: u32) -> Option<String> {
         self.interpreters.process_started(pid, &mut self.programs)
+    }
+
+    /// A forked `child` runs its parent's interpreter.
+    pub fn interpreter_forked(&mut self, parent: u32, child: u32) -> Option<String> {
+        self.interpreters.process_forked(parent, child, &mut self.programs)
     }
 
     /// A sample of `pid` came: looks again for an interpreter it may have loaded since.
@@ -235,13 +240,13 @@ impl Instrumenter {
     }
 
     /// Keeps a thread's interpreter frames for its coming sample.
-    pub fn hold_interpreter_frames(&mut self, stack: crate::probes::PythonStack) {
+    pub fn hold_interpreter_frames(&mut self, stack: InterpreterStack) {
         self.interpreters.hold(stack);
     }
 
-    /// The interpreter frames recorded with the sample of `tid` at `ktime_ns`.
-    pub fn interpreter_frames(&mut self, tid: u32, ktime_ns: u64) -> Option<crate::core::InterpreterFrames> {
-        self.interpreters.take(tid, ktime_ns)
+    /// The interpreter frames recorded with the sample of `tid` of `pid` at `ktime_ns`.
+    pub fn interpreter_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> Option<InterpreterFrames> {
+        self.interpreters.take(pid, tid, ktime_ns)
     }
 
     pub fn programs(&self) -> &KernelPrograms {

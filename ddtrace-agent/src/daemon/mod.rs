@@ -583,7 +583,12 @@ fn handle_events(
                 }
                 if let Some(outcome) = process_outcome {
                     match outcome {
-                        ProcessOutcome::Forked { child, .. } => note_runtime(instrumenter, streams, child),
+                        ProcessOutcome::Forked { child, .. } => {
+                            streams.set_threads_shared(child, runs_go(child));
+                            if let Some(line) = instrumenter.interpreter_forked(change.tgid, child) {
+                                eprintln!("ddtrace-agent: {line}");
+                            }
+                        }
                         ProcessOutcome::Execed { pid, .. } => {
                             note_runtime(instrumenter, streams, pid);
                             match node.and_then(|node| node.execed(pid)) {
@@ -622,12 +627,12 @@ fn handle_events(
                 }
                 None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
             },
-            KernelEvent::PythonStack(stack) => instrumenter.hold_interpreter_frames(stack),
+            KernelEvent::InterpreterStack(stack) => instrumenter.hold_interpreter_frames(stack),
             KernelEvent::StackSample(sample) => {
                 if let Some(line) = instrumenter.interpreter_sampled(sample.tgid) {
                     eprintln!("ddtrace-agent: {line}");
                 }
-                let interpreter = instrumenter.interpreter_frames(sample.tid, sample.ktime_ns);
+                let interpreter = instrumenter.interpreter_frames(sample.tgid, sample.tid, sample.ktime_ns);
                 contexts.cpu_sampled(sample.ktime_ns, core_sample(sample, interpreter))
             }
             KernelEvent::Socket(activity) => {
@@ -644,7 +649,8 @@ fn handle_events(
     }
 }
 
-/// Tells the HTTP integration whether `pid` runs Go, whose goroutines share OS threads.
+/// What runs `pid`, newly traced or exec'd: tells the HTTP integration whether it is Go (whose
+/// goroutines share OS threads), and the sampler how to walk its interpreter's frames, if any.
 fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32) {
     streams.set_threads_shared(pid, runs_go(pid));
     if let Some(line) = instrumenter.interpreter_started(pid) {
@@ -652,7 +658,7 @@ fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid:
     }
 }
 
-fn core_sample(sample: StackSample, interpreter: Option<crate::core::InterpreterFrames>) -> CpuSample {
+fn core_sample(sample: StackSample, interpreter: Option<crate::interpreters::InterpreterFrames>) -> CpuSample {
     CpuSample {
         tgid: sample.tgid,
         tid: sample.tid,

@@ -213,7 +213,11 @@ impl TraceSink for AgentExporter {
                         debug!(chunks = count, container, agent_response = %body, "sent traces to the agent")
                     }
                     Ok(AgentResponse::Unchanged) => debug!(chunks = count, container, "sent traces to the agent"),
-                    Err(e) => first_error = first_error.or(Some(e)),
+                    Err(e) => {
+                        // The next payloads would wait out the same timeouts and retries.
+                        first_error = first_error.or(Some(e));
+                        break;
+                    }
                 }
             }
         }

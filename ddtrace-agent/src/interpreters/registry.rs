@@ -1,26 +1,31 @@
 //! Which traced processes run an interpreter whose frames the sampler walks: found when a
-//! process is selected, forks or execs, told to the kernel, forgotten at exit. Also holds each
-//! thread's interpreter frames from their record until the thread's native sample comes.
+//! process is selected or execs (a forked child inherits its parent's), told to the kernel,
+//! forgotten at exit. Also holds each thread's interpreter frames from their record until the
+//! thread's native sample comes.
 
 use std::{
     collections::HashMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use super::python::{PythonError, PythonRuntime};
-use crate::{
-    core::InterpreterFrames,
-    probes::{KernelPrograms, PythonStack},
+use super::{
+    python::{PythonError, PythonRuntime},
+    InterpreterFrames,
 };
+use crate::probes::{InterpreterStack, KernelPrograms};
 
 /// A process that ran no interpreter when looked at may load one later (a shared libpython is
 /// mapped after the exec): it is looked at again on its samples, this often, this long.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
 const RETRY_FOR: Duration = Duration::from_secs(30);
+/// Threads whose frames wait for their sample; beyond, the oldest records are dropped (a sample
+/// lost to a full ring leaves its frames behind).
+const MAX_HELD: usize = 4096;
 
 enum Seen {
-    Walked,
-    /// No interpreter, or one we cannot read: (first look, last look).
+    Walked(Arc<PythonRuntime>),
+    /// No interpreter, or one we cannot read: (first look, last look, whether to look again).
     Without { first: Instant, last: Instant, retry: bool },
 }
 
@@ -28,7 +33,7 @@ enum Seen {
 pub struct Interpreters {
     processes: HashMap<u32, Seen>,
     /// By thread: the frames of its coming sample (with that sample's ktime).
-    held: HashMap<u32, PythonStack>,
+    held: HashMap<u32, InterpreterStack>,
 }
 
 impl Interpreters {
@@ -36,40 +41,55 @@ impl Interpreters {
         Self::default()
     }
 
-    /// Looks for an interpreter in `pid` (selected, forked, or just exec'd) and, when there is one
-    /// we can read, tells the sampler to walk its frames. Returns a line for the user, if any.
+    /// Looks for an interpreter in `pid` (selected, or just exec'd) and, when there is one we can
+    /// read, tells the sampler to walk its frames. Returns a line for the user, if any.
     pub fn process_started(&mut self, pid: u32, programs: &mut KernelPrograms) -> Option<String> {
         programs.forget_python_frames(pid);
         let now = Instant::now();
+        let without = |retry| Seen::Without { first: now, last: now, retry };
         let (seen, line) = match PythonRuntime::find(pid) {
-            Ok(Some(runtime)) => {
-                let layout = runtime.layout;
-                let tss_key = runtime.tss_key_address;
-                match programs.walk_python_frames(pid, |fsbase| layout.kernel_layout(tss_key, fsbase)) {
-                    Ok(true) => (
-                        Seen::Walked,
-                        Some(format!(
-                            "python: pid {pid} runs CPython {} ({}): Python frames in its profiles",
-                            runtime.version_text(),
-                            runtime.binary.display()
-                        )),
-                    ),
-                    Ok(false) => (Seen::Without { first: now, last: now, retry: false }, None),
-                    Err(error) => (
-                        Seen::Without { first: now, last: now, retry: false },
-                        Some(format!("python: pid {pid}: {error}")),
-                    ),
-                }
-            }
-            Ok(None) => (Seen::Without { first: now, last: now, retry: true }, None),
+            Ok(Some(runtime)) => self.walk(pid, Arc::new(runtime), programs),
+            Ok(None) => (without(true), None),
             Err(error @ PythonError::Unreadable { .. }) => {
                 tracing::debug!(pid, %error, "python");
-                (Seen::Without { first: now, last: now, retry: true }, None)
+                (without(true), None)
             }
-            Err(error) => (Seen::Without { first: now, last: now, retry: false }, Some(format!("python: pid {pid}: {error}"))),
+            Err(error) => (without(false), Some(format!("python: pid {pid}: {error}"))),
         };
         self.processes.insert(pid, seen);
         line
+    }
+
+    /// A forked child has its parent's memory: its parent's interpreter, at the same addresses,
+    /// without reading its files again (a pre-fork server starts workers by the dozen).
+    pub fn process_forked(&mut self, parent: u32, child: u32, programs: &mut KernelPrograms) -> Option<String> {
+        match self.processes.get(&parent) {
+            Some(Seen::Walked(runtime)) => {
+                let runtime = Arc::new(PythonRuntime { pid: child, ..(**runtime).clone() });
+                let (seen, _) = self.walk(child, runtime, programs);
+                self.processes.insert(child, seen);
+                None
+            }
+            _ => self.process_started(child, programs),
+        }
+    }
+
+    fn walk(&self, pid: u32, runtime: Arc<PythonRuntime>, programs: &mut KernelPrograms) -> (Seen, Option<String>) {
+        let layout = runtime.layout;
+        let tss_key = runtime.tss_key_address;
+        let now = Instant::now();
+        match programs.walk_python_frames(pid, |fsbase| layout.kernel_layout(tss_key, fsbase)) {
+            Ok(true) => {
+                let line = format!(
+                    "python: pid {pid} runs CPython {} ({}): Python frames in its profiles",
+                    runtime.version_text(),
+                    runtime.binary.display()
+                );
+                (Seen::Walked(runtime), Some(line))
+            }
+            Ok(false) => (Seen::Without { first: now, last: now, retry: false }, None),
+            Err(error) => (Seen::Without { first: now, last: now, retry: false }, Some(format!("python: pid {pid}: {error}"))),
+        }
     }
 
     /// On a sample of `pid`: looks again at a process that had no interpreter, when it is due.
@@ -94,13 +114,21 @@ impl Interpreters {
     }
 
     /// Keeps a thread's frames for its sample, which the kernel writes right after them.
-    pub fn hold(&mut self, stack: PythonStack) {
+    pub fn hold(&mut self, stack: InterpreterStack) {
+        if self.held.len() >= MAX_HELD {
+            self.held.clear();
+        }
         self.held.insert(stack.tid, stack);
     }
 
-    /// The frames recorded with the sample of thread `tid` taken at `ktime_ns`, if any.
-    pub fn take(&mut self, tid: u32, ktime_ns: u64) -> Option<InterpreterFrames> {
+    /// The frames recorded with the sample of thread `tid` of `pid` taken at `ktime_ns`, if any.
+    pub fn take(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> Option<InterpreterFrames> {
         let stack = self.held.remove(&tid)?;
-        (stack.ktime_ns == ktime_ns).then_some(InterpreterFrames { frames: stack.frames, flags: stack.flags })
+        let Some(Seen::Walked(runtime)) = self.processes.get(&pid) else { return None };
+        (stack.ktime_ns == ktime_ns).then(|| InterpreterFrames {
+            frames: stack.frames,
+            flags: stack.flags,
+            runtime: runtime.clone(),
+        })
     }
 }

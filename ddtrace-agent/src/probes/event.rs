@@ -13,8 +13,8 @@ pub enum KernelEvent {
     Process(ProcessChange),
     /// The CPU sampler caught a thread of a tracked process running.
     StackSample(StackSample),
-    /// The Python frames of a thread about to be reported by its `StackSample`.
-    PythonStack(PythonStack),
+    /// The interpreter frames of a thread about to be reported by its `StackSample`.
+    InterpreterStack(InterpreterStack),
     /// A tracked process used a socket.
     Socket(SocketActivity),
     /// Node mode: a new program opted in (`DD_SERVICE` in its environment) and is tracked.
@@ -101,7 +101,7 @@ pub struct StackSample {
 
 /// The Python frames of a sampled thread, innermost first, as the sampler read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PythonStack {
+pub struct InterpreterStack {
     pub tid: u32,
     /// The same as its `StackSample`'s.
     pub ktime_ns: u64,
@@ -113,13 +113,13 @@ pub struct PythonStack {
 /// The fixed part of a Python stack record (`frame_count` frames follow).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct PythonStackHead {
+struct InterpreterStackHead {
     header: EventHeader,
     frame_count: u32,
     flags: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<PythonStackHead>() == PYTHON_STACK_HEADER_BYTES);
+const _: () = assert!(std::mem::size_of::<InterpreterStackHead>() == PYTHON_STACK_HEADER_BYTES);
 
 /// The fixed part of a sample record (the stack copy follows, `stack_len` bytes).
 #[repr(C)]
@@ -250,7 +250,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     match header.kind {
         event_kind::PROCESS_FORK | event_kind::PROCESS_EXEC | event_kind::PROCESS_EXIT => process_change(header.kind),
         event_kind::STACK_SAMPLE => decode_stack_sample(bytes),
-        event_kind::PYTHON_STACK => decode_python_stack(bytes),
+        event_kind::PYTHON_STACK => decode_interpreter_stack(bytes),
         event_kind::SOCKET => decode_socket(bytes),
         event_kind::PROCESS_OPT_IN => {
             let event: OptInEvent = read(bytes, "opt-in")?;
@@ -289,15 +289,15 @@ fn decode_stack_sample(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 }
 
 /// The frames the record holds: `frame_count`, bounded by the record's length and the maximum.
-fn decode_python_stack(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
-    let head: PythonStackHead = read(bytes, "python stack")?;
+fn decode_interpreter_stack(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
+    let head: InterpreterStackHead = read(bytes, "interpreter stack")?;
     let frame_bytes = std::mem::size_of::<PythonFrame>();
     let available = (bytes.len() - PYTHON_STACK_HEADER_BYTES) / frame_bytes;
     let count = (head.frame_count as usize).min(available).min(MAX_PYTHON_FRAMES);
     let frames = (0..count)
-        .map(|i| read::<PythonFrame>(&bytes[PYTHON_STACK_HEADER_BYTES + i * frame_bytes..], "python frame"))
+        .map(|i| read::<PythonFrame>(&bytes[PYTHON_STACK_HEADER_BYTES + i * frame_bytes..], "interpreter frame"))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(KernelEvent::PythonStack(PythonStack {
+    Ok(KernelEvent::InterpreterStack(InterpreterStack {
         tid: head.header.tid,
         ktime_ns: head.header.ktime_ns,
         frames: frames.into(),

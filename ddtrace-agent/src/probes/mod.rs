@@ -18,7 +18,7 @@ pub use counters::KernelCounters;
 pub use detacher::Detacher;
 pub use event::{
     decode, DecodeError, EntryData, ExitData, KernelEvent, OptIn, ProbeEvent, ProcessChange, ProcessChangeKind,
-    PythonStack, SocketActivity, SocketOp, StackSample,
+    InterpreterStack, SocketActivity, SocketOp, StackSample,
 };
 pub use loader::{KernelPrograms, NodeExecs, ProbeError, ProbeId, ProbeLinks};
 pub use reader::{EventReader, MAX_BATCH};

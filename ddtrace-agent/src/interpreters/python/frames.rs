@@ -36,7 +36,6 @@ struct CodeInfo {
     first_line: i64,
     line_table: Box<[u8]>,
     identity: [u64; 4],
-    checked_at: Instant,
 }
 
 /// How often a cached code object is checked to still be the same object.
@@ -50,10 +49,17 @@ const MAX_LINE_TABLE: u64 = 64 * 1024;
 /// Bytes of a code object that hold every field we read (3.11's line table pointer ends at 144).
 const CODE_HEAD_BYTES: usize = 144;
 
+/// A cached answer for one address: the code object there, or none (not a code object, or
+/// unreadable), and when it was last checked.
+struct Cached {
+    code: Option<CodeInfo>,
+    checked_at: Instant,
+}
+
 /// Names the frames of one process's interpreter.
 pub struct PythonFrames {
-    runtime: PythonRuntime,
-    codes: HashMap<u64, Option<CodeInfo>>,
+    runtime: Arc<PythonRuntime>,
+    codes: HashMap<u64, Cached>,
     /// Frames that named no code object (freed, or not code).
     pub unnamed: u64,
 }
@@ -62,11 +68,11 @@ pub struct PythonFrames {
 pub const UNKNOWN_FUNCTION: &str = "[unknown Python frame]";
 
 impl PythonFrames {
-    pub fn new(runtime: PythonRuntime) -> Self {
+    pub fn new(runtime: Arc<PythonRuntime>) -> Self {
         Self { runtime, codes: HashMap::new(), unnamed: 0 }
     }
 
-    pub fn runtime(&self) -> &PythonRuntime {
+    pub fn runtime(&self) -> &Arc<PythonRuntime> {
         &self.runtime
     }
 
@@ -111,29 +117,36 @@ impl PythonFrames {
         NamedFrame { function: code.function.clone(), file: code.file.clone(), line }
     }
 
+    /// The code object at `address`, read again when its answer is older than [`RECHECK`] and
+    /// the object there is not the one read before (a negative answer is simply read again).
     fn code(&mut self, address: u64) -> Option<&CodeInfo> {
         let pid = self.runtime.pid;
         let layout = self.runtime.layout;
-        let stale = match self.codes.get(&address) {
-            None => true,
-            Some(None) => false,
-            Some(Some(info)) => {
-                info.checked_at.elapsed() >= RECHECK && read_identity(pid, address, &layout) != Some(info.identity)
-            }
+        let fresh = match self.codes.get(&address) {
+            None => false,
+            Some(cached) if cached.checked_at.elapsed() < RECHECK => true,
+            Some(Cached { code: Some(code), .. }) => read_identity(pid, address, &layout) == Some(code.identity),
+            Some(Cached { code: None, .. }) => false,
         };
-        if stale {
+        if !fresh {
             if self.codes.len() >= CODE_CACHE_LIMIT {
                 self.codes.clear();
             }
-            let info = read_code(pid, address, &layout, self.runtime.code_type);
-            self.codes.insert(address, info);
-        } else if let Some(Some(info)) = self.codes.get_mut(&address) {
-            if info.checked_at.elapsed() >= RECHECK {
-                info.checked_at = Instant::now();
-            }
+            let code = read_code(pid, address, &layout, self.runtime.code_type);
+            self.codes.insert(address, Cached { code, checked_at: Instant::now() });
         }
-        self.codes.get(&address)?.as_ref()
+        let cached = self.codes.get_mut(&address)?;
+        if fresh && cached.checked_at.elapsed() >= RECHECK {
+            cached.checked_at = Instant::now();
+        }
+        cached.code.as_ref()
     }
+}
+
+/// Whether a native function is CPython's eval loop, each call of which runs a group of Python
+/// frames (its `.cold` part included).
+pub fn runs_frame_groups(native_function: &str) -> bool {
+    native_function.starts_with("_PyEval_EvalFrameDefault")
 }
 
 /// Where the frame is in its code, as the line table counts (bytes before 3.11, code units
@@ -185,7 +198,6 @@ fn read_code(pid: u32, address: u64, layout: &VersionLayout, code_type: u64) -> 
         first_line,
         line_table: read_bytes_object(pid, table).unwrap_or_default().into_boxed_slice(),
         identity: identity(&head, layout),
-        checked_at: Instant::now(),
     })
 }
 
@@ -235,7 +247,7 @@ mod tests {
 
     fn frames_of(minor: u32) -> PythonFrames {
         let layout = layout::for_minor(minor).unwrap();
-        PythonFrames::new(PythonRuntime {
+        PythonFrames::new(Arc::new(PythonRuntime {
             pid: std::process::id(),
             version: (3, minor, 0),
             layout,
@@ -243,7 +255,7 @@ mod tests {
             runtime_address: 0,
             tss_key_address: 0,
             code_type: 0x1234,
-        })
+        }))
     }
 
     fn sizes(groups: &[Vec<NamedFrame>]) -> Vec<usize> {

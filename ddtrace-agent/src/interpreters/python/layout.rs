@@ -49,6 +49,8 @@ pub struct VersionLayout {
     pub tss_key: u64,
     pub tstate_frame: u32,
     pub cframe_frame: Option<u32>,
+    /// `PyThreadState.thread_id`.
+    pub tstate_thread_id: u32,
     pub frame_code: u32,
     pub frame_previous: u32,
     pub frame_instruction: u32,
@@ -88,6 +90,7 @@ const fn old(minor: u32, tss_key: u64, lasti: u32, instruction: InstructionKind,
         tss_key,
         tstate_frame: 24,
         cframe_frame: None,
+        tstate_thread_id: 176,
         frame_code: 32,
         frame_previous: 24,
         frame_instruction: lasti,
@@ -115,6 +118,7 @@ const V3_11: VersionLayout = VersionLayout {
     tss_key: 596,
     tstate_frame: 56,
     cframe_frame: Some(8),
+    tstate_thread_id: 152,
     frame_code: 32,
     frame_previous: 48,
     frame_instruction: 56,
@@ -136,6 +140,7 @@ const V3_12: VersionLayout = VersionLayout {
     minor: 12,
     tss_key: 1548,
     cframe_frame: Some(0),
+    tstate_thread_id: 136,
     frame_code: 0,
     frame_previous: 8,
     frame_marker: Some(70),
@@ -151,6 +156,7 @@ const V3_13: VersionLayout = VersionLayout {
     tss_key: 2164,
     tstate_frame: 72,
     cframe_frame: None,
+    tstate_thread_id: 152,
     code_adaptive: 200,
     ..V3_12
 };
@@ -178,7 +184,7 @@ impl VersionLayout {
             frame_instruction: self.frame_instruction,
             frame_marker: self.frame_marker.unwrap_or(PythonLayout::NO_OFFSET),
             frame_bytes: self.frame_bytes,
-            _pad: 0,
+            tstate_thread_id: self.tstate_thread_id,
         }
     }
 }
@@ -199,6 +205,9 @@ mod tests {
             assert!(kernel.frame_bytes <= ddtrace_common::PYTHON_FRAME_READ_BYTES, "3.{minor}");
             for offset in [kernel.frame_code, kernel.frame_previous, kernel.frame_instruction] {
                 assert!(offset % 8 == 0 && offset + 8 <= kernel.frame_bytes, "3.{minor}: {offset}");
+            }
+            if let Some(marker) = layout.frame_marker {
+                assert!(marker < kernel.frame_bytes, "3.{minor}: marker at {marker}");
             }
         }
         assert_eq!(for_minor(7), None);

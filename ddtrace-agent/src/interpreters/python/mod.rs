@@ -7,5 +7,5 @@ pub mod layout;
 pub mod line_table;
 pub mod runtime;
 
-pub use frames::{NamedFrame, PythonFrames, UNKNOWN_FUNCTION};
+pub use frames::{runs_frame_groups, NamedFrame, PythonFrames, UNKNOWN_FUNCTION};
 pub use runtime::{PythonError, PythonRuntime};

@@ -8,13 +8,17 @@
 use std::{
     collections::HashMap,
     fmt,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use crate::{
-    core::{CpuSample, InterpreterFrames},
+    core::CpuSample,
     intake::profile_exporter::Frame,
-    interpreters::python::{NamedFrame, PythonFrames, PythonRuntime},
+    interpreters::{
+        python::{runs_frame_groups, NamedFrame, PythonFrames},
+        InterpreterFrames,
+    },
     symbols::{ProcessMaps, Symbolizer, UnwindEnd, Unwinder, UserRegisters},
 };
 
@@ -77,8 +81,8 @@ pub struct StackResolver {
     /// Per (process, address): innermost (inlined) first.
     frames: HashMap<(u32, u64), Box<[Frame]>>,
     addresses: Vec<u64>,
-    /// Per process: its interpreter's frame namer (`None`: no interpreter we can read).
-    interpreters: HashMap<u32, Option<PythonFrames>>,
+    /// Per process: its interpreter's frame namer.
+    interpreters: HashMap<u32, PythonFrames>,
     pub counts: UnwindCounts,
 }
 
@@ -144,8 +148,12 @@ impl StackResolver {
 
     /// The sample's interpreter frames, named, in the groups each eval-loop call runs.
     fn interpreter_groups(&mut self, tgid: u32, interpreter: &InterpreterFrames) -> Vec<Vec<NamedFrame>> {
-        let namer = self.interpreters.entry(tgid).or_insert_with(|| PythonRuntime::find(tgid).ok().flatten().map(PythonFrames::new));
-        let Some(namer) = namer else { return Vec::new() };
+        // A namer serves one interpreter: after an exec the process has another.
+        let current = self.interpreters.get(&tgid).is_some_and(|namer| Arc::ptr_eq(namer.runtime(), &interpreter.runtime));
+        if !current {
+            self.interpreters.insert(tgid, PythonFrames::new(interpreter.runtime.clone()));
+        }
+        let Some(namer) = self.interpreters.get_mut(&tgid) else { return Vec::new() };
         let mut groups = namer.groups(&interpreter.frames);
         // The walk stops after the innermost frames: what was cut is at the outer end.
         if interpreter.flags & ddtrace_common::python_stack_flags::TRUNCATED != 0 {
@@ -189,19 +197,16 @@ impl StackResolver {
     }
 }
 
-/// Whether a native frame is a call of CPython's eval loop, which runs a group of Python frames
-/// (its `.cold` part included).
-fn is_eval_loop(frame: &Frame) -> bool {
-    frame.function.starts_with("_PyEval_EvalFrameDefault")
-}
-
 /// `native` (innermost first) with each eval-loop frame replaced by the Python frames that call
 /// ran, innermost group first. Groups left over (the native unwinding stopped early) go at the
-/// outer end; eval-loop frames left over (a call that has not pushed its frame yet) stay.
+/// outer end. More eval-loop frames than groups: the innermost ones are calls that have not
+/// pushed their frame yet, and stay as they are.
 fn splice_interpreter_frames(native: Vec<Frame>, groups: Vec<Vec<NamedFrame>>) -> Vec<Frame> {
     if groups.is_empty() {
         return native;
     }
+    let eval_frames = native.iter().filter(|f| runs_frame_groups(&f.function)).count();
+    let mut not_pushed_yet = eval_frames.saturating_sub(groups.len());
     let python = |frame: NamedFrame| {
         let file = frame.file.to_string();
         Frame { function: frame.function.to_string(), module: file.clone(), file, line: frame.line }
@@ -209,7 +214,12 @@ fn splice_interpreter_frames(native: Vec<Frame>, groups: Vec<Vec<NamedFrame>>) -
     let mut groups = groups.into_iter();
     let mut spliced = Vec::with_capacity(native.len() + 32);
     for frame in native {
-        if is_eval_loop(&frame) {
+        if runs_frame_groups(&frame.function) {
+            if not_pushed_yet > 0 {
+                not_pushed_yet -= 1;
+                spliced.push(frame);
+                continue;
+            }
             if let Some(group) = groups.next() {
                 spliced.extend(group.into_iter().map(python));
                 continue;
@@ -274,7 +284,7 @@ mod tests {
             native(&["_PyEval_EvalFrameDefault", "_PyEval_EvalFrameDefault", "main"]),
             vec![group(&["only"])],
         );
-        assert_eq!(names(&not_pushed_yet), ["only", "_PyEval_EvalFrameDefault", "main"]);
+        assert_eq!(names(&not_pushed_yet), ["_PyEval_EvalFrameDefault", "only", "main"]);
         assert_eq!(names(&splice_interpreter_frames(native(&["a"]), Vec::new())), ["a"]);
     }
 }
