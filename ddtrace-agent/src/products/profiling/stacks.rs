@@ -48,6 +48,14 @@ pub struct UnwindCounts {
     pub invalid: u64,
     /// Samples of processes whose maps could not be read (gone before their first sample).
     pub unknown_process: u64,
+    /// Samples with interpreter frames; of those, cut at the sampler's depth, and stopped by a
+    /// frame that could not be read; interpreter threads whose state did not name the sampled
+    /// thread; frames whose code could not be named.
+    pub python_samples: u64,
+    pub python_truncated: u64,
+    pub python_read_failed: u64,
+    pub python_not_this_thread: u64,
+    pub python_unnamed_frames: u64,
 }
 
 impl fmt::Display for UnwindCounts {
@@ -55,14 +63,20 @@ impl fmt::Display for UnwindCounts {
         write!(
             f,
             "complete={} cut_at_stack_copy_end={} no_unwind_info={} max_depth={} unsupported_rule={} invalid={} \
-             unknown_process={}",
+             unknown_process={} python_samples={} python_truncated={} python_read_failed={} \
+             python_not_this_thread={} python_unnamed_frames={}",
             self.complete,
             self.stack_copy_end,
             self.no_unwind_info,
             self.max_depth,
             self.unsupported_rule,
             self.invalid,
-            self.unknown_process
+            self.unknown_process,
+            self.python_samples,
+            self.python_truncated,
+            self.python_read_failed,
+            self.python_not_this_thread,
+            self.python_unnamed_frames
         )
     }
 }
@@ -154,9 +168,17 @@ impl StackResolver {
             self.interpreters.insert(tgid, PythonFrames::new(interpreter.runtime.clone()));
         }
         let Some(namer) = self.interpreters.get_mut(&tgid) else { return Vec::new() };
+        let unnamed_before = namer.unnamed;
         let mut groups = namer.groups(&interpreter.frames);
+        use ddtrace_common::python_stack_flags as flags;
+        let counts = &mut self.counts;
+        counts.python_unnamed_frames += namer.unnamed - unnamed_before;
+        counts.python_samples += u64::from(!interpreter.frames.is_empty());
+        counts.python_truncated += u64::from(interpreter.flags & flags::TRUNCATED != 0);
+        counts.python_read_failed += u64::from(interpreter.flags & flags::READ_FAILED != 0);
+        counts.python_not_this_thread += u64::from(interpreter.flags & flags::NOT_THIS_THREAD != 0);
         // The walk stops after the innermost frames: what was cut is at the outer end.
-        if interpreter.flags & ddtrace_common::python_stack_flags::TRUNCATED != 0 {
+        if interpreter.flags & flags::TRUNCATED != 0 {
             if let Some(outermost) = groups.last_mut() {
                 outermost.push(NamedFrame { function: TRUNCATED_FRAMES.into(), file: "".into(), line: None });
             }
