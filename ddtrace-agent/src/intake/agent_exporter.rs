@@ -317,13 +317,21 @@ fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a
     }
 }
 
-/// Most spans in one payload. libdatadog encodes each payload into a fresh buffer; past 512 KiB
-/// (mimalloc's largest pooled block) that buffer is mapped for the call and unmapped after it,
-/// so every payload paid a page fault and a zeroed page per 4 KiB written (measured: a seventh
-/// of the writer's time at 500k spans/s in 1.4 MB payloads). Spans encode to ~350 bytes here.
-const MAX_PAYLOAD_SPANS: usize = 1024;
+/// Most bytes one payload should encode to. libdatadog encodes each payload into a fresh
+/// buffer; past 512 KiB (mimalloc's largest pooled block) that buffer is mapped for the call and
+/// unmapped after it, so every payload paid a page fault and a zeroed page per 4 KiB written
+/// (measured: a seventh of the writer's time at 500k spans/s in 1.4 MB payloads). The estimate
+/// below runs low by up to a third (a bench span: ~260 estimated, 350 encoded), hence the margin.
+const PAYLOAD_BYTES_BUDGET: usize = 320 * 1024;
 
-/// `chunks` cut into consecutive payloads of at most [`MAX_PAYLOAD_SPANS`] spans; a chunk is
+/// What one span adds to a payload, about: its strings and tags, and the msgpack keys and
+/// numbers around them (~100 bytes).
+fn encoded_size(span: &Span) -> usize {
+    let tags: usize = span.meta.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + span.metrics.len() * 24;
+    100 + span.name.len() + span.resource.len() + span.service.len() + span.span_type.len() + tags
+}
+
+/// `chunks` cut into consecutive payloads of about [`PAYLOAD_BYTES_BUDGET`] at most; a chunk is
 /// never split (a larger one goes alone).
 fn payloads<'a>(chunks: &'a [&'a TraceChunk]) -> impl Iterator<Item = &'a [&'a TraceChunk]> {
     let mut rest = chunks;
@@ -331,10 +339,14 @@ fn payloads<'a>(chunks: &'a [&'a TraceChunk]) -> impl Iterator<Item = &'a [&'a T
         if rest.is_empty() {
             return None;
         }
-        let mut spans = 0;
+        let mut bytes = 0;
         let mut end = 0;
-        while end < rest.len() && (end == 0 || spans + rest[end].spans.len() <= MAX_PAYLOAD_SPANS) {
-            spans += rest[end].spans.len();
+        while end < rest.len() {
+            let size: usize = rest[end].spans.iter().map(encoded_size).sum();
+            if end > 0 && bytes + size > PAYLOAD_BYTES_BUDGET {
+                break;
+            }
+            bytes += size;
             end += 1;
         }
         let (payload, tail) = rest.split_at(end);
@@ -430,13 +442,15 @@ mod tests {
     }
 
     #[test]
-    fn payloads_hold_at_most_the_span_limit_and_never_split_a_chunk() {
+    fn payloads_stay_within_the_byte_budget_and_never_split_a_chunk() {
+        // Bare spans count 100 bytes each: about 3,270 fit the budget.
         let chunk = |spans: usize| TraceChunk { spans: vec![Span::default(); spans], container_id: None };
-        let chunks = [chunk(600), chunk(400), chunk(100), chunk(3000), chunk(1)];
+        assert_eq!(encoded_size(&Span::default()), 100);
+        let chunks = [chunk(2000), chunk(1200), chunk(400), chunk(12000), chunk(1)];
         let refs: Vec<&TraceChunk> = chunks.iter().collect();
         let sizes: Vec<Vec<usize>> =
             payloads(&refs).map(|payload| payload.iter().map(|c| c.spans.len()).collect()).collect();
-        assert_eq!(sizes, vec![vec![600, 400], vec![100], vec![3000], vec![1]]);
+        assert_eq!(sizes, vec![vec![2000, 1200], vec![400], vec![12000], vec![1]]);
         assert_eq!(payloads(&[]).count(), 0);
     }
 
