@@ -25,8 +25,9 @@ const MAX_HELD: usize = 4096;
 
 enum Seen {
     Walked(Arc<PythonRuntime>),
-    /// No interpreter, or one we cannot read: (first look, last look, whether to look again).
-    Without { first: Instant, last: Instant, retry: bool },
+    /// No interpreter, or one we cannot read: (first look, last look, whether to look again,
+    /// why the process could not be read, if that was it).
+    Without { first: Instant, last: Instant, retry: bool, unreadable: Option<String> },
 }
 
 #[derive(Default)]
@@ -46,15 +47,13 @@ impl Interpreters {
     pub fn process_started(&mut self, pid: u32, programs: &mut KernelPrograms) -> Option<String> {
         programs.forget_python_frames(pid);
         let now = Instant::now();
-        let without = |retry| Seen::Without { first: now, last: now, retry };
+        let without = |retry, unreadable| Seen::Without { first: now, last: now, retry, unreadable };
         let (seen, line) = match PythonRuntime::find(pid) {
             Ok(Some(runtime)) => self.walk(pid, Arc::new(runtime), programs),
-            Ok(None) => (without(true), None),
-            Err(error @ PythonError::Unreadable { .. }) => {
-                tracing::debug!(pid, %error, "python");
-                (without(true), None)
-            }
-            Err(error) => (without(false), Some(format!("python: pid {pid}: {error}"))),
+            Ok(None) => (without(true, None), None),
+            // Perhaps gone, perhaps not readable by us: said once the looking ends.
+            Err(error @ PythonError::Unreadable { .. }) => (without(true, Some(error.to_string())), None),
+            Err(error) => (without(false, None), Some(format!("python: pid {pid}: {error}"))),
         };
         self.processes.insert(pid, seen);
         line
@@ -87,16 +86,23 @@ impl Interpreters {
                 );
                 (Seen::Walked(runtime), Some(line))
             }
-            Ok(false) => (Seen::Without { first: now, last: now, retry: false }, None),
-            Err(error) => (Seen::Without { first: now, last: now, retry: false }, Some(format!("python: pid {pid}: {error}"))),
+            Ok(false) => (Seen::Without { first: now, last: now, retry: false, unreadable: None }, None),
+            Err(error) => (
+                Seen::Without { first: now, last: now, retry: false, unreadable: None },
+                Some(format!("python: pid {pid}: {error}")),
+            ),
         }
     }
 
     /// On a sample of `pid`: looks again at a process that had no interpreter, when it is due.
     pub fn sampled(&mut self, pid: u32, programs: &mut KernelPrograms) -> Option<String> {
-        let Some(Seen::Without { first, last, retry: true }) = self.processes.get_mut(&pid) else { return None };
-        if last.elapsed() < RETRY_EVERY || first.elapsed() > RETRY_FOR {
+        let Some(Seen::Without { first, last, retry, unreadable }) = self.processes.get_mut(&pid) else { return None };
+        if !*retry || last.elapsed() < RETRY_EVERY {
             return None;
+        }
+        if first.elapsed() > RETRY_FOR {
+            *retry = false;
+            return unreadable.take().map(|reason| format!("python: pid {pid}: {reason}: no Python frames in its profiles"));
         }
         *last = Instant::now();
         let first = *first;
