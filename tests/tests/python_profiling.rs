@@ -271,3 +271,53 @@ fn a_python_started_by_a_traced_shell_gets_its_frames_once_it_has_loaded_libpyth
         run.describe()
     );
 }
+
+#[test]
+fn a_gunicorn_worker_forked_after_the_attach_profiles_with_its_python_frames() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = ddtrace_tests::target_app::Gunicorn::start(2);
+    let mut daemon = AgentProcess::attach(server.master_pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    let mut before = std::collections::HashSet::new();
+    for _ in 0..400 {
+        before.insert(server.request());
+        if before.len() >= 2 {
+            break;
+        }
+    }
+    // The master forks a new worker after the attach: it inherits the master's interpreter.
+    let killed = *before.iter().next().unwrap();
+    // SAFETY: plain kill(2) of a gunicorn worker.
+    unsafe { libc::kill(killed as i32, libc::SIGKILL) };
+    daemon.wait_for_stderr("forked", ATTACH_TIMEOUT);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut new_workers = std::collections::HashSet::new();
+    while std::time::Instant::now() < deadline {
+        let pid = server.request();
+        if !before.contains(&pid) {
+            new_workers.insert(pid);
+        }
+    }
+    server.stop();
+    assert!(daemon.wait_exit(Duration::from_secs(20)).success(), "{}", daemon.stderr_text());
+    let [worker] = new_workers.into_iter().collect::<Vec<_>>()[..] else { panic!("one new worker served") };
+    let samples: Vec<FlatSample> = received_profiles(&agent)
+        .iter()
+        .flat_map(|p| p.samples())
+        .filter(|s| s.num_label("thread id") == Some(i64::from(worker)))
+        .collect();
+    let total: i64 = samples.iter().map(|s| s.values[0]).sum();
+    let python = |s: &FlatSample| s.modules.iter().any(|m| m.ends_with(".py"));
+    let in_view = |s: &FlatSample| {
+        s.functions.iter().zip(&s.modules).any(|(f, m)| f == "serve" && m.ends_with("wsgi_sqlite_app.py"))
+    };
+    let with_python: i64 = samples.iter().filter(|s| python(s)).map(|s| s.values[0]).sum();
+    let in_serve: i64 = samples.iter().filter(|s| in_view(s)).map(|s| s.values[0]).sum();
+    let describe = samples.iter().take(8).map(|s| s.functions.iter().rev().cloned().collect::<Vec<_>>().join(";"));
+    let describe = describe.collect::<Vec<_>>().join("\n");
+    eprintln!("worker {worker}: {total} samples, {with_python} with Python frames, {in_serve} in the view");
+    assert!(total >= 20, "only {total} samples of worker {worker}:\n{}", daemon.stderr_text());
+    assert!(with_python * 100 >= total * 80, "{with_python} of {total} samples with Python frames:\n{describe}");
+    assert!(in_serve > 0, "no sample in the view `serve`:\n{describe}");
+}
