@@ -170,9 +170,11 @@ fn measure(client: &Client, agent_binary: Option<&std::path::Path>, args: &Bench
     let mut agent = match agent_binary {
         None => None,
         Some(binary) => {
+            // Spans go the way users' do: msgpack to an intake (one that costs nothing).
+            let sink = crate::bench_sink::TraceSink::start()?;
             let mut cmd = Command::new(binary);
             let pid = child.id().to_string();
-            cmd.args(["--pid", &pid, "--exporter", "console", "--profiling-enabled", "false"]);
+            cmd.args(["--pid", &pid, "--agent-url", &sink.url, "--profiling-enabled", "false"]);
             Some(Watched::start(cmd, Stream::Stderr, AGENT_READY, Duration::from_secs(args.attach_timeout))?)
         }
     };
