@@ -224,19 +224,13 @@ impl Instrumenter {
         }
     }
 
-    /// Looks for an interpreter in `pid`, newly traced or exec'd (see [`Interpreters`]).
-    pub fn interpreter_started(&mut self, pid: u32) -> Option<String> {
-        self.interpreters.process_started(pid, &mut self.programs)
-    }
-
-    /// A forked `child` runs its parent's interpreter.
-    pub fn interpreter_forked(&mut self, parent: u32, child: u32) -> Option<String> {
-        self.interpreters.process_forked(parent, child, &mut self.programs)
-    }
-
-    /// A sample of `pid` came: looks again for an interpreter it may have loaded since.
-    pub fn interpreter_sampled(&mut self, pid: u32) -> Option<String> {
-        self.interpreters.sampled(pid, &mut self.programs)
+    /// Looks for an interpreter in `pid`, newly traced or exec'd, or takes its parent's when it
+    /// was `forked_from` one (see [`Interpreters`]). Returns a line for the user, if any.
+    pub fn interpreter_started(&mut self, pid: u32, forked_from: Option<u32>) -> Option<String> {
+        match forked_from {
+            Some(parent) => self.interpreters.process_forked(parent, pid, &mut self.programs),
+            None => self.interpreters.process_started(pid, &mut self.programs),
+        }
     }
 
     /// Keeps a thread's interpreter frames for its coming sample.
@@ -244,9 +238,11 @@ impl Instrumenter {
         self.interpreters.hold(stack);
     }
 
-    /// The interpreter frames recorded with the sample of `tid` of `pid` at `ktime_ns`.
-    pub fn interpreter_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> Option<InterpreterFrames> {
-        self.interpreters.take(pid, tid, ktime_ns)
+    /// At a sample of `tid` of `pid` taken at `ktime_ns`: the interpreter frames recorded with it,
+    /// and a line for the user when the process was looked at again and something was found.
+    pub fn interpreter_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> (Option<InterpreterFrames>, Option<String>) {
+        let line = self.interpreters.sampled(pid, &mut self.programs);
+        (self.interpreters.take(pid, tid, ktime_ns), line)
     }
 
     pub fn programs(&self) -> &KernelPrograms {

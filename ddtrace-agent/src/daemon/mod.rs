@@ -403,7 +403,7 @@ fn print_attach_outcomes(outcomes: impl IntoIterator<Item = AttachOutcome>) {
 /// that says they are traced (a query made right after it is on a connection followed already).
 fn follow_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamLayer) {
     for pid in instrumenter.process_ids() {
-        note_runtime(instrumenter, streams, pid);
+        note_runtime(instrumenter, streams, pid, None);
     }
     adopt_open_connections(instrumenter, streams);
 }
@@ -556,7 +556,7 @@ fn handle_events(
                     if !instrumenter.is_tracing(change.tgid) {
                         select_process(node, instrumenter, change.tgid);
                         if instrumenter.is_tracing(change.tgid) {
-                            note_runtime(instrumenter, streams, change.tgid);
+                            note_runtime(instrumenter, streams, change.tgid, None);
                         }
                         continue;
                     }
@@ -584,13 +584,10 @@ fn handle_events(
                 if let Some(outcome) = process_outcome {
                     match outcome {
                         ProcessOutcome::Forked { child, .. } => {
-                            streams.set_threads_shared(child, runs_go(child));
-                            if let Some(line) = instrumenter.interpreter_forked(change.tgid, child) {
-                                eprintln!("ddtrace-agent: {line}");
-                            }
+                            note_runtime(instrumenter, streams, child, Some(change.tgid))
                         }
                         ProcessOutcome::Execed { pid, .. } => {
-                            note_runtime(instrumenter, streams, pid);
+                            note_runtime(instrumenter, streams, pid, None);
                             match node.and_then(|node| node.execed(pid)) {
                                 Some(node::ExecJudgement::Changed(line)) => eprintln!("ddtrace-agent: {line}"),
                                 Some(node::ExecJudgement::Refused(line)) => {
@@ -622,17 +619,17 @@ fn handle_events(
                 Some(node) => {
                     select_opted_in(node, instrumenter, contexts, &opt_in);
                     if instrumenter.is_tracing(opt_in.tgid) {
-                        note_runtime(instrumenter, streams, opt_in.tgid);
+                        note_runtime(instrumenter, streams, opt_in.tgid, None);
                     }
                 }
                 None => instrumenter.programs_mut().untrack_process(opt_in.tgid),
             },
             KernelEvent::InterpreterStack(stack) => instrumenter.hold_interpreter_frames(stack),
             KernelEvent::StackSample(sample) => {
-                if let Some(line) = instrumenter.interpreter_sampled(sample.tgid) {
+                let (interpreter, line) = instrumenter.interpreter_frames(sample.tgid, sample.tid, sample.ktime_ns);
+                if let Some(line) = line {
                     eprintln!("ddtrace-agent: {line}");
                 }
-                let interpreter = instrumenter.interpreter_frames(sample.tgid, sample.tid, sample.ktime_ns);
                 contexts.cpu_sampled(sample.ktime_ns, core_sample(sample, interpreter))
             }
             KernelEvent::Socket(activity) => {
@@ -649,11 +646,12 @@ fn handle_events(
     }
 }
 
-/// What runs `pid`, newly traced or exec'd: tells the HTTP integration whether it is Go (whose
-/// goroutines share OS threads), and the sampler how to walk its interpreter's frames, if any.
-fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32) {
+/// What runs `pid`, newly traced, exec'd or `forked_from` a traced parent: tells the HTTP
+/// integration whether it is Go (whose goroutines share OS threads), and the sampler how to walk
+/// its interpreter's frames, if any.
+fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32, forked_from: Option<u32>) {
     streams.set_threads_shared(pid, runs_go(pid));
-    if let Some(line) = instrumenter.interpreter_started(pid) {
+    if let Some(line) = instrumenter.interpreter_started(pid, forked_from) {
         eprintln!("ddtrace-agent: {line}");
     }
 }
