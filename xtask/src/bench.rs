@@ -891,7 +891,12 @@ impl Report {
             self.traced_calls(),
             self.sink_bytes as f64 / 1e6,
             self.writer_dropped,
-            if self.sink_traces + self.writer_dropped < self.traced_calls() { "  <- SOME UNACCOUNTED FOR" } else { "" }
+            // A call one of whose events the ring dropped makes no span.
+            if self.sink_traces + self.writer_dropped + self.counters.dropped_ring_full < self.traced_calls() {
+                "  <- SOME UNACCOUNTED FOR"
+            } else {
+                ""
+            }
         );
         let _ = writeln!(
             out,
