@@ -45,6 +45,9 @@ pub mod probe_flags {
     /// A TLS data probe on an `_ex` form: it returns 1 on success and the byte count through the
     /// `size_t *` of argument 3.
     pub const TLS_LENGTH_OUT: u32 = 1 << 5;
+    /// Record the caller's interpreter frames with the entry event (where the process runs an
+    /// interpreter whose frames the kernel can walk): the code that made the call.
+    pub const RECORD_CALLER: u32 = 1 << 6;
 }
 
 /// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`
@@ -56,6 +59,11 @@ pub struct ProbeSpec {
     pub capture_arg: u32,
     pub out_arg: u32,
     pub length_arg: u32,
+    /// With `RECORD_CALLER`: while calls on the same object return this value (a step that
+    /// returned a row), the next one has the same caller and is not recorded again; any other
+    /// return value ends the run (the object may be freed, and its address reused).
+    pub same_caller_while_ret: u32,
+    pub _pad: u32,
 }
 
 /// [`EventHeader::kind`] values.
@@ -219,6 +227,9 @@ pub struct PendingSyscall {
     pub pointer: u64,
     /// The third argument: `readv`/`writev`'s count of buffers.
     pub count: u64,
+    /// Non-zero: a write of a connection this process made, whose caller's interpreter frames
+    /// (if it runs one) are recorded with its event (what made an outbound call).
+    pub record_caller: u64,
 }
 
 /// Common first bytes of every event.

@@ -152,6 +152,33 @@ fn select_arg(args: &[u64; ENTRY_ARGS], n: u32) -> u64 {
     padded[(n & 7) as usize]
 }
 
+/// Per thread: the first argument and time of the last call whose caller was recorded.
+#[map(name = "CALLER_RECORDED")]
+static CALLER_RECORDED: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
+
+/// A caller is recorded again for another object (a statement), after a call on it returned
+/// something else than `ProbeSpec::same_caller_while_ret` (its run is over: see `ddtrace_exit`),
+/// or after this long: a loop over a query's rows (a step per row, one caller) walks the
+/// interpreter's frames once, not per row.
+const CALLER_RECORD_INTERVAL_NS: u64 = 1_000_000;
+
+#[inline(always)]
+fn caller_worth_recording(pid_tgid: u64, object: u64, now_ns: u64) -> bool {
+    if !python::is_python((pid_tgid >> 32) as u32) {
+        return false;
+    }
+    // SAFETY: a map lookup; the value is copied out at once.
+    let last = unsafe { CALLER_RECORDED.get(&pid_tgid) }.copied();
+    let due = match last {
+        Some([last_object, at]) => last_object != object || now_ns.wrapping_sub(at) > CALLER_RECORD_INTERVAL_NS,
+        None => true,
+    };
+    if due {
+        let _ = CALLER_RECORDED.insert(&pid_tgid, &[object, now_ns], 0);
+    }
+    due
+}
+
 /// The shared entry handler.
 #[uprobe]
 pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
@@ -162,6 +189,12 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
     let args = entry_args(&ctx);
     // SAFETY: regs points to the probe's saved registers.
     let frame = unsafe { (*ctx.regs).rsp };
+    let kind =
+        if spec.flags & probe_flags::CAPTURE_STRING != 0 { event_kind::ENTRY_WITH_CAPTURE } else { event_kind::ENTRY };
+    let at = header(kind, probe_id, pid_tgid);
+    if spec.flags & probe_flags::RECORD_CALLER != 0 && caller_worth_recording(pid_tgid, args[0], at.ktime_ns) {
+        python::record_stack((pid_tgid >> 32) as u32, at, python::Recorder::Event);
+    }
 
     if spec.flags & probe_flags::READ_OUT_POINTER_AT_EXIT != 0 {
         let key = OutPointerKey { pid_tgid, entry_stack_pointer: frame };
@@ -181,20 +214,20 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
                 limit = length as usize + 1;
             }
         }
-        emit_entry_with_capture(src, limit, probe_id, pid_tgid, args, frame, spec.flags);
+        emit_entry_with_capture(src, limit, at, args, frame, spec.flags);
     } else {
-        emit_entry(probe_id, pid_tgid, args, frame, spec.flags);
+        emit_entry(at, args, frame, spec.flags);
     }
     0
 }
 
 #[inline(always)]
-fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) {
+fn emit_entry(at: EventHeader, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) {
     let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
         count(counter::DROPPED_RING_FULL);
         return;
     };
-    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args, frame });
+    slot.write(EntryEvent { header: at, args, frame });
     slot.submit(submit_flags(spec_flags));
 }
 
@@ -202,8 +235,7 @@ fn emit_entry(probe_id: u32, pid_tgid: u64, args: [u64; ENTRY_ARGS], frame: u64,
 fn emit_entry_with_capture(
     src: *const u8,
     limit: usize,
-    probe_id: u32,
-    pid_tgid: u64,
+    at: EventHeader,
     args: [u64; ENTRY_ARGS],
     frame: u64,
     spec_flags: u32,
@@ -217,7 +249,7 @@ fn emit_entry_with_capture(
     // SAFETY: `event` points to reserved ring buffer memory of the right size; every field is
     // written before submit. The string is read with the bounded user-memory helper.
     unsafe {
-        (*event).entry = EntryEvent { header: header(event_kind::ENTRY_WITH_CAPTURE, probe_id, pid_tgid), args, frame };
+        (*event).entry = EntryEvent { header: at, args, frame };
         let limit = if limit > MAX_CAPTURE { MAX_CAPTURE } else { limit };
         let buffer = &mut (&mut (*event).capture)[..limit];
         match bpf_probe_read_user_str_bytes(src, buffer) {
@@ -273,13 +305,17 @@ pub fn ddtrace_exit(ctx: RetProbeContext) -> u32 {
             None => count(counter::OUT_POINTER_LOST),
         }
     }
+    let ret = ctx.ret::<u64>();
+    if spec.flags & probe_flags::RECORD_CALLER != 0 && ret as u32 != spec.same_caller_while_ret {
+        let _ = CALLER_RECORDED.remove(&pid_tgid);
+    }
     let Some(mut slot) = EVENTS.reserve::<ExitEvent>(0) else {
         count(counter::DROPPED_RING_FULL);
         return 0;
     };
     slot.write(ExitEvent {
         header: header(event_kind::EXIT, probe_id, pid_tgid),
-        ret: ctx.ret::<u64>(),
+        ret,
         frame,
         out_value,
         exit_flags: flags_out,
@@ -437,7 +473,7 @@ pub fn ddtrace_cpu_sample(ctx: PerfEventContext) -> u32 {
     }
     let sample_header = header(event_kind::STACK_SAMPLE, 0, pid_tgid);
     // First, so that the daemon holds the thread's Python frames when its native sample comes.
-    python::record_stack(tgid, sample_header);
+    python::record_stack(tgid, sample_header, python::Recorder::Sampler);
     let Some(event) = SAMPLE_SCRATCH.get_ptr_mut(0) else { return 0 };
     // SAFETY: the per-CPU scratch value; a perf-event program is not preempted on its CPU.
     let event = unsafe { &mut *event };

@@ -21,9 +21,26 @@ use super::EVENTS;
 #[map(name = "PYTHON_PROCESSES")]
 static PYTHON_PROCESSES: HashMap<u32, PythonLayout> = HashMap::with_max_entries(4096, 0);
 
-/// Where the event is assembled (1.6 KiB does not fit the 512-byte BPF stack).
+/// Where the event is assembled (1.6 KiB does not fit the 512-byte BPF stack): one slot for the
+/// sampler and one for the programs at events, which the sampler's interrupt may cut into.
 #[map(name = "PYTHON_SCRATCH")]
-static PYTHON_SCRATCH: PerCpuArray<PythonStackEvent> = PerCpuArray::with_max_entries(1, 0);
+static PYTHON_SCRATCH: PerCpuArray<PythonStackEvent> = PerCpuArray::with_max_entries(2, 0);
+
+/// Which [`PYTHON_SCRATCH`] slot a program uses.
+#[derive(Clone, Copy)]
+pub enum Recorder {
+    /// The CPU sampler (perf event, interrupt context).
+    Sampler = 0,
+    /// A program at a traced call (system call tracepoint, uprobe).
+    Event = 1,
+}
+
+/// Whether the process's samples and events carry Python frames.
+#[inline(always)]
+pub fn is_python(tgid: u32) -> bool {
+    // SAFETY: a map lookup whose value is not read.
+    unsafe { PYTHON_PROCESSES.get(&tgid) }.is_some()
+}
 
 const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;
 // The index masks (`& (FRAME_WORDS - 1)`) keep indexes in the array only for a power of two.
@@ -78,25 +95,20 @@ fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
     // SAFETY: reads one field of the current task (offset from the kernel's BTF) or fails.
     let failed = unsafe {
         let task = bpf_get_current_task_btf() as u64;
-        bpf_probe_read_kernel(
-            &mut fsbase as *mut u64 as *mut _,
-            8,
-            (task + layout.task_fsbase as u64) as *const _,
-        )
+        bpf_probe_read_kernel(&mut fsbase as *mut u64 as *mut _, 8, (task + layout.task_fsbase as u64) as *const _)
     };
     if failed != 0 || fsbase == 0 {
         return Err(python_stack_flags::READ_FAILED);
     }
     let mut key = 0u32;
     // SAFETY: as `read_user_u64`, 4 bytes.
-    let failed =
-        unsafe { bpf_probe_read_user(&mut key as *mut u32 as *mut _, 4, layout.tss_key_address as *const _) };
+    let failed = unsafe { bpf_probe_read_user(&mut key as *mut u32 as *mut _, 4, layout.tss_key_address as *const _) };
     // Keys past glibc's first block of 32 live in a second level we do not follow.
     if failed != 0 || key >= 32 {
         return Err(python_stack_flags::READ_FAILED);
     }
-    let tstate = read_user_u64(fsbase + layout.tls_block as u64 + key as u64 * 16 + 8)
-        .ok_or(python_stack_flags::READ_FAILED)?;
+    let tstate =
+        read_user_u64(fsbase + layout.tls_block as u64 + key as u64 * 16 + 8).ok_or(python_stack_flags::READ_FAILED)?;
     if tstate == 0 {
         return Err(python_stack_flags::NO_THREAD_STATE);
     }
@@ -110,12 +122,14 @@ fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
     Ok(frame)
 }
 
-/// Writes the current thread's Python frames as one event, when its process has a layout.
+/// Writes the current thread's Python frames as one event, when its process has a layout. The
+/// daemon gives them to the event written next with the same `header` time (a sample, a socket
+/// write).
 #[inline(always)]
-pub fn record_stack(tgid: u32, header: EventHeader) {
+pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
     // SAFETY: a map lookup; the value is copied out at once.
     let Some(layout) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else { return };
-    let Some(event) = PYTHON_SCRATCH.get_ptr_mut(0) else { return };
+    let Some(event) = PYTHON_SCRATCH.get_ptr_mut(recorder as u32) else { return };
     // SAFETY: the per-CPU scratch value; a perf-event program is not preempted on its CPU.
     let event = unsafe { &mut *event };
     event.header = EventHeader { kind: event_kind::PYTHON_STACK, ..header };

@@ -13,11 +13,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use ddtrace_common::{
-    counter, event_kind, socket_op, PendingSyscall, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
+    counter, event_kind, socket_op, EventHeader, PendingSyscall, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
     SOCKET_EVENT_HEADER_BYTES,
 };
 
-use super::{count, header, is_tracked, socket_addresses, EVENTS};
+use super::{
+    count, header, is_tracked,
+    python::{self, Recorder},
+    socket_addresses, EVENTS,
+};
 
 /// x86-64 system call numbers.
 mod nr {
@@ -96,6 +100,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let id = record_field::<u32>(&ctx, ID_OFFSET) as u64;
+    let mut record_caller = 0;
     let wanted = match id {
         nr::ACCEPT | nr::ACCEPT4 | nr::CONNECT => true,
         nr::READ
@@ -120,17 +125,40 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
                         *state |= SOCKET_CARRIES_TLS;
                     }
                     // Its ciphertext is of no use: the plaintext comes from the TLS probes.
-                    *state & (SOCKET_CARRIES_TLS | SOCKET_IGNORED) == 0
+                    let wanted = *state & (SOCKET_CARRIES_TLS | SOCKET_IGNORED) == 0;
+                    if wanted && is_outbound_write(id, *state) {
+                        record_caller = 1;
+                    }
+                    wanted
                 },
             }
         }
         _ => false,
     };
     if wanted {
-        let pending = PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1), count: arg(&ctx, 2) };
+        let pending =
+            PendingSyscall { id, fd: arg(&ctx, 0), pointer: arg(&ctx, 1), count: arg(&ctx, 2), record_caller };
         let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
     }
     0
+}
+
+/// A write on a socket this process connected: a request going out, whose caller is worth
+/// knowing (which library made the call, from which code). Only where an interpreter's frames
+/// can be walked is anything recorded.
+#[inline(always)]
+fn is_outbound_write(id: u64, state: u64) -> bool {
+    matches!(id, nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG)
+        && state & 0xFFFF == socket_op::CONNECTED as u64
+        && python::is_python(((bpf_get_current_pid_tgid()) >> 32) as u32)
+}
+
+/// Whether `fd` of `tgid` is a socket the process connected (not one it accepted).
+#[inline(always)]
+pub(crate) fn is_connected_socket(tgid: u32, fd: u32) -> bool {
+    // SAFETY: a map lookup; the value is copied out at once.
+    let state = unsafe { SOCKETS.get(&SocketKey { tgid, fd }) }.copied().unwrap_or(0);
+    state & 0xFFFF == socket_op::CONNECTED as u64
 }
 
 /// The first argument, read through the helper: this program also runs on calls whose record
@@ -214,6 +242,10 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let ret = record_field::<i64>(&ctx, RET_OFFSET);
+    let at = header(event_kind::SOCKET, 0, pid_tgid);
+    if pending.record_caller != 0 && ret > 0 {
+        python::record_stack(tgid, at, Recorder::Event);
+    }
     match pending.id {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
             let fd = ret as u32;
@@ -226,14 +258,14 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_value(socket_op::CONNECTED, at), 0);
         }
         nr::READ | nr::RECVFROM if ret > 0 => {
-            emit_data(pid_tgid, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
+            emit_data(at, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
         }
         nr::WRITE | nr::SENDTO if ret > 0 => {
-            emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
+            emit_data(at, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
         }
         // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
         // no bytes in the process to copy, but its length keeps the body count right.
-        nr::SENDFILE if ret > 0 => emit_data(pid_tgid, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0),
+        nr::SENDFILE if ret > 0 => emit_data(at, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0),
         nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
             let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
                 socket_op::RECEIVED
@@ -246,7 +278,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
             } else {
                 (pending.pointer, pending.count)
             };
-            emit_vector(pid_tgid, pending.fd as u32, op, ret as u64, iov, buffers);
+            emit_vector(at, pending.fd as u32, op, ret as u64, iov, buffers);
         }
         _ => {}
     }
@@ -278,11 +310,11 @@ pub(crate) fn read_u64(address: u64) -> u64 {
 
 /// The event's fixed part, with no address and no data yet.
 #[inline(always)]
-fn start_event(pid_tgid: u64, fd: u32, op: u32) -> Option<&'static mut SocketEvent> {
+fn start_event(at: EventHeader, fd: u32, op: u32) -> Option<&'static mut SocketEvent> {
     let event = SOCKET_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch value; these programs do not migrate CPU while running.
     let event = unsafe { &mut *event };
-    event.header = header(event_kind::SOCKET, 0, pid_tgid);
+    event.header = at;
     event.fd = fd;
     event.op = op;
     event.length = 0;
@@ -305,7 +337,7 @@ fn socket_value(op: u32, event_ktime_ns: u64) -> u64 {
 /// Accepted, connected or closed. Returns the event's time (0 if it could not be made).
 #[inline(always)]
 fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u64 {
-    let Some(event) = start_event(pid_tgid, fd, op) else { return 0 };
+    let Some(event) = start_event(header(event_kind::SOCKET, 0, pid_tgid), fd, op) else { return 0 };
     if let AddressSource::SockAddr(pointer) = address {
         read_peer(event, pointer);
         // After `read_peer`: the kernel's socket gives the peer only when the call did not.
@@ -320,8 +352,8 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u
 /// `length` bytes moved on `fd` (or, with `socket_flags::TLS`, through TLS session `session`);
 /// the first of them are copied from `data`, in the target's memory.
 #[inline(always)]
-pub(crate) fn emit_data(pid_tgid: u64, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
-    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+pub(crate) fn emit_data(at: EventHeader, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    let Some(event) = start_event(at, fd, op) else { return };
     event.length = length;
     event.flags = flags;
     event.session = session;
@@ -353,8 +385,8 @@ const MAX_VECTOR_PIECES: u64 = 8;
 /// `length` bytes moved on `fd` through the `buffers` iovecs at `iov`: the first of them copied,
 /// buffer after buffer, up to `MAX_SOCKET_CAPTURE`.
 #[inline(always)]
-fn emit_vector(pid_tgid: u64, fd: u32, op: u32, length: u64, iov: u64, buffers: u64) {
-    let Some(event) = start_event(pid_tgid, fd, op) else { return };
+fn emit_vector(at: EventHeader, fd: u32, op: u32, length: u64, iov: u64, buffers: u64) {
+    let Some(event) = start_event(at, fd, op) else { return };
     event.length = length;
     let mut left = if length > MAX_SOCKET_CAPTURE as u64 { MAX_SOCKET_CAPTURE as u64 } else { length };
     let mut copied: u32 = 0;

@@ -12,9 +12,9 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
-use ddtrace_common::{probe_flags, socket_flags, socket_op, TlsCall, FD_UNKNOWN};
+use ddtrace_common::{event_kind, probe_flags, socket_flags, socket_op, TlsCall, FD_UNKNOWN};
 
-use super::{is_tracked, sockets, tracked_spec};
+use super::{header, is_tracked, python, sockets, tracked_spec};
 
 /// TLS calls in flight, by thread (a thread is in at most one: these functions do not nest,
 /// except for TLS carried inside TLS through OpenSSL's SSL BIO, where the inner call's record
@@ -97,7 +97,17 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let op = if call.flags & probe_flags::TLS_WRITE != 0 { socket_op::SENT } else { socket_op::RECEIVED };
-    sockets::emit_data(pid_tgid, call.fd, op, moved, call.buffer, socket_flags::TLS, call.session);
+    let at = header(event_kind::SOCKET, 0, pid_tgid);
+    // A request going out through TLS: who made the call (see `sockets::is_outbound_write`).
+    let tgid = (pid_tgid >> 32) as u32;
+    if op == socket_op::SENT
+        && call.fd != FD_UNKNOWN
+        && python::is_python(tgid)
+        && sockets::is_connected_socket(tgid, call.fd)
+    {
+        python::record_stack(tgid, at, python::Recorder::Event);
+    }
+    sockets::emit_data(at, call.fd, op, moved, call.buffer, socket_flags::TLS, call.session);
     0
 }
 

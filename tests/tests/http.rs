@@ -175,7 +175,7 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     stream
         .write_all(
             format!(
-                "GET /orders/77?call={} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-datadog-trace-id: 4242\r\n\
+                "GET /orders/77?call={}&via=requests HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nx-datadog-trace-id: 4242\r\n\
                  x-datadog-parent-id: 99\r\nx-datadog-sampling-priority: 1\r\nConnection: close\r\n\r\n",
                 downstream.port
             )
@@ -187,30 +187,57 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
-        spans.iter().filter(|s| s["name"] == "http.request").count() >= 3
+        spans.iter().filter(|s| s["name"] == "http.request").count() >= 2
+            && spans.iter().any(|s| s["name"] == "requests.request")
     });
     let requests: Vec<&Value> =
         spans.iter().filter(|s| s["name"] == "http.request" && s["meta"]["span.kind"] == "server").collect();
     assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    // The Flask view that served each request, seen through the frames of the statements it ran:
+    // dd-trace-py's view span (module.function), inside the request, around the view's work.
+    let app = ddtrace_tests::workspace_root().join("tests/apps/wsgi_sqlite_app.py").canonicalize().unwrap();
+    let mut views = Vec::new();
     for request in &requests {
+        let view = spans
+            .iter()
+            .find(|s| s["name"] == "wsgi_sqlite_app.serve" && s["parent_id"] == request["span_id"])
+            .unwrap_or_else(|| panic!("the view span of {request:#}\n{spans:#?}\n{}", daemon.stderr_text()));
+        assert_eq!(meta(view, "component"), "flask");
+        // dd-trace-py's entry code origin, on the request and on the view: the handler's first
+        // line is its first decorator's (`@app.route`).
+        for span in [*request, view] {
+            assert_eq!(meta(span, "_dd.code_origin.type"), "entry", "{span:#}");
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.file"), app.display().to_string());
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.line"), "14");
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.type"), "wsgi_sqlite_app");
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.method"), "serve");
+        }
         let queries: Vec<&Value> =
-            spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == request["span_id"]).collect();
-        // CREATE, INSERT, SELECT: the app's SQLite work, each a child of the request it served.
-        assert!(queries.len() >= 3, "{} sqlite children of {request:#}\n{spans:#?}", queries.len());
+            spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == view["span_id"]).collect();
+        // CREATE, INSERT, SELECT: the app's SQLite work, each a child of the view that ran it.
+        assert!(queries.len() >= 3, "{} sqlite children of {view:#}\n{spans:#?}", queries.len());
         assert!(queries.iter().all(|q| q["trace_id"] == request["trace_id"]));
+        let view_end = view["start"].as_i64().unwrap() + view["duration"].as_i64().unwrap();
+        let request_end = request["start"].as_i64().unwrap() + request["duration"].as_i64().unwrap();
+        assert!(view["start"].as_i64() >= request["start"].as_i64() && view_end <= request_end, "{view:#}");
+        views.push(view);
     }
     let continued = requests.iter().find(|s| s["resource"] == "GET /orders/?").expect("the request with headers");
     assert_eq!(continued["trace_id"], 4242, "{continued:#}");
     assert_eq!(continued["parent_id"], 99, "{continued:#}");
     let fresh = requests.iter().find(|s| s["resource"] == "GET /").expect("the request without headers");
     assert_ne!(fresh["trace_id"], 4242);
-    // The call made while serving is a client span, child of the request it served.
+    // The call made while serving is a client span, child of the view that made it, named after
+    // the library that made it (the caller's frames at its write), as dd-trace-py names it.
     let call = spans
         .iter()
-        .find(|s| s["name"] == "http.request" && s["meta"]["span.kind"] == "client")
+        .find(|s| s["name"] == "requests.request" && s["meta"]["span.kind"] == "client")
         .expect("the downstream call");
     assert_eq!(call["resource"], "GET /users/?");
-    assert_eq!(call["parent_id"], continued["span_id"], "{call:#}");
+    assert_eq!(meta(call, "component"), "requests");
+    assert_eq!(call["service"], "requests");
+    let continued_view = views.iter().find(|v| v["parent_id"] == continued["span_id"]).expect("its view");
+    assert_eq!(call["parent_id"], continued_view["span_id"], "{call:#}");
     assert_eq!(call["trace_id"], 4242);
     assert_eq!(meta(call, "network.destination.port"), downstream.port.to_string());
     agent.assert_checks_passed();

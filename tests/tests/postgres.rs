@@ -36,7 +36,12 @@ enum Connect {
     BeforeAttach,
 }
 
-fn traced_work(server: &PostgresServer, driver: &str, sslmode: &str, connect: Connect) -> (Vec<Value>, String, TestAgent) {
+fn traced_work(
+    server: &PostgresServer,
+    driver: &str,
+    sslmode: &str,
+    connect: Connect,
+) -> (Vec<Value>, String, TestAgent) {
     let agent = TestAgent::start();
     let port = server.port.to_string();
     let mut worker = SqliteWorker::spawn_script("postgres_worker.py", &[&port, driver, sslmode], &[]);

@@ -99,7 +99,9 @@ impl Run {
         self.samples
             .iter()
             .take(12)
-            .map(|s| s.functions.iter().zip(&s.lines).rev().map(|(f, l)| format!("{f}:{l}")).collect::<Vec<_>>().join(";"))
+            .map(|s| {
+                s.functions.iter().zip(&s.lines).rev().map(|(f, l)| format!("{f}:{l}")).collect::<Vec<_>>().join(";")
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -196,8 +198,13 @@ fn an_interpreter_of_an_unknown_version_is_said_and_profiled_natively() {
 fn samples_in_a_traced_statement_carry_its_span_and_the_python_code_that_ran_it() {
     let _serial = ddtrace_tests::serial();
     let run = Run::chain(Path::new(DEBIAN_PYTHON), "3", "sql");
-    let span_ids: std::collections::HashSet<u64> =
-        run.agent.spans().iter().filter(|s| s["name"] == "sqlite.query").filter_map(|s| s["span_id"].as_u64()).collect();
+    let span_ids: std::collections::HashSet<u64> = run
+        .agent
+        .spans()
+        .iter()
+        .filter(|s| s["name"] == "sqlite.query")
+        .filter_map(|s| s["span_id"].as_u64())
+        .collect();
     assert!(span_ids.len() > 20, "{} statements traced:\n{}", span_ids.len(), run.stderr);
     let linked: Vec<&FlatSample> = run.samples.iter().filter(|s| s.num_label("span id").is_some()).collect();
     let linked_count: i64 = linked.iter().map(|s| s.values[0]).sum();
@@ -249,7 +256,12 @@ fn a_generator_reads_as_called_from_the_loop_that_consumes_it() {
     // In this mode gamma_spin runs only inside the generator.
     let in_gamma = run.count(|frames| frames.last().is_some_and(|(f, _)| *f == "gamma_spin"));
     let through_generator = run.count(|frames| has_chain(frames, &["beta_step", "squares", "gamma_spin"]));
-    assert!(in_gamma * 100 >= run.total() * 60, "{in_gamma} of {} samples in gamma_spin:\n{}", run.total(), run.describe());
+    assert!(
+        in_gamma * 100 >= run.total() * 60,
+        "{in_gamma} of {} samples in gamma_spin:\n{}",
+        run.total(),
+        run.describe()
+    );
     assert_eq!(through_generator, in_gamma, "every gamma_spin sample under beta_step -> squares:\n{}", run.describe());
 }
 

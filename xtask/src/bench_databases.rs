@@ -23,11 +23,11 @@ use clap::Args;
 use ddtrace_tests::{mysql_server::MysqlServer, postgres_server::PostgresServer, redis_server::RedisServer};
 
 use crate::{
-    bench_http::sent_spans,
     bench::{
         background_load, median, proc_cpu_time, publish, python_executable, reply, root_and_agent,
         steal_and_noise_notes, steal_time, BenchArgs, Lines, Stream, Watched,
     },
+    bench_http::sent_spans,
     process::step,
     workspace,
 };
@@ -119,7 +119,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         table,
         "Database clients on loopback: {rate} queries/s on one connection for {seconds} s per phase, {cycles} cycles (medians)"
     )?;
-    writeln!(table, "  protocol     agent CPU/1k   client CPU/1k alone   traced   ratio   spans/query   p50 alone   traced")?;
+    writeln!(
+        table,
+        "  protocol     agent CPU/1k   client CPU/1k alone   traced   ratio   spans/query   p50 alone   traced"
+    )?;
     for protocol in PROTOCOLS {
         let agent = medians(protocol, true, &agent_per_k);
         let (alone, traced) = (medians(protocol, false, &client_per_k), medians(protocol, true, &client_per_k));
@@ -139,7 +142,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         );
     }
     json.push_str(&format!(", \"rate\": {rate}, \"seconds\": {seconds}, \"cycles\": {cycles}}}"));
-    writeln!(table, "  agent CPU: the agent's user + system time over the measured window; spans: what it sent (warm-up included).")?;
+    writeln!(
+        table,
+        "  agent CPU: the agent's user + system time over the measured window; spans: what it sent (warm-up included)."
+    )?;
     steal_and_noise_notes(&mut table, steal_time().saturating_sub(steal_before), started.elapsed(), background);
     publish(&out_dir, "databases.json", &table, &json)?;
     Ok(ExitCode::SUCCESS)
@@ -156,7 +162,12 @@ struct Client<'a> {
 fn measure(client: &Client, agent_binary: Option<&std::path::Path>, args: &BenchArgs) -> Result<Run> {
     let mut child = Command::new(client.python)
         .arg(workspace::root().join(CLIENT))
-        .args([client.protocol.to_string(), client.port.to_string(), client.rate.to_string(), client.seconds.to_string()])
+        .args([
+            client.protocol.to_string(),
+            client.port.to_string(),
+            client.rate.to_string(),
+            client.seconds.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -186,7 +197,9 @@ fn measure(client: &Client, agent_binary: Option<&std::path::Path>, args: &Bench
     drop(child.stdin.take());
     let _ = child.wait();
     let spans = match &mut agent {
-        Some(agent) => sent_spans(&agent.stop()?).map(|n| n as f64).with_context(|| format!("the agent tracing {who} printed no span count"))?,
+        Some(agent) => sent_spans(&agent.stop()?)
+            .map(|n| n as f64)
+            .with_context(|| format!("the agent tracing {who} printed no span count"))?,
         None => 0.0,
     };
     let numbers: Vec<f64> = done.split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();

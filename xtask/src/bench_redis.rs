@@ -27,8 +27,8 @@ use ddtrace_tests::redis_server::RedisServer;
 
 use crate::{
     bench::{
-        background_load, median, proc_cpu_time, publish, reply, root_and_agent, steal_and_noise_notes,
-        steal_time, BenchArgs, Lines, Stream, Watched,
+        background_load, median, proc_cpu_time, publish, reply, root_and_agent, steal_and_noise_notes, steal_time,
+        BenchArgs, Lines, Stream, Watched,
     },
     process::{self, find_in_path, step},
     workspace,

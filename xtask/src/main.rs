@@ -14,9 +14,9 @@
 mod bench;
 mod bench_calls;
 mod bench_churn;
+mod bench_databases;
 mod bench_http;
 mod bench_profiler;
-mod bench_databases;
 mod bench_redis;
 mod bench_sink;
 mod bench_soak;

@@ -47,6 +47,9 @@ pub struct ContextData {
     /// The service an in-process integration names its spans with by default (dd-trace-py's
     /// schema v0: `redis`, `postgres`); `None`: the process's. Products decide what to show.
     pub integration_service: Option<&'static str>,
+    /// Known only by what happened inside it (a handler seen through the calls it made): it ends
+    /// where its last child ended, whenever the tree ends it (see `ContextTree`).
+    pub bounded_by_children: bool,
 }
 
 impl ContextData {
@@ -61,6 +64,7 @@ impl ContextData {
             metrics: BTreeMap::new(),
             error: None,
             integration_service: None,
+            bounded_by_children: false,
         }
     }
 

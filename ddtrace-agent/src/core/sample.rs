@@ -31,4 +31,3 @@ pub struct CpuSample {
     /// Filled by core: the context open on the thread at the sample, if any.
     pub active: Option<ActiveContext>,
 }
-

@@ -28,6 +28,9 @@ pub struct RemoteParent {
 /// Contexts remember the call frame they were opened at. A context opened at the same or a
 /// higher frame than an open one proves that one's call returned without its exit event (lost
 /// in a full ring buffer): it is ended then, instead of swallowing every later span as a child.
+///
+/// A context [`ContextData::bounded_by_children`] ends where its last child ended (at its start
+/// if none did), whatever ends it: the end of its parent, or a call shown to have returned.
 pub struct ContextTree {
     clock: WallClock,
     /// tid -> (frame, open context), innermost last.
@@ -35,13 +38,46 @@ pub struct ContextTree {
     /// Open contexts kept off their thread's stack (see [`Self::start_detached`]), by id.
     detached: HashMap<ContextId, ExecutionContext>,
     hub: EventHub,
+    /// Open contexts bounded by their children: the latest end of a child so far (0: none yet).
+    bounded: HashMap<ContextId, i64>,
     /// Contexts ended because an enclosing one ended first (their exit event was lost).
     pub abandoned: u64,
 }
 
 impl ContextTree {
     pub fn new(clock: WallClock, hub: EventHub) -> Self {
-        Self { clock, threads: HashMap::new(), detached: HashMap::new(), hub, abandoned: 0 }
+        Self { clock, threads: HashMap::new(), detached: HashMap::new(), hub, bounded: HashMap::new(), abandoned: 0 }
+    }
+
+    /// A child of `parent` ended at `end_unix_ns`: a parent bounded by its children ends no
+    /// earlier.
+    fn child_ended(&mut self, parent: ContextId, end_unix_ns: i64) {
+        if let Some(latest) = self.bounded.get_mut(&parent) {
+            *latest = (*latest).max(end_unix_ns);
+        }
+    }
+
+    /// When `context`, bounded by its children, ends: where its last child ended.
+    fn bounded_end(&mut self, context: &ExecutionContext) -> i64 {
+        self.bounded.remove(&context.id).unwrap_or(0).max(context.start_unix_ns)
+    }
+
+    /// The innermost open context of thread `tid`, as it is now.
+    pub fn innermost_context(&self, tid: u32) -> Option<&ExecutionContext> {
+        self.threads.get(&tid).and_then(|stack| stack.last()).map(|(_, c)| c)
+    }
+
+    /// Lets `add` fill in more of the open context `id` of thread `tid` (what was learnt while it
+    /// runs). Returns false when it is not open there.
+    pub fn annotate(&mut self, tid: u32, id: ContextId, add: impl FnOnce(&mut ContextData)) -> bool {
+        let open = self.threads.get_mut(&tid).and_then(|stack| stack.iter_mut().rev().find(|(_, c)| c.id == id));
+        match open {
+            Some((_, context)) => {
+                add(&mut context.data);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Opens a context for the call at `frame` on thread `tid`, child of the thread's innermost
@@ -51,6 +87,9 @@ impl ContextTree {
         let start_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let context = self.new_context(tgid, tid, start_unix_ns, data);
         let id = context.id;
+        if context.data.bounded_by_children {
+            self.bounded.insert(id, 0);
+        }
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.threads.entry(tid).or_default().push((frame, context));
         id
@@ -140,6 +179,7 @@ impl ContextTree {
     pub fn end_detached(&mut self, id: ContextId, ktime_ns: u64, finish: impl FnOnce(&mut ContextData)) -> bool {
         let Some(mut context) = self.detached.remove(&id) else { return false };
         context.end_unix_ns = self.clock.to_unix_ns(ktime_ns).max(context.start_unix_ns);
+        self.child_ended(context.parent_id, context.end_unix_ns);
         finish(&mut context.data);
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
         true
@@ -209,11 +249,16 @@ impl ContextTree {
         while let Some(mut context) = ended.pop() {
             context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
             self.end_detached_children(context.id, end_unix_ns);
+            let bounded = context.data.bounded_by_children;
+            if bounded {
+                context.end_unix_ns = self.bounded_end(&context);
+            }
+            self.child_ended(context.parent_id, context.end_unix_ns);
             if context.id == id {
                 if let Some(finish) = finish.take() {
                     finish(&mut context.data);
                 }
-            } else {
+            } else if !bounded {
                 self.abandoned += 1;
             }
             self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
@@ -259,6 +304,7 @@ impl ContextTree {
         let start_unix_ns = self.clock.to_unix_ns(start_ktime_ns);
         let mut context = self.new_context_within(tgid, tid, within, start_unix_ns, data);
         context.end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
+        self.child_ended(context.parent_id, context.end_unix_ns);
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
     }
@@ -278,6 +324,7 @@ impl ContextTree {
         let start_unix_ns = self.clock.to_unix_ns(start_ktime_ns);
         let mut context = self.context_under(parent, tgid, tid, start_unix_ns, data);
         context.end_unix_ns = self.clock.to_unix_ns(end_ktime_ns).max(start_unix_ns);
+        self.child_ended(context.parent_id, context.end_unix_ns);
         self.hub.dispatch_context("context.started", &CoreEvent::ContextStarted(&context), &context);
         self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
     }
@@ -460,6 +507,29 @@ mod tests {
         assert_eq!(seen[1], (11, None), "another thread is not in the context");
         assert_eq!(seen[2], (10, Some(ActiveContext { id: outer, root_id: outer })));
         assert_eq!(seen[3], (10, None));
+    }
+
+    #[test]
+    fn a_context_bounded_by_its_children_ends_where_its_last_child_ended() {
+        let (mut tree, ended) = tree_recording_ends();
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, data("http.request"), None);
+        let mut handler = data("handler");
+        handler.bounded_by_children = true;
+        let handler = tree.start(1, 10, 2_000, 1 << 63, handler);
+        let query = tree.start(1, 10, 2_000, 0x0f00, data("sqlite.query"));
+        tree.end(10, query, 3_000, |_| {});
+        let call = tree.start_detached(1, 10, 3_500, data("http.request"));
+        tree.end_detached(call, 5_000, |_| {});
+        tree.end(10, request, 9_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
+        assert_eq!(names, ["sqlite.query", "http.request", "handler", "http.request"]);
+        let clock = |ktime| tree.clock.to_unix_ns(ktime);
+        let handler_span = &ended[2];
+        assert_eq!((handler_span.id, handler_span.parent_id), (handler, request));
+        assert_eq!((handler_span.start_unix_ns, handler_span.end_unix_ns), (clock(2_000), clock(5_000)));
+        assert_eq!(ended[3].end_unix_ns, clock(9_000));
+        assert_eq!(tree.abandoned, 0, "a bounded context is not abandoned when its parent ends it");
     }
 
     #[test]

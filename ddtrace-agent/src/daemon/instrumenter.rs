@@ -6,11 +6,11 @@ use std::{
 
 use crate::{
     core::{ContextTree, WallClock},
-    integrations::Integration,
-    interpreters::{InterpreterFrames, Interpreters},
+    integrations::{handlers::Handlers, Integration},
+    interpreters::{python::NamedFrame, InterpreterFrames, Interpreters},
     probes::{
-        Detacher, InterpreterStack, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope, ProcessChange,
-        ProcessChangeKind,
+        Detacher, InterpreterStack, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope,
+        ProcessChange, ProcessChangeKind,
     },
     symbols::{ElfSymbols, SymbolError},
     target::{
@@ -198,6 +198,8 @@ pub struct Instrumenter {
     pub report_sites: bool,
     /// Traced processes whose interpreter frames the sampler walks.
     interpreters: Interpreters,
+    /// Views of the requests served, from the frames of the calls they make.
+    handlers: Handlers,
 }
 
 impl Instrumenter {
@@ -221,6 +223,7 @@ impl Instrumenter {
             detacher: Detacher::default(),
             report_sites: false,
             interpreters: Interpreters::new(),
+            handlers: Handlers::new(),
         }
     }
 
@@ -240,9 +243,33 @@ impl Instrumenter {
 
     /// At a sample of `tid` of `pid` taken at `ktime_ns`: the interpreter frames recorded with it,
     /// and a line for the user when the process was looked at again and something was found.
-    pub fn interpreter_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> (Option<InterpreterFrames>, Option<String>) {
+    pub fn interpreter_frames(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ktime_ns: u64,
+    ) -> (Option<InterpreterFrames>, Option<String>) {
         let line = self.interpreters.sampled(pid, &mut self.programs);
         (self.interpreters.take(pid, tid, ktime_ns), line)
+    }
+
+    /// At an event of `tid` of `pid` at `ktime_ns` (an outbound write): the interpreter frames
+    /// recorded with it, named, innermost first. A process seen without an interpreter is looked
+    /// at again when due, as on its samples (`interpreter_frames`).
+    /// The view the frames show, if any, opens first (the call's own context nests inside it).
+    pub fn caller_frames(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        ktime_ns: u64,
+        contexts: &mut ContextTree,
+    ) -> (Option<Arc<[NamedFrame]>>, Option<String>) {
+        let line = self.interpreters.sampled(pid, &mut self.programs);
+        let frames = self.interpreters.caller_frames(pid, tid, ktime_ns);
+        if let Some(frames) = &frames {
+            self.handlers.caller_seen(pid, tid, ktime_ns, frames, contexts);
+        }
+        (frames, line)
     }
 
     pub fn programs(&self) -> &KernelPrograms {
@@ -328,6 +355,12 @@ impl Instrumenter {
         tracing::trace!(?event, "kernel event");
         match self.routes.get(event.probe_id() as usize).copied().flatten() {
             Some(Route::Integration { integration, probe }) => {
+                if let ProbeEvent::Entry(entry) = event {
+                    // Recorded for probes that ask (`ProbeDef::recording_caller`).
+                    if let Some(frames) = self.interpreters.caller_frames(entry.tgid, entry.tid, entry.ktime_ns) {
+                        self.handlers.caller_seen(entry.tgid, entry.tid, entry.ktime_ns, &frames, contexts);
+                    }
+                }
                 self.integrations[integration].on_event(probe, event, contexts);
                 Vec::new()
             }
@@ -455,6 +488,7 @@ impl Instrumenter {
         }
         self.programs.untrack_process(tgid);
         self.interpreters.process_exited(tgid, &mut self.programs);
+        self.handlers.process_exited(tgid);
         self.processes.remove(&tgid);
         self.announced.retain(|(pid, _)| *pid != tgid);
         self.forget_links(tgid);

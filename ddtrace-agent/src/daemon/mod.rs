@@ -21,7 +21,7 @@ use crate::{
         agent_exporter::AgentExporter, console_exporter::ConsoleExporter, profile_exporter::ProfileExporter, TraceSink,
     },
     integrations::{self, streams::StreamLayer, Integration, TracedFunction},
-    probes::{KernelEvent, KernelPrograms, ProcessChangeKind, StackSample},
+    probes::{KernelEvent, KernelPrograms, ProcessChangeKind, SocketOp, StackSample},
     products::{
         self,
         profiling::{ProfilingInputs, ProfilingSettings},
@@ -633,7 +633,18 @@ fn handle_events(
                 contexts.cpu_sampled(sample.ktime_ns, core_sample(sample, interpreter))
             }
             KernelEvent::Socket(activity) => {
-                streams.on_socket(&activity, contexts);
+                // What made an outbound write (the kernel recorded its caller's frames).
+                let caller = if activity.op == SocketOp::Sent {
+                    let (caller, line) =
+                        instrumenter.caller_frames(activity.tgid, activity.tid, activity.ktime_ns, contexts);
+                    if let Some(line) = line {
+                        eprintln!("ddtrace-agent: {line}");
+                    }
+                    caller
+                } else {
+                    None
+                };
+                streams.on_socket_from(&activity, caller.as_ref(), contexts);
                 // Sockets that speak nothing we know: the kernel stops copying their bytes.
                 for silent in streams.take_silent() {
                     let programs = instrumenter.programs_mut();

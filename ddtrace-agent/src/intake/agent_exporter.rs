@@ -204,7 +204,8 @@ impl TraceSink for AgentExporter {
             let exporter = &self.exporters[at].1;
             let group: Vec<&TraceChunk> = group.collect();
             for payload in payloads(&group) {
-                let payload: Vec<Vec<SpanSlice<'_>>> = payload.iter().map(|c| to_libdd_chunk(c, &self.defaults)).collect();
+                let payload: Vec<Vec<SpanSlice<'_>>> =
+                    payload.iter().map(|c| to_libdd_chunk(c, &self.defaults)).collect();
                 let count = payload.len();
                 let result = outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None))
                     .map_err(|e| send_error(&self.agent_url, count, e));

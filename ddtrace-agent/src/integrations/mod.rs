@@ -4,15 +4,16 @@
 //! speak it and how their messages do. Neither knows anything of products: they only talk to
 //! `core`.
 
+pub mod handlers;
 pub mod http;
 mod mysql;
 mod openssl;
 mod postgres;
 mod redis;
+mod sql_wire;
 mod sqlite;
 mod sqlite_layout;
 mod sqlite_text;
-mod sql_wire;
 pub mod streams;
 mod traced_function;
 
@@ -42,7 +43,7 @@ pub fn wire_protocols(config: &crate::config::Config) -> Vec<Box<dyn streams::Wi
         tracing::warn!(%error, "DD_TRACE_HEADER_TAGS: entry skipped");
     }
     vec![
-        Box::new(http::HttpProtocol::new(header_tags)),
+        Box::new(http::HttpProtocol::new(header_tags, config.span_attribute_schema.value)),
         Box::new(postgres::PostgresProtocol { schema: config.span_attribute_schema.value }),
         Box::new(mysql::MysqlProtocol { schema: config.span_attribute_schema.value }),
         Box::new(redis::RedisProtocol { schema: config.span_attribute_schema.value }),
@@ -55,7 +56,7 @@ pub mod test_support {
 
     /// A stream layer that knows HTTP only.
     pub fn http_layer(header_tags: HeaderTags) -> StreamLayer {
-        StreamLayer::new(vec![Box::new(super::http::HttpProtocol::new(header_tags))])
+        StreamLayer::new(vec![Box::new(super::http::HttpProtocol::new(header_tags, Default::default()))])
     }
 }
 

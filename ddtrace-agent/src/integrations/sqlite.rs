@@ -51,8 +51,10 @@ static PROBES: [ProbeDef; 7] = [
     // int sqlite3_prepare_v3(sqlite3 *db, const char *zSql, int nByte, unsigned prepFlags, sqlite3_stmt **ppStmt, ...)
     ProbeDef::entry("sqlite3_prepare_v3").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(4),
     ProbeDef::entry("sqlite3_prepare").with_exit().capturing(Capture::StringArg(1)).capture_length(2).out_pointer(3),
-    // int sqlite3_step(sqlite3_stmt*)
-    ProbeDef::entry("sqlite3_step").with_exit().required(),
+    // int sqlite3_step(sqlite3_stmt*): an execution's first step starts its span, where the
+    // code that ran the statement is known (the handler it ran in).
+    // (Not again while it returns SQLITE_ROW: the same loop over the same rows.)
+    ProbeDef::entry("sqlite3_step").with_exit().recording_caller(SQLITE_ROW as u32).required(),
     ProbeDef::entry("sqlite3_reset"),
     ProbeDef::entry("sqlite3_finalize"),
     // static int sqlite3LockAndPrepare(sqlite3 *db, const char *zSql, int nBytes, u32 prepFlags,

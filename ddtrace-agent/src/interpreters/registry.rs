@@ -1,7 +1,7 @@
 //! Which traced processes run an interpreter whose frames the sampler walks: found when a
 //! process is selected or execs (a forked child inherits its parent's), told to the kernel,
 //! forgotten at exit. Also holds each thread's interpreter frames from their record until the
-//! thread's native sample comes.
+//! event recorded with them comes (a native sample, an outbound write), and names those of events.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{
-    python::{PythonError, PythonRuntime},
+    python::{NamedFrame, PythonError, PythonFrames, PythonRuntime},
     InterpreterFrames,
 };
 use crate::probes::{InterpreterStack, KernelPrograms};
@@ -27,14 +27,21 @@ enum Seen {
     Walked(Arc<PythonRuntime>),
     /// No interpreter, or one we cannot read: (first look, last look, whether to look again,
     /// why the process could not be read, if that was it).
-    Without { first: Instant, last: Instant, retry: bool, unreadable: Option<String> },
+    Without {
+        first: Instant,
+        last: Instant,
+        retry: bool,
+        unreadable: Option<String>,
+    },
 }
 
 #[derive(Default)]
 pub struct Interpreters {
     processes: HashMap<u32, Seen>,
-    /// By thread: the frames of its coming sample (with that sample's ktime).
+    /// By thread: the frames of its coming sample or event (with its ktime).
     held: HashMap<u32, InterpreterStack>,
+    /// Namers of the frames recorded at events, by process (the profiler has its own).
+    namers: HashMap<u32, PythonFrames>,
 }
 
 impl Interpreters {
@@ -102,7 +109,9 @@ impl Interpreters {
         }
         if first.elapsed() > RETRY_FOR {
             *retry = false;
-            return unreadable.take().map(|reason| format!("python: pid {pid}: {reason}: no Python frames in its profiles"));
+            return unreadable
+                .take()
+                .map(|reason| format!("python: pid {pid}: {reason}: no Python frames in its profiles"));
         }
         *last = Instant::now();
         let first = *first;
@@ -114,6 +123,7 @@ impl Interpreters {
     }
 
     pub fn process_exited(&mut self, pid: u32, programs: &mut KernelPrograms) {
+        self.namers.remove(&pid);
         if self.processes.remove(&pid).is_some() {
             programs.forget_python_frames(pid);
         }
@@ -125,6 +135,25 @@ impl Interpreters {
             self.held.clear();
         }
         self.held.insert(stack.tid, stack);
+    }
+
+    /// The frames recorded with the event of thread `tid` of `pid` at `ktime_ns`, named,
+    /// innermost first: the code that made the call.
+    pub fn caller_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> Option<Arc<[NamedFrame]>> {
+        if self.held.is_empty() {
+            return None;
+        }
+        let recorded = self.take(pid, tid, ktime_ns)?;
+        // A namer serves one interpreter: after an exec the process has another.
+        let namer = match self.namers.get_mut(&pid) {
+            Some(namer) if Arc::ptr_eq(namer.runtime(), &recorded.runtime) => namer,
+            _ => {
+                self.namers.insert(pid, PythonFrames::new(recorded.runtime.clone()));
+                self.namers.get_mut(&pid)?
+            }
+        };
+        let named: Vec<NamedFrame> = namer.groups(&recorded.frames).into_iter().flatten().collect();
+        (!named.is_empty()).then(|| named.into())
     }
 
     /// The frames recorded with the sample of thread `tid` of `pid` taken at `ktime_ns`, if any.

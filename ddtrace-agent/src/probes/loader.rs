@@ -39,8 +39,18 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJEC
 /// `sendfile` is `sendfile64`), each with three arguments or more (the entry program loads
 /// them from the record directly). The numbers they stand for are in the eBPF object's `sockets`.
 const SOCKET_SYSCALLS: &[&str] = &[
-    "read", "write", "readv", "writev", "sendfile64", "connect", "accept", "accept4", "sendto", "recvfrom",
-    "sendmsg", "recvmsg",
+    "read",
+    "write",
+    "readv",
+    "writev",
+    "sendfile64",
+    "connect",
+    "accept",
+    "accept4",
+    "sendto",
+    "recvfrom",
+    "sendmsg",
+    "recvmsg",
 ];
 /// System calls the programs need at entry only: a close ends a socket, a clone tells a thread.
 const ENTRY_ONLY_SYSCALLS: &[&str] = &["close", "clone", "clone3"];
@@ -162,13 +172,19 @@ impl KernelPrograms {
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
         let sockets = HashMap::try_from(ebpf.take_map(names::SOCKETS).ok_or(ProbeError::Missing(names::SOCKETS))?)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let python =
-            HashMap::try_from(ebpf.take_map(names::PYTHON_PROCESSES).ok_or(ProbeError::Missing(names::PYTHON_PROCESSES))?)
-                .map_err(|e| ProbeError::Load(e.to_string()))?;
-        let task_fsbase = match super::btf::Btf::from_kernel().and_then(|mut btf| btf.member("task_struct", "thread.fsbase")) {
+        let python = HashMap::try_from(
+            ebpf.take_map(names::PYTHON_PROCESSES).ok_or(ProbeError::Missing(names::PYTHON_PROCESSES))?,
+        )
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let task_fsbase = match super::btf::Btf::from_kernel()
+            .and_then(|mut btf| btf.member("task_struct", "thread.fsbase"))
+        {
             Ok(place) if place.size == 8 => Some(place.offset),
             Ok(place) => {
-                tracing::warn!(size = place.size, "task_struct.thread.fsbase is not 8 bytes: no Python frames in profiles");
+                tracing::warn!(
+                    size = place.size,
+                    "task_struct.thread.fsbase is not 8 bytes: no Python frames in profiles"
+                );
                 None
             }
             Err(error) => {
@@ -213,7 +229,9 @@ impl KernelPrograms {
             tracepoint.load().map_err(|e| load_error(program, e))?;
         }
         if !tracefs::has_event("syscalls", "sys_enter_read") {
-            tracing::info!("no per-call system call tracepoints in this kernel: every system call runs the socket programs");
+            tracing::info!(
+                "no per-call system call tracepoints in this kernel: every system call runs the socket programs"
+            );
             for program in programs {
                 let event = if program == names::SYSCALL_EXIT_PROGRAM { "sys_exit" } else { "sys_enter" };
                 self.attach_loaded_tracepoint(program, "raw_syscalls", event)?;
@@ -237,7 +255,12 @@ impl KernelPrograms {
         self.attach_loaded_tracepoint(program, category, event)
     }
 
-    fn attach_loaded_tracepoint(&mut self, program: &'static str, category: &str, event: &str) -> Result<(), ProbeError> {
+    fn attach_loaded_tracepoint(
+        &mut self,
+        program: &'static str,
+        category: &str,
+        event: &str,
+    ) -> Result<(), ProbeError> {
         let tracepoint: &mut TracePoint = Self::program(&mut self.ebpf, program)?;
         tracepoint.attach(category, event).map_err(|e| ProbeError::Attach {
             program,
@@ -301,7 +324,11 @@ impl KernelPrograms {
 
     /// Lets the sampler record the Python frames of process `tgid` with `layout` (built with
     /// [`Self::task_fsbase`]). Returns false when the kernel's BTF did not give that offset.
-    pub fn walk_python_frames(&mut self, tgid: u32, layout: impl FnOnce(u32) -> PythonLayout) -> Result<bool, ProbeError> {
+    pub fn walk_python_frames(
+        &mut self,
+        tgid: u32,
+        layout: impl FnOnce(u32) -> PythonLayout,
+    ) -> Result<bool, ProbeError> {
         let Some(task_fsbase) = self.task_fsbase else { return Ok(false) };
         self.python
             .insert(tgid, layout(task_fsbase), 0)

@@ -4,10 +4,10 @@
 mod btf;
 mod counters;
 mod detacher;
+mod drain_timer;
 mod event;
 mod exec_layout;
 mod loader;
-mod drain_timer;
 mod reader;
 mod scope;
 mod socket_layout;
@@ -17,8 +17,8 @@ mod tracefs;
 pub use counters::KernelCounters;
 pub use detacher::Detacher;
 pub use event::{
-    decode, DecodeError, EntryData, ExitData, KernelEvent, OptIn, ProbeEvent, ProcessChange, ProcessChangeKind,
-    InterpreterStack, SocketActivity, SocketOp, StackSample,
+    decode, DecodeError, EntryData, ExitData, InterpreterStack, KernelEvent, OptIn, ProbeEvent, ProcessChange,
+    ProcessChangeKind, SocketActivity, SocketOp, StackSample,
 };
 pub use loader::{KernelPrograms, NodeExecs, ProbeError, ProbeId, ProbeLinks};
 pub use reader::{EventReader, MAX_BATCH};

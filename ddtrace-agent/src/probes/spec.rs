@@ -39,6 +39,10 @@ pub struct ProbeDef {
     pub capture_length_arg: Option<u32>,
     /// The daemon must act on this event at once (wake the reader).
     pub urgent: bool,
+    /// The entry event carries the caller's interpreter frames, where there are any; not again
+    /// for calls on the same object (first argument) while they return this value (a step
+    /// that returned a row: the same loop over a query's rows).
+    pub record_caller: Option<u32>,
     /// Without this symbol the integration cannot work on that library.
     pub required: bool,
     pub kind: ProbeKind,
@@ -55,6 +59,7 @@ impl ProbeDef {
             out_pointer_arg: None,
             capture_length_arg: None,
             urgent: false,
+            record_caller: None,
             required: false,
             kind: ProbeKind::Call,
         }
@@ -92,6 +97,11 @@ impl ProbeDef {
         self
     }
 
+    pub const fn recording_caller(mut self, same_caller_while_ret: u32) -> Self {
+        self.record_caller = Some(same_caller_while_ret);
+        self
+    }
+
     pub const fn required(mut self) -> Self {
         self.required = true;
         self
@@ -111,6 +121,10 @@ impl ProbeDef {
         if let Some(n) = self.out_pointer_arg {
             spec.flags |= probe_flags::READ_OUT_POINTER_AT_EXIT;
             spec.out_arg = n;
+        }
+        if let Some(ret) = self.record_caller {
+            spec.flags |= probe_flags::RECORD_CALLER;
+            spec.same_caller_while_ret = ret;
         }
         if self.urgent {
             spec.flags |= probe_flags::WAKE_READER;

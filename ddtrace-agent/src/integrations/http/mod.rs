@@ -9,11 +9,13 @@
 //! - [`resource`]: the `METHOD /path` resource with ids in the path quantized;
 //! - [`url`]: `http.url`, with the query string obfuscated by Datadog's default pattern;
 //! - [`propagation`]: the caller's trace context from Datadog and W3C request headers;
-//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps.
+//! - [`headers`]: the `DD_TRACE_HEADER_TAGS` allow-list, and which headers the parser keeps;
+//! - [`client_library`]: which Python library made an outbound call, from its caller's frames.
 //!
 //! `stream` makes it a wire protocol of the stream layer (`integrations::streams`): each
 //! connection that starts with a request line, its exchanges as contexts.
 
+pub mod client_library;
 pub mod exchange;
 pub mod headers;
 pub mod message_parser;

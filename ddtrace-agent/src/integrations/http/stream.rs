@@ -15,19 +15,22 @@
 use std::{collections::VecDeque, net::SocketAddr, sync::Arc};
 
 use super::{
-    build_http_url, resource_name, starts_request, ConnectionTracker, Exchange, ExchangeOutcome, ExtractedContext,
-    HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, StyleList,
+    build_http_url, client_library, resource_name, starts_request, ConnectionTracker, Exchange, ExchangeOutcome,
+    ExtractedContext, HeaderTags, KeptHeaders, MessageHead, ParserLimits, QueryObfuscator, StyleList,
 };
 use crate::{
+    config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
     integrations::streams::{
         client_parent::ClientParent, linking::Caller, ConnectionFacts, Moment, ProtocolConnection, Role, Segment,
         StreamServices, WireProtocol,
     },
+    interpreters::python::NamedFrame,
 };
 
 /// What every HTTP connection shares: which headers to keep and tag, and how to read them.
 struct HttpSettings {
+    schema: SpanSchema,
     kept: Arc<KeptHeaders>,
     header_tags: HeaderTags,
     obfuscator: QueryObfuscator,
@@ -41,9 +44,11 @@ pub struct HttpProtocol {
 }
 
 impl HttpProtocol {
-    /// `header_tags`: the allow-list of headers copied into spans (`DD_TRACE_HEADER_TAGS`).
-    pub fn new(header_tags: HeaderTags) -> Self {
+    /// `header_tags`: the allow-list of headers copied into spans (`DD_TRACE_HEADER_TAGS`);
+    /// `schema`: how client spans named after their library are named.
+    pub fn new(header_tags: HeaderTags, schema: SpanSchema) -> Self {
         let settings = HttpSettings {
+            schema,
             kept: Arc::new(KeptHeaders::for_tracing(&header_tags)),
             header_tags,
             obfuscator: QueryObfuscator::default(),
@@ -68,6 +73,7 @@ impl WireProtocol for HttpProtocol {
             settings: self.settings.clone(),
             open: VecDeque::new(),
             exchanges: Vec::new(),
+            caller: None,
         })
     }
 }
@@ -80,6 +86,8 @@ struct HttpConnection {
     open: VecDeque<(u32, ContextId)>,
     /// Exchanges ended by the last segment (a buffer kept for its capacity).
     exchanges: Vec<Exchange>,
+    /// A client's: the frames of the code that wrote the latest request bytes, when recorded.
+    caller: Option<Arc<[NamedFrame]>>,
 }
 
 impl ProtocolConnection for HttpConnection {
@@ -90,6 +98,9 @@ impl ProtocolConnection for HttpConnection {
         services: &mut StreamServices,
         contexts: &mut ContextTree,
     ) {
+        if let Some(caller) = segment.caller {
+            self.caller = Some(caller.clone());
+        }
         let seen = self.tracker.requests_seen();
         self.tracker.on_data(segment.direction, segment.data, segment.length, segment.ktime_ns, &mut self.exchanges);
         let started = (self.tracker.requests_seen() - seen) as usize;
@@ -127,6 +138,11 @@ impl HttpConnection {
         for (index, head) in (first_index..).zip(self.tracker.latest_requests(started)) {
             let mut data = request_data_of(&self.settings, head, facts);
             if facts.role == Role::Client {
+                if let Some(library) = self.caller.take().as_deref().and_then(client_library::library_of) {
+                    data.name = library.name(self.settings.schema);
+                    data.component = library.component;
+                    data.integration_service = library.service(self.settings.schema);
+                }
                 let (tgid, tid, started) = (at.tgid, at.tid, head.started_ns);
                 let id = services.start_client_call(tgid, tid, started, facts, data, contexts);
                 self.open.push_back((at.tid, id));

@@ -22,7 +22,7 @@ mod protocol;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod replay;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 pub use protocol::{
     ConnectionFacts, Direction, Moment, ProtocolConnection, Role, Segment, StreamServices, WireProtocol,
@@ -30,6 +30,7 @@ pub use protocol::{
 
 use crate::{
     core::ContextTree,
+    interpreters::python::NamedFrame,
     probes::{SocketActivity, SocketOp},
 };
 use ddtrace_common::FD_UNKNOWN;
@@ -139,6 +140,17 @@ impl StreamLayer {
 
     /// Follows one socket system call or TLS library call.
     pub fn on_socket(&mut self, event: &SocketActivity, contexts: &mut ContextTree) {
+        self.on_socket_from(event, None, contexts)
+    }
+
+    /// As [`Self::on_socket`], for a write whose `caller` (the interpreter frames of the code
+    /// that made it) the kernel recorded.
+    pub fn on_socket_from(
+        &mut self,
+        event: &SocketActivity,
+        caller: Option<&Arc<[NamedFrame]>>,
+        contexts: &mut ContextTree,
+    ) {
         let socket = Stream::Socket { tgid: event.tgid, fd: event.fd };
         match event.op {
             SocketOp::Accepted | SocketOp::Connected => {
@@ -180,6 +192,7 @@ impl StreamLayer {
                     direction: if event.op == SocketOp::Received { Direction::Read } else { Direction::Write },
                     data: &event.data,
                     length: usize::try_from(event.length).unwrap_or(usize::MAX),
+                    caller,
                 };
                 if let Speaks::NotYet(offered) = connection.speaks {
                     connection.speaks =

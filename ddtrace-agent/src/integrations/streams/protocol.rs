@@ -4,13 +4,16 @@
 //! protocol that recognised its first bytes. A protocol parses and pairs its messages and opens
 //! and ends contexts for them; it never sees sockets, TLS sessions or fds.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     client_parent::{ClientParent, ClientParents},
     linking::CallerIndex,
 };
-use crate::core::{ContextData, ContextId, ContextTree};
+use crate::{
+    core::{ContextData, ContextId, ContextTree},
+    interpreters::python::NamedFrame,
+};
 
 /// The side of the connection the traced process is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,9 @@ pub struct Segment<'a> {
     pub data: &'a [u8],
     /// How many bytes the call moved (`data` may be shorter).
     pub length: usize,
+    /// For a write the kernel recorded the caller of: the interpreter frames (innermost first)
+    /// of the code that made it.
+    pub caller: Option<&'a Arc<[NamedFrame]>>,
 }
 
 /// Where and when something happened on a connection that carries no bytes (a close).

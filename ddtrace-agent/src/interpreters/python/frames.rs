@@ -25,6 +25,8 @@ pub struct NamedFrame {
     pub function: Arc<str>,
     pub file: Arc<str>,
     pub line: Option<u32>,
+    /// The code's first line (a decorated function's first decorator).
+    pub first_line: Option<u32>,
 }
 
 /// What a code object says about itself, and the pointers that tell it from another code
@@ -109,12 +111,17 @@ impl PythonFrames {
         let layout = self.runtime.layout;
         let Some(code) = self.code(frame.code) else {
             self.unnamed += 1;
-            return NamedFrame { function: UNKNOWN_FUNCTION.into(), file: "".into(), line: None };
+            return NamedFrame { function: UNKNOWN_FUNCTION.into(), file: "".into(), line: None, first_line: None };
         };
         let offset = instruction_offset(&layout, frame.code, frame.instruction);
         let line = line_at(layout.line_table, &code.line_table, code.first_line, offset)
             .and_then(|line| u32::try_from(line).ok());
-        NamedFrame { function: code.function.clone(), file: code.file.clone(), line }
+        NamedFrame {
+            function: code.function.clone(),
+            file: code.file.clone(),
+            line,
+            first_line: u32::try_from(code.first_line).ok(),
+        }
     }
 
     /// The code object at `address`, read again when its answer is older than [`RECHECK`] and
@@ -225,7 +232,9 @@ fn read_unicode(pid: u32, address: u64, layout: &VersionLayout) -> Option<String
             .collect(),
         4 => bytes
             .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(char::REPLACEMENT_CHARACTER))
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
             .collect(),
         _ => return None,
     };

@@ -84,7 +84,13 @@ pub const OBJECT_TYPE: u64 = 8;
 /// The `owner` of a frame that a C call pushed to mark its place (3.12+).
 pub const FRAME_OWNED_BY_CSTACK: u32 = 3;
 
-const fn old(minor: u32, tss_key: u64, lasti: u32, instruction: InstructionKind, table: LineTableFormat) -> VersionLayout {
+const fn old(
+    minor: u32,
+    tss_key: u64,
+    lasti: u32,
+    instruction: InstructionKind,
+    table: LineTableFormat,
+) -> VersionLayout {
     VersionLayout {
         minor,
         tss_key,

@@ -160,14 +160,14 @@ mod tests {
             0x80 | (10 << 3) | 1, // one-line form, +0, 2 units
             5,
             9,
-            0x80 | (14 << 3),     // long form, 1 unit
-            0x40 | 4,             // svarint, continued: +2 + (1 << 6) / 2 ...
+            0x80 | (14 << 3), // long form, 1 unit
+            0x40 | 4,         // svarint, continued: +2 + (1 << 6) / 2 ...
             1,
             0,
             0,
             0,
-            0x80 | (15 << 3),     // no location
-            0x80 | (11 << 3),     // one-line form, +1
+            0x80 | (15 << 3), // no location
+            0x80 | (11 << 3), // one-line form, +1
             0,
             0,
         ];

@@ -5,6 +5,7 @@
 pub mod frames;
 pub mod layout;
 pub mod line_table;
+pub mod modules;
 pub mod runtime;
 
 pub use frames::{runs_frame_groups, NamedFrame, PythonFrames, UNKNOWN_FUNCTION};

@@ -64,7 +64,8 @@ impl PythonRuntime {
         let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
             .map_err(|e| PythonError::Unreadable { reason: format!("/proc/{pid}/maps: {e}") })?;
         let mappings: Vec<_> = maps.lines().filter_map(parse_maps_line).collect();
-        let musl = mappings.iter().filter_map(|m| m.path.as_ref()?.file_name()?.to_str()).any(|n| n.starts_with("ld-musl"));
+        let musl =
+            mappings.iter().filter_map(|m| m.path.as_ref()?.file_name()?.to_str()).any(|n| n.starts_with("ld-musl"));
         let mut candidates: Vec<&PathBuf> = mappings
             .iter()
             .filter_map(|m| m.path.as_ref())
@@ -75,8 +76,7 @@ impl PythonRuntime {
             let Some(first) = mappings.iter().filter(|m| m.path.as_ref() == Some(path)).min_by_key(|m| m.start) else {
                 continue;
             };
-            let host_path =
-                PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+            let host_path = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
             // Through a read cache: pyenv's libpython with its DWARF is tens of MB, of which only
             // the headers and symbol tables are read.
             let Ok(file) = fs::File::open(&host_path) else { continue };
@@ -108,23 +108,16 @@ impl PythonRuntime {
             })?,
         };
         let version_text = version_text(version);
-        let layout = (version.0 == 3).then(|| layout::for_minor(version.1)).flatten().ok_or_else(|| {
-            PythonError::UnknownVersion { version: version_text.clone(), binary: binary.clone() }
-        })?;
+        let layout = (version.0 == 3)
+            .then(|| layout::for_minor(version.1))
+            .flatten()
+            .ok_or_else(|| PythonError::UnknownVersion { version: version_text.clone(), binary: binary.clone() })?;
         let code_type = symbols.code_type.wrapping_add(bias);
         let tss_key_address = runtime_address + layout.tss_key;
         check_code_type(pid, code_type, &layout)
             .and_then(|()| check_tss_key(pid, tss_key_address))
             .map_err(|what| PythonError::LayoutMismatch { version: version_text.clone(), what })?;
-        Ok(Self {
-            pid,
-            version,
-            layout,
-            binary,
-            runtime_address,
-            tss_key_address,
-            code_type,
-        })
+        Ok(Self { pid, version, layout, binary, runtime_address, tss_key_address, code_type })
     }
 
     /// `3.11.7`, or `3.9` when the file name was all that told the version.
@@ -163,16 +156,19 @@ struct InterpreterSymbols {
 
 impl InterpreterSymbols {
     fn of<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>) -> Option<Self> {
-        let find = |name: &str| {
-            elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address())
-        };
+        let find =
+            |name: &str| elf.dynamic_symbols().chain(elf.symbols()).find(|s| s.name() == Ok(name)).map(|s| s.address());
         Some(Self { runtime: find("_PyRuntime")?, version_hex: find("Py_Version"), code_type: find("PyCode_Type")? })
     }
 }
 
 /// What to add to an ELF virtual address to get the process address, from the mapping of the
 /// file's lowest mapped offset.
-fn load_bias<'data, R: object::ReadRef<'data>>(elf: &object::File<'data, R>, start: u64, file_offset: u64) -> Option<u64> {
+fn load_bias<'data, R: object::ReadRef<'data>>(
+    elf: &object::File<'data, R>,
+    start: u64,
+    file_offset: u64,
+) -> Option<u64> {
     let segment = elf.segments().find(|segment| {
         let (offset, size) = segment.file_range();
         offset <= file_offset && file_offset < offset + size.max(1)

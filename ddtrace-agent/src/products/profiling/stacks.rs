@@ -163,7 +163,8 @@ impl StackResolver {
     /// The sample's interpreter frames, named, in the groups each eval-loop call runs.
     fn interpreter_groups(&mut self, tgid: u32, interpreter: &InterpreterFrames) -> Vec<Vec<NamedFrame>> {
         // A namer serves one interpreter: after an exec the process has another.
-        let current = self.interpreters.get(&tgid).is_some_and(|namer| Arc::ptr_eq(namer.runtime(), &interpreter.runtime));
+        let current =
+            self.interpreters.get(&tgid).is_some_and(|namer| Arc::ptr_eq(namer.runtime(), &interpreter.runtime));
         if !current {
             self.interpreters.insert(tgid, PythonFrames::new(interpreter.runtime.clone()));
         }
@@ -180,7 +181,12 @@ impl StackResolver {
         // The walk stops after the innermost frames: what was cut is at the outer end.
         if interpreter.flags & flags::TRUNCATED != 0 {
             if let Some(outermost) = groups.last_mut() {
-                outermost.push(NamedFrame { function: TRUNCATED_FRAMES.into(), file: "".into(), line: None });
+                outermost.push(NamedFrame {
+                    function: TRUNCATED_FRAMES.into(),
+                    file: "".into(),
+                    line: None,
+                    first_line: None,
+                });
             }
         }
         groups
@@ -281,7 +287,10 @@ mod tests {
     }
 
     fn group(names: &[&str]) -> Vec<NamedFrame> {
-        names.iter().map(|n| NamedFrame { function: (*n).into(), file: "app.py".into(), line: Some(1) }).collect()
+        names
+            .iter()
+            .map(|n| NamedFrame { function: (*n).into(), file: "app.py".into(), line: Some(1), first_line: Some(1) })
+            .collect()
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {

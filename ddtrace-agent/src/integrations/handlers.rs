@@ -1,0 +1,225 @@
+//! The handler (view) a Python web framework ran for a request, seen from outside. The kernel
+//! records the interpreter frames of the calls a handler makes (a statement's first step, an
+//! outbound request's write); in them, the frame the framework's dispatcher called is the view.
+//! It becomes the view span dd-trace-py makes (`__main__.user` for Flask): a child of the request
+//! the thread serves, and the parent of what the view does from the first call seen. It starts
+//! at that call and ends where the last call inside it ended: the view's own code before its
+//! first call and after its last one is not seen. The request span and the view span get
+//! dd-trace-py's entry code origin tags (`_dd.code_origin.*`: the view's file, first line,
+//! module and name), as `DD_CODE_ORIGIN_FOR_SPANS_ENABLED` (on by default since ddtrace 4.9)
+//! gives them.
+//!
+//! Flask only, for now: Django's and Starlette's dispatchers are known, their spans not yet made.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use crate::{
+    core::{ContextData, ContextTree, SpanKind},
+    interpreters::python::{modules, NamedFrame},
+};
+
+/// A framework's dispatcher: the function (and its file) that calls the application's view.
+struct Dispatcher {
+    file_suffix: &'static str,
+    function_suffix: &'static str,
+    component: &'static str,
+}
+
+const DISPATCHERS: &[Dispatcher] =
+    &[Dispatcher { file_suffix: "/flask/app.py", function_suffix: "dispatch_request", component: "flask" }];
+
+/// The view's context frame: above every user stack address (the calls it makes nest inside it),
+/// below the request's (which the stream layer puts near the top).
+const VIEW_FRAME: u64 = 1 << 63;
+
+/// Distinct view span names kept; past this, new views are named by their framework alone.
+const MAX_VIEW_NAMES: usize = 4096;
+
+/// Which processes' files are which modules, learnt as views are seen.
+#[derive(Default)]
+pub struct Handlers {
+    main_scripts: HashMap<u32, Option<PathBuf>>,
+    modules: HashMap<(u32, Arc<str>), Option<Arc<str>>>,
+}
+
+impl Handlers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A call of thread `tid` at `ktime_ns` whose caller's `frames` (innermost first) the kernel
+    /// recorded: opens the view's context when the frames show one and the thread serves a
+    /// request that has none yet. Before the call's own context opens, so that it nests inside.
+    pub fn caller_seen(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        ktime_ns: u64,
+        frames: &[NamedFrame],
+        contexts: &mut ContextTree,
+    ) {
+        let Some((dispatcher, view)) = view_in(frames) else { return };
+        let Some(innermost) = contexts.innermost_context(tid) else { return };
+        // Only in a request this thread serves, and once per request.
+        if innermost.data.kind != SpanKind::Server {
+            return;
+        }
+        let request = innermost.id;
+        let module = self.module_of(tgid, &view.file);
+        let function = view.function.rsplit('.').next().unwrap_or(&view.function);
+        let name = match &module {
+            Some(module) => interned(format!("{module}.{function}")).unwrap_or(dispatcher.component),
+            None => interned(function.to_owned()).unwrap_or(dispatcher.component),
+        };
+        let file = modules::absolute(tgid, std::path::Path::new(&*view.file)).display().to_string();
+        let origin = CodeOrigin { file, line: view.first_line, module, method: view.function.clone() };
+        let mut data = ContextData::new(name, dispatcher.component, "", SpanKind::Internal).with_resource(name);
+        data.bounded_by_children = true;
+        origin.tag(&mut data);
+        contexts.annotate(tid, request, |request| origin.tag(request));
+        contexts.start(tgid, tid, ktime_ns, VIEW_FRAME, data);
+    }
+
+    pub fn process_exited(&mut self, tgid: u32) {
+        self.main_scripts.remove(&tgid);
+        self.modules.retain(|(pid, _), _| *pid != tgid);
+    }
+
+    fn module_of(&mut self, tgid: u32, file: &Arc<str>) -> Option<Arc<str>> {
+        if let Some(module) = self.modules.get(&(tgid, file.clone())) {
+            return module.clone();
+        }
+        let main = self.main_scripts.entry(tgid).or_insert_with(|| modules::main_script(tgid));
+        let module: Option<Arc<str>> = modules::module_name(tgid, file, main.as_deref()).map(Into::into);
+        self.modules.insert((tgid, file.clone()), module.clone());
+        module
+    }
+}
+
+/// The view in `frames` (innermost first): the frame just inside a dispatcher's.
+fn view_in(frames: &[NamedFrame]) -> Option<(&'static Dispatcher, &NamedFrame)> {
+    frames.windows(2).find_map(|pair| {
+        let (inner, outer) = (&pair[0], &pair[1]);
+        let dispatcher = DISPATCHERS
+            .iter()
+            .find(|d| outer.file.ends_with(d.file_suffix) && outer.function.ends_with(d.function_suffix))?;
+        Some((dispatcher, inner))
+    })
+}
+
+/// What dd-trace-py's code origin for spans says of an entry span: where its handler is.
+struct CodeOrigin {
+    file: String,
+    line: Option<u32>,
+    module: Option<Arc<str>>,
+    method: Arc<str>,
+}
+
+impl CodeOrigin {
+    fn tag(&self, data: &mut ContextData) {
+        data.meta.insert("_dd.code_origin.type".into(), "entry".into());
+        data.meta.insert("_dd.code_origin.frames.0.file".into(), self.file.clone());
+        if let Some(line) = self.line {
+            data.meta.insert("_dd.code_origin.frames.0.line".into(), line.to_string());
+        }
+        if let Some(module) = &self.module {
+            data.meta.insert("_dd.code_origin.frames.0.type".into(), module.to_string());
+        }
+        data.meta.insert("_dd.code_origin.frames.0.method".into(), self.method.to_string());
+    }
+}
+
+/// A view's span name for the life of the agent (span names are static); `None` once
+/// [`MAX_VIEW_NAMES`] are kept.
+fn interned(name: String) -> Option<&'static str> {
+    static NAMES: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let mut names = NAMES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = names.get(&name) {
+        return Some(kept);
+    }
+    if names.len() >= MAX_VIEW_NAMES {
+        return None;
+    }
+    let kept: &'static str = Box::leak(name.clone().into_boxed_str());
+    names.insert(name, kept);
+    Some(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::test_support::tree_recording_ends;
+
+    fn frame(function: &str, file: &str, first_line: u32) -> NamedFrame {
+        NamedFrame {
+            function: function.into(),
+            file: file.into(),
+            line: Some(first_line + 2),
+            first_line: Some(first_line),
+        }
+    }
+
+    #[test]
+    fn the_frame_flask_dispatched_to_is_a_view_span_inside_the_request_with_code_origin() {
+        let (mut tree, ended) = tree_recording_ends();
+        let mut handlers = Handlers::new();
+        let flask = "/venv/lib/python3.11/site-packages/flask/app.py";
+        let frames = [
+            frame("Cursor.execute", "/usr/lib/python3.11/sqlite3/dbapi2.py", 1),
+            frame("user", "/srv/shop_app_test_only.py", 12),
+            frame("Flask.dispatch_request", flask, 860),
+            frame("Flask.full_dispatch_request", flask, 880),
+        ];
+        let request = ContextData::new("http.request", "http", "web", SpanKind::Server);
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, request, None);
+        handlers.caller_seen(1, 10, 2_000, &frames, &mut tree);
+        let query =
+            tree.start(1, 10, 2_000, 0x7f00, ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client));
+        tree.end(10, query, 3_000, |_| {});
+        // The same view's next call opens nothing more.
+        handlers.caller_seen(1, 10, 3_500, &frames, &mut tree);
+        tree.end(10, request, 9_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
+        // No such file in this process: its module is its file name.
+        assert_eq!(names, ["sqlite.query", "shop_app_test_only.user", "http.request"]);
+        let (query, view, request) = (&ended[0], &ended[1], &ended[2]);
+        assert_eq!((query.parent_id, view.parent_id), (view.id, request.id));
+        assert_eq!(view.data.component, "flask");
+        assert_eq!(view.end_unix_ns, query.end_unix_ns);
+        for span in [view, request] {
+            let meta = |key: &str| span.data.meta.get(key).map(String::as_str);
+            assert_eq!(meta("_dd.code_origin.type"), Some("entry"));
+            assert_eq!(meta("_dd.code_origin.frames.0.file"), Some("/srv/shop_app_test_only.py"));
+            assert_eq!(meta("_dd.code_origin.frames.0.line"), Some("12"));
+            assert_eq!(meta("_dd.code_origin.frames.0.type"), Some("shop_app_test_only"));
+            assert_eq!(meta("_dd.code_origin.frames.0.method"), Some("user"));
+        }
+    }
+
+    #[test]
+    fn no_view_outside_a_request_or_without_a_dispatcher() {
+        let (mut tree, ended) = tree_recording_ends();
+        let mut handlers = Handlers::new();
+        let script = [frame("main", "/srv/job.py", 1)];
+        let dispatched = [frame("user", "/srv/app.py", 3), frame("Flask.dispatch_request", "/x/flask/app.py", 9)];
+        handlers.caller_seen(1, 10, 1_000, &dispatched, &mut tree);
+        let request = tree.start_root(
+            1,
+            10,
+            1_000,
+            u64::MAX,
+            ContextData::new("http.request", "http", "web", SpanKind::Server),
+            None,
+        );
+        handlers.caller_seen(1, 10, 2_000, &script, &mut tree);
+        tree.end(10, request, 3_000, |_| {});
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.iter().map(|c| c.data.name).collect::<Vec<_>>(), ["http.request"]);
+        assert!(!ended[0].data.meta.contains_key("_dd.code_origin.type"));
+    }
+}
