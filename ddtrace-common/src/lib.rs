@@ -438,6 +438,8 @@ pub mod tracepoint_globals {
     /// Non-zero in node mode: every exec on the host is reported, not only tracked ones.
     pub const REPORT_EVERY_EXEC: &str = "REPORT_EVERY_EXEC";
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// Zero: no caller's interpreter frames are recorded at events (`--python-callers false`).
+    pub const RECORD_CALLERS: &str = "RECORD_CALLERS";
 }
 
 /// Where the kernel keeps a socket's addresses, from the current task down to `struct

@@ -164,7 +164,7 @@ const CALLER_RECORD_INTERVAL_NS: u64 = 1_000_000;
 
 #[inline(always)]
 fn caller_worth_recording(pid_tgid: u64, object: u64, now_ns: u64) -> bool {
-    if !python::is_python((pid_tgid >> 32) as u32) {
+    if !python::records_callers((pid_tgid >> 32) as u32) {
         return false;
     }
     // SAFETY: a map lookup; the value is copied out at once.

@@ -35,11 +35,16 @@ pub enum Recorder {
     Event = 1,
 }
 
-/// Whether the process's samples and events carry Python frames.
+/// Set by the daemon: zero when no caller's frames are recorded at events (its
+/// `--python-callers false`, the baseline of `cargo xtask bench --sqlite-callers`).
+#[unsafe(no_mangle)]
+static RECORD_CALLERS: u32 = 1;
+
+/// Whether events of the process carry their caller's Python frames.
 #[inline(always)]
-pub fn is_python(tgid: u32) -> bool {
-    // SAFETY: a map lookup whose value is not read.
-    unsafe { PYTHON_PROCESSES.get(&tgid) }.is_some()
+pub fn records_callers(tgid: u32) -> bool {
+    // SAFETY: a volatile read of a global the loader sets; a map lookup whose value is not read.
+    unsafe { core::ptr::read_volatile(&RECORD_CALLERS) != 0 && PYTHON_PROCESSES.get(&tgid).is_some() }
 }
 
 const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;

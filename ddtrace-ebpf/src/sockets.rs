@@ -150,7 +150,7 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
 fn is_outbound_write(id: u64, state: u64) -> bool {
     matches!(id, nr::WRITE | nr::WRITEV | nr::SENDTO | nr::SENDMSG)
         && state & 0xFFFF == socket_op::CONNECTED as u64
-        && python::is_python(((bpf_get_current_pid_tgid()) >> 32) as u32)
+        && python::records_callers(((bpf_get_current_pid_tgid()) >> 32) as u32)
 }
 
 /// Whether `fd` of `tgid` is a socket the process connected (not one it accepted).

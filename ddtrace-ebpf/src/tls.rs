@@ -102,7 +102,7 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     if op == socket_op::SENT
         && call.fd != FD_UNKNOWN
-        && python::is_python(tgid)
+        && python::records_callers(tgid)
         && sockets::is_connected_socket(tgid, call.fd)
     {
         python::record_stack(tgid, at, python::Recorder::Event);

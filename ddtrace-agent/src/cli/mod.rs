@@ -65,6 +65,12 @@ pub struct Cli {
     #[arg(long, value_name = "RATE", value_parser = parse_rate_flag)]
     pub trace_sample_rate: Option<f64>,
 
+    /// Whether the kernel records the Python frames of the code that makes a statement or an
+    /// outbound request (which library made a call, which view served a request).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub python_callers: bool,
+
     /// Whether to profile CPU (default: DD_PROFILING_ENABLED, else true).
     #[arg(long, value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub profiling_enabled: Option<bool>,

@@ -140,7 +140,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
     // kernel reads itself): executable names, everything, or stable configuration files.
     let node_execs =
         node.as_ref().map(|node| crate::probes::NodeExecs { every_exec: node.selects_beyond_dd_service() });
-    let mut programs = KernelPrograms::load_with(kernel_log_level(), node_execs)?;
+    let mut programs = KernelPrograms::load_with(kernel_log_level(), node_execs, cli.python_callers)?;
     let mut reader = programs.take_event_reader()?;
     if let Some(logger) = programs.take_kernel_logger() {
         tokio::spawn(drain_kernel_log(logger));

@@ -113,13 +113,14 @@ impl KernelPrograms {
     /// `kernel_log_level` is aya-log's level (0 = off): kernel diagnostics stay off the hot path
     /// unless asked for.
     pub fn load(kernel_log_level: u8) -> Result<Self, ProbeError> {
-        Self::load_with(kernel_log_level, None)
+        Self::load_with(kernel_log_level, None, true)
     }
 
     /// Like [`load`](Self::load); `node` for node mode: the kernel tracks new programs that opt in
     /// at their exec and reports them, and with `every_exec: true` every other new program of
     /// the host too (the daemon selects by more than `DD_SERVICE`).
-    pub fn load_with(kernel_log_level: u8, node: Option<NodeExecs>) -> Result<Self, ProbeError> {
+    /// `record_callers`: whether events of interpreted processes carry their caller's frames.
+    pub fn load_with(kernel_log_level: u8, node: Option<NodeExecs>, record_callers: bool) -> Result<Self, ProbeError> {
         let every_exec = node.is_some_and(|node| node.every_exec);
         raise_memlock_limit();
         let offsets = lifecycle_field_offsets();
@@ -137,6 +138,8 @@ impl KernelPrograms {
         }
         let every_exec = u32::from(every_exec);
         loader.override_global(tracepoint_globals::REPORT_EVERY_EXEC, &every_exec, true);
+        let record_callers = u32::from(record_callers);
+        loader.override_global(tracepoint_globals::RECORD_CALLERS, &record_callers, true);
         if let Ok((child_pid, group_dead)) = &offsets {
             loader.override_global(tracepoint_globals::FORK_CHILD_PID_OFFSET, child_pid, true);
             loader.override_global(tracepoint_globals::EXIT_GROUP_DEAD_OFFSET, group_dead, true);
