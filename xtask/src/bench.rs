@@ -102,6 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         (args.http.http, "--http", crate::bench_http::run),
         (args.calls_bench.tls, "--tls", crate::bench_calls::run),
         (args.calls_bench.sqlite, "--sqlite", crate::bench_calls::run),
+        (args.calls_bench.sqlite_callers, "--sqlite-callers", crate::bench_calls::run),
         (args.vs_ddtrace.vs_ddtrace, "--vs-ddtrace", crate::bench_vs_ddtrace::run),
         (args.soak.soak, "--soak", crate::bench_soak::run),
         (args.churn.churn, "--churn", crate::bench_churn::run),

@@ -45,6 +45,10 @@ pub struct LibraryCallArgs {
     /// functions or where the agent places it.
     #[arg(long)]
     pub sqlite: bool,
+    /// Instead of the uprobe cost: what recording the caller's Python frames adds to a
+    /// statement's execution made 30 frames deep (the agent with and without `--python-callers`).
+    #[arg(long)]
+    pub sqlite_callers: bool,
 }
 
 /// Pairs per round when `--calls` keeps its default (which is sized for the C target).
@@ -127,6 +131,30 @@ const SQLITE: Workload = Workload {
     output: "sqlite-prepare-cost.json",
 };
 
+const SQLITE_CALLERS: Workload = Workload {
+    title: "sqlite3_prepare_v2 + sqlite3_step + sqlite3_finalize through ctypes, 30 Python frames deep",
+    script: "tests/apps/bench/sqlite_step_loop.py",
+    other: "import sys; print('ready', flush=True); sys.stdin.read()",
+    agent_ready: "sqlite: attached",
+    setups: &[
+        Setup { label: "(a) no agent", key: "no_agent", traced: Traced::Nothing, agent_args: &[] },
+        Setup {
+            label: "(b) agent, --python-callers false",
+            key: "agent_without_callers",
+            traced: Traced::TheLoop,
+            agent_args: &["--python-callers", "false"],
+        },
+        Setup {
+            label: "(c) agent, callers recorded",
+            key: "agent_with_callers",
+            traced: Traced::TheLoop,
+            agent_args: &[],
+        },
+    ],
+    note: "(c) - (b): one walk of ~33 Python frames at each execution's first step (goal <= 2 us).",
+    output: "sqlite-callers-cost.json",
+};
+
 /// A Python process driven over stdin.
 struct Python {
     child: Child,
@@ -165,7 +193,13 @@ impl Drop for Python {
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    let workload = if args.calls_bench.sqlite { &SQLITE } else { &TLS };
+    let workload = if args.calls_bench.sqlite {
+        &SQLITE
+    } else if args.calls_bench.sqlite_callers {
+        &SQLITE_CALLERS
+    } else {
+        &TLS
+    };
     let cycles = args.cycles.unwrap_or(DEFAULT_CYCLES);
     let pairs = if args.calls == 200_000 { PAIRS_PER_ROUND } else { args.calls };
     if args.rounds == 0 || pairs == 0 || cycles == 0 {
