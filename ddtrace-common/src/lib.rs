@@ -593,7 +593,7 @@ mod tests {
         assert_eq!(size_of::<EntryEvent>(), 80);
         assert_eq!(size_of::<EntryCaptureEvent>(), 88 + MAX_CAPTURE);
         assert_eq!(size_of::<ExitEvent>(), 56);
-        assert_eq!(size_of::<ProbeSpec>(), 16);
+        assert_eq!(size_of::<ProbeSpec>(), 24);
         assert_eq!(size_of::<OutPointerKey>(), 16);
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);

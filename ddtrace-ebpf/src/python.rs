@@ -51,6 +51,17 @@ const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;
 // The index masks (`& (FRAME_WORDS - 1)`) keep indexes in the array only for a power of two.
 const _: () = assert!(FRAME_WORDS.is_power_of_two());
 const SHORT_FRAME_BYTES: u32 = 72;
+const SHORT_FRAME_WORDS: usize = SHORT_FRAME_BYTES as usize / 8;
+
+/// 3.11+ frames live side by side in the thread's data stack (and 3.12's entry frames on the C
+/// stack): one read of the page a frame is in serves the frames below it in that page, instead
+/// of a read per frame (each read costs ~80 ns; a web view's 30 frames fit in two pages).
+const PAGE_BYTES: u64 = 4096;
+const PAGE_WORDS: usize = PAGE_BYTES as usize / 8;
+
+/// The page being walked, per recorder (see [`PYTHON_SCRATCH`]).
+#[map(name = "PYTHON_PAGES")]
+static PYTHON_PAGES: PerCpuArray<[u64; PAGE_WORDS]> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
 fn read_user_u64(address: u64) -> Option<u64> {
@@ -157,13 +168,36 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
     let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
     let mut words = [0u64; FRAME_WORDS];
     let mut count = 0usize;
+    let Some(page) = PYTHON_PAGES.get_ptr_mut(recorder as u32) else { return };
+    // SAFETY: the per-CPU page buffer of this recorder, as the scratch above.
+    let page = unsafe { &mut *page };
+    // The address of the page in `page`; 0: none read.
+    let mut page_base = 0u64;
     while count < MAX_PYTHON_FRAMES && frame != 0 {
-        // SAFETY: copies at most the array's size from the target, or fails.
-        let failed = unsafe {
-            if short {
-                bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
-            } else {
-                bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+        let base = frame & !(PAGE_BYTES - 1);
+        // A frame that ends in its page (frames are 8-aligned) is served from the page's copy.
+        let in_one_page = frame + SHORT_FRAME_BYTES as u64 <= base + PAGE_BYTES;
+        if short && in_one_page && base != page_base {
+            // SAFETY: copies one page of the target into the buffer, or fails (then the frame
+            // is read alone below).
+            let failed =
+                unsafe { bpf_probe_read_user(page.as_mut_ptr() as *mut _, PAGE_BYTES as u32, base as *const _) };
+            page_base = if failed == 0 { base } else { 0 };
+        }
+        let failed = if short && in_one_page && base == page_base {
+            let first = ((frame - base) / 8) as usize;
+            for (i, word) in words.iter_mut().take(SHORT_FRAME_WORDS).enumerate() {
+                *word = page[(first + i) & (PAGE_WORDS - 1)];
+            }
+            0
+        } else {
+            // SAFETY: copies at most the array's size from the target, or fails.
+            unsafe {
+                if short {
+                    bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
+                } else {
+                    bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+                }
             }
         };
         if failed != 0 {
