@@ -51,17 +51,26 @@ const FRAME_WORDS: usize = PYTHON_FRAME_READ_BYTES as usize / 8;
 // The index masks (`& (FRAME_WORDS - 1)`) keep indexes in the array only for a power of two.
 const _: () = assert!(FRAME_WORDS.is_power_of_two());
 const SHORT_FRAME_BYTES: u32 = 72;
-const SHORT_FRAME_WORDS: usize = SHORT_FRAME_BYTES as usize / 8;
 
 /// 3.11+ frames live side by side in the thread's data stack (and 3.12's entry frames on the C
 /// stack): one read of the page a frame is in serves the frames below it in that page, instead
-/// of a read per frame (each read costs ~80 ns; a web view's 30 frames fit in two pages).
+/// of a read per frame (each read costs ~80 ns; a web view's 30 frames fit in a page or two).
+/// Older frame objects are scattered in the heap: read one by one.
 const PAGE_BYTES: u64 = 4096;
 const PAGE_WORDS: usize = PAGE_BYTES as usize / 8;
 
+/// A copied window of the target's memory and where it starts.
+#[repr(C)]
+pub struct PythonPage {
+    words: [u64; PAGE_WORDS],
+    /// Kept in map memory, not a register: the verifier then knows nothing of it on any path,
+    /// and prunes the walk's paths instead of following each of them for every frame.
+    start: u64,
+}
+
 /// The page being walked, per recorder (see [`PYTHON_SCRATCH`]).
 #[map(name = "PYTHON_PAGES")]
-static PYTHON_PAGES: PerCpuArray<[u64; PAGE_WORDS]> = PerCpuArray::with_max_entries(2, 0);
+static PYTHON_PAGES: PerCpuArray<PythonPage> = PerCpuArray::with_max_entries(2, 0);
 
 #[inline(always)]
 fn read_user_u64(address: u64) -> Option<u64> {
@@ -101,6 +110,24 @@ fn byte(words: &[u64; FRAME_WORDS], field: Option<Field>) -> u32 {
     match field {
         Some(Field { index, shift }) => ((words[index & (FRAME_WORDS - 1)] >> (shift & 63)) & 0xff) as u32,
         None => 0,
+    }
+}
+
+/// Reads one frame into `words` (72 bytes for `short` layouts, else 128), or fails.
+#[inline(always)]
+fn read_frame(words: &mut [u64; FRAME_WORDS], frame: u64, short: bool) -> Result<(), ()> {
+    // SAFETY: copies at most the array's size from the target, or fails.
+    let failed = unsafe {
+        if short {
+            bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
+        } else {
+            bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+        }
+    };
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(())
     }
 }
 
@@ -162,56 +189,71 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
     // once the compiler spills it): 3.11+ frames need 72 bytes, and the last frame of a frame
     // chunk may end right before unmapped memory; older frame objects need 112.
     let short = layout.frame_bytes <= SHORT_FRAME_BYTES;
-    let code = field(layout.frame_code);
-    let instruction = field(layout.frame_instruction);
-    let previous = field(layout.frame_previous);
-    let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
-    let mut words = [0u64; FRAME_WORDS];
     let mut count = 0usize;
-    let Some(page) = PYTHON_PAGES.get_ptr_mut(recorder as u32) else { return };
-    // SAFETY: the per-CPU page buffer of this recorder, as the scratch above.
-    let page = unsafe { &mut *page };
-    // The address of the page in `page`; 0: none read.
-    let mut page_base = 0u64;
-    while count < MAX_PYTHON_FRAMES && frame != 0 {
-        let base = frame & !(PAGE_BYTES - 1);
-        // A frame that ends in its page (frames are 8-aligned) is served from the page's copy.
-        let in_one_page = frame + SHORT_FRAME_BYTES as u64 <= base + PAGE_BYTES;
-        if short && in_one_page && base != page_base {
-            // SAFETY: copies one page of the target into the buffer, or fails (then the frame
-            // is read alone below).
-            let failed =
-                unsafe { bpf_probe_read_user(page.as_mut_ptr() as *mut _, PAGE_BYTES as u32, base as *const _) };
-            page_base = if failed == 0 { base } else { 0 };
-        }
-        let failed = if short && in_one_page && base == page_base {
-            let first = ((frame - base) / 8) as usize;
-            for (i, word) in words.iter_mut().take(SHORT_FRAME_WORDS).enumerate() {
-                *word = page[(first + i) & (PAGE_WORDS - 1)];
-            }
-            0
-        } else {
-            // SAFETY: copies at most the array's size from the target, or fails.
-            unsafe {
-                if short {
-                    bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
-                } else {
-                    bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+    if short {
+        let Some(page) = PYTHON_PAGES.get_ptr_mut(recorder as u32) else { return };
+        // SAFETY: the per-CPU page buffer of this recorder, as the scratch above.
+        let page = unsafe { &mut *page };
+        // 3.11+ frames always have the four fields, within their 72 bytes (plain numbers here:
+        // an `Option` kept across the branches leaves an undefined register the verifier refuses).
+        let index = |offset: u32| (offset / 8) as usize & (FRAME_WORDS - 1);
+        let (code, instruction, previous) =
+            (index(layout.frame_code), index(layout.frame_instruction), index(layout.frame_previous));
+        let (marker_word, marker_shift) = (index(layout.frame_marker), (layout.frame_marker % 8) * 8);
+        // Where the copied window starts; odd while none is held (windows are 8-aligned).
+        page.start = 1;
+        while count < MAX_PYTHON_FRAMES && frame != 0 {
+            // SAFETY: a read of the buffer's own field (volatile: from memory on every path).
+            let held = unsafe { core::ptr::read_volatile(&page.start) };
+            if frame < held || frame + SHORT_FRAME_BYTES as u64 > held + PAGE_BYTES {
+                // The frame's page, or for a frame that crosses into the next page the page's
+                // worth of bytes that ends with it: memory the frame proves is there.
+                let base = frame & !(PAGE_BYTES - 1);
+                let tail = (frame + SHORT_FRAME_BYTES as u64).wrapping_sub(PAGE_BYTES);
+                let window = if tail > base { tail } else { base };
+                // SAFETY: copies one page's worth of the target into the buffer, or fails.
+                let failed = unsafe {
+                    bpf_probe_read_user(page.words.as_mut_ptr() as *mut _, PAGE_BYTES as u32, window as *const _)
+                };
+                if failed != 0 {
+                    event.flags |= python_stack_flags::READ_FAILED;
+                    break;
                 }
+                page.start = window;
             }
-        };
-        if failed != 0 {
-            event.flags |= python_stack_flags::READ_FAILED;
-            break;
+            // SAFETY: as above.
+            let held = unsafe { core::ptr::read_volatile(&page.start) };
+            let first = (frame.wrapping_sub(held) / 8) as usize;
+            let at = |word: usize| page.words[(first + word) & (PAGE_WORDS - 1)];
+            event.frames[count] = PythonFrame {
+                code: at(code),
+                instruction: at(instruction),
+                marker: ((at(marker_word) >> (marker_shift & 63)) & 0xff) as u32,
+                _pad: 0,
+            };
+            count += 1;
+            frame = at(previous);
         }
-        event.frames[count] = PythonFrame {
-            code: word(&words, code),
-            instruction: word(&words, instruction),
-            marker: byte(&words, marker),
-            _pad: 0,
-        };
-        count += 1;
-        frame = word(&words, previous);
+    } else {
+        let code = field(layout.frame_code);
+        let instruction = field(layout.frame_instruction);
+        let previous = field(layout.frame_previous);
+        let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
+        let mut words = [0u64; FRAME_WORDS];
+        while count < MAX_PYTHON_FRAMES && frame != 0 {
+            if read_frame(&mut words, frame, false).is_err() {
+                event.flags |= python_stack_flags::READ_FAILED;
+                break;
+            }
+            event.frames[count] = PythonFrame {
+                code: word(&words, code),
+                instruction: word(&words, instruction),
+                marker: byte(&words, marker),
+                _pad: 0,
+            };
+            count += 1;
+            frame = word(&words, previous);
+        }
     }
     if frame != 0 && count == MAX_PYTHON_FRAMES {
         event.flags |= python_stack_flags::TRUNCATED;
