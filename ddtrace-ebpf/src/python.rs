@@ -26,6 +26,11 @@ static PYTHON_PROCESSES: HashMap<u32, PythonLayout> = HashMap::with_max_entries(
 #[map(name = "PYTHON_SCRATCH")]
 static PYTHON_SCRATCH: PerCpuArray<PythonStackEvent> = PerCpuArray::with_max_entries(2, 0);
 
+/// Frames recorded at an event (innermost first): what is looked for there, the library that
+/// made a call and the view that made it, sits in the innermost frames; each frame more costs
+/// the event's program verification at start-up (the loop is followed frame by frame).
+const MAX_CALLER_FRAMES: usize = 32;
+
 /// Which [`PYTHON_SCRATCH`] slot a program uses.
 #[derive(Clone, Copy)]
 pub enum Recorder {
@@ -170,6 +175,38 @@ fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
 /// write).
 #[inline(always)]
 pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
+    let (probe_id, tid, ktime_ns) = (header.probe_id, header.tid, header.ktime_ns);
+    let _ = match recorder {
+        Recorder::Sampler => ddtrace_record_sampled_stack(tgid, probe_id, tid, ktime_ns),
+        Recorder::Event => ddtrace_record_caller_stack(tgid, probe_id, tid, ktime_ns),
+    };
+}
+
+// The walk as global functions: the kernel verifies each once per program that calls it, on
+// its own, instead of inside the calling program's every path (inlined, it cost the socket and
+// TLS programs ~190 ms of verification each at start-up). One per recorder, so that each has its
+// constant frame limit.
+
+/// [`record_stack`] for the CPU sampler.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ddtrace_record_sampled_stack(tgid: u32, probe_id: u32, tid: u32, ktime_ns: u64) -> i32 {
+    let header = EventHeader { kind: event_kind::PYTHON_STACK, probe_id, tgid, tid, ktime_ns };
+    walk_and_record(tgid, header, Recorder::Sampler);
+    0
+}
+
+/// [`record_stack`] at an event.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn ddtrace_record_caller_stack(tgid: u32, probe_id: u32, tid: u32, ktime_ns: u64) -> i32 {
+    let header = EventHeader { kind: event_kind::PYTHON_STACK, probe_id, tgid, tid, ktime_ns };
+    walk_and_record(tgid, header, Recorder::Event);
+    0
+}
+
+#[inline(always)]
+fn walk_and_record(tgid: u32, header: EventHeader, recorder: Recorder) {
     // SAFETY: a map lookup; the value is copied out at once.
     let Some(layout) = (unsafe { PYTHON_PROCESSES.get(&tgid) }).copied() else { return };
     let Some(event) = PYTHON_SCRATCH.get_ptr_mut(recorder as u32) else { return };
@@ -189,6 +226,11 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
     // once the compiler spills it): 3.11+ frames need 72 bytes, and the last frame of a frame
     // chunk may end right before unmapped memory; older frame objects need 112.
     let short = layout.frame_bytes <= SHORT_FRAME_BYTES;
+    // A constant at each (inlined) call: the verifier follows the loop this many times.
+    let limit = match recorder {
+        Recorder::Sampler => MAX_PYTHON_FRAMES,
+        Recorder::Event => MAX_CALLER_FRAMES,
+    };
     let mut count = 0usize;
     if short {
         let Some(page) = PYTHON_PAGES.get_ptr_mut(recorder as u32) else { return };
@@ -202,7 +244,7 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
         let (marker_word, marker_shift) = (index(layout.frame_marker), (layout.frame_marker % 8) * 8);
         // Where the copied window starts; odd while none is held (windows are 8-aligned).
         page.start = 1;
-        while count < MAX_PYTHON_FRAMES && frame != 0 {
+        while count < limit && frame != 0 {
             // SAFETY: a read of the buffer's own field (volatile: from memory on every path).
             let held = unsafe { core::ptr::read_volatile(&page.start) };
             if frame < held || frame + SHORT_FRAME_BYTES as u64 > held + PAGE_BYTES {
@@ -240,7 +282,7 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
         let previous = field(layout.frame_previous);
         let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
         let mut words = [0u64; FRAME_WORDS];
-        while count < MAX_PYTHON_FRAMES && frame != 0 {
+        while count < limit && frame != 0 {
             if read_frame(&mut words, frame, false).is_err() {
                 event.flags |= python_stack_flags::READ_FAILED;
                 break;
@@ -255,7 +297,7 @@ pub fn record_stack(tgid: u32, header: EventHeader, recorder: Recorder) {
             frame = word(&words, previous);
         }
     }
-    if frame != 0 && count == MAX_PYTHON_FRAMES {
+    if frame != 0 && count == limit {
         event.flags |= python_stack_flags::TRUNCATED;
     }
     event.frame_count = count as u32;

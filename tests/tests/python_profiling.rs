@@ -271,7 +271,9 @@ fn a_python_started_by_a_traced_shell_gets_its_frames_once_it_has_loaded_libpyth
     // The shell forks and execs the interpreter after the attach; pyenv's maps its libpython
     // only after the exec, so it is found at its samples.
     let python = pyenv_python(12);
-    let command = format!("echo ready; read line; echo go | {} {} 2 > /dev/null", python.display(), script().display());
+    // Three seconds: a retry every 200 ms may take two rounds (a loaded runner) before it
+    // finds the library, and the bar below leaves 20% of the samples for that.
+    let command = format!("echo ready; read line; echo go | {} {} 3 > /dev/null", python.display(), script().display());
     let run = Run::of(Path::new("/bin/sh"), &["-c", &command], "py-exec");
     assert!(run.stderr.contains("runs CPython 3.12."), "the exec'd interpreter was not found:\n{}", run.stderr);
     let in_chain = run.count(|frames| has_chain(frames, &["Worker.alpha_loop", "beta_step"]));
