@@ -140,11 +140,16 @@ impl Gunicorn {
 
     /// With more gunicorn options (`--max-requests 5`: workers recycled after 5 requests).
     pub fn start_with(workers: u32, options: &[&str]) -> Self {
+        Self::serve("wsgi_sqlite_app:app", workers, options)
+    }
+
+    /// Another WSGI application of `tests/apps` (`django_app:application`).
+    pub fn serve(application: &str, workers: u32, options: &[&str]) -> Self {
         let port = crate::http::free_port();
         let child = Command::new(python_executable())
             .args(["-m", "gunicorn", "--workers", &workers.to_string(), "--bind", &format!("127.0.0.1:{port}")])
             .args(options)
-            .args(["--chdir", &workspace_root().join("tests/apps").display().to_string(), "wsgi_sqlite_app:app"])
+            .args(["--chdir", &workspace_root().join("tests/apps").display().to_string(), application])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

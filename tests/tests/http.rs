@@ -246,6 +246,57 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     server.stop();
 }
 
+/// Django under gunicorn: the view that served each request (a function view routed by `path`, a
+/// class-based view under `include` and `re_path`), seen through the frames of its statements, is
+/// dd-trace-py's `django.view` span with its entry code origin.
+#[test]
+fn django_views_are_view_spans_around_their_statements_with_code_origin() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = ddtrace_tests::target_app::Gunicorn::serve("django_app:application", 1, &[]);
+    let pid = server.master_pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    for target in ["/users/42", "/api/orders/7"] {
+        let (status, body) = ddtrace_tests::http::get(server.port, target).expect("django answers");
+        assert_eq!(status, 200, "{target}: {body}");
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["name"] == "django.view").count() >= 2
+    });
+    let app = ddtrace_tests::workspace_root().join("tests/apps/django_app.py").canonicalize().unwrap();
+    for (resource, view_resource, method, line) in [
+        ("GET /users/?", "django_app.user", "user", "37"),
+        ("GET /api/orders/?", "django_app.Orders.get", "Orders.get", "42"),
+    ] {
+        let request = spans
+            .iter()
+            .find(|s| s["resource"] == resource && s["meta"]["span.kind"] == "server")
+            .unwrap_or_else(|| panic!("{resource}\n{spans:#?}\n{}", daemon.stderr_text()));
+        let view = spans
+            .iter()
+            .find(|s| s["name"] == "django.view" && s["parent_id"] == request["span_id"])
+            .unwrap_or_else(|| panic!("the view of {resource}\n{spans:#?}"));
+        assert_eq!(view["resource"], view_resource);
+        assert_eq!(meta(view, "component"), "django");
+        for span in [request, view] {
+            assert_eq!(meta(span, "_dd.code_origin.type"), "entry", "{span:#}");
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.file"), app.display().to_string());
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.line"), line);
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.type"), "django_app");
+            assert_eq!(meta(span, "_dd.code_origin.frames.0.method"), method);
+        }
+        let queries = spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == view["span_id"]).count();
+        assert!(queries >= 3, "{queries} statements under {view:#}\n{spans:#?}");
+    }
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    server.stop();
+}
+
 #[test]
 fn a_traced_client_gets_client_spans_for_its_calls() {
     let _serial = ddtrace_tests::serial();

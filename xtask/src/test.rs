@@ -68,6 +68,7 @@ pub fn run(args: &TestArgs) -> Result<ExitCode> {
 const TARGET_APP_MODULES: &[(&str, &str)] = &[
     ("gunicorn", "gunicorn"),
     ("flask", "flask"),
+    ("django", "django"),
     ("requests", "requests"),
     ("redis", "redis"),
     // psycopg2's wheel bundles its own libpq and libssl; psycopg (3) uses the system's libpq.

@@ -1,7 +1,9 @@
 //! The handler (view) a Python web framework ran for a request, seen from outside. The kernel
 //! records the interpreter frames of the calls a handler makes (a statement's first step, an
-//! outbound request's write); in them, the frame the framework's dispatcher called is the view.
-//! It becomes the view span dd-trace-py makes (`__main__.user` for Flask): a child of the request
+//! outbound request's write); in them, the first frame of the application's own code inside the
+//! framework's dispatcher is the view (a class-based view's method: the framework's wrapper
+//! frames in between are skipped). It becomes the view span dd-trace-py makes (`__main__.user`
+//! for Flask, `django.view` for Django): a child of the request
 //! the thread serves, and the parent of what the view does from the first call seen. It starts
 //! at that call and ends where the last call inside it ended: the view's own code before its
 //! first call and after its last one is not seen. The request span and the view span get
@@ -9,7 +11,7 @@
 //! module and name), as `DD_CODE_ORIGIN_FOR_SPANS_ENABLED` (on by default since ddtrace 4.9)
 //! gives them.
 //!
-//! Flask only, for now: Django's and Starlette's dispatchers are known, their spans not yet made.
+//! Flask and Django; not yet Starlette/FastAPI (an async view runs among others on one thread).
 
 use std::{
     collections::HashMap,
@@ -26,11 +28,40 @@ use crate::{
 struct Dispatcher {
     file_suffix: &'static str,
     function_suffix: &'static str,
+    /// Frames in this folder between the dispatcher and the view are the framework's wrappers.
+    package: &'static str,
     component: &'static str,
+    naming: Naming,
 }
 
-const DISPATCHERS: &[Dispatcher] =
-    &[Dispatcher { file_suffix: "/flask/app.py", function_suffix: "dispatch_request", component: "flask" }];
+/// How dd-trace-py names a framework's view span.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// Name and resource `module.function` (Flask: the function's `__name__`).
+    ModuleFunction,
+    /// Name `django.view`, resource `module.qualified_name`.
+    DjangoView,
+}
+
+const DISPATCHERS: &[Dispatcher] = &[
+    // `Flask.dispatch_request` calls the view function of the matched rule.
+    Dispatcher {
+        file_suffix: "/flask/app.py",
+        function_suffix: "dispatch_request",
+        package: "/flask/",
+        component: "flask",
+        naming: Naming::ModuleFunction,
+    },
+    // `BaseHandler._get_response` calls the resolved view (a class-based view through
+    // `View.as_view.<locals>.view` and `View.dispatch`).
+    Dispatcher {
+        file_suffix: "/django/core/handlers/base.py",
+        function_suffix: "_get_response",
+        package: "/django/",
+        component: "django",
+        naming: Naming::DjangoView,
+    },
+];
 
 /// The view's context frame: above every user stack address (the calls it makes nest inside it),
 /// below the request's (which the stream layer puts near the top).
@@ -70,14 +101,21 @@ impl Handlers {
         }
         let request = innermost.id;
         let module = self.module_of(tgid, &view.file);
-        let function = view.function.rsplit('.').next().unwrap_or(&view.function);
-        let name = match &module {
-            Some(module) => interned(format!("{module}.{function}")).unwrap_or(dispatcher.component),
-            None => interned(function.to_owned()).unwrap_or(dispatcher.component),
+        let qualified = |function: &str| match &module {
+            Some(module) => format!("{module}.{function}"),
+            None => function.to_owned(),
+        };
+        let (name, resource) = match dispatcher.naming {
+            Naming::ModuleFunction => {
+                let function = view.function.rsplit('.').next().unwrap_or(&view.function);
+                let name = interned(qualified(function)).unwrap_or(dispatcher.component);
+                (name, name.to_owned())
+            }
+            Naming::DjangoView => ("django.view", qualified(&view.function)),
         };
         let file = modules::absolute(tgid, std::path::Path::new(&*view.file)).display().to_string();
         let origin = CodeOrigin { file, line: view.first_line, module, method: view.function.clone() };
-        let mut data = ContextData::new(name, dispatcher.component, "", SpanKind::Internal).with_resource(name);
+        let mut data = ContextData::new(name, dispatcher.component, "", SpanKind::Internal).with_resource(resource);
         data.bounded_by_children = true;
         origin.tag(&mut data);
         contexts.annotate(tid, request, |request| origin.tag(request));
@@ -100,14 +138,15 @@ impl Handlers {
     }
 }
 
-/// The view in `frames` (innermost first): the frame just inside a dispatcher's.
+/// The view in `frames` (innermost first): inside a dispatcher's frame, the first frame that is
+/// not the framework's own.
 fn view_in(frames: &[NamedFrame]) -> Option<(&'static Dispatcher, &NamedFrame)> {
-    frames.windows(2).find_map(|pair| {
-        let (inner, outer) = (&pair[0], &pair[1]);
+    frames.iter().enumerate().find_map(|(at, frame)| {
         let dispatcher = DISPATCHERS
             .iter()
-            .find(|d| outer.file.ends_with(d.file_suffix) && outer.function.ends_with(d.function_suffix))?;
-        Some((dispatcher, inner))
+            .find(|d| frame.file.ends_with(d.file_suffix) && frame.function.ends_with(d.function_suffix))?;
+        let view = frames[..at].iter().rev().find(|inner| !inner.file.contains(dispatcher.package))?;
+        Some((dispatcher, view))
     })
 }
 
@@ -199,6 +238,28 @@ mod tests {
             assert_eq!(meta("_dd.code_origin.frames.0.type"), Some("shop_app_test_only"));
             assert_eq!(meta("_dd.code_origin.frames.0.method"), Some("user"));
         }
+    }
+
+    #[test]
+    fn a_django_class_based_view_is_its_method_under_django_view() {
+        let (mut tree, ended) = tree_recording_ends();
+        let django = "/venv/lib/python3.12/site-packages/django";
+        let frames = [
+            frame("count_hits", "/srv/shop_views_test_only.py", 20),
+            frame("Orders.get", "/srv/shop_views_test_only.py", 31),
+            frame("View.dispatch", &format!("{django}/views/generic/base.py"), 130),
+            frame("View.as_view.<locals>.view", &format!("{django}/views/generic/base.py"), 100),
+            frame("BaseHandler._get_response", &format!("{django}/core/handlers/base.py"), 174),
+        ];
+        let request = ContextData::new("http.request", "http", "web", SpanKind::Server);
+        let request = tree.start_root(1, 10, 1_000, u64::MAX, request, None);
+        Handlers::new().caller_seen(1, 10, 2_000, &frames, &mut tree);
+        tree.end(10, request, 9_000, |_| {});
+        let ended = ended.lock().unwrap();
+        let view = &ended[0];
+        assert_eq!((view.data.name, view.data.resource.as_str()), ("django.view", "shop_views_test_only.Orders.get"));
+        assert_eq!(view.data.component, "django");
+        assert_eq!(view.data.meta.get("_dd.code_origin.frames.0.method").map(String::as_str), Some("Orders.get"));
     }
 
     #[test]
