@@ -187,11 +187,12 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
-        spans.iter().filter(|s| s["name"] == "http.request").count() >= 2
+        spans.iter().filter(|s| s["name"] == "flask.request").count() >= 2
             && spans.iter().any(|s| s["name"] == "requests.request")
     });
+    // Served through Flask (its views were seen): dd-trace-py's `flask.request`.
     let requests: Vec<&Value> =
-        spans.iter().filter(|s| s["name"] == "http.request" && s["meta"]["span.kind"] == "server").collect();
+        spans.iter().filter(|s| s["name"] == "flask.request" && s["meta"]["span.kind"] == "server").collect();
     assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
     // The Flask view that served each request, seen through the frames of the statements it ran:
     // dd-trace-py's view span (module.function), inside the request, around the view's work.
@@ -203,6 +204,7 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
             .find(|s| s["name"] == "wsgi_sqlite_app.serve" && s["parent_id"] == request["span_id"])
             .unwrap_or_else(|| panic!("the view span of {request:#}\n{spans:#?}\n{}", daemon.stderr_text()));
         assert_eq!(meta(view, "component"), "flask");
+        assert_eq!(meta(request, "component"), "flask");
         // dd-trace-py's entry code origin, on the request and on the view: the handler's first
         // line is its first decorator's (`@app.route`).
         for span in [*request, view] {
@@ -281,6 +283,7 @@ fn django_views_are_view_spans_around_their_statements_with_code_origin() {
             .unwrap_or_else(|| panic!("the view of {resource}\n{spans:#?}"));
         assert_eq!(view["resource"], view_resource);
         assert_eq!(meta(view, "component"), "django");
+        assert_eq!((request["name"].as_str(), meta(request, "component")), (Some("django.request"), "django"));
         for span in [request, view] {
             assert_eq!(meta(span, "_dd.code_origin.type"), "entry", "{span:#}");
             assert_eq!(meta(span, "_dd.code_origin.frames.0.file"), app.display().to_string());

@@ -272,6 +272,11 @@ impl Instrumenter {
         (frames, line)
     }
 
+    /// How spans named after a framework are named (`DD_TRACE_SPAN_ATTRIBUTE_SCHEMA`).
+    pub fn set_span_schema(&mut self, schema: crate::config::SpanSchema) {
+        self.handlers.set_span_schema(schema);
+    }
+
     pub fn programs(&self) -> &KernelPrograms {
         &self.programs
     }

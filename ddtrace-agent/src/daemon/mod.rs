@@ -225,6 +225,7 @@ pub async fn run(cli: Cli, attached: impl FnOnce()) -> anyhow::Result<StopReason
         ExporterKind::Datadog => format!("the Datadog agent at {}", config.agent_url.value),
     };
     let mut instrumenter = Instrumenter::new(programs, integrations, cli.probe_scope);
+    instrumenter.set_span_schema(config.span_attribute_schema.value);
     instrumenter.report_sites = cli.stats.is_some();
     // The protocols on the traced processes' connections (system call tracepoints and TLS
     // plaintext, no library to wait for).

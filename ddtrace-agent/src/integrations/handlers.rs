@@ -11,7 +11,11 @@
 //! module and name), as `DD_CODE_ORIGIN_FOR_SPANS_ENABLED` (on by default since ddtrace 4.9)
 //! gives them.
 //!
-//! Flask and Django; not yet Starlette/FastAPI (an async view runs among others on one thread).
+//! Once a process is seen serving through a framework, its server spans take the framework's
+//! name and component (`flask.request`, `django.request`; `http.server.request` under schema v1),
+//! from that request on (see [`framework_request`]).
+//!
+//! Flask and Django; not yet Starlette/FastAPI (an async view shares its thread with others).
 
 use std::{
     collections::HashMap,
@@ -20,6 +24,7 @@ use std::{
 };
 
 use crate::{
+    config::SpanSchema,
     core::{ContextData, ContextTree, SpanKind},
     interpreters::python::{modules, NamedFrame},
 };
@@ -32,6 +37,8 @@ struct Dispatcher {
     package: &'static str,
     component: &'static str,
     naming: Naming,
+    /// dd-trace-py's server span name under schema v0.
+    request_v0: &'static str,
 }
 
 /// How dd-trace-py names a framework's view span.
@@ -51,6 +58,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         package: "/flask/",
         component: "flask",
         naming: Naming::ModuleFunction,
+        request_v0: "flask.request",
     },
     // `BaseHandler._get_response` calls the resolved view (a class-based view through
     // `View.as_view.<locals>.view` and `View.dispatch`).
@@ -60,6 +68,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         package: "/django/",
         component: "django",
         naming: Naming::DjangoView,
+        request_v0: "django.request",
     },
 ];
 
@@ -70,9 +79,32 @@ const VIEW_FRAME: u64 = 1 << 63;
 /// Distinct view span names kept; past this, new views are named by their framework alone.
 const MAX_VIEW_NAMES: usize = 4096;
 
+/// The framework each process was seen serving its requests through (by its first view seen).
+/// Shared with the HTTP integration, which names the process's next server spans after it.
+static SERVED_BY: Mutex<Option<HashMap<u32, &'static Dispatcher>>> = Mutex::new(None);
+
+fn served_by() -> std::sync::MutexGuard<'static, Option<HashMap<u32, &'static Dispatcher>>> {
+    SERVED_BY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The name and component of a server span of `tgid`, when the process is known to serve its
+/// requests through a framework: as dd-trace-py's integration of that framework names them.
+pub fn framework_request(tgid: u32, schema: SpanSchema) -> Option<(&'static str, &'static str)> {
+    let dispatcher = *served_by().as_ref()?.get(&tgid)?;
+    Some((request_name(dispatcher, schema), dispatcher.component))
+}
+
+fn request_name(dispatcher: &Dispatcher, schema: SpanSchema) -> &'static str {
+    match schema {
+        SpanSchema::V0 => dispatcher.request_v0,
+        SpanSchema::V1 => "http.server.request",
+    }
+}
+
 /// Which processes' files are which modules, learnt as views are seen.
 #[derive(Default)]
 pub struct Handlers {
+    schema: SpanSchema,
     main_scripts: HashMap<u32, Option<PathBuf>>,
     modules: HashMap<(u32, Arc<str>), Option<Arc<str>>>,
 }
@@ -80,6 +112,11 @@ pub struct Handlers {
 impl Handlers {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How the server spans renamed after their framework are named.
+    pub fn set_span_schema(&mut self, schema: SpanSchema) {
+        self.schema = schema;
     }
 
     /// A call of thread `tid` at `ktime_ns` whose caller's `frames` (innermost first) the kernel
@@ -118,11 +155,19 @@ impl Handlers {
         let mut data = ContextData::new(name, dispatcher.component, "", SpanKind::Internal).with_resource(resource);
         data.bounded_by_children = true;
         origin.tag(&mut data);
-        contexts.annotate(tid, request, |request| origin.tag(request));
+        served_by().get_or_insert_with(HashMap::new).insert(tgid, dispatcher);
+        let request_name = request_name(dispatcher, self.schema);
+        contexts.annotate(tid, request, |request| {
+            origin.tag(request);
+            (request.name, request.component) = (request_name, dispatcher.component);
+        });
         contexts.start(tgid, tid, ktime_ns, VIEW_FRAME, data);
     }
 
     pub fn process_exited(&mut self, tgid: u32) {
+        if let Some(served) = served_by().as_mut() {
+            served.remove(&tgid);
+        }
         self.main_scripts.remove(&tgid);
         self.modules.retain(|(pid, _), _| *pid != tgid);
     }
@@ -225,7 +270,11 @@ mod tests {
         let ended = ended.lock().unwrap();
         let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
         // No such file in this process: its module is its file name.
-        assert_eq!(names, ["sqlite.query", "shop_app_test_only.user", "http.request"]);
+        assert_eq!(names, ["sqlite.query", "shop_app_test_only.user", "flask.request"]);
+        assert_eq!(ended[2].data.component, "flask");
+        assert_eq!(framework_request(1, SpanSchema::V0), Some(("flask.request", "flask")));
+        assert_eq!(framework_request(1, SpanSchema::V1), Some(("http.server.request", "flask")));
+        assert_eq!(framework_request(2, SpanSchema::V0), None);
         let (query, view, request) = (&ended[0], &ended[1], &ended[2]);
         assert_eq!((query.parent_id, view.parent_id), (view.id, request.id));
         assert_eq!(view.data.component, "flask");
@@ -252,8 +301,8 @@ mod tests {
             frame("BaseHandler._get_response", &format!("{django}/core/handlers/base.py"), 174),
         ];
         let request = ContextData::new("http.request", "http", "web", SpanKind::Server);
-        let request = tree.start_root(1, 10, 1_000, u64::MAX, request, None);
-        Handlers::new().caller_seen(1, 10, 2_000, &frames, &mut tree);
+        let request = tree.start_root(3, 10, 1_000, u64::MAX, request, None);
+        Handlers::new().caller_seen(3, 10, 2_000, &frames, &mut tree);
         tree.end(10, request, 9_000, |_| {});
         let ended = ended.lock().unwrap();
         let view = &ended[0];
@@ -268,16 +317,16 @@ mod tests {
         let mut handlers = Handlers::new();
         let script = [frame("main", "/srv/job.py", 1)];
         let dispatched = [frame("user", "/srv/app.py", 3), frame("Flask.dispatch_request", "/x/flask/app.py", 9)];
-        handlers.caller_seen(1, 10, 1_000, &dispatched, &mut tree);
+        handlers.caller_seen(5, 10, 1_000, &dispatched, &mut tree);
         let request = tree.start_root(
-            1,
+            5,
             10,
             1_000,
             u64::MAX,
             ContextData::new("http.request", "http", "web", SpanKind::Server),
             None,
         );
-        handlers.caller_seen(1, 10, 2_000, &script, &mut tree);
+        handlers.caller_seen(5, 10, 2_000, &script, &mut tree);
         tree.end(10, request, 3_000, |_| {});
         let ended = ended.lock().unwrap();
         assert_eq!(ended.iter().map(|c| c.data.name).collect::<Vec<_>>(), ["http.request"]);

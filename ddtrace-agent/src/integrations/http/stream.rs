@@ -21,6 +21,7 @@ use super::{
 use crate::{
     config::SpanSchema,
     core::{ContextData, ContextError, ContextId, ContextTree, RemoteParent, SpanKind},
+    integrations::handlers,
     integrations::streams::{
         client_parent::ClientParent, linking::Caller, ConnectionFacts, Moment, ProtocolConnection, Role, Segment,
         StreamServices, WireProtocol,
@@ -150,6 +151,10 @@ impl HttpConnection {
                     services.callers.call_opened(local, index, id, contexts);
                 }
                 continue;
+            }
+            // A process seen serving through a framework: its requests as that framework's spans.
+            if let Some((name, component)) = handlers::framework_request(at.tgid, self.settings.schema) {
+                (data.name, data.component) = (name, component);
             }
             // A traced client at the other end is the real parent: its span is the call that
             // sent this request. Headers can only name a span of the caller's own tracer, if it
