@@ -85,57 +85,6 @@ fn read_user_u64(address: u64) -> Option<u64> {
     (failed == 0).then_some(value)
 }
 
-/// Where a field sits in the frame words: the word's index, masked so the verifier sees it
-/// within the array wherever the compiler computes the address, and the byte in that word.
-/// `None` for an offset outside the words.
-#[derive(Clone, Copy)]
-struct Field {
-    index: usize,
-    shift: u32,
-}
-
-#[inline(always)]
-fn field(offset: u32) -> Option<Field> {
-    if offset >= PYTHON_FRAME_READ_BYTES {
-        return None;
-    }
-    Some(Field { index: (offset as usize / 8) & (FRAME_WORDS - 1), shift: (offset % 8) * 8 })
-}
-
-#[inline(always)]
-fn word(words: &[u64; FRAME_WORDS], field: Option<Field>) -> u64 {
-    match field {
-        Some(Field { index, shift: 0 }) => words[index & (FRAME_WORDS - 1)],
-        _ => 0,
-    }
-}
-
-#[inline(always)]
-fn byte(words: &[u64; FRAME_WORDS], field: Option<Field>) -> u32 {
-    match field {
-        Some(Field { index, shift }) => ((words[index & (FRAME_WORDS - 1)] >> (shift & 63)) & 0xff) as u32,
-        None => 0,
-    }
-}
-
-/// Reads one frame into `words` (72 bytes for `short` layouts, else 128), or fails.
-#[inline(always)]
-fn read_frame(words: &mut [u64; FRAME_WORDS], frame: u64, short: bool) -> Result<(), ()> {
-    // SAFETY: copies at most the array's size from the target, or fails.
-    let failed = unsafe {
-        if short {
-            bpf_probe_read_user(words.as_mut_ptr() as *mut _, SHORT_FRAME_BYTES, frame as *const _)
-        } else {
-            bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
-        }
-    };
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
 /// The innermost frame of the current thread, or why there is none.
 #[inline(always)]
 fn innermost_frame(layout: &PythonLayout) -> Result<u64, u32> {
@@ -277,24 +226,34 @@ fn walk_and_record(tgid: u32, header: EventHeader, recorder: Recorder) {
             frame = at(previous);
         }
     } else {
-        let code = field(layout.frame_code);
-        let instruction = field(layout.frame_instruction);
-        let previous = field(layout.frame_previous);
-        let marker = if layout.frame_marker == PythonLayout::NO_OFFSET { None } else { field(layout.frame_marker) };
-        let mut words = [0u64; FRAME_WORDS];
+        // Frame objects one by one, into the page buffer (plain masked indexes, no branch per
+        // field: the verifier follows this loop frame by frame, and branches it cannot prune
+        // multiply its work: ~100 ms per program with an `Option` per field).
+        let Some(page) = PYTHON_PAGES.get_ptr_mut(recorder as u32) else { return };
+        // SAFETY: the per-CPU page buffer of this recorder.
+        let words = unsafe { &mut (*page).words };
+        let index = |offset: u32| (offset / 8) as usize & (FRAME_WORDS - 1);
+        let (code, instruction, previous) =
+            (index(layout.frame_code), index(layout.frame_instruction), index(layout.frame_previous));
+        let (marker_word, marker_shift) = (index(layout.frame_marker), (layout.frame_marker % 8) * 8);
+        let marker_mask = if layout.frame_marker == PythonLayout::NO_OFFSET { 0 } else { 0xff };
         while count < limit && frame != 0 {
-            if read_frame(&mut words, frame, false).is_err() {
+            // SAFETY: copies one frame object's first bytes into the buffer, or fails.
+            let failed = unsafe {
+                bpf_probe_read_user(words.as_mut_ptr() as *mut _, PYTHON_FRAME_READ_BYTES, frame as *const _)
+            };
+            if failed != 0 {
                 event.flags |= python_stack_flags::READ_FAILED;
                 break;
             }
             event.frames[count] = PythonFrame {
-                code: word(&words, code),
-                instruction: word(&words, instruction),
-                marker: byte(&words, marker),
+                code: words[code],
+                instruction: words[instruction],
+                marker: ((words[marker_word] >> (marker_shift & 63)) & marker_mask) as u32,
                 _pad: 0,
             };
             count += 1;
-            frame = word(&words, previous);
+            frame = words[previous];
         }
     }
     if frame != 0 && count == limit {
