@@ -248,6 +248,59 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     server.stop();
 }
 
+/// gunicorn's gthread workers serve requests on a pool of threads, several at once: each
+/// request's view (seen through its statements, on the thread that serves it) is that request's
+/// child, and its statements the view's.
+#[test]
+fn gthread_workers_give_each_concurrent_request_its_own_view() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let server = ddtrace_tests::target_app::Gunicorn::serve(
+        "wsgi_sqlite_app:app",
+        1,
+        &["--worker-class", "gthread", "--threads", "4"],
+    );
+    let pid = server.master_pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_for_stderr("sqlite: attached", ATTACH_TIMEOUT);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    let port = server.port;
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let (status, body) = ddtrace_tests::http::get(port, &format!("/items/{i}")).expect("gunicorn answers");
+                assert_eq!(status, 200, "{body}");
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 8
+    });
+    let requests: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "server").collect();
+    assert_eq!(requests.len(), 8, "{spans:#?}\n{}", daemon.stderr_text());
+    for request in &requests {
+        let views: Vec<&Value> = spans
+            .iter()
+            .filter(|s| s["name"] == "wsgi_sqlite_app.serve" && s["parent_id"] == request["span_id"])
+            .collect();
+        assert_eq!(views.len(), 1, "one view under {request:#}\n{spans:#?}");
+        let statements =
+            spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == views[0]["span_id"]).count();
+        assert!(statements >= 3, "{statements} statements under {:#}\n{spans:#?}", views[0]);
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), "serve");
+        // Its view seen, each request is Flask's.
+        assert_eq!(request["name"], "flask.request", "{request:#}");
+    }
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    server.stop();
+}
+
 /// Django under gunicorn: the view that served each request (a function view routed by `path`, a
 /// class-based view under `include` and `re_path`), seen through the frames of its statements, is
 /// dd-trace-py's `django.view` span with its entry code origin.
