@@ -136,3 +136,47 @@ fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next
         agent.assert_checks_passed();
     }
 }
+
+/// A Flask view that queries PostgreSQL through psycopg2 (the view's own pooled connection, opened
+/// at its first request): the queries' caller frames, recorded at their writes on the wire, show
+/// the view; it is the request's child and the queries' parent, and the process's requests are
+/// `flask.request`.
+#[test]
+fn a_flask_view_querying_postgres_is_the_parent_of_its_queries() {
+    let _serial = ddtrace_tests::serial();
+    let server = PostgresServer::start();
+    let agent = TestAgent::start();
+    let pg_port = format!("PGPORT={}", server.port);
+    let app = ddtrace_tests::target_app::Gunicorn::serve("flask_postgres_app:app", 1, &["-e", &pg_port]);
+    let pid = app.master_pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_attached(Duration::from_secs(30));
+    for uid in [41, 42] {
+        let (status, body) = ddtrace_tests::http::get(app.port, &format!("/users/{uid}")).expect("the app answers");
+        assert_eq!(status, 200, "{body}");
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["name"] == "flask.request").count() >= 2
+    });
+    let requests: Vec<&Value> =
+        spans.iter().filter(|s| s["name"] == "flask.request" && s["resource"] == "GET /users/?").collect();
+    assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    for request in requests {
+        let view = spans
+            .iter()
+            .find(|s| s["name"] == "flask_postgres_app.user" && s["parent_id"] == request["span_id"])
+            .unwrap_or_else(|| panic!("the view of {request:#}\n{spans:#?}"));
+        let queries: Vec<&str> = spans
+            .iter()
+            .filter(|s| s["name"] == "postgres.query" && s["parent_id"] == view["span_id"])
+            .filter_map(|s| s["resource"].as_str())
+            .collect();
+        assert!(queries.len() >= 2, "the view's queries: {queries:?}\n{spans:#?}");
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), "user");
+    }
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    app.stop();
+}
