@@ -235,6 +235,10 @@ fn go_server_requests_become_one_web_span_each_and_continue_the_callers_trace() 
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
     let stderr = daemon.stderr_text();
     assert!(stderr.contains("abandoned_contexts=0"), "server contexts ended by their response:\n{stderr}");
+    // The program's Go build, read from its `.go.buildinfo`, and what is traced of it, in one line.
+    let go_line = format!("go: pid {} runs a program built by go1.", server.app.pid());
+    assert!(stderr.contains(&go_line), "{go_line}...:\n{stderr}");
+    assert!(stderr.contains("its own TLS (crypto/tls) is not read yet"), "{stderr}");
 }
 
 #[test]

@@ -31,8 +31,8 @@ use crate::{
         ProductConfig, ProductInputs, ProductManager, SharedSummary,
     },
     target::{
-        ancestors, descendants, never_traced, open_tcp_connections, read_environ, runs_go, ConnectionSide, ExitWatch,
-        Process, SelectionRules,
+        ancestors, descendants, go_build, never_traced, open_tcp_connections, read_environ, runs_go, ConnectionSide,
+        ExitWatch, Process, SelectionRules,
     },
 };
 
@@ -662,7 +662,17 @@ fn handle_events(
 /// integration whether it is Go (whose goroutines share OS threads), and the sampler how to walk
 /// its interpreter's frames, if any.
 fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32, forked_from: Option<u32>) {
-    streams.set_threads_shared(pid, runs_go(pid));
+    let go = runs_go(pid);
+    streams.set_threads_shared(pid, go);
+    // A forked child runs its parent's program: said once, at the parent's attach or exec.
+    if go && forked_from.is_none() {
+        if let Some(build) = go_build(pid) {
+            eprintln!(
+                "ddtrace-agent: go: pid {pid} runs a program built by {build}: its sockets' traffic is traced; \
+                 its own TLS (crypto/tls) is not read yet"
+            );
+        }
+    }
     if let Some(line) = instrumenter.interpreter_started(pid, forked_from) {
         eprintln!("ddtrace-agent: {line}");
     }

@@ -14,6 +14,7 @@
 mod cfi;
 mod debug_info;
 mod elf;
+pub mod go_build_info;
 mod module;
 mod normalize;
 mod symbolize;

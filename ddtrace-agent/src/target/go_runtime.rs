@@ -4,7 +4,10 @@
 
 use std::fs::File;
 
-use crate::symbols::built_by_go;
+use crate::symbols::{
+    built_by_go,
+    go_build_info::{self, GoBuild},
+};
 
 /// True when `pid`'s executable was built by Go. Reads the ELF's section headers only.
 pub fn runs_go(pid: u32) -> bool {
@@ -12,6 +15,14 @@ pub fn runs_go(pid: u32) -> bool {
     let cache = object::read::ReadCache::new(file);
     let Ok(elf) = object::File::parse(&cache) else { return false };
     built_by_go(&elf)
+}
+
+/// What `pid`'s Go executable says of its build, when Go built it.
+pub fn go_build(pid: u32) -> Option<GoBuild> {
+    let file = File::open(format!("/proc/{pid}/exe")).ok()?;
+    let cache = object::read::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    go_build_info::of_elf(&elf)
 }
 
 #[cfg(test)]

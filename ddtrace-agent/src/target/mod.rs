@@ -18,7 +18,7 @@ mod tree;
 pub use container::Container;
 pub use environ::read_environ;
 pub use exit_watch::ExitWatch;
-pub use go_runtime::runs_go;
+pub use go_runtime::{go_build, runs_go};
 pub use library_search::{file_identity, loadable_libraries, LibraryFile};
 pub use maps::{parse_maps, MappedObject};
 pub use process::{Process, TargetError};
