@@ -15,6 +15,7 @@ mod cfi;
 mod debug_info;
 mod elf;
 pub mod go_build_info;
+pub mod go_pclntab;
 mod module;
 mod normalize;
 mod symbolize;
