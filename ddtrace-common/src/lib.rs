@@ -48,6 +48,9 @@ pub mod probe_flags {
     /// Record the caller's interpreter frames with the entry event (where the process runs an
     /// interpreter whose frames the kernel can walk): the code that made the call.
     pub const RECORD_CALLER: u32 = 1 << 6;
+    /// This call ends the thread's run of calls with one caller (`sqlite3_reset`: the statement
+    /// runs again, perhaps for other code): the next `RECORD_CALLER` call records again.
+    pub const FORGET_CALLER: u32 = 1 << 7;
 }
 
 /// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`

@@ -192,6 +192,9 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
     let kind =
         if spec.flags & probe_flags::CAPTURE_STRING != 0 { event_kind::ENTRY_WITH_CAPTURE } else { event_kind::ENTRY };
     let at = header(kind, probe_id, pid_tgid);
+    if spec.flags & probe_flags::FORGET_CALLER != 0 {
+        let _ = CALLER_RECORDED.remove(&pid_tgid);
+    }
     if spec.flags & probe_flags::RECORD_CALLER != 0 && caller_worth_recording(pid_tgid, args[0], at.ktime_ns) {
         python::record_stack((pid_tgid >> 32) as u32, at, python::Recorder::Event);
     }

@@ -191,8 +191,8 @@ fn walk_and_record(tgid: u32, header: EventHeader, recorder: Recorder) {
         let (code, instruction, previous) =
             (index(layout.frame_code), index(layout.frame_instruction), index(layout.frame_previous));
         let (marker_word, marker_shift) = (index(layout.frame_marker), (layout.frame_marker % 8) * 8);
-        // Where the copied window starts; odd while none is held (windows are 8-aligned).
-        page.start = 1;
+        // Where the copied window starts; none held: above every frame, so the first one is read.
+        page.start = u64::MAX;
         while count < limit && frame != 0 {
             // SAFETY: a read of the buffer's own field (volatile: from memory on every path).
             let held = unsafe { core::ptr::read_volatile(&page.start) };

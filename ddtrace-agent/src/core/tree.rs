@@ -277,6 +277,7 @@ impl ContextTree {
         for id in children {
             if let Some(mut context) = self.detached.remove(&id) {
                 context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
+                self.child_ended(parent, context.end_unix_ns);
                 self.abandoned += 1;
                 self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
             }

@@ -450,6 +450,7 @@ impl Instrumenter {
                 for integration in &mut self.integrations {
                     integration.on_process_exit(change.tgid);
                 }
+                self.handlers.process_exited(change.tgid);
                 self.announced.retain(|(tgid, _)| *tgid != change.tgid);
                 // The links stay: a probe's perf event targets the task, whose address space
                 // the kernel compares at each mapping, so the new image's copy of a library

@@ -190,7 +190,11 @@ fn view_in(frames: &[NamedFrame]) -> Option<(&'static Dispatcher, &NamedFrame)> 
         let dispatcher = DISPATCHERS
             .iter()
             .find(|d| frame.file.ends_with(d.file_suffix) && frame.function.ends_with(d.function_suffix))?;
-        let view = frames[..at].iter().rev().find(|inner| !inner.file.contains(dispatcher.package))?;
+        // The framework's own folder, where this dispatcher's file is (an application of one's
+        // own under a folder named `flask` is not the framework).
+        let root = frame.file.strip_suffix(dispatcher.file_suffix)?;
+        let framework = format!("{root}{}", dispatcher.package);
+        let view = frames[..at].iter().rev().find(|inner| !inner.file.starts_with(&framework))?;
         Some((dispatcher, view))
     })
 }
@@ -309,6 +313,16 @@ mod tests {
         assert_eq!((view.data.name, view.data.resource.as_str()), ("django.view", "shop_views_test_only.Orders.get"));
         assert_eq!(view.data.component, "django");
         assert_eq!(view.data.meta.get("_dd.code_origin.frames.0.method").map(String::as_str), Some("Orders.get"));
+    }
+
+    #[test]
+    fn an_application_under_a_folder_named_like_the_framework_is_still_the_view() {
+        let frames = [
+            frame("user", "/home/dev/src/flask/shop/views.py", 7),
+            frame("Flask.dispatch_request", "/venv/lib/python3.11/site-packages/flask/app.py", 860),
+        ];
+        let (dispatcher, view) = view_in(&frames).expect("a view");
+        assert_eq!((dispatcher.component, &*view.function), ("flask", "user"));
     }
 
     #[test]

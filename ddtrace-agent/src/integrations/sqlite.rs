@@ -55,8 +55,10 @@ static PROBES: [ProbeDef; 7] = [
     // code that ran the statement is known (the handler it ran in).
     // (Not again while it returns SQLITE_ROW: the same loop over the same rows.)
     ProbeDef::entry("sqlite3_step").with_exit().recording_caller(SQLITE_ROW as u32).required(),
-    ProbeDef::entry("sqlite3_reset"),
-    ProbeDef::entry("sqlite3_finalize"),
+    // A reset or finalized statement runs again for whatever code runs it next (Python's
+    // statement cache): its next first step records its caller again.
+    ProbeDef::entry("sqlite3_reset").forgetting_caller(),
+    ProbeDef::entry("sqlite3_finalize").forgetting_caller(),
     // static int sqlite3LockAndPrepare(sqlite3 *db, const char *zSql, int nBytes, u32 prepFlags,
     //     Vdbe *pOld, sqlite3_stmt **ppStmt, const char **pzTail): what the three prepare
     // functions call (not exported; found from their code, see `probe_sites`).

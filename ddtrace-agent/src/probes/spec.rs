@@ -43,6 +43,8 @@ pub struct ProbeDef {
     /// for calls on the same object (first argument) while they return this value (a step
     /// that returned a row: the same loop over a query's rows).
     pub record_caller: Option<u32>,
+    /// The call ends its thread's run of calls with one caller (see `recording_caller`).
+    pub forget_caller: bool,
     /// Without this symbol the integration cannot work on that library.
     pub required: bool,
     pub kind: ProbeKind,
@@ -60,6 +62,7 @@ impl ProbeDef {
             capture_length_arg: None,
             urgent: false,
             record_caller: None,
+            forget_caller: false,
             required: false,
             kind: ProbeKind::Call,
         }
@@ -102,6 +105,11 @@ impl ProbeDef {
         self
     }
 
+    pub const fn forgetting_caller(mut self) -> Self {
+        self.forget_caller = true;
+        self
+    }
+
     pub const fn required(mut self) -> Self {
         self.required = true;
         self
@@ -121,6 +129,9 @@ impl ProbeDef {
         if let Some(n) = self.out_pointer_arg {
             spec.flags |= probe_flags::READ_OUT_POINTER_AT_EXIT;
             spec.out_arg = n;
+        }
+        if self.forget_caller {
+            spec.flags |= probe_flags::FORGET_CALLER;
         }
         if let Some(ret) = self.record_caller {
             spec.flags |= probe_flags::RECORD_CALLER;

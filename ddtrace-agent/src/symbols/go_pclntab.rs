@@ -26,7 +26,7 @@ pub struct GoFunction {
     pub entry: u64,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PclntabError {
     #[error("no Go function table (.gopclntab is missing or shorter than its header)")]
     Missing,
@@ -49,14 +49,16 @@ pub fn functions(section: &[u8]) -> Result<Vec<GoFunction>, PclntabError> {
     let word = |index: usize| -> Result<u64, PclntabError> {
         let at = 8 + index * 8;
         let bytes = section.get(at..at + 8).ok_or(PclntabError::Malformed("header cut short"))?;
+        // (index < 8: constant offsets within a header this long or refused.)
         Ok(u64::from_le_bytes(bytes.try_into().unwrap_or_default()))
     };
     let count = usize::try_from(word(0)?).map_err(|_| PclntabError::Malformed("function count"))?;
     let text_start = word(2)?;
     let names = usize::try_from(word(3)?).map_err(|_| PclntabError::Malformed("name table offset"))?;
     let table = usize::try_from(word(7)?).map_err(|_| PclntabError::Malformed("function table offset"))?;
-    let u32_at = |at: usize| -> Result<u32, PclntabError> {
-        let bytes = section.get(at..at + 4).ok_or(PclntabError::Malformed("an offset points past the table"))?;
+    let past = PclntabError::Malformed("an offset points past the table");
+    let u32_at = |at: Option<usize>| -> Result<u32, PclntabError> {
+        let bytes = at.and_then(|at| section.get(at..at.checked_add(4)?)).ok_or(past.clone())?;
         Ok(u32::from_le_bytes(bytes.try_into().unwrap_or_default()))
     };
     if count > section.len() / 8 {
@@ -64,11 +66,18 @@ pub fn functions(section: &[u8]) -> Result<Vec<GoFunction>, PclntabError> {
     }
     let mut functions = Vec::with_capacity(count);
     for index in 0..count {
-        let pair = table + index * 8;
-        let (entry_offset, record) = (u32_at(pair)?, u32_at(pair + 4)? as usize);
-        let name_offset = u32_at(table + record + 4)? as usize;
-        let name = c_string(section, names + name_offset).ok_or(PclntabError::Malformed("a name past the table"))?;
-        functions.push(GoFunction { name, entry: text_start + u64::from(entry_offset) });
+        // Offsets from the file: every sum checked (a malformed table is refused, not a panic).
+        let pair = index.checked_mul(8).and_then(|offset| table.checked_add(offset));
+        let entry_offset = u32_at(pair)?;
+        let record = u32_at(pair.and_then(|pair| pair.checked_add(4)))? as usize;
+        let name_offset = u32_at(table.checked_add(record).and_then(|at| at.checked_add(4)))? as usize;
+        let name = names
+            .checked_add(name_offset)
+            .and_then(|at| c_string(section, at))
+            .ok_or(PclntabError::Malformed("a name past the table"))?;
+        let entry =
+            text_start.checked_add(u64::from(entry_offset)).ok_or(PclntabError::Malformed("an entry past 2^64"))?;
+        functions.push(GoFunction { name, entry });
     }
     Ok(functions)
 }

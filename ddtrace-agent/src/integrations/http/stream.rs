@@ -99,8 +99,10 @@ impl ProtocolConnection for HttpConnection {
         services: &mut StreamServices,
         contexts: &mut ContextTree,
     ) {
-        if let Some(caller) = segment.caller {
-            self.caller = Some(caller.clone());
+        // The frames of this write only: a later request written without any (a record the
+        // ring dropped) keeps the traffic-level name rather than an earlier call's.
+        if segment.direction == crate::integrations::streams::Direction::Write {
+            self.caller = segment.caller.cloned();
         }
         let seen = self.tracker.requests_seen();
         self.tracker.on_data(segment.direction, segment.data, segment.length, segment.ktime_ns, &mut self.exchanges);

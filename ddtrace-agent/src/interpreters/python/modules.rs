@@ -24,7 +24,9 @@ pub fn main_script(pid: u32) -> Option<PathBuf> {
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-m" | "-c" | "-" => return None,
+            "-" => return None,
+            // `-m module`, `-c code`, and their attached forms (`-mflask`).
+            run if run.starts_with("-m") || run.starts_with("-c") => return None,
             option if OPTIONS_WITH_VALUE.contains(&option) => {
                 args.next();
             }
