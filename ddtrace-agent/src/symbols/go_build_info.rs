@@ -137,31 +137,17 @@ mod tests {
     #[test]
     fn a_go_binary_built_by_the_machines_go_reads_as_its_go_version() {
         // Debian's Go builds the test programs; `go version` says which.
-        let Ok(output) = std::process::Command::new("go").arg("version").output() else {
-            panic!("`go` is not installed: `cargo xtask test` installs golang-go")
-        };
+        let output = std::process::Command::new("go")
+            .arg("version")
+            .output()
+            .unwrap_or_else(|e| panic!("`go` cannot run (`cargo xtask test` installs golang-go): {e}"));
         let expected = String::from_utf8_lossy(&output.stdout).split_whitespace().nth(2).unwrap_or_default().to_owned();
         let target = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
         let go = target.join("go-build-info-test");
         std::fs::create_dir_all(&go).unwrap();
         std::fs::write(go.join("main.go"), "package main\n\nfunc main() {}\n").unwrap();
         std::fs::write(go.join("go.mod"), "module example.com/buildinfo\n\ngo 1.18\n").unwrap();
-        let binary = go.join("app");
-        let built = std::process::Command::new("go")
-            .args(["build", "-ldflags=-s -w", "-o"])
-            .arg(&binary)
-            .arg(".")
-            .current_dir(&go)
-            .env("CGO_ENABLED", "0")
-            .env("GOFLAGS", "-buildvcs=false")
-            .env("GOPROXY", "off")
-            // The tests' Go build cache: the standard library is compiled once.
-            .env("GOCACHE", target.join("go-cache"))
-            .env("GOPATH", target.join("go-path"))
-            .status()
-            .unwrap();
-        assert!(built.success());
-        let data = std::fs::read(&binary).unwrap();
+        let data = super::super::go_test_build::build(&go, std::path::Path::new("."), "go-build-info-test/app", true);
         let elf = object::File::parse(&*data).unwrap();
         let build = of_elf(&elf).expect("stripped, it still has .go.buildinfo");
         assert_eq!(build, GoBuild::Known { version: expected, main_path: Some("example.com/buildinfo".into()) });

@@ -97,7 +97,7 @@ fn c_string(bytes: &[u8], at: usize) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, path::PathBuf, process::Command};
+    use std::{collections::HashMap, path::Path};
 
     use object::{Object, ObjectSymbol};
 
@@ -105,28 +105,9 @@ mod tests {
 
     /// `tests/apps/go_http` built by the machine's Go, `-s -w` (stripped) or not.
     fn build(stripped: bool) -> Vec<u8> {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let target = root.join("target");
-        let output = target.join(if stripped { "go-pclntab-stripped" } else { "go-pclntab-full" });
-        let mut command = Command::new("go");
-        command.arg("build");
-        if stripped {
-            command.arg("-ldflags=-s -w");
-        }
-        let status = command
-            .arg("-o")
-            .arg(&output)
-            .arg(root.join("tests/apps/go_http/main.go"))
-            .env("CGO_ENABLED", "0")
-            .env("GOFLAGS", "-buildvcs=false")
-            .env("GOPROXY", "off")
-            .env("GO111MODULE", "on")
-            .env("GOCACHE", target.join("go-cache"))
-            .env("GOPATH", target.join("go-path"))
-            .status()
-            .unwrap_or_else(|e| panic!("`go` cannot run (`cargo xtask test` installs golang-go): {e}"));
-        assert!(status.success());
-        std::fs::read(output).unwrap()
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let name = if stripped { "go-pclntab-stripped" } else { "go-pclntab-full" };
+        super::super::go_test_build::build(&root, &root.join("tests/apps/go_http/main.go"), name, stripped)
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod debug_info;
 mod elf;
 pub mod go_build_info;
 pub mod go_pclntab;
+#[cfg(test)]
+mod go_test_build;
 mod module;
 mod normalize;
 mod symbolize;
