@@ -12,4 +12,5 @@ pub mod obfuscation;
 pub mod probes;
 pub mod products;
 pub mod symbols;
+pub mod tags;
 pub mod target;

@@ -4,12 +4,12 @@
 /// that one already returned and its exit was lost.
 #[derive(Debug)]
 pub struct CallStacks<T> {
-    threads: std::collections::HashMap<u32, Vec<(u64, T)>>,
+    threads: rustc_hash::FxHashMap<u32, Vec<(u64, T)>>,
 }
 
 impl<T> Default for CallStacks<T> {
     fn default() -> Self {
-        Self { threads: std::collections::HashMap::new() }
+        Self { threads: Default::default() }
     }
 }
 
@@ -32,21 +32,28 @@ impl<T> CallStacks<T> {
         let position = stack.iter().rposition(|(open, _)| *open == frame)?;
         let mut popped: Vec<T> = stack.drain(position..).rev().map(|(_, v)| v).collect();
         let call = popped.pop()?;
-        if stack.is_empty() {
-            self.threads.remove(&tid);
+        if stack.is_empty() && self.threads.len() > super::KEPT_IDLE_THREADS {
+            // An emptied stack stays for the thread's next call (no allocation per call) while
+            // few threads are known; past that, idle threads are forgotten.
+            self.threads.retain(|_, stack| !stack.is_empty());
         }
         Some((call, popped))
     }
 
     /// Drops every open call of the threads `belongs` selects (their process exited).
     pub fn forget(&mut self, mut belongs: impl FnMut(&T) -> bool) {
-        self.threads.retain(|_, stack| !stack.first().is_some_and(|(_, v)| belongs(v)));
+        self.threads.retain(|_, stack| stack.first().is_some_and(|(_, v)| !belongs(v)));
     }
 
     /// Whether thread `tid` is inside an open call that encloses `frame` (one entered at a
     /// higher frame): the call at `frame` is nested in it.
     pub fn encloses(&self, tid: u32, frame: u64) -> bool {
         self.threads.get(&tid).is_some_and(|stack| stack.iter().any(|(open, _)| *open > frame))
+    }
+
+    /// Threads with a stack here, emptied ones included.
+    pub fn threads_known(&self) -> usize {
+        self.threads.len()
     }
 
     pub fn open_calls(&self) -> usize {

@@ -1,4 +1,6 @@
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
+
+use crate::tags::TagMap;
 
 /// The role of the operation, as Datadog's `span.kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +43,8 @@ pub struct ContextData {
     pub component: &'static str,
     pub kind: SpanKind,
     /// Keys are literals but for the few an integration builds (`http.request.headers.<name>`).
-    pub meta: BTreeMap<Cow<'static, str>, String>,
-    pub metrics: BTreeMap<Cow<'static, str>, f64>,
+    pub meta: TagMap<String>,
+    pub metrics: TagMap<f64>,
     pub error: Option<ContextError>,
     /// The service an in-process integration names its spans with by default (dd-trace-py's
     /// schema v0: `redis`, `postgres`); `None`: the process's. Products decide what to show.
@@ -60,8 +62,8 @@ impl ContextData {
             span_type,
             component,
             kind,
-            meta: BTreeMap::new(),
-            metrics: BTreeMap::new(),
+            meta: TagMap::new(),
+            metrics: TagMap::new(),
             error: None,
             integration_service: None,
             bounded_by_children: false,

@@ -13,6 +13,10 @@ mod sample;
 pub mod test_support;
 mod tree;
 
+/// Per-thread stacks (open calls, open contexts) are kept when they empty, so a thread's next
+/// call reuses them instead of allocating; past this many threads the empty ones are dropped.
+const KEPT_IDLE_THREADS: usize = 1024;
+
 pub use call_stacks::CallStacks;
 pub use clock::WallClock;
 pub use context::{ContextData, ContextError, ExecutionContext, SpanKind};

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     clock::WallClock,
@@ -46,7 +46,14 @@ pub struct ContextTree {
 
 impl ContextTree {
     pub fn new(clock: WallClock, hub: EventHub) -> Self {
-        Self { clock, threads: HashMap::new(), detached: HashMap::new(), hub, bounded: HashMap::new(), abandoned: 0 }
+        Self {
+            clock,
+            threads: HashMap::default(),
+            detached: HashMap::default(),
+            hub,
+            bounded: HashMap::default(),
+            abandoned: 0,
+        }
     }
 
     /// A child of `parent` ended at `end_unix_ns`: a parent bounded by its children ends no
@@ -230,6 +237,14 @@ impl ContextTree {
         let end_unix_ns = self.clock.to_unix_ns(ktime_ns);
         let Some(stack) = self.threads.get_mut(&tid) else { return false };
         let Some(position) = stack.iter().rposition(|(_, c)| c.id == id) else { return false };
+        if position + 1 == stack.len() {
+            // The usual case, the innermost context returning: nothing above it to sort out,
+            // and nothing to allocate.
+            let Some((_, context)) = stack.pop() else { return false };
+            self.forget_if_idle(tid);
+            self.close(context, id, end_unix_ns, &mut Some(finish));
+            return true;
+        }
         let mut ended: Vec<ExecutionContext> = Vec::new();
         let mut others = Vec::new();
         for (frame, context) in stack.drain(position..) {
@@ -241,29 +256,48 @@ impl ContextTree {
             }
         }
         stack.extend(others);
-        if stack.is_empty() {
-            self.threads.remove(&tid);
-        }
+        self.forget_if_idle(tid);
         // Innermost first, so children always end before their parent.
         let mut finish = Some(finish);
-        while let Some(mut context) = ended.pop() {
-            context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
-            self.end_detached_children(context.id, end_unix_ns);
-            let bounded = context.data.bounded_by_children;
-            if bounded {
-                context.end_unix_ns = self.bounded_end(&context);
-            }
-            self.child_ended(context.parent_id, context.end_unix_ns);
-            if context.id == id {
-                if let Some(finish) = finish.take() {
-                    finish(&mut context.data);
-                }
-            } else if !bounded {
-                self.abandoned += 1;
-            }
-            self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
+        while let Some(context) = ended.pop() {
+            self.close(context, id, end_unix_ns, &mut finish);
         }
         true
+    }
+
+    /// An emptied stack stays for its thread's next context (no allocation per call) while few
+    /// threads are known; past that, the idle ones go.
+    fn forget_if_idle(&mut self, tid: u32) {
+        let idle = self.threads.get(&tid).is_some_and(Vec::is_empty);
+        if idle && self.threads.len() > super::KEPT_IDLE_THREADS {
+            self.threads.retain(|_, stack| !stack.is_empty());
+        }
+    }
+
+    /// Ends `context`, taken off its stack: `finish` fills it in when it is `id`, the context
+    /// the caller ended (the others were open inside it and are abandoned).
+    fn close(
+        &mut self,
+        mut context: ExecutionContext,
+        id: ContextId,
+        end_unix_ns: i64,
+        finish: &mut Option<impl FnOnce(&mut ContextData)>,
+    ) {
+        context.end_unix_ns = end_unix_ns.max(context.start_unix_ns);
+        self.end_detached_children(context.id, end_unix_ns);
+        let bounded = context.data.bounded_by_children;
+        if bounded {
+            context.end_unix_ns = self.bounded_end(&context);
+        }
+        self.child_ended(context.parent_id, context.end_unix_ns);
+        if context.id == id {
+            if let Some(finish) = finish.take() {
+                finish(&mut context.data);
+            }
+        } else if !bounded {
+            self.abandoned += 1;
+        }
+        self.hub.dispatch_context("context.ended", &CoreEvent::ContextEnded(&context), &context);
     }
 
     /// Ends, as abandoned, the detached contexts whose parent `parent` is ending: children end
@@ -348,6 +382,9 @@ impl ContextTree {
         for id in detached {
             self.end_detached(id, ktime_ns, |_| {});
         }
+        // Emptied stacks are kept for their thread's next call; an exit is the time to let the
+        // idle ones go (they do not say which process they were of).
+        self.threads.retain(|_, stack| !stack.is_empty());
         self.hub.dispatch("process.exited", &CoreEvent::ProcessExited(tgid));
     }
 

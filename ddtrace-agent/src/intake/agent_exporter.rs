@@ -284,7 +284,7 @@ fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a
     let service: &'a str = if span.service.is_empty() { &defaults.service } else { &span.service };
     let mut meta = VecMap::with_capacity(span.meta.len() + 2);
     for (k, v) in &span.meta {
-        meta.insert(Cow::Borrowed(k.as_ref()), Cow::Borrowed(v.as_str()));
+        meta.insert(Cow::Borrowed(k.as_ref()), Cow::Borrowed(v.as_ref()));
     }
     if let Some(env) = defaults.env.as_deref() {
         if !span.meta.contains_key("env") {
@@ -416,28 +416,28 @@ mod tests {
             trace_id,
             span_id: 11,
             parent_id: 0,
-            name: "http.request".to_owned(),
+            name: "http.request".into(),
             resource: "GET /users/?".to_owned(),
             service: "billing".to_owned(),
-            span_type: "web".to_owned(),
+            span_type: "web".into(),
             start_unix_ns: 1_700_000_000_000_000_000,
             duration_ns: 5_000_000,
-            meta: BTreeMap::from([("http.method".into(), "GET".to_owned())]),
+            meta: [("http.method".into(), "GET".into())].into_iter().collect(),
             ..Default::default()
         };
         let child = Span {
             trace_id,
             span_id: 12,
             parent_id: 11,
-            name: "sqlite.query".to_owned(),
+            name: "sqlite.query".into(),
             resource: "SELECT * FROM users WHERE id = ?".to_owned(),
             service: "sqlite".to_owned(),
-            span_type: "sql".to_owned(),
+            span_type: "sql".into(),
             start_unix_ns: 1_700_000_000_001_000_000,
             duration_ns: 1_234_000,
             error: 1,
-            meta: BTreeMap::from([("error.message".into(), "no such table".to_owned())]),
-            metrics: BTreeMap::from([("db.row_count".into(), 0.0)]),
+            meta: [("error.message".into(), "no such table".into())].into_iter().collect(),
+            metrics: [("db.row_count".into(), 0.0)].into_iter().collect(),
         };
         TraceChunk { spans: vec![root, child], container_id: None }
     }

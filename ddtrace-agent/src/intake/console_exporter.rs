@@ -166,7 +166,7 @@ mod tests {
             trace_id: 0x5b1e_0000_0000_0001_0000_0000_0000_00c2,
             span_id: id,
             parent_id: parent,
-            name: name.to_owned(),
+            name: name.to_owned().into(),
             resource: name.to_owned(),
             service: "billing".to_owned(),
             start_unix_ns: start,
@@ -179,12 +179,12 @@ mod tests {
     fn tree_is_indented_and_children_ordered_by_start() {
         let mut root = span(1, 0, "http.request", 100, 12_500_000);
         root.resource = "GET /users/?".to_owned();
-        root.span_type = "web".to_owned();
+        root.span_type = "web".into();
         let mut late = span(3, 1, "sqlite.query", 300, 1_234_000);
         late.resource = "SELECT * FROM users\n WHERE id = ?".to_owned();
-        late.span_type = "sql".to_owned();
+        late.span_type = "sql".into();
         late.error = 1;
-        late.meta.insert("error.message".into(), "no such table: users".to_owned());
+        late.meta.insert("error.message".into(), "no such table: users".into());
         let early = span(2, 1, "sqlite.connect", 200, 500);
         let grandchild = span(4, 2, "fs.open", 210, 100);
         let chunk = TraceChunk { spans: vec![root, late, early, grandchild], container_id: None };

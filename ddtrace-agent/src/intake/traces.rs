@@ -2,11 +2,13 @@
 //! [`TraceSink`](super::TraceSink). Plain owned data, independent of any wire format; each sink
 //! converts it (msgpack v0.4 through libdatadog, console text, ...).
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::borrow::Cow;
 
-/// A tag's name: nearly always a literal (`span.kind`, `db.system`), so a span's tags allocate
-/// for their values only. Looked up with a plain `&str`.
-pub type TagName = Cow<'static, str>;
+pub use crate::tags::{TagMap, TagName};
+
+/// A tag's value: a literal for most fixed ones (`span.kind:client`, `component`), so building a
+/// span allocates only for what it learnt.
+pub type TagValue = Cow<'static, str>;
 
 /// One finished span, in Datadog's terms.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -18,18 +20,18 @@ pub struct Span {
     /// 0 for a trace root.
     pub parent_id: u64,
     /// Operation name, e.g. `sqlite.query`.
-    pub name: String,
+    pub name: Cow<'static, str>,
     /// What was operated on, e.g. the obfuscated SQL statement.
     pub resource: String,
     pub service: String,
     /// Datadog span type: `sql`, `web`, `http`, `redis`, ...
-    pub span_type: String,
+    pub span_type: Cow<'static, str>,
     pub start_unix_ns: i64,
     pub duration_ns: i64,
     /// 1 if the operation failed, else 0 (as in the v0.4 protocol).
     pub error: i32,
-    pub meta: BTreeMap<TagName, String>,
-    pub metrics: BTreeMap<TagName, f64>,
+    pub meta: TagMap<TagValue>,
+    pub metrics: TagMap<f64>,
 }
 
 /// The spans of one trace that finished together in one process. The first span is the local

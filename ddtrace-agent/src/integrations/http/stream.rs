@@ -201,7 +201,7 @@ impl HttpConnection {
                     add_response(data, &exchange, role, header_tags);
                     // The client's address when it was learnt after the request (TLS above).
                     if let (Role::Server, Some(peer)) = (role, peer) {
-                        data.meta.entry("network.client.ip".into()).or_insert_with(|| peer.ip().to_string());
+                        data.meta.get_or_insert_with("network.client.ip".into(), || peer.ip().to_string());
                     }
                 };
                 match role {

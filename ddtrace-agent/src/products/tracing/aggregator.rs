@@ -1,7 +1,6 @@
-use std::{
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc},
-};
+use std::sync::{atomic::Ordering, Arc};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use super::{
     policy::{DropCounters, SharedPolicy},
@@ -32,7 +31,7 @@ pub struct TraceAggregator {
 
 impl TraceAggregator {
     pub fn new(builder: SpanBuilder, out: ChunkSender, policy: SharedPolicy, drops: Arc<DropCounters>) -> Self {
-        Self { builder, pending: HashMap::new(), out, policy, policy_version: None, drops }
+        Self { builder, pending: HashMap::default(), out, policy, policy_version: None, drops }
     }
 
     pub fn on_context_ended(&mut self, context: &ExecutionContext) {
@@ -204,7 +203,7 @@ mod tests {
             assert_eq!(root.meta["team"], "db");
         }
         let last = &sent.last().unwrap().spans[0];
-        assert_eq!((last.span_id, last.meta["team"].as_str()), (1001, "payments"));
+        assert_eq!((last.span_id, last.meta["team"].as_ref()), (1001, "payments"));
         assert!(!last.metrics.contains_key("_dd.rule_psr"));
     }
 

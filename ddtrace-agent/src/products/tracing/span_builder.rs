@@ -1,10 +1,8 @@
-use std::collections::BTreeMap;
-
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use crate::{
     core::{ExecutionContext, Identities, ProcessIdentity},
-    intake::traces::{Span, TagName},
+    intake::traces::{Span, TagMap, TagValue},
 };
 
 /// Tags every span of this daemon's traces carries (unified service tagging and `DD_TAGS`), for
@@ -78,38 +76,42 @@ impl SpanBuilder {
             None => (&self.tags.service, &self.tags.env, &self.tags.version),
         };
         // The policy's tags (DD_TAGS, or remote configuration's), then the process's own.
-        let owned = |(k, v): &(String, String)| (TagName::Owned(k.clone()), v.clone());
-        let mut meta: BTreeMap<TagName, String> = self.tags.tags.iter().map(owned).collect();
+        let owned = |(k, v): &(String, String)| (Cow::Owned(k.clone()), TagValue::Owned(v.clone()));
+        let own_tags = identity.as_ref().map_or(0, |id| id.tags.len());
+        // What is always there, plus room for what the product may add (error, base service).
+        let capacity = self.tags.tags.len() + own_tags + data.meta.len() + 6;
+        let mut meta: TagMap<TagValue> = TagMap::with_capacity(capacity);
+        meta.extend(self.tags.tags.iter().map(owned));
         if let Some(id) = &identity {
             meta.extend(id.tags.iter().map(owned));
         }
         if let Some(env) = env {
-            meta.insert("env".into(), env.clone());
+            meta.insert("env".into(), env.clone().into());
         }
         if let Some(version) = version {
-            meta.insert("version".into(), version.clone());
+            meta.insert("version".into(), version.clone().into());
         }
-        meta.insert("component".into(), data.component.to_string());
-        meta.insert("span.kind".into(), data.kind.as_str().to_string());
-        meta.extend(data.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+        meta.insert("component".into(), data.component.into());
+        meta.insert("span.kind".into(), data.kind.as_str().into());
+        meta.extend(data.meta.iter().map(|(k, v)| (k.clone(), TagValue::Owned(v.clone()))));
         let mut metrics = data.metrics.clone();
         if context.is_root() {
             metrics.insert("process_id".into(), context.tgid as f64);
             if let Some(id) = &identity {
-                meta.insert("runtime-id".into(), id.runtime_id.clone());
+                meta.insert("runtime-id".into(), id.runtime_id.clone().into());
             }
         }
         // dd-trace-py's default schema (v0): an integration's spans under its own service, the
         // process's kept as the base service.
         let service = match data.integration_service {
             Some(integration) => {
-                meta.insert("_dd.base_service".into(), service.clone());
+                meta.insert("_dd.base_service".into(), service.clone().into());
                 integration.to_string()
             }
             None => service.clone(),
         };
         if self.tags.peer_service && data.kind == crate::core::SpanKind::Client && !meta.contains_key("peer.service") {
-            let source = PEER_SERVICE_SOURCES.iter().find_map(|key| Some((*key, meta.get(*key)?.clone())));
+            let source = PEER_SERVICE_SOURCES.iter().find_map(|key| Some((*key, meta.get(key)?.clone())));
             if let Some((source, peer)) = source {
                 meta.insert("peer.service".into(), peer);
                 meta.insert("_dd.peer.service.source".into(), source.into());
@@ -118,17 +120,17 @@ impl SpanBuilder {
         let mut error = 0;
         if let Some(e) = &data.error {
             error = 1;
-            meta.insert("error.type".into(), e.kind.clone());
-            meta.insert("error.message".into(), e.message.clone());
+            meta.insert("error.type".into(), e.kind.clone().into());
+            meta.insert("error.message".into(), e.message.clone().into());
         }
         Span {
             trace_id: context.trace_id,
             span_id: context.id,
             parent_id: context.parent_id,
-            name: data.name.to_string(),
+            name: data.name.into(),
             resource: if data.resource.is_empty() { data.name.to_string() } else { data.resource.clone() },
             service,
-            span_type: data.span_type.to_string(),
+            span_type: data.span_type.into(),
             start_unix_ns: context.start_unix_ns,
             duration_ns: context.duration_ns(),
             error,
@@ -164,12 +166,12 @@ mod tests {
         let on = SpanBuilder::new(TraceTags { peer_service: true, ..Default::default() });
         let span = on.build(&context(query.clone()));
         assert_eq!(
-            (span.meta["peer.service"].as_str(), span.meta["_dd.peer.service.source"].as_str()),
+            (span.meta["peer.service"].as_ref(), span.meta["_dd.peer.service.source"].as_ref()),
             ("shop", "db.name")
         );
         let span = on.build(&context(command));
         assert_eq!(
-            (span.meta["peer.service"].as_str(), span.meta["_dd.peer.service.source"].as_str()),
+            (span.meta["peer.service"].as_ref(), span.meta["_dd.peer.service.source"].as_ref()),
             ("10.0.0.6", "out.host")
         );
         let off = SpanBuilder::new(TraceTags::default());
