@@ -37,7 +37,8 @@ pub struct ContextError {
 pub struct ContextData {
     /// Operation name, e.g. `sqlite.query`.
     pub name: &'static str,
-    pub resource: String,
+    /// A literal for some operations (a traced function's name), else what was learnt.
+    pub resource: Cow<'static, str>,
     /// e.g. `sql`, `web`, `http`.
     pub span_type: &'static str,
     pub component: &'static str,
@@ -58,7 +59,7 @@ impl ContextData {
     pub fn new(name: &'static str, component: &'static str, span_type: &'static str, kind: SpanKind) -> Self {
         Self {
             name,
-            resource: String::new(),
+            resource: Cow::Borrowed(""),
             span_type,
             component,
             kind,
@@ -75,7 +76,7 @@ impl ContextData {
         self
     }
 
-    pub fn with_resource(mut self, resource: impl Into<String>) -> Self {
+    pub fn with_resource(mut self, resource: impl Into<Cow<'static, str>>) -> Self {
         self.resource = resource.into();
         self
     }

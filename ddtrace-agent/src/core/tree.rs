@@ -735,7 +735,7 @@ mod tests {
         assert_eq!(tree.innermost(10), Some(second));
         assert!(tree.end(10, second, 4_000, |d| d.resource = "second done".into()));
         let ended = ended.lock().unwrap();
-        let names: Vec<_> = ended.iter().map(|c| (c.data.name, c.data.resource.as_str())).collect();
+        let names: Vec<_> = ended.iter().map(|c| (c.data.name, c.data.resource.as_ref())).collect();
         assert_eq!(names, [("query of first", ""), ("first", "first done"), ("second", "second done")]);
         assert_eq!(ended[2].end_unix_ns - ended[2].start_unix_ns, 2_000);
         assert_eq!(tree.abandoned, 0);

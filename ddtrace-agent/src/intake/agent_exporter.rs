@@ -204,8 +204,9 @@ impl TraceSink for AgentExporter {
             let exporter = &self.exporters[at].1;
             let group: Vec<&TraceChunk> = group.collect();
             for payload in payloads(&group) {
+                let highs = HighTraceIds::of(payload.iter().copied());
                 let payload: Vec<Vec<SpanSlice<'_>>> =
-                    payload.iter().map(|c| to_libdd_chunk(c, &self.defaults)).collect();
+                    payload.iter().map(|c| to_libdd_chunk(c, &self.defaults, &highs)).collect();
                 let count = payload.len();
                 let result = outside_tokio(|| exporter.send_trace_chunks(PooledChunks::unpooled(payload), None))
                     .map_err(|e| send_error(&self.agent_url, count, e));
@@ -265,7 +266,11 @@ impl Drop for AgentExporter {
 ///
 /// We do not claim `Datadog-Client-Computed-Top-Level`, so the agent still computes top-level
 /// spans itself; marking the root is harmless and matches what tracers send.
-pub(crate) fn to_libdd_chunk<'a>(chunk: &'a TraceChunk, defaults: &'a SpanDefaults) -> Vec<SpanSlice<'a>> {
+pub(crate) fn to_libdd_chunk<'a>(
+    chunk: &'a TraceChunk,
+    defaults: &'a SpanDefaults,
+    trace_id_highs: &'a HighTraceIds,
+) -> Vec<SpanSlice<'a>> {
     chunk
         .spans
         .iter()
@@ -273,11 +278,44 @@ pub(crate) fn to_libdd_chunk<'a>(chunk: &'a TraceChunk, defaults: &'a SpanDefaul
         .map(|(i, span)| {
             let mut converted = to_libdd_span(span, defaults);
             if i == 0 {
-                mark_local_root(&mut converted, span.trace_id);
+                mark_local_root(&mut converted, span.trace_id, trace_id_highs);
             }
+            // Our tags are unique by construction (see `TagMap`, and the inserts above only
+            // add absent names): spare libdatadog its duplicate scan of every span.
+            converted.meta.mark_deduped();
+            converted.metrics.mark_deduped();
             converted
         })
         .collect()
+}
+
+/// The `_dd.p.tid` texts of the 128-bit trace ids of some chunks (their high halves). Datadog's
+/// 128-bit ids carry the trace's start second there (and zeros), so a payload's traces share
+/// one or two: formatted once per payload, not per trace.
+#[derive(Debug, Default)]
+pub(crate) struct HighTraceIds {
+    texts: Vec<(u64, String)>,
+}
+
+impl HighTraceIds {
+    pub(crate) fn of<'c>(chunks: impl IntoIterator<Item = &'c TraceChunk>) -> Self {
+        let mut texts: Vec<(u64, String)> = Vec::new();
+        for chunk in chunks {
+            let Some(root) = chunk.spans.first() else { continue };
+            let high = (root.trace_id >> 64) as u64;
+            if high != 0 && !texts.iter().any(|(seen, _)| *seen == high) {
+                texts.push((high, format!("{high:016x}")));
+            }
+        }
+        Self { texts }
+    }
+
+    fn hex(&self, high: u64) -> Cow<'_, str> {
+        match self.texts.iter().find(|(seen, _)| *seen == high) {
+            Some((_, text)) => Cow::Borrowed(text),
+            None => Cow::Owned(format!("{high:016x}")),
+        }
+    }
 }
 
 fn to_libdd_span<'a>(span: &'a Span, defaults: &'a SpanDefaults) -> SpanSlice<'a> {
@@ -356,10 +394,10 @@ fn payloads<'a>(chunks: &'a [&'a TraceChunk]) -> impl Iterator<Item = &'a [&'a T
     })
 }
 
-fn mark_local_root(root: &mut SpanSlice<'_>, trace_id: u128) {
+fn mark_local_root<'a>(root: &mut SpanSlice<'a>, trace_id: u128, highs: &'a HighTraceIds) {
     let high = (trace_id >> 64) as u64;
     if high != 0 {
-        root.meta.insert_or_replace(Cow::Borrowed("_dd.p.tid"), Cow::Owned(format!("{high:016x}")));
+        root.meta.insert_or_replace(Cow::Borrowed("_dd.p.tid"), highs.hex(high));
     }
     root.metrics.insert_or_replace(Cow::Borrowed("_dd.top_level"), 1.0);
     if !root.metrics.contains_key("_sampling_priority_v1") {
@@ -417,7 +455,7 @@ mod tests {
             span_id: 11,
             parent_id: 0,
             name: "http.request".into(),
-            resource: "GET /users/?".to_owned(),
+            resource: "GET /users/?".into(),
             service: "billing".to_owned(),
             span_type: "web".into(),
             start_unix_ns: 1_700_000_000_000_000_000,
@@ -430,7 +468,7 @@ mod tests {
             span_id: 12,
             parent_id: 11,
             name: "sqlite.query".into(),
-            resource: "SELECT * FROM users WHERE id = ?".to_owned(),
+            resource: "SELECT * FROM users WHERE id = ?".into(),
             service: "sqlite".to_owned(),
             span_type: "sql".into(),
             start_unix_ns: 1_700_000_000_001_000_000,
@@ -459,7 +497,8 @@ mod tests {
     fn conversion_splits_the_128_bit_trace_id() {
         let chunk = sample_chunk(TRACE_ID);
         let d = defaults();
-        let spans = to_libdd_chunk(&chunk, &d);
+        let highs = HighTraceIds::of([&chunk]);
+        let spans = to_libdd_chunk(&chunk, &d, &highs);
         assert_eq!(spans.len(), 2);
         let (root, child) = (&spans[0], &spans[1]);
 
@@ -484,7 +523,8 @@ mod tests {
     fn conversion_marks_the_local_root_only() {
         let chunk = sample_chunk(TRACE_ID);
         let d = defaults();
-        let spans = to_libdd_chunk(&chunk, &d);
+        let highs = HighTraceIds::of([&chunk]);
+        let spans = to_libdd_chunk(&chunk, &d, &highs);
         assert_eq!(spans[0].metrics.get("_sampling_priority_v1"), Some(&1.0));
         assert_eq!(spans[0].metrics.get("_dd.top_level"), Some(&1.0));
         assert!(spans[1].metrics.get("_sampling_priority_v1").is_none());
@@ -493,7 +533,8 @@ mod tests {
         // A decision made upstream (here: user reject) is kept.
         let mut chunk = sample_chunk(TRACE_ID);
         chunk.spans[0].metrics.insert("_sampling_priority_v1".into(), -1.0);
-        let spans = to_libdd_chunk(&chunk, &d);
+        let highs = HighTraceIds::of([&chunk]);
+        let spans = to_libdd_chunk(&chunk, &d, &highs);
         assert_eq!(spans[0].metrics.get("_sampling_priority_v1"), Some(&-1.0));
     }
 
@@ -501,7 +542,8 @@ mod tests {
     fn conversion_of_64_bit_ids_has_no_tid() {
         let chunk = sample_chunk(0x42);
         let d = defaults();
-        let spans = to_libdd_chunk(&chunk, &d);
+        let highs = HighTraceIds::of([&chunk]);
+        let spans = to_libdd_chunk(&chunk, &d, &highs);
         assert_eq!(spans[0].trace_id, 0x42);
         assert!(spans[0].meta.get("_dd.p.tid").is_none());
     }
@@ -511,7 +553,8 @@ mod tests {
         let mut chunk = sample_chunk(TRACE_ID);
         chunk.spans[0].service.clear();
         let d = defaults();
-        let spans = to_libdd_chunk(&chunk, &d);
+        let highs = HighTraceIds::of([&chunk]);
+        let spans = to_libdd_chunk(&chunk, &d, &highs);
         assert_eq!(spans[0].service, "billing");
         assert_eq!(spans[0].meta.get("env").map(|v| v.as_ref()), Some("test"));
         assert_eq!(spans[0].meta.get("version").map(|v| v.as_ref()), Some("1.2.3"));

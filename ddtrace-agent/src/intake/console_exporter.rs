@@ -167,7 +167,7 @@ mod tests {
             span_id: id,
             parent_id: parent,
             name: name.to_owned().into(),
-            resource: name.to_owned(),
+            resource: name.to_owned().into(),
             service: "billing".to_owned(),
             start_unix_ns: start,
             duration_ns,
@@ -178,10 +178,10 @@ mod tests {
     #[test]
     fn tree_is_indented_and_children_ordered_by_start() {
         let mut root = span(1, 0, "http.request", 100, 12_500_000);
-        root.resource = "GET /users/?".to_owned();
+        root.resource = "GET /users/?".into();
         root.span_type = "web".into();
         let mut late = span(3, 1, "sqlite.query", 300, 1_234_000);
-        late.resource = "SELECT * FROM users\n WHERE id = ?".to_owned();
+        late.resource = "SELECT * FROM users\n WHERE id = ?".into();
         late.span_type = "sql".into();
         late.error = 1;
         late.meta.insert("error.message".into(), "no such table: users".into());

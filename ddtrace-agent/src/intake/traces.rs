@@ -22,7 +22,7 @@ pub struct Span {
     /// Operation name, e.g. `sqlite.query`.
     pub name: Cow<'static, str>,
     /// What was operated on, e.g. the obfuscated SQL statement.
-    pub resource: String,
+    pub resource: Cow<'static, str>,
     pub service: String,
     /// Datadog span type: `sql`, `web`, `http`, `redis`, ...
     pub span_type: Cow<'static, str>,

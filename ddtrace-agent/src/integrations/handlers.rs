@@ -310,7 +310,7 @@ mod tests {
         tree.end(10, request, 9_000, |_| {});
         let ended = ended.lock().unwrap();
         let view = &ended[0];
-        assert_eq!((view.data.name, view.data.resource.as_str()), ("django.view", "shop_views_test_only.Orders.get"));
+        assert_eq!((view.data.name, view.data.resource.as_ref()), ("django.view", "shop_views_test_only.Orders.get"));
         assert_eq!(view.data.component, "django");
         assert_eq!(view.data.meta.get("_dd.code_origin.frames.0.method").map(String::as_str), Some("Orders.get"));
     }

@@ -154,7 +154,7 @@ impl SqliteIntegration {
 
     fn query_context(resource: &str) -> ContextData {
         ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client)
-            .with_resource(resource)
+            .with_resource(resource.to_string())
             .with_meta("db.system", "sqlite")
     }
 

@@ -189,7 +189,7 @@ fn multi_statements_end_with_their_last_result_and_prepared_statements_are_named
         client.read(&result_set(1, false, 0x2));
     }
     let spans = client.spans();
-    let resources: Vec<&str> = spans.iter().map(|s| s.data.resource.as_str()).collect();
+    let resources: Vec<&str> = spans.iter().map(|s| s.data.resource.as_ref()).collect();
     // The agent's obfuscator drops the `;` between statements.
     assert_eq!(
         resources,

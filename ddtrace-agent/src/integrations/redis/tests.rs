@@ -83,7 +83,7 @@ fn a_command_and_its_reply_are_one_span_tagged_as_dd_trace_py_tags_it() {
     assert_eq!(spans.len(), 2, "{spans:#?}");
     let set = &spans[0].data;
     assert_eq!(
-        (set.name, set.resource.as_str(), set.span_type, set.kind),
+        (set.name, set.resource.as_ref(), set.span_type, set.kind),
         ("redis.command", "SET", "redis", SpanKind::Client)
     );
     assert_eq!(set.integration_service, Some("redis"));
@@ -94,7 +94,7 @@ fn a_command_and_its_reply_are_one_span_tagged_as_dd_trace_py_tags_it() {
     assert_eq!(set.metrics["out.redis_db"], 0.0);
     assert!(spans[0].start_unix_ns < spans[0].end_unix_ns);
     let get = &spans[1].data;
-    assert_eq!((get.resource.as_str(), get.meta["redis.raw_command"].as_str()), ("GET", "GET user:1"));
+    assert_eq!((get.resource.as_ref(), get.meta["redis.raw_command"].as_str()), ("GET", "GET user:1"));
     assert_eq!(get.metrics["db.row_count"], 1.0);
     assert!(get.error.is_none());
 }
@@ -230,7 +230,7 @@ fn a_drivers_connection_set_up_gives_no_span() {
     client.write(&command(&["SELECT", "1"]));
     client.read(b"+OK\r\n");
     let spans = client.spans();
-    let resources: Vec<&str> = spans.iter().map(|s| s.data.resource.as_str()).collect();
+    let resources: Vec<&str> = spans.iter().map(|s| s.data.resource.as_ref()).collect();
     assert_eq!(resources, ["GET", "SELECT"]);
     assert_eq!(spans[0].data.metrics["out.redis_db"], 2.0);
     assert_eq!(spans[0].data.metrics["db.row_count"], 0.0, "a missing key: no row");

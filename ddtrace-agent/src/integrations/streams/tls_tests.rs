@@ -45,7 +45,7 @@ fn plaintext_of_an_accepted_socket_is_one_https_server_span_and_its_ciphertext_n
     let ended = ended.lock().unwrap();
     assert_eq!(ended.len(), 1, "{ended:#?}");
     let span = &ended[0].data;
-    assert_eq!((span.kind, span.resource.as_str()), (SpanKind::Server, "GET /users/?"));
+    assert_eq!((span.kind, span.resource.as_ref()), (SpanKind::Server, "GET /users/?"));
     assert_eq!(span.meta["http.url"], "https://shop.example/users/42");
     assert_eq!(span.meta["http.status_code"], "200");
     assert_eq!(span.meta["network.client.ip"], "127.0.0.1");

@@ -128,7 +128,7 @@ impl SpanBuilder {
             span_id: context.id,
             parent_id: context.parent_id,
             name: data.name.into(),
-            resource: if data.resource.is_empty() { data.name.to_string() } else { data.resource.clone() },
+            resource: if data.resource.is_empty() { data.name.into() } else { data.resource.clone() },
             service,
             span_type: data.span_type.into(),
             start_unix_ns: context.start_unix_ns,
@@ -201,7 +201,7 @@ mod tests {
             data,
         };
         let span = builder.build(&context);
-        assert_eq!((span.service.as_str(), span.resource.as_str(), span.duration_ns), ("billing", "SELECT ?", 250));
+        assert_eq!((span.service.as_str(), span.resource.as_ref(), span.duration_ns), ("billing", "SELECT ?", 250));
         assert_eq!(span.meta["env"], "prod");
         assert_eq!(span.meta["span.kind"], "client");
         assert_eq!(span.meta["team"], "db");
