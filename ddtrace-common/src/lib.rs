@@ -396,7 +396,7 @@ impl PythonLayout {
 
 /// One Python frame as the sampler read it; the daemon names it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PythonFrame {
     /// The code object (3.13: the executable, possibly not a code object).
     pub code: u64,

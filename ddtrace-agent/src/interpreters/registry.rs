@@ -152,8 +152,7 @@ impl Interpreters {
                 self.namers.get_mut(&pid)?
             }
         };
-        let named: Vec<NamedFrame> = namer.groups(&recorded.frames).into_iter().flatten().collect();
-        (!named.is_empty()).then(|| named.into())
+        namer.named(&recorded.frames)
     }
 
     /// The frames recorded with the sample of thread `tid` of `pid` taken at `ktime_ns`, if any.

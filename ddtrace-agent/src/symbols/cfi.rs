@@ -11,7 +11,9 @@
 //! unstripped files, and usually only for code built without `-fasynchronous-unwind-tables`) is
 //! consulted for addresses `.eh_frame` does not cover.
 
-use std::{fmt, ops::Range};
+use std::{fmt, ops::Range, sync::Mutex};
+
+use rustc_hash::FxHashMap;
 
 use gimli::{
     BaseAddresses, CieOrFde, DebugFrame, EhFrame, EhFrameHdr, EndianSlice, LittleEndian, Register, UnwindSection,
@@ -97,6 +99,35 @@ pub struct FrameRule<'a> {
     pub signal_frame: bool,
 }
 
+impl FrameRule<'_> {
+    /// The same rule, when it holds no expression borrowed from the section (nearly every row
+    /// of compiled code): what the lookup cache can keep.
+    fn without_expressions(&self) -> Option<FrameRule<'static>> {
+        let register = |rule: &RegisterRule<'_>| -> Option<RegisterRule<'static>> {
+            Some(match *rule {
+                RegisterRule::Undefined => RegisterRule::Undefined,
+                RegisterRule::SameValue => RegisterRule::SameValue,
+                RegisterRule::Offset(offset) => RegisterRule::Offset(offset),
+                RegisterRule::ValOffset(offset) => RegisterRule::ValOffset(offset),
+                RegisterRule::Register(other) => RegisterRule::Register(other),
+                RegisterRule::Unsupported => RegisterRule::Unsupported,
+                RegisterRule::Expression(_) | RegisterRule::ValExpression(_) => return None,
+            })
+        };
+        let cfa = match self.cfa {
+            CfaRule::RegisterOffset { register, offset } => CfaRule::RegisterOffset { register, offset },
+            CfaRule::Expression(_) => return None,
+        };
+        Some(FrameRule {
+            cfa,
+            return_address: register(&self.return_address)?,
+            rbp: register(&self.rbp)?,
+            rsp: register(&self.rsp)?,
+            signal_frame: self.signal_frame,
+        })
+    }
+}
+
 impl FrameRule<'static> {
     /// The rule of a PLT entry without CFI (lld emits none): the return address is on top of the
     /// stack, as on entry to any function. Inside a lazy-binding entry after its `push` this is
@@ -152,7 +183,14 @@ pub struct CallFrameInfo {
     debug_frame: Option<CfiSection>,
     /// `.plt`, `.plt.sec` and `.plt.got`: code that may have no FDE but a known frame shape.
     plt: Vec<Range<u64>>,
+    /// Rules already found, by address: a profiler meets the same few thousand return
+    /// addresses at every sample, and parsing an FDE and running its row program each time was
+    /// most of the unwinder's cost.
+    rules: Mutex<FxHashMap<u64, FrameRule<'static>>>,
 }
+
+/// Rules cached per module; the cache starts over beyond this.
+const RULE_CACHE_LIMIT: usize = 64 * 1024;
 
 impl fmt::Debug for CallFrameInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -208,7 +246,7 @@ impl CallFrameInfo {
         if eh_frame.is_none() && debug_frame.is_none() && plt.is_empty() {
             return None;
         }
-        Some(Self { eh_frame, debug_frame, plt })
+        Some(Self { eh_frame, debug_frame, plt, rules: Mutex::default() })
     }
 
     /// How many FDEs the index knows (`.eh_frame` and `.debug_frame` together).
@@ -224,10 +262,21 @@ impl CallFrameInfo {
     /// The unwind rules at `vaddr`: from `.eh_frame`, else `.debug_frame`, else (in a PLT section
     /// without CFI) [`FrameRule::PLT`].
     pub fn find_rule<'a>(&'a self, ctx: &mut UnwindContext, vaddr: u64) -> Result<FrameRule<'a>, CfiError> {
+        if let Some(rule) = self.rules.lock().ok().and_then(|rules| rules.get(&vaddr).copied()) {
+            return Ok(rule);
+        }
         let mut malformed = None;
         for section in [&self.eh_frame, &self.debug_frame].into_iter().flatten() {
             match section.find_rule(ctx, vaddr) {
-                Ok(Some(rule)) => return Ok(rule),
+                Ok(Some(rule)) => {
+                    if let (Some(kept), Ok(mut rules)) = (rule.without_expressions(), self.rules.lock()) {
+                        if rules.len() >= RULE_CACHE_LIMIT {
+                            rules.clear();
+                        }
+                        rules.insert(vaddr, kept);
+                    }
+                    return Ok(rule);
+                }
                 Ok(None) => {}
                 // A broken entry in one section should not hide a good one in the other.
                 Err(source) => malformed = Some(source),

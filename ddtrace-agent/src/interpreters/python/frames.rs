@@ -56,12 +56,24 @@ const CODE_HEAD_BYTES: usize = 144;
 struct Cached {
     code: Option<CodeInfo>,
     checked_at: Instant,
+    /// Lines already worked out from the line table, by instruction offset: a hot frame (a
+    /// handler's loop, a query call site) comes back at the same few offsets.
+    lines: Vec<(i64, Option<u32>)>,
 }
+
+/// Lines remembered per code object.
+const LINES_PER_CODE: usize = 8;
+/// Named stacks cached per process; the cache starts over beyond this.
+const STACK_CACHE_LIMIT: usize = 4096;
 
 /// Names the frames of one process's interpreter.
 pub struct PythonFrames {
     runtime: Arc<PythonRuntime>,
     codes: HashMap<u64, Cached>,
+    /// Whole stacks already named, by their raw frames, with when they were named: the events
+    /// of one call site (a query in a handler) record the same frames again and again, and
+    /// naming them frame by frame was the largest cost of such an event in the daemon.
+    stacks: rustc_hash::FxHashMap<Box<[PythonFrame]>, (Instant, Arc<[NamedFrame]>)>,
     /// Frames that named no code object (freed, or not code).
     pub unnamed: u64,
 }
@@ -71,7 +83,29 @@ pub const UNKNOWN_FUNCTION: &str = "[unknown Python frame]";
 
 impl PythonFrames {
     pub fn new(runtime: Arc<PythonRuntime>) -> Self {
-        Self { runtime, codes: HashMap::new(), unnamed: 0 }
+        Self { runtime, codes: HashMap::new(), stacks: Default::default(), unnamed: 0 }
+    }
+
+    /// `frames` (innermost first) named, as one list; `None` when none could be. Answers from
+    /// the stack cache while its entry is younger than [`RECHECK`] (the age after which a code
+    /// object is checked again: a name is never older than the per-code cache allows).
+    pub fn named(&mut self, frames: &[PythonFrame]) -> Option<Arc<[NamedFrame]>> {
+        let now = Instant::now();
+        if let Some((named_at, named)) = self.stacks.get(frames) {
+            if now.saturating_duration_since(*named_at) < RECHECK {
+                return Some(named.clone());
+            }
+        }
+        let named: Vec<NamedFrame> = self.groups_at(frames, now).into_iter().flatten().collect();
+        if named.is_empty() {
+            return None;
+        }
+        let named: Arc<[NamedFrame]> = named.into();
+        if self.stacks.len() >= STACK_CACHE_LIMIT {
+            self.stacks.clear();
+        }
+        self.stacks.insert(frames.into(), (now, named.clone()));
+        Some(named)
     }
 
     pub fn runtime(&self) -> &Arc<PythonRuntime> {
@@ -81,6 +115,11 @@ impl PythonFrames {
     /// `frames` (innermost first) named and cut into the groups each eval-loop call runs,
     /// innermost group first.
     pub fn groups(&mut self, frames: &[PythonFrame]) -> Vec<Vec<NamedFrame>> {
+        // One clock read per stack, not per frame (it showed in profiles at every event).
+        self.groups_at(frames, Instant::now())
+    }
+
+    fn groups_at(&mut self, frames: &[PythonFrame], now: Instant) -> Vec<Vec<NamedFrame>> {
         let layout = self.runtime.layout;
         let mut groups = Vec::new();
         let mut current = Vec::new();
@@ -91,7 +130,7 @@ impl PythonFrames {
                 }
                 continue;
             }
-            current.push(self.name(frame));
+            current.push(self.name(frame, now));
             let ends = match layout.boundary {
                 Boundary::EveryFrame => true,
                 Boundary::AfterEntryFrame => frame.marker != 0,
@@ -107,15 +146,27 @@ impl PythonFrames {
         groups
     }
 
-    fn name(&mut self, frame: &PythonFrame) -> NamedFrame {
+    fn name(&mut self, frame: &PythonFrame, now: Instant) -> NamedFrame {
         let layout = self.runtime.layout;
-        let Some(code) = self.code(frame.code) else {
+        let Some(cached) = self.code(frame.code, now) else {
             self.unnamed += 1;
             return NamedFrame { function: UNKNOWN_FUNCTION.into(), file: "".into(), line: None, first_line: None };
         };
         let offset = instruction_offset(&layout, frame.code, frame.instruction);
-        let line = line_at(layout.line_table, &code.line_table, code.first_line, offset)
-            .and_then(|line| u32::try_from(line).ok());
+        let line = match cached.lines.iter().find(|(seen, _)| *seen == offset) {
+            Some((_, line)) => *line,
+            None => {
+                let Some(code) = &cached.code else { unreachable!("code() answers only with a code object") };
+                let line = line_at(layout.line_table, &code.line_table, code.first_line, offset)
+                    .and_then(|line| u32::try_from(line).ok());
+                if cached.lines.len() >= LINES_PER_CODE {
+                    cached.lines.remove(0);
+                }
+                cached.lines.push((offset, line));
+                line
+            }
+        };
+        let Some(code) = &cached.code else { unreachable!("code() answers only with a code object") };
         NamedFrame {
             function: code.function.clone(),
             file: code.file.clone(),
@@ -126,12 +177,12 @@ impl PythonFrames {
 
     /// The code object at `address`, read again when its answer is older than [`RECHECK`] and
     /// the object there is not the one read before (a negative answer is simply read again).
-    fn code(&mut self, address: u64) -> Option<&CodeInfo> {
+    fn code(&mut self, address: u64, now: Instant) -> Option<&mut Cached> {
         let pid = self.runtime.pid;
         let layout = self.runtime.layout;
         let fresh = match self.codes.get(&address) {
             None => false,
-            Some(cached) if cached.checked_at.elapsed() < RECHECK => true,
+            Some(cached) if now.saturating_duration_since(cached.checked_at) < RECHECK => true,
             Some(Cached { code: Some(code), .. }) => read_identity(pid, address, &layout) == Some(code.identity),
             Some(Cached { code: None, .. }) => false,
         };
@@ -140,13 +191,13 @@ impl PythonFrames {
                 self.codes.clear();
             }
             let code = read_code(pid, address, &layout, self.runtime.code_type);
-            self.codes.insert(address, Cached { code, checked_at: Instant::now() });
+            self.codes.insert(address, Cached { code, checked_at: now, lines: Vec::new() });
         }
         let cached = self.codes.get_mut(&address)?;
-        if fresh && cached.checked_at.elapsed() >= RECHECK {
-            cached.checked_at = Instant::now();
+        if fresh && now.saturating_duration_since(cached.checked_at) >= RECHECK {
+            cached.checked_at = now;
         }
-        cached.code.as_ref()
+        cached.code.is_some().then_some(cached)
     }
 }
 
