@@ -12,6 +12,7 @@
 //! libdatadog's own current-thread runtime) and work from plain threads and inside the daemon's
 //! tokio runtime alike (see [`super::blocking`]).
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use libdd_profiling::api;
@@ -73,23 +74,23 @@ pub struct Period {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Frame {
     /// The function's name (demangled), or `module+0xoffset` for stripped code.
-    pub function: String,
+    pub function: Arc<str>,
     /// The executable or shared library the code belongs to.
-    pub module: String,
+    pub module: Arc<str>,
     /// The source file, when debug information names one; empty otherwise.
-    pub file: String,
+    pub file: Arc<str>,
     /// The source line, when known.
     pub line: Option<u32>,
 }
 
 impl Frame {
     /// A frame of `function` in `module`, with no source information.
-    pub fn new(function: impl Into<String>, module: impl Into<String>) -> Self {
+    pub fn new(function: impl Into<Arc<str>>, module: impl Into<Arc<str>>) -> Self {
         Self { function: function.into(), module: module.into(), ..Self::default() }
     }
 
     /// Adds the source file and line.
-    pub fn with_source(mut self, file: impl Into<String>, line: Option<u32>) -> Self {
+    pub fn with_source(mut self, file: impl Into<Arc<str>>, line: Option<u32>) -> Self {
         self.file = file.into();
         self.line = line;
         self

@@ -18,9 +18,10 @@ const BUSY_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// cost ~2x the agent CPU per request of waking every 100 ms), and a 4 MiB ring still holds
 /// 100 ms of a 40 MB/s burst before the period is short again.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-/// A drain that read fewer records than this was light: the period may grow. A ring read at the
-/// longest period with this many records per drain is far from full.
-const LIGHT_BATCH: usize = MAX_BATCH / 4;
+/// A drain that read fewer bytes than this was light: the period may grow. A sixteenth of the
+/// ring: read at the longest period, the ring stays far from full (counted in bytes, not records:
+/// a record with captured payload is ten times a probe's).
+const LIGHT_DRAIN_BYTES: usize = ddtrace_common::RING_BUFFER_BYTES as usize / 16;
 
 /// Most records taken per batch. Draining "until empty" never ended while the kernel wrote
 /// faster than the daemon read (a batch of millions of events, grown by reallocation: most of
@@ -45,6 +46,8 @@ pub struct EventReader {
     pub read: u64,
     /// The last batch stopped at [`MAX_BATCH`]: more records were waiting.
     behind: bool,
+    /// Bytes of the records the last drain read.
+    drained_bytes: usize,
 }
 
 impl EventReader {
@@ -56,7 +59,7 @@ impl EventReader {
         let period = BUSY_DRAIN_INTERVAL;
         let timer = DrainTimer::new().map_err(|e| ProbeError::Load(format!("creating the drain timer: {e}")))?;
         arm(&timer, period);
-        Ok(Self { ring, period, timer, malformed: 0, read: 0, behind: false })
+        Ok(Self { ring, period, timer, malformed: 0, read: 0, behind: false, drained_bytes: 0 })
     }
 
     /// Waits for events (not when the last batch left some behind) and appends up to
@@ -77,10 +80,8 @@ impl EventReader {
                 _ = self.timer.fired() => {}
             }
         }
-        let before = out.len();
         self.behind = self.drain(out);
-        let read = out.len() - before;
-        self.period = if self.behind || read >= LIGHT_BATCH {
+        self.period = if self.behind || self.drained_bytes >= LIGHT_DRAIN_BYTES {
             BUSY_DRAIN_INTERVAL
         } else {
             (self.period * 2).min(IDLE_DRAIN_INTERVAL)
@@ -92,9 +93,11 @@ impl EventReader {
     /// returns whether it stopped at that bound (more may be waiting).
     pub fn drain(&mut self, out: &mut Vec<KernelEvent>) -> bool {
         let ring = self.ring.get_mut();
+        self.drained_bytes = 0;
         for _ in 0..MAX_BATCH {
             let Some(record) = ring.next() else { return false };
             self.read += 1;
+            self.drained_bytes += record.len();
             match decode(&record) {
                 Ok(event) => out.push(event),
                 Err(error) => {

@@ -1,10 +1,9 @@
 //! Samples summed by (stack, thread, span): one profile window's worth, turned into the intake's
 //! profile model when the window closes.
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::intake::profile_exporter::{Frame, Period, ProfileData, Sample, SampleType, SpanLink};
 
@@ -64,8 +63,8 @@ impl ProfileWindow {
             start,
             period,
             frames: FrameTable::default(),
-            counts: HashMap::new(),
-            thread_names: HashMap::new(),
+            counts: HashMap::default(),
+            thread_names: HashMap::default(),
             samples: 0,
         }
     }
@@ -106,10 +105,10 @@ impl ProfileWindow {
     /// Stacks root first as `;`-joined function names with their sample counts (the "folded"
     /// format flame graphs are drawn from), threads and spans merged.
     pub fn folded_stacks(&self) -> Vec<(String, i64)> {
-        let mut folded: HashMap<String, i64> = HashMap::new();
+        let mut folded: HashMap<String, i64> = HashMap::default();
         for (key, &count) in &self.counts {
             let names: Vec<&str> =
-                key.stack.iter().rev().map(|&id| self.frames.frames[id as usize].function.as_str()).collect();
+                key.stack.iter().rev().map(|&id| self.frames.frames[id as usize].function.as_ref()).collect();
             *folded.entry(names.join(";")).or_default() += count;
         }
         let mut folded: Vec<(String, i64)> = folded.into_iter().collect();
@@ -119,10 +118,10 @@ impl ProfileWindow {
 
     /// Functions by samples in which they are the leaf, most first.
     pub fn top_self(&self, limit: usize) -> Vec<(String, i64)> {
-        let mut by_leaf: HashMap<&str, i64> = HashMap::new();
+        let mut by_leaf: HashMap<&str, i64> = HashMap::default();
         for (key, &count) in &self.counts {
             if let Some(&leaf) = key.stack.first() {
-                *by_leaf.entry(self.frames.frames[leaf as usize].function.as_str()).or_default() += count;
+                *by_leaf.entry(self.frames.frames[leaf as usize].function.as_ref()).or_default() += count;
             }
         }
         let mut top: Vec<(String, i64)> = by_leaf.into_iter().map(|(name, count)| (name.to_string(), count)).collect();
@@ -160,7 +159,7 @@ mod tests {
         assert_eq!(in_span.values, vec![3, 30_000_000]);
         assert_eq!(in_span.span, Some(SpanLink { span_id: 5, local_root_span_id: 1 }));
         assert_eq!(in_span.thread_name.as_deref(), Some("app"));
-        assert_eq!(in_span.frames[0].function, "c");
+        assert_eq!(&*in_span.frames[0].function, "c");
         assert_eq!(window.folded_stacks(), vec![("main;b;c".to_string(), 4), ("main;idle".to_string(), 1)]);
         assert_eq!(window.top_self(1), vec![("c".to_string(), 4)]);
         assert_eq!(window.sample_count(), 5);

@@ -235,10 +235,8 @@ fn splice_interpreter_frames(native: Vec<Frame>, groups: Vec<Vec<NamedFrame>>) -
     }
     let eval_frames = native.iter().filter(|f| runs_frame_groups(&f.function)).count();
     let mut not_pushed_yet = eval_frames.saturating_sub(groups.len());
-    let python = |frame: NamedFrame| {
-        let file = frame.file.to_string();
-        Frame { function: frame.function.to_string(), module: file.clone(), file, line: frame.line }
-    };
+    let python =
+        |frame: NamedFrame| Frame { function: frame.function, module: frame.file.clone(), file: frame.file, line: frame.line };
     let mut groups = groups.into_iter();
     let mut spliced = Vec::with_capacity(native.len() + 32);
     for frame in native {
@@ -294,7 +292,7 @@ mod tests {
     }
 
     fn names(frames: &[Frame]) -> Vec<&str> {
-        frames.iter().map(|f| f.function.as_str()).collect()
+        frames.iter().map(|f| f.function.as_ref()).collect()
     }
 
     #[test]
@@ -304,7 +302,7 @@ mod tests {
             vec![group(&["gamma", "key"]), group(&["beta", "alpha", "<module>"])],
         );
         assert_eq!(names(&spliced), ["long_mod", "gamma", "key", "list_sort", "beta", "alpha", "<module>", "main"]);
-        assert_eq!(spliced[1].file, "app.py");
+        assert_eq!(&*spliced[1].file, "app.py");
     }
 
     #[test]
