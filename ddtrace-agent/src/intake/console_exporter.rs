@@ -136,7 +136,7 @@ fn format_span_line(out: &mut String, span: &Span, depth: usize, root_service: &
     if span.error != 0 {
         let reason = ["error.message", "error.msg", "error.type"]
             .iter()
-            .find_map(|k| span.meta.get(*k).filter(|v| !v.is_empty()))
+            .find_map(|k| span.meta.get(k).filter(|v| !v.is_empty()))
             .map(|v| one_line(v))
             .unwrap_or_else(|| "true".to_owned());
         let _ = write!(out, " error={reason}");

@@ -9,6 +9,7 @@ mod event;
 mod exec_layout;
 mod loader;
 mod reader;
+mod ring;
 mod scope;
 mod socket_layout;
 mod spec;

@@ -66,6 +66,9 @@ const LINES_PER_CODE: usize = 8;
 /// Named stacks cached per process; the cache starts over beyond this.
 const STACK_CACHE_LIMIT: usize = 4096;
 
+/// A stack named once, and when.
+type NamedStack = (Instant, Arc<[NamedFrame]>);
+
 /// Names the frames of one process's interpreter.
 pub struct PythonFrames {
     runtime: Arc<PythonRuntime>,
@@ -73,7 +76,7 @@ pub struct PythonFrames {
     /// Whole stacks already named, by their raw frames, with when they were named: the events
     /// of one call site (a query in a handler) record the same frames again and again, and
     /// naming them frame by frame was the largest cost of such an event in the daemon.
-    stacks: rustc_hash::FxHashMap<Box<[PythonFrame]>, (Instant, Arc<[NamedFrame]>)>,
+    stacks: rustc_hash::FxHashMap<Box<[PythonFrame]>, NamedStack>,
     /// Frames that named no code object (freed, or not code).
     pub unnamed: u64,
 }

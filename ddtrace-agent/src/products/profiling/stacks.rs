@@ -235,8 +235,12 @@ fn splice_interpreter_frames(native: Vec<Frame>, groups: Vec<Vec<NamedFrame>>) -
     }
     let eval_frames = native.iter().filter(|f| runs_frame_groups(&f.function)).count();
     let mut not_pushed_yet = eval_frames.saturating_sub(groups.len());
-    let python =
-        |frame: NamedFrame| Frame { function: frame.function, module: frame.file.clone(), file: frame.file, line: frame.line };
+    let python = |frame: NamedFrame| Frame {
+        function: frame.function,
+        module: frame.file.clone(),
+        file: frame.file,
+        line: frame.line,
+    };
     let mut groups = groups.into_iter();
     let mut spliced = Vec::with_capacity(native.len() + 32);
     for frame in native {
