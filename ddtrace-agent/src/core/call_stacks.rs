@@ -30,12 +30,17 @@ impl<T> CallStacks<T> {
     pub fn exit(&mut self, tid: u32, frame: u64) -> Option<(T, Vec<T>)> {
         let stack = self.threads.get_mut(&tid)?;
         let position = stack.iter().rposition(|(open, _)| *open == frame)?;
-        let mut popped: Vec<T> = stack.drain(position..).rev().map(|(_, v)| v).collect();
-        let call = popped.pop()?;
+        let (call, popped) = if position + 1 == stack.len() {
+            // The usual case, the innermost call returning: nothing lost, nothing to allocate.
+            (stack.pop()?.1, Vec::new())
+        } else {
+            let mut popped: Vec<T> = stack.drain(position..).rev().map(|(_, v)| v).collect();
+            (popped.pop()?, popped)
+        };
         if stack.is_empty() && self.threads.len() > super::KEPT_IDLE_THREADS {
             // An emptied stack stays for the thread's next call (no allocation per call) while
-            // few threads are known; past that, idle threads are forgotten.
-            self.threads.retain(|_, stack| !stack.is_empty());
+            // few threads are known; past that, an emptied one goes at once.
+            self.threads.remove(&tid);
         }
         Some((call, popped))
     }

@@ -270,7 +270,7 @@ impl ContextTree {
     fn forget_if_idle(&mut self, tid: u32) {
         let idle = self.threads.get(&tid).is_some_and(Vec::is_empty);
         if idle && self.threads.len() > super::KEPT_IDLE_THREADS {
-            self.threads.retain(|_, stack| !stack.is_empty());
+            self.threads.remove(&tid);
         }
     }
 

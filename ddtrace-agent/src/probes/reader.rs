@@ -13,7 +13,8 @@ use super::{
 /// How often the reader drains the ring buffer while events come. The kernel wakes it only for
 /// urgent probes (a library was loaded); everything else is picked up on this tick, in batches.
 const BUSY_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-/// The period grows, doubling at each empty drain, up to this while nothing comes: an idle agent
+/// The tick's period grows, doubling at each tick that finds nothing waiting, up to this while
+/// nothing comes: an idle agent
 /// wakes 10 times a second instead of 50 (each wake-up costs more than the drain on a VM), and a
 /// 4 MiB ring still holds 100 ms of a 40 MB/s burst before the period is short again.
 const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);

@@ -72,6 +72,8 @@ pub struct RingReader {
     published: usize,
     /// Where a record that wraps around the end of the data is put back together.
     scratch: Vec<u8>,
+    /// A header that cannot be the kernel's was seen (said once).
+    reported_bad_header: bool,
 }
 
 // SAFETY: the mappings are plain shared memory; the reader is only used from one thread at a
@@ -101,6 +103,7 @@ impl RingReader {
             position: 0,
             published: 0,
             scratch: Vec::new(),
+            reported_bad_header: false,
         };
         reader.position = reader.consumer_position().load(Ordering::Acquire);
         reader.published = reader.position;
@@ -150,28 +153,23 @@ impl RingReader {
             let len = (header & !(BUSY_BIT | DISCARD_BIT)) as usize;
             if len > self.mask {
                 // Never written by the kernel: stop rather than read beyond the ring.
+                if !self.reported_bad_header {
+                    self.reported_bad_header = true;
+                    tracing::warn!(
+                        header,
+                        position = self.position,
+                        "the event ring holds a record longer than itself; reading stopped"
+                    );
+                }
                 break;
             }
             if header & DISCARD_BIT == 0 {
                 let start = (offset + HEADER_BYTES) & self.mask;
-                let base = self.producer.ptr.as_ptr();
-                if start + len <= size {
-                    // SAFETY: within the data area; the bytes are committed (busy bit clear,
-                    // read with acquire).
-                    take(unsafe { std::slice::from_raw_parts(base.add(self.page_size + start), len) });
-                } else {
-                    // The record wraps: its tail is at the start of the data area.
-                    let head = size - start;
-                    self.scratch.clear();
-                    // SAFETY: both parts lie within the data area; committed as above.
-                    unsafe {
-                        self.scratch
-                            .extend_from_slice(std::slice::from_raw_parts(base.add(self.page_size + start), head));
-                        self.scratch
-                            .extend_from_slice(std::slice::from_raw_parts(base.add(self.page_size), len - head));
-                    }
-                    take(&self.scratch);
-                }
+                // SAFETY: the data area is `size` bytes after the producer page, mapped for as
+                // long as `self`; the record's bytes are committed (busy bit clear, read with
+                // acquire) and the kernel does not write them again before we publish past them.
+                let data = unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(self.page_size), size) };
+                take(record_bytes(data, start, len, &mut self.scratch));
                 read += 1;
             }
             self.position += (HEADER_BYTES + len).next_multiple_of(8);
@@ -193,6 +191,20 @@ impl RingReader {
     }
 }
 
+/// The `len` bytes of a record whose data starts at `start` in the ring's data area `data`
+/// (mapped once): a slice of it, or, when the record wraps around the end, its two parts put
+/// together in `scratch`.
+fn record_bytes<'a>(data: &'a [u8], start: usize, len: usize, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    if start + len <= data.len() {
+        return &data[start..start + len];
+    }
+    let head = data.len() - start;
+    scratch.clear();
+    scratch.extend_from_slice(&data[start..]);
+    scratch.extend_from_slice(&data[..len - head]);
+    scratch
+}
+
 impl AsRawFd for RingReader {
     fn as_raw_fd(&self) -> RawFd {
         self.map.fd().as_fd().as_raw_fd()
@@ -202,5 +214,20 @@ impl AsRawFd for RingReader {
 impl AsFd for RingReader {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.map.fd().as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_read_in_place_or_put_together_when_it_wraps() {
+        let data: Vec<u8> = (0u8..16).collect();
+        let mut scratch = Vec::new();
+        assert_eq!(record_bytes(&data, 4, 8, &mut scratch), &[4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(record_bytes(&data, 8, 8, &mut scratch), &[8, 9, 10, 11, 12, 13, 14, 15], "ends at the end");
+        assert_eq!(record_bytes(&data, 12, 7, &mut scratch), &[12, 13, 14, 15, 0, 1, 2], "wraps");
+        assert_eq!(record_bytes(&data, 0, 0, &mut scratch), &[] as &[u8]);
     }
 }

@@ -66,8 +66,9 @@ const LINES_PER_CODE: usize = 8;
 /// Named stacks cached per process; the cache starts over beyond this.
 const STACK_CACHE_LIMIT: usize = 4096;
 
-/// A stack named once, and when.
-type NamedStack = (Instant, Arc<[NamedFrame]>);
+/// A stack named once: when the oldest check of its code objects was made, its names, and how
+/// many of its frames named no code object.
+type NamedStack = (Instant, Arc<[NamedFrame]>, u64);
 
 /// Names the frames of one process's interpreter.
 pub struct PythonFrames {
@@ -77,6 +78,8 @@ pub struct PythonFrames {
     /// of one call site (a query in a handler) record the same frames again and again, and
     /// naming them frame by frame was the largest cost of such an event in the daemon.
     stacks: rustc_hash::FxHashMap<Box<[PythonFrame]>, NamedStack>,
+    /// While a stack is named: the oldest check of the code objects it used.
+    oldest_check: Option<Instant>,
     /// Frames that named no code object (freed, or not code).
     pub unnamed: u64,
 }
@@ -86,20 +89,24 @@ pub const UNKNOWN_FUNCTION: &str = "[unknown Python frame]";
 
 impl PythonFrames {
     pub fn new(runtime: Arc<PythonRuntime>) -> Self {
-        Self { runtime, codes: HashMap::new(), stacks: Default::default(), unnamed: 0 }
+        Self { runtime, codes: HashMap::new(), stacks: Default::default(), oldest_check: None, unnamed: 0 }
     }
 
     /// `frames` (innermost first) named, as one list; `None` when none could be. Answers from
-    /// the stack cache while its entry is younger than [`RECHECK`] (the age after which a code
-    /// object is checked again: a name is never older than the per-code cache allows).
+    /// the stack cache until [`RECHECK`] after the oldest check of the code objects its names
+    /// came from: a cached name is never older than the per-code cache allows.
     pub fn named(&mut self, frames: &[PythonFrame]) -> Option<Arc<[NamedFrame]>> {
         let now = Instant::now();
-        if let Some((named_at, named)) = self.stacks.get(frames) {
-            if now.saturating_duration_since(*named_at) < RECHECK {
+        if let Some((checked, named, unnamed)) = self.stacks.get(frames) {
+            if now.saturating_duration_since(*checked) < RECHECK {
+                self.unnamed += unnamed;
                 return Some(named.clone());
             }
         }
+        let unnamed_before = self.unnamed;
+        self.oldest_check = Some(now);
         let named: Vec<NamedFrame> = self.groups_at(frames, now).into_iter().flatten().collect();
+        let checked = self.oldest_check.take().unwrap_or(now);
         if named.is_empty() {
             return None;
         }
@@ -107,7 +114,7 @@ impl PythonFrames {
         if self.stacks.len() >= STACK_CACHE_LIMIT {
             self.stacks.clear();
         }
-        self.stacks.insert(frames.into(), (now, named.clone()));
+        self.stacks.insert(frames.into(), (checked, named.clone(), self.unnamed - unnamed_before));
         Some(named)
     }
 
@@ -151,10 +158,12 @@ impl PythonFrames {
 
     fn name(&mut self, frame: &PythonFrame, now: Instant) -> NamedFrame {
         let layout = self.runtime.layout;
+        let oldest = self.oldest_check;
         let Some(cached) = self.code(frame.code, now) else {
             self.unnamed += 1;
             return NamedFrame { function: UNKNOWN_FUNCTION.into(), file: "".into(), line: None, first_line: None };
         };
+        let checked_at = cached.checked_at;
         let offset = instruction_offset(&layout, frame.code, frame.instruction);
         let line = match cached.lines.iter().find(|(seen, _)| *seen == offset) {
             Some((_, line)) => *line,
@@ -170,12 +179,17 @@ impl PythonFrames {
             }
         };
         let Some(code) = &cached.code else { unreachable!("code() answers only with a code object") };
-        NamedFrame {
+        let named = NamedFrame {
             function: code.function.clone(),
             file: code.file.clone(),
             line,
             first_line: u32::try_from(code.first_line).ok(),
+        };
+        // A stack being named for the cache is as old as its oldest code check.
+        if let Some(oldest) = oldest {
+            self.oldest_check = Some(oldest.min(checked_at));
         }
+        named
     }
 
     /// The code object at `address`, read again when its answer is older than [`RECHECK`] and

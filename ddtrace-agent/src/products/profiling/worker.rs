@@ -176,6 +176,9 @@ impl Worker {
                     Ok(Message::Finish) | Err(TryRecvError::Disconnected) => break 'run,
                     Err(TryRecvError::Empty) => break,
                 }
+                if Instant::now() >= next_upload {
+                    break; // a queue that never empties must not hold the upload back
+                }
             }
             if Instant::now() < next_upload {
                 continue;
