@@ -5,7 +5,6 @@
 //! read is `bpf_probe_read_user`, which fails instead of faulting; nothing is written.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
     helpers::generated::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::map,
     maps::{HashMap, PerCpuArray},
@@ -263,7 +262,7 @@ fn walk_and_record(tgid: u32, header: EventHeader, recorder: Recorder) {
     let total = PYTHON_STACK_HEADER_BYTES + count * core::mem::size_of::<PythonFrame>();
     // SAFETY: `total` never exceeds the scratch value's size (header + MAX_PYTHON_FRAMES frames).
     let bytes = unsafe { core::slice::from_raw_parts(event as *const PythonStackEvent as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_err() {
+    if EVENTS.output::<[u8]>(bytes, super::unhurried_submit_flags()).is_err() {
         super::count(ddtrace_common::counter::DROPPED_RING_FULL);
     }
 }

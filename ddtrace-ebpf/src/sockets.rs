@@ -5,7 +5,6 @@
 //! bitmap lookup, not a uprobe trap.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray},
@@ -431,7 +430,7 @@ fn submit(event: &SocketEvent) {
     let total = SOCKET_EVENT_HEADER_BYTES + (event.captured_len & MAX_SOCKET_CAPTURE as u32) as usize;
     // SAFETY: `total` never exceeds the scratch value's size.
     let bytes = unsafe { core::slice::from_raw_parts(event as *const SocketEvent as *const u8, total) };
-    if EVENTS.output::<[u8]>(bytes, BPF_RB_NO_WAKEUP as u64).is_err() {
+    if EVENTS.output::<[u8]>(bytes, super::unhurried_submit_flags()).is_err() {
         count(counter::DROPPED_RING_FULL);
     }
 }

@@ -10,24 +10,12 @@ use super::{
     ring::RingReader,
 };
 
-/// How often the reader drains the ring buffer while events come. The kernel wakes it only for
-/// urgent probes (a library was loaded); everything else is picked up on this tick, in batches.
-const BUSY_DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-/// The tick's period grows, doubling at each tick that finds nothing waiting, up to this while
-/// nothing comes: an idle agent
-/// wakes 10 times a second instead of 50 (each wake-up costs more than the drain on a VM), and a
-/// 4 MiB ring still holds 100 ms of a 40 MB/s burst before the period is short again.
-const IDLE_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-/// While events come slowly, they are read at most this late. At each tick the reader only
-/// looks at how much is waiting (two loads from the ring's mapped pages) and drains when that
-/// is [`WORTH_DRAINING_BYTES`] or when the oldest has waited this long: a service at a few
-/// hundred requests/s is read in warm batches instead of many cold ones (at 200 requests/s,
-/// draining every 20 ms cost ~2x the agent CPU per request of draining every 100 ms), while a
-/// burst is still seen at the next 20 ms tick.
-const QUIET_DRAIN_INTERVAL: Duration = Duration::from_millis(100);
-/// Waiting bytes that make a tick drain at once: a sixteenth of the ring (counted in bytes, not
-/// records: a record with captured payload is ten times a probe's).
-const WORTH_DRAINING_BYTES: usize = ddtrace_common::RING_BUFFER_BYTES as usize / 16;
+/// How often the reader drains the ring. The kernel wakes it before that for urgent events (a
+/// library was loaded) and when an eighth of the ring waits (checked every 64th event per CPU,
+/// see the kernel programs' `unhurried_submit_flags`): a service at a few hundred requests/s is
+/// read in warm batches ten times a second (draining every 20 ms had cost ~2x the agent's CPU per
+/// request at 200 requests/s, cold caches each time), and a burst is read as it fills the ring.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most records taken per batch. Draining "until empty" never ended while the kernel wrote
 /// faster than the daemon read (a batch of millions of events, grown by reallocation: most of
@@ -44,7 +32,6 @@ const SMALLEST_RECORD_BYTES: usize = 8 + 24;
 /// takes a batch.
 pub struct EventReader {
     ring: AsyncFd<RingReader>,
-    period: Duration,
     timer: DrainTimer,
     /// Records that did not decode (a version mismatch between object and daemon).
     pub malformed: u64,
@@ -52,8 +39,6 @@ pub struct EventReader {
     pub read: u64,
     /// The last batch stopped at [`MAX_BATCH`]: more records were waiting.
     behind: bool,
-    /// When the last drain ran.
-    drained_at: std::time::Instant,
 }
 
 impl EventReader {
@@ -62,10 +47,9 @@ impl EventReader {
         // SAFETY: the reader owns its map fd for as long as the AsyncFd lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| ProbeError::Load(format!("registering the ring buffer with tokio: {e}")))?;
-        let period = BUSY_DRAIN_INTERVAL;
         let timer = DrainTimer::new().map_err(|e| ProbeError::Load(format!("creating the drain timer: {e}")))?;
-        arm(&timer, period);
-        Ok(Self { ring, period, timer, malformed: 0, read: 0, behind: false, drained_at: std::time::Instant::now() })
+        arm(&timer, DRAIN_INTERVAL);
+        Ok(Self { ring, timer, malformed: 0, read: 0, behind: false })
     }
 
     /// Waits for events (not when the last batch left some behind) and appends up to
@@ -77,33 +61,17 @@ impl EventReader {
             // between batches, or a backlog that never ends would leave SIGTERM unanswered.
             tokio::task::yield_now().await;
         } else {
-            loop {
-                let urgent = tokio::select! {
-                    guard = self.ring.readable_mut() => {
-                        if let Ok(mut guard) = guard {
-                            guard.clear_ready();
-                        }
-                        true
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    if let Ok(mut guard) = guard {
+                        guard.clear_ready();
                     }
-                    _ = self.timer.fired() => false,
-                };
-                let waiting = self.ring.get_ref().waiting_bytes();
-                let due = waiting >= WORTH_DRAINING_BYTES
-                    || (waiting > 0 && self.drained_at.elapsed() >= QUIET_DRAIN_INTERVAL);
-                if urgent || due {
-                    break;
                 }
-                // Nothing worth a drain yet: tick on (short while events come, to see a burst
-                // early; growing while none do).
-                self.period =
-                    if waiting > 0 { BUSY_DRAIN_INTERVAL } else { (self.period * 2).min(IDLE_DRAIN_INTERVAL) };
-                arm(&self.timer, self.period);
+                _ = self.timer.fired() => {}
             }
         }
         self.behind = self.drain(out);
-        self.drained_at = std::time::Instant::now();
-        self.period = BUSY_DRAIN_INTERVAL;
-        arm(&self.timer, self.period);
+        arm(&self.timer, DRAIN_INTERVAL);
     }
 
     /// Appends up to [`MAX_BATCH`] events already in the ring buffer to `out`, without waiting;

@@ -121,12 +121,6 @@ impl RingReader {
         unsafe { &*self.producer.ptr.as_ptr().cast::<AtomicUsize>() }.load(Ordering::Acquire)
     }
 
-    /// Bytes reserved by producers and not read yet: what a drain now would take (records still
-    /// being written included).
-    pub fn waiting_bytes(&self) -> usize {
-        self.producer_position().wrapping_sub(self.position)
-    }
-
     /// Hands up to `most` committed records to `take`, in order; stops early at the first
     /// record still being written or when the ring is empty. Returns how many it read.
     pub fn read(&mut self, most: usize, mut take: impl FnMut(&[u8])) -> usize {
