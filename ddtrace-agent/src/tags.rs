@@ -62,20 +62,12 @@ impl<V> TagMap<V> {
         self.entries.iter().find(|(name, _)| name == key).map(|(_, value)| value)
     }
 
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        self.entries.iter_mut().find(|(name, _)| name == key).map(|(_, value)| value)
-    }
-
     pub fn contains_key(&self, key: &str) -> bool {
         self.position(key).is_some()
     }
 
     pub fn remove(&mut self, key: &str) -> Option<V> {
         self.position(key).map(|at| self.entries.remove(at).1)
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&TagName, &mut V) -> bool) {
-        self.entries.retain_mut(|(name, value)| keep(name, value));
     }
 
     pub fn len(&self) -> usize {
@@ -88,18 +80,6 @@ impl<V> TagMap<V> {
 
     pub fn iter(&self) -> impl Iterator<Item = (&TagName, &V)> {
         self.entries.iter().map(|(name, value)| (name, value))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &TagName> {
-        self.entries.iter().map(|(name, _)| name)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.entries.iter().map(|(_, value)| value)
-    }
-
-    pub fn reserve(&mut self, additional: usize) {
-        self.entries.reserve(additional);
     }
 }
 

@@ -241,7 +241,8 @@ impl ContextTree {
             // The usual case, the innermost context returning: nothing above it to sort out,
             // and nothing to allocate.
             let Some((_, context)) = stack.pop() else { return false };
-            self.forget_if_idle(tid);
+            let emptied = stack.is_empty();
+            self.forget_if_emptied(tid, emptied);
             self.close(context, id, end_unix_ns, &mut Some(finish));
             return true;
         }
@@ -256,7 +257,8 @@ impl ContextTree {
             }
         }
         stack.extend(others);
-        self.forget_if_idle(tid);
+        let emptied = stack.is_empty();
+        self.forget_if_emptied(tid, emptied);
         // Innermost first, so children always end before their parent.
         let mut finish = Some(finish);
         while let Some(context) = ended.pop() {
@@ -266,10 +268,9 @@ impl ContextTree {
     }
 
     /// An emptied stack stays for its thread's next context (no allocation per call) while few
-    /// threads are known; past that, the idle ones go.
-    fn forget_if_idle(&mut self, tid: u32) {
-        let idle = self.threads.get(&tid).is_some_and(Vec::is_empty);
-        if idle && self.threads.len() > super::KEPT_IDLE_THREADS {
+    /// threads are known; past that, an emptied one goes at once.
+    fn forget_if_emptied(&mut self, tid: u32, emptied: bool) {
+        if emptied && self.threads.len() > super::KEPT_IDLE_THREADS {
             self.threads.remove(&tid);
         }
     }

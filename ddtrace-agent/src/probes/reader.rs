@@ -11,7 +11,7 @@ use super::{
 };
 
 /// How often the reader drains the ring. The kernel wakes it before that for urgent events (a
-/// library was loaded) and when an eighth of the ring waits (checked every 64th event per CPU,
+/// library was loaded) and when an eighth of the ring waits (checked every 256th event per CPU,
 /// see the kernel programs' `unhurried_submit_flags`): a service at a few hundred requests/s is
 /// read in warm batches ten times a second (draining every 20 ms had cost ~2x the agent's CPU per
 /// request at 200 requests/s, cold caches each time), and a burst is read as it fills the ring.

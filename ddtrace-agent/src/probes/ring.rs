@@ -205,12 +205,6 @@ impl AsRawFd for RingReader {
     }
 }
 
-impl AsFd for RingReader {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.map.fd().as_fd()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
