@@ -87,7 +87,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(
             // libdatadog logs every retry; our own warning says what failed and what to do.
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,ddtrace_agent=info,libdd_data_pipeline=off,libdd_trace_utils=off".into()),
+                .unwrap_or_else(|_| "warn,ddtrace_agent=info,libdd_trace_utils=off".into()),
         )
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)

@@ -63,7 +63,7 @@ fn serve(stream: TcpStream, counts: &SinkCounts) {
         let answer: &[u8] = if request.path.ends_with("/traces") {
             counts.traces.fetch_add(request.trace_count, Ordering::Relaxed);
             counts.body_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"rate_by_service\":{}}"
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 22\r\n\r\n{\"rate_by_service\":{}}"
         } else {
             // `/info`, remote configuration, telemetry: absent, as on an agent that lacks them.
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"

@@ -2,15 +2,17 @@
 //!
 //! This layer owns the payload model handed over by the products ([`traces::Span`],
 //! [`traces::TraceChunk`]) and the sinks that deliver it: the Datadog agent
-//! ([`agent_exporter::AgentExporter`], through libdatadog's trace exporter) and the console
+//! ([`agent_exporter::AgentExporter`]: v0.4 msgpack sent with libdatadog) and the console
 //! ([`console_exporter::ConsoleExporter`], to inspect traces without an agent). It knows
 //! nothing of integrations or of how spans were built.
 
 pub mod agent_exporter;
+mod agent_http;
 mod blocking;
 pub mod console_exporter;
 pub mod container_headers;
 pub mod identity;
+pub mod msgpack_v04;
 pub mod profile_exporter;
 pub mod remote_config;
 pub mod telemetry;
@@ -22,10 +24,36 @@ pub trait TraceSink: Send {
     /// Delivers `chunks`. On error the chunks are lost: the caller counts them and moves on.
     fn send(&mut self, chunks: Vec<traces::TraceChunk>) -> Result<(), IntakeError>;
 
+    /// The sink's wire format when it has one: chunks are then encoded on the thread that
+    /// finishes them (no span object crosses threads) and handed to
+    /// [`send_encoded`](Self::send_encoded) as payloads.
+    fn wire_format(&self) -> Option<msgpack_v04::V04Encoder> {
+        None
+    }
+
+    /// Delivers a payload encoded with [`wire_format`](Self::wire_format) and finished.
+    fn send_encoded(&mut self, payload: EncodedPayload) -> Result<(), IntakeError> {
+        Err(IntakeError::SendFailed {
+            url: String::new(),
+            chunks: payload.chunks,
+            reason: "this sink has no wire format".to_owned(),
+        })
+    }
+
     /// Called once at shutdown, after the last send.
     fn shutdown(&mut self) -> Result<(), IntakeError> {
         Ok(())
     }
+}
+
+/// Trace chunks of one container, encoded in a sink's wire format.
+#[derive(Debug, Default)]
+pub struct EncodedPayload {
+    /// The container of the processes the spans come from (`Datadog-Container-ID`).
+    pub container_id: Option<String>,
+    pub bytes: Vec<u8>,
+    pub chunks: usize,
+    pub spans: usize,
 }
 
 /// What can go wrong while delivering data, phrased for the person running the daemon.
@@ -39,7 +67,7 @@ pub enum IntakeError {
     )]
     InvalidAgentUrl { url: String, reason: String },
 
-    /// libdatadog refused to build the trace exporter for another reason.
+    /// The trace sender could not be set up (its runtime did not start).
     #[error("could not set up the trace exporter for the Datadog agent at {url}: {reason}")]
     ExporterSetup { url: String, reason: String },
 
@@ -60,10 +88,6 @@ pub enum IntakeError {
     /// Anything else the exporter reported while sending (serialization, internal state).
     #[error("sending {chunks} trace chunk(s) to the Datadog agent at {url} failed: {reason}")]
     SendFailed { url: String, chunks: usize, reason: String },
-
-    /// Stopping the exporter's background workers did not finish cleanly.
-    #[error("shutting down the trace exporter for {url} failed: {reason}; some data may be lost")]
-    Shutdown { url: String, reason: String },
 
     /// Writing to a local output (console sink) failed.
     #[error("writing traces to {target} failed: {source}; check that the output is still open")]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::intake::{traces::TraceChunk, TraceSink};
+use crate::intake::{msgpack_v04::V04Encoder, traces::TraceChunk, EncodedPayload, IntakeError, TraceSink};
 
 /// Counters of what the writer delivered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -28,9 +28,92 @@ pub const BATCH_CHUNKS: u64 = 4096;
 /// dead intake must not grow the daemon's memory without bound.
 pub const QUEUE_CAPACITY: usize = 65_536;
 
+/// Most bytes one encoded payload grows to before it is handed to the writer. Past 512 KiB
+/// (mimalloc's largest pooled block) a buffer is mapped and unmapped per payload, and every
+/// 4 KiB written costs a page fault; 320 KiB stays under it with room for the last trace.
+pub const PAYLOAD_BYTES: usize = 320 * 1024;
+
+/// Most encoded bytes waiting for the sink (about 45k spans); past it chunks are dropped and
+/// counted, as with [`QUEUE_CAPACITY`].
+pub const QUEUED_BYTES_CAPACITY: usize = 16 * 1024 * 1024;
+
 enum Message {
     Chunk(TraceChunk),
     Shutdown,
+}
+
+/// Payloads being encoded (one per container) and those full, waiting for the writer.
+#[derive(Default)]
+struct Payloads {
+    open: Vec<EncodedPayload>,
+    full: Vec<EncodedPayload>,
+    queued_bytes: usize,
+}
+
+/// The encoding side of a sink with a wire format: chunks are encoded by whoever sends them.
+struct Encoding {
+    encoder: V04Encoder,
+    payloads: Mutex<Payloads>,
+}
+
+impl Encoding {
+    /// Appends `chunk` to its container's payload; `None` when the queue is full (dropped),
+    /// else whether a payload just filled up.
+    fn push(&self, chunk: &TraceChunk) -> Option<bool> {
+        let mut payloads = self.payloads.lock().unwrap();
+        if payloads.queued_bytes >= QUEUED_BYTES_CAPACITY {
+            return None;
+        }
+        let container = chunk.container_id.as_deref();
+        let at = match payloads.open.iter().position(|p| p.container_id.as_deref() == container) {
+            Some(at) => at,
+            None => {
+                let mut payload = EncodedPayload {
+                    container_id: chunk.container_id.clone(),
+                    bytes: Vec::with_capacity(PAYLOAD_BYTES + PAYLOAD_BYTES / 4),
+                    ..Default::default()
+                };
+                self.encoder.start(&mut payload.bytes);
+                payloads.queued_bytes += payload.bytes.len();
+                payloads.open.push(payload);
+                payloads.open.len() - 1
+            }
+        };
+        let payload = &mut payloads.open[at];
+        let before = payload.bytes.len();
+        self.encoder.append(chunk, &mut payload.bytes);
+        payload.chunks += 1;
+        payload.spans += chunk.spans.len();
+        let (added, full) = (payload.bytes.len() - before, payload.bytes.len() >= PAYLOAD_BYTES);
+        payloads.queued_bytes += added;
+        if full {
+            let payload = payloads.open.swap_remove(at);
+            payloads.full.push(payload);
+        }
+        Some(full)
+    }
+
+    /// The full payloads, and the open ones too when `all`, finished. They still count as queued
+    /// until [`sent`](Self::sent): a stalled send must hold back new chunks too.
+    fn take(&self, all: bool) -> Vec<EncodedPayload> {
+        let mut taken = {
+            let mut payloads = self.payloads.lock().unwrap();
+            let mut taken = std::mem::take(&mut payloads.full);
+            if all {
+                taken.append(&mut payloads.open);
+            }
+            taken
+        };
+        for payload in &mut taken {
+            self.encoder.finish(&mut payload.bytes, payload.chunks);
+        }
+        taken
+    }
+
+    /// A payload of `bytes` taken by [`take`](Self::take) is gone.
+    fn sent(&self, bytes: usize) {
+        self.payloads.lock().unwrap().queued_bytes -= bytes;
+    }
 }
 
 /// Sends finished chunks from a thread of its own, so a slow or absent agent never stalls the
@@ -39,6 +122,7 @@ pub struct TraceWriter {
     tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
     stats: Arc<Mutex<WriterStats>>,
+    encoding: Option<Arc<Encoding>>,
     thread: thread::Thread,
     done: mpsc::Receiver<()>,
 }
@@ -49,12 +133,24 @@ pub struct ChunkSender {
     tx: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
     queued: Arc<AtomicU64>,
+    encoding: Option<Arc<Encoding>>,
     writer: thread::Thread,
 }
 
 impl ChunkSender {
     /// Queues `chunk` without ever blocking the event pipeline; drops and counts it when full.
+    /// With a sink that has a wire format, the chunk is encoded here.
     pub fn send(&self, chunk: TraceChunk) {
+        if let Some(encoding) = &self.encoding {
+            match encoding.push(&chunk) {
+                Some(true) => self.writer.unpark(),
+                Some(false) => {}
+                None => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
         match self.tx.try_send(Message::Chunk(chunk)) {
             Ok(()) => {
                 if self.queued.fetch_add(1, Ordering::Relaxed) % BATCH_CHUNKS == BATCH_CHUNKS - 1 {
@@ -74,8 +170,12 @@ impl TraceWriter {
         let (done_tx, done) = mpsc::channel();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
         let thread_stats = stats.clone();
-        // The thread sleeps until the next flush and then drains the queue: senders never wake
-        // it, so handing a chunk over costs the event pipeline no context switch.
+        let encoding = sink
+            .wire_format()
+            .map(|encoder| Arc::new(Encoding { encoder, payloads: Mutex::new(Payloads::default()) }));
+        let thread_encoding = encoding.clone();
+        // The thread sleeps until the next flush and then drains the queue: senders wake it only
+        // for a full batch, so handing a chunk over costs the event pipeline no context switch.
         let thread = thread::Builder::new().name("trace-writer".into()).spawn(move || {
             let mut batch: Vec<TraceChunk> = Vec::new();
             let mut next_flush = Instant::now() + interval;
@@ -92,8 +192,24 @@ impl TraceWriter {
                         Err(TryRecvError::Empty) => break,
                     }
                 }
-                if stop || batch.len() as u64 >= BATCH_CHUNKS || Instant::now() >= next_flush {
+                let due = stop || Instant::now() >= next_flush;
+                if let Some(encoding) = &thread_encoding {
+                    // After a failure the next payloads would only wait out the same retries.
+                    let mut failing = false;
+                    for payload in encoding.take(due) {
+                        let bytes = payload.bytes.len();
+                        if failing {
+                            record(Err(None), payload.chunks as u64, payload.spans as u64, &thread_stats);
+                        } else {
+                            failing = !send_encoded(sink.as_mut(), payload, &thread_stats);
+                        }
+                        encoding.sent(bytes);
+                    }
+                }
+                if due || batch.len() as u64 >= BATCH_CHUNKS {
                     flush(sink.as_mut(), &mut batch, &thread_stats);
+                }
+                if due {
                     next_flush = Instant::now() + interval;
                 }
                 if stop {
@@ -105,7 +221,7 @@ impl TraceWriter {
                 }
             }
         })?;
-        Ok(Self { tx, dropped: Arc::new(AtomicU64::new(0)), stats, done, thread: thread.thread().clone() })
+        Ok(Self { tx, dropped: Arc::new(AtomicU64::new(0)), stats, encoding, done, thread: thread.thread().clone() })
     }
 
     pub fn sender(&self) -> ChunkSender {
@@ -113,6 +229,7 @@ impl TraceWriter {
             tx: self.tx.clone(),
             dropped: self.dropped.clone(),
             queued: Arc::new(AtomicU64::new(0)),
+            encoding: self.encoding.clone(),
             writer: self.thread.clone(),
         }
     }
@@ -141,15 +258,31 @@ fn flush(sink: &mut dyn TraceSink, batch: &mut Vec<TraceChunk>, stats: &Mutex<Wr
     let chunks = std::mem::take(batch);
     let (count, spans) = (chunks.len() as u64, chunks.iter().map(|c| c.spans.len() as u64).sum::<u64>());
     let result = sink.send(chunks);
+    record(result.map_err(Some), count, spans, stats);
+}
+
+/// Whether the payload was delivered.
+fn send_encoded(sink: &mut dyn TraceSink, payload: EncodedPayload, stats: &Mutex<WriterStats>) -> bool {
+    let (count, spans) = (payload.chunks as u64, payload.spans as u64);
+    let result = sink.send_encoded(payload);
+    let delivered = result.is_ok();
+    record(result.map_err(Some), count, spans, stats);
+    delivered
+}
+
+/// Counts a send's outcome; `Err(None)`: not attempted after an earlier failure (already logged).
+fn record(result: Result<(), Option<IntakeError>>, chunks: u64, spans: u64, stats: &Mutex<WriterStats>) {
     let mut stats = stats.lock().unwrap();
     match result {
         Ok(()) => {
-            stats.sent_chunks += count;
+            stats.sent_chunks += chunks;
             stats.sent_spans += spans;
         }
         Err(error) => {
-            stats.failed_chunks += count;
-            tracing::warn!(%error, chunks = count, "traces not delivered");
+            stats.failed_chunks += chunks;
+            if let Some(error) = error {
+                tracing::warn!(%error, chunks, "traces not delivered");
+            }
         }
     }
 }
@@ -157,7 +290,7 @@ fn flush(sink: &mut dyn TraceSink, batch: &mut Vec<TraceChunk>, stats: &Mutex<Wr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::intake::{traces::Span, IntakeError};
+    use crate::intake::traces::Span;
 
     struct Recording(Arc<Mutex<Vec<usize>>>);
     impl TraceSink for Recording {
@@ -178,5 +311,82 @@ mod tests {
         let stats = writer.shutdown(Duration::from_secs(5));
         assert_eq!(*sent.lock().unwrap(), vec![3]);
         assert_eq!((stats.sent_chunks, stats.sent_spans), (3, 3));
+    }
+
+    /// A sink with a wire format: records (container, traces, bytes) of each payload, after
+    /// checking with libdatadog's decoder that it holds that many traces. While `gate` is held,
+    /// sending blocks (a slow agent).
+    /// (container, traces, bytes) of each payload sent.
+    type Sent = Arc<Mutex<Vec<(Option<String>, usize, usize)>>>;
+
+    struct Wire {
+        sent: Sent,
+        gate: Arc<Mutex<()>>,
+    }
+    impl TraceSink for Wire {
+        fn send(&mut self, _: Vec<TraceChunk>) -> Result<(), IntakeError> {
+            panic!("a sink with a wire format gets payloads")
+        }
+        fn wire_format(&self) -> Option<V04Encoder> {
+            Some(V04Encoder::default())
+        }
+        fn send_encoded(&mut self, payload: EncodedPayload) -> Result<(), IntakeError> {
+            let _open = self.gate.lock().unwrap();
+            let (traces, _) = libdd_trace_utils::msgpack_decoder::v04::from_slice(&payload.bytes).unwrap();
+            assert_eq!(traces.len(), payload.chunks);
+            self.sent.lock().unwrap().push((payload.container_id, payload.chunks, payload.bytes.len()));
+            Ok(())
+        }
+    }
+
+    fn chunk(container: Option<&str>, resource_len: usize) -> TraceChunk {
+        let span = Span { resource: "x".repeat(resource_len).into(), ..Default::default() };
+        TraceChunk { spans: vec![span], container_id: container.map(str::to_owned) }
+    }
+
+    #[test]
+    fn chunks_are_encoded_by_the_sender_into_payloads_per_container_and_cut_at_the_budget() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let sink = Wire { sent: sent.clone(), gate: Arc::default() };
+        let writer = TraceWriter::spawn(Box::new(sink), Duration::from_secs(3600)).unwrap();
+        let sender = writer.sender();
+        // ~1 KiB traces: the first payload fills at PAYLOAD_BYTES and goes before the flush.
+        let per_payload = PAYLOAD_BYTES / 1024 + 1;
+        for _ in 0..per_payload {
+            sender.send(chunk(None, 1000));
+        }
+        sender.send(chunk(Some("c1"), 10));
+        sender.send(chunk(None, 10));
+        let stats = writer.shutdown(Duration::from_secs(5));
+        let sent = sent.lock().unwrap();
+        let full: Vec<_> = sent.iter().filter(|(_, _, bytes)| *bytes >= PAYLOAD_BYTES).collect();
+        assert_eq!(full.len(), 1, "{sent:?}");
+        assert!(full[0].2 < PAYLOAD_BYTES + 2048, "a payload overshoots by one trace at most: {sent:?}");
+        let traces_of = |container: Option<&str>| -> usize {
+            sent.iter().filter(|(c, _, _)| c.as_deref() == container).map(|(_, n, _)| n).sum()
+        };
+        assert_eq!((traces_of(None), traces_of(Some("c1"))), (per_payload + 1, 1));
+        assert_eq!((stats.sent_chunks, stats.dropped_chunks), (per_payload as u64 + 2, 0));
+    }
+
+    #[test]
+    fn a_stalled_sink_bounds_what_waits_and_counts_the_drops() {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Mutex::new(()));
+        let stalled = gate.lock().unwrap();
+        let sink = Wire { sent: sent.clone(), gate: gate.clone() };
+        let writer = TraceWriter::spawn(Box::new(sink), Duration::from_secs(3600)).unwrap();
+        let sender = writer.sender();
+        // 64 KiB traces: the byte budget holds ~256 of them (one payload may be in the stalled send).
+        let (sent_count, trace_bytes) = (400, 64 * 1024);
+        for _ in 0..sent_count {
+            sender.send(chunk(None, trace_bytes));
+        }
+        let dropped = writer.dropped.load(Ordering::Relaxed);
+        let most_kept = (QUEUED_BYTES_CAPACITY / trace_bytes + 2 * PAYLOAD_BYTES / trace_bytes + 2) as u64;
+        assert!(dropped > 0 && dropped >= sent_count - most_kept, "dropped {dropped}");
+        drop(stalled);
+        let stats = writer.shutdown(Duration::from_secs(10));
+        assert_eq!(stats.sent_chunks + stats.dropped_chunks, sent_count, "{stats:?}");
     }
 }
