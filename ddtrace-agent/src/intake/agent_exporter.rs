@@ -170,14 +170,8 @@ impl TraceSink for AgentExporter {
         let headers = self.headers(payload.container_id.as_deref(), chunks);
         let (bytes, container) = (payload.bytes.len(), payload.container_id);
         let retries = RetryStrategy::default();
-        let send = send_with_retry(
-            &self.http,
-            &self.endpoint,
-            payload.bytes,
-            &headers,
-            &retries,
-            CompressionStrategy::None,
-        );
+        let send =
+            send_with_retry(&self.http, &self.endpoint, payload.bytes, &headers, &retries, CompressionStrategy::None);
         let url = &self.agent_url;
         let (status, attempts) = outside_tokio(|| match runtime.block_on(send) {
             Ok((response, attempts)) => Ok((response.status(), attempts)),

@@ -130,13 +130,14 @@ impl Handlers {
         frames: &[NamedFrame],
         contexts: &mut ContextTree,
     ) {
-        let Some((dispatcher, view)) = view_in(frames) else { return };
+        // Only in a request this thread serves, and once per request (checked first: most calls
+        // come after the view's context opened).
         let Some(innermost) = contexts.innermost_context(tid) else { return };
-        // Only in a request this thread serves, and once per request.
         if innermost.data.kind != SpanKind::Server {
             return;
         }
         let request = innermost.id;
+        let Some((dispatcher, view)) = view_in(frames) else { return };
         let module = self.module_of(tgid, &view.file);
         let qualified = |function: &str| match &module {
             Some(module) => format!("{module}.{function}"),
@@ -193,8 +194,9 @@ fn view_in(frames: &[NamedFrame]) -> Option<(&'static Dispatcher, &NamedFrame)> 
         // The framework's own folder, where this dispatcher's file is (an application of one's
         // own under a folder named `flask` is not the framework).
         let root = frame.file.strip_suffix(dispatcher.file_suffix)?;
-        let framework = format!("{root}{}", dispatcher.package);
-        let view = frames[..at].iter().rev().find(|inner| !inner.file.starts_with(&framework))?;
+        let in_framework =
+            |file: &str| file.strip_prefix(root).is_some_and(|rest| rest.starts_with(dispatcher.package));
+        let view = frames[..at].iter().rev().find(|inner| !in_framework(&inner.file))?;
         Some((dispatcher, view))
     })
 }

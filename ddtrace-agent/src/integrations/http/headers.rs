@@ -3,8 +3,6 @@
 //! Nothing is copied into a span unless the user listed the header: the parser only keeps the
 //! headers a span is built from (host, user agent, trace context) plus the allow-list.
 
-use std::collections::HashSet;
-
 use thiserror::Error;
 
 use super::message_parser::Header;
@@ -15,7 +13,8 @@ use super::propagation;
 /// `connection`) are always read for framing, and only kept if listed here.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeptHeaders {
-    names: HashSet<String>,
+    /// Lowercase, unique; a handful, so a scan beats hashing a lowercased copy of every name.
+    names: Vec<String>,
 }
 
 impl KeptHeaders {
@@ -34,13 +33,22 @@ impl KeptHeaders {
 
     /// Adds `names` (any case).
     pub fn with<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        self.names.extend(names.into_iter().map(|n| n.trim().to_ascii_lowercase()));
+        for name in names.into_iter().map(|n| n.trim().to_ascii_lowercase()) {
+            if !self.names.contains(&name) {
+                self.names.push(name);
+            }
+        }
         self
     }
 
     /// Whether the header called `lowercase_name` is kept.
     pub fn contains(&self, lowercase_name: &str) -> bool {
-        self.names.contains(lowercase_name)
+        self.names.iter().any(|n| n == lowercase_name)
+    }
+
+    /// The lowercase name of the kept header called `name` (any case), if it is kept.
+    pub fn find(&self, name: &[u8]) -> Option<&str> {
+        self.names.iter().find(|n| n.as_bytes().eq_ignore_ascii_case(name)).map(String::as_str)
     }
 }
 

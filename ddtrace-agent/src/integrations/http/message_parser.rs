@@ -846,30 +846,26 @@ fn parse_head(kind: MessageKind, buf: &[u8], kept: &KeptHeaders, partial: bool) 
             // Lenient: the peer accepted or sent it, and one odd line must not cost the message.
             continue;
         }
-        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
         let value = trim(&line[colon + 1..]);
-        match name.as_str() {
-            "content-length" => {
-                let parsed = parse_content_length(value);
-                head.content_length = Some(match head.content_length {
-                    Some(previous) if previous != parsed => Err(()),
-                    _ => parsed,
-                });
+        let is = |framing: &str| name.eq_ignore_ascii_case(framing.as_bytes());
+        if is("content-length") {
+            let parsed = parse_content_length(value);
+            head.content_length = Some(match head.content_length {
+                Some(previous) if previous != parsed => Err(()),
+                _ => parsed,
+            });
+        } else if is("transfer-encoding") {
+            let last = value.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
+            head.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        } else if is("connection") {
+            for token in value.split(|&b| b == b',').map(trim) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            "transfer-encoding" => {
-                let last = value.rsplit(|&b| b == b',').next().map(trim).unwrap_or_default();
-                head.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-            }
-            "connection" => {
-                for token in value.split(|&b| b == b',').map(trim) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            _ => {}
         }
-        if kept.contains(&name) {
-            head.headers.push(Header { name, value: String::from_utf8_lossy(value).into_owned() });
+        // Only a kept header costs a copy of its name and value.
+        if let Some(name) = kept.find(name) {
+            head.headers.push(Header { name: name.to_owned(), value: String::from_utf8_lossy(value).into_owned() });
             last_kept = true;
         }
     }

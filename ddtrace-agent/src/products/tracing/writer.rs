@@ -33,6 +33,9 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// 4 KiB written costs a page fault; 320 KiB stays under it with room for the last trace.
 pub const PAYLOAD_BYTES: usize = 320 * 1024;
 
+/// What a payload's buffer starts with.
+const INITIAL_PAYLOAD_BYTES: usize = 16 * 1024;
+
 /// Most encoded bytes waiting for the sink (about 45k spans); past it chunks are dropped and
 /// counted, as with [`QUEUE_CAPACITY`].
 pub const QUEUED_BYTES_CAPACITY: usize = 16 * 1024 * 1024;
@@ -70,7 +73,8 @@ impl Encoding {
             None => {
                 let mut payload = EncodedPayload {
                     container_id: chunk.container_id.clone(),
-                    bytes: Vec::with_capacity(PAYLOAD_BYTES + PAYLOAD_BYTES / 4),
+                    // Grows by doubling to the budget: a quiet service's payloads stay small.
+                    bytes: Vec::with_capacity(INITIAL_PAYLOAD_BYTES),
                     ..Default::default()
                 };
                 self.encoder.start(&mut payload.bytes);
@@ -170,9 +174,8 @@ impl TraceWriter {
         let (done_tx, done) = mpsc::channel();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
         let thread_stats = stats.clone();
-        let encoding = sink
-            .wire_format()
-            .map(|encoder| Arc::new(Encoding { encoder, payloads: Mutex::new(Payloads::default()) }));
+        let encoding =
+            sink.wire_format().map(|encoder| Arc::new(Encoding { encoder, payloads: Mutex::new(Payloads::default()) }));
         let thread_encoding = encoding.clone();
         // The thread sleeps until the next flush and then drains the queue: senders wake it only
         // for a full batch, so handing a chunk over costs the event pipeline no context switch.
