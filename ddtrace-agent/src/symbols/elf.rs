@@ -1,11 +1,12 @@
 use std::{
     collections::HashMap,
-    fs, io,
+    io,
     path::{Path, PathBuf},
 };
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
+use super::mapped_file::MappedFile;
 use super::x86_calls::{self, ENDBR64};
 
 /// True for a program built by Go: its toolchain has written `.go.buildinfo` into every binary
@@ -38,7 +39,8 @@ pub struct ProbeLocation {
 /// The function symbols of one ELF file (dynamic and static tables together).
 pub struct ElfSymbols {
     path: PathBuf,
-    data: Vec<u8>,
+    /// The file, mapped: probe placement reads function bytes from it.
+    data: MappedFile,
     /// name -> virtual address of defined function symbols.
     functions: HashMap<String, u64>,
     /// name -> size in bytes, for the functions whose symbol gives one.
@@ -52,11 +54,11 @@ pub struct ElfSymbols {
 impl ElfSymbols {
     /// Reads and indexes `path` (a path on our side, e.g. under `/proc/<pid>/root`).
     pub fn load(path: &Path) -> Result<Self, SymbolError> {
-        let data = fs::read(path).map_err(|source| SymbolError::Read { path: path.to_path_buf(), source })?;
+        let data = MappedFile::open(path).map_err(|source| SymbolError::Read { path: path.to_path_buf(), source })?;
         Self::parse(path, data)
     }
 
-    fn parse(path: &Path, data: Vec<u8>) -> Result<Self, SymbolError> {
+    fn parse(path: &Path, data: MappedFile) -> Result<Self, SymbolError> {
         let not_elf = |reason: String| SymbolError::NotElf { path: path.to_path_buf(), reason };
         let file = object::File::parse(&*data).map_err(|e| not_elf(e.to_string()))?;
         if file.format() != object::BinaryFormat::Elf {
@@ -223,7 +225,11 @@ mod tests {
 
     #[test]
     fn non_elf_is_a_clear_error() {
-        let error = ElfSymbols::parse(Path::new("/tmp/x.txt"), b"hello".to_vec()).err().unwrap().to_string();
+        use std::fs;
+        let path = std::env::temp_dir().join(format!("not-elf-{}.txt", std::process::id()));
+        fs::write(&path, b"hello").unwrap();
+        let error = ElfSymbols::load(&path).err().unwrap().to_string();
+        fs::remove_file(&path).unwrap();
         assert!(error.contains("not an ELF"), "{error}");
     }
 }

@@ -18,6 +18,7 @@ pub mod go_build_info;
 pub mod go_pclntab;
 #[cfg(test)]
 mod go_test_build;
+mod mapped_file;
 mod module;
 mod normalize;
 mod symbolize;

@@ -16,6 +16,7 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::{
     cfi::CallFrameInfo,
+    mapped_file::MappedFile,
     debug_info::{DebugInfo, SourceFrame},
 };
 
@@ -69,7 +70,7 @@ pub struct ElfModule {
 impl ElfModule {
     /// Parses `path` (a path the agent can open, e.g. under `/proc/<pid>/root`).
     pub fn load(path: &Path) -> Result<Self, ModuleError> {
-        let data = fs::read(path).map_err(|source| ModuleError::Read { path: path.to_path_buf(), source })?;
+        let data = MappedFile::open(path).map_err(|source| ModuleError::Read { path: path.to_path_buf(), source })?;
         Self::parse(path, &data)
     }
 
@@ -250,7 +251,7 @@ impl ModuleCache {
             self.by_path.insert(path.to_path_buf(), module.clone());
             return Ok(module);
         }
-        let data = fs::read(path).map_err(read_error)?;
+        let data = MappedFile::open(path).map_err(read_error)?;
         // Only the note is read to decide: the symbol tables are indexed when the content is new.
         let build_id = open_elf(path, &data)?.build_id().ok().flatten().map(<[u8]>::to_vec);
         let content_key = match build_id {
