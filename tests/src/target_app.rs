@@ -1,6 +1,7 @@
 //! Target processes the tests instrument, driven step by step over stdin.
 use std::{
     io::{BufRead, BufReader, Write},
+    path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
 };
 
@@ -16,6 +17,59 @@ pub fn python_executable() -> String {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     })
     .clone()
+}
+
+/// pyenv's CPython 3.`minor`: its interpreter. A missing one fails: the machine image has them.
+pub fn pyenv_python(minor: u32) -> PathBuf {
+    let root = std::env::var("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv"));
+    let prefix = format!("3.{minor}.");
+    std::fs::read_dir(root.join("versions"))
+        .unwrap_or_else(|e| panic!("pyenv's versions under {}: {e}", root.display()))
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
+        .unwrap_or_else(|| panic!("pyenv has no CPython 3.{minor} under {}", root.display()))
+        .join(format!("bin/python3.{minor}"))
+}
+
+/// A Python script run by `python` that prints one line starting with `ready` once set up, then
+/// waits for a line on stdin (or its end) to exit; killed when dropped.
+pub struct ScriptChild {
+    child: Child,
+    ready: String,
+}
+
+impl ScriptChild {
+    pub fn run(python: &std::path::Path, script: &str) -> Self {
+        let mut child = Command::new(python)
+            .args(["-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} runs: {e}", python.display()));
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+        assert!(ready.starts_with("ready"), "{} did not get ready: {ready:?}", python.display());
+        Self { child, ready }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The `ready ...` line.
+    pub fn ready_line(&self) -> &str {
+        self.ready.trim_end()
+    }
+}
+
+impl Drop for ScriptChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `tests/apps/sqlite_worker.py` (or another worker script, [`SqliteWorker::spawn_script`])

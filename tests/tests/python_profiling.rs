@@ -14,6 +14,7 @@ use ddtrace_tests::{
     agent_process::AgentProcess,
     native_app::NativeApp,
     profiles::{received_profiles, FlatSample},
+    target_app::pyenv_python,
     test_agent::TestAgent,
     workspace_root,
 };
@@ -24,21 +25,6 @@ const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
 
 fn script() -> PathBuf {
     workspace_root().join("tests/apps").join(SCRIPT)
-}
-
-/// pyenv's CPython 3.`minor`: its interpreter. A missing one fails: the machine image has them.
-fn pyenv_python(minor: u32) -> PathBuf {
-    let root = std::env::var("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".pyenv"));
-    let prefix = format!("3.{minor}.");
-    std::fs::read_dir(root.join("versions"))
-        .unwrap_or_else(|e| panic!("pyenv's versions under {}: {e}", root.display()))
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
-        .unwrap_or_else(|| panic!("pyenv has no CPython 3.{minor} under {}", root.display()))
-        .join(format!("bin/python3.{minor}"))
 }
 
 /// Every interpreter proven, by (minor version, path).

@@ -278,7 +278,7 @@ fn read_code(pid: u32, address: u64, layout: &VersionLayout, code_type: u64) -> 
 
 /// A `str` object's text (compact strings, which is all the interpreter makes for names and
 /// file paths).
-fn read_unicode(pid: u32, address: u64, layout: &VersionLayout) -> Option<String> {
+pub(super) fn read_unicode(pid: u32, address: u64, layout: &VersionLayout) -> Option<String> {
     let length = memory::read_u64(pid, address + layout::UNICODE_LENGTH)?.min(MAX_STRING);
     let state = memory::read_u32(pid, address + layout::UNICODE_STATE)?;
     let kind = (state >> 2) & 7;
