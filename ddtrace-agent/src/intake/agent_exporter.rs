@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use http::{header::CONTENT_TYPE, uri::PathAndQuery, HeaderMap, HeaderValue, Uri};
-use libdd_capabilities::HttpClientCapability;
 use libdd_common::{header, parse_uri, Endpoint};
 use libdd_trace_utils::send_with_retry::{send_with_retry, CompressionStrategy, RetryStrategy, SendWithRetryError};
 use libdd_trace_utils::tracer_header_tags::TracerHeaderTags;
@@ -91,7 +90,7 @@ impl AgentExporter {
         })?;
         Ok(Self {
             runtime: Some(runtime),
-            http: AgentHttp::new_client(),
+            http: AgentHttp::for_url(&url),
             endpoint: Endpoint { url, ..Default::default() },
             agent_url: agent_url.to_owned(),
             tracer_version: tracer_version.to_owned(),

@@ -25,18 +25,32 @@ pub struct AgentHttp {
     client: Client<Connector, Body>,
 }
 
-impl HttpClientCapability for AgentHttp {
-    fn new_client() -> Self {
+impl AgentHttp {
+    /// The client for the agent at `url`: `https://` keeps libdatadog's own connector (TLS,
+    /// Nagle's algorithm and all), which a local agent is rarely reached through.
+    pub fn for_url(url: &http::Uri) -> Self {
+        if url.scheme_str() == Some("https") {
+            return Self { client: pooled(Connector::default()) };
+        }
         let mut tcp = HttpConnector::new();
         tcp.set_nodelay(true);
         // libdatadog's connector turns `unix://` URLs into Unix socket connections itself.
         tcp.enforce_http(false);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(2)
-            .build(Connector::Http(tcp));
-        Self { client }
+        Self { client: pooled(Connector::Http(tcp)) }
+    }
+}
+
+fn pooled(connector: Connector) -> Client<Connector, Body> {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(2)
+        .build(connector)
+}
+
+impl HttpClientCapability for AgentHttp {
+    fn new_client() -> Self {
+        Self::for_url(&http::Uri::from_static("http://localhost:8126"))
     }
 
     fn new_periodic() -> Self {

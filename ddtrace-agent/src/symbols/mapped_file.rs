@@ -33,9 +33,8 @@ impl MappedFile {
             return Ok(Self { at: None, len: 0 });
         }
         // SAFETY: a fresh private read-only mapping of an open file; checked below.
-        let at = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
-        };
+        let at =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
         if at == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }

@@ -16,8 +16,8 @@ use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::{
     cfi::CallFrameInfo,
-    mapped_file::MappedFile,
     debug_info::{DebugInfo, SourceFrame},
+    mapped_file::MappedFile,
 };
 
 /// Errors of loading a module for symbolization; each names the file.

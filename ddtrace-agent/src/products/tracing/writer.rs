@@ -50,7 +50,10 @@ enum Message {
 struct Payloads {
     open: Vec<EncodedPayload>,
     full: Vec<EncodedPayload>,
+    /// Buffer capacity held by the payloads above and those being sent.
     queued_bytes: usize,
+    /// The writer has taken its last payloads.
+    closed: bool,
 }
 
 /// The encoding side of a sink with a wire format: chunks are encoded by whoever sends them.
@@ -64,8 +67,11 @@ impl Encoding {
     /// else whether a payload just filled up.
     fn push(&self, chunk: &TraceChunk) -> Option<bool> {
         let mut payloads = self.payloads.lock().unwrap();
-        if payloads.queued_bytes >= QUEUED_BYTES_CAPACITY {
+        if payloads.closed || payloads.queued_bytes >= QUEUED_BYTES_CAPACITY {
             return None;
+        }
+        if chunk.spans.is_empty() {
+            return Some(false);
         }
         let container = chunk.container_id.as_deref();
         let at = match payloads.open.iter().position(|p| p.container_id.as_deref() == container) {
@@ -78,18 +84,19 @@ impl Encoding {
                     ..Default::default()
                 };
                 self.encoder.start(&mut payload.bytes);
-                payloads.queued_bytes += payload.bytes.len();
+                payloads.queued_bytes += payload.bytes.capacity();
                 payloads.open.push(payload);
                 payloads.open.len() - 1
             }
         };
         let payload = &mut payloads.open[at];
-        let before = payload.bytes.len();
+        // Counted by capacity: a buffer that doubled holds its whole allocation.
+        let before = payload.bytes.capacity();
         self.encoder.append(chunk, &mut payload.bytes);
         payload.chunks += 1;
         payload.spans += chunk.spans.len();
-        let (added, full) = (payload.bytes.len() - before, payload.bytes.len() >= PAYLOAD_BYTES);
-        payloads.queued_bytes += added;
+        let (grown, full) = (payload.bytes.capacity() - before, payload.bytes.len() >= PAYLOAD_BYTES);
+        payloads.queued_bytes += grown;
         if full {
             let payload = payloads.open.swap_remove(at);
             payloads.full.push(payload);
@@ -100,8 +107,18 @@ impl Encoding {
     /// The full payloads, and the open ones too when `all`, finished. They still count as queued
     /// until [`sent`](Self::sent): a stalled send must hold back new chunks too.
     fn take(&self, all: bool) -> Vec<EncodedPayload> {
+        self.take_then(all, false)
+    }
+
+    /// The last [`take`](Self::take): chunks pushed after it are dropped and counted.
+    fn take_last(&self) -> Vec<EncodedPayload> {
+        self.take_then(true, true)
+    }
+
+    fn take_then(&self, all: bool, close: bool) -> Vec<EncodedPayload> {
         let mut taken = {
             let mut payloads = self.payloads.lock().unwrap();
+            payloads.closed |= close;
             let mut taken = std::mem::take(&mut payloads.full);
             if all {
                 taken.append(&mut payloads.open);
@@ -114,7 +131,7 @@ impl Encoding {
         taken
     }
 
-    /// A payload of `bytes` taken by [`take`](Self::take) is gone.
+    /// A payload of `bytes` (its buffer's capacity) taken by [`take`](Self::take) is gone.
     fn sent(&self, bytes: usize) {
         self.payloads.lock().unwrap().queued_bytes -= bytes;
     }
@@ -170,12 +187,16 @@ impl ChunkSender {
 
 impl TraceWriter {
     pub fn spawn(mut sink: Box<dyn TraceSink>, interval: Duration) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel::<Message>(QUEUE_CAPACITY);
+        let wire_format = sink.wire_format();
+        // With a wire format the channel only carries the shutdown: std's bounded channel
+        // allocates all its slots at once (a few MB for the full queue).
+        let capacity = if wire_format.is_some() { 1 } else { QUEUE_CAPACITY };
+        let (tx, rx) = mpsc::sync_channel::<Message>(capacity);
         let (done_tx, done) = mpsc::channel();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
         let thread_stats = stats.clone();
         let encoding =
-            sink.wire_format().map(|encoder| Arc::new(Encoding { encoder, payloads: Mutex::new(Payloads::default()) }));
+            wire_format.map(|encoder| Arc::new(Encoding { encoder, payloads: Mutex::new(Payloads::default()) }));
         let thread_encoding = encoding.clone();
         // The thread sleeps until the next flush and then drains the queue: senders wake it only
         // for a full batch, so handing a chunk over costs the event pipeline no context switch.
@@ -199,8 +220,9 @@ impl TraceWriter {
                 if let Some(encoding) = &thread_encoding {
                     // After a failure the next payloads would only wait out the same retries.
                     let mut failing = false;
-                    for payload in encoding.take(due) {
-                        let bytes = payload.bytes.len();
+                    let payloads = if stop { encoding.take_last() } else { encoding.take(due) };
+                    for payload in payloads {
+                        let bytes = payload.bytes.capacity();
                         if failing {
                             record(Err(None), payload.chunks as u64, payload.spans as u64, &thread_stats);
                         } else {
@@ -391,5 +413,17 @@ mod tests {
         drop(stalled);
         let stats = writer.shutdown(Duration::from_secs(10));
         assert_eq!(stats.sent_chunks + stats.dropped_chunks, sent_count, "{stats:?}");
+    }
+
+    #[test]
+    fn chunks_sent_after_the_writer_stopped_are_dropped_and_counted() {
+        let sink = Wire { sent: Arc::default(), gate: Arc::default() };
+        let writer = TraceWriter::spawn(Box::new(sink), Duration::from_secs(3600)).unwrap();
+        let sender = writer.sender();
+        sender.send(chunk(None, 10));
+        let stats = writer.shutdown(Duration::from_secs(5));
+        assert_eq!((stats.sent_chunks, stats.dropped_chunks), (1, 0));
+        sender.send(chunk(None, 10));
+        assert_eq!(sender.dropped.load(Ordering::Relaxed), 1);
     }
 }
