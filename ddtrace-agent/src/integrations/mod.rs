@@ -10,6 +10,7 @@ mod mysql;
 mod openssl;
 mod postgres;
 mod redis;
+pub mod routes;
 mod sql_wire;
 mod sqlite;
 mod sqlite_layout;

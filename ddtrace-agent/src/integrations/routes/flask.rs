@@ -1,0 +1,96 @@
+//! A Flask application's routing table, read from the interpreter's objects: the `Flask`
+//! instance in the view's module (or `__main__`), its `url_map` (a werkzeug `Map`), and each
+//! `Rule`'s `rule` and `methods`, as `app.url_map.iter_rules()` gives them.
+
+use super::werkzeug_rule::{Rule, RuleTable};
+use crate::interpreters::python::objects::PythonObjects;
+
+/// The rules of the one Flask application found in `view_module`'s namespace, else in
+/// `__main__`'s. `None` when none is found, or two (which one served the request is unknown).
+pub fn read_rules(objects: &PythonObjects<'_>, view_module: Option<&str>) -> Option<RuleTable> {
+    let modules = objects.modules()?;
+    let mut apps: Vec<u64> = Vec::new();
+    for name in view_module.into_iter().chain(["__main__"]) {
+        let Some(namespace) = objects.dict_get(modules, name).and_then(|m| objects.module_dict(m)) else { continue };
+        for (_, value) in objects.dict_items(namespace)? {
+            if !apps.contains(&value) && objects.type_name(value).as_deref() == Some("Flask") {
+                apps.push(value);
+            }
+        }
+        if !apps.is_empty() {
+            break;
+        }
+    }
+    let [app] = apps[..] else { return None };
+    let url_map = objects.attribute(app, "url_map")?;
+    let rules = map_rules(objects, url_map)?;
+    let (mut parsed, mut unreadable) = (Vec::with_capacity(rules.len()), 0);
+    for rule in rules {
+        match read_rule(objects, rule) {
+            Some(rule) => parsed.push(rule),
+            None => unreadable += 1,
+        }
+    }
+    Some(RuleTable::new(parsed, unreadable))
+}
+
+/// A werkzeug `Map`'s rules: `_rules_by_endpoint` (endpoint -> rules, werkzeug 2.2+) or the
+/// `_rules` list before it.
+fn map_rules(objects: &PythonObjects<'_>, url_map: u64) -> Option<Vec<u64>> {
+    if let Some(by_endpoint) = objects.attribute(url_map, "_rules_by_endpoint") {
+        let lists = objects.dict_items(by_endpoint)?;
+        let mut rules = Vec::new();
+        for (_, list) in lists {
+            rules.extend(objects.list_items(list)?);
+        }
+        return Some(rules);
+    }
+    objects.list_items(objects.attribute(url_map, "_rules")?)
+}
+
+fn read_rule(objects: &PythonObjects<'_>, rule: u64) -> Option<Rule> {
+    let template = objects.str(objects.attribute(rule, "rule")?)?;
+    let methods = objects.attribute(rule, "methods")?;
+    let methods = match objects.type_name(methods)?.as_str() {
+        "NoneType" => None,
+        _ => Some(objects.set_items(methods)?.into_iter().filter_map(|m| objects.str(m)).collect()),
+    };
+    Rule::parse(&template, methods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interpreters::python::PythonRuntime;
+    use ddtrace_tests::target_app::{python_executable, ScriptChild};
+
+    #[test]
+    fn a_running_flask_apps_rules_are_read_and_matched() {
+        let script = r#"
+import sys
+from flask import Flask
+app = Flask(__name__)
+@app.route("/users/<int:uid>")
+def user(uid): return "u"
+@app.route("/users/me", methods=["POST"])
+def me(): return "m"
+@app.get("/files/<path:name>")
+def files(name): return "f"
+print("ready", flush=True)
+sys.stdin.readline()
+"#;
+        let child = ScriptChild::run(std::path::Path::new(&python_executable()), script);
+        let runtime = PythonRuntime::find(child.pid()).unwrap().expect("an interpreter");
+        let objects = PythonObjects::new(&runtime).expect("3.11+");
+        let table = read_rules(&objects, Some("__main__")).expect("the app's rules");
+        // Flask's own static rule and ours.
+        assert_eq!(table.len(), 4, "{table:?}");
+        assert_eq!(table.template("GET", "/users/42"), Some("/users/<int:uid>"));
+        assert_eq!(table.template("POST", "/users/me"), Some("/users/me"));
+        assert_eq!(table.template("GET", "/users/me"), None);
+        assert_eq!(table.template("GET", "/files/a/b.txt"), Some("/files/<path:name>"));
+        assert_eq!(table.template("GET", "/static/app.js"), Some("/static/<path:filename>"));
+        // Not an application module: nothing.
+        assert!(read_rules(&objects, Some("flask")).is_some(), "falls back to __main__");
+    }
+}
