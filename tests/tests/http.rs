@@ -224,10 +224,15 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
         assert!(view["start"].as_i64() >= request["start"].as_i64() && view_end <= request_end, "{view:#}");
         views.push(view);
     }
-    let continued = requests.iter().find(|s| s["resource"] == "GET /orders/?").expect("the request with headers");
+    // The rule that served each request, read from the app's routing table, as dd-trace-py's
+    // resource and `http.route` (`/orders/77` is served by `/<path:path>`).
+    let continued =
+        requests.iter().find(|s| s["resource"] == "GET /<path:path>").expect("the request with headers");
+    assert_eq!(meta(continued, "http.route"), "/<path:path>");
     assert_eq!(continued["trace_id"], 4242, "{continued:#}");
     assert_eq!(continued["parent_id"], 99, "{continued:#}");
     let fresh = requests.iter().find(|s| s["resource"] == "GET /").expect("the request without headers");
+    assert_eq!(meta(fresh, "http.route"), "/");
     assert_ne!(fresh["trace_id"], 4242);
     // The call made while serving is a client span, child of the view that made it, named after
     // the library that made it (the caller's frames at its write), as dd-trace-py names it.
@@ -292,8 +297,9 @@ fn gthread_workers_give_each_concurrent_request_its_own_view() {
             spans.iter().filter(|s| s["name"] == "sqlite.query" && s["parent_id"] == views[0]["span_id"]).count();
         assert!(statements >= 3, "{statements} statements under {:#}\n{spans:#?}", views[0]);
         assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), "serve");
-        // Its view seen, each request is Flask's.
+        // Its view seen, each request is Flask's, named after its rule.
         assert_eq!(request["name"], "flask.request", "{request:#}");
+        assert_eq!(request["resource"], "GET /<path:path>", "{request:#}");
     }
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);

@@ -267,7 +267,8 @@ impl Instrumenter {
         let line = self.interpreters.sampled(pid, &mut self.programs);
         let frames = self.interpreters.caller_frames(pid, tid, ktime_ns);
         if let Some(frames) = &frames {
-            self.handlers.caller_seen(pid, tid, ktime_ns, frames, contexts);
+            let runtime = self.interpreters.runtime_of(pid);
+            self.handlers.caller_seen(pid, tid, ktime_ns, frames, runtime.as_deref(), contexts);
         }
         (frames, line)
     }
@@ -363,7 +364,9 @@ impl Instrumenter {
                 if let ProbeEvent::Entry(entry) = event {
                     // Recorded for probes that ask (`ProbeDef::recording_caller`).
                     if let Some(frames) = self.interpreters.caller_frames(entry.tgid, entry.tid, entry.ktime_ns) {
-                        self.handlers.caller_seen(entry.tgid, entry.tid, entry.ktime_ns, &frames, contexts);
+                        let runtime = self.interpreters.runtime_of(entry.tgid);
+                        let (tgid, tid, ktime_ns) = (entry.tgid, entry.tid, entry.ktime_ns);
+                        self.handlers.caller_seen(tgid, tid, ktime_ns, &frames, runtime.as_deref(), contexts);
                     }
                 }
                 self.integrations[integration].on_event(probe, event, contexts);

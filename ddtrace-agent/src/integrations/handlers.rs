@@ -21,13 +21,22 @@ use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
+use super::routes::{flask, werkzeug_rule::RuleTable};
 use crate::{
     config::SpanSchema,
     core::{ContextData, ContextTree, SpanKind},
-    interpreters::python::{modules, NamedFrame},
+    interpreters::python::{modules, objects::PythonObjects, NamedFrame, PythonRuntime},
 };
+
+/// Reads a framework's routing table from the application's memory, given the view's module.
+type RouteReader = fn(&PythonObjects<'_>, Option<&str>) -> Option<RuleTable>;
+
+/// A request no rule matched may be served by a rule added since the table was read: it is
+/// read again, at most this often.
+const REREAD_AFTER_MISS: Duration = Duration::from_secs(10);
 
 /// A framework's dispatcher: the function (and its file) that calls the application's view.
 struct Dispatcher {
@@ -39,6 +48,8 @@ struct Dispatcher {
     naming: Naming,
     /// dd-trace-py's server span name under schema v0.
     request_v0: &'static str,
+    /// Where the route templates come from, for the frameworks whose table we read.
+    routes: Option<RouteReader>,
 }
 
 /// How dd-trace-py names a framework's view span.
@@ -59,6 +70,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         component: "flask",
         naming: Naming::ModuleFunction,
         request_v0: "flask.request",
+        routes: Some(flask::read_rules),
     },
     // `BaseHandler._get_response` calls the resolved view (a class-based view through
     // `View.as_view.<locals>.view` and `View.dispatch`).
@@ -69,6 +81,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         component: "django",
         naming: Naming::DjangoView,
         request_v0: "django.request",
+        routes: None,
     },
 ];
 
@@ -107,6 +120,14 @@ pub struct Handlers {
     schema: SpanSchema,
     main_scripts: HashMap<u32, Option<PathBuf>>,
     modules: HashMap<(u32, Arc<str>), Option<Arc<str>>>,
+    routes: HashMap<u32, ProcessRoutes>,
+}
+
+/// A process's routing table, as last read.
+#[derive(Default)]
+struct ProcessRoutes {
+    table: Option<RuleTable>,
+    read_at: Option<Instant>,
 }
 
 impl Handlers {
@@ -128,6 +149,7 @@ impl Handlers {
         tid: u32,
         ktime_ns: u64,
         frames: &[NamedFrame],
+        runtime: Option<&PythonRuntime>,
         contexts: &mut ContextTree,
     ) {
         // Only in a request this thread serves, and once per request (checked first: most calls
@@ -138,7 +160,15 @@ impl Handlers {
         }
         let request = innermost.id;
         let Some((dispatcher, view)) = view_in(frames) else { return };
+        let method_and_path = {
+            let meta = &innermost.data.meta;
+            meta.get("http.method").cloned().zip(meta.get("http.url").and_then(|url| path_of(url)).map(str::to_owned))
+        };
         let module = self.module_of(tgid, &view.file);
+        let route = dispatcher.routes.zip(runtime).zip(method_and_path).and_then(|((read, runtime), (method, path))| {
+            let template = self.route_template(tgid, runtime, read, module.as_deref(), &method, &path)?;
+            Some((format!("{method} {template}"), template))
+        });
         let qualified = |function: &str| match &module {
             Some(module) => format!("{module}.{function}"),
             None => function.to_owned(),
@@ -161,6 +191,11 @@ impl Handlers {
         contexts.annotate(tid, request, |request| {
             origin.tag(request);
             (request.name, request.component) = (request_name, dispatcher.component);
+            // As dd-trace-py: the matched rule, in the resource and `http.route`.
+            if let Some((resource, template)) = route {
+                request.resource = resource.into();
+                request.meta.insert("http.route".into(), template);
+            }
         });
         contexts.start(tgid, tid, ktime_ns, VIEW_FRAME, data);
     }
@@ -170,7 +205,35 @@ impl Handlers {
             served.remove(&tgid);
         }
         self.main_scripts.remove(&tgid);
+        self.routes.remove(&tgid);
         self.modules.retain(|(pid, _), _| *pid != tgid);
+    }
+
+    /// The template of the rule of `tgid`'s application that serves `method` `path`, reading
+    /// its table on the first request and again when a request matches none (at most every
+    /// [`REREAD_AFTER_MISS`]).
+    fn route_template(
+        &mut self,
+        tgid: u32,
+        runtime: &PythonRuntime,
+        read: RouteReader,
+        module: Option<&str>,
+        method: &str,
+        path: &str,
+    ) -> Option<String> {
+        let routes = self.routes.entry(tgid).or_default();
+        let read_again = routes.read_at.is_none_or(|at| at.elapsed() >= REREAD_AFTER_MISS);
+        let matched = |routes: &ProcessRoutes| routes.table.as_ref()?.template(method, path).map(str::to_owned);
+        if let Some(template) = matched(routes) {
+            return Some(template);
+        }
+        if !read_again {
+            return None;
+        }
+        routes.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module));
+        routes.read_at = Some(Instant::now());
+        tracing::debug!(pid = tgid, rules = routes.table.as_ref().map(RuleTable::len), "read the routing table");
+        matched(routes)
     }
 
     fn module_of(&mut self, tgid: u32, file: &Arc<str>) -> Option<Arc<str>> {
@@ -182,6 +245,13 @@ impl Handlers {
         self.modules.insert((tgid, file.clone()), module.clone());
         module
     }
+}
+
+/// The path of a `scheme://host/path?query` URL.
+fn path_of(url: &str) -> Option<&str> {
+    let after_scheme = &url[url.find("://")? + 3..];
+    let path = &after_scheme[after_scheme.find('/')?..];
+    Some(path.split(['?', '#']).next().unwrap_or(path))
 }
 
 /// The view in `frames` (innermost first): inside a dispatcher's frame, the first frame that is
@@ -266,12 +336,12 @@ mod tests {
         ];
         let request = ContextData::new("http.request", "http", "web", SpanKind::Server);
         let request = tree.start_root(1, 10, 1_000, u64::MAX, request, None);
-        handlers.caller_seen(1, 10, 2_000, &frames, &mut tree);
+        handlers.caller_seen(1, 10, 2_000, &frames, None, &mut tree);
         let query =
             tree.start(1, 10, 2_000, 0x7f00, ContextData::new("sqlite.query", "sqlite", "sql", SpanKind::Client));
         tree.end(10, query, 3_000, |_| {});
         // The same view's next call opens nothing more.
-        handlers.caller_seen(1, 10, 3_500, &frames, &mut tree);
+        handlers.caller_seen(1, 10, 3_500, &frames, None, &mut tree);
         tree.end(10, request, 9_000, |_| {});
         let ended = ended.lock().unwrap();
         let names: Vec<&str> = ended.iter().map(|c| c.data.name).collect();
@@ -308,7 +378,7 @@ mod tests {
         ];
         let request = ContextData::new("http.request", "http", "web", SpanKind::Server);
         let request = tree.start_root(3, 10, 1_000, u64::MAX, request, None);
-        Handlers::new().caller_seen(3, 10, 2_000, &frames, &mut tree);
+        Handlers::new().caller_seen(3, 10, 2_000, &frames, None, &mut tree);
         tree.end(10, request, 9_000, |_| {});
         let ended = ended.lock().unwrap();
         let view = &ended[0];
@@ -333,7 +403,7 @@ mod tests {
         let mut handlers = Handlers::new();
         let script = [frame("main", "/srv/job.py", 1)];
         let dispatched = [frame("user", "/srv/app.py", 3), frame("Flask.dispatch_request", "/x/flask/app.py", 9)];
-        handlers.caller_seen(5, 10, 1_000, &dispatched, &mut tree);
+        handlers.caller_seen(5, 10, 1_000, &dispatched, None, &mut tree);
         let request = tree.start_root(
             5,
             10,
@@ -342,7 +412,7 @@ mod tests {
             ContextData::new("http.request", "http", "web", SpanKind::Server),
             None,
         );
-        handlers.caller_seen(5, 10, 2_000, &script, &mut tree);
+        handlers.caller_seen(5, 10, 2_000, &script, None, &mut tree);
         tree.end(10, request, 3_000, |_| {});
         let ended = ended.lock().unwrap();
         assert_eq!(ended.iter().map(|c| c.data.name).collect::<Vec<_>>(), ["http.request"]);

@@ -137,6 +137,11 @@ impl Interpreters {
         self.held.insert(stack.tid, stack);
     }
 
+    /// The interpreter whose frames `pid`'s events were last named with.
+    pub fn runtime_of(&self, pid: u32) -> Option<Arc<PythonRuntime>> {
+        self.namers.get(&pid).map(|namer| namer.runtime().clone())
+    }
+
     /// The frames recorded with the event of thread `tid` of `pid` at `ktime_ns`, named,
     /// innermost first: the code that made the call.
     pub fn caller_frames(&mut self, pid: u32, tid: u32, ktime_ns: u64) -> Option<Arc<[NamedFrame]>> {
