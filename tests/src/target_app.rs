@@ -43,8 +43,13 @@ pub struct ScriptChild {
 
 impl ScriptChild {
     pub fn run(python: &std::path::Path, script: &str) -> Self {
+        Self::spawn(python, &["-c", script])
+    }
+
+    /// `python` with `args` (a script's path and its arguments, say).
+    pub fn spawn(python: &std::path::Path, args: &[&str]) -> Self {
         let mut child = Command::new(python)
-            .args(["-c", script])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

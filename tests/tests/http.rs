@@ -256,6 +256,44 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
 /// gunicorn's gthread workers serve requests on a pool of threads, several at once: each
 /// request's view (seen through its statements, on the thread that serves it) is that request's
 /// child, and its statements the view's.
+/// A Flask app served by werkzeug's threaded server (a thread per request): each request's span
+/// is named after the rule that served it, read from the app's routing table in its memory, as
+/// dd-trace-py names it (`GET /users/<int:uid>`, `http.route`); a path no rule serves keeps the
+/// quantized resource and no route.
+#[test]
+fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let app_path = ddtrace_tests::workspace_root().join("tests/apps/bench/flask_app.py");
+    let python = std::path::PathBuf::from(python_executable());
+    let app = ddtrace_tests::target_app::ScriptChild::spawn(&python, &[app_path.to_str().unwrap()]);
+    let port: u16 = app.ready_line().trim_start_matches("ready ").parse().expect("the app's port");
+    let pid = app.pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    for path in ["/users/7", "/users/8", "/nope/9"] {
+        let (status, body) = ddtrace_tests::http::get(port, path).expect("the app answers");
+        assert_eq!(status, if path.starts_with("/nope") { 404 } else { 200 }, "{body}");
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 3
+    });
+    let named: Vec<&Value> = spans.iter().filter(|s| s["resource"] == "GET /users/<int:uid>").collect();
+    assert_eq!(named.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
+    for request in named {
+        assert_eq!(request["name"], "flask.request", "{request:#}");
+        assert_eq!(meta(request, "http.route"), "/users/<int:uid>");
+        assert_eq!(meta(request, "component"), "flask");
+        assert!(spans.iter().any(|s| s["name"] == "__main__.user" && s["parent_id"] == request["span_id"]));
+    }
+    let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
+    assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn gthread_workers_give_each_concurrent_request_its_own_view() {
     let _serial = ddtrace_tests::serial();

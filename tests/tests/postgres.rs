@@ -159,8 +159,9 @@ fn a_flask_view_querying_postgres_is_the_parent_of_its_queries() {
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
         spans.iter().filter(|s| s["name"] == "flask.request").count() >= 2
     });
+    // The rule that served them, from the app's routing table, as dd-trace-py names them.
     let requests: Vec<&Value> =
-        spans.iter().filter(|s| s["name"] == "flask.request" && s["resource"] == "GET /users/?").collect();
+        spans.iter().filter(|s| s["name"] == "flask.request" && s["resource"] == "GET /users/<int:uid>").collect();
     assert_eq!(requests.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
     for request in requests {
         let view = spans
@@ -174,6 +175,7 @@ fn a_flask_view_querying_postgres_is_the_parent_of_its_queries() {
             .collect();
         assert!(queries.len() >= 2, "the view's queries: {queries:?}\n{spans:#?}");
         assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), "user");
+        assert_eq!(meta(request, "http.route"), "/users/<int:uid>");
     }
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
