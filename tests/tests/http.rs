@@ -347,7 +347,9 @@ fn gthread_workers_give_each_concurrent_request_its_own_view() {
 
 /// Django under gunicorn: the view that served each request (a function view routed by `path`, a
 /// class-based view under `include` and `re_path`), seen through the frames of its statements, is
-/// dd-trace-py's `django.view` span with its entry code origin.
+/// dd-trace-py's `django.view` span with its entry code origin; the request is named after the
+/// route Django resolved it to (read from the project's URL patterns in its memory), as
+/// dd-trace-py names it: the patterns joined (`api/` + `^orders/...$` without its `^`).
 #[test]
 fn django_views_are_view_spans_around_their_statements_with_code_origin() {
     let _serial = ddtrace_tests::serial();
@@ -366,10 +368,11 @@ fn django_views_are_view_spans_around_their_statements_with_code_origin() {
         spans.iter().filter(|s| s["name"] == "django.view").count() >= 2
     });
     let app = ddtrace_tests::workspace_root().join("tests/apps/django_app.py").canonicalize().unwrap();
-    for (resource, view_resource, method, line) in [
-        ("GET /users/?", "django_app.user", "user", "37"),
-        ("GET /api/orders/?", "django_app.Orders.get", "Orders.get", "42"),
+    for (route, view_resource, method, line) in [
+        ("users/<int:uid>", "django_app.user", "user", "37"),
+        ("api/orders/(?P<oid>[0-9]+)$", "django_app.Orders.get", "Orders.get", "42"),
     ] {
+        let resource = format!("GET {route}");
         let request = spans
             .iter()
             .find(|s| s["resource"] == resource && s["meta"]["span.kind"] == "server")
@@ -381,6 +384,7 @@ fn django_views_are_view_spans_around_their_statements_with_code_origin() {
         assert_eq!(view["resource"], view_resource);
         assert_eq!(meta(view, "component"), "django");
         assert_eq!((request["name"].as_str(), meta(request, "component")), (Some("django.request"), "django"));
+        assert_eq!(meta(request, "http.route"), route);
         for span in [request, view] {
             assert_eq!(meta(span, "_dd.code_origin.type"), "entry", "{span:#}");
             assert_eq!(meta(span, "_dd.code_origin.frames.0.file"), app.display().to_string());

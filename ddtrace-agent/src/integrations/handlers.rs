@@ -24,15 +24,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::routes::{flask, werkzeug_rule::RuleTable};
+use super::routes::{django_routes, flask_routes, RouteReader, RouteTable};
 use crate::{
     config::SpanSchema,
     core::{ContextData, ContextTree, SpanKind},
     interpreters::python::{modules, objects::PythonObjects, NamedFrame, PythonRuntime},
 };
-
-/// Reads a framework's routing table from the application's memory, given the view's module.
-type RouteReader = fn(&PythonObjects<'_>, Option<&str>) -> Option<RuleTable>;
 
 /// A request no rule matched may be served by a rule added since the table was read: it is
 /// read again, at most this often.
@@ -70,7 +67,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         component: "flask",
         naming: Naming::ModuleFunction,
         request_v0: "flask.request",
-        routes: Some(flask::read_rules),
+        routes: Some(flask_routes),
     },
     // `BaseHandler._get_response` calls the resolved view (a class-based view through
     // `View.as_view.<locals>.view` and `View.dispatch`).
@@ -81,7 +78,7 @@ const DISPATCHERS: &[Dispatcher] = &[
         component: "django",
         naming: Naming::DjangoView,
         request_v0: "django.request",
-        routes: None,
+        routes: Some(django_routes),
     },
 ];
 
@@ -126,7 +123,7 @@ pub struct Handlers {
 /// A process's routing table, as last read.
 #[derive(Default)]
 struct ProcessRoutes {
-    table: Option<RuleTable>,
+    table: Option<RouteTable>,
     read_at: Option<Instant>,
 }
 
@@ -223,7 +220,7 @@ impl Handlers {
     ) -> Option<String> {
         let routes = self.routes.entry(tgid).or_default();
         let read_again = routes.read_at.is_none_or(|at| at.elapsed() >= REREAD_AFTER_MISS);
-        let matched = |routes: &ProcessRoutes| routes.table.as_ref()?.template(method, path).map(str::to_owned);
+        let matched = |routes: &ProcessRoutes| routes.table.as_ref()?.route(method, path);
         if let Some(template) = matched(routes) {
             return Some(template);
         }
@@ -232,7 +229,7 @@ impl Handlers {
         }
         routes.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module));
         routes.read_at = Some(Instant::now());
-        tracing::debug!(pid = tgid, rules = routes.table.as_ref().map(RuleTable::len), "read the routing table");
+        tracing::debug!(pid = tgid, routes = routes.table.as_ref().map(RouteTable::len), "read the routing table");
         matched(routes)
     }
 
