@@ -229,7 +229,7 @@ impl Handlers {
         }
         routes.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module));
         routes.read_at = Some(Instant::now());
-        tracing::debug!(pid = tgid, routes = routes.table.as_ref().map(RouteTable::len), "read the routing table");
+        tracing::debug!(pid = tgid, routes = routes.table.as_ref().map(RouteTable::route_count), "read the routing table");
         matched(routes)
     }
 

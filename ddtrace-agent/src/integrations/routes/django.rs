@@ -30,7 +30,7 @@ pub struct UrlPatterns {
 }
 
 impl UrlPatterns {
-    pub fn len(&self) -> usize {
+    pub fn route_count(&self) -> usize {
         fn count(entries: &[Entry]) -> usize {
             entries
                 .iter()
@@ -184,7 +184,7 @@ mod tests {
         let patterns = UrlPatterns {
             entries: vec![pattern("users/<int:uid>"), pattern("users/<str:name>"), api, pattern("")],
         };
-        assert_eq!(patterns.len(), 5);
+        assert_eq!(patterns.route_count(), 5);
         assert_eq!(patterns.route("/users/42").as_deref(), Some("users/<int:uid>"));
         assert_eq!(patterns.route("/users/bob").as_deref(), Some("users/<str:name>"));
         assert_eq!(patterns.route("/api/orders/7").as_deref(), Some("api/orders/(?P<oid>[0-9]+)$"));

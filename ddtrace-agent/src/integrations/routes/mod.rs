@@ -27,10 +27,10 @@ impl RouteTable {
     }
 
     /// How many routes the table holds.
-    pub fn len(&self) -> usize {
+    pub fn route_count(&self) -> usize {
         match self {
-            Self::Werkzeug(rules) => rules.len(),
-            Self::Django(patterns) => patterns.len(),
+            Self::Werkzeug(rules) => rules.route_count(),
+            Self::Django(patterns) => patterns.route_count(),
         }
     }
 }

@@ -115,7 +115,7 @@ impl RuleTable {
         Self { rules, unreadable }
     }
 
-    pub fn len(&self) -> usize {
+    pub fn route_count(&self) -> usize {
         self.rules.len()
     }
 
