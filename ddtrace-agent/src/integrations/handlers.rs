@@ -227,9 +227,11 @@ impl Handlers {
         if !read_again {
             return None;
         }
+        let started = Instant::now();
         routes.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module));
         routes.read_at = Some(Instant::now());
-        tracing::debug!(pid = tgid, routes = routes.table.as_ref().map(RouteTable::route_count), "read the routing table");
+        let routes_read = routes.table.as_ref().map(RouteTable::route_count);
+        tracing::debug!(pid = tgid, routes = routes_read, took = ?started.elapsed(), "read the routing table");
         matched(routes)
     }
 

@@ -134,7 +134,14 @@ impl<'r> PythonObjects<'r> {
 
     /// The value of the `str` key `key` in a dict.
     pub fn dict_get(&self, dict: u64, key: &str) -> Option<u64> {
-        self.dict_items(dict)?.into_iter().find(|(k, _)| self.str(*k).as_deref() == Some(key)).map(|(_, v)| v)
+        self.dict_items(dict)?.into_iter().find(|(k, _)| self.is_str(*k, key)).map(|(_, v)| v)
+    }
+
+    /// Whether `object` is the `str` `text`: its length is read first (one read for most
+    /// keys of a big dict, such as `sys.modules`), the type and text only when it fits.
+    fn is_str(&self, object: u64, text: &str) -> bool {
+        let length = self.word(object + layout::UNICODE_LENGTH);
+        length == Some(text.len() as u64) && self.str(object).as_deref() == Some(text)
     }
 
     /// Entries of a keys object, their values from `values` (a split table) or from the entries.
@@ -176,7 +183,7 @@ impl<'r> PythonObjects<'r> {
             let keys = self.word(class + self.layout.cached_keys)?;
             (keys != 0).then_some(())?;
             let pairs = self.entries(keys, Some(values))?;
-            pairs.into_iter().find(|(k, _)| self.str(*k).as_deref() == Some(name)).map(|(_, v)| v)
+            pairs.into_iter().find(|(k, _)| self.is_str(*k, name)).map(|(_, v)| v)
         };
         match self.layout.managed {
             Managed::ValuesAndDict => {
