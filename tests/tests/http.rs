@@ -258,8 +258,8 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
 /// child, and its statements the view's.
 /// A Flask app served by werkzeug's threaded server (a thread per request): each request's span
 /// is named after the rule that served it, read from the app's routing table in its memory, as
-/// dd-trace-py names it (`GET /users/<int:uid>`, `http.route`); a path no rule serves keeps the
-/// quantized resource and no route.
+/// dd-trace-py names it (`GET /users/<int:uid>`, `http.route`), also when its view makes no call
+/// we see; a path no rule serves keeps the quantized resource and no route.
 #[test]
 fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
     let _serial = ddtrace_tests::serial();
@@ -272,13 +272,17 @@ fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
     let url = agent.url();
     let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
     daemon.wait_attached(ATTACH_TIMEOUT);
-    for path in ["/users/7", "/users/8", "/nope/9"] {
+    for path in ["/users/7", "/users/8", "/nope/9", "/ping/5"] {
         let (status, body) = ddtrace_tests::http::get(port, path).expect("the app answers");
         assert_eq!(status, if path.starts_with("/nope") { 404 } else { 200 }, "{body}");
     }
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
-        spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 3
+        spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 4
     });
+    // A view that makes no call the agent sees is still named, from the table read at the
+    // process's first view.
+    let ping = spans.iter().find(|s| s["resource"] == "GET /ping/<int:n>").expect("the call-less view's request");
+    assert_eq!((ping["name"].as_str(), meta(ping, "http.route")), (Some("flask.request"), "/ping/<int:n>"));
     let named: Vec<&Value> = spans.iter().filter(|s| s["resource"] == "GET /users/<int:uid>").collect();
     assert_eq!(named.len(), 2, "{spans:#?}\n{}", daemon.stderr_text());
     for request in named {

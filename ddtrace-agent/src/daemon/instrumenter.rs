@@ -268,7 +268,7 @@ impl Instrumenter {
         let frames = self.interpreters.caller_frames(pid, tid, ktime_ns);
         if let Some(frames) = &frames {
             let runtime = self.interpreters.runtime_of(pid);
-            self.handlers.caller_seen(pid, tid, ktime_ns, frames, runtime.as_deref(), contexts);
+            self.handlers.caller_seen(pid, tid, ktime_ns, frames, runtime, contexts);
         }
         (frames, line)
     }
@@ -366,7 +366,7 @@ impl Instrumenter {
                     if let Some(frames) = self.interpreters.caller_frames(entry.tgid, entry.tid, entry.ktime_ns) {
                         let runtime = self.interpreters.runtime_of(entry.tgid);
                         let (tgid, tid, ktime_ns) = (entry.tgid, entry.tid, entry.ktime_ns);
-                        self.handlers.caller_seen(tgid, tid, ktime_ns, &frames, runtime.as_deref(), contexts);
+                        self.handlers.caller_seen(tgid, tid, ktime_ns, &frames, runtime, contexts);
                     }
                 }
                 self.integrations[integration].on_event(probe, event, contexts);

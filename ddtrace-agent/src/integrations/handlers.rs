@@ -89,19 +89,62 @@ const VIEW_FRAME: u64 = 1 << 63;
 /// Distinct view span names kept; past this, new views are named by their framework alone.
 const MAX_VIEW_NAMES: usize = 4096;
 
-/// The framework each process was seen serving its requests through (by its first view seen).
-/// Shared with the HTTP integration, which names the process's next server spans after it.
-static SERVED_BY: Mutex<Option<HashMap<u32, &'static Dispatcher>>> = Mutex::new(None);
+/// How each process was seen serving its requests (by its views). Shared with the HTTP
+/// integration, which names the process's next server spans after it.
+static SERVED_BY: Mutex<Option<HashMap<u32, Served>>> = Mutex::new(None);
 
-fn served_by() -> std::sync::MutexGuard<'static, Option<HashMap<u32, &'static Dispatcher>>> {
+fn served_by() -> std::sync::MutexGuard<'static, Option<HashMap<u32, Served>>> {
     SERVED_BY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The name and component of a server span of `tgid`, when the process is known to serve its
-/// requests through a framework: as dd-trace-py's integration of that framework names them.
-pub fn framework_request(tgid: u32, schema: SpanSchema) -> Option<(&'static str, &'static str)> {
-    let dispatcher = *served_by().as_ref()?.get(&tgid)?;
-    Some((request_name(dispatcher, schema), dispatcher.component))
+/// A process's framework, and its routing table when it can be read.
+struct Served {
+    dispatcher: &'static Dispatcher,
+    /// The interpreter the table is read from, and the module of the view first seen.
+    source: Option<(Arc<PythonRuntime>, Option<Arc<str>>)>,
+    table: Option<RouteTable>,
+    read_at: Option<Instant>,
+}
+
+impl Served {
+    /// The route of the application that serves `method` `path`: the table is read at the first
+    /// request and again when a request matches none (at most every [`REREAD_AFTER_MISS`]).
+    fn route(&mut self, tgid: u32, method: &str, path: &str) -> Option<String> {
+        let matched = |table: &Option<RouteTable>| table.as_ref()?.route(method, path);
+        if let Some(route) = matched(&self.table) {
+            return Some(route);
+        }
+        let read = self.dispatcher.routes?;
+        let (runtime, module) = self.source.as_ref()?;
+        if self.read_at.is_some_and(|at| at.elapsed() < REREAD_AFTER_MISS) {
+            return None;
+        }
+        let started = Instant::now();
+        self.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module.as_deref()));
+        self.read_at = Some(Instant::now());
+        let routes = self.table.as_ref().map(RouteTable::route_count);
+        tracing::debug!(pid = tgid, routes, took = ?started.elapsed(), "read the routing table");
+        matched(&self.table)
+    }
+}
+
+/// How a server span of a process known to serve through a framework is named, as dd-trace-py's
+/// integration of that framework names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameworkRequest {
+    pub name: &'static str,
+    pub component: &'static str,
+    /// The route that serves the request, when the application's routing table tells.
+    pub route: Option<String>,
+}
+
+/// The naming of `tgid`'s server span for `method` `path` (no query), when the process is known
+/// to serve its requests through a framework.
+pub fn framework_request(tgid: u32, schema: SpanSchema, method: &str, path: &str) -> Option<FrameworkRequest> {
+    let mut served = served_by();
+    let served = served.as_mut()?.get_mut(&tgid)?;
+    let route = served.route(tgid, method, path);
+    Some(FrameworkRequest { name: request_name(served.dispatcher, schema), component: served.dispatcher.component, route })
 }
 
 fn request_name(dispatcher: &Dispatcher, schema: SpanSchema) -> &'static str {
@@ -117,14 +160,6 @@ pub struct Handlers {
     schema: SpanSchema,
     main_scripts: HashMap<u32, Option<PathBuf>>,
     modules: HashMap<(u32, Arc<str>), Option<Arc<str>>>,
-    routes: HashMap<u32, ProcessRoutes>,
-}
-
-/// A process's routing table, as last read.
-#[derive(Default)]
-struct ProcessRoutes {
-    table: Option<RouteTable>,
-    read_at: Option<Instant>,
 }
 
 impl Handlers {
@@ -146,7 +181,7 @@ impl Handlers {
         tid: u32,
         ktime_ns: u64,
         frames: &[NamedFrame],
-        runtime: Option<&PythonRuntime>,
+        runtime: Option<Arc<PythonRuntime>>,
         contexts: &mut ContextTree,
     ) {
         // Only in a request this thread serves, and once per request (checked first: most calls
@@ -162,10 +197,23 @@ impl Handlers {
             meta.get("http.method").cloned().zip(meta.get("http.url").and_then(|url| path_of(url)).map(str::to_owned))
         };
         let module = self.module_of(tgid, &view.file);
-        let route = dispatcher.routes.zip(runtime).zip(method_and_path).and_then(|((read, runtime), (method, path))| {
-            let template = self.route_template(tgid, runtime, read, module.as_deref(), &method, &path)?;
-            Some((format!("{method} {template}"), template))
-        });
+        let route = {
+            let mut served = served_by();
+            let served = served.get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served {
+                dispatcher,
+                source: None,
+                table: None,
+                read_at: None,
+            });
+            served.dispatcher = dispatcher;
+            if served.source.is_none() {
+                served.source = runtime.map(|runtime| (runtime, module.clone()));
+            }
+            method_and_path.and_then(|(method, path)| {
+                let route = served.route(tgid, &method, &path)?;
+                Some((format!("{method} {route}"), route))
+            })
+        };
         let qualified = |function: &str| match &module {
             Some(module) => format!("{module}.{function}"),
             None => function.to_owned(),
@@ -183,7 +231,6 @@ impl Handlers {
         let mut data = ContextData::new(name, dispatcher.component, "", SpanKind::Internal).with_resource(resource);
         data.bounded_by_children = true;
         origin.tag(&mut data);
-        served_by().get_or_insert_with(HashMap::new).insert(tgid, dispatcher);
         let request_name = request_name(dispatcher, self.schema);
         contexts.annotate(tid, request, |request| {
             origin.tag(request);
@@ -202,37 +249,7 @@ impl Handlers {
             served.remove(&tgid);
         }
         self.main_scripts.remove(&tgid);
-        self.routes.remove(&tgid);
         self.modules.retain(|(pid, _), _| *pid != tgid);
-    }
-
-    /// The template of the rule of `tgid`'s application that serves `method` `path`, reading
-    /// its table on the first request and again when a request matches none (at most every
-    /// [`REREAD_AFTER_MISS`]).
-    fn route_template(
-        &mut self,
-        tgid: u32,
-        runtime: &PythonRuntime,
-        read: RouteReader,
-        module: Option<&str>,
-        method: &str,
-        path: &str,
-    ) -> Option<String> {
-        let routes = self.routes.entry(tgid).or_default();
-        let read_again = routes.read_at.is_none_or(|at| at.elapsed() >= REREAD_AFTER_MISS);
-        let matched = |routes: &ProcessRoutes| routes.table.as_ref()?.route(method, path);
-        if let Some(template) = matched(routes) {
-            return Some(template);
-        }
-        if !read_again {
-            return None;
-        }
-        let started = Instant::now();
-        routes.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module));
-        routes.read_at = Some(Instant::now());
-        let routes_read = routes.table.as_ref().map(RouteTable::route_count);
-        tracing::debug!(pid = tgid, routes = routes_read, took = ?started.elapsed(), "read the routing table");
-        matched(routes)
     }
 
     fn module_of(&mut self, tgid: u32, file: &Arc<str>) -> Option<Arc<str>> {
@@ -347,9 +364,11 @@ mod tests {
         // No such file in this process: its module is its file name.
         assert_eq!(names, ["sqlite.query", "shop_app_test_only.user", "flask.request"]);
         assert_eq!(ended[2].data.component, "flask");
-        assert_eq!(framework_request(1, SpanSchema::V0), Some(("flask.request", "flask")));
-        assert_eq!(framework_request(1, SpanSchema::V1), Some(("http.server.request", "flask")));
-        assert_eq!(framework_request(2, SpanSchema::V0), None);
+        let named = |schema| framework_request(1, schema, "GET", "/").map(|f| (f.name, f.component, f.route));
+        // No interpreter to read a table from here: named after the framework, no route.
+        assert_eq!(named(SpanSchema::V0), Some(("flask.request", "flask", None)));
+        assert_eq!(named(SpanSchema::V1), Some(("http.server.request", "flask", None)));
+        assert_eq!(framework_request(2, SpanSchema::V0, "GET", "/"), None);
         let (query, view, request) = (&ended[0], &ended[1], &ended[2]);
         assert_eq!((query.parent_id, view.parent_id), (view.id, request.id));
         assert_eq!(view.data.component, "flask");

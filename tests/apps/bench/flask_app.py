@@ -33,6 +33,12 @@ def user(uid):
     return f"{name}\n"
 
 
+@app.route("/ping/<int:n>")
+def ping(n):
+    # Makes no call the agent sees: its request is named from the routing table alone.
+    return f"{n}\n"
+
+
 server = make_server("127.0.0.1", 0, app, threaded=True)
 print(f"ready {server.server_port}", flush=True)
 server.serve_forever()

@@ -155,8 +155,15 @@ impl HttpConnection {
                 continue;
             }
             // A process seen serving through a framework: its requests as that framework's spans.
-            if let Some((name, component)) = handlers::framework_request(at.tgid, self.settings.schema) {
-                (data.name, data.component) = (name, component);
+            let (method, target) = (head.method().unwrap_or("GET"), head.target().unwrap_or("/"));
+            let path = target.split(['?', '#']).next().unwrap_or(target);
+            if let Some(framework) = handlers::framework_request(at.tgid, self.settings.schema, method, path) {
+                (data.name, data.component) = (framework.name, framework.component);
+                // The route that serves it, as the framework's in-process integration names it.
+                if let Some(route) = framework.route {
+                    data.resource = format!("{method} {route}").into();
+                    data.meta.insert("http.route".into(), route);
+                }
             }
             // A traced client at the other end is the real parent: its span is the call that
             // sent this request. Headers can only name a span of the caller's own tracer, if it
