@@ -298,6 +298,51 @@ fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// FastAPI on uvicorn: once an `async def` endpoint is seen through its statements' frames, the
+/// process's requests are `fastapi.request` named after the route that serves them, read from
+/// the app's routes in its memory (`GET /items/{item_id}`, `http.route`), as dd-trace-py names
+/// them; no view span (the event loop's thread serves many requests at once). A path no route
+/// serves keeps the quantized resource.
+#[test]
+fn fastapi_requests_are_named_after_their_route() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let app_path = ddtrace_tests::workspace_root().join("tests/apps/fastapi_app.py");
+    let python = std::path::PathBuf::from(python_executable());
+    let app = ddtrace_tests::target_app::ScriptChild::spawn(&python, &[app_path.to_str().unwrap()]);
+    let port: u16 = app.ready_line().trim_start_matches("ready ").parse().expect("the app's port");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ddtrace_tests::http::get(port, "/items/0").is_err() {
+        assert!(std::time::Instant::now() < deadline, "uvicorn did not start serving");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = app.pid().to_string();
+    let url = agent.url();
+    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", "shop"]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    // The first request shows the endpoint's frames; the next ones are named as they arrive.
+    for path in ["/items/1", "/items/2", "/users/bob/orders", "/nope/3"] {
+        let (status, body) = ddtrace_tests::http::get(port, path).expect("the app answers");
+        assert_eq!(status, if path.starts_with("/nope") { 404 } else { 200 }, "{body}");
+    }
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
+        spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 4
+    });
+    for route in ["/items/{item_id}", "/users/{name}/orders"] {
+        let request = spans
+            .iter()
+            .find(|s| s["resource"] == format!("GET {route}"))
+            .unwrap_or_else(|| panic!("GET {route}\n{spans:#?}\n{}", daemon.stderr_text()));
+        assert_eq!(request["name"], "fastapi.request", "{request:#}");
+        assert_eq!((meta(request, "component"), meta(request, "http.route")), ("fastapi", route));
+    }
+    let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
+    assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
 #[test]
 fn gthread_workers_give_each_concurrent_request_its_own_view() {
     let _serial = ddtrace_tests::serial();

@@ -69,6 +69,8 @@ const TARGET_APP_MODULES: &[(&str, &str)] = &[
     ("gunicorn", "gunicorn"),
     ("flask", "flask"),
     ("django", "django"),
+    ("fastapi", "fastapi"),
+    ("uvicorn", "uvicorn"),
     ("requests", "requests"),
     ("redis", "redis"),
     // psycopg2's wheel bundles its own libpq and libssl; psycopg (3) uses the system's libpq.

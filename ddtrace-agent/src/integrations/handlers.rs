@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::routes::{django_routes, flask_routes, RouteReader, RouteTable};
+use super::routes::{django_routes, flask_routes, starlette_routes, RouteReader, RouteTable};
 use crate::{
     config::SpanSchema,
     core::{ContextData, ContextTree, SpanKind},
@@ -56,6 +56,10 @@ enum Naming {
     ModuleFunction,
     /// Name `django.view`, resource `module.qualified_name`.
     DjangoView,
+    /// No view span: an async framework's event loop thread serves many requests at once, so
+    /// the request the thread's innermost context is may not be the view's. Seeing the
+    /// dispatcher only tells how the process serves (its requests' names and routes).
+    NoViewSpan,
 }
 
 const DISPATCHERS: &[Dispatcher] = &[
@@ -79,6 +83,17 @@ const DISPATCHERS: &[Dispatcher] = &[
         naming: Naming::DjangoView,
         request_v0: "django.request",
         routes: Some(django_routes),
+    },
+    // FastAPI's `run_endpoint_function` awaits an `async def` endpoint on the event loop's
+    // thread (a plain `def` one runs in a worker thread, where this frame is not).
+    Dispatcher {
+        file_suffix: "/fastapi/routing.py",
+        function_suffix: "run_endpoint_function",
+        package: "/fastapi/",
+        component: "fastapi",
+        naming: Naming::NoViewSpan,
+        request_v0: "fastapi.request",
+        routes: Some(starlette_routes),
     },
 ];
 
@@ -107,6 +122,23 @@ struct Served {
 }
 
 impl Served {
+    fn new(dispatcher: &'static Dispatcher) -> Self {
+        Self { dispatcher, source: None, table: None, read_at: None }
+    }
+
+    /// What a view seen in the process tells: its framework, and where its table can be read.
+    fn learn(&mut self, dispatcher: &'static Dispatcher, runtime: Option<Arc<PythonRuntime>>, module: Option<Arc<str>>) {
+        self.dispatcher = dispatcher;
+        if self.source.is_none() {
+            self.source = runtime.map(|runtime| (runtime, module));
+        }
+    }
+
+    /// An async framework's process whose table source is known.
+    fn fully_known_async(&self) -> bool {
+        matches!(self.dispatcher.naming, Naming::NoViewSpan) && self.source.is_some()
+    }
+
     /// The route of the application that serves `method` `path`: the table is read at the first
     /// request and again when a request matches none (at most every [`REREAD_AFTER_MISS`]).
     fn route(&mut self, tgid: u32, method: &str, path: &str) -> Option<String> {
@@ -191,7 +223,20 @@ impl Handlers {
             return;
         }
         let request = innermost.id;
+        // A process known to serve through an async framework has nothing more to learn here.
+        if served_by().as_ref().and_then(|s| s.get(&tgid)).is_some_and(Served::fully_known_async) {
+            return;
+        }
         let Some((dispatcher, view)) = view_in(frames) else { return };
+        if matches!(dispatcher.naming, Naming::NoViewSpan) {
+            let module = self.module_of(tgid, &view.file);
+            served_by().get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served::new(dispatcher)).learn(
+                dispatcher,
+                runtime,
+                module,
+            );
+            return;
+        }
         let method_and_path = {
             let meta = &innermost.data.meta;
             meta.get("http.method").cloned().zip(meta.get("http.url").and_then(|url| path_of(url)).map(str::to_owned))
@@ -199,16 +244,8 @@ impl Handlers {
         let module = self.module_of(tgid, &view.file);
         let route = {
             let mut served = served_by();
-            let served = served.get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served {
-                dispatcher,
-                source: None,
-                table: None,
-                read_at: None,
-            });
-            served.dispatcher = dispatcher;
-            if served.source.is_none() {
-                served.source = runtime.map(|runtime| (runtime, module.clone()));
-            }
+            let served = served.get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served::new(dispatcher));
+            served.learn(dispatcher, runtime, module.clone());
             method_and_path.and_then(|(method, path)| {
                 let route = served.route(tgid, &method, &path)?;
                 Some((format!("{method} {route}"), route))
@@ -225,6 +262,7 @@ impl Handlers {
                 (name, name.to_owned())
             }
             Naming::DjangoView => ("django.view", qualified(&view.function)),
+            Naming::NoViewSpan => return,
         };
         let file = modules::absolute(tgid, std::path::Path::new(&*view.file)).display().to_string();
         let origin = CodeOrigin { file, line: view.first_line, module, method: view.function.clone() };

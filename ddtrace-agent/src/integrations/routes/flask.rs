@@ -8,20 +8,7 @@ use crate::interpreters::python::objects::PythonObjects;
 /// The rules of the one Flask application found in `view_module`'s namespace, else in
 /// `__main__`'s. `None` when none is found, or two (which one served the request is unknown).
 pub fn read_rules(objects: &PythonObjects<'_>, view_module: Option<&str>) -> Option<RuleTable> {
-    let modules = objects.modules()?;
-    let mut apps: Vec<u64> = Vec::new();
-    for name in view_module.into_iter().chain(["__main__"]) {
-        let Some(namespace) = objects.dict_get(modules, name).and_then(|m| objects.module_dict(m)) else { continue };
-        for (_, value) in objects.dict_items(namespace)? {
-            if !apps.contains(&value) && objects.type_name(value).as_deref() == Some("Flask") {
-                apps.push(value);
-            }
-        }
-        if !apps.is_empty() {
-            break;
-        }
-    }
-    let [app] = apps[..] else { return None };
+    let app = super::single_instance(objects, view_module, &["Flask"])?;
     let url_map = objects.attribute(app, "url_map")?;
     let rules = map_rules(objects, url_map)?;
     let (mut parsed, mut unreadable) = (Vec::with_capacity(rules.len()), 0);

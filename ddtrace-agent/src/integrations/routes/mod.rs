@@ -1,10 +1,11 @@
 //! Route templates: an application's routing table read from its memory (read-only), and the
 //! route that serves each request, so its server span says `GET /users/<int:uid>` as an
-//! in-process tracer would. Flask (werkzeug's rules) and Django (URL patterns); Starlette and
-//! FastAPI keep the quantized resource.
+//! in-process tracer would. Flask (werkzeug's rules), Django (URL patterns), FastAPI and
+//! Starlette (their routes).
 
 pub mod django;
 pub mod flask;
+pub mod starlette;
 pub mod werkzeug_rule;
 
 use crate::interpreters::python::objects::PythonObjects;
@@ -14,6 +15,7 @@ use crate::interpreters::python::objects::PythonObjects;
 pub enum RouteTable {
     Werkzeug(werkzeug_rule::RuleTable),
     Django(django::UrlPatterns),
+    Starlette(starlette::Routes),
 }
 
 impl RouteTable {
@@ -23,6 +25,7 @@ impl RouteTable {
         match self {
             Self::Werkzeug(rules) => rules.template(method, path).map(str::to_owned),
             Self::Django(patterns) => patterns.route(path),
+            Self::Starlette(routes) => routes.route(method, path),
         }
     }
 
@@ -31,6 +34,7 @@ impl RouteTable {
         match self {
             Self::Werkzeug(rules) => rules.route_count(),
             Self::Django(patterns) => patterns.route_count(),
+            Self::Starlette(routes) => routes.route_count(),
         }
     }
 }
@@ -46,4 +50,31 @@ pub fn flask_routes(objects: &PythonObjects<'_>, view_module: Option<&str>) -> O
 /// Django's table, for [`RouteReader`] (the project's, whatever the view's module).
 pub fn django_routes(objects: &PythonObjects<'_>, _view_module: Option<&str>) -> Option<RouteTable> {
     django::read_patterns(objects).map(RouteTable::Django)
+}
+
+/// FastAPI's (or Starlette's) table, for [`RouteReader`].
+pub fn starlette_routes(objects: &PythonObjects<'_>, view_module: Option<&str>) -> Option<RouteTable> {
+    starlette::read_routes(objects, view_module).map(RouteTable::Starlette)
+}
+
+/// The one instance of a class named in `types` in `view_module`'s namespace, else in
+/// `__main__`'s; `None` when there is none, or two (which one served the request is unknown).
+fn single_instance(objects: &PythonObjects<'_>, view_module: Option<&str>, types: &[&str]) -> Option<u64> {
+    let modules = objects.modules()?;
+    let mut found: Vec<u64> = Vec::new();
+    for name in view_module.into_iter().chain(["__main__"]) {
+        let Some(namespace) = objects.dict_get(modules, name).and_then(|m| objects.module_dict(m)) else { continue };
+        for (_, value) in objects.dict_items(namespace)? {
+            if !found.contains(&value) && objects.type_name(value).is_some_and(|t| types.contains(&t.as_str())) {
+                found.push(value);
+            }
+        }
+        if !found.is_empty() {
+            break;
+        }
+    }
+    match found[..] {
+        [one] => Some(one),
+        _ => None,
+    }
 }
