@@ -15,7 +15,12 @@
 //! name and component (`flask.request`, `django.request`; `http.server.request` under schema v1),
 //! from that request on (see [`framework_request`]).
 //!
-//! Flask and Django; not yet Starlette/FastAPI (an async view shares its thread with others).
+//! Flask and Django get view spans. FastAPI's dispatcher only tells how the process serves (its
+//! requests' names and routes): an async endpoint shares the event loop's thread with other
+//! requests, so the thread does not tell which request a call belongs to.
+//!
+//! The routing table of a process's framework is read from its memory (`super::routes`) when its
+//! first view is seen; from then on its requests are named after their route as they arrive.
 
 use std::{
     collections::HashMap,
