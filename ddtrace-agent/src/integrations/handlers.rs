@@ -133,7 +133,10 @@ impl Served {
 
     /// What a view seen in the process tells: its framework, and where its table can be read.
     fn learn(&mut self, dispatcher: &'static Dispatcher, runtime: Option<Arc<PythonRuntime>>, module: Option<Arc<str>>) {
-        self.dispatcher = dispatcher;
+        if !std::ptr::eq(self.dispatcher, dispatcher) {
+            // Another framework (an exec, or two in one process): what was read is not its table.
+            *self = Self::new(dispatcher);
+        }
         if self.source.is_none() {
             self.source = runtime.map(|runtime| (runtime, module));
         }
@@ -147,6 +150,10 @@ impl Served {
     /// The route of the application that serves `method` `path`: the table is read at the first
     /// request and again when a request matches none (at most every [`REREAD_AFTER_MISS`]).
     fn route(&mut self, tgid: u32, method: &str, path: &str) -> Option<String> {
+        // Frameworks match the decoded path: an encoded one (or none) is not matched here.
+        if method.is_empty() || !path.starts_with('/') || path.contains('%') {
+            return None;
+        }
         let matched = |table: &Option<RouteTable>| table.as_ref()?.route(method, path);
         if let Some(route) = matched(&self.table) {
             return Some(route);
@@ -157,10 +164,14 @@ impl Served {
             return None;
         }
         let started = Instant::now();
-        self.table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module.as_deref()));
+        let table = PythonObjects::new(runtime).and_then(|objects| read(&objects, module.as_deref()));
         self.read_at = Some(Instant::now());
-        let routes = self.table.as_ref().map(RouteTable::route_count);
+        let routes = table.as_ref().map(RouteTable::route_count);
         tracing::debug!(pid = tgid, routes, took = ?started.elapsed(), "read the routing table");
+        // A read that failed (the app busy changing it, say) keeps the table it had.
+        if table.is_some() {
+            self.table = table;
+        }
         matched(&self.table)
     }
 }

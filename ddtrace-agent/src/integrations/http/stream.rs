@@ -155,7 +155,7 @@ impl HttpConnection {
                 continue;
             }
             // A process seen serving through a framework: its requests as that framework's spans.
-            let (method, target) = (head.method().unwrap_or("GET"), head.target().unwrap_or("/"));
+            let (method, target) = (head.method().unwrap_or_default(), head.target().unwrap_or_default());
             let path = target.split(['?', '#']).next().unwrap_or(target);
             if let Some(framework) = handlers::framework_request(at.tgid, self.settings.schema, method, path) {
                 (data.name, data.component) = (framework.name, framework.component);

@@ -131,6 +131,11 @@ fn read_entry(objects: &PythonObjects<'_>, modules: u64, item: u64, depth: usize
         }
         "RegexPattern" => {
             let route = objects.str(objects.attribute(pattern, "_regex")?)?;
+            // Django searches a regex, or (endpoints ending in `$`, recent versions) full-matches
+            // it: the same answer only when the regex is anchored at its start.
+            if !route.starts_with('^') {
+                return None;
+            }
             let regex = Regex::new(&route).ok()?;
             (route, regex)
         }

@@ -8,6 +8,10 @@ use crate::interpreters::python::objects::PythonObjects;
 /// The rules of the one Flask application found in `view_module`'s namespace, else in
 /// `__main__`'s. `None` when none is found, or two (which one served the request is unknown).
 pub fn read_rules(objects: &PythonObjects<'_>, view_module: Option<&str>) -> Option<RuleTable> {
+    // Apps mounted under prefixes see a part of the path: which table serves which is not read.
+    if objects.dict_get(objects.modules()?, "werkzeug.middleware.dispatcher").is_some() {
+        return None;
+    }
     let app = super::single_instance(objects, view_module, &["Flask"])?;
     let url_map = objects.attribute(app, "url_map")?;
     let rules = map_rules(objects, url_map)?;
@@ -36,6 +40,24 @@ fn map_rules(objects: &PythonObjects<'_>, url_map: u64) -> Option<Vec<u64>> {
 }
 
 fn read_rule(objects: &PythonObjects<'_>, rule: u64) -> Option<Rule> {
+    // A rule that only builds URLs, redirects, serves websockets or another host or subdomain
+    // matches differently: unreadable.
+    for flag in ["build_only", "websocket"] {
+        if objects.is_true(objects.attribute(rule, flag)?) {
+            return None;
+        }
+    }
+    for setting in ["redirect_to", "host", "subdomain"] {
+        let value = objects.attribute(rule, setting)?;
+        let unset = match objects.type_name(value)?.as_str() {
+            "NoneType" => true,
+            "str" => objects.str(value)?.is_empty(),
+            _ => false,
+        };
+        if !unset {
+            return None;
+        }
+    }
     let template = objects.str(objects.attribute(rule, "rule")?)?;
     let methods = objects.attribute(rule, "methods")?;
     let methods = match objects.type_name(methods)?.as_str() {

@@ -1,7 +1,9 @@
 //! Werkzeug's rule syntax (`/users/<int:uid>`, `/files/<path:name>`), matched against a
-//! request's path the way werkzeug's router would choose among rules: literal segments before
-//! variable ones, plain variables before `path`. Where that leaves two rules equal, the match is
-//! refused: no template is better than a wrong one.
+//! request's path. Werkzeug's router ranks rules part by part (static first, converters by
+//! weight, backtracking); rather than port it, a path is named only when the answer does not
+//! depend on that ranking: one rule matches, or one fully static rule does (werkzeug always
+//! prefers an exact static match). Anything else gets no template: none is better than a wrong
+//! one.
 
 use regex::Regex;
 
@@ -13,9 +15,8 @@ pub struct Rule {
     /// `None`: any method.
     methods: Option<Vec<String>>,
     pattern: Regex,
-    /// Per path segment: 0 literal, else the heaviest converter in it, weighed as werkzeug's
-    /// router orders them (numbers 50, strings and the rest 100, `path` 200: lighter first).
-    weights: Vec<u16>,
+    /// No converter in it.
+    is_static: bool,
 }
 
 impl Rule {
@@ -25,27 +26,20 @@ impl Rule {
             return None;
         }
         let mut pattern = String::from("^");
-        let mut weights = Vec::new();
-        for segment in template.split('/').skip(1) {
-            pattern.push('/');
-            let mut weight = 0;
-            let mut rest = segment;
-            while let Some(open) = rest.find('<') {
-                pattern.push_str(&regex::escape(&rest[..open]));
-                let close = open + rest[open..].find('>')?;
-                let (converter_regex, converter_weight) = converter(&rest[open + 1..close])?;
-                pattern.push('(');
-                pattern.push_str(&converter_regex);
-                pattern.push(')');
-                weight = weight.max(converter_weight);
-                rest = &rest[close + 1..];
-            }
-            pattern.push_str(&regex::escape(rest));
-            weights.push(weight);
+        let mut rest = template;
+        while let Some(open) = rest.find('<') {
+            pattern.push_str(&regex::escape(&rest[..open]));
+            let close = open + rest[open..].find('>')?;
+            pattern.push('(');
+            pattern.push_str(&converter(&rest[open + 1..close])?);
+            pattern.push(')');
+            rest = &rest[close + 1..];
         }
+        pattern.push_str(&regex::escape(rest));
         pattern.push('$');
+        let is_static = !template.contains('<');
         let methods = methods.map(|m| m.into_iter().map(|m| m.to_ascii_uppercase()).collect());
-        Some(Self { template: template.to_owned(), methods, pattern: Regex::new(&pattern).ok()?, weights })
+        Some(Self { template: template.to_owned(), methods, pattern: Regex::new(&pattern).ok()?, is_static })
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -54,34 +48,48 @@ impl Rule {
     }
 }
 
-/// The regex of a `converter(arguments):name` (or bare `name`), and its weight.
-fn converter(variable: &str) -> Option<(String, u16)> {
+/// The regex of a `converter(arguments):name` (or bare `name`); `None` for a converter or an
+/// argument whose effect we do not reproduce (`minlength`, `fixed_digits`, `min`...).
+fn converter(variable: &str) -> Option<String> {
     let Some((converter, name)) = variable.rsplit_once(':') else {
-        return valid_name(variable).then(|| ("[^/]+".to_owned(), 100));
+        return valid_name(variable).then(|| "[^/]+".to_owned());
     };
     valid_name(name).then_some(())?;
     let (kind, arguments) = match converter.split_once('(') {
         Some((kind, arguments)) => (kind.trim(), arguments.strip_suffix(')')?),
         None => (converter.trim(), ""),
     };
-    let argument = |key: &str| {
-        arguments.split(',').find_map(|a| a.trim().strip_prefix(key)?.trim_start().strip_prefix('=').map(str::trim))
-    };
+    // `key=value` arguments, all of which must be understood.
+    let keyed: Option<Vec<(&str, &str)>> = arguments
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| a.split_once('=').map(|(k, v)| (k.trim(), v.trim())))
+        .collect();
+    let only = |allowed: &[&str]| keyed.as_ref().filter(|args| args.iter().all(|(k, _)| allowed.contains(k)));
+    let argument = |key: &str| keyed.as_ref()?.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
     let regex = match kind {
-        "default" | "string" => match argument("length").and_then(|n| n.parse::<u32>().ok()) {
-            Some(length) => format!("[^/]{{{length}}}"),
-            None => "[^/]+".to_owned(),
-        },
-        "int" => {
-            let digits = if argument("signed") == Some("True") { r"-?\d+" } else { r"\d+" };
-            return Some((digits.to_owned(), 50));
+        "default" | "string" => {
+            only(&["length"])?;
+            match argument("length") {
+                Some(length) => format!("[^/]{{{}}}", length.parse::<u32>().ok()?),
+                None => "[^/]+".to_owned(),
+            }
         }
-        "float" => {
-            let number = if argument("signed") == Some("True") { r"-?\d+\.\d+" } else { r"\d+\.\d+" };
-            return Some((number.to_owned(), 50));
+        "int" | "float" => {
+            only(&["signed"])?;
+            let sign = if argument("signed") == Some("True") { "-?" } else { "" };
+            let number = if kind == "int" { r"\d+" } else { r"\d+\.\d+" };
+            format!("{sign}{number}")
         }
-        "path" => return Some(("[^/].*?".to_owned(), 200)),
-        "uuid" => "[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}".to_owned(),
+        "path" => {
+            only(&[])?;
+            "[^/].*?".to_owned()
+        }
+        "uuid" => {
+            only(&[])?;
+            "[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}".to_owned()
+        }
         "any" => {
             let items: Vec<String> = arguments
                 .split(',')
@@ -94,7 +102,7 @@ fn converter(variable: &str) -> Option<(String, u16)> {
         // An application's own converter: its pattern is unknown, so is any match through it.
         _ => return None,
     };
-    Some((regex, 100))
+    Some(regex)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -119,22 +127,25 @@ impl RuleTable {
         self.rules.len()
     }
 
-    /// The template of the rule that serves `method` `path`, when exactly one would.
+    /// The template of the rule that serves `method` `path`, when it does not depend on
+    /// werkzeug's ranking: the only rule that matches, or the only static one among them.
     pub fn template(&self, method: &str, path: &str) -> Option<&str> {
-        let mut candidates = self.rules.iter().filter(|rule| rule.matches(method, path));
-        let mut best = candidates.next()?;
-        let mut tied = false;
-        for rule in candidates {
-            match rule.weights.cmp(&best.weights) {
-                std::cmp::Ordering::Less => (best, tied) = (rule, false),
-                std::cmp::Ordering::Equal => tied = true,
-                std::cmp::Ordering::Greater => {}
+        // `strict_slashes`: werkzeug redirects `/about` when a rule is `/about/`.
+        if !path.ends_with('/') {
+            let slashed = format!("{path}/");
+            if self.rules.iter().any(|r| r.template.ends_with('/') && r.pattern.is_match(&slashed)) {
+                return None;
             }
         }
-        // An unreadable rule (a custom converter) might be the one werkzeug picks over a rule
-        // with variables; a literal rule beats any of them.
-        let maybe_beaten = self.unreadable > 0 && best.weights.iter().any(|&w| w > 0);
-        (!tied && !maybe_beaten).then_some(best.template.as_str())
+        let candidates: Vec<&Rule> = self.rules.iter().filter(|rule| rule.matches(method, path)).collect();
+        let statics: Vec<&&Rule> = candidates.iter().filter(|r| r.is_static).collect();
+        let chosen = match (&candidates[..], &statics[..]) {
+            (_, [one]) => one,
+            // A rule we could not read might be the one werkzeug picks over a dynamic rule.
+            ([one], []) if self.unreadable == 0 => one,
+            _ => return None,
+        };
+        Some(chosen.template.as_str())
     }
 }
 
@@ -151,24 +162,29 @@ mod tests {
     }
 
     #[test]
-    fn a_path_is_matched_to_its_rule_as_werkzeug_would() {
+    fn a_path_is_named_when_werkzeugs_ranking_does_not_decide() {
         let get: Option<&[&str]> = Some(&["GET", "HEAD", "OPTIONS"]);
         let t = table(&[
             ("/", get),
             ("/users/<int:uid>", get),
             ("/users/me", get),
-            ("/users/<name>", get),
+            ("/orders/<int:oid>", get),
+            ("/orders/<name>", get),
             ("/static/<path:filename>", get),
             ("/files/<path:rest>/raw", get),
             ("/report.<any(csv, json):fmt>", get),
             ("/items/<uuid:id>", Some(&["POST"])),
+            ("/about/", get),
+            ("/pages/<page>", get),
             ("/anything", None),
         ]);
         assert_eq!(t.template("GET", "/"), Some("/"));
         assert_eq!(t.template("GET", "/users/42"), Some("/users/<int:uid>"));
-        // A literal segment wins over a variable one; a name that is not digits is not an int.
+        // An exact static rule always wins.
         assert_eq!(t.template("GET", "/users/me"), Some("/users/me"));
-        assert_eq!(t.template("GET", "/users/bob"), Some("/users/<name>"));
+        // Two dynamic rules match: which one werkzeug ranks first is not ours to guess.
+        assert_eq!(t.template("GET", "/orders/7"), None);
+        assert_eq!(t.template("GET", "/orders/bob"), Some("/orders/<name>"));
         assert_eq!(t.template("GET", "/static/css/site.css"), Some("/static/<path:filename>"));
         assert_eq!(t.template("GET", "/files/a/b/raw"), Some("/files/<path:rest>/raw"));
         assert_eq!(t.template("GET", "/report.json"), Some("/report.<any(csv, json):fmt>"));
@@ -180,6 +196,11 @@ mod tests {
         assert_eq!(t.template("GET", "/nowhere/at/all"), None);
         assert_eq!(t.template("GET", "/users/42/"), None);
         assert_eq!(t.template("PATCH", "/anything"), Some("/anything"));
+        // `/about` is redirected to `/about/` (strict slashes), whatever else could match it.
+        assert_eq!(t.template("GET", "/about/"), Some("/about/"));
+        let catch_all = table(&[("/about/", get), ("/<page>", get)]);
+        assert_eq!(catch_all.template("GET", "/about"), None);
+        assert_eq!(catch_all.template("GET", "/contact"), Some("/<page>"));
     }
 
     #[test]
@@ -189,9 +210,13 @@ mod tests {
         assert!(Rule::parse("/a/<custom:x>", None).is_none());
         assert!(Rule::parse("users", None).is_none());
         assert!(Rule::parse("/a/<unclosed", None).is_none());
+        // Arguments whose effect is not reproduced make the rule unreadable.
+        for rule in ["/s/<string(minlength=2):s>", "/s/<string(2):s>", "/n/<int(fixed_digits=4):n>", "/n/<int(min=1):n>"] {
+            assert!(Rule::parse(rule, None).is_none(), "{rule}");
+        }
         let with_unknown = RuleTable::new(vec![Rule::parse("/a/<x>", None).unwrap(), Rule::parse("/b", None).unwrap()], 1);
         assert_eq!(with_unknown.template("GET", "/a/1"), None);
-        // A literal rule is still certain: no variable part could lose to the unknown one.
+        // A static rule is still certain: werkzeug prefers an exact static match.
         assert_eq!(with_unknown.template("GET", "/b"), Some("/b"));
         // Converter arguments.
         let t = table(&[("/c/<string(length=2):code>", None), ("/n/<int(signed=True):n>", None)]);

@@ -16,6 +16,19 @@ use crate::target::memory;
 /// Entries, items or attributes read from one object at most.
 const MAX_ITEMS: u64 = 1 << 16;
 
+/// Reads one [`PythonObjects`] makes at most: whatever the target's memory holds (garbage, a
+/// cycle), walking it stays bounded (~0.1 s of system calls).
+const READ_BUDGET: u32 = 100_000;
+
+/// Longest `str` read (what the frame namer reads at most); a longer one is not read at all
+/// rather than cut.
+const MAX_STR: u64 = 1024;
+
+/// `Py_TPFLAGS_MANAGED_DICT` (3.11+) and `Py_TPFLAGS_HEAPTYPE`: an instance keeps its attributes
+/// where [`PythonObjects::attribute`] looks only when its class has both.
+const MANAGED_DICT: u64 = 1 << 4;
+const HEAP_TYPE: u64 = 1 << 9;
+
 /// `PyTypeObject.tp_name`, `.tp_basicsize`, `.tp_flags`; `PyModuleObject.md_dict`;
 /// `PyListObject.ob_size` / `.ob_item`; `PySetObject.mask` / `.table`; `PyDictObject.ma_keys` /
 /// `.ma_values`: the same in every supported version.
@@ -78,20 +91,35 @@ fn layout_for(minor: u32) -> Option<ObjectLayout> {
 pub struct PythonObjects<'r> {
     runtime: &'r PythonRuntime,
     layout: ObjectLayout,
+    /// Reads left (see [`READ_BUDGET`]).
+    budget: std::cell::Cell<u32>,
 }
 
 impl<'r> PythonObjects<'r> {
     /// `None` for a version whose object layout is not known here (3.8 to 3.10).
     pub fn new(runtime: &'r PythonRuntime) -> Option<Self> {
-        Some(Self { runtime, layout: layout_for(runtime.version.1)? })
+        Some(Self { runtime, layout: layout_for(runtime.version.1)?, budget: std::cell::Cell::new(READ_BUDGET) })
     }
 
     fn pid(&self) -> u32 {
         self.runtime.pid
     }
 
+    /// Spends one read of the budget; `None` once it is spent.
+    fn spend(&self) -> Option<()> {
+        let left = self.budget.get().checked_sub(1)?;
+        self.budget.set(left);
+        Some(())
+    }
+
     fn word(&self, address: u64) -> Option<u64> {
+        self.spend()?;
         memory::read_u64(self.pid(), address)
+    }
+
+    fn bytes(&self, address: u64, len: usize) -> Option<Vec<u8>> {
+        self.spend()?;
+        memory::read_bytes(self.pid(), address, len)
     }
 
     /// `sys.modules` of the main interpreter.
@@ -107,13 +135,18 @@ impl<'r> PythonObjects<'r> {
             return None;
         }
         let name = self.word(self.word(object + layout::OBJECT_TYPE)? + TYPE_NAME)?;
+        self.spend()?;
         let bytes = memory::read_c_string(self.pid(), name, 128)?;
         String::from_utf8(bytes).ok()
     }
 
     /// The text of a `str`.
     pub fn str(&self, object: u64) -> Option<String> {
-        (self.type_name(object)? == "str").then(|| frames::read_unicode(self.pid(), object, &self.runtime.layout))?
+        if self.type_name(object)? != "str" || self.word(object + layout::UNICODE_LENGTH)? > MAX_STR {
+            return None;
+        }
+        self.spend()?;
+        frames::read_unicode(self.pid(), object, &self.runtime.layout)
     }
 
     /// A module's namespace (`module.__dict__`).
@@ -146,7 +179,7 @@ impl<'r> PythonObjects<'r> {
 
     /// Entries of a keys object, their values from `values` (a split table) or from the entries.
     fn entries(&self, keys: u64, values: Option<u64>) -> Option<Vec<(u64, u64)>> {
-        let head = memory::read_bytes(self.pid(), keys, KEYS_INDICES as usize)?;
+        let head = self.bytes(keys, KEYS_INDICES as usize)?;
         let log2_index_bytes = u32::from(head[KEYS_LOG2_INDEX_BYTES]);
         let count = u64::from_ne_bytes(head[KEYS_ENTRIES_COUNT..KEYS_ENTRIES_COUNT + 8].try_into().ok()?);
         if log2_index_bytes > 40 || count > MAX_ITEMS {
@@ -154,9 +187,9 @@ impl<'r> PythonObjects<'r> {
         }
         let (entry_bytes, key_at) = if head[KEYS_KIND] == KIND_GENERAL { (24, 8) } else { (16, 0) };
         let first = keys + KEYS_INDICES + (1u64 << log2_index_bytes);
-        let raw = memory::read_bytes(self.pid(), first, (count * entry_bytes) as usize)?;
+        let raw = self.bytes(first, (count * entry_bytes) as usize)?;
         let split_values = match values {
-            Some(at) => Some(memory::read_bytes(self.pid(), at, (count * 8) as usize)?),
+            Some(at) => Some(self.bytes(at, (count * 8) as usize)?),
             None => None,
         };
         let word = |bytes: &[u8], at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
@@ -177,8 +210,12 @@ impl<'r> PythonObjects<'r> {
 
     /// The instance attribute `name` of `object` (a plain class's instance: no `__slots__`).
     pub fn attribute(&self, object: u64, name: &str) -> Option<u64> {
-        let pid = self.pid();
         let class = self.word(object + layout::OBJECT_TYPE)?;
+        // Elsewhere (C types, `__slots__`) the words before the object are not its dict.
+        let flags = self.word(class + TYPE_FLAGS)?;
+        if flags & (MANAGED_DICT | HEAP_TYPE) != MANAGED_DICT | HEAP_TYPE {
+            return None;
+        }
         let shared_values = |values: u64| -> Option<u64> {
             let keys = self.word(class + self.layout.cached_keys)?;
             (keys != 0).then_some(())?;
@@ -187,14 +224,14 @@ impl<'r> PythonObjects<'r> {
         };
         match self.layout.managed {
             Managed::ValuesAndDict => {
-                let values = memory::read_u64(pid, object.checked_sub(32)?)?;
+                let values = self.word(object.checked_sub(32)?)?;
                 if values != 0 {
                     return shared_values(values);
                 }
-                self.dict_get(memory::read_u64(pid, object - 24)?, name)
+                self.dict_get(self.word(object - 24)?, name)
             }
             Managed::Tagged => {
-                let dict_or_values = memory::read_u64(pid, object.checked_sub(24)?)?;
+                let dict_or_values = self.word(object.checked_sub(24)?)?;
                 // Stored as `values - 1` (an odd address: values are word-aligned).
                 if dict_or_values & 1 == 1 {
                     return shared_values(dict_or_values + 1);
@@ -202,20 +239,25 @@ impl<'r> PythonObjects<'r> {
                 self.dict_get(dict_or_values, name)
             }
             Managed::Inline => {
-                let dict = memory::read_u64(pid, object.checked_sub(24)?)?;
+                let dict = self.word(object.checked_sub(24)?)?;
                 if dict != 0 {
                     return self.dict_get(dict, name);
                 }
-                let flags = self.word(class + TYPE_FLAGS)?;
                 if flags & INLINE_VALUES == 0 {
                     return None;
                 }
                 let values = object + self.word(class + TYPE_BASIC_SIZE)?;
                 // `{capacity, size, embedded, valid}`: stale values are not the object's.
-                let valid = memory::read_bytes(pid, values, 4)?[3] != 0;
+                let valid = self.bytes(values, 4)?[3] != 0;
                 valid.then(|| shared_values(values + self.layout.values_start))?
             }
         }
+    }
+
+    /// Whether `object` is `True`.
+    pub fn is_true(&self, object: u64) -> bool {
+        // A bool is an int: its size word (3.11) or tag (3.12+) is non-zero for 1.
+        self.type_name(object).as_deref() == Some("bool") && self.word(object + VAR_SIZE).is_some_and(|w| w != 0)
     }
 
     /// The items of a `list`.
@@ -228,7 +270,7 @@ impl<'r> PythonObjects<'r> {
             return None;
         }
         let items = self.word(list + LIST_ITEMS)?;
-        let raw = memory::read_bytes(self.pid(), items, size as usize * 8)?;
+        let raw = self.bytes(items, size as usize * 8)?;
         Some(raw.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().unwrap())).collect())
     }
 
@@ -242,10 +284,10 @@ impl<'r> PythonObjects<'r> {
             return None;
         }
         let table = self.word(set + SET_TABLE)?;
-        // `setentry` is {key, hash}; empty slots hold NULL, deleted ones the `<dummy>` object.
-        let raw = memory::read_bytes(self.pid(), table, (mask as usize + 1) * 16)?;
-        let keys = raw.chunks_exact(16).map(|e| u64::from_ne_bytes(e[..8].try_into().unwrap())).filter(|&k| k != 0);
-        Some(keys.filter(|&k| self.type_name(k).is_some_and(|t| t != "object")).collect())
+        // `setentry` is {key, hash}; empty slots hold NULL, deleted ones a dummy key (no caller's
+        // type: they read the items as `str`s).
+        let raw = self.bytes(table, (mask as usize + 1) * 16)?;
+        Some(raw.chunks_exact(16).map(|e| u64::from_ne_bytes(e[..8].try_into().unwrap())).filter(|&k| k != 0).collect())
     }
 }
 
