@@ -226,8 +226,7 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     }
     // The rule that served each request, read from the app's routing table, as dd-trace-py's
     // resource and `http.route` (`/orders/77` is served by `/<path:path>`).
-    let continued =
-        requests.iter().find(|s| s["resource"] == "GET /<path:path>").expect("the request with headers");
+    let continued = requests.iter().find(|s| s["resource"] == "GET /<path:path>").expect("the request with headers");
     assert_eq!(meta(continued, "http.route"), "/<path:path>");
     assert_eq!(continued["trace_id"], 4242, "{continued:#}");
     assert_eq!(continued["parent_id"], 99, "{continued:#}");
@@ -301,13 +300,13 @@ fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
 /// FastAPI on uvicorn: once an `async def` endpoint is seen through its statements' frames, the
 /// process's requests are `fastapi.request` named after the route that serves them, read from
 /// the app's routes in its memory (`GET /items/{item_id}`, `http.route`), as dd-trace-py names
-/// them; no view span (the event loop's thread serves many requests at once). A path no route
-/// serves keeps the quantized resource.
+/// them, with their endpoint's entry code origin; no view span (the event loop's thread serves
+/// many requests at once). A path no route serves keeps the quantized resource.
 #[test]
 fn fastapi_requests_are_named_after_their_route() {
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
-    let app_path = ddtrace_tests::workspace_root().join("tests/apps/fastapi_app.py");
+    let app_path = ddtrace_tests::workspace_root().join("tests/apps/fastapi_app.py").canonicalize().unwrap();
     let python = std::path::PathBuf::from(python_executable());
     let app = ddtrace_tests::target_app::ScriptChild::spawn(&python, &[app_path.to_str().unwrap()]);
     let port: u16 = app.ready_line().trim_start_matches("ready ").parse().expect("the app's port");
@@ -328,13 +327,20 @@ fn fastapi_requests_are_named_after_their_route() {
     let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| {
         spans.iter().filter(|s| s["meta"]["span.kind"] == "server").count() >= 4
     });
-    for route in ["/items/{item_id}", "/users/{name}/orders"] {
+    let file = app_path.display().to_string();
+    for (route, method, line) in [("/items/{item_id}", "item", "21"), ("/users/{name}/orders", "orders", "26")] {
         let request = spans
             .iter()
             .find(|s| s["resource"] == format!("GET {route}"))
             .unwrap_or_else(|| panic!("GET {route}\n{spans:#?}\n{}", daemon.stderr_text()));
         assert_eq!(request["name"], "fastapi.request", "{request:#}");
         assert_eq!((meta(request, "component"), meta(request, "http.route")), ("fastapi", route));
+        // dd-trace-py's entry code origin: the route's endpoint, read with the routes.
+        assert_eq!(meta(request, "_dd.code_origin.type"), "entry", "{request:#}");
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.file"), file);
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.line"), line);
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.type"), "__main__");
+        assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), method);
     }
     let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
     assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");

@@ -29,7 +29,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::routes::{django_routes, flask_routes, starlette_routes, RouteReader, RouteTable};
+use super::routes::{django_routes, flask_routes, starlette_routes, CodeOrigin, RouteMatch, RouteReader, RouteTable};
 use crate::{
     config::SpanSchema,
     core::{ContextData, ContextTree, SpanKind},
@@ -132,7 +132,12 @@ impl Served {
     }
 
     /// What a view seen in the process tells: its framework, and where its table can be read.
-    fn learn(&mut self, dispatcher: &'static Dispatcher, runtime: Option<Arc<PythonRuntime>>, module: Option<Arc<str>>) {
+    fn learn(
+        &mut self,
+        dispatcher: &'static Dispatcher,
+        runtime: Option<Arc<PythonRuntime>>,
+        module: Option<Arc<str>>,
+    ) {
         if !std::ptr::eq(self.dispatcher, dispatcher) {
             // Another framework (an exec, or two in one process): what was read is not its table.
             *self = Self::new(dispatcher);
@@ -149,7 +154,7 @@ impl Served {
 
     /// The route of the application that serves `method` `path`: the table is read at the first
     /// request and again when a request matches none (at most every [`REREAD_AFTER_MISS`]).
-    fn route(&mut self, tgid: u32, method: &str, path: &str) -> Option<String> {
+    fn route(&mut self, tgid: u32, method: &str, path: &str) -> Option<RouteMatch> {
         // Frameworks match the decoded path: an encoded one (or none) is not matched here.
         if method.is_empty() || !path.starts_with('/') || path.contains('%') {
             return None;
@@ -184,6 +189,8 @@ pub struct FrameworkRequest {
     pub component: &'static str,
     /// The route that serves the request, when the application's routing table tells.
     pub route: Option<String>,
+    /// Its handler's entry code origin, when the table holds the handler (FastAPI's routes).
+    pub origin: Option<Arc<CodeOrigin>>,
 }
 
 /// The naming of `tgid`'s server span for `method` `path` (no query), when the process is known
@@ -191,8 +198,9 @@ pub struct FrameworkRequest {
 pub fn framework_request(tgid: u32, schema: SpanSchema, method: &str, path: &str) -> Option<FrameworkRequest> {
     let mut served = served_by();
     let served = served.as_mut()?.get_mut(&tgid)?;
-    let route = served.route(tgid, method, path);
-    Some(FrameworkRequest { name: request_name(served.dispatcher, schema), component: served.dispatcher.component, route })
+    let (route, origin) = served.route(tgid, method, path).map_or((None, None), |m| (Some(m.route), m.origin));
+    let (name, component) = (request_name(served.dispatcher, schema), served.dispatcher.component);
+    Some(FrameworkRequest { name, component, route, origin })
 }
 
 fn request_name(dispatcher: &Dispatcher, schema: SpanSchema) -> &'static str {
@@ -246,11 +254,11 @@ impl Handlers {
         let Some((dispatcher, view)) = view_in(frames) else { return };
         if matches!(dispatcher.naming, Naming::NoViewSpan) {
             let module = self.module_of(tgid, &view.file);
-            served_by().get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served::new(dispatcher)).learn(
-                dispatcher,
-                runtime,
-                module,
-            );
+            served_by()
+                .get_or_insert_with(HashMap::new)
+                .entry(tgid)
+                .or_insert_with(|| Served::new(dispatcher))
+                .learn(dispatcher, runtime, module);
             return;
         }
         let method_and_path = {
@@ -263,7 +271,7 @@ impl Handlers {
             let served = served.get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served::new(dispatcher));
             served.learn(dispatcher, runtime, module.clone());
             method_and_path.and_then(|(method, path)| {
-                let route = served.route(tgid, &method, &path)?;
+                let route = served.route(tgid, &method, &path)?.route;
                 Some((format!("{method} {route}"), route))
             })
         };
@@ -339,28 +347,6 @@ fn view_in(frames: &[NamedFrame]) -> Option<(&'static Dispatcher, &NamedFrame)> 
         let view = frames[..at].iter().rev().find(|inner| !in_framework(&inner.file))?;
         Some((dispatcher, view))
     })
-}
-
-/// What dd-trace-py's code origin for spans says of an entry span: where its handler is.
-struct CodeOrigin {
-    file: String,
-    line: Option<u32>,
-    module: Option<Arc<str>>,
-    method: Arc<str>,
-}
-
-impl CodeOrigin {
-    fn tag(&self, data: &mut ContextData) {
-        data.meta.insert("_dd.code_origin.type".into(), "entry".into());
-        data.meta.insert("_dd.code_origin.frames.0.file".into(), self.file.clone());
-        if let Some(line) = self.line {
-            data.meta.insert("_dd.code_origin.frames.0.line".into(), line.to_string());
-        }
-        if let Some(module) = &self.module {
-            data.meta.insert("_dd.code_origin.frames.0.type".into(), module.to_string());
-        }
-        data.meta.insert("_dd.code_origin.frames.0.method".into(), self.method.to_string());
-    }
 }
 
 /// A view's span name for the life of the agent (span names are static); `None` once

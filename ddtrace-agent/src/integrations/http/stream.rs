@@ -164,6 +164,9 @@ impl HttpConnection {
                     data.resource = format!("{method} {route}").into();
                     data.meta.insert("http.route".into(), route);
                 }
+                if let Some(origin) = framework.origin {
+                    origin.tag(&mut data);
+                }
             }
             // A traced client at the other end is the real parent: its span is the call that
             // sent this request. Headers can only name a span of the caller's own tracer, if it

@@ -186,9 +186,8 @@ mod tests {
             regex: route_regex("api/", false).unwrap(),
             children: vec![regex_pattern(r"^orders/(?P<oid>[0-9]+)$"), pattern("users/<slug:name>")],
         };
-        let patterns = UrlPatterns {
-            entries: vec![pattern("users/<int:uid>"), pattern("users/<str:name>"), api, pattern("")],
-        };
+        let patterns =
+            UrlPatterns { entries: vec![pattern("users/<int:uid>"), pattern("users/<str:name>"), api, pattern("")] };
         assert_eq!(patterns.route_count(), 5);
         assert_eq!(patterns.route("/users/42").as_deref(), Some("users/<int:uid>"));
         assert_eq!(patterns.route("/users/bob").as_deref(), Some("users/<str:name>"));

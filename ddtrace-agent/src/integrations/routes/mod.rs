@@ -8,7 +8,52 @@ pub mod flask;
 pub mod starlette;
 pub mod werkzeug_rule;
 
-use crate::interpreters::python::objects::PythonObjects;
+use std::sync::Arc;
+
+use crate::{
+    core::ContextData,
+    interpreters::python::{
+        modules,
+        objects::{FunctionSource, PythonObjects},
+    },
+};
+
+/// What dd-trace-py's code origin for spans says of an entry span: where its handler is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeOrigin {
+    pub file: String,
+    pub line: Option<u32>,
+    pub module: Option<Arc<str>>,
+    pub method: Arc<str>,
+}
+
+impl CodeOrigin {
+    /// The origin of a handler of process `pid` written at `source`.
+    pub fn of_function(pid: u32, source: &FunctionSource, main_script: Option<&std::path::Path>) -> Self {
+        let file = modules::absolute(pid, std::path::Path::new(&*source.file)).display().to_string();
+        let module = modules::module_name(pid, &source.file, main_script).map(Into::into);
+        Self { file, line: source.first_line, module, method: source.qualname.clone() }
+    }
+
+    pub fn tag(&self, data: &mut ContextData) {
+        data.meta.insert("_dd.code_origin.type".into(), "entry".into());
+        data.meta.insert("_dd.code_origin.frames.0.file".into(), self.file.clone());
+        if let Some(line) = self.line {
+            data.meta.insert("_dd.code_origin.frames.0.line".into(), line.to_string());
+        }
+        if let Some(module) = &self.module {
+            data.meta.insert("_dd.code_origin.frames.0.type".into(), module.to_string());
+        }
+        data.meta.insert("_dd.code_origin.frames.0.method".into(), self.method.to_string());
+    }
+}
+
+/// The route that serves a request, and its handler's origin when the table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub route: String,
+    pub origin: Option<Arc<CodeOrigin>>,
+}
 
 /// A framework's routing table.
 #[derive(Debug, Clone)]
@@ -21,10 +66,11 @@ pub enum RouteTable {
 impl RouteTable {
     /// The route serving `method` `path`, as the framework writes it; `None` when none does or
     /// which one does cannot be told for sure.
-    pub fn route(&self, method: &str, path: &str) -> Option<String> {
+    pub fn route(&self, method: &str, path: &str) -> Option<RouteMatch> {
+        let bare = |route: String| RouteMatch { route, origin: None };
         match self {
-            Self::Werkzeug(rules) => rules.template(method, path).map(str::to_owned),
-            Self::Django(patterns) => patterns.route(path),
+            Self::Werkzeug(rules) => rules.template(method, path).map(|t| bare(t.to_owned())),
+            Self::Django(patterns) => patterns.route(path).map(bare),
             Self::Starlette(routes) => routes.route(method, path),
         }
     }

@@ -3,13 +3,22 @@
 //! route's `path` (`/items/{item_id}`, `/files/{rest:path}`) and `methods`. Starlette serves a
 //! request with the first route whose path and method both match, in order.
 
+use std::sync::Arc;
+
 use regex::Regex;
 
-use crate::interpreters::python::objects::PythonObjects;
+use super::{CodeOrigin, RouteMatch};
+use crate::interpreters::python::{modules, objects::PythonObjects};
 
 #[derive(Debug, Clone)]
 enum Entry {
-    Route { path: String, methods: Option<Vec<String>>, regex: Regex },
+    Route {
+        path: String,
+        methods: Option<Vec<String>>,
+        regex: Regex,
+        /// Where its endpoint is written: dd-trace-py's entry code origin for the request.
+        origin: Option<Arc<CodeOrigin>>,
+    },
     /// A mount, a websocket route, a path with a converter of the application's own: a request
     /// it might serve gets no route.
     Unreadable,
@@ -26,15 +35,15 @@ impl Routes {
         self.entries.iter().filter(|e| matches!(e, Entry::Route { .. })).count()
     }
 
-    /// The path template of the route that serves `method` `path`.
-    pub fn route(&self, method: &str, path: &str) -> Option<String> {
+    /// The path template of the route that serves `method` `path`, with its endpoint's origin.
+    pub fn route(&self, method: &str, path: &str) -> Option<RouteMatch> {
         for entry in &self.entries {
             match entry {
                 Entry::Unreadable => return None,
-                Entry::Route { path: template, methods, regex } => {
+                Entry::Route { path: template, methods, regex, origin } => {
                     let allowed = methods.as_ref().is_none_or(|m| m.iter().any(|m| m == method));
                     if allowed && regex.is_match(path) {
-                        return Some(template.clone());
+                        return Some(RouteMatch { route: template.clone(), origin: origin.clone() });
                     }
                 }
             }
@@ -73,11 +82,15 @@ pub fn read_routes(objects: &PythonObjects<'_>, view_module: Option<&str>) -> Op
     let app = super::single_instance(objects, view_module, &["FastAPI", "Starlette"])?;
     let router = objects.attribute(app, "router")?;
     let items = objects.list_items(objects.attribute(router, "routes")?)?;
-    let entries = items.into_iter().map(|item| read_entry(objects, item).unwrap_or(Entry::Unreadable)).collect();
+    let main_script = modules::main_script(objects.pid());
+    let entries = items
+        .into_iter()
+        .map(|item| read_entry(objects, item, main_script.as_deref()).unwrap_or(Entry::Unreadable))
+        .collect();
     Some(Routes { entries })
 }
 
-fn read_entry(objects: &PythonObjects<'_>, item: u64) -> Option<Entry> {
+fn read_entry(objects: &PythonObjects<'_>, item: u64, main_script: Option<&std::path::Path>) -> Option<Entry> {
     if !matches!(objects.type_name(item)?.as_str(), "APIRoute" | "Route") {
         return None;
     }
@@ -88,7 +101,11 @@ fn read_entry(objects: &PythonObjects<'_>, item: u64) -> Option<Entry> {
         _ => Some(objects.set_items(methods)?.into_iter().filter_map(|m| objects.str(m)).collect()),
     };
     let regex = path_regex(&path)?;
-    Some(Entry::Route { path, methods, regex })
+    let origin = objects
+        .attribute(item, "endpoint")
+        .and_then(|endpoint| objects.function_source(endpoint))
+        .map(|source| Arc::new(CodeOrigin::of_function(objects.pid(), &source, main_script)));
+    Some(Entry::Route { path, methods, regex, origin })
 }
 
 #[cfg(test)]
@@ -97,7 +114,7 @@ mod tests {
 
     fn route(path: &str, methods: &[&str]) -> Entry {
         let methods = Some(methods.iter().map(|m| m.to_string()).collect());
-        Entry::Route { path: path.to_owned(), methods, regex: path_regex(path).unwrap() }
+        Entry::Route { path: path.to_owned(), methods, regex: path_regex(path).unwrap(), origin: None }
     }
 
     #[test]
@@ -112,11 +129,11 @@ mod tests {
             ],
         };
         assert_eq!(routes.route_count(), 5);
-        assert_eq!(routes.route("GET", "/items/3").as_deref(), Some("/items/{item_id:int}"));
-        assert_eq!(routes.route("GET", "/items/bob").as_deref(), Some("/items/{name}"));
-        assert_eq!(routes.route("POST", "/items/3").as_deref(), Some("/items/{name}"));
-        assert_eq!(routes.route("GET", "/files/a/b.txt").as_deref(), Some("/files/{rest:path}"));
-        assert_eq!(routes.route("GET", "/").as_deref(), Some("/"));
+        assert_eq!(routes.route("GET", "/items/3").map(|m| m.route).as_deref(), Some("/items/{item_id:int}"));
+        assert_eq!(routes.route("GET", "/items/bob").map(|m| m.route).as_deref(), Some("/items/{name}"));
+        assert_eq!(routes.route("POST", "/items/3").map(|m| m.route).as_deref(), Some("/items/{name}"));
+        assert_eq!(routes.route("GET", "/files/a/b.txt").map(|m| m.route).as_deref(), Some("/files/{rest:path}"));
+        assert_eq!(routes.route("GET", "/").map(|m| m.route).as_deref(), Some("/"));
         assert_eq!(routes.route("DELETE", "/items/3"), None);
         assert_eq!(routes.route("GET", "/nowhere/x"), None);
         // Something unreadable before the match: unsure.

@@ -107,7 +107,8 @@ fn converter(variable: &str) -> Option<String> {
 
 fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// An application's rules.
@@ -211,10 +212,13 @@ mod tests {
         assert!(Rule::parse("users", None).is_none());
         assert!(Rule::parse("/a/<unclosed", None).is_none());
         // Arguments whose effect is not reproduced make the rule unreadable.
-        for rule in ["/s/<string(minlength=2):s>", "/s/<string(2):s>", "/n/<int(fixed_digits=4):n>", "/n/<int(min=1):n>"] {
+        for rule in
+            ["/s/<string(minlength=2):s>", "/s/<string(2):s>", "/n/<int(fixed_digits=4):n>", "/n/<int(min=1):n>"]
+        {
             assert!(Rule::parse(rule, None).is_none(), "{rule}");
         }
-        let with_unknown = RuleTable::new(vec![Rule::parse("/a/<x>", None).unwrap(), Rule::parse("/b", None).unwrap()], 1);
+        let with_unknown =
+            RuleTable::new(vec![Rule::parse("/a/<x>", None).unwrap(), Rule::parse("/b", None).unwrap()], 1);
         assert_eq!(with_unknown.template("GET", "/a/1"), None);
         // A static rule is still certain: werkzeug prefers an exact static match.
         assert_eq!(with_unknown.template("GET", "/b"), Some("/b"));

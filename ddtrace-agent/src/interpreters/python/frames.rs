@@ -256,6 +256,17 @@ fn read_identity(pid: u32, address: u64, layout: &VersionLayout) -> Option<[u64;
     Some(identity(&memory::read_bytes(pid, address, CODE_HEAD_BYTES)?, layout))
 }
 
+/// The qualified name, file and first line of the code object at `address` (for `objects`).
+pub(super) fn code_source(
+    pid: u32,
+    address: u64,
+    layout: &VersionLayout,
+    code_type: u64,
+) -> Option<(Arc<str>, Arc<str>, i64)> {
+    let code = read_code(pid, address, layout, code_type)?;
+    Some((code.function, code.file, code.first_line))
+}
+
 /// Reads the code object at `address`, `None` when it is not one (its type is not
 /// `PyCode_Type`: 3.13's shim frames hold `None`) or cannot be read.
 fn read_code(pid: u32, address: u64, layout: &VersionLayout, code_type: u64) -> Option<CodeInfo> {

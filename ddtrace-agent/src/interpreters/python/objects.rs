@@ -24,6 +24,17 @@ const READ_BUDGET: u32 = 100_000;
 /// rather than cut.
 const MAX_STR: u64 = 1024;
 
+/// `PyFunctionObject.func_code` (3.11 to 3.13).
+const FUNCTION_CODE: u64 = 48;
+
+/// Where a function is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionSource {
+    pub qualname: std::sync::Arc<str>,
+    pub file: std::sync::Arc<str>,
+    pub first_line: Option<u32>,
+}
+
 /// `Py_TPFLAGS_MANAGED_DICT` (3.11+) and `Py_TPFLAGS_HEAPTYPE`: an instance keeps its attributes
 /// where [`PythonObjects::attribute`] looks only when its class has both.
 const MANAGED_DICT: u64 = 1 << 4;
@@ -101,7 +112,8 @@ impl<'r> PythonObjects<'r> {
         Some(Self { runtime, layout: layout_for(runtime.version.1)?, budget: std::cell::Cell::new(READ_BUDGET) })
     }
 
-    fn pid(&self) -> u32 {
+    /// The process read.
+    pub fn pid(&self) -> u32 {
         self.runtime.pid
     }
 
@@ -254,6 +266,19 @@ impl<'r> PythonObjects<'r> {
         }
     }
 
+    /// Where a Python function is written: its qualified name, file and first line (a
+    /// decorated function's first decorator).
+    pub fn function_source(&self, function: u64) -> Option<FunctionSource> {
+        if self.type_name(function)? != "function" {
+            return None;
+        }
+        let code = self.word(function + FUNCTION_CODE)?;
+        self.spend()?;
+        let (qualname, file, first_line) =
+            frames::code_source(self.pid(), code, &self.runtime.layout, self.runtime.code_type)?;
+        Some(FunctionSource { qualname, file, first_line: u32::try_from(first_line).ok() })
+    }
+
     /// Whether `object` is `True`.
     pub fn is_true(&self, object: u64) -> bool {
         // A bool is an int: its size word (3.11) or tag (3.12+) is non-zero for 1.
@@ -308,6 +333,8 @@ class Box:
 box = Box()
 late = Box()
 late.__dict__["extra"] = "made the dict"
+def helper():
+    pass
 print("ready", id(box), id(late), flush=True)
 sys.stdin.readline()
 "#;
@@ -335,6 +362,8 @@ sys.stdin.readline()
             assert_eq!(objects.attribute(object, "absent"), None);
         }
         assert_eq!(objects.attribute(words[1], "extra").and_then(|e| objects.str(e)).as_deref(), Some("made the dict"));
+        let init = objects.dict_get(globals, "helper").and_then(|f| objects.function_source(f)).expect("a function");
+        assert_eq!((&*init.qualname, &*init.file, init.first_line), ("helper", "<string>", Some(11)));
         // A non-object address is nothing, not garbage.
         assert_eq!(objects.dict_items(words[0]), None);
         assert_eq!(objects.list_items(modules), None);
