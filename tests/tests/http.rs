@@ -255,6 +255,16 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
 /// gunicorn's gthread workers serve requests on a pool of threads, several at once: each
 /// request's view (seen through its statements, on the thread that serves it) is that request's
 /// child, and its statements the view's.
+/// The request to `/nope/...` (no route serves it) keeps the quantized resource and no
+/// `http.route`; the test agent's checks passed; the daemon stops cleanly.
+fn the_404_has_no_route_and_the_run_ends_clean(spans: &[Value], agent: &TestAgent, mut daemon: AgentProcess) {
+    let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
+    assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
 /// A Flask app served by werkzeug's threaded server (a thread per request): each request's span
 /// is named after the rule that served it, read from the app's routing table in its memory, as
 /// dd-trace-py names it (`GET /users/<int:uid>`, `http.route`), also when its view makes no call
@@ -290,11 +300,7 @@ fn werkzeug_threaded_server_requests_are_named_after_their_flask_rule() {
         assert_eq!(meta(request, "component"), "flask");
         assert!(spans.iter().any(|s| s["name"] == "__main__.user" && s["parent_id"] == request["span_id"]));
     }
-    let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
-    assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");
-    agent.assert_checks_passed();
-    daemon.signal(libc::SIGINT);
-    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    the_404_has_no_route_and_the_run_ends_clean(&spans, &agent, daemon);
 }
 
 /// FastAPI on uvicorn: once an `async def` endpoint is seen through its statements' frames, the
@@ -342,11 +348,7 @@ fn fastapi_requests_are_named_after_their_route() {
         assert_eq!(meta(request, "_dd.code_origin.frames.0.type"), "__main__");
         assert_eq!(meta(request, "_dd.code_origin.frames.0.method"), method);
     }
-    let unrouted = spans.iter().find(|s| s["resource"] == "GET /nope/?").expect("the 404, quantized");
-    assert!(unrouted["meta"].get("http.route").is_none(), "{unrouted:#}");
-    agent.assert_checks_passed();
-    daemon.signal(libc::SIGINT);
-    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    the_404_has_no_route_and_the_run_ends_clean(&spans, &agent, daemon);
 }
 
 #[test]
