@@ -252,9 +252,6 @@ fn gunicorn_requests_parent_their_sqlite_queries_and_downstream_calls_and_contin
     server.stop();
 }
 
-/// gunicorn's gthread workers serve requests on a pool of threads, several at once: each
-/// request's view (seen through its statements, on the thread that serves it) is that request's
-/// child, and its statements the view's.
 /// The request to `/nope/...` (no route serves it) keeps the quantized resource and no
 /// `http.route`; the test agent's checks passed; the daemon stops cleanly.
 fn the_404_has_no_route_and_the_run_ends_clean(spans: &[Value], agent: &TestAgent, mut daemon: AgentProcess) {
@@ -351,6 +348,9 @@ fn fastapi_requests_are_named_after_their_route() {
     the_404_has_no_route_and_the_run_ends_clean(&spans, &agent, daemon);
 }
 
+/// gunicorn's gthread workers serve requests on a pool of threads, several at once: each
+/// request's view (seen through its statements, on the thread that serves it) is that request's
+/// child, and its statements the view's.
 #[test]
 fn gthread_workers_give_each_concurrent_request_its_own_view() {
     let _serial = ddtrace_tests::serial();

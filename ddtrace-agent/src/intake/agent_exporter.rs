@@ -131,22 +131,11 @@ impl TraceSink for AgentExporter {
     fn send(&mut self, chunks: Vec<TraceChunk>) -> Result<(), IntakeError> {
         let mut payloads: Vec<EncodedPayload> = Vec::new();
         for chunk in chunks.iter().filter(|c| !c.spans.is_empty()) {
-            let container = chunk.container_id.as_deref();
-            let at = match payloads.iter().position(|p| p.container_id.as_deref() == container) {
-                Some(at) => at,
-                None => {
-                    let mut payload = EncodedPayload { container_id: chunk.container_id.clone(), ..Default::default() };
-                    self.encoder.start(&mut payload.bytes);
-                    payloads.push(payload);
-                    payloads.len() - 1
-                }
-            };
-            self.encoder.append(chunk, &mut payloads[at].bytes);
-            payloads[at].chunks += 1;
-            payloads[at].spans += chunk.spans.len();
+            let at = EncodedPayload::index_for(&mut payloads, chunk, &self.encoder, 0);
+            payloads[at].append(&self.encoder, chunk);
         }
         for mut payload in payloads {
-            self.encoder.finish(&mut payload.bytes, payload.chunks);
+            payload.finish(&self.encoder);
             // The next payloads would wait out the same timeouts and retries.
             self.send_encoded(payload)?;
         }

@@ -56,6 +56,41 @@ pub struct EncodedPayload {
     pub spans: usize,
 }
 
+impl EncodedPayload {
+    /// The index in `payloads` of the one for `chunk`'s container, a new one (its buffer
+    /// starting at `capacity`) started at the end when there is none.
+    pub fn index_for(
+        payloads: &mut Vec<EncodedPayload>,
+        chunk: &traces::TraceChunk,
+        encoder: &msgpack_v04::V04Encoder,
+        capacity: usize,
+    ) -> usize {
+        let container = chunk.container_id.as_deref();
+        if let Some(at) = payloads.iter().position(|p| p.container_id.as_deref() == container) {
+            return at;
+        }
+        let mut payload = Self {
+            container_id: chunk.container_id.clone(),
+            bytes: Vec::with_capacity(capacity),
+            ..Default::default()
+        };
+        encoder.start(&mut payload.bytes);
+        payloads.push(payload);
+        payloads.len() - 1
+    }
+
+    pub fn append(&mut self, encoder: &msgpack_v04::V04Encoder, chunk: &traces::TraceChunk) {
+        encoder.append(chunk, &mut self.bytes);
+        self.chunks += 1;
+        self.spans += chunk.spans.len();
+    }
+
+    /// Ready to send: the header says how many traces follow.
+    pub fn finish(&mut self, encoder: &msgpack_v04::V04Encoder) {
+        encoder.finish(&mut self.bytes, self.chunks);
+    }
+}
+
 /// What can go wrong while delivering data, phrased for the person running the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {

@@ -252,28 +252,24 @@ impl Handlers {
             return;
         }
         let Some((dispatcher, view)) = view_in(frames) else { return };
-        if matches!(dispatcher.naming, Naming::NoViewSpan) {
-            let module = self.module_of(tgid, &view.file);
-            served_by()
-                .get_or_insert_with(HashMap::new)
-                .entry(tgid)
-                .or_insert_with(|| Served::new(dispatcher))
-                .learn(dispatcher, runtime, module);
-            return;
-        }
-        let method_and_path = {
+        // The request was named after its route as it arrived, unless the process's framework
+        // was not known yet (its first view, seen now).
+        let unnamed = !innermost.data.meta.contains_key("http.route");
+        let method_and_path = unnamed.then(|| {
             let meta = &innermost.data.meta;
             meta.get("http.method").cloned().zip(meta.get("http.url").and_then(|url| path_of(url)).map(str::to_owned))
-        };
+        });
         let module = self.module_of(tgid, &view.file);
         let route = {
             let mut served = served_by();
             let served = served.get_or_insert_with(HashMap::new).entry(tgid).or_insert_with(|| Served::new(dispatcher));
             served.learn(dispatcher, runtime, module.clone());
-            method_and_path.and_then(|(method, path)| {
-                let route = served.route(tgid, &method, &path)?.route;
-                Some((format!("{method} {route}"), route))
-            })
+            if matches!(dispatcher.naming, Naming::NoViewSpan) {
+                return;
+            }
+            method_and_path
+                .flatten()
+                .and_then(|(method, path)| Some((served.route(tgid, &method, &path)?.route, method)))
         };
         let qualified = |function: &str| match &module {
             Some(module) => format!("{module}.{function}"),
@@ -286,6 +282,7 @@ impl Handlers {
                 (name, name.to_owned())
             }
             Naming::DjangoView => ("django.view", qualified(&view.function)),
+            // Returned above: no view span.
             Naming::NoViewSpan => return,
         };
         let file = modules::absolute(tgid, std::path::Path::new(&*view.file)).display().to_string();
@@ -297,10 +294,8 @@ impl Handlers {
         contexts.annotate(tid, request, |request| {
             origin.tag(request);
             (request.name, request.component) = (request_name, dispatcher.component);
-            // As dd-trace-py: the matched rule, in the resource and `http.route`.
-            if let Some((resource, template)) = route {
-                request.resource = resource.into();
-                request.meta.insert("http.route".into(), template);
+            if let Some((route, method)) = route {
+                name_after_route(request, &method, route);
             }
         });
         contexts.start(tgid, tid, ktime_ns, VIEW_FRAME, data);
@@ -323,6 +318,12 @@ impl Handlers {
         self.modules.insert((tgid, file.clone()), module.clone());
         module
     }
+}
+
+/// As dd-trace-py names a request served by a framework's route: `METHOD route` and `http.route`.
+pub fn name_after_route(request: &mut ContextData, method: &str, route: String) {
+    request.resource = format!("{method} {route}").into();
+    request.meta.insert("http.route".into(), route);
 }
 
 /// The path of a `scheme://host/path?query` URL.

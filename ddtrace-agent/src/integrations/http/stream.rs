@@ -159,10 +159,8 @@ impl HttpConnection {
             let path = target.split(['?', '#']).next().unwrap_or(target);
             if let Some(framework) = handlers::framework_request(at.tgid, self.settings.schema, method, path) {
                 (data.name, data.component) = (framework.name, framework.component);
-                // The route that serves it, as the framework's in-process integration names it.
                 if let Some(route) = framework.route {
-                    data.resource = format!("{method} {route}").into();
-                    data.meta.insert("http.route".into(), route);
+                    handlers::name_after_route(&mut data, method, route);
                 }
                 if let Some(origin) = framework.origin {
                     origin.tag(&mut data);

@@ -59,11 +59,7 @@ fn read_rule(objects: &PythonObjects<'_>, rule: u64) -> Option<Rule> {
         }
     }
     let template = objects.str(objects.attribute(rule, "rule")?)?;
-    let methods = objects.attribute(rule, "methods")?;
-    let methods = match objects.type_name(methods)?.as_str() {
-        "NoneType" => None,
-        _ => Some(objects.set_items(methods)?.into_iter().filter_map(|m| objects.str(m)).collect()),
-    };
+    let methods = super::methods(objects, rule)?;
     Rule::parse(&template, methods)
 }
 

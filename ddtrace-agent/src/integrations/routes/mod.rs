@@ -103,6 +103,16 @@ pub fn starlette_routes(objects: &PythonObjects<'_>, view_module: Option<&str>) 
     starlette::read_routes(objects, view_module).map(RouteTable::Starlette)
 }
 
+/// A route object's `methods`: `None` for any method (the attribute is `None`), else the set's
+/// names; the outer `None` when it cannot be read.
+fn methods(objects: &PythonObjects<'_>, route: u64) -> Option<Option<Vec<String>>> {
+    let methods = objects.attribute(route, "methods")?;
+    Some(match objects.type_name(methods)?.as_str() {
+        "NoneType" => None,
+        _ => Some(objects.set_items(methods)?.into_iter().filter_map(|m| objects.str(m)).collect()),
+    })
+}
+
 /// The one instance of a class named in `types` in `view_module`'s namespace, else in
 /// `__main__`'s; `None` when there is none, or two (which one served the request is unknown).
 fn single_instance(objects: &PythonObjects<'_>, view_module: Option<&str>, types: &[&str]) -> Option<u64> {

@@ -95,11 +95,7 @@ fn read_entry(objects: &PythonObjects<'_>, item: u64, main_script: Option<&std::
         return None;
     }
     let path = objects.str(objects.attribute(item, "path")?)?;
-    let methods = objects.attribute(item, "methods")?;
-    let methods = match objects.type_name(methods)?.as_str() {
-        "NoneType" => None,
-        _ => Some(objects.set_items(methods)?.into_iter().filter_map(|m| objects.str(m)).collect()),
-    };
+    let methods = super::methods(objects, item)?;
     let regex = path_regex(&path)?;
     let origin = objects
         .attribute(item, "endpoint")

@@ -73,28 +73,14 @@ impl Encoding {
         if chunk.spans.is_empty() {
             return Some(false);
         }
-        let container = chunk.container_id.as_deref();
-        let at = match payloads.open.iter().position(|p| p.container_id.as_deref() == container) {
-            Some(at) => at,
-            None => {
-                let mut payload = EncodedPayload {
-                    container_id: chunk.container_id.clone(),
-                    // Grows by doubling to the budget: a quiet service's payloads stay small.
-                    bytes: Vec::with_capacity(INITIAL_PAYLOAD_BYTES),
-                    ..Default::default()
-                };
-                self.encoder.start(&mut payload.bytes);
-                payloads.queued_bytes += payload.bytes.capacity();
-                payloads.open.push(payload);
-                payloads.open.len() - 1
-            }
-        };
+        // Grows by doubling to the budget: a quiet service's payloads stay small.
+        let opened = payloads.open.len();
+        let at = EncodedPayload::index_for(&mut payloads.open, chunk, &self.encoder, INITIAL_PAYLOAD_BYTES);
         let payload = &mut payloads.open[at];
-        // Counted by capacity: a buffer that doubled holds its whole allocation.
-        let before = payload.bytes.capacity();
-        self.encoder.append(chunk, &mut payload.bytes);
-        payload.chunks += 1;
-        payload.spans += chunk.spans.len();
+        // Counted by capacity: a buffer that doubled holds its whole allocation (all of it for
+        // a payload started just now).
+        let before = if at == opened { 0 } else { payload.bytes.capacity() };
+        payload.append(&self.encoder, chunk);
         let (grown, full) = (payload.bytes.capacity() - before, payload.bytes.len() >= PAYLOAD_BYTES);
         payloads.queued_bytes += grown;
         if full {
@@ -126,7 +112,7 @@ impl Encoding {
             taken
         };
         for payload in &mut taken {
-            self.encoder.finish(&mut payload.bytes, payload.chunks);
+            payload.finish(&self.encoder);
         }
         taken
     }
