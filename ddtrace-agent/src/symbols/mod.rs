@@ -16,6 +16,7 @@ mod debug_info;
 mod elf;
 pub mod go_build_info;
 pub mod go_pclntab;
+pub mod go_probe_sites;
 #[cfg(test)]
 mod go_test_build;
 mod mapped_file;
