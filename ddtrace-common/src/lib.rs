@@ -53,6 +53,50 @@ pub mod probe_flags {
     pub const FORGET_CALLER: u32 = 1 << 7;
 }
 
+/// A probe in Go code ([`ProbeSpec::go`]): when it counts, where a return site finds the
+/// result, and how a `crypto/tls.Conn` leads to its socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoSiteSpec {
+    /// 0: every hit counts; else [`go_site::BRANCH_DECIDES`] with the x86 condition code of the
+    /// `jcc` at the site in the low nibble and [`go_site::WHEN_TAKEN`] when the hit counts only
+    /// if the branch is taken (else only if it is not).
+    pub only_if: u32,
+    /// Return sites: [`go_site::RESULT_IN_REGISTER`] with the x86 register number, or
+    /// [`go_site::RESULT_ON_STACK`] with the offset from the stack pointer in the low 16 bits.
+    pub result: u32,
+    /// Where the `*net.TCPConn` and `*net.UnixConn` itabs (as `net.Conn`) are, from this
+    /// site's address (PIE-proof: both move with the binary); 0 when not found.
+    pub conn_itabs: [i64; 2],
+    /// `crypto/tls.Conn.conn` (a `net.Conn` interface).
+    pub tls_conn_conn: u16,
+    /// `net.conn.fd` (a `*net.netFD`) in the `TCPConn`/`UnixConn` the interface holds.
+    pub conn_fd: u16,
+    /// `net.netFD.pfd.Sysfd` (an `int`).
+    pub netfd_sysfd: u16,
+    pub _pad: u16,
+}
+
+/// [`GoSiteSpec`] encodings.
+pub mod go_site {
+    pub const BRANCH_DECIDES: u32 = 1 << 8;
+    pub const WHEN_TAKEN: u32 = 1 << 4;
+    pub const CONDITION_MASK: u32 = 0xf;
+    pub const RESULT_IN_REGISTER: u32 = 1 << 24;
+    pub const RESULT_ON_STACK: u32 = 2 << 24;
+    pub const RESULT_KIND_MASK: u32 = 0xff << 24;
+}
+
+/// A goroutine's call in flight, by process and goroutine (`runtime.g` address, in R14 in
+/// Go's register ABI): goroutines move between threads, so a thread says nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GoroutineKey {
+    pub g: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
 /// What the kernel does for one attached probe; the daemon writes it at `PROBE_SPECS[probe_id]`
 /// before attaching, and passes `probe_id` as the attach cookie.
 #[repr(C)]
@@ -67,6 +111,8 @@ pub struct ProbeSpec {
     /// return value ends the run (the object may be freed, and its address reused).
     pub same_caller_while_ret: u32,
     pub _pad: u32,
+    /// Probes in Go code.
+    pub go: GoSiteSpec,
 }
 
 /// [`EventHeader::kind`] values.
@@ -566,6 +612,8 @@ pub mod names {
     pub const SYSCALL_EXIT_PROGRAM: &str = "ddtrace_syscall_exit";
     pub const TLS_ENTRY_PROGRAM: &str = "ddtrace_tls_entry";
     pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";
+    pub const GO_TLS_ENTRY_PROGRAM: &str = "ddtrace_go_tls_entry";
+    pub const GO_TLS_RETURN_PROGRAM: &str = "ddtrace_go_tls_return";
     pub const SOCKETS: &str = "SOCKETS";
     /// The [`super::SocketLayout`] global.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";

@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod go_tls;
 mod opt_in;
 mod python;
 mod socket_addresses;

@@ -48,6 +48,16 @@ pub fn build_rust(source: &str, name: &str) -> PathBuf {
 /// `name`: static (no cgo, so no libc: Go's own raw system calls are what the daemon must see),
 /// offline (no module proxy), with the build cache under `target/` so later builds are quick.
 pub fn build_go(source: &str, name: &str) -> PathBuf {
+    build_go_with(source, name, &[])
+}
+
+/// [`build_go`], stripped as release builds often are (`-ldflags=-s -w`: no symbol table, no
+/// DWARF; Go's own function table stays).
+pub fn build_go_stripped(source: &str, name: &str) -> PathBuf {
+    build_go_with(source, name, &["-ldflags=-s -w"])
+}
+
+fn build_go_with(source: &str, name: &str, flags: &[&str]) -> PathBuf {
     let target = workspace_root().join("target");
     let dir = target.join("test-apps");
     std::fs::create_dir_all(&dir).unwrap();
@@ -55,6 +65,7 @@ pub fn build_go(source: &str, name: &str) -> PathBuf {
     let source = workspace_root().join("tests/apps").join(source);
     let result = Command::new("go")
         .arg("build")
+        .args(flags)
         .arg("-o")
         .arg(&output)
         .arg(&source)

@@ -14,7 +14,7 @@ use std::{
 use ddtrace_tests::{
     agent_process::AgentProcess,
     http::free_port,
-    native_app::{build_go, NativeApp},
+    native_app::{build_go, build_go_stripped, NativeApp},
     test_agent::TestAgent,
 };
 use serde_json::Value;
@@ -34,6 +34,12 @@ fn go_http() -> &'static Path {
     })
 }
 
+/// The test program stripped (`-s -w`), as a release build would be.
+fn go_http_stripped() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| build_go_stripped("go_http/main.go", "go_http_stripped"))
+}
+
 /// `go_http server PORT`, listening once started.
 struct GoServer {
     app: NativeApp,
@@ -46,13 +52,22 @@ impl GoServer {
         let app = NativeApp::spawn(go_http(), &["server", &port.to_string()]);
         Self { app, port }
     }
+
+    /// `go_http tls-server PORT` of the stripped build: HTTPS on Go's own crypto/tls.
+    fn start_tls() -> Self {
+        let port = free_port();
+        let app = NativeApp::spawn(go_http_stripped(), &["tls-server", &port.to_string()]);
+        Self { app, port }
+    }
 }
 
 /// The daemon attached to `pid`, sending to `agent` as `service`, once it says it is tracing.
 fn attach(pid: u32, agent: &TestAgent, service: &str) -> AgentProcess {
     let pid = pid.to_string();
     let url = agent.url();
-    let mut daemon = AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service]);
+    // --stats: the probe sites are reported, for the checks of the program's code.
+    let mut daemon =
+        AgentProcess::start(&["--pid", &pid, "--agent-url", &url, "--service", service, "--stats", "600"]);
     daemon.wait_attached(ATTACH_TIMEOUT);
     daemon
 }
@@ -126,9 +141,8 @@ fn parent_id(span: &Value) -> u64 {
     span["parent_id"].as_u64().unwrap_or(0)
 }
 
-/// The addresses where `pid`'s executable code differs from its file: a uprobe (and so a
-/// uretprobe, which starts as one) is a breakpoint instruction written into the process's copy of
-/// the page, so none may show in Go code, whose moving stacks a uretprobe would break.
+/// The file offsets where `pid`'s executable code differs from its file: a uprobe is a
+/// breakpoint instruction written into the process's copy of the page.
 fn patched_code(pid: u32, binary: &Path) -> Vec<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let file = std::fs::read(binary).unwrap();
@@ -148,16 +162,44 @@ fn patched_code(pid: u32, binary: &Path) -> Vec<u64> {
         let mut live = vec![0; len];
         std::os::unix::fs::FileExt::read_exact_at(&memory, &mut live, start).unwrap();
         code_bytes += len;
-        patched.extend(
-            live.iter()
-                .zip(&file[offset..offset + len])
-                .enumerate()
-                .filter(|(_, (a, b))| a != b)
-                .map(|(i, _)| start + i as u64),
-        );
+        for (i, (live, original)) in live.iter().zip(&file[offset..offset + len]).enumerate() {
+            if live != original {
+                assert_eq!(*live, 0xcc, "a changed byte that is not a breakpoint at file offset {:#x}", offset + i);
+                patched.push((offset + i) as u64);
+            }
+        }
     }
     assert!(code_bytes > 1 << 20, "no executable mapping of {} in pid {pid}:\n{maps}", binary.display());
     patched
+}
+
+/// The probe sites the daemon reported (`--stats`) in `binary`: (file offset, emulated).
+fn reported_sites(stderr: &str, binary: &Path) -> Vec<(u64, bool)> {
+    let marker = format!(" in {} at file offset 0x", binary.display());
+    stderr
+        .lines()
+        .filter(|line| line.contains("probe site"))
+        .filter_map(|line| {
+            let rest = &line[line.find(&marker)? + marker.len()..];
+            let offset = u64::from_str_radix(rest.split(',').next()?, 16).ok()?;
+            Some((offset, line.ends_with(": emulated")))
+        })
+        .collect()
+}
+
+/// While attached, the Go program's code differs from its file only by breakpoints at the
+/// reported sites, each on an instruction the kernel emulates (never a uretprobe: none of
+/// those shows a site).
+fn assert_only_reported_sites_patched(pid: u32, binary: &Path, daemon: &AgentProcess) {
+    let stderr = daemon.stderr_text();
+    let sites = reported_sites(&stderr, binary);
+    assert!(!sites.is_empty(), "crypto/tls probe sites reported:\n{stderr}");
+    assert!(sites.iter().all(|(_, emulated)| *emulated), "every site emulated:\n{stderr}");
+    let mut patched = patched_code(pid, binary);
+    let mut expected: Vec<u64> = sites.iter().map(|(offset, _)| *offset).collect();
+    patched.sort();
+    expected.sort();
+    assert_eq!(patched, expected, "breakpoints exactly at the reported sites");
 }
 
 #[test]
@@ -228,9 +270,9 @@ fn go_server_requests_become_one_web_span_each_and_continue_the_callers_trace() 
     assert_eq!(meta(file, "http.status_code"), "200");
     assert!(!is_error(file), "{file:#}");
     agent.assert_checks_passed();
-    // Still attached: not one probe in the Go program (sockets are seen from tracepoints).
-    let patched = patched_code(server.app.pid(), go_http());
-    assert!(patched.is_empty(), "breakpoints in Go code at {patched:x?}");
+    // Still attached: breakpoints only where crypto/tls's probes go (sockets are seen from
+    // tracepoints).
+    assert_only_reported_sites_patched(server.app.pid(), go_http(), &daemon);
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
     let stderr = daemon.stderr_text();
@@ -238,7 +280,10 @@ fn go_server_requests_become_one_web_span_each_and_continue_the_callers_trace() 
     // The program's Go build, read from its `.go.buildinfo`, and what is traced of it, in one line.
     let go_line = format!("go: pid {} runs a program built by go1.", server.app.pid());
     assert!(stderr.contains(&go_line), "{go_line}...:\n{stderr}");
-    assert!(stderr.contains("its own TLS (crypto/tls) is not read yet"), "{stderr}");
+    assert!(stderr.contains("go-crypto/tls: attached"), "{stderr}");
+    // Detached: the program's code is its file's again.
+    let patched = patched_code(server.app.pid(), go_http());
+    assert!(patched.is_empty(), "breakpoints left in Go code at {patched:x?}");
 }
 
 #[test]
@@ -391,12 +436,14 @@ fn tracing_a_go_function_is_refused_rather_than_crash_the_program() {
         "go-guard",
         "--trace-function",
         &function,
+        "--stats",
+        "600",
     ]);
     daemon.wait_attached(ATTACH_TIMEOUT);
     let stderr = daemon.stderr_text();
     assert!(stderr.contains("is a Go program: return probes (uretprobes) would crash it"), "{stderr}");
-    let patched = patched_code(server.app.pid(), go_http());
-    assert!(patched.is_empty(), "breakpoints in Go code at {patched:x?}");
+    // Only crypto/tls's entry-style probes are in the program.
+    assert_only_reported_sites_patched(server.app.pid(), go_http(), &daemon);
     // The server lives, and its traffic is still traced.
     for _ in 0..3 {
         let (status, body) = ddtrace_tests::http::get(server.port, "/static").unwrap();
@@ -446,4 +493,73 @@ fn calls_made_while_many_requests_are_in_flight_are_never_given_a_wrong_parent()
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// The first try, as a new user would make it: a stripped, static Go HTTPS service
+/// (standard library only) whose handler calls an HTTPS backend, 48 requests 8 at a time. Go's
+/// TLS is not OpenSSL: the plaintext is read at `crypto/tls.(*Conn).Write`/`Read` with
+/// entry-style probes only, every one on an emulated jump.
+#[test]
+fn a_stripped_go_https_service_and_its_https_calls_are_traced_through_crypto_tls() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let backend = GoServer::start_tls();
+    let server = GoServer::start_tls();
+    let mut daemon = attach(server.app.pid(), &agent, "go-tls-gateway");
+    const CALLS: usize = 48;
+    const GOROUTINES: usize = 8;
+    let url = format!("https://127.0.0.1:{}/call?port={}&scheme=https&id={{n}}", server.port, backend.port);
+    let mut client = NativeApp::spawn(go_http(), &["client", &url, &CALLS.to_string(), &GOROUTINES.to_string()]);
+    let started = Instant::now();
+    client.go();
+    assert!(client.wait_exit(Duration::from_secs(30)).success(), "the Go client's calls failed");
+    eprintln!("{CALLS} HTTPS calls from {GOROUTINES} goroutines in {} ms", started.elapsed().as_millis());
+
+    let spans = exactly(&agent, 2 * CALLS, &daemon);
+    let requests: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "server").collect();
+    let calls: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "client").collect();
+    assert_eq!((requests.len(), calls.len()), (CALLS, CALLS), "{spans:#?}");
+    let mut ids: Vec<String> = Vec::new();
+    for request in &requests {
+        assert_eq!(request["resource"], "GET /call");
+        assert_eq!(request["type"], "web");
+        assert_eq!(meta(request, "http.status_code"), "200");
+        let url = meta(request, "http.url");
+        assert!(url.starts_with(&format!("https://127.0.0.1:{}/call?", server.port)), "{url}");
+        ids.push(url.rsplit("id=").next().unwrap().to_string());
+    }
+    ids.sort_by_key(|id| id.parse::<usize>().unwrap());
+    assert_eq!(ids, (0..CALLS).map(|n| n.to_string()).collect::<Vec<_>>(), "each request once");
+    for call in &calls {
+        assert_eq!(call["resource"], "GET /users/?");
+        assert_eq!(call["type"], "http");
+        assert_eq!(meta(call, "out.host"), "127.0.0.1");
+        assert_eq!(meta(call, "network.destination.port"), backend.port.to_string());
+        assert_eq!(meta(call, "http.status_code"), "200");
+        assert!(meta(call, "http.url").starts_with("https://"), "{call:#}");
+        // Never a wrong parent: adopted only by the request that made it.
+        if parent_id(call) != 0 {
+            let id = meta(call, "http.url").rsplit('/').next().unwrap().to_string();
+            let parent = requests.iter().find(|r| r["span_id"] == call["parent_id"]).expect("a request");
+            assert!(meta(parent, "http.url").ends_with(&format!("&id={id}")), "{call:#}\n{parent:#}");
+        }
+    }
+    agent.assert_checks_passed();
+    assert_only_reported_sites_patched(server.app.pid(), go_http_stripped(), &daemon);
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    let patched = patched_code(server.app.pid(), go_http_stripped());
+    assert!(patched.is_empty(), "breakpoints left after detaching at {patched:x?}");
+
+    // Killed rather than stopped: the kernel takes the probes out with the daemon's links.
+    let mut killed = attach(server.app.pid(), &agent, "go-tls-gateway");
+    assert_only_reported_sites_patched(server.app.pid(), go_http_stripped(), &killed);
+    killed.signal(libc::SIGKILL);
+    killed.wait_exit(Duration::from_secs(10));
+    let patched = patched_code(server.app.pid(), go_http_stripped());
+    assert!(patched.is_empty(), "breakpoints left after the daemon was killed at {patched:x?}");
+    // The service lives on.
+    let mut after = NativeApp::spawn(go_http(), &["client", &format!("https://127.0.0.1:{}/users/1", server.port), "1", "1"]);
+    after.go();
+    assert!(after.wait_exit(Duration::from_secs(10)).success());
 }

@@ -756,7 +756,9 @@ impl Instrumenter {
         for (probe_index, site) in self.integrations[index].probe_sites(&symbols) {
             match site {
                 Ok(location) => sites.push((probe_index, location)),
-                Err(error @ SymbolError::MissingSymbol { .. }) if defs[probe_index].required => {
+                Err(error @ (SymbolError::MissingSymbol { .. } | SymbolError::Unplaceable { .. }))
+                    if defs[probe_index].required =>
+                {
                     return Err(error.to_string())
                 }
                 Err(error) => tracing::debug!(%error, "optional probe skipped"),
@@ -774,10 +776,10 @@ impl Instrumenter {
                 );
             }
         }
-        let locations: Vec<(usize, u64)> = sites.iter().map(|(i, l)| (*i, l.file_offset)).collect();
-        let mut probes = Vec::with_capacity(locations.len());
-        for (probe_index, file_offset) in locations {
-            let id = self.programs.register_probe(&defs[probe_index]).map_err(|e| e.to_string())?;
+        let mut probes = Vec::with_capacity(sites.len());
+        for (probe_index, location) in sites {
+            let file_offset = location.file_offset;
+            let id = self.programs.register_probe_at(&defs[probe_index], location.go).map_err(|e| e.to_string())?;
             self.route(id, Route::Integration { integration: index, probe: probe_index });
             probes.push((id, probe_index, file_offset));
         }

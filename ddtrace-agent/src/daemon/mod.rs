@@ -667,10 +667,8 @@ fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid:
     // A forked child runs its parent's program: said once, at the parent's attach or exec.
     if go && forked_from.is_none() {
         if let Some(build) = go_build(pid) {
-            eprintln!(
-                "ddtrace-agent: go: pid {pid} runs a program built by {build}: its sockets' traffic is traced; \
-                 its own TLS (crypto/tls) is not read yet"
-            );
+            // What of its TLS is read, the go-crypto/tls integration's own line says.
+            eprintln!("ddtrace-agent: go: pid {pid} runs a program built by {build}: its sockets' traffic is traced");
         }
     }
     if let Some(line) = instrumenter.interpreter_started(pid, forked_from) {

@@ -4,6 +4,7 @@
 //! speak it and how their messages do. Neither knows anything of products: they only talk to
 //! `core`.
 
+mod go_tls;
 pub mod handlers;
 pub mod http;
 mod mysql;
@@ -33,6 +34,7 @@ pub fn all(sqlite_probes: ProbePlacement, openssl_probes: ProbePlacement) -> Vec
     vec![
         Box::new(sqlite::SqliteIntegration::placed(sqlite_probes)),
         Box::new(openssl::OpenSslIntegration { probes: openssl_probes }),
+        Box::new(go_tls::GoTlsIntegration),
     ]
 }
 

@@ -9,7 +9,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, socket_op, tracepoint_globals, ProbeSpec, PythonLayout, SocketKey, MAX_PROBES};
+use ddtrace_common::{names, socket_op, tracepoint_globals, GoSiteSpec, ProbeSpec, PythonLayout, SocketKey, MAX_PROBES};
 
 use super::{
     counters::KernelCounters,
@@ -161,7 +161,14 @@ impl KernelPrograms {
             }
         })?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in [names::ENTRY_PROGRAM, names::EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM, names::TLS_EXIT_PROGRAM] {
+        for name in [
+            names::ENTRY_PROGRAM,
+            names::EXIT_PROGRAM,
+            names::TLS_ENTRY_PROGRAM,
+            names::TLS_EXIT_PROGRAM,
+            names::GO_TLS_ENTRY_PROGRAM,
+            names::GO_TLS_RETURN_PROGRAM,
+        ] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
         let specs = Array::try_from(ebpf.take_map(names::PROBE_SPECS).ok_or(ProbeError::Missing(names::PROBE_SPECS))?)
@@ -370,12 +377,20 @@ impl KernelPrograms {
     /// Writes `def`'s spec to the kernel and returns the probe id its events carry (the attach
     /// cookie). One id per (library, probe), shared by every process the probe is attached to.
     pub fn register_probe(&mut self, def: &ProbeDef) -> Result<ProbeId, ProbeError> {
+        self.register_probe_at(def, None)
+    }
+
+    /// [`Self::register_probe`] for a probe whose site in Go code has its own spec (when the hit
+    /// counts, where the result is).
+    pub fn register_probe_at(&mut self, def: &ProbeDef, go: Option<GoSiteSpec>) -> Result<ProbeId, ProbeError> {
         if self.next_probe_id >= MAX_PROBES {
             return Err(ProbeError::TooManyProbes);
         }
         let id = self.next_probe_id;
+        let mut spec = def.kernel_spec();
+        spec.go = go.unwrap_or_default();
         self.specs
-            .set(id, def.kernel_spec(), 0)
+            .set(id, spec, 0)
             .map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
         self.next_probe_id += 1;
         Ok(id)
@@ -416,6 +431,9 @@ impl KernelPrograms {
         let (exit_program, entry_program) = match def.kind {
             ProbeKind::Call => (names::EXIT_PROGRAM, names::ENTRY_PROGRAM),
             ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
+            // Go code has no exit probes: both kinds run at an entry-style uprobe.
+            ProbeKind::GoTlsData { at_return: false, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
+            ProbeKind::GoTlsData { at_return: true, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         // On an error the links made so far are dropped, i.e. detached.

@@ -22,6 +22,9 @@ pub enum ProbeKind {
         /// The `_ex` form: returns 1 on success and the byte count through argument 3.
         length_out: bool,
     },
+    /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): an entry site, or
+    /// one of the sites that stand for the function's return (no uretprobe in Go code).
+    GoTlsData { sends: bool, at_return: bool },
 }
 
 /// One function an integration probes, and how.
@@ -115,6 +118,13 @@ impl ProbeDef {
         self
     }
 
+    /// A Go TLS data probe on `symbol`: see [`ProbeKind::GoTlsData`]. Entry-style only.
+    pub const fn go_tls_data(symbol: &'static str, sends: bool, at_return: bool) -> Self {
+        let mut def = Self::entry(symbol);
+        def.kind = ProbeKind::GoTlsData { sends, at_return };
+        def
+    }
+
     /// The kernel's view of this definition.
     pub fn kernel_spec(&self) -> ProbeSpec {
         let mut spec = ProbeSpec::default();
@@ -147,6 +157,9 @@ impl ProbeDef {
             if length_out {
                 spec.flags |= probe_flags::TLS_LENGTH_OUT;
             }
+        }
+        if let ProbeKind::GoTlsData { sends: true, .. } = self.kind {
+            spec.flags |= probe_flags::TLS_WRITE;
         }
         spec
     }

@@ -6,6 +6,8 @@ use std::{
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
+use super::go_build_info::{self, GoBuild};
+use super::go_pclntab;
 use super::mapped_file::MappedFile;
 use super::x86_calls::{self, ENDBR64};
 
@@ -24,6 +26,8 @@ pub enum SymbolError {
     NotElf { path: PathBuf, reason: String },
     #[error("symbol `{symbol}` not found in {path} (stripped binary, or another version of the library)")]
     MissingSymbol { path: PathBuf, symbol: String },
+    #[error("no safe probe site for `{symbol}` in {path}: {reason}")]
+    Unplaceable { path: PathBuf, symbol: String, reason: String },
     #[error("symbol `{symbol}` in {path} is at {address:#x}, outside every loadable segment")]
     NotInSegment { path: PathBuf, symbol: String, address: u64 },
 }
@@ -34,6 +38,8 @@ pub struct ProbeLocation {
     pub file_offset: u64,
     /// The function's virtual address in the ELF (for logs and tests).
     pub address: u64,
+    /// A site in Go code with its own spec (when a hit counts, where the result is).
+    pub go: Option<ddtrace_common::GoSiteSpec>,
 }
 
 /// The function symbols of one ELF file (dynamic and static tables together).
@@ -49,6 +55,10 @@ pub struct ElfSymbols {
     segments: Vec<(u64, u64, u64, u64)>,
     go: bool,
     x86_64: bool,
+    /// Go binaries: their build, and the itabs of `.itablink` (the `(type, interface)` pairs
+    /// the linker laid out), by address.
+    go_build: Option<GoBuild>,
+    go_itabs: Vec<u64>,
 }
 
 impl ElfSymbols {
@@ -86,8 +96,9 @@ impl ElfSymbols {
             .collect();
         let go = built_by_go(&file);
         let x86_64 = file.architecture() == object::Architecture::X86_64;
+        let (go_build, go_itabs) = if go { add_go_functions(&file, &mut functions, &mut sizes) } else { (None, Vec::new()) };
         drop(file);
-        Ok(Self { path: path.to_path_buf(), data, functions, sizes, segments, go, x86_64 })
+        Ok(Self { path: path.to_path_buf(), data, functions, sizes, segments, go, x86_64, go_build, go_itabs })
     }
 
     pub fn path(&self) -> &Path {
@@ -181,7 +192,43 @@ impl ElfSymbols {
             .get(file_offset as usize..file_offset as usize + ENDBR64.len())
             .is_some_and(|bytes| bytes == ENDBR64);
         let skip = if starts_with_endbr { ENDBR64.len() as u64 } else { 0 };
-        Some(ProbeLocation { file_offset: file_offset + skip, address: address + skip })
+        Some(ProbeLocation { file_offset: file_offset + skip, address: address + skip, go: None })
+    }
+
+    /// A probe at `address` exactly (a site inside a function), with its Go spec.
+    pub fn site_at(&self, address: u64, go: ddtrace_common::GoSiteSpec) -> Option<ProbeLocation> {
+        Some(ProbeLocation { file_offset: self.file_offset(address)?, address, go: Some(go) })
+    }
+
+    /// Function `name`'s whole code and its address, where its size is known (Go binaries:
+    /// up to the next function), for placing probes inside it.
+    pub fn whole_function(&self, name: &str) -> Option<(&[u8], u64)> {
+        let address = *self.functions.get(name)?;
+        let size = *self.sizes.get(name)? as usize;
+        let start = self.file_offset(address)? as usize;
+        Some((self.data.get(start..start.checked_add(size)?)?, address))
+    }
+
+    /// What a Go binary says of its build.
+    pub fn go_build(&self) -> Option<&GoBuild> {
+        self.go_build.as_ref()
+    }
+
+    /// The address of the Go itab whose method table holds, at each `(slot, function)` given,
+    /// that function: how a `(type, interface)` pair is found in a stripped binary (the
+    /// methods of `*net.TCPConn` name the type). `None` when there is none or its table cannot
+    /// be read from the file.
+    pub fn go_itab_with_methods(&self, methods: &[(usize, &str)]) -> Option<u64> {
+        /// `itab.fun`: after the interface type, the concrete type and the hash (padded).
+        const FUN_OFFSET: u64 = 24;
+        let wanted: Vec<(u64, u64)> =
+            methods.iter().map(|(slot, name)| Some((*slot as u64, *self.functions.get(*name)?))).collect::<Option<_>>()?;
+        self.go_itabs.iter().copied().find(|&itab| {
+            wanted.iter().all(|&(slot, function)| {
+                let at = self.file_offset(itab + FUN_OFFSET + 8 * slot).map(|offset| offset as usize);
+                at.and_then(|at| self.data.get(at..at + 8)).is_some_and(|bytes| bytes == function.to_le_bytes())
+            })
+        })
     }
 
     /// The first `len` bytes of function `name`'s code, for integrations that read a library's
@@ -198,6 +245,32 @@ impl ElfSymbols {
             .find(|(vaddr, _memsz, _offset, filesz)| address >= *vaddr && address < vaddr + filesz)
             .map(|(vaddr, _, offset, _)| address - vaddr + offset)
     }
+}
+
+/// Adds a Go binary's functions from its own table (`.gopclntab`: stripped binaries keep it)
+/// to those its symbols named, each sized up to the next one; returns its build and itabs.
+fn add_go_functions<'data, R: object::ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    functions: &mut HashMap<String, u64>,
+    sizes: &mut HashMap<String, u64>,
+) -> (Option<GoBuild>, Vec<u64>) {
+    match go_pclntab::of_elf(file) {
+        Ok(table) => {
+            for pair in table.windows(2) {
+                sizes.entry(pair[0].name.clone()).or_insert(pair[1].entry.saturating_sub(pair[0].entry));
+            }
+            for function in table {
+                functions.entry(function.name).or_insert(function.entry);
+            }
+        }
+        Err(error) => tracing::debug!(%error, "Go function table unreadable"),
+    }
+    let itabs = file
+        .section_by_name(".itablink")
+        .and_then(|section| section.data().ok())
+        .map(|bytes| bytes.chunks_exact(8).map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    (go_build_info::of_elf(file), itabs)
 }
 
 #[cfg(test)]

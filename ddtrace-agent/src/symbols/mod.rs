@@ -18,7 +18,7 @@ pub mod go_build_info;
 pub mod go_pclntab;
 pub mod go_probe_sites;
 #[cfg(test)]
-mod go_test_build;
+pub mod go_test_build;
 mod mapped_file;
 mod module;
 mod normalize;

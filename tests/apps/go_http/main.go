@@ -4,17 +4,28 @@
 //
 //	go_http server PORT          serves on 127.0.0.1:PORT, prints "ready" once listening:
 //	                             /users/<id> (JSON), /fail (500), /static (a 256 KiB file),
-//	                             /call?port=P&id=I (GETs /users/I on 127.0.0.1:P, then answers)
+//	                             /call?port=P&id=I (GETs /users/I on 127.0.0.1:P, then answers;
+//	                             &scheme=https for an HTTPS downstream)
+//	go_http tls-server PORT      the same over TLS (crypto/tls, a self-signed certificate made at
+//	                             start), HTTP/1.1 only
 //	go_http client URL N C       prints "ready", waits for a line on stdin, then GETs URL N times
 //	                             from C goroutines on keep-alive connections and exits; "{n}" in
-//	                             URL is replaced by each request's number
+//	                             URL is replaced by each request's number; https URLs over
+//	                             crypto/tls, HTTP/1.1, the certificate not verified
 package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -33,7 +44,12 @@ func main() {
 		if len(os.Args) != 3 {
 			usage()
 		}
-		serve(os.Args[2])
+		serve(os.Args[2], false)
+	case "tls-server":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		serve(os.Args[2], true)
 	case "client":
 		if len(os.Args) != 5 {
 			usage()
@@ -55,14 +71,45 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: go_http server PORT | go_http client URL REQUESTS GOROUTINES")
+	fmt.Fprintln(os.Stderr, "usage: go_http server PORT | go_http tls-server PORT | go_http client URL REQUESTS GOROUTINES")
 	os.Exit(2)
 }
 
 // The outgoing calls of /call share one client, so its connections are kept alive between calls.
-var downstream = &http.Client{Timeout: 10 * time.Second}
+var downstream = &http.Client{Timeout: 10 * time.Second, Transport: http1Transport(0)}
 
-func serve(port string) {
+// http1Transport speaks HTTP/1.1 over TLS too (Go negotiates HTTP/2 when both ends can; the
+// agent parses HTTP/1.x), trusting any certificate: the servers here make their own.
+func http1Transport(idlePerHost int) *http.Transport {
+	return &http.Transport{
+		MaxIdleConnsPerHost: idlePerHost,
+		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
+		TLSNextProto:        map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1 and localhost.
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	template := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &template, &template, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func serve(port string, overTLS bool) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/users/", func(w http.ResponseWriter, r *http.Request) {
 		id := strings.TrimPrefix(r.URL.Path, "/users/")
@@ -79,7 +126,11 @@ func serve(port string) {
 		if id == "" {
 			id = "7"
 		}
-		response, err := downstream.Get("http://127.0.0.1:" + r.URL.Query().Get("port") + "/users/" + id)
+		scheme := r.URL.Query().Get("scheme")
+		if scheme == "" {
+			scheme = "http"
+		}
+		response, err := downstream.Get(scheme + "://127.0.0.1:" + r.URL.Query().Get("port") + "/users/" + id)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
@@ -104,8 +155,14 @@ func serve(port string) {
 		fmt.Fprintln(os.Stderr, "go_http server:", err)
 		os.Exit(1)
 	}
+	server := &http.Server{Handler: mux}
+	if overTLS {
+		server.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned()}}
+		server.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+		listener = tls.NewListener(listener, server.TLSConfig)
+	}
 	fmt.Println("ready")
-	if err := http.Serve(listener, mux); err != nil {
+	if err := server.Serve(listener); err != nil {
 		fmt.Fprintln(os.Stderr, "go_http server:", err)
 		os.Exit(1)
 	}
@@ -141,7 +198,7 @@ func min(a, b int) int {
 func call(url string, requests, workers int) int {
 	client := &http.Client{
 		Timeout:   10 * time.Second,
-		Transport: &http.Transport{MaxIdleConnsPerHost: workers},
+		Transport: http1Transport(workers),
 	}
 	var failed int
 	var lock sync.Mutex

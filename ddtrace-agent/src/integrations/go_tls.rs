@@ -1,0 +1,166 @@
+//! Go's own TLS, `crypto/tls` (Go programs do not use OpenSSL): the plaintext of
+//! `(*Conn).Write` at its entry and of `(*Conn).Read` at its return, handed over by the kernel as
+//! socket activity of the connection it belongs to (`ddtrace-ebpf/src/go_tls.rs`), so the wire
+//! protocols parse it as they parse OpenSSL's. Like OpenSSL's, this integration only says
+//! where to attach: it has no events of its own.
+//!
+//! Where: the functions are found by name in Go's own function table (stripped binaries too),
+//! and the sites inside them by decoding their code (`symbols::go_probe_sites`): the entry
+//! probe on the stack check's jump, the return probes on the jumps into each return tail,
+//! every one on an instruction the kernel emulates where the code allows it.
+//!
+//! The socket: the kernel follows `Conn.conn` (a `net.Conn`) to its `*net.TCPConn` or
+//! `*net.UnixConn`, then `fd` and `pfd.Sysfd`. It does so only when the interface's itab is one
+//! of those two, found here in the binary's `.itablink` by their methods: any other `net.Conn`
+//! (a wrapper of the program's own) leaves the socket unknown rather than guessed.
+
+use ddtrace_common::{go_site, GoSiteSpec};
+
+use super::{Integration, LibraryMatch, ProbeSite};
+use crate::{
+    core::ContextTree,
+    probes::{ProbeDef, ProbeEvent},
+    symbols::{
+        go_build_info::GoBuild,
+        go_probe_sites::{self, BranchTaken, GoSite, ResultAt},
+        ElfSymbols, SymbolError,
+    },
+};
+
+const WRITE: &str = "crypto/tls.(*Conn).Write";
+const READ: &str = "crypto/tls.(*Conn).Read";
+
+static PROBES: [ProbeDef; 3] = [
+    // func (c *Conn) Write(b []byte) (int, error): the plaintext at entry.
+    ProbeDef::go_tls_data(WRITE, true, false).required(),
+    // func (c *Conn) Read(b []byte) (int, error): the buffer at entry...
+    ProbeDef::go_tls_data(READ, false, false).required(),
+    // ...and what was read into it, at each way out.
+    ProbeDef::go_tls_data(READ, false, true).required(),
+];
+
+/// The struct offsets the kernel follows from a `crypto/tls.Conn` to its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnLayout {
+    /// `crypto/tls.Conn.conn`.
+    pub tls_conn_conn: u16,
+    /// `net.conn.fd`, embedded first in `net.TCPConn` and `net.UnixConn`.
+    pub conn_fd: u16,
+    /// `net.netFD.pfd` + `internal/poll.FD.Sysfd`.
+    pub netfd_sysfd: u16,
+}
+
+/// The Go releases whose layout is known, by (major, minor) range. Generated and checked by
+/// the test `the_layout_table_matches_what_go_itself_reports`, which asks the machine's Go
+/// (`reflect`) for each offset; the fields it reads have not moved in Go's sources since 1.9
+/// (`netFD.pfd` appeared there), and every release this agent reads (1.18+) is covered.
+const LAYOUTS: [((u32, u32), (u32, u32), ConnLayout); 1] =
+    [((1, 18), (1, 25), ConnLayout { tls_conn_conn: 0, conn_fd: 0, netfd_sysfd: 16 })];
+
+/// The layout for Go `version` (`go1.19.8`), when the table has it.
+pub fn layout_for(version: &str) -> Option<ConnLayout> {
+    let mut parts = version.strip_prefix("go")?.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next()?.parse().ok()?;
+    let minor: u32 = parts.next()?.parse().ok()?;
+    LAYOUTS.iter().find(|(from, to, _)| (major, minor) >= *from && (major, minor) <= *to).map(|(_, _, layout)| *layout)
+}
+
+#[derive(Default)]
+pub struct GoTlsIntegration;
+
+impl Integration for GoTlsIntegration {
+    fn name(&self) -> &'static str {
+        "go-crypto/tls"
+    }
+
+    /// Go links its standard library into the executable: matched by its function.
+    fn library(&self) -> LibraryMatch {
+        LibraryMatch::SharedLibrary { display: "Go crypto/tls", file_prefixes: &[], marker_symbol: WRITE }
+    }
+
+    fn probes(&self) -> &'static [ProbeDef] {
+        &PROBES
+    }
+
+    fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
+        match sites(library) {
+            Ok(sites) => sites,
+            Err(reason) => {
+                let error = |symbol: &str| SymbolError::Unplaceable {
+                    path: library.path().to_path_buf(),
+                    symbol: symbol.to_string(),
+                    reason: reason.clone(),
+                };
+                vec![(0, Err(error(WRITE))), (1, Err(error(READ)))]
+            }
+        }
+    }
+
+    /// Go TLS probes report socket activity, which the wire protocols consume.
+    fn on_event(&mut self, _probe_index: usize, _event: &ProbeEvent, _contexts: &mut ContextTree) {}
+}
+
+fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
+    let layout = match library.go_build() {
+        Some(GoBuild::Known { version, .. }) => layout_for(version).ok_or_else(|| {
+            format!("{version}'s crypto/tls layout is not in this agent's table (Go 1.18-1.25); traffic-level tracing kept")
+        })?,
+        Some(GoBuild::BeforeGo118) | None => {
+            return Err("built by a Go older than 1.18 (no register ABI); traffic-level tracing kept".into())
+        }
+    };
+    // The methods of `*net.TCPConn`/`*net.UnixConn` in `net.Conn`'s method table (sorted:
+    // Close 0, LocalAddr 1, Read 2, ..., Write 7) name the two itabs.
+    let itab = |type_name: &str| {
+        library.go_itab_with_methods(&[
+            (0, &format!("net.(*{type_name}).Close")),
+            (2, &format!("net.(*{type_name}).Read")),
+            (7, &format!("net.(*{type_name}).Write")),
+        ])
+    };
+    let conn_itabs = [itab("TCPConn"), itab("UnixConn")];
+    if conn_itabs.iter().all(Option::is_none) {
+        return Err("no *net.TCPConn or *net.UnixConn net.Conn itab in the binary".into());
+    }
+    let spec_at = |site: &GoSite, result: u32| GoSiteSpec {
+        only_if: site.only_if.map_or(0, only_if),
+        result,
+        conn_itabs: conn_itabs.map(|itab| itab.map_or(0, |itab| itab.wrapping_sub(site.address) as i64)),
+        tls_conn_conn: layout.tls_conn_conn,
+        conn_fd: layout.conn_fd,
+        netfd_sysfd: layout.netfd_sysfd,
+        _pad: 0,
+    };
+    let located = |site: &GoSite, result: u32| {
+        library.site_at(site.address, spec_at(site, result)).ok_or_else(|| format!("{:#x} is in no segment", site.address))
+    };
+    let code = |name: &str| library.whole_function(name).ok_or_else(|| format!("{name}'s code is unreadable"));
+
+    let mut sites = Vec::new();
+    let (write, address) = code(WRITE)?;
+    let entry = go_probe_sites::entry_site(write, address).map_err(|e| format!("{WRITE}: {e}"))?;
+    sites.push((0, Ok(located(&entry, 0)?)));
+    let (read, address) = code(READ)?;
+    let entry = go_probe_sites::entry_site(read, address).map_err(|e| format!("{READ}: {e}"))?;
+    sites.push((1, Ok(located(&entry, 0)?)));
+    for exit in go_probe_sites::return_sites(read, address, go_probe_sites::RAX, true).map_err(|e| format!("{READ}: {e}"))? {
+        let result = match exit.result {
+            ResultAt::Register(number) => go_site::RESULT_IN_REGISTER | u32::from(number),
+            ResultAt::Stack(offset) => {
+                let offset = i16::try_from(offset).map_err(|_| format!("a result at SP{offset:+} is out of range"))?;
+                go_site::RESULT_ON_STACK | u32::from(offset as u16)
+            }
+        };
+        sites.push((2, Ok(located(&exit.site, result)?)));
+    }
+    Ok(sites)
+}
+
+fn only_if(branch: BranchTaken) -> u32 {
+    let taken = if branch.taken { go_site::WHEN_TAKEN } else { 0 };
+    go_site::BRANCH_DECIDES | taken | u32::from(branch.condition) & go_site::CONDITION_MASK
+}
+
+#[cfg(test)]
+#[path = "go_tls_tests.rs"]
+mod tests;
