@@ -62,7 +62,8 @@ pub struct GoSiteSpec {
     /// `jcc` at the site in the low nibble and [`go_site::WHEN_TAKEN`] when the hit counts only
     /// if the branch is taken (else only if it is not).
     pub only_if: u32,
-    /// Return sites: [`go_site::RESULT_IN_REGISTER`] with the x86 register number, or
+    /// Return sites: where the result is; copy sites: where the `Conn` is. Either
+    /// [`go_site::RESULT_IN_REGISTER`] with the x86 register number, or
     /// [`go_site::RESULT_ON_STACK`] with the offset from the stack pointer in the low 16 bits.
     pub result: u32,
     /// Where the `*net.TCPConn` and `*net.UnixConn` itabs (as `net.Conn`) are, from this
@@ -614,6 +615,7 @@ pub mod names {
     pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";
     pub const GO_TLS_ENTRY_PROGRAM: &str = "ddtrace_go_tls_entry";
     pub const GO_TLS_RETURN_PROGRAM: &str = "ddtrace_go_tls_return";
+    pub const GO_TLS_COPY_PROGRAM: &str = "ddtrace_go_tls_copy";
     pub const SOCKETS: &str = "SOCKETS";
     /// The [`super::SocketLayout`] global.
     pub const SOCKET_LAYOUT: &str = "SOCKET_LAYOUT";

@@ -76,6 +76,27 @@ pub fn ddtrace_go_tls_return(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// A `crypto/tls.(*Conn).Read` at the one `runtime.memmove` that copies its plaintext into the
+/// caller's buffer (`call rel32`, emulated): `memmove(to=RAX, from=RBX, n=RCX)` in Go's register
+/// ABI, the data at `from`; the `Conn` in the frame slot the spec names (the receiver's spill).
+/// One hit per read that moved data, where the entry and return sites take several.
+#[uprobe]
+pub fn ddtrace_go_tls_copy(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
+    // SAFETY: a uprobe's context is the saved user registers.
+    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    let moved = regs.rcx as i64;
+    if moved <= 0 {
+        return 0;
+    }
+    let conn = result(&spec.go, regs);
+    let fd = socket_of(&spec.go, conn, regs.rip);
+    let at = header(event_kind::SOCKET, 0, pid_tgid);
+    sockets::emit_data(at, fd, socket_op::RECEIVED, moved as u64, regs.rbx, socket_flags::TLS, conn);
+    0
+}
+
 /// Whether a hit counts: always, or when the `jcc` at the site goes the way the spec says,
 /// decided from the flags as the CPU will (CF 0, PF 2, ZF 6, SF 7, OF 11).
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: what our uprobes cost per call of a probed function (`--profiler`: see
 //! `bench_profiler`; `--http`: see `bench_http`; `--tls`, `--sqlite`: see `bench_calls`;
 //! `--vs-ddtrace`: see `bench_vs_ddtrace`; `--soak`: see `bench_soak`; `--churn`: see `bench_churn`;
-//! `--redis`: see `bench_redis`; `--databases`: see `bench_databases`).
+//! `--redis`: see `bench_redis`; `--databases`: see `bench_databases`; `--go`: see `bench_go`).
 //!
 //! One C process (`tests/apps/bench/call_loop.c`) calls `bench_work` in timed rounds while, in
 //! turn, (a) nothing, (b) empty entry+exit programs, and (c) our real entry/exit programs with
@@ -61,6 +61,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub http: crate::bench_http::HttpArgs,
     #[command(flatten)]
+    pub go: crate::bench_go::GoArgs,
+    #[command(flatten)]
     pub calls_bench: crate::bench_calls::LibraryCallArgs,
     #[command(flatten)]
     pub vs_ddtrace: crate::bench_vs_ddtrace::VsDdtraceArgs,
@@ -100,6 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let chosen: Vec<(&str, fn(&BenchArgs) -> Result<ExitCode>)> = [
         (args.profiler.profiler, "--profiler", crate::bench_profiler::run as fn(&BenchArgs) -> Result<ExitCode>),
         (args.http.http, "--http", crate::bench_http::run),
+        (args.go.go, "--go", crate::bench_go::run),
         (args.calls_bench.tls, "--tls", crate::bench_calls::run),
         (args.calls_bench.sqlite, "--sqlite", crate::bench_calls::run),
         (args.calls_bench.sqlite_callers, "--sqlite-callers", crate::bench_calls::run),

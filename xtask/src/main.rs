@@ -15,6 +15,7 @@ mod bench;
 mod bench_calls;
 mod bench_churn;
 mod bench_databases;
+mod bench_go;
 mod bench_http;
 mod bench_profiler;
 mod bench_redis;

@@ -19,7 +19,7 @@ use ddtrace_common::{go_site, GoSiteSpec};
 use super::{Integration, LibraryMatch, ProbeSite};
 use crate::{
     core::ContextTree,
-    probes::{ProbeDef, ProbeEvent},
+    probes::{GoTlsSite, ProbeDef, ProbeEvent},
     symbols::{
         go_build_info::GoBuild,
         go_probe_sites::{self, BranchTaken, GoSite, ResultAt},
@@ -30,14 +30,20 @@ use crate::{
 const WRITE: &str = "crypto/tls.(*Conn).Write";
 const READ: &str = "crypto/tls.(*Conn).Read";
 
-static PROBES: [ProbeDef; 3] = [
+static PROBES: [ProbeDef; 4] = [
     // func (c *Conn) Write(b []byte) (int, error): the plaintext at entry.
-    ProbeDef::go_tls_data(WRITE, true, false).required(),
-    // func (c *Conn) Read(b []byte) (int, error): the buffer at entry...
-    ProbeDef::go_tls_data(READ, false, false).required(),
-    // ...and what was read into it, at each way out.
-    ProbeDef::go_tls_data(READ, false, true).required(),
+    ProbeDef::go_tls_data(WRITE, true, GoTlsSite::Entry).required(),
+    // func (c *Conn) Read(b []byte) (int, error): where its one `copy` moves the plaintext into
+    // b (one probe hit per read that moved data)...
+    ProbeDef::go_tls_data(READ, false, GoTlsSite::Copy),
+    // ...or, where the code has no such copy, the buffer at entry and what was read into it at
+    // each way out (three to four hits per read).
+    ProbeDef::go_tls_data(READ, false, GoTlsSite::Entry),
+    ProbeDef::go_tls_data(READ, false, GoTlsSite::Return),
 ];
+const COPY: usize = 1;
+const READ_ENTRY: usize = 2;
+const READ_RETURN: usize = 3;
 
 /// The struct offsets the kernel follows from a `crypto/tls.Conn` to its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +97,7 @@ impl Integration for GoTlsIntegration {
                     symbol: symbol.to_string(),
                     reason: reason.clone(),
                 };
-                vec![(0, Err(error(WRITE))), (1, Err(error(READ)))]
+                vec![(0, Err(error(WRITE)))]
             }
         }
     }
@@ -141,9 +147,20 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
     let entry = go_probe_sites::entry_site(write, address).map_err(|e| format!("{WRITE}: {e}"))?;
     sites.push((0, Ok(located(&entry, 0)?)));
     let (read, address) = code(READ)?;
-    let entry = go_probe_sites::entry_site(read, address).map_err(|e| format!("{READ}: {e}"))?;
-    sites.push((1, Ok(located(&entry, 0)?)));
-    for exit in go_probe_sites::return_sites(read, address, go_probe_sites::RAX, true).map_err(|e| format!("{READ}: {e}"))? {
+    let read_error = |e: go_probe_sites::SiteError| format!("{READ}: {e}");
+    let copy = match library.function_address("runtime.memmove") {
+        Some(memmove) => go_probe_sites::only_call_to(read, address, memmove).map_err(read_error)?,
+        None => None,
+    };
+    let receiver = go_probe_sites::spilled_argument(read, address, go_probe_sites::RAX).map_err(read_error)?;
+    if let (Some(copy), Some(receiver)) = (copy, receiver) {
+        let receiver = i16::try_from(receiver).map_err(|_| format!("a receiver at SP{receiver:+} is out of range"))?;
+        sites.push((COPY, Ok(located(&copy, go_site::RESULT_ON_STACK | u32::from(receiver as u16))?)));
+        return Ok(sites);
+    }
+    let entry = go_probe_sites::entry_site(read, address).map_err(read_error)?;
+    sites.push((READ_ENTRY, Ok(located(&entry, 0)?)));
+    for exit in go_probe_sites::return_sites(read, address, go_probe_sites::RAX, true).map_err(read_error)? {
         let result = match exit.result {
             ResultAt::Register(number) => go_site::RESULT_IN_REGISTER | u32::from(number),
             ResultAt::Stack(offset) => {
@@ -151,7 +168,7 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
                 go_site::RESULT_ON_STACK | u32::from(offset as u16)
             }
         };
-        sites.push((2, Ok(located(&exit.site, result)?)));
+        sites.push((READ_RETURN, Ok(located(&exit.site, result)?)));
     }
     Ok(sites)
 }

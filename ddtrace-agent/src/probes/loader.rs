@@ -15,7 +15,7 @@ use super::{
     counters::KernelCounters,
     reader::EventReader,
     socket_layout::socket_layout_from_kernel,
-    spec::{ProbeDef, ProbeKind},
+    spec::{GoTlsSite, ProbeDef, ProbeKind},
     tracefs,
 };
 
@@ -168,6 +168,7 @@ impl KernelPrograms {
             names::TLS_EXIT_PROGRAM,
             names::GO_TLS_ENTRY_PROGRAM,
             names::GO_TLS_RETURN_PROGRAM,
+            names::GO_TLS_COPY_PROGRAM,
         ] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
@@ -432,8 +433,9 @@ impl KernelPrograms {
             ProbeKind::Call => (names::EXIT_PROGRAM, names::ENTRY_PROGRAM),
             ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
             // Go code has no exit probes: both kinds run at an entry-style uprobe.
-            ProbeKind::GoTlsData { at_return: false, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
-            ProbeKind::GoTlsData { at_return: true, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
+            ProbeKind::GoTlsData { site: GoTlsSite::Entry, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
+            ProbeKind::GoTlsData { site: GoTlsSite::Return, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
+            ProbeKind::GoTlsData { site: GoTlsSite::Copy, .. } => (names::EXIT_PROGRAM, names::GO_TLS_COPY_PROGRAM),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         // On an error the links made so far are dropped, i.e. detached.

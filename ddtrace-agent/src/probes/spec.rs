@@ -22,9 +22,20 @@ pub enum ProbeKind {
         /// The `_ex` form: returns 1 on success and the byte count through argument 3.
         length_out: bool,
     },
-    /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): an entry site, or
-    /// one of the sites that stand for the function's return (no uretprobe in Go code).
-    GoTlsData { sends: bool, at_return: bool },
+    /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): every site is an
+    /// entry-style uprobe (no uretprobe in Go code).
+    GoTlsData { sends: bool, site: GoTlsSite },
+}
+
+/// Where in a Go TLS function a probe is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoTlsSite {
+    /// Its entry: the arguments (a write's plaintext; a read's buffer).
+    Entry,
+    /// One of the jumps into a return tail: a read's byte count.
+    Return,
+    /// The one copy of a read's plaintext into the caller's buffer.
+    Copy,
 }
 
 /// One function an integration probes, and how.
@@ -119,9 +130,9 @@ impl ProbeDef {
     }
 
     /// A Go TLS data probe on `symbol`: see [`ProbeKind::GoTlsData`]. Entry-style only.
-    pub const fn go_tls_data(symbol: &'static str, sends: bool, at_return: bool) -> Self {
+    pub const fn go_tls_data(symbol: &'static str, sends: bool, site: GoTlsSite) -> Self {
         let mut def = Self::entry(symbol);
-        def.kind = ProbeKind::GoTlsData { sends, at_return };
+        def.kind = ProbeKind::GoTlsData { sends, site };
         def
     }
 

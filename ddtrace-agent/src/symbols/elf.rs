@@ -209,6 +209,11 @@ impl ElfSymbols {
         Some((self.data.get(start..start.checked_add(size)?)?, address))
     }
 
+    /// The address of function `name`, where the file names it.
+    pub fn function_address(&self, name: &str) -> Option<u64> {
+        self.functions.get(name).copied()
+    }
+
     /// What a Go binary says of its build.
     pub fn go_build(&self) -> Option<&GoBuild> {
         self.go_build.as_ref()

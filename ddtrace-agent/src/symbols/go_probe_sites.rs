@@ -134,6 +134,71 @@ pub fn return_sites(code: &[u8], address: u64, result: u8, skip_zero: bool) -> R
     Ok(sites)
 }
 
+/// The one direct call the function makes to `callee`, as a site (a `call rel32`: emulated),
+/// or `None` when it makes none or several.
+pub fn only_call_to(code: &[u8], address: u64, callee: u64) -> Result<Option<GoSite>, SiteError> {
+    let instructions = decode(code, address, usize::MAX)?;
+    let mut calls = instructions
+        .iter()
+        .filter(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == callee && i.len() == 5);
+    let (Some(call), None) = (calls.next(), calls.next()) else { return Ok(None) };
+    Ok(emulated(code, address, call).then_some(GoSite { address: call.ip(), only_if: None, emulated: true }))
+}
+
+/// Where the function keeps its argument `register` (an x86 number; RAX holds a method's
+/// receiver) for its whole body: the offset from the body's stack pointer of the slot its
+/// prologue spills it to, when that store is the slot's only write and no address near the
+/// slot is ever formed. `None` otherwise.
+pub fn spilled_argument(code: &[u8], address: u64, register: u8) -> Result<Option<i32>, SiteError> {
+    let instructions = decode(code, address, usize::MAX)?;
+    let function = Function::new(code, address, &instructions);
+    let mut spill = None;
+    // Where the return address is from the body's stack pointer: what the prologue took off SP.
+    let mut return_address: i64 = 0;
+    for (index, instruction) in instructions.iter().enumerate() {
+        let stack_check = index < 3 && matches!(instruction.code(), Code::Jbe_rel8_64 | Code::Jbe_rel32_64);
+        if instruction.flow_control() != FlowControl::Next && !stack_check {
+            break; // the prologue ends at its first branch or call
+        }
+        match model(instruction) {
+            Step::MoveStack(by) => return_address -= by,
+            Step::Store { offset, from } if from == register && spill.is_none() => spill = Some(offset),
+            _ if instruction.mnemonic() == Mnemonic::Push => return_address += 8,
+            _ => {}
+        }
+    }
+    let Some(offset) = spill else { return Ok(None) };
+    // Arguments are spilled above the return address, out of reach of any local's address;
+    // only an address formed up there (an argument's own) could reach the slot.
+    let args_taken = match &function.taken_addresses {
+        None => true,
+        Some(addresses) => addresses.iter().any(|&taken| taken >= return_address),
+    };
+    if offset < return_address + 8 || args_taken {
+        return Ok(None);
+    }
+    let mut info = InstructionInfoFactory::new();
+    let writes = instructions
+        .iter()
+        .filter(|instruction| {
+            info.info(instruction).used_memory().iter().any(|memory| {
+                let written = !matches!(memory.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess);
+                let at = memory.displacement() as i64;
+                let size = memory.memory_size().size().max(1) as i64;
+                written
+                    && memory.base() == Register::RSP
+                    && memory.index() == Register::None
+                    && at < offset + 8
+                    && offset < at + size
+            })
+        })
+        .count();
+    if writes != 1 {
+        return Ok(None);
+    }
+    Ok(i32::try_from(offset).ok())
+}
+
 /// How one `RET` is carried.
 enum Carried {
     /// By these emulated jumps into its tail.

@@ -152,3 +152,23 @@ mod tails {
         assert_eq!(entry_site(&[0x06], AT), Err(SiteError::Undecodable(AT)));
     }
 }
+
+#[test]
+fn a_tls_read_copies_its_plaintext_with_one_memmove_and_keeps_its_receiver_in_one_slot() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = super::super::go_test_build::build(&root, &root.join("tests/apps/go_http/main.go"), "go-probe-sites", true);
+    let elf = object::File::parse(&*binary).unwrap();
+    let functions = go_pclntab::of_elf(&elf).unwrap();
+    let memmove = functions.iter().find(|f| f.name == "runtime.memmove").unwrap().entry;
+    let (code, address) = go_function("crypto/tls.(*Conn).Read");
+    let call = only_call_to(&code, address, memmove).unwrap().expect("one copy into the caller's buffer");
+    assert!(call.emulated && call.only_if.is_none());
+    assert_eq!(code[(call.address - address) as usize], 0xe8, "a call rel32");
+    // Go 1.19: SUBQ $0x68, SP; the receiver spilled above the return address.
+    let slot = spilled_argument(&code, address, RAX).unwrap().expect("the receiver's slot");
+    assert!(slot >= 0x10, "{slot:#x}");
+    // Write makes no copy of its own and several calls: not asked here; a function with two
+    // memmove calls has no single copy site.
+    let (write, write_address) = go_function("crypto/tls.(*Conn).Write");
+    assert!(only_call_to(&write, write_address, memmove).unwrap().is_none());
+}

@@ -12,6 +12,12 @@
 //	                             from C goroutines on keep-alive connections and exits; "{n}" in
 //	                             URL is replaced by each request's number; https URLs over
 //	                             crypto/tls, HTTP/1.1, the certificate not verified
+//	go_http load URL RATE WARMUP SECONDS C
+//	                             `cargo xtask bench --go`'s load: GETs URL at RATE per second
+//	                             over C keep-alive connections, open loop (each request due at a
+//	                             fixed time, its latency counted from then); prints "measuring"
+//	                             after WARMUP seconds, then after SECONDS more one line:
+//	                             "done scheduled=N completed=N errors=N p50_us=X p99_us=X"
 package main
 
 import (
@@ -29,6 +35,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +57,18 @@ func main() {
 			usage()
 		}
 		serve(os.Args[2], true)
+	case "load":
+		if len(os.Args) != 7 {
+			usage()
+		}
+		rate, err1 := strconv.Atoi(os.Args[3])
+		warmup, err2 := strconv.Atoi(os.Args[4])
+		seconds, err3 := strconv.Atoi(os.Args[5])
+		connections, err4 := strconv.Atoi(os.Args[6])
+		if err1 != nil || err2 != nil || err3 != nil || err4 != nil || rate < 1 || connections < 1 {
+			usage()
+		}
+		load(os.Args[2], rate, warmup, seconds, connections)
 	case "client":
 		if len(os.Args) != 5 {
 			usage()
@@ -71,7 +90,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: go_http server PORT | go_http tls-server PORT | go_http client URL REQUESTS GOROUTINES")
+	fmt.Fprintln(os.Stderr, "usage: go_http server PORT | go_http tls-server PORT | go_http client URL REQUESTS GOROUTINES | go_http load URL RATE WARMUP SECONDS CONNECTIONS")
 	os.Exit(2)
 }
 
@@ -229,4 +248,66 @@ func call(url string, requests, workers int) int {
 	}
 	done.Wait()
 	return failed
+}
+
+// load runs `cargo xtask bench --go`'s open-loop load (see the usage at the top).
+func load(url string, rate, warmup, seconds, connections int) {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: http1Transport(connections)}
+	client.Transport.(*http.Transport).MaxConnsPerHost = connections
+	start := time.Now().Add(50 * time.Millisecond)
+	measureFrom := start.Add(time.Duration(warmup) * time.Second)
+	end := measureFrom.Add(time.Duration(seconds) * time.Second)
+	interval := time.Duration(float64(time.Second) * float64(connections) / float64(rate))
+	var lock sync.Mutex
+	var latencies []time.Duration
+	var scheduled, errors int
+	var done sync.WaitGroup
+	go func() {
+		time.Sleep(time.Until(measureFrom))
+		fmt.Println("measuring")
+	}()
+	for c := 0; c < connections; c++ {
+		done.Add(1)
+		go func(c int) {
+			defer done.Done()
+			due := start.Add(time.Duration(float64(time.Second) * float64(c) / float64(rate)))
+			for ; due.Before(end); due = due.Add(interval) {
+				time.Sleep(time.Until(due))
+				response, err := client.Get(url)
+				if err == nil {
+					_, err = io.Copy(io.Discard, response.Body)
+					response.Body.Close()
+					if response.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", response.StatusCode)
+					}
+				}
+				latency := time.Since(due)
+				if due.Before(measureFrom) {
+					continue
+				}
+				lock.Lock()
+				scheduled++
+				if err != nil {
+					errors++
+				} else {
+					latencies = append(latencies, latency)
+				}
+				lock.Unlock()
+			}
+		}(c)
+	}
+	done.Wait()
+	sort.Slice(latencies, func(i, j int) bool { return latencies[i] < latencies[j] })
+	percentile := func(p float64) float64 {
+		if len(latencies) == 0 {
+			return 0
+		}
+		rank := int(p/100*float64(len(latencies)) + 0.999999)
+		if rank < 1 {
+			rank = 1
+		}
+		return float64(latencies[rank-1].Microseconds())
+	}
+	fmt.Printf("done scheduled=%d completed=%d errors=%d p50_us=%.0f p99_us=%.0f\n",
+		scheduled, len(latencies), errors, percentile(50), percentile(99))
 }
