@@ -173,7 +173,7 @@ pub struct ExecLayout {
 pub const MAX_SOCKET_CAPTURE: usize = 4095;
 
 /// Bytes of [`SocketEvent`] before the data; the kernel submits these plus `captured_len`.
-pub const SOCKET_EVENT_HEADER_BYTES: usize = 96;
+pub const SOCKET_EVENT_HEADER_BYTES: usize = 104;
 
 /// Bit of the kernel's `SOCKETS` values that the daemon sets when no protocol it knows is spoken
 /// on a socket: its reads and writes are then no longer reported.
@@ -234,6 +234,10 @@ pub struct SocketEvent {
     /// With [`socket_flags::TLS`]: the `SSL*` the plaintext belongs to.
     pub session: u64,
     pub local_address: [u8; 16],
+    /// In a Go process (`GO_PROCESSES`), for reads and writes: the goroutine (`runtime.g`) the
+    /// bytes moved for: the one that moved them, or for a request net/http's write loop writes,
+    /// the goroutine whose `RoundTrip` sent it. 0 elsewhere.
+    pub goroutine: u64,
     /// The copied bytes: at most `MAX_SOCKET_CAPTURE`, in twice that room so that the kernel's
     /// verifier can bound each piece of a vectored copy (at an offset below 4 KiB, of a length
     /// below 4 KiB) without knowing the pieces before it.
@@ -595,6 +599,10 @@ pub mod counter {
 pub mod names {
     pub const PROBE_SPECS: &str = "PROBE_SPECS";
     pub const TRACKED_PROCESSES: &str = "TRACKED_PROCESSES";
+    /// Bitmap of the traced processes that run Go: their events carry the goroutine.
+    pub const GO_PROCESSES: &str = "GO_PROCESSES";
+    pub const GO_ROUND_TRIP_PROGRAM: &str = "ddtrace_go_round_trip";
+    pub const GO_REQUEST_WRITE_PROGRAM: &str = "ddtrace_go_request_write";
     pub const OUT_POINTERS: &str = "OUT_POINTERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";

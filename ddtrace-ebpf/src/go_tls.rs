@@ -100,7 +100,7 @@ pub fn ddtrace_go_tls_copy(ctx: ProbeContext) -> u32 {
 /// Whether a hit counts: always, or when the `jcc` at the site goes the way the spec says,
 /// decided from the flags as the CPU will (CF 0, PF 2, ZF 6, SF 7, OF 11).
 #[inline(always)]
-fn counts(only_if: u32, flags: u64) -> bool {
+pub fn counts(only_if: u32, flags: u64) -> bool {
     if only_if & go_site::BRANCH_DECIDES == 0 {
         return true;
     }

@@ -9,6 +9,7 @@
 #![no_main]
 
 mod go_tls;
+mod goroutines;
 mod opt_in;
 mod python;
 mod socket_addresses;

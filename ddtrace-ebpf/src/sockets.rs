@@ -324,6 +324,7 @@ fn start_event(at: EventHeader, fd: u32, op: u32) -> Option<&'static mut SocketE
     event.local_port = 0;
     event.flags = 0;
     event.session = 0;
+    event.goroutine = 0;
     Some(event)
 }
 
@@ -356,6 +357,7 @@ pub(crate) fn emit_data(at: EventHeader, fd: u32, op: u32, length: u64, data: u6
     event.length = length;
     event.flags = flags;
     event.session = session;
+    event.goroutine = super::goroutines::moved_for(at.tgid, op);
     if data != 0 && length > 0 {
         let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
@@ -387,6 +389,7 @@ const MAX_VECTOR_PIECES: u64 = 8;
 fn emit_vector(at: EventHeader, fd: u32, op: u32, length: u64, iov: u64, buffers: u64) {
     let Some(event) = start_event(at, fd, op) else { return };
     event.length = length;
+    event.goroutine = super::goroutines::moved_for(at.tgid, op);
     let mut left = if length > MAX_SOCKET_CAPTURE as u64 { MAX_SOCKET_CAPTURE as u64 } else { length };
     let mut copied: u32 = 0;
     for index in 0..MAX_VECTOR_PIECES {

@@ -227,6 +227,12 @@ impl Instrumenter {
         }
     }
 
+    /// Says whether process `pid` runs Go: the kernel then tells each of its reads and writes
+    /// which goroutine it was for.
+    pub fn set_runs_go(&mut self, pid: u32, go: bool) {
+        self.programs.set_runs_go(pid, go);
+    }
+
     /// Looks for an interpreter in `pid`, newly traced or exec'd, or takes its parent's when it
     /// was `forked_from` one (see [`Interpreters`]). Returns a line for the user, if any.
     pub fn interpreter_started(&mut self, pid: u32, forked_from: Option<u32>) -> Option<String> {

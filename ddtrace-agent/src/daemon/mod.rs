@@ -664,6 +664,7 @@ fn handle_events(
 fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid: u32, forked_from: Option<u32>) {
     let go = runs_go(pid);
     streams.set_threads_shared(pid, go);
+    instrumenter.set_runs_go(pid, go);
     // A forked child runs its parent's program: said once, at the parent's attach or exec.
     if go && forked_from.is_none() {
         if let Some(build) = go_build(pid) {

@@ -129,7 +129,7 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
         return Err("no *net.TCPConn or *net.UnixConn net.Conn itab in the binary".into());
     }
     let spec_at = |site: &GoSite, result: u32| GoSiteSpec {
-        only_if: site.only_if.map_or(0, only_if),
+        only_if: site.only_if.map_or(0, BranchTaken::encoded),
         result,
         conn_itabs: conn_itabs.map(|itab| itab.map_or(0, |itab| itab.wrapping_sub(site.address) as i64)),
         tls_conn_conn: layout.tls_conn_conn,
@@ -171,11 +171,6 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
         sites.push((READ_RETURN, Ok(located(&exit.site, result)?)));
     }
     Ok(sites)
-}
-
-fn only_if(branch: BranchTaken) -> u32 {
-    let taken = if branch.taken { go_site::WHEN_TAKEN } else { 0 };
-    go_site::BRANCH_DECIDES | taken | u32::from(branch.condition) & go_site::CONDITION_MASK
 }
 
 #[cfg(test)]

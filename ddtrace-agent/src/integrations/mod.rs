@@ -4,6 +4,7 @@
 //! speak it and how their messages do. Neither knows anything of products: they only talk to
 //! `core`.
 
+mod go_net_http;
 mod go_tls;
 pub mod handlers;
 pub mod http;
@@ -35,6 +36,7 @@ pub fn all(sqlite_probes: ProbePlacement, openssl_probes: ProbePlacement) -> Vec
         Box::new(sqlite::SqliteIntegration::placed(sqlite_probes)),
         Box::new(openssl::OpenSslIntegration { probes: openssl_probes }),
         Box::new(go_tls::GoTlsIntegration),
+        Box::new(go_net_http::GoNetHttpIntegration),
     ]
 }
 

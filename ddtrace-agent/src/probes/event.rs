@@ -61,6 +61,9 @@ pub struct SocketActivity {
     /// For TLS plaintext (seen at the TLS library): the library's session (`SSL*`). `fd` is then
     /// [`ddtrace_common::FD_UNKNOWN`] when no system call on the socket happened during the call.
     pub tls_session: Option<u64>,
+    /// Go processes: the goroutine the bytes moved for (see `ddtrace_common::SocketEvent`); 0
+    /// when not known.
+    pub goroutine: u64,
 }
 
 /// The fixed part of a socket record (the data follows, `captured_len` bytes).
@@ -80,6 +83,7 @@ struct SocketEventHead {
     flags: u32,
     session: u64,
     local_address: [u8; 16],
+    goroutine: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<SocketEventHead>() == SOCKET_EVENT_HEADER_BYTES);
@@ -336,6 +340,7 @@ fn decode_socket(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         peer,
         local,
         tls_session,
+        goroutine: head.goroutine,
     }))
 }
 
@@ -497,6 +502,7 @@ mod tests {
             flags: 0,
             session: 0,
             local_address: [0; 16],
+            goroutine: 0,
         };
         let KernelEvent::Socket(accepted) = decode(&bytes_of(&head)).unwrap() else { panic!("not a socket event") };
         assert_eq!((accepted.fd, accepted.op), (9, SocketOp::Accepted));

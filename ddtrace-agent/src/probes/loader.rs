@@ -90,6 +90,8 @@ pub struct KernelPrograms {
     ebpf: Ebpf,
     specs: Array<MapData, ProbeSpec>,
     tracked: Array<MapData, u64>,
+    /// Bit `tgid`: the process runs Go (its socket events carry the goroutine).
+    go_processes: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Low half: the side and the kernel's flags; high half: which socket (see the kernel's map).
     sockets: HashMap<MapData, SocketKey, u64>,
@@ -169,6 +171,8 @@ impl KernelPrograms {
             names::GO_TLS_ENTRY_PROGRAM,
             names::GO_TLS_RETURN_PROGRAM,
             names::GO_TLS_COPY_PROGRAM,
+            names::GO_ROUND_TRIP_PROGRAM,
+            names::GO_REQUEST_WRITE_PROGRAM,
         ] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
@@ -178,6 +182,9 @@ impl KernelPrograms {
             ebpf.take_map(names::TRACKED_PROCESSES).ok_or(ProbeError::Missing(names::TRACKED_PROCESSES))?,
         )
         .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let go_processes =
+            Array::try_from(ebpf.take_map(names::GO_PROCESSES).ok_or(ProbeError::Missing(names::GO_PROCESSES))?)
+                .map_err(|e| ProbeError::Load(e.to_string()))?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -204,7 +211,7 @@ impl KernelPrograms {
             }
         };
         let mut programs =
-            Self { ebpf, specs, tracked, counters, sockets, python, task_fsbase, logger, next_probe_id: 0 };
+            Self { ebpf, specs, tracked, go_processes, counters, sockets, python, task_fsbase, logger, next_probe_id: 0 };
         programs.attach_syscall_tracepoints()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints(node.is_some())?,
@@ -313,6 +320,16 @@ impl KernelPrograms {
 
     pub fn untrack_process(&mut self, tgid: u32) {
         let _ = self.set_tracked(tgid, false);
+    }
+
+    /// Says whether process `tgid` runs Go: its reads and writes then carry their goroutine.
+    pub fn set_runs_go(&mut self, tgid: u32, go: bool) {
+        let index = tgid / 64;
+        let Ok(word) = self.go_processes.get(&index, 0) else { return };
+        let bit = 1u64 << (tgid % 64);
+        if (word & bit != 0) != go {
+            let _ = self.go_processes.set(index, if go { word | bit } else { word & !bit }, 0);
+        }
     }
 
     /// Flips bit `tgid` of the filter bitmap. The kernel flips bits too (forks, exits, node
@@ -436,6 +453,8 @@ impl KernelPrograms {
             ProbeKind::GoTlsData { site: GoTlsSite::Entry, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
             ProbeKind::GoTlsData { site: GoTlsSite::Return, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
             ProbeKind::GoTlsData { site: GoTlsSite::Copy, .. } => (names::EXIT_PROGRAM, names::GO_TLS_COPY_PROGRAM),
+            ProbeKind::GoRequestHandOff { on_write_loop: false } => (names::EXIT_PROGRAM, names::GO_ROUND_TRIP_PROGRAM),
+            ProbeKind::GoRequestHandOff { on_write_loop: true } => (names::EXIT_PROGRAM, names::GO_REQUEST_WRITE_PROGRAM),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         // On an error the links made so far are dropped, i.e. detached.

@@ -25,6 +25,9 @@ pub enum ProbeKind {
     /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): every site is an
     /// entry-style uprobe (no uretprobe in Go code).
     GoTlsData { sends: bool, site: GoTlsSite },
+    /// net/http's client handing a request from the goroutine that sends it (`roundTrip`) to the
+    /// connection's write loop (`(*Request).write`): `ddtrace-ebpf/src/goroutines.rs`.
+    GoRequestHandOff { on_write_loop: bool },
 }
 
 /// Where in a Go TLS function a probe is.
@@ -133,6 +136,13 @@ impl ProbeDef {
     pub const fn go_tls_data(symbol: &'static str, sends: bool, site: GoTlsSite) -> Self {
         let mut def = Self::entry(symbol);
         def.kind = ProbeKind::GoTlsData { sends, site };
+        def
+    }
+
+    /// A net/http hand-off probe on `symbol`: see [`ProbeKind::GoRequestHandOff`]. Entry-style.
+    pub const fn go_request_hand_off(symbol: &'static str, on_write_loop: bool) -> Self {
+        let mut def = Self::entry(symbol);
+        def.kind = ProbeKind::GoRequestHandOff { on_write_loop };
         def
     }
 

@@ -44,6 +44,15 @@ pub struct BranchTaken {
     pub taken: bool,
 }
 
+impl BranchTaken {
+    /// The kernel's encoding (`ddtrace_common::GoSiteSpec::only_if`).
+    pub fn encoded(self) -> u32 {
+        use ddtrace_common::go_site;
+        let taken = if self.taken { go_site::WHEN_TAKEN } else { 0 };
+        go_site::BRANCH_DECIDES | taken | u32::from(self.condition) & go_site::CONDITION_MASK
+    }
+}
+
 /// Where a probe goes, and when it counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GoSite {

@@ -146,8 +146,7 @@ impl HttpConnection {
                     data.component = library.component;
                     data.integration_service = library.service(self.settings.schema);
                 }
-                let (tgid, tid, started) = (at.tgid, at.tid, head.started_ns);
-                let id = services.start_client_call(tgid, tid, started, facts, data, contexts);
+                let id = services.start_client_call(at, head.started_ns, facts, data, contexts);
                 self.open.push_back((at.tid, id));
                 if let Some(local) = facts.local {
                     services.callers.call_opened(local, index, id, contexts);
@@ -185,7 +184,7 @@ impl HttpConnection {
             let frame = services.next_server_frame();
             let id = contexts.start_root(at.tgid, at.tid, head.started_ns, frame, data, remote);
             self.open.push_back((at.tid, id));
-            services.parents.request_opened(at.tgid, at.tid, id, head.started_ns);
+            services.parents.request_opened(at.tgid, at.tid, id, head.started_ns, at.goroutine);
             if let (Caller::NotSeenYet, Some(peer)) = (caller, facts.peer) {
                 services.callers.wait(peer, index, at.tid, id);
             }
@@ -231,7 +230,8 @@ impl HttpConnection {
             add_response(&mut data, &exchange, role, header_tags);
             let (tgid, tid, started, ended) = (at.tgid, at.tid, exchange.started_ns, exchange.ended_ns);
             let parent = if role == Role::Client {
-                services.parents.for_call(tgid, started)
+                // The response's moment names the client's read loop, not who sent the request.
+                services.parents.for_call(tgid, started, 0)
             } else {
                 ClientParent::CallingThread
             };

@@ -264,7 +264,7 @@ impl MysqlConnection {
             wire::COM_QUERY => {
                 let sql = String::from_utf8_lossy(argument).into_owned();
                 let data = query_data(&sql, cut, self, facts);
-                let id = services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts);
+                let id = services.start_client_call(segment.moment(), segment.ktime_ns, facts, data, contexts);
                 self.pending.push_back(pending(Some(id), Expecting::First));
             }
             wire::COM_STMT_PREPARE => {
@@ -280,7 +280,7 @@ impl MysqlConnection {
                         .with_resource(format!("EXECUTE {id} (statement prepared before ddtrace-agent attached)")),
                 };
                 let span =
-                    services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts);
+                    services.start_client_call(segment.moment(), segment.ktime_ns, facts, data, contexts);
                 self.pending.push_back(pending(Some(span), Expecting::First));
             }
             wire::COM_INIT_DB => {

@@ -90,6 +90,7 @@ impl Client {
             peer: (op == SocketOp::Connected).then(|| "127.0.0.1:3306".parse().unwrap()),
             local: None,
             tls_session: None,
+            goroutine: 0,
         };
         self.layer.on_socket(&activity, &mut self.contexts);
     }

@@ -233,7 +233,7 @@ impl PostgresConnection {
                 let sql = Sql { text: first_string(body), cut };
                 let id = (!is_driver_begin(&sql.text)).then(|| {
                     let data = query_data(&sql, self.schema, &self.startup, facts);
-                    services.start_client_call(segment.tgid, segment.tid, segment.ktime_ns, facts, data, contexts)
+                    services.start_client_call(segment.moment(), segment.ktime_ns, facts, data, contexts)
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
             }
@@ -273,7 +273,7 @@ impl PostgresConnection {
                         (Some(sql), _) => query_data(sql, self.schema, &self.startup, facts),
                         (None, name) => unknown_statement_data(name.as_deref(), self.schema, &self.startup, facts),
                     };
-                    services.start_client_call(segment.tgid, segment.tid, batch.started_ns, facts, data, contexts)
+                    services.start_client_call(segment.moment(), batch.started_ns, facts, data, contexts)
                 });
                 self.push(Pending { id, rows: None, error: None }, segment.ktime_ns, contexts);
             }

@@ -51,6 +51,7 @@ impl Client {
             peer: (op == SocketOp::Connected).then(|| "127.0.0.1:5432".parse().unwrap()),
             local: None,
             tls_session: None,
+            goroutine: 0,
         };
         self.layer.on_socket(&activity, &mut self.contexts);
     }

@@ -233,11 +233,11 @@ impl RedisConnection {
         }
         let commands = std::mem::take(&mut self.written);
         let replies_left = commands.len();
-        let (tgid, tid) = (segment.tgid, segment.tid);
+        let at = segment.moment();
         self.setting_up &= commands.iter().all(|c| CONNECTION_SETUP.contains(&c.name.as_str()));
         let id = (!self.setting_up).then(|| {
             let data = command_data(&commands, self.schema, facts);
-            services.start_client_call(tgid, tid, started, facts, data, contexts)
+            services.start_client_call(at, started, facts, data, contexts)
         });
         if self.pending.len() >= MAX_PENDING {
             if let Some(id) = self.pending.pop_front().and_then(|oldest| oldest.id) {

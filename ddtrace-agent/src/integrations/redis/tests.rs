@@ -47,6 +47,7 @@ impl Client {
             peer: (op == SocketOp::Connected).then(|| "127.0.0.1:6379".parse().unwrap()),
             local: None,
             tls_session: None,
+            goroutine: 0,
         };
         self.layer.on_socket(&activity, &mut self.contexts);
     }

@@ -28,12 +28,14 @@ pub enum ClientParent {
     NewTrace,
 }
 
-/// A request being served: opened on `tid` when its head was read at `started_ns`.
+/// A request being served: opened on `tid` when its head was read at `started_ns`, by
+/// `goroutine` in Go (0: not known).
 #[derive(Debug, Clone, Copy)]
 struct Serving {
     tid: u32,
     id: ContextId,
     started_ns: u64,
+    goroutine: u64,
 }
 
 /// The requests each process is serving, and which processes share threads between requests.
@@ -54,8 +56,8 @@ impl ClientParents {
     }
 
     /// A request context opened.
-    pub fn request_opened(&mut self, tgid: u32, tid: u32, id: ContextId, started_ns: u64) {
-        self.serving.entry(tgid).or_default().push(Serving { tid, id, started_ns });
+    pub fn request_opened(&mut self, tgid: u32, tid: u32, id: ContextId, started_ns: u64, goroutine: u64) {
+        self.serving.entry(tgid).or_default().push(Serving { tid, id, started_ns, goroutine });
     }
 
     /// A request context ended (answered, or its connection closed).
@@ -68,10 +70,16 @@ impl ClientParents {
         }
     }
 
-    /// The parent of a call process `tgid` started at `started_ns`.
-    pub fn for_call(&self, tgid: u32, started_ns: u64) -> ClientParent {
+    /// The parent of a call process `tgid` started at `started_ns`, for `goroutine` (0: not
+    /// known): in Go, the request its goroutine serves; where the goroutine serves none (one
+    /// the handler started) or is not known, the one request in flight, if only one is.
+    pub fn for_call(&self, tgid: u32, started_ns: u64, goroutine: u64) -> ClientParent {
         if !self.shared_threads.contains(&tgid) {
             return ClientParent::CallingThread;
+        }
+        let serving = self.serving.get(&tgid).into_iter().flatten();
+        if let Some(exact) = serving.clone().find(|s| goroutine != 0 && s.goroutine == goroutine) {
+            return ClientParent::Request { tid: exact.tid, id: exact.id };
         }
         let mut before = self.serving.get(&tgid).into_iter().flatten().filter(|s| s.started_ns <= started_ns);
         match (before.next(), before.next()) {
@@ -94,36 +102,58 @@ mod tests {
     #[test]
     fn a_thread_per_request_process_keeps_the_calling_threads_context() {
         let mut parents = ClientParents::default();
-        parents.request_opened(1, 10, 100, 1_000);
-        assert_eq!(parents.for_call(1, 2_000), ClientParent::CallingThread);
+        parents.request_opened(1, 10, 100, 1_000, 0);
+        assert_eq!(parents.for_call(1, 2_000, 0), ClientParent::CallingThread);
     }
 
     #[test]
     fn in_go_the_one_request_in_flight_adopts_the_call_whatever_thread_made_it() {
         let mut parents = ClientParents::default();
         parents.set_threads_shared(1, true);
-        parents.request_opened(1, 10, 100, 1_000);
-        assert_eq!(parents.for_call(1, 2_000), ClientParent::Request { tid: 10, id: 100 });
+        parents.request_opened(1, 10, 100, 1_000, 0);
+        assert_eq!(parents.for_call(1, 2_000, 0), ClientParent::Request { tid: 10, id: 100 });
         // A request read after the call started cannot have made it.
-        parents.request_opened(1, 11, 101, 2_500);
-        assert_eq!(parents.for_call(1, 2_000), ClientParent::Request { tid: 10, id: 100 });
+        parents.request_opened(1, 11, 101, 2_500, 0);
+        assert_eq!(parents.for_call(1, 2_000, 0), ClientParent::Request { tid: 10, id: 100 });
         parents.request_ended(1, 100);
-        assert_eq!(parents.for_call(1, 3_000), ClientParent::Request { tid: 11, id: 101 });
+        assert_eq!(parents.for_call(1, 3_000, 0), ClientParent::Request { tid: 11, id: 101 });
         parents.request_ended(1, 101);
-        assert_eq!(parents.for_call(1, 4_000), ClientParent::NewTrace, "nothing served: a trace of its own");
+        assert_eq!(parents.for_call(1, 4_000, 0), ClientParent::NewTrace, "nothing served: a trace of its own");
     }
 
     #[test]
     fn in_go_a_call_during_concurrent_requests_starts_its_own_trace_rather_than_guess() {
         let mut parents = ClientParents::default();
         parents.set_threads_shared(1, true);
-        parents.request_opened(1, 10, 100, 1_000);
-        parents.request_opened(1, 10, 101, 1_100);
-        assert_eq!(parents.for_call(1, 2_000), ClientParent::NewTrace);
+        parents.request_opened(1, 10, 100, 1_000, 0);
+        parents.request_opened(1, 10, 101, 1_100, 0);
+        assert_eq!(parents.for_call(1, 2_000, 0), ClientParent::NewTrace);
         // Another process's requests are not candidates.
         parents.set_threads_shared(2, true);
-        assert_eq!(parents.for_call(2, 2_000), ClientParent::NewTrace);
+        assert_eq!(parents.for_call(2, 2_000, 0), ClientParent::NewTrace);
         parents.process_exited(1);
-        assert_eq!(parents.for_call(1, 2_000), ClientParent::CallingThread);
+        assert_eq!(parents.for_call(1, 2_000, 0), ClientParent::CallingThread);
+    }
+
+    #[test]
+    fn in_go_a_call_made_for_a_serving_goroutine_is_that_requests_child_at_any_concurrency() {
+        let mut parents = ClientParents::default();
+        parents.set_threads_shared(1, true);
+        // Three requests in flight, served by goroutines 0xa0, 0xb0, 0xc0.
+        parents.request_opened(1, 10, 100, 1_000, 0xa0);
+        parents.request_opened(1, 11, 101, 1_100, 0xb0);
+        parents.request_opened(1, 10, 102, 1_200, 0xc0);
+        assert_eq!(parents.for_call(1, 2_000, 0xb0), ClientParent::Request { tid: 11, id: 101 });
+        assert_eq!(parents.for_call(1, 2_000, 0xc0), ClientParent::Request { tid: 10, id: 102 });
+        // A goroutine that serves nothing (one a handler started): today's rule, which refuses
+        // to guess among several.
+        assert_eq!(parents.for_call(1, 2_000, 0xd0), ClientParent::NewTrace);
+        parents.request_ended(1, 100);
+        parents.request_ended(1, 102);
+        assert_eq!(parents.for_call(1, 3_000, 0xd0), ClientParent::Request { tid: 11, id: 101 });
+        // The goroutine's next request is another context.
+        parents.request_ended(1, 101);
+        parents.request_opened(1, 12, 103, 4_000, 0xb0);
+        assert_eq!(parents.for_call(1, 4_100, 0xb0), ClientParent::Request { tid: 12, id: 103 });
     }
 }

@@ -50,6 +50,7 @@ impl Harness {
             peer: peer.map(|p| p.parse().unwrap()),
             local: local.map(|l| l.parse().unwrap()),
             tls_session: session,
+            goroutine: 0,
         };
         self.http.on_socket(&activity, &mut self.contexts);
     }

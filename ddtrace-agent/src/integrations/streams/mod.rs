@@ -193,6 +193,7 @@ impl StreamLayer {
                     data: &event.data,
                     length: usize::try_from(event.length).unwrap_or(usize::MAX),
                     caller,
+                    goroutine: event.goroutine,
                 };
                 if let Speaks::NotYet(offered) = connection.speaks {
                     connection.speaks =
@@ -302,7 +303,7 @@ impl StreamLayer {
     fn close(&mut self, stream: Stream, event: &SocketActivity, contexts: &mut ContextTree) {
         let Some(mut connection) = self.connections.remove(&stream) else { return };
         if let Speaks::Protocol(protocol) = &mut connection.speaks {
-            let at = Moment { tgid: event.tgid, tid: event.tid, ktime_ns: event.ktime_ns };
+            let at = Moment { tgid: event.tgid, tid: event.tid, ktime_ns: event.ktime_ns, goroutine: event.goroutine };
             protocol.on_close(at, &connection.facts, &mut self.services, contexts);
         }
         if let (Stream::Socket { tgid, fd }, Role::Client, Some(local)) =

@@ -70,6 +70,8 @@ pub struct Segment<'a> {
     /// For a write the kernel recorded the caller of: the interpreter frames (innermost first)
     /// of the code that made it.
     pub caller: Option<&'a Arc<[NamedFrame]>>,
+    /// Go processes: the goroutine the bytes moved for (0: not known).
+    pub goroutine: u64,
 }
 
 /// Where and when something happened on a connection that carries no bytes (a close).
@@ -78,11 +80,13 @@ pub struct Moment {
     pub tgid: u32,
     pub tid: u32,
     pub ktime_ns: u64,
+    /// Go processes: the goroutine the bytes moved for (0: not known).
+    pub goroutine: u64,
 }
 
 impl Segment<'_> {
     pub fn moment(&self) -> Moment {
-        Moment { tgid: self.tgid, tid: self.tid, ktime_ns: self.ktime_ns }
+        Moment { tgid: self.tgid, tid: self.tid, ktime_ns: self.ktime_ns, goroutine: self.goroutine }
     }
 }
 
@@ -112,19 +116,19 @@ impl StreamServices {
         frame
     }
 
-    /// Opens the context of a client call (an outgoing request, a database query) that thread
-    /// `tid` of `tgid` started at `started_ns`, off the thread's stack, under the parent the
+    /// Opens the context of a client call (an outgoing request, a database query) that was
+    /// written `at` and started at `started_ns`, off the thread's stack, under the parent the
     /// client-call rule gives (see [`ClientParents`]).
     pub fn start_client_call(
         &self,
-        tgid: u32,
-        tid: u32,
+        at: Moment,
         started_ns: u64,
         facts: &ConnectionFacts,
         data: ContextData,
         contexts: &mut ContextTree,
     ) -> ContextId {
-        match self.parents.for_call(tgid, started_ns) {
+        let (tgid, tid) = (at.tgid, at.tid);
+        match self.parents.for_call(tgid, started_ns, at.goroutine) {
             ClientParent::CallingThread => {
                 contexts.start_detached_within(tgid, tid, facts.opened_within, started_ns, data)
             }

@@ -88,6 +88,7 @@ pub fn replay_on(layer: &mut StreamLayer, protocol: &str, input: &[u8], contexts
                 peer: Some("127.0.0.1:9".parse().expect("an address")),
                 local: None,
                 tls_session: None,
+                goroutine: 0,
             };
             layer.on_socket(&activity, contexts);
         };

@@ -24,6 +24,7 @@ fn activity(fd: u32, op: SocketOp, data: &[u8], tls_session: Option<u64>) -> Soc
         peer: matches!(op, SocketOp::Accepted | SocketOp::Connected).then(|| "127.0.0.1:5555".parse().unwrap()),
         local: None,
         tls_session,
+        goroutine: 0,
     }
 }
 

@@ -1,0 +1,112 @@
+//! Which goroutine the bytes of a Go process move for: what makes a Go service's outgoing calls
+//! children of the exact request that made them, at any concurrency.
+//!
+//! A read or a write in a Go process happens on the goroutine in R14 (Go's register ABI keeps
+//! `runtime.g` there, and its system call stubs leave it alone). That is the serving goroutine
+//! for a request a server reads, and the calling goroutine for a database driver's query. But
+//! net/http's client writes each request on the connection's write loop, another goroutine; so
+//! `(*Transport).roundTrip(req)` records which goroutine sent `req`, and `(*Request).write` on
+//! the write loop says, until its next request, for whom the loop writes.
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    macros::{map, uprobe},
+    maps::{Array, LruHashMap},
+    programs::ProbeContext,
+    EbpfContext,
+};
+use ddtrace_common::{socket_op, GoroutineKey, TRACKED_PROCESS_WORDS};
+
+use super::{go_tls::counts, tracked_spec};
+
+/// Bit `tgid` is set (by the daemon) for traced processes that run Go.
+#[map(name = "GO_PROCESSES")]
+static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS, 0);
+
+/// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
+#[map(name = "GO_REQUEST_SENDERS")]
+static GO_REQUEST_SENDERS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// A write loop's goroutine -> the goroutine it writes the current request for.
+#[map(name = "GO_WRITING_FOR")]
+static GO_WRITING_FOR: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn runs_go(tgid: u32) -> bool {
+    let word = GO_PROCESSES.get(tgid / 64).copied().unwrap_or(0);
+    word & (1u64 << (tgid % 64)) != 0
+}
+
+/// The goroutine an `op` (read or write) of the current thread of `tgid` moves bytes for; 0
+/// outside Go processes.
+#[inline(always)]
+pub fn moved_for(tgid: u32, op: u32) -> u64 {
+    if !runs_go(tgid) {
+        return 0;
+    }
+    let g = running_goroutine();
+    if op != socket_op::SENT || g == 0 {
+        return g;
+    }
+    let key = GoroutineKey { g, tgid, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    unsafe { GO_WRITING_FOR.get(&key) }.copied().unwrap_or(g)
+}
+
+/// R14 of the current thread's user registers: in Go code, the running goroutine.
+#[inline(always)]
+fn running_goroutine() -> u64 {
+    // SAFETY: helpers on the current task; the registers are read with a checked kernel read.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        if regs.is_null() {
+            return 0;
+        }
+        bpf_probe_read_kernel(&(*regs).r14).unwrap_or(0)
+    }
+}
+
+/// `func (t *Transport) roundTrip(req *Request) (*Response, error)`: RBX is `req`.
+#[uprobe]
+pub fn ddtrace_go_round_trip(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
+    // SAFETY: a uprobe's context is the saved user registers.
+    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    if !counts(spec.go.only_if, regs.eflags) {
+        return 0;
+    }
+    let request = GoroutineKey { g: regs.rbx, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
+    // Copied out: a map update takes its value from the stack, not from the registers' context.
+    let sender = regs.r14;
+    let _ = GO_REQUEST_SENDERS.insert(&request, &sender, 0);
+    0
+}
+
+/// `func (r *Request) write(w io.Writer, ...) error` on a connection's write loop: RAX is `r`.
+#[uprobe]
+pub fn ddtrace_go_request_write(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
+    // SAFETY: a uprobe's context is the saved user registers.
+    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    if !counts(spec.go.only_if, regs.eflags) {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let request = GoroutineKey { g: regs.rax, tgid, _pad: 0 };
+    let writer = GoroutineKey { g: regs.r14, tgid, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    match unsafe { GO_REQUEST_SENDERS.get(&request) }.copied() {
+        Some(sender) => {
+            let _ = GO_REQUEST_SENDERS.remove(&request);
+            let _ = GO_WRITING_FOR.insert(&writer, &sender, 0);
+        }
+        // Not sent through a roundTrip we saw: the loop writes for nobody we know.
+        None => {
+            let _ = GO_WRITING_FOR.remove(&writer);
+        }
+    }
+    0
+}
