@@ -75,7 +75,8 @@ pub struct GoSiteSpec {
     pub conn_fd: u16,
     /// `net.netFD.pfd.Sysfd` (an `int`).
     pub netfd_sysfd: u16,
-    pub _pad: u16,
+    /// `net/http.Request.ctx` (a `context.Context`).
+    pub request_ctx: u16,
 }
 
 /// [`GoSiteSpec`] encodings.
@@ -603,6 +604,7 @@ pub mod names {
     pub const GO_PROCESSES: &str = "GO_PROCESSES";
     pub const GO_ROUND_TRIP_PROGRAM: &str = "ddtrace_go_round_trip";
     pub const GO_REQUEST_WRITE_PROGRAM: &str = "ddtrace_go_request_write";
+    pub const GO_SERVE_PROGRAM: &str = "ddtrace_go_serve";
     pub const OUT_POINTERS: &str = "OUT_POINTERS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const EVENTS: &str = "EVENTS";

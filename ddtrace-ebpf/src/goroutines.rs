@@ -7,6 +7,12 @@
 //! net/http's client writes each request on the connection's write loop, another goroutine; so
 //! `(*Transport).roundTrip(req)` records which goroutine sent `req`, and `(*Request).write` on
 //! the write loop says, until its next request, for whom the loop writes.
+//!
+//! A request a handler sends from a goroutine of its own names the request it serves through
+//! its context (Go's way of saying it: `http.NewRequestWithContext(r.Context(), ...)`):
+//! `serverHandler.ServeHTTP` records each served request's context, and `roundTrip` walks the
+//! sent request's context up through its parents (every derived context embeds its parent
+//! first) to a served one: the request is then sent for the goroutine serving it.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -18,7 +24,7 @@ use aya_ebpf::{
 };
 use ddtrace_common::{socket_op, GoroutineKey, TRACKED_PROCESS_WORDS};
 
-use super::{go_tls::counts, tracked_spec};
+use super::{go_tls::counts, sockets, tracked_spec};
 
 /// Bit `tgid` is set (by the daemon) for traced processes that run Go.
 #[map(name = "GO_PROCESSES")]
@@ -27,6 +33,19 @@ static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS,
 /// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
 #[map(name = "GO_REQUEST_SENDERS")]
 static GO_REQUEST_SENDERS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// `(process, a served request's context)` -> the goroutine serving it.
+#[map(name = "GO_SERVED_CONTEXTS")]
+static GO_SERVED_CONTEXTS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// `(process, goroutine)` -> the context of the request it serves now: a context found in
+/// `GO_SERVED_CONTEXTS` counts only while its goroutine still serves it (a freed context's
+/// address may come back as another).
+#[map(name = "GO_SERVING")]
+static GO_SERVING: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// How far up a context's parents the walk goes (a handler's timeout and values add a few).
+const MAX_CONTEXT_DEPTH: usize = 8;
 
 /// A write loop's goroutine -> the goroutine it writes the current request for.
 #[map(name = "GO_WRITING_FOR")]
@@ -77,11 +96,62 @@ pub fn ddtrace_go_round_trip(ctx: ProbeContext) -> u32 {
     if !counts(spec.go.only_if, regs.eflags) {
         return 0;
     }
-    let request = GoroutineKey { g: regs.rbx, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
-    // Copied out: a map update takes its value from the stack, not from the registers' context.
-    let sender = regs.r14;
+    let tgid = (pid_tgid >> 32) as u32;
+    let request = GoroutineKey { g: regs.rbx, tgid, _pad: 0 };
+    let context = request_context(regs.rbx, spec.go.request_ctx);
+    let sender = serving_goroutine(tgid, context).unwrap_or(regs.r14);
     let _ = GO_REQUEST_SENDERS.insert(&request, &sender, 0);
     0
+}
+
+/// `func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request)`: RDI is `req` (after
+/// `sh.srv` in RAX and the interface in RBX, RCX); the goroutine serves its context.
+#[uprobe]
+pub fn ddtrace_go_serve(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
+    // SAFETY: a uprobe's context is the saved user registers.
+    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    if !counts(spec.go.only_if, regs.eflags) {
+        return 0;
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let context = request_context(regs.rdi, spec.go.request_ctx);
+    if context == 0 {
+        return 0;
+    }
+    let goroutine = regs.r14;
+    let _ = GO_SERVED_CONTEXTS.insert(&GoroutineKey { g: context, tgid, _pad: 0 }, &goroutine, 0);
+    let _ = GO_SERVING.insert(&GoroutineKey { g: goroutine, tgid, _pad: 0 }, &context, 0);
+    0
+}
+
+/// The object behind `request.ctx` (a `context.Context` interface: its data word).
+#[inline(always)]
+fn request_context(request: u64, ctx_offset: u16) -> u64 {
+    if request == 0 || ctx_offset == 0 {
+        return 0;
+    }
+    sockets::read_u64(request.wrapping_add(ctx_offset as u64 + 8))
+}
+
+/// The goroutine serving `context` or one of its ancestors, if any does.
+#[inline(always)]
+fn serving_goroutine(tgid: u32, mut context: u64) -> Option<u64> {
+    for _ in 0..MAX_CONTEXT_DEPTH {
+        if context == 0 {
+            return None;
+        }
+        // SAFETY: the value is copied out at once.
+        if let Some(goroutine) = unsafe { GO_SERVED_CONTEXTS.get(&GoroutineKey { g: context, tgid, _pad: 0 }) }.copied() {
+            // SAFETY: as above.
+            let current = unsafe { GO_SERVING.get(&GoroutineKey { g: goroutine, tgid, _pad: 0 }) }.copied();
+            return (current == Some(context)).then_some(goroutine);
+        }
+        // cancelCtx, timerCtx (a cancelCtx first), valueCtx: the parent interface first.
+        context = sockets::read_u64(context.wrapping_add(8));
+    }
+    None
 }
 
 /// `func (r *Request) write(w io.Writer, ...) error` on a connection's write loop: RAX is `r`.

@@ -564,3 +564,30 @@ fn a_stripped_go_https_service_and_its_https_calls_are_traced_through_crypto_tls
     after.go();
     assert!(after.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// A handler that fans out from goroutines of its own, each sending with the request's context
+/// (`http.NewRequestWithContext(r.Context(), ...)`, Go's way of saying which request a call is
+/// for): with 8 such requests in flight, each call is the child of its own request.
+#[test]
+fn calls_sent_from_goroutines_a_handler_starts_are_children_of_its_request() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let downstream = GoServer::start();
+    let server = GoServer::start();
+    let mut daemon = attach(server.app.pid(), &agent, "go-fanout");
+    const REQUESTS: usize = 64;
+    const GOROUTINES: usize = 8;
+    let url = format!("http://127.0.0.1:{}/fanout?port={}&id={{n}}", server.port, downstream.port);
+    let mut client = NativeApp::spawn(go_http(), &["client", &url, &REQUESTS.to_string(), &GOROUTINES.to_string()]);
+    client.go();
+    assert!(client.wait_exit(Duration::from_secs(30)).success(), "the Go client's calls failed");
+
+    let spans = exactly(&agent, 3 * REQUESTS, &daemon);
+    let requests: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "server").collect();
+    let calls: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "client").collect();
+    assert_eq!((requests.len(), calls.len()), (REQUESTS, 2 * REQUESTS));
+    assert_calls_parented_by_the_requests_that_made_them(&requests, &calls);
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}

@@ -1,28 +1,33 @@
-//! Go's net/http client, for one fact only: which goroutine each outgoing request is written
-//! for. The client writes a request on the connection's write loop, not on the goroutine that
-//! called `RoundTrip`, so the bytes alone would name the wrong goroutine. Two entry probes (on
-//! the stack check's jump, emulated) let the kernel carry the sender over: `roundTrip(req)` on
-//! the sending goroutine, `(*Request).write` on the write loop (`ddtrace-ebpf/src/goroutines.rs`).
-//! The request's span itself comes from its bytes, like any client's; this integration has no
-//! events of its own.
+//! Go's net/http, for one fact only: which goroutine each outgoing request is sent for. The
+//! client writes a request on the connection's write loop, not on the goroutine that called
+//! `RoundTrip`, and a handler may send from a goroutine of its own. Three entry probes (on the
+//! stack check's jump, emulated) let the kernel carry it over (`ddtrace-ebpf/src/goroutines.rs`):
+//! `serverHandler.ServeHTTP` (the serving goroutine and its request's context), `roundTrip(req)`
+//! (the sending goroutine, or the one serving an ancestor of `req`'s context), and
+//! `(*Request).write` on the write loop. The spans themselves come from the bytes, like any
+//! client's and server's; this integration has no events of its own.
 
 use ddtrace_common::GoSiteSpec;
 
-use super::{Integration, LibraryMatch, ProbeSite};
+use super::{go_layout, Integration, LibraryMatch, ProbeSite};
 use crate::{
     core::ContextTree,
-    probes::{ProbeDef, ProbeEvent},
+    probes::{GoNetHttpSite, ProbeDef, ProbeEvent},
     symbols::{go_probe_sites, ElfSymbols, SymbolError},
 };
 
+const SERVE: &str = "net/http.serverHandler.ServeHTTP";
 const ROUND_TRIP: &str = "net/http.(*Transport).roundTrip";
 const REQUEST_WRITE: &str = "net/http.(*Request).write";
 
-static PROBES: [ProbeDef; 2] = [
+static PROBES: [ProbeDef; 3] = [
+    // func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request), on the serving
+    // goroutine (absent from programs that serve nothing).
+    ProbeDef::go_net_http(SERVE, GoNetHttpSite::Serve),
     // func (t *Transport) roundTrip(req *Request) (*Response, error), on the sending goroutine.
-    ProbeDef::go_request_hand_off(ROUND_TRIP, false).required(),
+    ProbeDef::go_net_http(ROUND_TRIP, GoNetHttpSite::RoundTrip).required(),
     // func (r *Request) write(w io.Writer, ...) error, on the connection's write loop.
-    ProbeDef::go_request_hand_off(REQUEST_WRITE, true).required(),
+    ProbeDef::go_net_http(REQUEST_WRITE, GoNetHttpSite::RequestWrite).required(),
 ];
 
 #[derive(Default)]
@@ -42,7 +47,22 @@ impl Integration for GoNetHttpIntegration {
     }
 
     fn probe_sites(&self, library: &ElfSymbols) -> Vec<ProbeSite> {
-        PROBES.iter().enumerate().map(|(index, def)| (index, entry(library, def.symbol))).collect()
+        let layout = go_layout::of(library);
+        PROBES
+            .iter()
+            .enumerate()
+            .map(|(index, def)| {
+                let site = match &layout {
+                    Ok(layout) => entry(library, def.symbol, layout.request_ctx),
+                    Err(reason) => Err(SymbolError::Unplaceable {
+                        path: library.path().to_path_buf(),
+                        symbol: def.symbol.to_string(),
+                        reason: reason.clone(),
+                    }),
+                };
+                (index, site)
+            })
+            .collect()
     }
 
     /// The hand-off stays in the kernel: no event reaches here.
@@ -50,7 +70,7 @@ impl Integration for GoNetHttpIntegration {
 }
 
 /// Function `name`'s entry site, counted once per call (not again when its stack grows).
-fn entry(library: &ElfSymbols, name: &str) -> Result<crate::symbols::ProbeLocation, SymbolError> {
+fn entry(library: &ElfSymbols, name: &str, request_ctx: u16) -> Result<crate::symbols::ProbeLocation, SymbolError> {
     let unplaceable = |reason: String| SymbolError::Unplaceable {
         path: library.path().to_path_buf(),
         symbol: name.to_string(),
@@ -60,6 +80,7 @@ fn entry(library: &ElfSymbols, name: &str) -> Result<crate::symbols::ProbeLocati
         .whole_function(name)
         .ok_or_else(|| SymbolError::MissingSymbol { path: library.path().to_path_buf(), symbol: name.to_string() })?;
     let site = go_probe_sites::entry_site(code, address).map_err(|e| unplaceable(e.to_string()))?;
-    let spec = GoSiteSpec { only_if: site.only_if.map_or(0, go_probe_sites::BranchTaken::encoded), ..GoSiteSpec::default() };
+    let only_if = site.only_if.map_or(0, go_probe_sites::BranchTaken::encoded);
+    let spec = GoSiteSpec { only_if, request_ctx, ..GoSiteSpec::default() };
     library.site_at(site.address, spec).ok_or_else(|| unplaceable(format!("{:#x} is in no segment", site.address)))
 }

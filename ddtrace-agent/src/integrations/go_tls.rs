@@ -16,12 +16,11 @@
 
 use ddtrace_common::{go_site, GoSiteSpec};
 
-use super::{Integration, LibraryMatch, ProbeSite};
+use super::{go_layout, Integration, LibraryMatch, ProbeSite};
 use crate::{
     core::ContextTree,
     probes::{GoTlsSite, ProbeDef, ProbeEvent},
     symbols::{
-        go_build_info::GoBuild,
         go_probe_sites::{self, BranchTaken, GoSite, ResultAt},
         ElfSymbols, SymbolError,
     },
@@ -44,32 +43,6 @@ static PROBES: [ProbeDef; 4] = [
 const COPY: usize = 1;
 const READ_ENTRY: usize = 2;
 const READ_RETURN: usize = 3;
-
-/// The struct offsets the kernel follows from a `crypto/tls.Conn` to its socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnLayout {
-    /// `crypto/tls.Conn.conn`.
-    pub tls_conn_conn: u16,
-    /// `net.conn.fd`, embedded first in `net.TCPConn` and `net.UnixConn`.
-    pub conn_fd: u16,
-    /// `net.netFD.pfd` + `internal/poll.FD.Sysfd`.
-    pub netfd_sysfd: u16,
-}
-
-/// The Go releases whose layout is known, by (major, minor) range. Generated and checked by
-/// the test `the_layout_table_matches_what_go_itself_reports`, which asks the machine's Go
-/// (`reflect`) for each offset; the fields it reads have not moved in Go's sources since 1.9
-/// (`netFD.pfd` appeared there), and every release this agent reads (1.18+) is covered.
-const LAYOUTS: [((u32, u32), (u32, u32), ConnLayout); 1] =
-    [((1, 18), (1, 25), ConnLayout { tls_conn_conn: 0, conn_fd: 0, netfd_sysfd: 16 })];
-
-/// The layout for Go `version` (`go1.19.8`), when the table has it.
-pub fn layout_for(version: &str) -> Option<ConnLayout> {
-    let mut parts = version.strip_prefix("go")?.split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next()?.parse().ok()?;
-    let minor: u32 = parts.next()?.parse().ok()?;
-    LAYOUTS.iter().find(|(from, to, _)| (major, minor) >= *from && (major, minor) <= *to).map(|(_, _, layout)| *layout)
-}
 
 #[derive(Default)]
 pub struct GoTlsIntegration;
@@ -107,14 +80,7 @@ impl Integration for GoTlsIntegration {
 }
 
 fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
-    let layout = match library.go_build() {
-        Some(GoBuild::Known { version, .. }) => layout_for(version).ok_or_else(|| {
-            format!("{version}'s crypto/tls layout is not in this agent's table (Go 1.18-1.25); traffic-level tracing kept")
-        })?,
-        Some(GoBuild::BeforeGo118) | None => {
-            return Err("built by a Go older than 1.18 (no register ABI); traffic-level tracing kept".into())
-        }
-    };
+    let layout = go_layout::of(library)?;
     // The methods of `*net.TCPConn`/`*net.UnixConn` in `net.Conn`'s method table (sorted:
     // Close 0, LocalAddr 1, Read 2, ..., Write 7) name the two itabs.
     let itab = |type_name: &str| {
@@ -135,7 +101,7 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
         tls_conn_conn: layout.tls_conn_conn,
         conn_fd: layout.conn_fd,
         netfd_sysfd: layout.netfd_sysfd,
-        _pad: 0,
+        request_ctx: 0,
     };
     let located = |site: &GoSite, result: u32| {
         library.site_at(site.address, spec_at(site, result)).ok_or_else(|| format!("{:#x} is in no segment", site.address))

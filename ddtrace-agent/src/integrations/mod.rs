@@ -4,6 +4,7 @@
 //! speak it and how their messages do. Neither knows anything of products: they only talk to
 //! `core`.
 
+mod go_layout;
 mod go_net_http;
 mod go_tls;
 pub mod handlers;

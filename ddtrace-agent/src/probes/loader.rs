@@ -15,7 +15,7 @@ use super::{
     counters::KernelCounters,
     reader::EventReader,
     socket_layout::socket_layout_from_kernel,
-    spec::{GoTlsSite, ProbeDef, ProbeKind},
+    spec::{GoNetHttpSite, GoTlsSite, ProbeDef, ProbeKind},
     tracefs,
 };
 
@@ -173,6 +173,7 @@ impl KernelPrograms {
             names::GO_TLS_COPY_PROGRAM,
             names::GO_ROUND_TRIP_PROGRAM,
             names::GO_REQUEST_WRITE_PROGRAM,
+            names::GO_SERVE_PROGRAM,
         ] {
             Self::uprobe(&mut ebpf, name)?.load().map_err(|e| load_error(name, e))?;
         }
@@ -453,8 +454,9 @@ impl KernelPrograms {
             ProbeKind::GoTlsData { site: GoTlsSite::Entry, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
             ProbeKind::GoTlsData { site: GoTlsSite::Return, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
             ProbeKind::GoTlsData { site: GoTlsSite::Copy, .. } => (names::EXIT_PROGRAM, names::GO_TLS_COPY_PROGRAM),
-            ProbeKind::GoRequestHandOff { on_write_loop: false } => (names::EXIT_PROGRAM, names::GO_ROUND_TRIP_PROGRAM),
-            ProbeKind::GoRequestHandOff { on_write_loop: true } => (names::EXIT_PROGRAM, names::GO_REQUEST_WRITE_PROGRAM),
+            ProbeKind::GoNetHttp(GoNetHttpSite::Serve) => (names::EXIT_PROGRAM, names::GO_SERVE_PROGRAM),
+            ProbeKind::GoNetHttp(GoNetHttpSite::RoundTrip) => (names::EXIT_PROGRAM, names::GO_ROUND_TRIP_PROGRAM),
+            ProbeKind::GoNetHttp(GoNetHttpSite::RequestWrite) => (names::EXIT_PROGRAM, names::GO_REQUEST_WRITE_PROGRAM),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         // On an error the links made so far are dropped, i.e. detached.

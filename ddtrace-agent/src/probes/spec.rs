@@ -25,9 +25,19 @@ pub enum ProbeKind {
     /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): every site is an
     /// entry-style uprobe (no uretprobe in Go code).
     GoTlsData { sends: bool, site: GoTlsSite },
-    /// net/http's client handing a request from the goroutine that sends it (`roundTrip`) to the
-    /// connection's write loop (`(*Request).write`): `ddtrace-ebpf/src/goroutines.rs`.
-    GoRequestHandOff { on_write_loop: bool },
+    /// Go's net/http, for which goroutine a request is sent for (`ddtrace-ebpf/src/goroutines.rs`).
+    GoNetHttp(GoNetHttpSite),
+}
+
+/// Where in net/http a probe is (each at a function's entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoNetHttpSite {
+    /// `serverHandler.ServeHTTP`: the serving goroutine and its request's context.
+    Serve,
+    /// `(*Transport).roundTrip`: the goroutine a request is sent for.
+    RoundTrip,
+    /// `(*Request).write` on a connection's write loop: for whom the loop now writes.
+    RequestWrite,
 }
 
 /// Where in a Go TLS function a probe is.
@@ -139,10 +149,10 @@ impl ProbeDef {
         def
     }
 
-    /// A net/http hand-off probe on `symbol`: see [`ProbeKind::GoRequestHandOff`]. Entry-style.
-    pub const fn go_request_hand_off(symbol: &'static str, on_write_loop: bool) -> Self {
+    /// A net/http probe on `symbol`: see [`ProbeKind::GoNetHttp`]. Entry-style.
+    pub const fn go_net_http(symbol: &'static str, site: GoNetHttpSite) -> Self {
         let mut def = Self::entry(symbol);
-        def.kind = ProbeKind::GoRequestHandOff { on_write_loop };
+        def.kind = ProbeKind::GoNetHttp(site);
         def
     }
 

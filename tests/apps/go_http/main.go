@@ -5,7 +5,9 @@
 //	go_http server PORT          serves on 127.0.0.1:PORT, prints "ready" once listening:
 //	                             /users/<id> (JSON), /fail (500), /static (a 256 KiB file),
 //	                             /call?port=P&id=I (GETs /users/I on 127.0.0.1:P, then answers;
-//	                             &scheme=https for an HTTPS downstream)
+//	                             &scheme=https for an HTTPS downstream), /fanout?port=P&id=I (the
+//	                             same call twice, each from a goroutine of its own with the
+//	                             request's context)
 //	go_http tls-server PORT      the same over TLS (crypto/tls, a self-signed certificate made at
 //	                             start), HTTP/1.1 only
 //	go_http client URL N C       prints "ready", waits for a line on stdin, then GETs URL N times
@@ -158,6 +160,41 @@ func serve(port string, overTLS bool) {
 		body, _ := io.ReadAll(response.Body)
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, "{\"downstream_status\": %d, \"downstream\": %s}\n", response.StatusCode, strings.TrimSpace(string(body)))
+	})
+	// /fanout?port=P&id=I: two goroutines each GET /users/I with the request's context, as a
+	// handler fanning out to backends does; answers once both have.
+	mux.HandleFunc("/fanout", func(w http.ResponseWriter, r *http.Request) {
+		query := r.URL.Query()
+		scheme := query.Get("scheme")
+		if scheme == "" {
+			scheme = "http"
+		}
+		url := scheme + "://127.0.0.1:" + query.Get("port") + "/users/" + query.Get("id")
+		var done sync.WaitGroup
+		statuses := make([]int, 2)
+		for i := range statuses {
+			done.Add(1)
+			go func(i int) {
+				defer done.Done()
+				request, err := http.NewRequestWithContext(r.Context(), "GET", url, nil)
+				if err != nil {
+					return
+				}
+				response, err := downstream.Do(request)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, response.Body)
+				response.Body.Close()
+				statuses[i] = response.StatusCode
+			}(i)
+		}
+		done.Wait()
+		if statuses[0] != http.StatusOK || statuses[1] != http.StatusOK {
+			http.Error(w, fmt.Sprint(statuses), http.StatusBadGateway)
+			return
+		}
+		fmt.Fprintln(w, "{\"fanout\": 2}")
 	})
 	// /static: a file served by http.ServeFile, which Go sends with sendfile(2) after the head.
 	static, err := staticFile()

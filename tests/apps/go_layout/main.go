@@ -1,12 +1,13 @@
-// Prints, as Go itself lays them out, the struct offsets the agent follows from a
-// crypto/tls.Conn to its socket: the agent's table (ddtrace-agent/src/integrations/go_tls.rs)
-// is checked against this for the Go the tests run.
+// Prints, as Go itself lays them out, the struct offsets the agent follows: from a
+// crypto/tls.Conn to its socket, and from a net/http.Request to its context. The agent's table
+// (ddtrace-agent/src/integrations/go_layout.rs) is checked against this for the Go the tests run.
 package main
 
 import (
 	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"reflect"
 )
 
@@ -28,5 +29,6 @@ func main() {
 	if unixEmbedded != embedded {
 		panic("net.UnixConn and net.TCPConn embed conn differently")
 	}
-	fmt.Printf("tls_conn_conn=%d conn_fd=%d netfd_sysfd=%d\n", tlsConn, embedded+fd, pfd+sysfd)
+	requestCtx, _ := offset(reflect.TypeOf((*http.Request)(nil)).Elem(), "ctx")
+	fmt.Printf("tls_conn_conn=%d conn_fd=%d netfd_sysfd=%d request_ctx=%d\n", tlsConn, embedded+fd, pfd+sysfd, requestCtx)
 }
