@@ -591,3 +591,48 @@ fn calls_sent_from_goroutines_a_handler_starts_are_children_of_its_request() {
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
 }
+
+/// A Go program that starts another (fork and exec, as a supervisor or a CLI does): attached to
+/// the parent, the child's HTTPS traffic is traced from its first request, its crypto/tls probes
+/// in place before it runs (the probes are on the file, which the child maps at exec).
+#[test]
+fn the_https_traffic_of_a_child_a_go_program_starts_is_traced_from_its_first_request() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let port = free_port();
+    let mut parent = NativeApp::spawn(go_http_stripped(), &["spawn", "tls-server", &port.to_string()]);
+    let mut daemon = attach(parent.pid(), &agent, "go-spawned");
+    const CALLS: usize = 12;
+    let url = format!("https://127.0.0.1:{port}/users/{{n}}");
+    let mut client = NativeApp::spawn(go_http(), &["client", &url, &CALLS.to_string(), "3"]);
+    client.go();
+    assert!(client.wait_exit(Duration::from_secs(30)).success(), "the HTTPS calls failed");
+    let spans = exactly(&agent, CALLS, &daemon);
+    for span in &spans {
+        assert_eq!(span["resource"], "GET /users/?");
+        assert_eq!(meta(span, "span.kind"), "server");
+        assert_eq!(meta(span, "http.status_code"), "200");
+        assert!(meta(span, "http.url").starts_with("https://"), "{span:#}");
+        let child = f64::from(children_of(parent.pid())[0]);
+        assert_eq!(span["metrics"]["process_id"].as_f64(), Some(child), "served by the child: {span:#}");
+    }
+    agent.assert_checks_passed();
+    daemon.signal(libc::SIGINT);
+    assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+    // The child first (it would outlive its parent).
+    for child in children_of(parent.pid()) {
+        // SAFETY: a plain signal to a process this test started.
+        unsafe { libc::kill(child as i32, libc::SIGKILL) };
+    }
+    drop(parent);
+}
+
+/// The direct children of `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|children| children.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}

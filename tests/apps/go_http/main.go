@@ -14,6 +14,8 @@
 //	                             from C goroutines on keep-alive connections and exits; "{n}" in
 //	                             URL is replaced by each request's number; https URLs over
 //	                             crypto/tls, HTTP/1.1, the certificate not verified
+//	go_http spawn ARGS...        forks and execs itself with ARGS (its output passed through), and
+//	                             waits for it: a Go program that starts others
 //	go_http load URL RATE WARMUP SECONDS C
 //	                             `cargo xtask bench --go`'s load: GETs URL at RATE per second
 //	                             over C keep-alive connections, open loop (each request due at a
@@ -37,6 +39,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
@@ -59,6 +62,13 @@ func main() {
 			usage()
 		}
 		serve(os.Args[2], true)
+	case "spawn":
+		child := exec.Command(os.Args[0], os.Args[2:]...)
+		child.Stdin, child.Stdout, child.Stderr = os.Stdin, os.Stdout, os.Stderr
+		if err := child.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "go_http spawn:", err)
+			os.Exit(1)
+		}
 	case "load":
 		if len(os.Args) != 7 {
 			usage()
