@@ -656,7 +656,9 @@ mod tests {
         assert_eq!(size_of::<EntryEvent>(), 80);
         assert_eq!(size_of::<EntryCaptureEvent>(), 88 + MAX_CAPTURE);
         assert_eq!(size_of::<ExitEvent>(), 56);
-        assert_eq!(size_of::<ProbeSpec>(), 24);
+        assert_eq!(size_of::<ProbeSpec>(), 56);
+        assert_eq!(size_of::<GoSiteSpec>(), 32);
+        assert_eq!(size_of::<GoroutineKey>(), 16);
         assert_eq!(size_of::<OutPointerKey>(), 16);
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);

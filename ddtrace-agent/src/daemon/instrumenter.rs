@@ -502,6 +502,8 @@ impl Instrumenter {
             integration.on_process_exit(tgid);
         }
         self.programs.untrack_process(tgid);
+        // Its pid may come back as another program's.
+        self.programs.set_runs_go(tgid, false);
         self.interpreters.process_exited(tgid, &mut self.programs);
         self.handlers.process_exited(tgid);
         self.processes.remove(&tgid);

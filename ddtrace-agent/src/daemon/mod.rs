@@ -668,7 +668,7 @@ fn note_runtime(instrumenter: &mut Instrumenter, streams: &mut StreamLayer, pid:
     // A forked child runs its parent's program: said once, at the parent's attach or exec.
     if go && forked_from.is_none() {
         if let Some(build) = go_build(pid) {
-            // What of its TLS is read, the go-crypto/tls integration's own line says.
+            // What of its libraries is read, the integrations' own lines say.
             eprintln!("ddtrace-agent: go: pid {pid} runs a program built by {build}: its sockets' traffic is traced");
         }
     }

@@ -7,12 +7,12 @@
 //! `(*Request).write` on the write loop. The spans themselves come from the bytes, like any
 //! client's and server's; this integration has no events of its own.
 
-use ddtrace_common::GoSiteSpec;
+use ddtrace_common::{names, GoSiteSpec};
 
 use super::{go_layout, Integration, LibraryMatch, ProbeSite};
 use crate::{
     core::ContextTree,
-    probes::{GoNetHttpSite, ProbeDef, ProbeEvent},
+    probes::{ProbeDef, ProbeEvent},
     symbols::{go_probe_sites, ElfSymbols, SymbolError},
 };
 
@@ -23,11 +23,11 @@ const REQUEST_WRITE: &str = "net/http.(*Request).write";
 static PROBES: [ProbeDef; 3] = [
     // func (sh serverHandler) ServeHTTP(rw ResponseWriter, req *Request), on the serving
     // goroutine (absent from programs that serve nothing).
-    ProbeDef::go_net_http(SERVE, GoNetHttpSite::Serve),
+    ProbeDef::go_code(SERVE, names::GO_SERVE_PROGRAM, false),
     // func (t *Transport) roundTrip(req *Request) (*Response, error), on the sending goroutine.
-    ProbeDef::go_net_http(ROUND_TRIP, GoNetHttpSite::RoundTrip).required(),
+    ProbeDef::go_code(ROUND_TRIP, names::GO_ROUND_TRIP_PROGRAM, false).required(),
     // func (r *Request) write(w io.Writer, ...) error, on the connection's write loop.
-    ProbeDef::go_net_http(REQUEST_WRITE, GoNetHttpSite::RequestWrite).required(),
+    ProbeDef::go_code(REQUEST_WRITE, names::GO_REQUEST_WRITE_PROGRAM, false).required(),
 ];
 
 #[derive(Default)]
@@ -79,7 +79,7 @@ fn entry(library: &ElfSymbols, name: &str, request_ctx: u16) -> Result<crate::sy
     let (code, address) = library
         .whole_function(name)
         .ok_or_else(|| SymbolError::MissingSymbol { path: library.path().to_path_buf(), symbol: name.to_string() })?;
-    let site = go_probe_sites::entry_site(code, address).map_err(|e| unplaceable(e.to_string()))?;
+    let site = go_probe_sites::emulated_entry_site(code, address).map_err(|e| unplaceable(e.to_string()))?;
     let only_if = site.only_if.map_or(0, go_probe_sites::BranchTaken::encoded);
     let spec = GoSiteSpec { only_if, request_ctx, ..GoSiteSpec::default() };
     library.site_at(site.address, spec).ok_or_else(|| unplaceable(format!("{:#x} is in no segment", site.address)))

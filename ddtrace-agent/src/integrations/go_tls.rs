@@ -1,5 +1,6 @@
 //! Go's own TLS, `crypto/tls` (Go programs do not use OpenSSL): the plaintext of
-//! `(*Conn).Write` at its entry and of `(*Conn).Read` at its return, handed over by the kernel as
+//! `(*Conn).Write` at its entry and of `(*Conn).Read` where it copies it into the caller's buffer
+//! (or at its ways out, where the code has no such copy), handed over by the kernel as
 //! socket activity of the connection it belongs to (`ddtrace-ebpf/src/go_tls.rs`), so the wire
 //! protocols parse it as they parse OpenSSL's. Like OpenSSL's, this integration only says
 //! where to attach: it has no events of its own.
@@ -14,12 +15,12 @@
 //! of those two, found here in the binary's `.itablink` by their methods: any other `net.Conn`
 //! (a wrapper of the program's own) leaves the socket unknown rather than guessed.
 
-use ddtrace_common::{go_site, GoSiteSpec};
+use ddtrace_common::{go_site, names, GoSiteSpec};
 
 use super::{go_layout, Integration, LibraryMatch, ProbeSite};
 use crate::{
     core::ContextTree,
-    probes::{GoTlsSite, ProbeDef, ProbeEvent},
+    probes::{ProbeDef, ProbeEvent},
     symbols::{
         go_probe_sites::{self, BranchTaken, GoSite, ResultAt},
         ElfSymbols, SymbolError,
@@ -31,14 +32,14 @@ const READ: &str = "crypto/tls.(*Conn).Read";
 
 static PROBES: [ProbeDef; 4] = [
     // func (c *Conn) Write(b []byte) (int, error): the plaintext at entry.
-    ProbeDef::go_tls_data(WRITE, true, GoTlsSite::Entry).required(),
+    ProbeDef::go_code(WRITE, names::GO_TLS_ENTRY_PROGRAM, true).required(),
     // func (c *Conn) Read(b []byte) (int, error): where its one `copy` moves the plaintext into
     // b (one probe hit per read that moved data)...
-    ProbeDef::go_tls_data(READ, false, GoTlsSite::Copy),
+    ProbeDef::go_code(READ, names::GO_TLS_COPY_PROGRAM, false),
     // ...or, where the code has no such copy, the buffer at entry and what was read into it at
     // each way out (three to four hits per read).
-    ProbeDef::go_tls_data(READ, false, GoTlsSite::Entry),
-    ProbeDef::go_tls_data(READ, false, GoTlsSite::Return),
+    ProbeDef::go_code(READ, names::GO_TLS_ENTRY_PROGRAM, false),
+    ProbeDef::go_code(READ, names::GO_TLS_RETURN_PROGRAM, false),
 ];
 const COPY: usize = 1;
 const READ_ENTRY: usize = 2;
@@ -65,12 +66,12 @@ impl Integration for GoTlsIntegration {
         match sites(library) {
             Ok(sites) => sites,
             Err(reason) => {
-                let error = |symbol: &str| SymbolError::Unplaceable {
+                let error = SymbolError::Unplaceable {
                     path: library.path().to_path_buf(),
-                    symbol: symbol.to_string(),
-                    reason: reason.clone(),
+                    symbol: "crypto/tls.(*Conn)".to_string(),
+                    reason,
                 };
-                vec![(0, Err(error(WRITE)))]
+                vec![(0, Err(error))]
             }
         }
     }
@@ -110,7 +111,7 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
 
     let mut sites = Vec::new();
     let (write, address) = code(WRITE)?;
-    let entry = go_probe_sites::entry_site(write, address).map_err(|e| format!("{WRITE}: {e}"))?;
+    let entry = go_probe_sites::emulated_entry_site(write, address).map_err(|e| format!("{WRITE}: {e}"))?;
     sites.push((0, Ok(located(&entry, 0)?)));
     let (read, address) = code(READ)?;
     let read_error = |e: go_probe_sites::SiteError| format!("{READ}: {e}");
@@ -119,12 +120,22 @@ fn sites(library: &ElfSymbols) -> Result<Vec<ProbeSite>, String> {
         None => None,
     };
     let receiver = go_probe_sites::spilled_argument(read, address, go_probe_sites::RAX).map_err(read_error)?;
-    if let (Some(copy), Some(receiver)) = (copy, receiver) {
+    // The copy counts only when its destination is the caller's buffer: `b`'s pointer (RBX at
+    // entry) reloaded from its spill slot on the straight way to the call.
+    let buffer = go_probe_sites::spilled_argument(read, address, go_probe_sites::RBX).map_err(read_error)?;
+    let copies_into_buffer = match (copy, buffer) {
+        (Some(copy), Some(buffer)) => {
+            go_probe_sites::call_argument_from_slot(read, address, copy.address, go_probe_sites::RAX, buffer)
+                .map_err(read_error)?
+        }
+        _ => false,
+    };
+    if let (Some(copy), Some(receiver), true) = (copy, receiver, copies_into_buffer) {
         let receiver = i16::try_from(receiver).map_err(|_| format!("a receiver at SP{receiver:+} is out of range"))?;
         sites.push((COPY, Ok(located(&copy, go_site::RESULT_ON_STACK | u32::from(receiver as u16))?)));
         return Ok(sites);
     }
-    let entry = go_probe_sites::entry_site(read, address).map_err(read_error)?;
+    let entry = go_probe_sites::emulated_entry_site(read, address).map_err(read_error)?;
     sites.push((READ_ENTRY, Ok(located(&entry, 0)?)));
     for exit in go_probe_sites::return_sites(read, address, go_probe_sites::RAX, true).map_err(read_error)? {
         let result = match exit.result {

@@ -15,7 +15,7 @@ use super::{
     counters::KernelCounters,
     reader::EventReader,
     socket_layout::socket_layout_from_kernel,
-    spec::{GoNetHttpSite, GoTlsSite, ProbeDef, ProbeKind},
+    spec::{ProbeDef, ProbeKind},
     tracefs,
 };
 
@@ -451,12 +451,8 @@ impl KernelPrograms {
             ProbeKind::Call => (names::EXIT_PROGRAM, names::ENTRY_PROGRAM),
             ProbeKind::TlsData { .. } => (names::TLS_EXIT_PROGRAM, names::TLS_ENTRY_PROGRAM),
             // Go code has no exit probes: both kinds run at an entry-style uprobe.
-            ProbeKind::GoTlsData { site: GoTlsSite::Entry, .. } => (names::EXIT_PROGRAM, names::GO_TLS_ENTRY_PROGRAM),
-            ProbeKind::GoTlsData { site: GoTlsSite::Return, .. } => (names::EXIT_PROGRAM, names::GO_TLS_RETURN_PROGRAM),
-            ProbeKind::GoTlsData { site: GoTlsSite::Copy, .. } => (names::EXIT_PROGRAM, names::GO_TLS_COPY_PROGRAM),
-            ProbeKind::GoNetHttp(GoNetHttpSite::Serve) => (names::EXIT_PROGRAM, names::GO_SERVE_PROGRAM),
-            ProbeKind::GoNetHttp(GoNetHttpSite::RoundTrip) => (names::EXIT_PROGRAM, names::GO_ROUND_TRIP_PROGRAM),
-            ProbeKind::GoNetHttp(GoNetHttpSite::RequestWrite) => (names::EXIT_PROGRAM, names::GO_REQUEST_WRITE_PROGRAM),
+            // Go code has no exit probes (`def.exit` is false): only `program` is attached.
+            ProbeKind::GoCode { program, .. } => (names::EXIT_PROGRAM, program),
         };
         let programs = [(def.exit, exit_program), (needs_entry, entry_program)];
         // On an error the links made so far are dropped, i.e. detached.

@@ -24,4 +24,4 @@ pub use event::{
 pub use loader::{KernelPrograms, NodeExecs, ProbeError, ProbeId, ProbeLinks};
 pub use reader::{EventReader, MAX_BATCH};
 pub use scope::ProbeScope;
-pub use spec::{Capture, GoNetHttpSite, GoTlsSite, ProbeDef, ProbeKind};
+pub use spec::{Capture, ProbeDef, ProbeKind};

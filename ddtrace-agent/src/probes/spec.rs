@@ -22,33 +22,14 @@ pub enum ProbeKind {
         /// The `_ex` form: returns 1 on success and the byte count through argument 3.
         length_out: bool,
     },
-    /// Go's `crypto/tls.(*Conn).Write`/`Read` (`ddtrace-ebpf/src/go_tls.rs`): every site is an
-    /// entry-style uprobe (no uretprobe in Go code).
-    GoTlsData { sends: bool, site: GoTlsSite },
-    /// Go's net/http, for which goroutine a request is sent for (`ddtrace-ebpf/src/goroutines.rs`).
-    GoNetHttp(GoNetHttpSite),
-}
-
-/// Where in net/http a probe is (each at a function's entry).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoNetHttpSite {
-    /// `serverHandler.ServeHTTP`: the serving goroutine and its request's context.
-    Serve,
-    /// `(*Transport).roundTrip`: the goroutine a request is sent for.
-    RoundTrip,
-    /// `(*Request).write` on a connection's write loop: for whom the loop now writes.
-    RequestWrite,
-}
-
-/// Where in a Go TLS function a probe is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoTlsSite {
-    /// Its entry: the arguments (a write's plaintext; a read's buffer).
-    Entry,
-    /// One of the jumps into a return tail: a read's byte count.
-    Return,
-    /// The one copy of a read's plaintext into the caller's buffer.
-    Copy,
+    /// A probe in Go code: always entry-style (a uretprobe would crash Go), running the kernel
+    /// program the integration names (`ddtrace-ebpf/src/go_tls.rs`, `goroutines.rs`), with its
+    /// site's own spec (`ProbeLocation::go`).
+    GoCode {
+        program: &'static str,
+        /// The program reports plaintext the function sends (`probe_flags::TLS_WRITE`).
+        sends: bool,
+    },
 }
 
 /// One function an integration probes, and how.
@@ -142,17 +123,11 @@ impl ProbeDef {
         self
     }
 
-    /// A Go TLS data probe on `symbol`: see [`ProbeKind::GoTlsData`]. Entry-style only.
-    pub const fn go_tls_data(symbol: &'static str, sends: bool, site: GoTlsSite) -> Self {
+    /// A probe in Go code on `symbol` running kernel program `program`: see
+    /// [`ProbeKind::GoCode`].
+    pub const fn go_code(symbol: &'static str, program: &'static str, sends: bool) -> Self {
         let mut def = Self::entry(symbol);
-        def.kind = ProbeKind::GoTlsData { sends, site };
-        def
-    }
-
-    /// A net/http probe on `symbol`: see [`ProbeKind::GoNetHttp`]. Entry-style.
-    pub const fn go_net_http(symbol: &'static str, site: GoNetHttpSite) -> Self {
-        let mut def = Self::entry(symbol);
-        def.kind = ProbeKind::GoNetHttp(site);
+        def.kind = ProbeKind::GoCode { program, sends };
         def
     }
 
@@ -189,7 +164,7 @@ impl ProbeDef {
                 spec.flags |= probe_flags::TLS_LENGTH_OUT;
             }
         }
-        if let ProbeKind::GoTlsData { sends: true, .. } = self.kind {
+        if let ProbeKind::GoCode { sends: true, .. } = self.kind {
             spec.flags |= probe_flags::TLS_WRITE;
         }
         spec

@@ -7,7 +7,7 @@ use std::{
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 use super::go_build_info::{self, GoBuild};
-use super::go_pclntab;
+use super::{go_dwarf, go_pclntab};
 use super::mapped_file::MappedFile;
 use super::x86_calls::{self, ENDBR64};
 
@@ -212,6 +212,12 @@ impl ElfSymbols {
     /// The address of function `name`, where the file names it.
     pub fn function_address(&self, name: &str) -> Option<u64> {
         self.functions.get(name).copied()
+    }
+
+    /// The offsets of `(struct type, member)` pairs from the file's DWARF (see [`go_dwarf`]);
+    /// `None` when it has none it can read (stripped).
+    pub fn go_member_offsets(&self, wanted: &[(&str, &str)]) -> Option<Vec<Option<u64>>> {
+        go_dwarf::member_offsets(&object::File::parse(&*self.data).ok()?, wanted)
     }
 
     /// What a Go binary says of its build.

@@ -33,6 +33,7 @@ use super::x86_calls;
 
 /// x86 register numbers (rax 0, rcx 1, rdx 2, rbx 3, rsp 4, rbp 5, rsi 6, rdi 7, r8-r15).
 pub const RAX: u8 = 0;
+pub const RBX: u8 = 3;
 const RSP: u8 = 4;
 
 /// The site's probe counts only when the branch at the site goes this way (decided by the
@@ -85,6 +86,8 @@ pub enum SiteError {
     Undecodable(u64),
     #[error("the function has no return")]
     NoReturn,
+    #[error("a prologue this agent does not recognise (its entry would be single-stepped)")]
+    UnrecognisedPrologue,
 }
 
 /// The entry probe's site for the Go function whose code starts `code` at `address`.
@@ -108,6 +111,17 @@ pub fn entry_site(code: &[u8], address: u64) -> Result<GoSite, SiteError> {
             })
         }
         _ => Ok(GoSite { address, only_if: None, emulated: false }),
+    }
+}
+
+/// [`entry_site`], refused unless the kernel emulates it: a site the analysis did not recognise
+/// may also be passed twice by a call that grows its stack (data reported twice).
+pub fn emulated_entry_site(code: &[u8], address: u64) -> Result<GoSite, SiteError> {
+    let site = entry_site(code, address)?;
+    if site.emulated {
+        Ok(site)
+    } else {
+        Err(SiteError::UnrecognisedPrologue)
     }
 }
 
@@ -152,6 +166,37 @@ pub fn only_call_to(code: &[u8], address: u64, callee: u64) -> Result<Option<GoS
         .filter(|i| i.flow_control() == FlowControl::Call && i.near_branch_target() == callee && i.len() == 5);
     let (Some(call), None) = (calls.next(), calls.next()) else { return Ok(None) };
     Ok(emulated(code, address, call).then_some(GoSite { address: call.ip(), only_if: None, emulated: true }))
+}
+
+/// Whether `register` holds, at the call at `call`, what the function loads from its frame
+/// slot `slot` (an argument's spill, see [`spilled_argument`]) on the straight way to the call:
+/// the copy's destination is the caller's buffer, not some other copy's.
+pub fn call_argument_from_slot(code: &[u8], address: u64, call: u64, register: u8, slot: i32) -> Result<bool, SiteError> {
+    let instructions = decode(code, address, usize::MAX)?;
+    let function = Function::new(code, address, &instructions);
+    let Some(at) = instructions.iter().position(|i| i.ip() == call) else { return Ok(false) };
+    let mut info = InstructionInfoFactory::new();
+    for index in (0..at).rev().take(32) {
+        let instruction = &instructions[index];
+        // Control may reach what follows from elsewhere: the value is not this way's alone.
+        if function.targets.contains(&instructions[index + 1].ip()) {
+            return Ok(false);
+        }
+        if matches!(
+            instruction.flow_control(),
+            FlowControl::UnconditionalBranch | FlowControl::Return | FlowControl::IndirectBranch | FlowControl::Call
+        ) {
+            return Ok(false);
+        }
+        let writes = info.info(instruction).used_registers().iter().any(|used| {
+            register_number(used.register()) == Some(register)
+                && !matches!(used.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess)
+        });
+        if writes {
+            return Ok(matches!(model(instruction), Step::Load { to, offset } if to == register && offset == i64::from(slot)));
+        }
+    }
+    Ok(false)
 }
 
 /// Where the function keeps its argument `register` (an x86 number; RAX holds a method's
@@ -220,8 +265,6 @@ enum Carried {
 
 /// Most jumps that may carry one return; a tail reached by more gets its `RET` probed.
 const MAX_CARRIERS: usize = 8;
-/// A slot is taken as possibly pointed to when an address this far below it was formed.
-const ESCAPE_REACH: i64 = 256;
 
 struct Function<'a> {
     code: &'a [u8],
@@ -266,27 +309,25 @@ impl<'a> Function<'a> {
         if self.indirect_jump {
             return None;
         }
-        // The tail: back from the RET to where control arrives by jumps only.
+        // The tail: back from the RET to where control arrives by jumps, or falls in from a
+        // conditional jump (counted when not taken); anything else falling in extends the tail.
         let mut start = ret;
-        let mut fall_through = None;
-        loop {
-            if self.targets.contains(&self.instructions[start].ip()) {
-                break;
-            }
+        let fall_through = loop {
             let previous = &self.instructions[start.checked_sub(1)?];
+            let targeted = self.targets.contains(&self.instructions[start].ip());
             match previous.flow_control() {
                 FlowControl::UnconditionalBranch
                 | FlowControl::Return
                 | FlowControl::Interrupt
                 | FlowControl::Exception
-                | FlowControl::IndirectBranch => break,
-                FlowControl::ConditionalBranch => {
-                    fall_through = Some(start - 1);
-                    break;
-                }
+                | FlowControl::IndirectBranch => break None,
+                FlowControl::ConditionalBranch => break Some(start - 1),
+                // Jumped to and fallen into from an instruction that is no jump: no single
+                // carrier stands for that way in.
+                _ if targeted => return None,
                 _ => start -= 1,
             }
-        }
+        };
         let entry = self.instructions[start].ip();
         let value = self.run_tail(&self.instructions[start..=ret], result)?;
         let result = match value {
@@ -353,6 +394,9 @@ impl<'a> Function<'a> {
                             *register = Value::Unknown;
                         }
                     }
+                    // A slot the compiler reloads after a call is one it keeps live across it,
+                    // so never where the callee spills its register arguments (the bottom of
+                    // this frame): only slots whose address was formed may have changed.
                     frame.foreign_write(|at| self.reachable(at));
                 }
                 Step::Other => {
@@ -372,7 +416,10 @@ impl<'a> Function<'a> {
                         if matches!(memory.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::NoMemAccess) {
                             continue;
                         }
-                        if memory.base() == Register::RSP && memory.index() == Register::None {
+                        if memory.base() == Register::RSP && memory.index() != Register::None {
+                            return None; // a store anywhere in the frame
+                        }
+                        if memory.base() == Register::RSP {
                             let size = memory.memory_size().size().max(1) as i64;
                             frame.write(sp + memory.displacement() as i64, size, Value::Unknown);
                         } else {
@@ -391,7 +438,8 @@ impl<'a> Function<'a> {
     fn reachable(&self, offset: i64) -> bool {
         match &self.taken_addresses {
             None => true,
-            Some(addresses) => addresses.iter().any(|&taken| taken <= offset && offset - taken < ESCAPE_REACH),
+            // An object whose address was formed may be of any size: every slot above it.
+            Some(addresses) => addresses.iter().any(|&taken| taken <= offset),
         }
     }
 }
@@ -420,6 +468,10 @@ impl Frame {
     fn read(&self, at: i64, reachable: impl Fn(i64) -> bool) -> Value {
         if let Some(value) = self.slots.get(&at) {
             return *value;
+        }
+        // Part of a slot the tail wrote whole: not followed.
+        if self.slots.keys().any(|&offset| offset < at + 8 && at < offset + 8) {
+            return Value::Unknown;
         }
         let clobbered = self.clobbered.iter().any(|&(start, end)| start < at + 8 && at < end);
         if clobbered || self.foreign && reachable(at) {
@@ -500,7 +552,8 @@ fn model(instruction: &Instruction) -> Step {
         (Mnemonic::Xor, 2)
             if instruction.op0_kind() == OpKind::Register
                 && instruction.op1_kind() == OpKind::Register
-                && instruction.op0_register() == instruction.op1_register() =>
+                && instruction.op0_register() == instruction.op1_register()
+                && instruction.op0_register().size() >= 4 =>
         {
             match register(0) {
                 Some(to) if to != RSP => Step::Set { to, value: 0 },
@@ -549,6 +602,16 @@ fn stack_address_taken(instruction: &Instruction) -> Option<Escape> {
             return (instruction.op0_register() != Register::RBP).then_some(Escape::Everything);
         }
         return Some(Escape::At(instruction.memory_displacement64() as i64));
+    }
+    // The frame pointer's own `MOVQ SP, BP` (after `PUSHQ BP`, Go 1.21+): BP is never written
+    // through.
+    if instruction.mnemonic() == Mnemonic::Mov
+        && instruction.op0_kind() == OpKind::Register
+        && instruction.op0_register() == Register::RBP
+        && instruction.op1_kind() == OpKind::Register
+        && instruction.op1_register() == Register::RSP
+    {
+        return None;
     }
     // SP as a plain register operand, other than moving it by a constant or comparing it.
     let uses_sp = (0..instruction.op_count())

@@ -164,11 +164,54 @@ fn a_tls_read_copies_its_plaintext_with_one_memmove_and_keeps_its_receiver_in_on
     let call = only_call_to(&code, address, memmove).unwrap().expect("one copy into the caller's buffer");
     assert!(call.emulated && call.only_if.is_none());
     assert_eq!(code[(call.address - address) as usize], 0xe8, "a call rel32");
-    // Go 1.19: SUBQ $0x68, SP; the receiver spilled above the return address.
+    // The receiver's slot is where the prologue's `MOVQ AX, d(SP)` (48 89 44 24 d) puts it.
     let slot = spilled_argument(&code, address, RAX).unwrap().expect("the receiver's slot");
-    assert!(slot >= 0x10, "{slot:#x}");
+    let store = code.windows(5).position(|w| w[..4] == [0x48, 0x89, 0x44, 0x24]).expect("MOVQ AX, d(SP)");
+    assert_eq!(slot, i32::from(code[store + 4]), "{slot:#x}");
+    // And the copy writes into `b`: its pointer (RBX at entry) reloaded from its own slot.
+    let buffer = spilled_argument(&code, address, RBX).unwrap().expect("b's slot");
+    assert!(call_argument_from_slot(&code, address, call.address, RAX, buffer).unwrap());
+    assert!(!call_argument_from_slot(&code, address, call.address, RAX, slot).unwrap(), "not from the receiver's");
     // Write makes no copy of its own and several calls: not asked here; a function with two
     // memmove calls has no single copy site.
     let (write, write_address) = go_function("crypto/tls.(*Conn).Write");
     assert!(only_call_to(&write, write_address, memmove).unwrap().is_none());
+}
+
+mod fall_through {
+    use super::*;
+
+    const AT: u64 = 0x2000;
+
+    #[test]
+    fn a_tail_also_fallen_into_from_plain_code_gets_its_ret_probed() {
+        let code = [
+            0x75, 0x03, // jne +3 (to the tail's add)
+            0x48, 0x89, 0xc8, // mov rax, rcx (falls into the tail)
+            0x48, 0x83, 0xc4, 0x08, // add rsp, 8 (the jump's target)
+            0xc3, // ret
+        ];
+        let sites = return_sites(&code, AT, RAX, true).unwrap();
+        assert_eq!(sites.len(), 1, "{sites:?}");
+        assert_eq!(sites[0].site.address, AT + 9, "the RET itself: no jump stands for the fall-through");
+    }
+
+    #[test]
+    fn a_tail_fallen_into_from_a_conditional_jump_is_carried_both_ways() {
+        let code = [
+            0x48, 0x89, 0xc8, // mov rax, rcx
+            0x74, 0x04, // je +4 (to the ret)
+            0x75, 0x00, // jne +0: to the next instruction, so it enters the tail either way
+            0x74, 0x00, // je +0, likewise, the tail's way in by falling through
+            0xc3, // ret
+        ];
+        let sites = return_sites(&code, AT, RAX, true).unwrap();
+        let carriers: Vec<(u64, Option<BranchTaken>)> = sites.iter().map(|s| (s.site.address - AT, s.site.only_if)).collect();
+        assert_eq!(
+            carriers,
+            vec![(3, Some(BranchTaken { condition: 4, taken: true })), (7, None)],
+            "the first je counts when taken; the je falling in either way counts always"
+        );
+        assert!(sites.iter().all(|s| s.result == ResultAt::Register(RAX)), "{sites:?}");
+    }
 }

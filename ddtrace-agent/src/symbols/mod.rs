@@ -15,6 +15,7 @@ mod cfi;
 mod debug_info;
 mod elf;
 pub mod go_build_info;
+mod go_dwarf;
 pub mod go_pclntab;
 pub mod go_probe_sites;
 #[cfg(test)]
