@@ -89,12 +89,13 @@ pub mod go_site {
     pub const RESULT_KIND_MASK: u32 = 0xff << 24;
 }
 
-/// A goroutine's call in flight, by process and goroutine (`runtime.g` address, in R14 in
-/// Go's register ABI): goroutines move between threads, so a thread says nothing.
+/// A Go object of one process as a kernel map key: a goroutine (`runtime.g`, in R14 in Go's
+/// register ABI: goroutines move between threads, so a thread says nothing), a request or a
+/// context, by address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct GoroutineKey {
-    pub g: u64,
+pub struct GoKey {
+    pub address: u64,
     pub tgid: u32,
     pub _pad: u32,
 }
@@ -658,7 +659,7 @@ mod tests {
         assert_eq!(size_of::<ExitEvent>(), 56);
         assert_eq!(size_of::<ProbeSpec>(), 56);
         assert_eq!(size_of::<GoSiteSpec>(), 32);
-        assert_eq!(size_of::<GoroutineKey>(), 16);
+        assert_eq!(size_of::<GoKey>(), 16);
         assert_eq!(size_of::<OutPointerKey>(), 16);
         assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);

@@ -15,31 +15,23 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
-    EbpfContext,
 };
 use ddtrace_common::{
-    event_kind, go_site, probe_flags, socket_flags, socket_op, GoSiteSpec, GoroutineKey, TlsCall, FD_UNKNOWN,
+    event_kind, go_site, probe_flags, socket_flags, socket_op, GoKey, GoSiteSpec, TlsCall, FD_UNKNOWN,
 };
 
-use super::{header, sockets, tracked_spec};
+use super::{go_sites::counted_hit, header, sockets, user_memory};
 
 /// Go TLS reads in flight, by process and goroutine.
 #[map(name = "GO_TLS_READS")]
-static GO_TLS_READS: LruHashMap<GoroutineKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+static GO_TLS_READS: LruHashMap<GoKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
 #[uprobe]
 pub fn ddtrace_go_tls_entry(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    if !counts(spec.go.only_if, regs.eflags) {
-        return 0; // the stack grows first; the function starts again and passes here once more
-    }
+    let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
     let conn = regs.rax;
     let fd = socket_of(&spec.go, conn, regs.rip);
     if spec.flags & probe_flags::TLS_WRITE != 0 {
@@ -48,7 +40,7 @@ pub fn ddtrace_go_tls_entry(ctx: ProbeContext) -> u32 {
         sockets::emit_data(at, fd, socket_op::SENT, regs.rcx, regs.rbx, socket_flags::TLS, conn);
         return 0;
     }
-    let key = GoroutineKey { g: regs.r14, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
+    let key = GoKey { address: regs.r14, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
     let call = TlsCall { session: conn, buffer: regs.rbx, length_out: 0, flags: spec.flags, fd };
     let _ = GO_TLS_READS.insert(&key, &call, 0);
     0
@@ -56,14 +48,8 @@ pub fn ddtrace_go_tls_entry(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn ddtrace_go_tls_return(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    if !counts(spec.go.only_if, regs.eflags) {
-        return 0; // this jump goes elsewhere
-    }
-    let key = GoroutineKey { g: regs.r14, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
+    let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
+    let key = GoKey { address: regs.r14, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { GO_TLS_READS.get(&key) }).copied() else { return 0 };
     let _ = GO_TLS_READS.remove(&key);
@@ -82,10 +68,7 @@ pub fn ddtrace_go_tls_return(ctx: ProbeContext) -> u32 {
 /// One hit per read that moved data, where the entry and return sites take several.
 #[uprobe]
 pub fn ddtrace_go_tls_copy(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
+    let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
     let moved = regs.rcx as i64;
     if moved <= 0 {
         return 0;
@@ -97,37 +80,13 @@ pub fn ddtrace_go_tls_copy(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Whether a hit counts: always, or when the `jcc` at the site goes the way the spec says,
-/// decided from the flags as the CPU will (CF 0, PF 2, ZF 6, SF 7, OF 11).
-#[inline(always)]
-pub fn counts(only_if: u32, flags: u64) -> bool {
-    if only_if & go_site::BRANCH_DECIDES == 0 {
-        return true;
-    }
-    let bit = |n: u32| (flags >> n) & 1 != 0;
-    let (cf, pf, zf, sf, of) = (bit(0), bit(2), bit(6), bit(7), bit(11));
-    let condition = only_if & go_site::CONDITION_MASK;
-    let holds = match condition >> 1 {
-        0 => of,
-        1 => cf,
-        2 => zf,
-        3 => cf || zf,
-        4 => sf,
-        5 => pf,
-        6 => sf != of,
-        _ => zf || sf != of,
-    };
-    let taken = if condition & 1 == 0 { holds } else { !holds };
-    taken == (only_if & go_site::WHEN_TAKEN != 0)
-}
-
 /// The function's first result where the return site's spec says it is.
 #[inline(always)]
 fn result(spec: &GoSiteSpec, regs: &pt_regs) -> u64 {
     let payload = spec.result & !go_site::RESULT_KIND_MASK;
     match spec.result & go_site::RESULT_KIND_MASK {
         go_site::RESULT_IN_REGISTER => register(regs, payload),
-        go_site::RESULT_ON_STACK => sockets::read_u64(regs.rsp.wrapping_add(payload as u16 as i16 as i64 as u64)),
+        go_site::RESULT_ON_STACK => user_memory::read_u64(regs.rsp.wrapping_add(payload as u16 as i16 as i64 as u64)),
         _ => 0,
     }
 }
@@ -160,17 +119,17 @@ fn register(regs: &pt_regs, number: u32) -> u64 {
 #[inline(always)]
 fn socket_of(spec: &GoSiteSpec, conn: u64, site: u64) -> u32 {
     let interface = conn.wrapping_add(spec.tls_conn_conn as u64);
-    let itab = sockets::read_u64(interface);
+    let itab = user_memory::read_u64(interface);
     let known = |delta: i64| delta != 0 && itab == site.wrapping_add(delta as u64);
     if itab == 0 || !(known(spec.conn_itabs[0]) || known(spec.conn_itabs[1])) {
         return FD_UNKNOWN;
     }
-    let net_conn = sockets::read_u64(interface.wrapping_add(8));
-    let net_fd = sockets::read_u64(net_conn.wrapping_add(spec.conn_fd as u64));
+    let net_conn = user_memory::read_u64(interface.wrapping_add(8));
+    let net_fd = user_memory::read_u64(net_conn.wrapping_add(spec.conn_fd as u64));
     if net_fd == 0 {
         return FD_UNKNOWN;
     }
-    let fd = sockets::read_u64(net_fd.wrapping_add(spec.netfd_sysfd as u64)) as i64;
+    let fd = user_memory::read_u64(net_fd.wrapping_add(spec.netfd_sysfd as u64)) as i64;
     if (0..i32::MAX as i64).contains(&fd) {
         fd as u32
     } else {

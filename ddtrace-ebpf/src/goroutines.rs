@@ -16,15 +16,14 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::{map, uprobe},
     maps::{Array, LruHashMap},
     programs::ProbeContext,
-    EbpfContext,
 };
-use ddtrace_common::{socket_op, GoroutineKey, TRACKED_PROCESS_WORDS};
+use ddtrace_common::{socket_op, GoKey, TRACKED_PROCESS_WORDS};
 
-use super::{go_tls::counts, sockets, tracked_spec};
+use super::{go_sites::counted_hit, user_memory};
 
 /// Bit `tgid` is set (by the daemon) for traced processes that run Go.
 #[map(name = "GO_PROCESSES")]
@@ -32,24 +31,24 @@ static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS,
 
 /// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
 #[map(name = "GO_REQUEST_SENDERS")]
-static GO_REQUEST_SENDERS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_REQUEST_SENDERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// `(process, a served request's context)` -> the goroutine serving it.
 #[map(name = "GO_SERVED_CONTEXTS")]
-static GO_SERVED_CONTEXTS: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_SERVED_CONTEXTS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// `(process, goroutine)` -> the context of the request it serves now: a context found in
 /// `GO_SERVED_CONTEXTS` counts only while its goroutine still serves it (a freed context's
 /// address may come back as another).
 #[map(name = "GO_SERVING")]
-static GO_SERVING: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_SERVING: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 /// How far up a context's parents the walk goes (a handler's timeout and values add a few).
 const MAX_CONTEXT_DEPTH: usize = 8;
 
 /// A write loop's goroutine -> the goroutine it writes the current request for.
 #[map(name = "GO_WRITING_FOR")]
-static GO_WRITING_FOR: LruHashMap<GoroutineKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_WRITING_FOR: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 fn runs_go(tgid: u32) -> bool {
@@ -68,7 +67,7 @@ pub fn moved_for(tgid: u32, op: u32) -> u64 {
     if op != socket_op::SENT || g == 0 {
         return g;
     }
-    let key = GoroutineKey { g, tgid, _pad: 0 };
+    let key = GoKey { address: g, tgid, _pad: 0 };
     // SAFETY: the value is copied out at once.
     unsafe { GO_WRITING_FOR.get(&key) }.copied().unwrap_or(g)
 }
@@ -89,15 +88,9 @@ fn running_goroutine() -> u64 {
 /// `func (t *Transport) roundTrip(req *Request) (*Response, error)`: RBX is `req`.
 #[uprobe]
 pub fn ddtrace_go_round_trip(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    if !counts(spec.go.only_if, regs.eflags) {
-        return 0;
-    }
+    let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
     let tgid = (pid_tgid >> 32) as u32;
-    let request = GoroutineKey { g: regs.rbx, tgid, _pad: 0 };
+    let request = GoKey { address: regs.rbx, tgid, _pad: 0 };
     let context = request_context(regs.rbx, spec.go.request_ctx);
     let sender = serving_goroutine(tgid, context).unwrap_or(regs.r14);
     let _ = GO_REQUEST_SENDERS.insert(&request, &sender, 0);
@@ -108,21 +101,15 @@ pub fn ddtrace_go_round_trip(ctx: ProbeContext) -> u32 {
 /// `sh.srv` in RAX and the interface in RBX, RCX); the goroutine serves its context.
 #[uprobe]
 pub fn ddtrace_go_serve(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    if !counts(spec.go.only_if, regs.eflags) {
-        return 0;
-    }
+    let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
     let tgid = (pid_tgid >> 32) as u32;
     let context = request_context(regs.rdi, spec.go.request_ctx);
     if context == 0 {
         return 0;
     }
     let goroutine = regs.r14;
-    let _ = GO_SERVED_CONTEXTS.insert(&GoroutineKey { g: context, tgid, _pad: 0 }, &goroutine, 0);
-    let _ = GO_SERVING.insert(&GoroutineKey { g: goroutine, tgid, _pad: 0 }, &context, 0);
+    let _ = GO_SERVED_CONTEXTS.insert(&GoKey { address: context, tgid, _pad: 0 }, &goroutine, 0);
+    let _ = GO_SERVING.insert(&GoKey { address: goroutine, tgid, _pad: 0 }, &context, 0);
     0
 }
 
@@ -132,7 +119,7 @@ fn request_context(request: u64, ctx_offset: u16) -> u64 {
     if request == 0 || ctx_offset == 0 {
         return 0;
     }
-    sockets::read_u64(request.wrapping_add(ctx_offset as u64 + 8))
+    user_memory::read_u64(request.wrapping_add(ctx_offset as u64 + 8))
 }
 
 /// The goroutine serving `context` or one of its ancestors, if any does.
@@ -143,13 +130,13 @@ fn serving_goroutine(tgid: u32, mut context: u64) -> Option<u64> {
             return None;
         }
         // SAFETY: the value is copied out at once.
-        if let Some(goroutine) = unsafe { GO_SERVED_CONTEXTS.get(&GoroutineKey { g: context, tgid, _pad: 0 }) }.copied() {
+        if let Some(goroutine) = unsafe { GO_SERVED_CONTEXTS.get(&GoKey { address: context, tgid, _pad: 0 }) }.copied() {
             // SAFETY: as above.
-            let current = unsafe { GO_SERVING.get(&GoroutineKey { g: goroutine, tgid, _pad: 0 }) }.copied();
+            let current = unsafe { GO_SERVING.get(&GoKey { address: goroutine, tgid, _pad: 0 }) }.copied();
             return (current == Some(context)).then_some(goroutine);
         }
         // cancelCtx, timerCtx (a cancelCtx first), valueCtx: the parent interface first.
-        context = sockets::read_u64(context.wrapping_add(8));
+        context = user_memory::read_u64(context.wrapping_add(8));
     }
     None
 }
@@ -157,16 +144,10 @@ fn serving_goroutine(tgid: u32, mut context: u64) -> Option<u64> {
 /// `func (r *Request) write(w io.Writer, ...) error` on a connection's write loop: RAX is `r`.
 #[uprobe]
 pub fn ddtrace_go_request_write(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some((_, spec)) = tracked_spec(&ctx, pid_tgid) else { return 0 };
-    // SAFETY: a uprobe's context is the saved user registers.
-    let regs = unsafe { &*(ctx.as_ptr() as *const pt_regs) };
-    if !counts(spec.go.only_if, regs.eflags) {
-        return 0;
-    }
+    let Some((pid_tgid, _, regs)) = counted_hit(&ctx) else { return 0 };
     let tgid = (pid_tgid >> 32) as u32;
-    let request = GoroutineKey { g: regs.rax, tgid, _pad: 0 };
-    let writer = GoroutineKey { g: regs.r14, tgid, _pad: 0 };
+    let request = GoKey { address: regs.rax, tgid, _pad: 0 };
+    let writer = GoKey { address: regs.r14, tgid, _pad: 0 };
     // SAFETY: the value is copied out at once.
     match unsafe { GO_REQUEST_SENDERS.get(&request) }.copied() {
         Some(sender) => {

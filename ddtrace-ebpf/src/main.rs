@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 #![no_main]
 
+mod go_sites;
 mod go_tls;
 mod goroutines;
 mod opt_in;
@@ -15,6 +16,7 @@ mod python;
 mod socket_addresses;
 mod sockets;
 mod tls;
+mod user_memory;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},

@@ -16,6 +16,7 @@ use ddtrace_common::{
     SOCKET_EVENT_HEADER_BYTES,
 };
 
+use super::user_memory::read_u64;
 use super::{
     count, header, is_tracked,
     python::{self, Recorder},
@@ -290,22 +291,6 @@ enum AddressSource {
     SockAddr(u64),
 }
 
-#[inline(always)]
-pub(crate) fn read_u64(address: u64) -> u64 {
-    if address == 0 {
-        return 0;
-    }
-    let mut value = 0u64;
-    // SAFETY: reads 8 bytes of the target's memory into a local; fails instead of faulting.
-    let result = unsafe {
-        read_user_raw(&mut value as *mut u64 as *mut core::ffi::c_void, 8, address as *const core::ffi::c_void)
-    };
-    if result == 0 {
-        value
-    } else {
-        0
-    }
-}
 
 /// The event's fixed part, with no address and no data yet.
 #[inline(always)]

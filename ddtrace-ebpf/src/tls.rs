@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use ddtrace_common::{event_kind, probe_flags, socket_flags, socket_op, TlsCall, FD_UNKNOWN};
 
-use super::{header, is_tracked, python, sockets, tracked_spec};
+use super::{header, is_tracked, python, sockets, tracked_spec, user_memory};
 
 /// TLS calls in flight, by thread (a thread is in at most one: these functions do not nest,
 /// except for TLS carried inside TLS through OpenSSL's SSL BIO, where the inner call's record
@@ -84,7 +84,7 @@ pub fn ddtrace_tls_exit(ctx: RetProbeContext) -> u32 {
         // SSL_read_ex/SSL_write_ex (and the internal functions): 1 on success, the byte count
         // through the size_t out-pointer.
         if ret > 0 {
-            sockets::read_u64(call.length_out)
+            user_memory::read_u64(call.length_out)
         } else {
             0
         }
