@@ -585,7 +585,7 @@ impl Instrumenter {
             if first_time {
                 let object =
                     MappedObject { path: file.path.clone(), dev: file.dev.clone(), inode: file.inode, start: 0 };
-                match self.resolve_library(*index, process, &object, None) {
+                match self.resolve_library(*index, process, &object, None, &mut None) {
                     Ok(Some(probes)) => {
                         self.libraries.insert(key.clone(), probes);
                     }
@@ -679,12 +679,15 @@ impl Instrumenter {
         let executable = std::fs::read_link(format!("/proc/{}/exe", process.pid)).ok();
         for object in objects {
             let Some((dev, inode)) = self.file_identity(process, object) else { continue };
+            // Read once for every integration that looks at the file (an executable is looked
+            // at by each whose library may be linked in statically).
+            let mut loaded = None;
             for index in 0..self.integrations.len() {
                 let key = (dev.clone(), inode, index);
                 let first_time = !self.examined.contains(&key);
                 if first_time {
                     self.examined.insert(key.clone());
-                    match self.resolve_library(index, process, object, executable.as_deref()) {
+                    match self.resolve_library(index, process, object, executable.as_deref(), &mut loaded) {
                         Ok(Some(probes)) => {
                             self.libraries.insert(key.clone(), probes);
                         }
@@ -727,13 +730,15 @@ impl Instrumenter {
 
     /// Looks at `object` for integration `index` the first time a process maps it: whether it
     /// is the integration's library, and where its probes go. Registers the probes (their ids
-    /// serve every process). `Ok(None)`: not this integration's library.
+    /// serve every process). `Ok(None)`: not this integration's library. `loaded` keeps the
+    /// file's symbols (or why they could not be read) for the next integration.
     fn resolve_library(
         &mut self,
         index: usize,
         process: &Process,
         object: &MappedObject,
         executable: Option<&Path>,
+        loaded: &mut Option<Result<Arc<ElfSymbols>, String>>,
     ) -> Result<Option<LibraryProbes>, String> {
         let library = self.integrations[index].library();
         let by_name = library.matches_file(&object.path);
@@ -741,9 +746,10 @@ impl Instrumenter {
         if !(by_name || is_executable && library.marker_symbol().is_some()) {
             return Ok(None);
         }
-        let symbols = match ElfSymbols::load(&process.host_path(&object.path)) {
-            Ok(symbols) => symbols,
-            Err(error) if by_name => return Err(error.to_string()),
+        let load = || ElfSymbols::load(&process.host_path(&object.path)).map(Arc::new).map_err(|e| e.to_string());
+        let symbols = match loaded.get_or_insert_with(load) {
+            Ok(symbols) => symbols.clone(),
+            Err(error) if by_name => return Err(error.clone()),
             Err(_) => return Ok(None),
         };
         // A statically linked copy of the library counts only if its marker is there.
@@ -791,7 +797,7 @@ impl Instrumenter {
             self.route(id, Route::Integration { integration: index, probe: probe_index });
             probes.push((id, probe_index, file_offset));
         }
-        Ok(Some(LibraryProbes { symbols: Arc::new(symbols), probes }))
+        Ok(Some(LibraryProbes { symbols, probes }))
     }
 
     fn failed(&self, index: usize, path: &Path, reason: String) -> AttachOutcome {
