@@ -18,37 +18,43 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
     macros::{map, uprobe},
-    maps::{Array, LruHashMap},
+    maps::Array,
     programs::ProbeContext,
 };
-use ddtrace_common::{socket_op, GoKey, TRACKED_PROCESS_WORDS};
+use ddtrace_common::{socket_op, TRACKED_PROCESS_WORDS};
 
-use super::{go_sites::counted_hit, user_memory};
+use super::{
+    go_sites::counted_hit,
+    slot_tables::{self, Slot, SLOTS},
+    user_memory,
+};
 
 /// Bit `tgid` is set (by the daemon) for traced processes that run Go.
 #[map(name = "GO_PROCESSES")]
 static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS, 0);
 
+// Every table below is direct-mapped (`slot_tables`): a request pays no hash-map insert.
+
 /// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
 #[map(name = "GO_REQUEST_SENDERS")]
-static GO_REQUEST_SENDERS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_REQUEST_SENDERS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 /// `(process, a served request's context)` -> the goroutine serving it.
 #[map(name = "GO_SERVED_CONTEXTS")]
-static GO_SERVED_CONTEXTS: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_SERVED_CONTEXTS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 /// `(process, goroutine)` -> the context of the request it serves now: a context found in
 /// `GO_SERVED_CONTEXTS` counts only while its goroutine still serves it (a freed context's
 /// address may come back as another).
 #[map(name = "GO_SERVING")]
-static GO_SERVING: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_SERVING: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 /// How far up a context's parents the walk goes (a handler's timeout and values add a few).
 const MAX_CONTEXT_DEPTH: usize = 8;
 
 /// A write loop's goroutine -> the goroutine it writes the current request for.
 #[map(name = "GO_WRITING_FOR")]
-static GO_WRITING_FOR: LruHashMap<GoKey, u64> = LruHashMap::with_max_entries(16384, 0);
+static GO_WRITING_FOR: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 #[inline(always)]
 fn runs_go(tgid: u32) -> bool {
@@ -67,9 +73,7 @@ pub fn moved_for(tgid: u32, op: u32) -> u64 {
     if op != socket_op::SENT || g == 0 {
         return g;
     }
-    let key = GoKey { address: g, tgid, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    unsafe { GO_WRITING_FOR.get(&key) }.copied().unwrap_or(g)
+    slot_tables::get(&GO_WRITING_FOR, tgid, g).unwrap_or(g)
 }
 
 /// R14 of the current thread's user registers: in Go code, the running goroutine.
@@ -90,10 +94,9 @@ fn running_goroutine() -> u64 {
 pub fn ddtrace_go_round_trip(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, spec, regs)) = counted_hit(&ctx) else { return 0 };
     let tgid = (pid_tgid >> 32) as u32;
-    let request = GoKey { address: regs.rbx, tgid, _pad: 0 };
     let context = request_context(regs.rbx, spec.go.request_ctx);
     let sender = serving_goroutine(tgid, context).unwrap_or(regs.r14);
-    let _ = GO_REQUEST_SENDERS.insert(&request, &sender, 0);
+    slot_tables::put(&GO_REQUEST_SENDERS, tgid, regs.rbx, sender);
     0
 }
 
@@ -108,8 +111,8 @@ pub fn ddtrace_go_serve(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let goroutine = regs.r14;
-    let _ = GO_SERVED_CONTEXTS.insert(&GoKey { address: context, tgid, _pad: 0 }, &goroutine, 0);
-    let _ = GO_SERVING.insert(&GoKey { address: goroutine, tgid, _pad: 0 }, &context, 0);
+    slot_tables::put(&GO_SERVED_CONTEXTS, tgid, context, goroutine);
+    slot_tables::put(&GO_SERVING, tgid, goroutine, context);
     0
 }
 
@@ -129,10 +132,8 @@ fn serving_goroutine(tgid: u32, mut context: u64) -> Option<u64> {
         if context == 0 {
             return None;
         }
-        // SAFETY: the value is copied out at once.
-        if let Some(goroutine) = unsafe { GO_SERVED_CONTEXTS.get(&GoKey { address: context, tgid, _pad: 0 }) }.copied() {
-            // SAFETY: as above.
-            let current = unsafe { GO_SERVING.get(&GoKey { address: goroutine, tgid, _pad: 0 }) }.copied();
+        if let Some(goroutine) = slot_tables::get(&GO_SERVED_CONTEXTS, tgid, context) {
+            let current = slot_tables::get(&GO_SERVING, tgid, goroutine);
             return (current == Some(context)).then_some(goroutine);
         }
         // cancelCtx, timerCtx (a cancelCtx first), valueCtx: the parent interface first.
@@ -146,18 +147,14 @@ fn serving_goroutine(tgid: u32, mut context: u64) -> Option<u64> {
 pub fn ddtrace_go_request_write(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, _, regs)) = counted_hit(&ctx) else { return 0 };
     let tgid = (pid_tgid >> 32) as u32;
-    let request = GoKey { address: regs.rax, tgid, _pad: 0 };
-    let writer = GoKey { address: regs.r14, tgid, _pad: 0 };
-    // SAFETY: the value is copied out at once.
-    match unsafe { GO_REQUEST_SENDERS.get(&request) }.copied() {
+    let (request, writer) = (regs.rax, regs.r14);
+    match slot_tables::get(&GO_REQUEST_SENDERS, tgid, request) {
         Some(sender) => {
-            let _ = GO_REQUEST_SENDERS.remove(&request);
-            let _ = GO_WRITING_FOR.insert(&writer, &sender, 0);
+            slot_tables::remove(&GO_REQUEST_SENDERS, tgid, request);
+            slot_tables::put(&GO_WRITING_FOR, tgid, writer, sender);
         }
         // Not sent through a roundTrip we saw: the loop writes for nobody we know.
-        None => {
-            let _ = GO_WRITING_FOR.remove(&writer);
-        }
+        None => slot_tables::remove(&GO_WRITING_FOR, tgid, writer),
     }
     0
 }

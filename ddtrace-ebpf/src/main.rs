@@ -13,6 +13,7 @@ mod go_tls;
 mod goroutines;
 mod opt_in;
 mod python;
+mod slot_tables;
 mod socket_addresses;
 mod sockets;
 mod tls;
