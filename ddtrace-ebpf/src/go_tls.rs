@@ -23,7 +23,7 @@ use ddtrace_common::{
     event_kind, go_site, probe_flags, socket_flags, socket_op, GoKey, GoSiteSpec, TlsCall, FD_UNKNOWN,
 };
 
-use super::{go_sites::counted_hit, header, sockets, user_memory};
+use super::{go_sites::counted_hit, goroutines, header, sockets, user_memory};
 
 /// Go TLS reads in flight, by process and goroutine.
 #[map(name = "GO_TLS_READS")]
@@ -37,7 +37,8 @@ pub fn ddtrace_go_tls_entry(ctx: ProbeContext) -> u32 {
     if spec.flags & probe_flags::TLS_WRITE != 0 {
         // The plaintext is there at entry; a write that fails breaks the connection anyway.
         let at = header(event_kind::SOCKET, 0, pid_tgid);
-        sockets::emit_data(at, fd, socket_op::SENT, regs.rcx, regs.rbx, socket_flags::TLS, conn);
+        let goroutine = goroutines::moved_by(at.tgid, socket_op::SENT, regs.r14);
+        sockets::emit_data_for(at, fd, socket_op::SENT, regs.rcx, regs.rbx, socket_flags::TLS, conn, goroutine);
         return 0;
     }
     let key = GoKey { address: regs.r14, tgid: (pid_tgid >> 32) as u32, _pad: 0 };
@@ -58,7 +59,8 @@ pub fn ddtrace_go_tls_return(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let at = header(event_kind::SOCKET, 0, pid_tgid);
-    sockets::emit_data(at, call.fd, socket_op::RECEIVED, moved as u64, call.buffer, socket_flags::TLS, call.session);
+    let (op, session) = (socket_op::RECEIVED, call.session);
+    sockets::emit_data_for(at, call.fd, op, moved as u64, call.buffer, socket_flags::TLS, session, regs.r14);
     0
 }
 
@@ -76,7 +78,7 @@ pub fn ddtrace_go_tls_copy(ctx: ProbeContext) -> u32 {
     let conn = result(&spec.go, regs);
     let fd = socket_of(&spec.go, conn, regs.rip);
     let at = header(event_kind::SOCKET, 0, pid_tgid);
-    sockets::emit_data(at, fd, socket_op::RECEIVED, moved as u64, regs.rbx, socket_flags::TLS, conn);
+    sockets::emit_data_for(at, fd, socket_op::RECEIVED, moved as u64, regs.rbx, socket_flags::TLS, conn, regs.r14);
     0
 }
 
@@ -118,13 +120,11 @@ fn register(regs: &pt_regs, number: u32) -> u64 {
 /// `*net.UnixConn` of this binary; else `FD_UNKNOWN`. `site` is the probe's address.
 #[inline(always)]
 fn socket_of(spec: &GoSiteSpec, conn: u64, site: u64) -> u32 {
-    let interface = conn.wrapping_add(spec.tls_conn_conn as u64);
-    let itab = user_memory::read_u64(interface);
+    let (itab, net_conn) = user_memory::read_pair(conn.wrapping_add(spec.tls_conn_conn as u64));
     let known = |delta: i64| delta != 0 && itab == site.wrapping_add(delta as u64);
     if itab == 0 || !(known(spec.conn_itabs[0]) || known(spec.conn_itabs[1])) {
         return FD_UNKNOWN;
     }
-    let net_conn = user_memory::read_u64(interface.wrapping_add(8));
     let net_fd = user_memory::read_u64(net_conn.wrapping_add(spec.conn_fd as u64));
     if net_fd == 0 {
         return FD_UNKNOWN;

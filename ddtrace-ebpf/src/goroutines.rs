@@ -69,7 +69,14 @@ pub fn moved_for(tgid: u32, op: u32) -> u64 {
     if !runs_go(tgid) {
         return 0;
     }
-    let g = running_goroutine();
+    moved_by(tgid, op, running_goroutine())
+}
+
+/// The goroutine an `op` of goroutine `g` of `tgid` moves bytes for: `g`, or for a request
+/// net/http's write loop writes, the goroutine that sent it. For probes in Go code, whose
+/// registers hold `g` already (no read of the task's saved registers).
+#[inline(always)]
+pub fn moved_by(tgid: u32, op: u32, g: u64) -> u64 {
     if op != socket_op::SENT || g == 0 {
         return g;
     }

@@ -338,11 +338,28 @@ fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u
 /// the first of them are copied from `data`, in the target's memory.
 #[inline(always)]
 pub(crate) fn emit_data(at: EventHeader, fd: u32, op: u32, length: u64, data: u64, flags: u32, session: u64) {
+    let goroutine = super::goroutines::moved_for(at.tgid, op);
+    emit_data_for(at, fd, op, length, data, flags, session, goroutine);
+}
+
+/// [`emit_data`] for bytes moved for `goroutine` (0: none), known by the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn emit_data_for(
+    at: EventHeader,
+    fd: u32,
+    op: u32,
+    length: u64,
+    data: u64,
+    flags: u32,
+    session: u64,
+    goroutine: u64,
+) {
     let Some(event) = start_event(at, fd, op) else { return };
     event.length = length;
     event.flags = flags;
     event.session = session;
-    event.goroutine = super::goroutines::moved_for(at.tgid, op);
+    event.goroutine = goroutine;
     if data != 0 && length > 0 {
         let wanted = if length > MAX_SOCKET_CAPTURE as u64 {
             count(counter::SOCKET_CAPTURE_TRUNCATED);
