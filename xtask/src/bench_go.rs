@@ -24,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::{
+    bench_probe_costs,
     bench::{
         background_load, kill_unreaped, median, number, proc_cpu_time, publish, reply, root_and_agent,
         steal_and_noise_notes, steal_time, BenchArgs, Lines, Stream, Watched,
@@ -127,24 +128,24 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let attach_timeout = Duration::from_secs(args.attach_timeout);
     let started = Instant::now();
     let steal_before = steal_time();
+    // The agent attached for the length of `during`, its crypto/tls probes checked.
+    let with_agent = |during: &dyn Fn(u32) -> Result<Run>| -> Result<Run> {
+        let mut cmd = Command::new(&agent);
+        cmd.args(["--pid", &pid, "--exporter", "console", "--profiling-enabled", "false"]).env_remove("RUST_LOG");
+        let mut watched = Watched::start(cmd, Stream::Stderr, AGENT_READY, attach_timeout)?;
+        let run = during(watched.child.id());
+        let stderr = watched.stop()?;
+        if !stderr.iter().any(|line| line.contains("go-crypto/tls: attached")) {
+            bail!("the agent did not attach its crypto/tls probes:\n{}", stderr.join("\n"));
+        }
+        run
+    };
     let labels = ["(a) no agent", "(b) agent attached"];
     let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
     for cycle in 0..cycles {
         for index in 0..2 {
             let slot = (index + cycle) % 2;
-            let run = if slot == 0 {
-                load(None)
-            } else {
-                let mut cmd = Command::new(&agent);
-                cmd.args(["--pid", &pid, "--exporter", "console", "--profiling-enabled", "false"]).env_remove("RUST_LOG");
-                let mut watched = Watched::start(cmd, Stream::Stderr, AGENT_READY, attach_timeout)?;
-                let run = load(Some(watched.child.id()));
-                let stderr = watched.stop()?;
-                if !stderr.iter().any(|line| line.contains("go-crypto/tls: attached")) {
-                    bail!("the agent did not attach its crypto/tls probes:\n{}", stderr.join("\n"));
-                }
-                run
-            }
+            let run = if slot == 0 { load(None) } else { with_agent(&|agent_pid| load(Some(agent_pid))) }
             .with_context(|| format!("{}, cycle {}", labels[slot], cycle + 1))?;
             server.check_alive()?;
             step(
@@ -165,6 +166,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             runs[slot].push(run);
         }
     }
+    // Where the cost is: one more (b) phase with the kernel's program statistics on (they add
+    // two clock reads to every program run, so this phase stays out of the verdict).
+    let costs = std::cell::RefCell::new(Vec::new());
+    let diagnosed = with_agent(&|agent_pid| {
+        let _stats = bench_probe_costs::StatsOn::start()?;
+        let run = load(Some(agent_pid));
+        *costs.borrow_mut() = bench_probe_costs::program_costs(agent_pid);
+        run
+    })
+    .context("the extra phase with the kernel's program statistics")?;
+    let requests_sent = rate as u64 * (WARMUP_SECONDS + seconds);
+    step("bench", format!("extra (b) phase with program statistics: server cpu {:.1} ms/1k req", diagnosed.per_kilo(diagnosed.server_cpu)));
     let summary = |runs: &[Run]| Summary {
         p50: median(runs.iter().map(|r| r.p50_us)),
         p99: median(runs.iter().map(|r| r.p99_us)),
@@ -218,12 +231,18 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "  ms/1k: CPU time (user + system) over the measured window per 1,000 completed requests; the load generator \
          runs on the same CPUs in both phases."
     );
+    let _ = writeln!(
+        table,
+        "\nWhere the agent's kernel time goes, from one more (b) phase with kernel.bpf_stats_enabled (not in the figures \
+         above), over the {requests_sent} requests it sent; each uprobe hit also costs its trap, which this leaves out:"
+    );
+    table.push_str(&bench_probe_costs::table(&costs.borrow(), requests_sent));
     steal_and_noise_notes(&mut table, steal_time().saturating_sub(steal_before), started.elapsed(), background_busy);
     let json = format!(
         "{{\"benchmark\": \"go\", \"go\": \"{version}\", \"rate\": {rate}, \"connections\": {connections}, \
          \"seconds\": {seconds}, \"cycles\": {cycles}, \"p50_us\": [{}, {}], \"p99_us\": [{}, {}], \
          \"server_ms_per_1k\": [{}, {}], \"agent_ms_per_1k\": {}, \"server_cpu_ratio\": {}, \
-         \"server_cpu_ratio_of_medians\": {}}}\n",
+         \"server_cpu_ratio_of_medians\": {}, \"kernel_programs_us_per_request\": {}}}\n",
         number(base.p50),
         number(traced.p50),
         number(base.p99),
@@ -232,7 +251,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         number(traced.server),
         number(traced.agent),
         number(ratio),
-        number(ratio_of_medians)
+        number(ratio_of_medians),
+        number(costs.borrow().iter().map(|cost| cost.nanos).sum::<u64>() as f64 / requests_sent.max(1) as f64 / 1000.0)
     );
     publish(&out_dir, "go.json", &table, &json)?;
     Ok(ExitCode::SUCCESS)

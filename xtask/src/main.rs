@@ -17,6 +17,7 @@ mod bench_churn;
 mod bench_databases;
 mod bench_go;
 mod bench_http;
+mod bench_probe_costs;
 mod bench_profiler;
 mod bench_redis;
 mod bench_sink;
