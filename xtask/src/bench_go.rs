@@ -15,7 +15,7 @@ use std::{
     fmt::Write as _,
     fs,
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, ExitCode, Stdio},
     time::{Duration, Instant},
 };
@@ -77,7 +77,9 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let agent = root_and_agent(args)?;
     let out_dir = workspace::target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("could not create {}", out_dir.display()))?;
-    let binary = build_go_http(&out_dir)?;
+    // Built as the tests build it (static, offline, the shared Go cache); panics with go's
+    // output when the build fails.
+    let binary = ddtrace_tests::native_app::build_go("go_http/main.go", "go_http");
     // The load runs a copy: another file, so the agent's probes (placed in the server's file,
     // which global probe scope arms in every process mapping it) never trap in the load.
     let load_binary = out_dir.join("go_http_load");
@@ -303,28 +305,6 @@ impl Drop for GoServer {
     fn drop(&mut self) {
         kill_unreaped(&mut self.child);
     }
-}
-
-/// `tests/apps/go_http` built as the tests build it (static, offline, the shared Go cache).
-fn build_go_http(out_dir: &Path) -> Result<PathBuf> {
-    let target = workspace::target_dir();
-    let output = out_dir.join("go_http");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&output)
-        .arg(workspace::root().join("tests/apps/go_http/main.go"))
-        .env("CGO_ENABLED", "0")
-        .env("GOFLAGS", "-buildvcs=false")
-        .env("GOPROXY", "off")
-        .env("GO111MODULE", "on")
-        .env("GOCACHE", target.join("go-cache"))
-        .env("GOPATH", target.join("go-path"))
-        .status()
-        .context("`go` cannot run (apt-get install golang-go; `cargo xtask test` installs it)")?;
-    if !status.success() {
-        bail!("go build of tests/apps/go_http failed");
-    }
-    Ok(output)
 }
 
 fn go_version() -> String {
