@@ -257,6 +257,20 @@ pub struct SocketKey {
     pub fd: u32,
 }
 
+/// Value of the kernel's table of sockets of tracked processes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEntry {
+    /// The side (`socket_op::ACCEPTED` or `CONNECTED`) and flag bits ([`SOCKET_IGNORED`]...) in
+    /// the low half; in the high half, the low 32 bits of the connection event's time: which
+    /// socket this is, for the daemon's requests about an fd number the process may have reused.
+    pub state: u64,
+    /// The kernel's `struct sock *` behind the fd, where the socket-layer programs know it (0:
+    /// not yet, as for a connection adopted at attach): a transfer on the same fd through
+    /// another socket means the process closed this one unseen and reused the number.
+    pub sk: u64,
+}
+
 /// A TLS library call in flight (`SSL_read`, `SSL_write`, ...), saved at entry for its exit.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -536,6 +550,11 @@ pub struct SocketLayout {
     pub skc_daddr: u32,
     /// `sock_common.skc_v6_daddr`: the peer's IPv6 address.
     pub skc_v6_daddr: u32,
+    /// `unix_sock.addr` (`struct unix_address *`; `unix_sock` starts with its `struct sock`):
+    /// set on a listener and on the sockets it accepts, unset on a plain client's. ABSENT when
+    /// unknown (Unix sockets are then taken for clients).
+    pub unix_addr: u32,
+    pub _pad: u32,
 }
 
 impl SocketLayout {
@@ -622,6 +641,13 @@ pub mod names {
     pub const SYSCALL_ENTER_PROGRAM: &str = "ddtrace_syscall_enter";
     pub const SYSCALL_ENTER_CLOSE_CLONE_PROGRAM: &str = "ddtrace_syscall_enter_close_clone";
     pub const SYSCALL_EXIT_PROGRAM: &str = "ddtrace_syscall_exit";
+    /// Raw tracepoint programs of the socket layer (`sock_send_length`, `sock_recv_length`,
+    /// `inet_sock_set_state`) and of `task_newtask`: what replaces the system-call tracepoints
+    /// where the kernel has them.
+    pub const SOCK_SENT_PROGRAM: &str = "ddtrace_sock_sent";
+    pub const SOCK_RECEIVED_PROGRAM: &str = "ddtrace_sock_received";
+    pub const TCP_STATE_PROGRAM: &str = "ddtrace_tcp_state";
+    pub const TASK_NEW_PROGRAM: &str = "ddtrace_task_new";
     pub const TLS_ENTRY_PROGRAM: &str = "ddtrace_tls_entry";
     pub const TLS_EXIT_PROGRAM: &str = "ddtrace_tls_exit";
     pub const GO_TLS_ENTRY_PROGRAM: &str = "ddtrace_go_tls_entry";
@@ -641,6 +667,7 @@ mod pod {
     unsafe impl aya::Pod for ProbeSpec {}
     unsafe impl aya::Pod for OutPointerKey {}
     unsafe impl aya::Pod for SocketKey {}
+    unsafe impl aya::Pod for SocketEntry {}
     unsafe impl aya::Pod for SocketLayout {}
     unsafe impl aya::Pod for ExecLayout {}
     unsafe impl aya::Pod for PythonLayout {}
@@ -665,7 +692,7 @@ mod tests {
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
-        assert_eq!(size_of::<SocketLayout>(), 56);
+        assert_eq!(size_of::<SocketLayout>(), 64);
         assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
         assert_eq!(size_of::<PythonLayout>(), 48);
         assert_eq!(size_of::<PythonFrame>(), 24);

@@ -15,6 +15,7 @@ mod opt_in;
 mod python;
 mod slot_tables;
 mod socket_addresses;
+mod socket_layer;
 mod sockets;
 mod tls;
 mod user_memory;

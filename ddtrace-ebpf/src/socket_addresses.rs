@@ -10,6 +10,7 @@ use aya_ebpf::helpers::{
 };
 use ddtrace_common::{socket_flags, SocketEvent, SocketLayout, SOCK_COMMON_READ_BYTES};
 
+pub const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// Offsets into the copy of the socket's first bytes are masked with this: the verifier then
@@ -33,6 +34,8 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     skc_dport: 0,
     skc_daddr: 0,
     skc_v6_daddr: 0,
+    unix_addr: 0,
+    _pad: 0,
 };
 
 /// One field of the layout. Volatile: the value is the daemon's, not the compiler's zero.
@@ -77,6 +80,15 @@ pub fn read_from_kernel(event: &mut SocketEvent, fd: u32) {
         return;
     }
     let Some(sock) = sock_of(fd) else { return };
+    read_from_sock(event, sock);
+}
+
+/// [`read_from_kernel`] for the kernel's socket `sock`, known already.
+#[inline(always)]
+pub fn read_from_sock(event: &mut SocketEvent, sock: u64) {
+    if offset!(known) == 0 {
+        return;
+    }
     // One copy of the socket's first bytes, where `sock_common` keeps them all, rather than a
     // helper call per field.
     let mut common = [0u8; SOCK_COMMON_READ_BYTES];
@@ -121,4 +133,24 @@ fn copy_address(common: &[u8; SOCK_COMMON_READ_BYTES], offset: u32, length: usiz
     for i in 0..16 {
         out[i] = if i < length { common[(at + i) & MASK] } else { 0 };
     }
+}
+
+/// The address family of the kernel's socket `sock` (0 if unknown).
+#[inline(always)]
+pub fn family(sock: u64) -> u16 {
+    if offset!(known) == 0 {
+        return 0;
+    }
+    read::<u16>(sock + offset!(skc_family) as u64).unwrap_or(0)
+}
+
+/// Whether Unix socket `sock` was accepted from a listener: it then shares the listener's
+/// bound address, which a plain client's socket lacks.
+#[inline(always)]
+pub fn unix_accepted(sock: u64) -> bool {
+    let at = offset!(unix_addr);
+    if offset!(known) == 0 || at == SocketLayout::ABSENT {
+        return false;
+    }
+    read::<u64>(sock + at as u64).unwrap_or(0) != 0
 }

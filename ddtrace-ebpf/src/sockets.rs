@@ -4,6 +4,8 @@
 //! static binaries make these system calls without libc, and an untracked process pays a
 //! bitmap lookup, not a uprobe trap.
 
+use core::mem::offset_of;
+
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_probe_read_user as read_user_raw},
     macros::{map, tracepoint},
@@ -12,7 +14,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use ddtrace_common::{
-    counter, event_kind, socket_op, EventHeader, PendingSyscall, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
+    counter, event_kind, socket_op, EventHeader, PendingSyscall, SocketEntry, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
     SOCKET_EVENT_HEADER_BYTES,
 };
 
@@ -24,7 +26,7 @@ use super::{
 };
 
 /// x86-64 system call numbers.
-mod nr {
+pub(crate) mod nr {
     pub const READ: u64 = 0;
     pub const WRITE: u64 = 1;
     pub const CLOSE: u64 = 3;
@@ -58,7 +60,7 @@ const SOCKET_IGNORED: u64 = ddtrace_common::SOCKET_IGNORED;
 /// this is, for the daemon's requests about an fd number the process may have reused since.
 /// LRU, so a close the program missed (a process killed mid-call) never fills it.
 #[map(name = "SOCKETS")]
-static SOCKETS: LruHashMap<SocketKey, u64> = LruHashMap::with_max_entries(65536, 0);
+pub(crate) static SOCKETS: LruHashMap<SocketKey, SocketEntry> = LruHashMap::with_max_entries(65536, 0);
 
 /// System calls in flight, by thread, from entry to exit.
 #[map(name = "PENDING_SYSCALLS")]
@@ -103,33 +105,19 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
     let mut record_caller = 0;
     let wanted = match id {
         nr::ACCEPT | nr::ACCEPT4 | nr::CONNECT => true,
-        nr::READ
-        | nr::WRITE
-        | nr::READV
-        | nr::WRITEV
-        | nr::SENDTO
-        | nr::RECVFROM
-        | nr::SENDMSG
-        | nr::RECVMSG
-        | nr::SENDFILE => {
+        id if is_transfer(id) => {
             let fd = arg(&ctx, 0) as u32;
-            let key = SocketKey { tgid, fd };
-            match SOCKETS.get_ptr_mut(&key) {
+            match SOCKETS.get_ptr_mut(&SocketKey { tgid, fd }) {
                 None => false,
                 // SAFETY: points into this socket's map value; a race with another thread of
                 // the process on the same fd can at worst cost one event.
-                Some(state) => unsafe {
-                    // Even on a silenced socket (a TLS handshake's records are recognised by no
-                    // protocol): a TLS call in progress learns its socket here.
-                    if super::tls::any_call_in_flight() && super::tls::note_socket_io(pid_tgid, fd) {
-                        *state |= SOCKET_CARRIES_TLS;
-                    }
-                    // Its ciphertext is of no use: the plaintext comes from the TLS probes.
-                    let wanted = *state & (SOCKET_CARRIES_TLS | SOCKET_IGNORED) == 0;
-                    if wanted && is_outbound_write(id, *state) {
+                Some(entry) => match unsafe { wants_transfer(pid_tgid, fd, id, &mut (*entry).state) } {
+                    Transfer::Skip => false,
+                    Transfer::Report => true,
+                    Transfer::ReportWithCaller => {
                         record_caller = 1;
+                        true
                     }
-                    wanted
                 },
             }
         }
@@ -141,6 +129,48 @@ pub fn ddtrace_syscall_enter(ctx: TracePointContext) -> u32 {
         let _ = PENDING_SYSCALLS.insert(&pid_tgid, &pending, 0);
     }
     0
+}
+
+/// System calls that move a socket's bytes.
+#[inline(always)]
+pub(crate) fn is_transfer(id: u64) -> bool {
+    matches!(
+        id,
+        nr::READ
+            | nr::WRITE
+            | nr::READV
+            | nr::WRITEV
+            | nr::SENDTO
+            | nr::RECVFROM
+            | nr::SENDMSG
+            | nr::RECVMSG
+            | nr::SENDFILE
+    )
+}
+
+pub(crate) enum Transfer {
+    Skip,
+    Report,
+    /// Report, with the caller's stack first (see [`is_outbound_write`]).
+    ReportWithCaller,
+}
+
+/// Whether call `id` on followed socket `fd` (whose `SOCKETS` state is `state`) is reported.
+#[inline(always)]
+pub(crate) fn wants_transfer(pid_tgid: u64, fd: u32, id: u64, state: &mut u64) -> Transfer {
+    // Even on a silenced socket (a TLS handshake's records are recognised by no protocol): a
+    // TLS call in progress learns its socket here.
+    if super::tls::any_call_in_flight() && super::tls::note_socket_io(pid_tgid, fd) {
+        *state |= SOCKET_CARRIES_TLS;
+    }
+    // Its ciphertext is of no use: the plaintext comes from the TLS probes.
+    if *state & (SOCKET_CARRIES_TLS | SOCKET_IGNORED) != 0 {
+        Transfer::Skip
+    } else if is_outbound_write(id, *state) {
+        Transfer::ReportWithCaller
+    } else {
+        Transfer::Report
+    }
 }
 
 /// A write on a socket this process connected: a request going out, whose caller is worth
@@ -157,7 +187,7 @@ fn is_outbound_write(id: u64, state: u64) -> bool {
 #[inline(always)]
 pub(crate) fn is_connected_socket(tgid: u32, fd: u32) -> bool {
     // SAFETY: a map lookup; the value is copied out at once.
-    let state = unsafe { SOCKETS.get(&SocketKey { tgid, fd }) }.copied().unwrap_or(0);
+    let state = unsafe { SOCKETS.get(&SocketKey { tgid, fd }) }.map_or(0, |entry| entry.state);
     state & 0xFFFF == socket_op::CONNECTED as u64
 }
 
@@ -250,45 +280,51 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
             let fd = ret as u32;
             let at = emit_connection(pid_tgid, fd, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
-            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_value(socket_op::ACCEPTED, at), 0);
+            let entry = SocketEntry { state: socket_value(socket_op::ACCEPTED, at), sk: 0 };
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &entry, 0);
         }
         nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             let fd = pending.fd as u32;
             let at = emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
-            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &socket_value(socket_op::CONNECTED, at), 0);
+            let entry = SocketEntry { state: socket_value(socket_op::CONNECTED, at), sk: 0 };
+            let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &entry, 0);
         }
-        nr::READ | nr::RECVFROM if ret > 0 => {
-            emit_data(at, pending.fd as u32, socket_op::RECEIVED, ret as u64, pending.pointer, 0, 0)
-        }
-        nr::WRITE | nr::SENDTO if ret > 0 => {
-            emit_data(at, pending.fd as u32, socket_op::SENT, ret as u64, pending.pointer, 0, 0)
-        }
-        // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
-        // no bytes in the process to copy, but its length keeps the body count right.
-        nr::SENDFILE if ret > 0 => emit_data(at, pending.fd as u32, socket_op::SENT, ret as u64, 0, 0, 0),
-        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG if ret > 0 => {
-            let op = if pending.id == nr::READV || pending.id == nr::RECVMSG {
-                socket_op::RECEIVED
-            } else {
-                socket_op::SENT
-            };
-            // msghdr: msg_iov at 16, msg_iovlen at 24; readv/writev pass the iovec array itself.
-            let (iov, buffers) = if pending.id == nr::RECVMSG || pending.id == nr::SENDMSG {
-                (read_u64(pending.pointer + 16), read_u64(pending.pointer + 24))
-            } else {
-                (pending.pointer, pending.count)
-            };
-            emit_vector(at, pending.fd as u32, op, ret as u64, iov, buffers);
-        }
+        id if ret > 0 => report_transfer(at, id, pending.fd as u32, ret as u64, pending.pointer, pending.count),
         _ => {}
     }
     0
 }
 
-enum AddressSource {
+/// `moved` bytes (more than 0) went through `fd` in call `id`, whose second and third
+/// arguments were `pointer` and `count`: reported with the first of them.
+#[inline(always)]
+pub(crate) fn report_transfer(at: EventHeader, id: u64, fd: u32, moved: u64, pointer: u64, count: u64) {
+    match id {
+        nr::READ | nr::RECVFROM => emit_data(at, fd, socket_op::RECEIVED, moved, pointer, 0, 0),
+        nr::WRITE | nr::SENDTO => emit_data(at, fd, socket_op::SENT, moved, pointer, 0, 0),
+        // A file sent to the socket by the kernel (Go's http.ServeFile, nginx's `sendfile on`):
+        // no bytes in the process to copy, but its length keeps the body count right.
+        nr::SENDFILE => emit_data(at, fd, socket_op::SENT, moved, 0, 0, 0),
+        nr::READV | nr::WRITEV | nr::RECVMSG | nr::SENDMSG => {
+            let op = if id == nr::READV || id == nr::RECVMSG { socket_op::RECEIVED } else { socket_op::SENT };
+            // msghdr: msg_iov at 16, msg_iovlen at 24; readv/writev pass the iovec array itself.
+            let (iov, buffers) = if id == nr::RECVMSG || id == nr::SENDMSG {
+                (read_u64(pointer + 16), read_u64(pointer + 24))
+            } else {
+                (pointer, count)
+            };
+            emit_vector(at, fd, op, moved, iov, buffers);
+        }
+        _ => {}
+    }
+}
+
+pub(crate) enum AddressSource {
     None,
     /// A `struct sockaddr *` in the target's memory.
     SockAddr(u64),
+    /// The kernel's `struct sock *`, which knows both ends.
+    Sock(u64),
 }
 
 
@@ -315,23 +351,46 @@ fn start_event(at: EventHeader, fd: u32, op: u32) -> Option<&'static mut SocketE
 
 /// A `SOCKETS` value: the side, and which socket (the connection event's time).
 #[inline(always)]
-fn socket_value(op: u32, event_ktime_ns: u64) -> u64 {
+pub(crate) fn socket_value(op: u32, event_ktime_ns: u64) -> u64 {
     (event_ktime_ns & 0xFFFF_FFFF) << 32 | op as u64
 }
 
 /// Accepted, connected or closed. Returns the event's time (0 if it could not be made).
 #[inline(always)]
-fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u64 {
+pub(crate) fn emit_connection(pid_tgid: u64, fd: u32, op: u32, address: AddressSource) -> u64 {
     let Some(event) = start_event(header(event_kind::SOCKET, 0, pid_tgid), fd, op) else { return 0 };
-    if let AddressSource::SockAddr(pointer) = address {
-        read_peer(event, pointer);
-        // After `read_peer`: the kernel's socket gives the peer only when the call did not.
-        // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
-        socket_addresses::read_from_kernel(event, fd);
+    match address {
+        AddressSource::SockAddr(pointer) => {
+            read_peer(event, pointer);
+            // After `read_peer`: the kernel's socket gives the peer only when the call did not.
+            // A connect in progress (EINPROGRESS) already has its local port: bound before the SYN.
+            socket_addresses::read_from_kernel(event, fd);
+        }
+        AddressSource::Sock(sock) => socket_addresses::read_from_sock(event, sock),
+        AddressSource::None => {}
     }
     let at = event.header.ktime_ns;
     submit(event);
     at
+}
+
+/// The end of socket `fd` of `owner` (a pid_tgid), in an event built on the stack rather than in
+/// the per-CPU scratch: this may run in softirq, over a program of this CPU that is filling it.
+#[inline(always)]
+pub(crate) fn emit_closed(owner: u64, fd: u32) {
+    let mut head = [0u8; SOCKET_EVENT_HEADER_BYTES];
+    let at = header(event_kind::SOCKET, 0, owner);
+    // SAFETY: each write lands inside `head` (the offsets are those of fields of the event's
+    // first SOCKET_EVENT_HEADER_BYTES); unaligned writes, as a byte array has no alignment.
+    unsafe {
+        let base = head.as_mut_ptr();
+        core::ptr::write_unaligned(base.add(offset_of!(SocketEvent, header)).cast::<EventHeader>(), at);
+        core::ptr::write_unaligned(base.add(offset_of!(SocketEvent, fd)).cast::<u32>(), fd);
+        core::ptr::write_unaligned(base.add(offset_of!(SocketEvent, op)).cast::<u32>(), socket_op::CLOSED);
+    }
+    if EVENTS.output::<[u8; SOCKET_EVENT_HEADER_BYTES]>(&head, super::unhurried_submit_flags()).is_err() {
+        count(counter::DROPPED_RING_FULL);
+    }
 }
 
 /// `length` bytes moved on `fd` (or, with `socket_flags::TLS`, through TLS session `session`);

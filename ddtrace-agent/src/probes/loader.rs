@@ -5,11 +5,13 @@ use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-        PerfEvent, ProgramError, TracePoint, UProbe,
+        PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use ddtrace_common::{names, socket_op, tracepoint_globals, GoSiteSpec, ProbeSpec, PythonLayout, SocketKey, MAX_PROBES};
+use ddtrace_common::{
+    names, socket_op, tracepoint_globals, GoSiteSpec, ProbeSpec, PythonLayout, SocketEntry, SocketKey, MAX_PROBES,
+};
 
 use super::{
     counters::KernelCounters,
@@ -55,6 +57,15 @@ const SOCKET_SYSCALLS: &[&str] = &[
 /// System calls the programs need at entry only: a close ends a socket, a clone tells a thread.
 const ENTRY_ONLY_SYSCALLS: &[&str] = &["close", "clone", "clone3"];
 
+/// The tracepoints of the socket layer's programs (category for tracefs, event, program): none
+/// is a system call's, so the host's other system calls keep their fast path.
+const SOCKET_LAYER_TRACEPOINTS: [(&str, &str, &str); 4] = [
+    ("sock", "sock_send_length", names::SOCK_SENT_PROGRAM),
+    ("sock", "sock_recv_length", names::SOCK_RECEIVED_PROGRAM),
+    ("sock", "inet_sock_set_state", names::TCP_STATE_PROGRAM),
+    ("task", "task_newtask", names::TASK_NEW_PROGRAM),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("loading eBPF programs was refused ({0}); run ddtrace-agent as root (sudo) or with CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN")]
@@ -94,7 +105,7 @@ pub struct KernelPrograms {
     go_processes: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     /// Low half: the side and the kernel's flags; high half: which socket (see the kernel's map).
-    sockets: HashMap<MapData, SocketKey, u64>,
+    sockets: HashMap<MapData, SocketKey, SocketEntry>,
     /// How the sampler walks the Python frames of each process that has a CPython.
     python: HashMap<MapData, u32, PythonLayout>,
     /// `task_struct.thread.fsbase` on this kernel, when its BTF says (Python frames need it).
@@ -213,7 +224,7 @@ impl KernelPrograms {
         };
         let mut programs =
             Self { ebpf, specs, tracked, go_processes, counters, sockets, python, task_fsbase, logger, next_probe_id: 0 };
-        programs.attach_syscall_tracepoints()?;
+        programs.attach_socket_programs()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints(node.is_some())?,
             Err(reason) => tracing::warn!(%reason, "children and exec of traced processes will not be followed"),
@@ -233,6 +244,33 @@ impl KernelPrograms {
             self.attach_tracepoint(program, "sched", event)?;
         }
         Ok(())
+    }
+
+    /// Socket traffic of tracked processes: from the socket layer's own tracepoints where the
+    /// kernel has them (6.3+), else from the socket system calls' tracepoints.
+    /// `DDTRACE_SOCKET_HOOKS=syscalls` picks the latter on any kernel (to compare the two).
+    fn attach_socket_programs(&mut self) -> Result<(), ProbeError> {
+        let forced = std::env::var("DDTRACE_SOCKET_HOOKS").ok();
+        let has_socket_layer = SOCKET_LAYER_TRACEPOINTS.iter().all(|(category, event, _)| tracefs::has_event(category, event));
+        if has_socket_layer && forced.as_deref() != Some("syscalls") {
+            for (_, event, program) in SOCKET_LAYER_TRACEPOINTS {
+                let raw: &mut RawTracePoint = Self::program(&mut self.ebpf, program)?;
+                raw.load().map_err(|e| load_error(program, e))?;
+                raw.attach(event).map_err(|e| ProbeError::Attach {
+                    program,
+                    symbol: format!("raw tracepoint {event}"),
+                    path: "bpf_raw_tracepoint_open".into(),
+                    pid: 0,
+                    reason: error_chain(&e),
+                })?;
+            }
+            tracing::info!("socket traffic from the socket layer's tracepoints");
+            return Ok(());
+        }
+        if forced.is_none() {
+            tracing::info!("no socket-layer tracepoints in this kernel (6.3+): socket traffic from the system calls' tracepoints");
+        }
+        self.attach_syscall_tracepoints()
     }
 
     /// Socket system calls of tracked processes, on each call's own tracepoints: other system
@@ -375,7 +413,7 @@ impl KernelPrograms {
     pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
         let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
         self.sockets
-            .insert(SocketKey { tgid, fd }, u64::from(side), 0)
+            .insert(SocketKey { tgid, fd }, SocketEntry { state: u64::from(side), sk: 0 }, 0)
             .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 
@@ -384,12 +422,12 @@ impl KernelPrograms {
     /// number for another socket): no protocol the daemon knows is spoken on it.
     pub fn ignore_socket(&mut self, tgid: u32, fd: u32, connected_ktime_ns: u64) -> Result<(), ProbeError> {
         let key = SocketKey { tgid, fd };
-        let Ok(value) = self.sockets.get(&key, 0) else { return Ok(()) };
-        if value >> 32 != connected_ktime_ns & 0xFFFF_FFFF {
+        let Ok(entry) = self.sockets.get(&key, 0) else { return Ok(()) };
+        if entry.state >> 32 != connected_ktime_ns & 0xFFFF_FFFF {
             return Ok(());
         }
         self.sockets
-            .insert(key, value | ddtrace_common::SOCKET_IGNORED, 0)
+            .insert(key, SocketEntry { state: entry.state | ddtrace_common::SOCKET_IGNORED, ..entry }, 0)
             .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 

@@ -49,6 +49,8 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         skc_daddr: offset("sock_common", "skc_daddr", 4)?,
         skc_v6_rcv_saddr: SocketLayout::ABSENT,
         skc_v6_daddr: SocketLayout::ABSENT,
+        unix_addr: SocketLayout::ABSENT,
+        _pad: 0,
     };
     // A kernel built without IPv6 has no IPv6 members: its IPv4 sockets are still read.
     match (offset("sock_common", "skc_v6_rcv_saddr", 16), offset("sock_common", "skc_v6_daddr", 16)) {
@@ -56,6 +58,13 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         (Err(SocketLayoutError::Btf(BtfError::NoMember { .. })), _)
         | (_, Err(SocketLayoutError::Btf(BtfError::NoMember { .. }))) => {}
         (Err(error), _) | (_, Err(error)) => return Err(error),
+    }
+    // Without it, Unix sockets met after attach are taken for clients (what traced processes
+    // mostly are on them): no reason to refuse the rest.
+    if let Ok(place) = btf.member("unix_sock", "addr") {
+        if place.size == 8 {
+            layout.unix_addr = place.offset;
+        }
     }
     Ok(layout)
 }
@@ -75,5 +84,7 @@ mod tests {
         assert!(layout.fdtable_fd > layout.fdtable_max_fds, "fdtable is max_fds, then fd: {layout:?}");
         assert!(layout.task_files > 0 && layout.socket_sk > 0 && layout.file_private_data > 0);
         assert_ne!(layout.skc_v6_rcv_saddr, SocketLayout::ABSENT, "this kernel has IPv6");
+        // `unix_sock` starts with its `struct sock`, and `addr` follows it.
+        assert!(layout.unix_addr != SocketLayout::ABSENT && layout.unix_addr > 64, "{layout:?}");
     }
 }
