@@ -13,7 +13,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, raw_tracepoint},
     maps::LruHashMap,
     programs::RawTracePointContext,
@@ -65,22 +65,29 @@ struct SavedCall {
     rsi: u64,
     rdi: u64,
     orig_rax: u64,
-    rip: u64,
-    cs: u64,
 }
 
 #[inline(always)]
 fn saved_call() -> Option<SavedCall> {
-    // SAFETY: helpers on the current task; the registers are copied with a checked kernel read
-    // of the six consecutive `pt_regs` members from `rdx` (x86-64 layout, stable ABI).
-    let call: SavedCall = unsafe {
+    // SAFETY: `bpf_task_pt_regs` gives the verifier a typed pointer to the task's `pt_regs`, so
+    // its members are read with plain loads (which the kernel guards against faults), not a
+    // helper call each.
+    let call = unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         if regs.is_null() {
             return None;
         }
-        bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rdx) as *const SavedCall).ok()?
+        if core::ptr::read_volatile(&(*regs).cs) != USER_CS {
+            return None;
+        }
+        SavedCall {
+            rdx: core::ptr::read_volatile(&(*regs).rdx),
+            rsi: core::ptr::read_volatile(&(*regs).rsi),
+            rdi: core::ptr::read_volatile(&(*regs).rdi),
+            orig_rax: core::ptr::read_volatile(&(*regs).orig_rax),
+        }
     };
-    (call.cs == USER_CS).then_some(call)
+    Some(call)
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
