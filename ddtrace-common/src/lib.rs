@@ -269,6 +269,9 @@ pub struct SocketEntry {
     /// not yet, as for a connection adopted at attach): a transfer on the same fd through
     /// another socket means the process closed this one unseen and reused the number.
     pub sk: u64,
+    /// For a Unix socket, its inode number: a Unix socket's close is never seen, and the
+    /// kernel may give the next one the same `struct sock` (0 otherwise).
+    pub inode: u64,
 }
 
 /// A TLS library call in flight (`SSL_read`, `SSL_write`, ...), saved at entry for its exit.
@@ -554,7 +557,11 @@ pub struct SocketLayout {
     /// set on a listener and on the sockets it accepts, unset on a plain client's. ABSENT when
     /// unknown (Unix sockets are then taken for clients).
     pub unix_addr: u32,
-    pub _pad: u32,
+    /// `sock.sk_socket` (`struct socket *`). ABSENT when unknown.
+    pub sock_socket: u32,
+    /// From a `struct socket` to its inode's number: `socket_alloc.vfs_inode` + `inode.i_ino`
+    /// (a socket is allocated inside a `socket_alloc`, at its start).
+    pub socket_inode_number: u32,
 }
 
 impl SocketLayout {
@@ -692,7 +699,7 @@ mod tests {
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
-        assert_eq!(size_of::<SocketLayout>(), 64);
+        assert_eq!(size_of::<SocketLayout>(), 72);
         assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
         assert_eq!(size_of::<PythonLayout>(), 48);
         assert_eq!(size_of::<PythonFrame>(), 24);

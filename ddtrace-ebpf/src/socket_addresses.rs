@@ -35,7 +35,8 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     skc_daddr: 0,
     skc_v6_daddr: 0,
     unix_addr: 0,
-    _pad: 0,
+    sock_socket: 0,
+    socket_inode_number: 0,
 };
 
 /// One field of the layout. Volatile: the value is the daemon's, not the compiler's zero.
@@ -153,4 +154,16 @@ pub fn unix_accepted(sock: u64) -> bool {
         return false;
     }
     read::<u64>(sock + at as u64).unwrap_or(0) != 0
+}
+
+/// The inode number of socket `sock` (0 if unknown): unlike the `struct sock`'s address, never
+/// the same for two sockets alive at once or one after the other.
+#[inline(always)]
+pub fn inode_number(sock: u64) -> u64 {
+    let (to_socket, to_number) = (offset!(sock_socket), offset!(socket_inode_number));
+    if offset!(known) == 0 || to_socket == SocketLayout::ABSENT || to_number == SocketLayout::ABSENT {
+        return 0;
+    }
+    let Some(socket) = read::<u64>(sock + to_socket as u64) else { return 0 };
+    read::<u64>(socket + to_number as u64).unwrap_or(0)
 }

@@ -24,7 +24,10 @@ use super::{
     header, is_tracked, note_clone,
     python::{self, Recorder},
     socket_addresses::{self, AF_UNIX},
-    sockets::{self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS},
+    sockets::{
+        self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS,
+        SOCKET_UNIX,
+    },
 };
 
 /// `recv(..., MSG_PEEK)`: the bytes stay queued and will be received again.
@@ -123,11 +126,15 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
     let key = SocketKey { tgid, fd };
     let entry = match SOCKETS.get_ptr_mut(&key) {
         // SAFETY: points into the map's value; read and written in place by this thread.
-        Some(entry) if unsafe { (*entry).sk } == sk => entry,
-        // Adopted at attach: the daemon knew the fd, not the socket.
+        Some(entry) if unsafe { same_socket(&*entry, sk) } => entry,
+        // Adopted at attach (a TCP connection): the daemon knew the fd, not the socket.
         Some(entry) if unsafe { (*entry).sk } == 0 => {
             // SAFETY: as above.
-            unsafe { (*entry).sk = sk };
+            let side = unsafe {
+                (*entry).sk = sk;
+                ((*entry).state & 0xFFFF) as u32
+            };
+            let _ = TCP_SOCKETS.insert(&sk, &TcpSocket { side, tgid, fd, _pad: 0 }, 0);
             entry
         }
         stale => {
@@ -165,24 +172,28 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
 /// connection older than the agent that was not adopted) is not.
 #[inline(always)]
 fn follow(pid_tgid: u64, key: SocketKey, sk: u64) -> bool {
-    let side = match TCP_SOCKETS.get_ptr_mut(&sk) {
+    let (side, unix, inode) = match TCP_SOCKETS.get_ptr_mut(&sk) {
         // SAFETY: points into the map's value.
         Some(tcp) => unsafe {
             (*tcp).tgid = key.tgid;
             (*tcp).fd = key.fd;
-            (*tcp).side
+            ((*tcp).side, 0, 0)
         },
         None if socket_addresses::family(sk) == AF_UNIX => {
-            if socket_addresses::unix_accepted(sk) {
-                socket_op::ACCEPTED
-            } else {
-                socket_op::CONNECTED
-            }
+            let side = if socket_addresses::unix_accepted(sk) { socket_op::ACCEPTED } else { socket_op::CONNECTED };
+            (side, SOCKET_UNIX, socket_addresses::inode_number(sk))
         }
         None => return false,
     };
     let at = emit_connection(pid_tgid, key.fd, side, AddressSource::Sock(sk));
-    SOCKETS.insert(&key, &SocketEntry { state: socket_value(side, at), sk }, 0).is_ok()
+    let entry = SocketEntry { state: socket_value(side, at) | unix, sk, inode };
+    SOCKETS.insert(&key, &entry, 0).is_ok()
+}
+
+/// Whether followed socket `entry` is still the one at `sk`.
+#[inline(always)]
+fn same_socket(entry: &SocketEntry, sk: u64) -> bool {
+    entry.sk == sk && (entry.state & SOCKET_UNIX == 0 || entry.inode == socket_addresses::inode_number(sk))
 }
 
 /// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.

@@ -53,6 +53,9 @@ const SOCKET_CARRIES_TLS: u64 = 1 << 16;
 /// so its reads and writes are not reported (a traced Redis server pays a lookup per call, not a
 /// copy and an event).
 const SOCKET_IGNORED: u64 = ddtrace_common::SOCKET_IGNORED;
+/// Bit of a `SOCKETS` value: a Unix socket, whose entry's inode number tells it from a later
+/// socket at the same `struct sock` (its close is not seen).
+pub(crate) const SOCKET_UNIX: u64 = 1 << 18;
 
 /// Sockets of tracked processes: accepted or connected since the daemon attached, with their
 /// `socket_op` (ACCEPTED or CONNECTED), [`SOCKET_CARRIES_TLS`] and [`SOCKET_IGNORED`] in the low
@@ -280,13 +283,13 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
         nr::ACCEPT | nr::ACCEPT4 if ret >= 0 => {
             let fd = ret as u32;
             let at = emit_connection(pid_tgid, fd, socket_op::ACCEPTED, AddressSource::SockAddr(pending.pointer));
-            let entry = SocketEntry { state: socket_value(socket_op::ACCEPTED, at), sk: 0 };
+            let entry = SocketEntry { state: socket_value(socket_op::ACCEPTED, at), sk: 0, inode: 0 };
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &entry, 0);
         }
         nr::CONNECT if ret == 0 || ret == -EINPROGRESS => {
             let fd = pending.fd as u32;
             let at = emit_connection(pid_tgid, fd, socket_op::CONNECTED, AddressSource::SockAddr(pending.pointer));
-            let entry = SocketEntry { state: socket_value(socket_op::CONNECTED, at), sk: 0 };
+            let entry = SocketEntry { state: socket_value(socket_op::CONNECTED, at), sk: 0, inode: 0 };
             let _ = SOCKETS.insert(&SocketKey { tgid, fd }, &entry, 0);
         }
         id if ret > 0 => report_transfer(at, id, pending.fd as u32, ret as u64, pending.pointer, pending.count),

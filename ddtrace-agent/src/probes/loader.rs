@@ -413,7 +413,7 @@ impl KernelPrograms {
     pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
         let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
         self.sockets
-            .insert(SocketKey { tgid, fd }, SocketEntry { state: u64::from(side), sk: 0 }, 0)
+            .insert(SocketKey { tgid, fd }, SocketEntry { state: u64::from(side), sk: 0, inode: 0 }, 0)
             .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
     }
 

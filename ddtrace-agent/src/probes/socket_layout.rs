@@ -50,7 +50,8 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         skc_v6_rcv_saddr: SocketLayout::ABSENT,
         skc_v6_daddr: SocketLayout::ABSENT,
         unix_addr: SocketLayout::ABSENT,
-        _pad: 0,
+        sock_socket: SocketLayout::ABSENT,
+        socket_inode_number: SocketLayout::ABSENT,
     };
     // A kernel built without IPv6 has no IPv6 members: its IPv4 sockets are still read.
     match (offset("sock_common", "skc_v6_rcv_saddr", 16), offset("sock_common", "skc_v6_daddr", 16)) {
@@ -64,6 +65,18 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
     if let Ok(place) = btf.member("unix_sock", "addr") {
         if place.size == 8 {
             layout.unix_addr = place.offset;
+        }
+    }
+    // Without these, a Unix socket closed unseen and followed by another at the same address
+    // and fd would pass for the same connection.
+    if let (Ok(socket), Ok(inode), Ok(number), Ok(start)) = (
+        btf.member("sock", "sk_socket"),
+        btf.member("socket_alloc", "vfs_inode"),
+        btf.member("inode", "i_ino"),
+        btf.member("socket_alloc", "socket"),
+    ) {
+        if socket.size == 8 && number.size == 8 && start.offset == 0 {
+            (layout.sock_socket, layout.socket_inode_number) = (socket.offset, inode.offset + number.offset);
         }
     }
     Ok(layout)
@@ -86,5 +99,6 @@ mod tests {
         assert_ne!(layout.skc_v6_rcv_saddr, SocketLayout::ABSENT, "this kernel has IPv6");
         // `unix_sock` starts with its `struct sock`, and `addr` follows it.
         assert!(layout.unix_addr != SocketLayout::ABSENT && layout.unix_addr > 64, "{layout:?}");
+        assert!(layout.sock_socket != SocketLayout::ABSENT && layout.socket_inode_number > 0, "{layout:?}");
     }
 }
