@@ -699,7 +699,7 @@ mod tests {
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
-        assert_eq!(size_of::<SocketLayout>(), 72);
+        assert_eq!(size_of::<SocketLayout>(), 68);
         assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
         assert_eq!(size_of::<PythonLayout>(), 48);
         assert_eq!(size_of::<PythonFrame>(), 24);
