@@ -104,6 +104,12 @@ impl AgentProcess {
         Self::start(&args)
     }
 
+    /// Like [`attach`](Self::attach), with `env` added to the agent's environment.
+    pub fn attach_with_env(pid: u32, agent_url: &str, env: &[(&str, &str)]) -> Self {
+        let pid = pid.to_string();
+        Self::start_with_env(&["--pid", &pid, "--agent-url", agent_url, "--service", "e2e-sqlite"], env)
+    }
+
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
     }

@@ -26,19 +26,31 @@ const WORK_RESOURCES: [&str; 6] = [
 /// after the attach or, with `before_attach`, before it; the `mysql.query` spans and the agent's
 /// stderr.
 fn traced_work(server: &MysqlServer, connect: &str, before_attach: bool) -> (Vec<Value>, String, TestAgent) {
+    traced_commands(server, &[connect], &["work"], before_attach, &[])
+}
+
+/// The worker's `before` commands run before the attach (with `before_attach`) or after it,
+/// then its `after` ones, traced by an agent with `env`; as [`traced_work`].
+fn traced_commands(
+    server: &MysqlServer,
+    before: &[&str],
+    after: &[&str],
+    before_attach: bool,
+    env: &[(&str, &str)],
+) -> (Vec<Value>, String, TestAgent) {
     let agent = TestAgent::start();
     let port = server.port.to_string();
     let socket = server.socket.display().to_string();
     let mut worker = SqliteWorker::spawn_script("mysql_worker.py", &[&port, &socket], &[]);
     if before_attach {
-        worker.run(connect);
+        before.iter().for_each(|command| worker.run(command));
     }
-    let mut daemon = AgentProcess::attach(worker.pid(), &agent.url(), &[]);
+    let mut daemon = AgentProcess::attach_with_env(worker.pid(), &agent.url(), env);
     daemon.wait_attached(ATTACH_TIMEOUT);
     if !before_attach {
-        worker.run(connect);
+        before.iter().for_each(|command| worker.run(command));
     }
-    worker.run("work");
+    after.iter().for_each(|command| worker.run(command));
     worker.exit();
     let status = daemon.wait_exit(Duration::from_secs(15));
     let stderr = daemon.stderr_text();
@@ -109,4 +121,52 @@ fn a_connection_open_before_the_attach_on_another_port_gives_spans_from_its_next
         assert_eq!(span["metrics"]["network.destination.port"].as_f64(), Some(f64::from(server.port)), "{span:#}");
     }
     agent.assert_checks_passed();
+}
+
+/// Connections over the Unix socket one after the other, each closed before the next: the
+/// kernel gives no sign of a Unix socket's close, and the next socket may get the same fd and
+/// the same kernel object; each is still its own connection, with its own handshake's user.
+#[test]
+fn unix_socket_connections_closed_and_opened_again_are_each_their_own() {
+    let _serial = ddtrace_tests::serial();
+    let server = MysqlServer::start();
+    let users = ["alice", "bob", "carol"];
+    let mut commands = Vec::new();
+    for user in users {
+        commands.extend([format!("connect_socket_as {user}"), "work".to_string(), "close".to_string()]);
+    }
+    let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
+    let (spans, stderr, agent) = traced_commands(&server, &[], &commands, false, &[]);
+    let context = format!("{spans:#?}\n{stderr}");
+    let work: Vec<(&str, &str)> = spans
+        .iter()
+        .filter(|s| WORK_RESOURCES.contains(&s["resource"].as_str().unwrap_or_default()))
+        .map(|s| (meta(s, "db.user"), s["resource"].as_str().unwrap_or_default()))
+        .collect();
+    let expected: Vec<(&str, &str)> =
+        users.iter().flat_map(|user| WORK_RESOURCES.iter().map(move |resource| (*user, *resource))).collect();
+    assert_eq!(work, expected, "{context}");
+    agent.assert_checks_passed();
+}
+
+/// Kernels before 6.3 have no socket-layer tracepoints: the agent follows sockets from the
+/// socket system calls' tracepoints there (`DDTRACE_SOCKET_HOOKS=syscalls` picks them on any
+/// kernel), with the same spans, over TCP and a Unix socket.
+#[test]
+fn the_system_call_tracepoints_of_older_kernels_give_the_same_spans() {
+    let _serial = ddtrace_tests::serial();
+    let server = MysqlServer::start();
+    for (hooks, layer) in [(None, true), (Some("syscalls"), false)] {
+        let env: Vec<(&str, &str)> = hooks.map(|h| ("DDTRACE_SOCKET_HOOKS", h)).into_iter().collect();
+        for connect in ["connect", "connect_socket"] {
+            let (spans, stderr, agent) = traced_commands(&server, &[connect], &["work"], false, &env);
+            let context = format!("{hooks:?} {connect}: {spans:#?}\n{stderr}");
+            assert_eq!(stderr.contains("socket traffic from the socket layer's tracepoints"), layer, "{context}");
+            let resources: Vec<&str> = spans.iter().map(|s| s["resource"].as_str().unwrap_or_default()).collect();
+            let application: Vec<&str> = resources.iter().copied().filter(|r| WORK_RESOURCES.contains(r)).collect();
+            assert_eq!(application, WORK_RESOURCES, "{context}");
+            assert!(spans.iter().all(|s| meta(s, "db.user") == "app"), "{context}");
+            agent.assert_checks_passed();
+        }
+    }
 }
