@@ -2,7 +2,8 @@
 
 Usage: `mysql_worker.py PORT SOCKET`. Commands (one per line): `connect` (user `app` on the
 database `shop`, over TCP at 127.0.0.1:PORT), `connect_socket` (the same over the Unix socket),
-`connect_socket_as USER` (as USER), `close` (the connection),
+`connect_as USER` and `connect_socket_as USER` (as USER, who is also the tag of the rows `work`
+inserts), `close` (the connection),
 `work` (a CREATE, a parameterised INSERT of a secret and a commit, a parameterised SELECT, a
 SELECT of a table that does not exist, a 5,000-row result), `exit`. Prints `ok <command>` after
 each, flushing, so the test can wait for it.
@@ -38,6 +39,9 @@ for line in sys.stdin:
     elif command == "connect_socket":
         conn = pymysql.connect(unix_socket=socket_path, user="app", database="shop")
         tag = "socket"
+    elif command.startswith("connect_as "):
+        tag = command.split()[1]
+        conn = pymysql.connect(host="127.0.0.1", port=port, user=tag, database="shop")
     elif command.startswith("connect_socket_as "):
         tag = command.split()[1]
         conn = pymysql.connect(unix_socket=socket_path, user=tag, database="shop")
