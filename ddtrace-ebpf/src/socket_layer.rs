@@ -15,14 +15,15 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, raw_tracepoint},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::RawTracePointContext,
 };
 use ddtrace_common::{event_kind, socket_op, SocketEntry, SocketKey};
 
 use super::{
-    header, is_tracked, note_clone,
+    header, is_tracked, note_clone, tls,
     python::{self, Recorder},
+    slot_tables::{self, Slot, SLOTS},
     socket_addresses::{self, AF_UNIX},
     sockets::{
         self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS,
@@ -59,6 +60,15 @@ struct TcpSocket {
 /// LRU bounds what the host's other connections leave here.
 #[map(name = "TCP_SOCKETS")]
 static TCP_SOCKETS: LruHashMap<u64, TcpSocket> = LruHashMap::with_max_entries(16384, 0);
+
+/// TCP sockets whose transfers are not reported (silenced by the daemon, or carrying TLS), by
+/// `struct sock *` (value: the process), checked before anything else: such a transfer then
+/// costs one array slot, not the saved registers and a hash lookup (a traced Redis server's
+/// every GET, a Go HTTPS server's every TLS record). Emptied when the socket reaches TCP_CLOSE,
+/// which every TCP socket does before it is freed, and when a new connection takes the address.
+/// Not for Unix sockets, whose close is not seen.
+#[map(name = "SILENCED_SOCKETS")]
+static SILENCED_SOCKETS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
 
 /// The system call the current task is in, from its registers saved on entry.
 #[repr(C)]
@@ -117,11 +127,15 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
     if moved <= 0 || (received && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
         return;
     }
+    let sk = ctx.arg::<u64>(0);
+    // While a TLS call is in flight its socket is learnt below, silenced or not.
+    if slot_tables::get(&SILENCED_SOCKETS, 0, sk) == Some(tgid as u64) && !tls::any_call_in_flight() {
+        return;
+    }
     let Some(call) = saved_call() else { return };
     if !is_transfer(call.orig_rax) {
         return;
     }
-    let sk = ctx.arg::<u64>(0);
     let fd = call.rdi as u32;
     let key = SocketKey { tgid, fd };
     let entry = match SOCKETS.get_ptr_mut(&key) {
@@ -157,7 +171,13 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
     let transfer = unsafe { sockets::wants_transfer(pid_tgid, fd, call.orig_rax, &mut (*entry).state) };
     let at = header(event_kind::SOCKET, 0, pid_tgid);
     match transfer {
-        Transfer::Skip => return,
+        Transfer::Skip => {
+            // SAFETY: as above.
+            if unsafe { (*entry).state } & SOCKET_UNIX == 0 {
+                slot_tables::put(&SILENCED_SOCKETS, 0, sk, tgid as u64);
+            }
+            return;
+        }
         Transfer::ReportWithCaller => python::record_stack(tgid, at, Recorder::Event),
         Transfer::Report => {}
     }
@@ -221,12 +241,16 @@ pub fn ddtrace_tcp_state(ctx: RawTracePointContext) -> u32 {
 
 #[inline(always)]
 fn remember(sk: u64, side: u32) {
+    slot_tables::remove(&SILENCED_SOCKETS, 0, sk);
     let _ = TCP_SOCKETS.insert(&sk, &TcpSocket { side, tgid: 0, fd: 0, _pad: 0 }, 0);
 }
 
 /// Ends the followed socket `sk`, if any: its process's entry goes, and the daemon is told.
 #[inline(always)]
 fn end(sk: u64, new_state: u64) {
+    if new_state == TCP_CLOSE {
+        slot_tables::remove(&SILENCED_SOCKETS, 0, sk);
+    }
     // SAFETY: the value is copied out at once.
     let Some(tcp) = (unsafe { TCP_SOCKETS.get(&sk) }).copied() else { return };
     if new_state != TCP_CLOSE {
