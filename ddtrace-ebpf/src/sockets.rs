@@ -1,8 +1,10 @@
-//! Socket traffic of tracked processes from the system call tracepoints: accepted and
-//! connected sockets are remembered per (process, fd) in the kernel, and the reads and writes
-//! on them are reported with their first bytes. Tracepoints rather than libc uprobes: Go and
-//! static binaries make these system calls without libc, and an untracked process pays a
-//! bitmap lookup, not a uprobe trap.
+//! Socket traffic of tracked processes: the table of followed sockets (per process and fd), the
+//! events that report their connections and their first bytes, and, for kernels without the
+//! socket layer's tracepoints (before 6.3; see `socket_layer`), the programs that follow them
+//! from the system call tracepoints: accepted and connected sockets are remembered at the
+//! call's exit, and the reads and writes on them are reported. Tracepoints rather than libc
+//! uprobes: Go and static binaries make these system calls without libc, and an untracked
+//! process pays a bitmap lookup, not a uprobe trap.
 
 use core::mem::offset_of;
 
@@ -250,21 +252,7 @@ pub fn ddtrace_syscall_exit(ctx: TracePointContext) -> u32 {
     // Most system calls of a traced process are none of ours (a server's epoll_wait, a client's
     // nanosleep): told from the record alone, before any map lookup.
     let id = record_field::<u32>(&ctx, ID_OFFSET) as u64;
-    if !matches!(
-        id,
-        nr::ACCEPT
-            | nr::ACCEPT4
-            | nr::CONNECT
-            | nr::READ
-            | nr::WRITE
-            | nr::READV
-            | nr::WRITEV
-            | nr::SENDTO
-            | nr::RECVFROM
-            | nr::SENDMSG
-            | nr::RECVMSG
-            | nr::SENDFILE
-    ) {
+    if !matches!(id, nr::ACCEPT | nr::ACCEPT4 | nr::CONNECT) && !is_transfer(id) {
         return 0;
     }
     // SAFETY: the value is copied out before the entry is removed.

@@ -409,7 +409,8 @@ impl KernelPrograms {
     }
 
     /// Tells the socket programs that `fd` of process `tgid` is a TCP connection it already had
-    /// when the agent attached (they otherwise learn sockets from accept and connect only).
+    /// when the agent attached (they otherwise learn sockets from their handshake, or from
+    /// accept and connect).
     pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
         let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
         self.sockets
