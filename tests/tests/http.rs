@@ -1,5 +1,5 @@
-//! HTTP over sockets end to end: Python's threading `http.server`, unmodified, traced through the
-//! system call tracepoints; spans checked at the Datadog test agent.
+//! HTTP over sockets end to end: Python's threading `http.server`, unmodified, traced at the
+//! kernel's socket layer; spans checked at the Datadog test agent.
 
 use std::{
     io::{Read, Write},
@@ -522,4 +522,40 @@ fn a_thousand_keep_alive_requests_on_one_connection_give_a_thousand_spans() {
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// Requests over a Unix socket, a connection each, one after the other, the server closing
+/// first: the kernel gives no sign of a Unix socket's close, and a new socket often takes the
+/// same fd and the same kernel object as the one before (its inode number tells them apart).
+/// Each connection is its own: five connections, five client spans.
+#[test]
+fn unix_socket_connections_one_after_the_other_are_each_their_own() {
+    let _serial = ddtrace_tests::serial();
+    let agent = TestAgent::start();
+    let directory = tempfile_directory();
+    let path = directory.join("api.sock").display().to_string();
+    let mut server = ddtrace_tests::target_app::SqliteWorker::spawn_script("unix_http.py", &[&path], &[]);
+    server.run("serve");
+    let mut client = ddtrace_tests::target_app::SqliteWorker::spawn_script("unix_http.py", &[&path], &[]);
+    let mut daemon = AgentProcess::attach(client.pid(), &agent.url(), &[]);
+    daemon.wait_attached(ATTACH_TIMEOUT);
+    client.run("fetch 5");
+    let spans = agent.wait_for_spans(Duration::from_secs(10), |spans| spans.len() >= 5);
+    client.exit();
+    assert!(daemon.wait_exit(Duration::from_secs(15)).success());
+    let stderr = daemon.stderr_text();
+    let context = format!("{spans:#?}\n{stderr}");
+    assert_eq!(spans.len(), 5, "{context}");
+    assert!(spans.iter().all(|s| s["resource"] == "GET /items/?" && meta(s, "span.kind") == "client"), "{context}");
+    assert!(stderr.contains(" http=5 "), "five connections, none glued to the one before: {context}");
+    agent.assert_checks_passed();
+    server.exit();
+    let _ = std::fs::remove_dir_all(directory);
+}
+
+/// A fresh directory under the system's temporary one.
+fn tempfile_directory() -> std::path::PathBuf {
+    let directory = std::env::temp_dir().join(format!("ddtrace-unix-http-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
 }
