@@ -562,6 +562,8 @@ pub struct SocketLayout {
     /// From a `struct socket` to its inode's number: `socket_alloc.vfs_inode` + `inode.i_ino`
     /// (a socket is allocated inside a `socket_alloc`, at its start).
     pub socket_inode_number: u32,
+    /// `sock.sk_type` (`unsigned short`: SOCK_STREAM, SOCK_DGRAM...). ABSENT when unknown.
+    pub sk_type: u32,
 }
 
 impl SocketLayout {
@@ -699,7 +701,7 @@ mod tests {
         assert_eq!(size_of::<StackSampleEvent>(), STACK_SAMPLE_HEADER_BYTES + STACK_SNAPSHOT_BYTES);
         assert_eq!(core::mem::offset_of!(StackSampleEvent, stack), STACK_SAMPLE_HEADER_BYTES);
         assert_eq!(core::mem::offset_of!(SocketEvent, data), SOCKET_EVENT_HEADER_BYTES);
-        assert_eq!(size_of::<SocketLayout>(), 68);
+        assert_eq!(size_of::<SocketLayout>(), 72);
         assert_eq!(size_of::<OptInEvent>(), 24 + 3 * OPT_IN_VALUE_BYTES);
         assert_eq!(size_of::<PythonLayout>(), 48);
         assert_eq!(size_of::<PythonFrame>(), 24);

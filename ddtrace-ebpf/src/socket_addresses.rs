@@ -11,6 +11,9 @@ use aya_ebpf::helpers::{
 use ddtrace_common::{socket_flags, SocketEvent, SocketLayout, SOCK_COMMON_READ_BYTES};
 
 pub const AF_UNIX: u16 = 1;
+/// The only Unix sockets followed: a datagram socket (journald's, sd_notify's) carries no
+/// protocol we parse.
+const SOCK_STREAM: u16 = 1;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 /// Offsets into the copy of the socket's first bytes are masked with this: the verifier then
@@ -37,6 +40,7 @@ static SOCKET_LAYOUT: SocketLayout = SocketLayout {
     unix_addr: 0,
     sock_socket: 0,
     socket_inode_number: 0,
+    sk_type: 0,
 };
 
 /// One field of the layout. Volatile: the value is the daemon's, not the compiler's zero.
@@ -58,7 +62,7 @@ fn read<T>(address: u64) -> Option<T> {
 
 /// The `struct sock *` behind descriptor `fd` of the current process.
 #[inline(always)]
-fn sock_of(fd: u32) -> Option<u64> {
+pub fn sock_of(fd: u32) -> Option<u64> {
     // SAFETY: plain helper call; the task pointer is only used as an address to read from.
     let task = unsafe { bpf_get_current_task() };
     let files: u64 = read(task + offset!(task_files) as u64)?;
@@ -143,6 +147,32 @@ pub fn family(sock: u64) -> u16 {
         return 0;
     }
     read::<u16>(sock + offset!(skc_family) as u64).unwrap_or(0)
+}
+
+/// Whether `sock` is an IPv4 or IPv6 socket.
+#[inline(always)]
+pub fn is_inet(sock: u64) -> bool {
+    matches!(family(sock), AF_INET | AF_INET6)
+}
+
+/// Whether `sock` is a Unix stream socket (not a datagram one).
+#[inline(always)]
+pub fn is_unix_stream(sock: u64) -> bool {
+    let at = offset!(sk_type);
+    family(sock) == AF_UNIX
+        && at != SocketLayout::ABSENT
+        && read::<u16>(sock + at as u64).is_some_and(|kind| kind == SOCK_STREAM)
+}
+
+/// Whether `sock` still has its `struct socket`, that is, a file some process holds (a TCP
+/// socket loses it when its last descriptor is closed).
+#[inline(always)]
+pub fn has_socket(sock: u64) -> bool {
+    let at = offset!(sock_socket);
+    if offset!(known) == 0 || at == SocketLayout::ABSENT {
+        return false;
+    }
+    read::<u64>(sock + at as u64).is_some_and(|socket| socket != 0)
 }
 
 /// Whether Unix socket `sock` was accepted from a listener: it then shares the listener's

@@ -15,6 +15,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, raw_tracepoint},
+    bindings::BPF_NOEXIST,
     maps::{Array, LruHashMap},
     programs::RawTracePointContext,
 };
@@ -24,10 +25,10 @@ use super::{
     header, is_tracked, note_clone, tls,
     python::{self, Recorder},
     slot_tables::{self, Slot, SLOTS},
-    socket_addresses::{self, AF_UNIX},
+    socket_addresses,
     sockets::{
         self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS,
-        SOCKET_UNIX,
+        SOCKET_CLOSING, SOCKET_UNIX,
     },
 };
 
@@ -38,28 +39,23 @@ const MSG_PEEK: u64 = 2;
 const USER_CS: u64 = 0x33;
 
 /// TCP states (`include/net/tcp_states.h`).
-const TCP_ESTABLISHED: u64 = 1;
 const TCP_SYN_SENT: u64 = 2;
 const TCP_SYN_RECV: u64 = 3;
 const TCP_FIN_WAIT1: u64 = 4;
 const TCP_CLOSE: u64 = 7;
 const TCP_LAST_ACK: u64 = 9;
+const TCP_LISTEN: u64 = 10;
 
-/// A TCP socket of the host seen from its handshake: its side, and once a tracked process moved
-/// its first bytes, that process and fd (`tgid` 0 until then).
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct TcpSocket {
-    side: u32,
-    tgid: u32,
-    fd: u32,
-    _pad: u32,
-}
+/// The side of the host's TCP sockets, by `struct sock *`, from their handshake, until their
+/// first transfer in a tracked process. Accepted ones are met in softirq, with no process to
+/// filter by: the LRU bounds what the host's other connections leave here.
+#[map(name = "TCP_SIDES")]
+static TCP_SIDES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// By `struct sock *`. Accepted sockets are met in softirq, with no process to filter by: the
-/// LRU bounds what the host's other connections leave here.
-#[map(name = "TCP_SOCKETS")]
-static TCP_SOCKETS: LruHashMap<u64, TcpSocket> = LruHashMap::with_max_entries(16384, 0);
+/// The process and fd of each followed TCP socket, by `struct sock *`, for its end (seen in
+/// softirq for a reset, or when a new handshake reuses the address); as many as `SOCKETS`.
+#[map(name = "TCP_OWNERS")]
+static TCP_OWNERS: LruHashMap<u64, SocketKey> = LruHashMap::with_max_entries(65536, 0);
 
 /// TCP sockets whose transfers are not reported (silenced by the daemon, or carrying TLS), by
 /// `struct sock *` (value: the process), checked before anything else: such a transfer then
@@ -124,16 +120,24 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
         return;
     }
     let moved = ctx.arg::<u64>(1) as i32;
-    if moved <= 0 || (received && ctx.arg::<u64>(2) & MSG_PEEK != 0) {
+    let sk = ctx.arg::<u64>(0);
+    if moved <= 0 {
+        if moved == 0 && received {
+            at_end_of_stream(tgid, sk);
+        }
         return;
     }
-    let sk = ctx.arg::<u64>(0);
+    if received && ctx.arg::<u64>(2) & MSG_PEEK != 0 {
+        return;
+    }
     // While a TLS call is in flight its socket is learnt below, silenced or not.
     if slot_tables::get(&SILENCED_SOCKETS, 0, sk) == Some(tgid as u64) && !tls::any_call_in_flight() {
         return;
     }
     let Some(call) = saved_call() else { return };
-    if !is_transfer(call.orig_rax) {
+    // The registers must be this transfer's own call: io_uring may send or receive from task
+    // work on the way out of any other system call of the thread.
+    if !is_transfer(call.orig_rax) || receives(call.orig_rax) != received {
         return;
     }
     let fd = call.rdi as u32;
@@ -141,29 +145,35 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
     let entry = match SOCKETS.get_ptr_mut(&key) {
         // SAFETY: points into the map's value; read and written in place by this thread.
         Some(entry) if unsafe { same_socket(&*entry, sk) } => entry,
-        // Adopted at attach (a TCP connection): the daemon knew the fd, not the socket.
-        Some(entry) if unsafe { (*entry).sk } == 0 => {
-            // SAFETY: as above.
-            let side = unsafe {
-                (*entry).sk = sk;
-                ((*entry).state & 0xFFFF) as u32
-            };
-            let _ = TCP_SOCKETS.insert(&sk, &TcpSocket { side, tgid, fd, _pad: 0 }, 0);
-            entry
-        }
-        stale => {
-            if stale.is_some() {
-                // The process closed that socket unseen (a Unix socket, a descriptor it
-                // shared) and the number now names another.
-                let _ = SOCKETS.remove(&key);
-                sockets::emit_closed(pid_tgid, fd);
-            }
-            if !follow(pid_tgid, key, sk) {
+        found => {
+            // Whatever the table says of this fd, it must now name `sk` (see above).
+            if socket_addresses::sock_of(fd) != Some(sk) {
                 return;
             }
-            match SOCKETS.get_ptr_mut(&key) {
-                Some(entry) => entry,
-                None => return,
+            match found {
+                // Adopted at attach (a TCP connection): the daemon knew the fd, not the socket.
+                // SAFETY: as above.
+                Some(entry) if unsafe { (*entry).sk } == 0 && socket_addresses::is_inet(sk) => {
+                    // SAFETY: as above.
+                    unsafe { (*entry).sk = sk };
+                    let _ = TCP_OWNERS.insert(&sk, &key, BPF_NOEXIST as u64);
+                    entry
+                }
+                stale => {
+                    if stale.is_some() {
+                        // The process closed that socket unseen (a Unix socket, a descriptor it
+                        // shared) and the number now names another.
+                        let _ = SOCKETS.remove(&key);
+                        sockets::emit_closed(pid_tgid, fd);
+                    }
+                    if !follow(pid_tgid, fd, sk) {
+                        return;
+                    }
+                    match SOCKETS.get_ptr_mut(&key) {
+                        Some(entry) => entry,
+                        None => return,
+                    }
+                }
             }
         }
     };
@@ -187,19 +197,49 @@ fn on_transfer(ctx: &RawTracePointContext, received: bool) {
     report_transfer(at, call.orig_rax, fd, moved, call.rsi, call.rdx);
 }
 
+/// Whether system call `id` receives (else it sends).
+#[inline(always)]
+fn receives(id: u64) -> bool {
+    matches!(id, nr::READ | nr::READV | nr::RECVFROM | nr::RECVMSG)
+}
+
+/// A read found the end of `sk`'s stream: if the connection had already reached TCP_CLOSE
+/// (marked `SOCKET_CLOSING`), its last bytes are read and it ends now.
+#[inline(always)]
+fn at_end_of_stream(tgid: u32, sk: u64) {
+    // SAFETY: the value is copied out at once.
+    let Some(owner) = (unsafe { TCP_OWNERS.get(&sk) }).copied() else { return };
+    if owner.tgid != tgid {
+        return;
+    }
+    // SAFETY: as above.
+    let closing = unsafe { SOCKETS.get(&owner) }.is_some_and(|e| e.sk == sk && e.state & SOCKET_CLOSING != 0);
+    if closing {
+        let _ = TCP_OWNERS.remove(&sk);
+        end_owner(owner, sk);
+    }
+}
+
 /// The first bytes of socket `sk` on `key.fd`: a TCP connection whose handshake was seen, or a
 /// Unix stream, becomes followed, announced by its connection event. Anything else (UDP, a
 /// connection older than the agent that was not adopted) is not.
-#[inline(always)]
-fn follow(pid_tgid: u64, key: SocketKey, sk: u64) -> bool {
-    let (side, unix, inode) = match TCP_SOCKETS.get_ptr_mut(&sk) {
-        // SAFETY: points into the map's value.
-        Some(tcp) => unsafe {
-            (*tcp).tgid = key.tgid;
-            (*tcp).fd = key.fd;
-            ((*tcp).side, 0, 0)
-        },
-        None if socket_addresses::family(sk) == AF_UNIX => {
+///
+/// Not inlined: its copy of the socket's first bytes gets a frame of its own, or the
+/// transfer's frame and the caller-stack recorder's together pass the kernel's 512 bytes.
+#[inline(never)]
+fn follow(pid_tgid: u64, fd: u32, sk: u64) -> bool {
+    let key = SocketKey { tgid: (pid_tgid >> 32) as u32, fd };
+    // SAFETY: the value is copied out at once.
+    let (side, unix, inode) = match unsafe { TCP_SIDES.get(&sk) }.copied() {
+        Some(side) => {
+            let _ = TCP_SIDES.remove(&sk);
+            // A socket shared through fork keeps its first owner.
+            let _ = TCP_OWNERS.insert(&sk, &key, BPF_NOEXIST as u64);
+            (side, 0, 0)
+        }
+        // Not the standard streams: a systemd service's stdout and stderr are Unix streams to
+        // journald.
+        None if key.fd > 2 && socket_addresses::is_unix_stream(sk) => {
             let side = if socket_addresses::unix_accepted(sk) { socket_op::ACCEPTED } else { socket_op::CONNECTED };
             (side, SOCKET_UNIX, socket_addresses::inode_number(sk))
         }
@@ -210,7 +250,8 @@ fn follow(pid_tgid: u64, key: SocketKey, sk: u64) -> bool {
     SOCKETS.insert(&key, &entry, 0).is_ok()
 }
 
-/// Whether followed socket `entry` is still the one at `sk`.
+/// Whether followed socket `entry` is still the one at `sk`. A TCP socket's address is reused
+/// only after it reached TCP_CLOSE and a new handshake took it, which ends the old entry.
 #[inline(always)]
 fn same_socket(entry: &SocketEntry, sk: u64) -> bool {
     entry.sk == sk && (entry.state & SOCKET_UNIX == 0 || entry.inode == socket_addresses::inode_number(sk))
@@ -228,52 +269,75 @@ pub fn ddtrace_tcp_state(ctx: RawTracePointContext) -> u32 {
                 remember(sk, socket_op::CONNECTED);
             }
         }
-        // A passive open completing, in softirq: which process will accept it is not known yet.
-        TCP_ESTABLISHED if old == TCP_SYN_RECV => remember(sk, socket_op::ACCEPTED),
-        // Gone: reset, timed out, or finished (every TCP socket passes here before it is freed).
-        TCP_CLOSE => end(sk, TCP_CLOSE),
-        // The process closed its descriptor (not a `shutdown`, after which it may still read).
-        TCP_FIN_WAIT1 | TCP_LAST_ACK => end(sk, new),
+        // A passive open: the new socket cloned from its listener, in softirq (which process
+        // will accept it is not known yet). Not SYN_SENT -> SYN_RECV, a simultaneous open.
+        TCP_SYN_RECV if old == TCP_LISTEN => remember(sk, socket_op::ACCEPTED),
+        // Reset, timed out, or finished: every TCP socket passes here before it is freed.
+        TCP_CLOSE => end(sk, true),
+        // Maybe the owner's close(2) (not a `shutdown`, after which it may still read).
+        TCP_FIN_WAIT1 | TCP_LAST_ACK => end(sk, false),
         _ => {}
     }
     0
 }
 
+/// A new TCP connection at `sk`. If a followed socket was at that address, it was freed
+/// unseen (its fd closed by close_range, dup2 or exit, after it reached TCP_CLOSE): it ends.
 #[inline(always)]
 fn remember(sk: u64, side: u32) {
     slot_tables::remove(&SILENCED_SOCKETS, 0, sk);
-    let _ = TCP_SOCKETS.insert(&sk, &TcpSocket { side, tgid: 0, fd: 0, _pad: 0 }, 0);
+    // SAFETY: the value is copied out at once.
+    if let Some(owner) = (unsafe { TCP_OWNERS.get(&sk) }).copied() {
+        let _ = TCP_OWNERS.remove(&sk);
+        end_owner(owner, sk);
+    }
+    let _ = TCP_SIDES.insert(&sk, &side, 0);
 }
 
-/// Ends the followed socket `sk`, if any: its process's entry goes, and the daemon is told.
+/// TCP socket `sk` reached TCP_CLOSE (`closed`) or began closing. Its followed entry ends in
+/// the owner's close(2), or at TCP_CLOSE once the process has no descriptor of it left; a
+/// reset or a FIN while the process still holds it leaves queued bytes to read: the entry is
+/// marked, and ends at the read that finds the end of the stream (or at a new handshake on
+/// the address).
 #[inline(always)]
-fn end(sk: u64, new_state: u64) {
-    if new_state == TCP_CLOSE {
+fn end(sk: u64, closed: bool) {
+    if closed {
         slot_tables::remove(&SILENCED_SOCKETS, 0, sk);
+        let _ = TCP_SIDES.remove(&sk);
     }
     // SAFETY: the value is copied out at once.
-    let Some(tcp) = (unsafe { TCP_SOCKETS.get(&sk) }).copied() else { return };
-    if new_state != TCP_CLOSE {
-        // Only a close(2) of the owner ends it before TCP_CLOSE.
-        let pid_tgid = bpf_get_current_pid_tgid();
-        if tcp.tgid == 0 || (pid_tgid >> 32) as u32 != tcp.tgid {
+    let Some(owner) = (unsafe { TCP_OWNERS.get(&sk) }).copied() else { return };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let in_owners_close = (pid_tgid >> 32) as u32 == owner.tgid
+        && saved_call().is_some_and(|call| call.orig_rax == nr::CLOSE && call.rdi as u32 == owner.fd);
+    if !in_owners_close {
+        if !closed {
             return;
         }
-        match saved_call() {
-            Some(call) if call.orig_rax == nr::CLOSE && call.rdi as u32 == tcp.fd => {}
-            _ => return,
+        if socket_addresses::has_socket(sk) {
+            if let Some(entry) = SOCKETS.get_ptr_mut(&owner) {
+                // SAFETY: points into the map's value.
+                unsafe {
+                    if (*entry).sk == sk {
+                        (*entry).state |= SOCKET_CLOSING;
+                    }
+                }
+            }
+            return;
         }
     }
-    let _ = TCP_SOCKETS.remove(&sk);
-    if tcp.tgid == 0 {
-        return;
-    }
-    let key = SocketKey { tgid: tcp.tgid, fd: tcp.fd };
+    let _ = TCP_OWNERS.remove(&sk);
+    end_owner(owner, sk);
+}
+
+/// Ends `owner`'s entry, if it still is socket `sk`, and tells the daemon.
+#[inline(always)]
+fn end_owner(owner: SocketKey, sk: u64) {
     // SAFETY: the value is copied out at once.
-    let owned = unsafe { SOCKETS.get(&key) }.is_some_and(|entry| entry.sk == sk);
-    if owned && SOCKETS.remove(&key).is_ok() {
+    let owned = unsafe { SOCKETS.get(&owner) }.is_some_and(|entry| entry.sk == sk);
+    if owned && SOCKETS.remove(&owner).is_ok() {
         // In softirq the current task is anyone's: the event names the owner.
-        sockets::emit_closed((tcp.tgid as u64) << 32 | tcp.tgid as u64, tcp.fd);
+        sockets::emit_closed((owner.tgid as u64) << 32 | owner.tgid as u64, owner.fd);
     }
 }
 

@@ -58,6 +58,9 @@ const SOCKET_IGNORED: u64 = ddtrace_common::SOCKET_IGNORED;
 /// Bit of a `SOCKETS` value: a Unix socket, whose entry's inode number tells it from a later
 /// socket at the same `struct sock` (its close is not seen).
 pub(crate) const SOCKET_UNIX: u64 = 1 << 18;
+/// Bit of a `SOCKETS` value: the TCP connection reached TCP_CLOSE (a reset, or the peer's FIN
+/// after our shutdown) while the process still holds it; it ends at its end of stream.
+pub(crate) const SOCKET_CLOSING: u64 = 1 << 19;
 
 /// Sockets of tracked processes: accepted or connected since the daemon attached, with their
 /// `socket_op` (ACCEPTED or CONNECTED), [`SOCKET_CARRIES_TLS`] and [`SOCKET_IGNORED`] in the low

@@ -52,6 +52,7 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
         unix_addr: SocketLayout::ABSENT,
         sock_socket: SocketLayout::ABSENT,
         socket_inode_number: SocketLayout::ABSENT,
+        sk_type: SocketLayout::ABSENT,
     };
     // A kernel built without IPv6 has no IPv6 members: its IPv4 sockets are still read.
     match (offset("sock_common", "skc_v6_rcv_saddr", 16), offset("sock_common", "skc_v6_daddr", 16)) {
@@ -79,6 +80,12 @@ pub fn socket_layout(btf: &mut Btf) -> Result<SocketLayout, SocketLayoutError> {
             (layout.sock_socket, layout.socket_inode_number) = (socket.offset, inode.offset + number.offset);
         }
     }
+    // Without it, no Unix socket is followed (datagram ones must not be).
+    if let Ok(place) = btf.member("sock", "sk_type") {
+        if place.size == 2 {
+            layout.sk_type = place.offset;
+        }
+    }
     Ok(layout)
 }
 
@@ -100,5 +107,6 @@ mod tests {
         // `unix_sock` starts with its `struct sock`, and `addr` follows it.
         assert!(layout.unix_addr != SocketLayout::ABSENT && layout.unix_addr > 64, "{layout:?}");
         assert!(layout.sock_socket != SocketLayout::ABSENT && layout.socket_inode_number > 0, "{layout:?}");
+        assert!(layout.sk_type != SocketLayout::ABSENT && layout.sk_type > 64, "{layout:?}");
     }
 }
