@@ -13,16 +13,16 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
+    bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, raw_tracepoint},
-    bindings::BPF_NOEXIST,
     maps::{Array, LruHashMap},
     programs::RawTracePointContext,
 };
 use ddtrace_common::{event_kind, socket_op, SocketEntry, SocketKey};
 
 use super::{
-    header, is_tracked, note_clone, tls,
+    header, is_tracked, note_clone,
     python::{self, Recorder},
     slot_tables::{self, Slot, SLOTS},
     socket_addresses,
@@ -30,6 +30,7 @@ use super::{
         self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS,
         SOCKET_CLOSING, SOCKET_UNIX,
     },
+    tls,
 };
 
 /// `recv(..., MSG_PEEK)`: the bytes stay queued and will be received again.

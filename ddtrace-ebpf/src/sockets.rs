@@ -16,8 +16,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use ddtrace_common::{
-    counter, event_kind, socket_op, EventHeader, PendingSyscall, SocketEntry, SocketEvent, SocketKey, MAX_SOCKET_CAPTURE,
-    SOCKET_EVENT_HEADER_BYTES,
+    counter, event_kind, socket_op, EventHeader, PendingSyscall, SocketEntry, SocketEvent, SocketKey,
+    MAX_SOCKET_CAPTURE, SOCKET_EVENT_HEADER_BYTES,
 };
 
 use super::user_memory::read_u64;
@@ -320,7 +320,6 @@ pub(crate) enum AddressSource {
     /// The kernel's `struct sock *`, which knows both ends.
     Sock(u64),
 }
-
 
 /// The event's fixed part, with no address and no data yet.
 #[inline(always)]

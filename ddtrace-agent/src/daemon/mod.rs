@@ -418,10 +418,12 @@ fn adopt_open_connections(instrumenter: &mut Instrumenter, streams: &mut StreamL
         for connection in open_tcp_connections(pid) {
             let accepted = connection.side == ConnectionSide::Accepted;
             match instrumenter.programs_mut().adopt_socket(pid, connection.fd, accepted) {
-                Ok(()) => {
+                Ok(true) => {
                     streams.adopt(pid, connection.fd, accepted, connection.peer);
                     adopted += 1;
                 }
+                // Followed already: a connection made since the attach.
+                Ok(false) => {}
                 Err(error) => tracing::warn!(%error, pid, "an open connection will not be followed"),
             }
         }

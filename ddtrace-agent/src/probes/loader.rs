@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
@@ -33,6 +33,10 @@ pub struct ProbeLinks(Vec<UProbeLink>);
 fn process_scope(pid: u32) -> UProbeScope {
     std::num::NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
 }
+
+/// `bpf_map_update_elem` flags: create only, update only.
+const MAP_NO_EXIST: u64 = 1;
+const MAP_EXIST: u64 = 2;
 
 /// The eBPF object this binary embeds (built by `cargo xtask build-ebpf`).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DDTRACE_EBPF_OBJECT"));
@@ -222,8 +226,18 @@ impl KernelPrograms {
                 None
             }
         };
-        let mut programs =
-            Self { ebpf, specs, tracked, go_processes, counters, sockets, python, task_fsbase, logger, next_probe_id: 0 };
+        let mut programs = Self {
+            ebpf,
+            specs,
+            tracked,
+            go_processes,
+            counters,
+            sockets,
+            python,
+            task_fsbase,
+            logger,
+            next_probe_id: 0,
+        };
         programs.attach_socket_programs()?;
         match offsets {
             Ok(_) => programs.attach_lifecycle_tracepoints(node.is_some())?,
@@ -251,7 +265,8 @@ impl KernelPrograms {
     /// `DDTRACE_SOCKET_HOOKS=syscalls` picks the latter on any kernel (to compare the two).
     fn attach_socket_programs(&mut self) -> Result<(), ProbeError> {
         let forced = std::env::var("DDTRACE_SOCKET_HOOKS").ok();
-        let has_socket_layer = SOCKET_LAYER_TRACEPOINTS.iter().all(|(category, event, _)| tracefs::has_event(category, event));
+        let has_socket_layer =
+            SOCKET_LAYER_TRACEPOINTS.iter().all(|(category, event, _)| tracefs::has_event(category, event));
         if has_socket_layer && forced.as_deref() != Some("syscalls") {
             for (_, event, program) in SOCKET_LAYER_TRACEPOINTS {
                 let raw: &mut RawTracePoint = Self::program(&mut self.ebpf, program)?;
@@ -268,7 +283,9 @@ impl KernelPrograms {
             return Ok(());
         }
         if forced.is_none() {
-            tracing::info!("no socket-layer tracepoints in this kernel (6.3+): socket traffic from the system calls' tracepoints");
+            tracing::info!(
+                "no socket-layer tracepoints in this kernel (6.3+): socket traffic from the system calls' tracepoints"
+            );
         }
         self.attach_syscall_tracepoints()
     }
@@ -410,12 +427,16 @@ impl KernelPrograms {
 
     /// Tells the socket programs that `fd` of process `tgid` is a TCP connection it already had
     /// when the agent attached (they otherwise learn sockets from their handshake, or from
-    /// accept and connect).
-    pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<(), ProbeError> {
+    /// accept and connect). False when the programs follow that fd already (a connection made
+    /// between the attach and this call): theirs is the one to keep.
+    pub fn adopt_socket(&mut self, tgid: u32, fd: u32, accepted: bool) -> Result<bool, ProbeError> {
         let side = if accepted { socket_op::ACCEPTED } else { socket_op::CONNECTED };
-        self.sockets
-            .insert(SocketKey { tgid, fd }, SocketEntry { state: u64::from(side), sk: 0, inode: 0 }, 0)
-            .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
+        let entry = SocketEntry { state: u64::from(side), sk: 0, inode: 0 };
+        match self.sockets.insert(SocketKey { tgid, fd }, entry, MAP_NO_EXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(ProbeError::Map { map: names::SOCKETS, reason: e.to_string() }),
+        }
     }
 
     /// Stops the reports of reads and writes on socket `fd` of process `tgid`, the one accepted
@@ -427,9 +448,16 @@ impl KernelPrograms {
         if entry.state >> 32 != connected_ktime_ns & 0xFFFF_FFFF {
             return Ok(());
         }
-        self.sockets
-            .insert(key, SocketEntry { state: entry.state | ddtrace_common::SOCKET_IGNORED, ..entry }, 0)
-            .map_err(|e| ProbeError::Map { map: names::SOCKETS, reason: e.to_string() })
+        // Only over the entry still there: one the programs removed meanwhile stays removed.
+        match self.sockets.insert(
+            key,
+            SocketEntry { state: entry.state | ddtrace_common::SOCKET_IGNORED, ..entry },
+            MAP_EXIST,
+        ) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(ProbeError::Map { map: names::SOCKETS, reason: e.to_string() }),
+        }
     }
 
     /// Writes `def`'s spec to the kernel and returns the probe id its events carry (the attach
@@ -447,9 +475,7 @@ impl KernelPrograms {
         let id = self.next_probe_id;
         let mut spec = def.kernel_spec();
         spec.go = go.unwrap_or_default();
-        self.specs
-            .set(id, spec, 0)
-            .map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
+        self.specs.set(id, spec, 0).map_err(|e| ProbeError::Map { map: names::PROBE_SPECS, reason: e.to_string() })?;
         self.next_probe_id += 1;
         Ok(id)
     }
