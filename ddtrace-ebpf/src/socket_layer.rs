@@ -35,8 +35,9 @@ use super::{
 
 /// `recv(..., MSG_PEEK)`: the bytes stay queued and will be received again.
 const MSG_PEEK: u64 = 2;
-/// The code segment of a task's registers saved on entry from user space (x86-64 `__USER_CS`);
-/// an io_uring worker's registers are zeroed, and its transfers are not system calls.
+/// The code segment of a task's registers saved on entry from user space (x86-64 `__USER_CS`):
+/// a kernel thread's are not. An io_uring worker's are a copy of its creator's, which is why a
+/// transfer's call must also agree with its direction and its fd with its socket (below).
 const USER_CS: u64 = 0x33;
 
 /// TCP states (`include/net/tcp_states.h`).
