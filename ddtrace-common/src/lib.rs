@@ -51,6 +51,10 @@ pub mod probe_flags {
     /// This call ends the thread's run of calls with one caller (`sqlite3_reset`: the statement
     /// runs again, perhaps for other code): the next `RECORD_CALLER` call records again.
     pub const FORGET_CALLER: u32 = 1 << 7;
+    /// The first counted hit of this probe in each process is announced (an `ENTRY` event with
+    /// no arguments, waking the reader): the daemon then arms the probes that only matter once
+    /// this one has run there (`ProbeDef::armed_by`).
+    pub const ANNOUNCE_FIRST_HIT: u32 = 1 << 8;
 }
 
 /// A probe in Go code ([`ProbeSpec::go`]): when it counts, where a return site finds the
@@ -631,6 +635,8 @@ pub mod names {
     pub const TRACKED_PROCESSES: &str = "TRACKED_PROCESSES";
     /// Bitmap of the traced processes that run Go: their events carry the goroutine.
     pub const GO_PROCESSES: &str = "GO_PROCESSES";
+    /// `(tgid << 32 | probe id)` of the first hits announced (`probe_flags::ANNOUNCE_FIRST_HIT`).
+    pub const ANNOUNCED_HITS: &str = "ANNOUNCED_HITS";
     pub const GO_ROUND_TRIP_PROGRAM: &str = "ddtrace_go_round_trip";
     pub const GO_REQUEST_WRITE_PROGRAM: &str = "ddtrace_go_request_write";
     pub const GO_SERVE_PROGRAM: &str = "ddtrace_go_serve";

@@ -259,6 +259,18 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// An argument-less entry event for probe `probe_id`, waking the reader; whether it was written.
+#[inline(always)]
+pub(crate) fn announce_hit(pid_tgid: u64, probe_id: u32) -> bool {
+    let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
+        count(counter::DROPPED_RING_FULL);
+        return false;
+    };
+    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args: [0; ENTRY_ARGS], frame: 0 });
+    slot.submit(BPF_RB_FORCE_WAKEUP as u64);
+    true
+}
+
 #[inline(always)]
 fn emit_entry(at: EventHeader, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) {
     let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {

@@ -192,7 +192,9 @@ fn patched_code(pid: u32, binary: &Path) -> Vec<u64> {
 }
 
 /// The probe sites the daemon reported (`--stats`) in `binary`: (file offset, emulated).
-fn reported_sites(stderr: &str, binary: &Path) -> Vec<(u64, bool)> {
+/// Each reported site of `binary`: its file offset, whether the kernel emulates its
+/// instruction, and whether it waits for another probe's first hit to be armed.
+fn reported_sites(stderr: &str, binary: &Path) -> Vec<(u64, bool, bool)> {
     let marker = format!(" in {} at file offset 0x", binary.display());
     stderr
         .lines()
@@ -200,21 +202,23 @@ fn reported_sites(stderr: &str, binary: &Path) -> Vec<(u64, bool)> {
         .filter_map(|line| {
             let rest = &line[line.find(&marker)? + marker.len()..];
             let offset = u64::from_str_radix(rest.split(',').next()?, 16).ok()?;
-            Some((offset, line.ends_with(": emulated")))
+            Some((offset, line.ends_with(": emulated"), line.contains("(armed by the first call of ")))
         })
         .collect()
 }
 
 /// While attached, the Go program's code differs from its file only by breakpoints at the
 /// reported sites, each on an instruction the kernel emulates (never a uretprobe: none of
-/// those shows a site).
+/// those shows a site); a site armed by another's first hit only once the daemon said so.
 fn assert_only_reported_sites_patched(pid: u32, binary: &Path, daemon: &AgentProcess) {
     let stderr = daemon.stderr_text();
     let sites = reported_sites(&stderr, binary);
     assert!(!sites.is_empty(), "crypto/tls probe sites reported:\n{stderr}");
-    assert!(sites.iter().all(|(_, emulated)| *emulated), "every site emulated:\n{stderr}");
+    assert!(sites.iter().all(|(_, emulated, _)| *emulated), "every site emulated:\n{stderr}");
+    let armed = stderr.contains(&format!("go-net/http: armed 1 more probes in {}", binary.display()));
     let mut patched = patched_code(pid, binary);
-    let mut expected: Vec<u64> = sites.iter().map(|(offset, _)| *offset).collect();
+    let mut expected: Vec<u64> =
+        sites.iter().filter(|(_, _, later)| armed || !later).map(|(offset, _, _)| *offset).collect();
     patched.sort();
     expected.sort();
     assert_eq!(patched, expected, "breakpoints exactly at the reported sites");
@@ -546,6 +550,9 @@ fn a_stripped_go_https_service_and_its_https_calls_are_traced_through_crypto_tls
     }
     assert_calls_parented_by_the_requests_that_made_them(&requests, &calls);
     agent.assert_checks_passed();
+    // The service sends requests: `ServeHTTP`'s probe was armed at its first.
+    let armed = format!("go-net/http: armed 1 more probes in {}", go_http_stripped().display());
+    assert!(daemon.stderr_text().contains(&armed), "{}", daemon.stderr_text());
     assert_only_reported_sites_patched(server.app.pid(), go_http_stripped(), &daemon);
     daemon.signal(libc::SIGINT);
     assert!(daemon.wait_exit(Duration::from_secs(10)).success());
@@ -554,6 +561,8 @@ fn a_stripped_go_https_service_and_its_https_calls_are_traced_through_crypto_tls
 
     // Killed rather than stopped: the kernel takes the probes out with the daemon's links.
     let mut killed = attach(server.app.pid(), &agent, "go-tls-gateway");
+    // Nothing sent since: `ServeHTTP` is not armed, its code untouched.
+    assert!(!killed.stderr_text().contains(&armed), "{}", killed.stderr_text());
     assert_only_reported_sites_patched(server.app.pid(), go_http_stripped(), &killed);
     killed.signal(libc::SIGKILL);
     killed.wait_exit(Duration::from_secs(10));
@@ -577,15 +586,22 @@ fn calls_sent_from_goroutines_a_handler_starts_are_children_of_its_request() {
     let mut daemon = attach(server.app.pid(), &agent, "go-fanout");
     const REQUESTS: usize = 64;
     const GOROUTINES: usize = 8;
+    // The service's first request, alone (one request in flight: the traffic-level rule parents
+    // its calls), arms `ServeHTTP`'s probe, which only a service that sends requests needs.
+    let first = format!("http://127.0.0.1:{}/fanout?port={}&id=1000", server.port, downstream.port);
+    let mut client = NativeApp::spawn(go_http(), &["client", &first, "1", "1"]);
+    client.go();
+    assert!(client.wait_exit(Duration::from_secs(30)).success(), "the Go client's call failed");
+    daemon.wait_for_stderr("go-net/http: armed 1 more probes in", Duration::from_secs(10));
     let url = format!("http://127.0.0.1:{}/fanout?port={}&id={{n}}", server.port, downstream.port);
     let mut client = NativeApp::spawn(go_http(), &["client", &url, &REQUESTS.to_string(), &GOROUTINES.to_string()]);
     client.go();
     assert!(client.wait_exit(Duration::from_secs(30)).success(), "the Go client's calls failed");
 
-    let spans = exactly(&agent, 3 * REQUESTS, &daemon);
+    let spans = exactly(&agent, 3 * (REQUESTS + 1), &daemon);
     let requests: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "server").collect();
     let calls: Vec<&Value> = spans.iter().filter(|s| s["meta"]["span.kind"] == "client").collect();
-    assert_eq!((requests.len(), calls.len()), (REQUESTS, 2 * REQUESTS));
+    assert_eq!((requests.len(), calls.len()), (REQUESTS + 1, 2 * (REQUESTS + 1)));
     assert_calls_parented_by_the_requests_that_made_them(&requests, &calls);
     agent.assert_checks_passed();
     daemon.signal(libc::SIGINT);

@@ -54,6 +54,17 @@ pub enum AttachOutcome {
         integration: &'static str,
         library: &'static str,
     },
+    /// Probes attached to a process when another of its integration's probes first ran there
+    /// (`ProbeDef::armed_by`).
+    Armed {
+        integration: &'static str,
+        probes: usize,
+        path: PathBuf,
+        /// The probe whose first hit armed them.
+        trigger: &'static str,
+        /// From that hit to the probes in place.
+        after_hit: std::time::Duration,
+    },
     Failed {
         integration: &'static str,
         path: PathBuf,
@@ -86,6 +97,12 @@ impl std::fmt::Display for AttachOutcome {
             Self::Waiting { integration, library } => {
                 write!(f, "{integration}: waiting for {library} (not loaded yet)")
             }
+            Self::Armed { integration, probes, path, trigger, after_hit } => write!(
+                f,
+                "{integration}: armed {probes} more probes in {} at the first call of {trigger} ({} µs after it)",
+                path.display(),
+                after_hit.as_micros()
+            ),
             Self::Failed { integration, path, reason } => {
                 write!(f, "{integration}: not attached to {}: {reason}", path.display())
             }
@@ -146,10 +163,19 @@ struct LibraryProbes {
     probes: Vec<(ProbeId, usize, u64)>,
 }
 
+impl LibraryProbes {
+    /// How many of the probes are attached with the library (not armed later).
+    fn attached_at_once(&self, defs: &[ProbeDef]) -> usize {
+        self.probes.iter().filter(|(_, index, _)| defs[*index].armed_by.is_none()).count()
+    }
+}
+
 /// What a process's links are attached to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum LinkTarget {
     Library(LibraryKey),
+    /// A library's probes armed by another's first hit (`ProbeDef::armed_by`).
+    Armed(LibraryKey),
     Linker(LinkerKey),
 }
 
@@ -200,6 +226,10 @@ pub struct Instrumenter {
     interpreters: Interpreters,
     /// Views of the requests served, from the frames of the calls they make.
     handlers: Handlers,
+    /// Probes whose first hit in a process arms others of their library, and which library.
+    triggers: HashMap<ProbeId, LibraryKey>,
+    /// The triggers each process announced (the kernel remembers them until told to forget).
+    announced_hits: HashMap<u32, HashSet<ProbeId>>,
 }
 
 impl Instrumenter {
@@ -224,6 +254,8 @@ impl Instrumenter {
             report_sites: false,
             interpreters: Interpreters::new(),
             handlers: Handlers::new(),
+            triggers: HashMap::new(),
+            announced_hits: HashMap::new(),
         }
     }
 
@@ -365,6 +397,10 @@ impl Instrumenter {
     /// Routes one kernel event. Returns attach outcomes when the event was a library load.
     pub fn handle(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) -> Vec<AttachOutcome> {
         tracing::trace!(?event, "kernel event");
+        if let Some(library) = self.triggers.get(&event.probe_id()).cloned() {
+            // A trigger's program reports nothing else: this is its first hit in the process.
+            return self.arm(event.tgid(), event.probe_id(), library, event.ktime_ns());
+        }
         match self.routes.get(event.probe_id() as usize).copied().flatten() {
             Some(Route::Integration { integration, probe }) => {
                 if let ProbeEvent::Entry(entry) = event {
@@ -461,6 +497,8 @@ impl Instrumenter {
                 }
                 self.handlers.process_exited(change.tgid);
                 self.announced.retain(|(tgid, _)| *tgid != change.tgid);
+                // The new image announces its triggers' first hits again (arming is idempotent).
+                self.forget_announced_hits(change.tgid);
                 // The links stay: a probe's perf event targets the task, whose address space
                 // the kernel compares at each mapping, so the new image's copy of a library
                 // gets the breakpoints of the old links from the moment it is mapped, before
@@ -508,7 +546,58 @@ impl Instrumenter {
         self.handlers.process_exited(tgid);
         self.processes.remove(&tgid);
         self.announced.retain(|(pid, _)| *pid != tgid);
+        self.forget_announced_hits(tgid);
         self.forget_links(tgid);
+    }
+
+    /// Lets the kernel announce again the first hits process `tgid` announced.
+    fn forget_announced_hits(&mut self, tgid: u32) {
+        for trigger in self.announced_hits.remove(&tgid).into_iter().flatten() {
+            self.programs.forget_announced_hit(tgid, trigger);
+        }
+    }
+
+    /// Attaches to process `tgid` the probes of `library` that `trigger`'s first hit there arms
+    /// (`announced_ns`: when it hit).
+    fn arm(&mut self, tgid: u32, trigger: ProbeId, library: LibraryKey, announced_ns: u64) -> Vec<AttachOutcome> {
+        self.announced_hits.entry(tgid).or_default().insert(trigger);
+        let target = LinkTarget::Armed(library.clone());
+        if self.has_links(tgid, &target) {
+            return Vec::new(); // armed already (global scope, or a process exec'd the same file)
+        }
+        let Some(process) = self.processes.get(&tgid).cloned() else { return Vec::new() };
+        let Ok(objects) = process.mapped_objects() else { return Vec::new() }; // exiting
+        let mut mapped = None;
+        for object in &objects {
+            let identity = self.file_identity(&process, object);
+            if identity.is_some_and(|(dev, inode)| dev == library.0 && inode == library.1) {
+                mapped = Some(object.path.clone());
+                break;
+            }
+        }
+        let Some(path) = mapped else { return Vec::new() };
+        let integration = library.2;
+        match self.attach_library(&library, &process.host_path(&path), tgid, true) {
+            Ok(links) => {
+                let probes = links.len();
+                self.store_links(tgid, target, links);
+                let defs = self.integrations[integration].probes();
+                let trigger = self.libraries[&library]
+                    .probes
+                    .iter()
+                    .find(|(id, _, _)| *id == trigger)
+                    .map_or("?", |(_, index, _)| defs[*index].symbol);
+                let after_hit = WallClock::monotonic_now_ns().saturating_sub(announced_ns);
+                vec![AttachOutcome::Armed {
+                    integration: self.integrations[integration].name(),
+                    probes,
+                    path,
+                    trigger,
+                    after_hit: std::time::Duration::from_nanos(after_hit),
+                }]
+            }
+            Err(reason) => vec![self.failed(integration, &path, reason)],
+        }
     }
 
     /// Detaches every probe from every process, waiting at most `timeout` (the daemon stops).
@@ -545,7 +634,9 @@ impl Instrumenter {
             .keys()
             .filter(|target| match target {
                 LinkTarget::Library(key) if foreseen.contains(&(process.pid, key.clone())) => false,
-                LinkTarget::Library((dev, inode, _)) | LinkTarget::Linker((dev, inode)) => {
+                LinkTarget::Library((dev, inode, _))
+                | LinkTarget::Armed((dev, inode, _))
+                | LinkTarget::Linker((dev, inode)) => {
                     !mapped.contains(&(dev.as_str(), *inode))
                 }
             })
@@ -586,22 +677,20 @@ impl Instrumenter {
                 let object =
                     MappedObject { path: file.path.clone(), dev: file.dev.clone(), inode: file.inode, start: 0 };
                 match self.resolve_library(*index, process, &object, None, &mut None) {
-                    Ok(Some(probes)) => {
-                        self.libraries.insert(key.clone(), probes);
-                    }
+                    Ok(Some(probes)) => self.keep_library(key.clone(), probes),
                     Ok(None) => {}
                     Err(reason) => outcomes.push(self.failed(*index, &file.path, reason)),
                 }
             }
             let Some(library) = self.libraries.get(&key) else { continue };
-            let probes = library.probes.len();
+            let probes = library.attached_at_once(self.integrations[*index].probes());
             let target = LinkTarget::Library(key.clone());
             if self.has_links(process.pid, &target) {
                 // Mapped already, or foreseen before: kept across an exec either way.
                 self.foreseen_links.insert((process.pid, key));
                 continue;
             }
-            match self.attach_library(&key, &process.host_path(&file.path), process.pid) {
+            match self.attach_library(&key, &process.host_path(&file.path), process.pid, false) {
                 Ok(links) => {
                     self.store_links(process.pid, target, links);
                     self.foreseen_links.insert((process.pid, key));
@@ -688,20 +777,18 @@ impl Instrumenter {
                 if first_time {
                     self.examined.insert(key.clone());
                     match self.resolve_library(index, process, object, executable.as_deref(), &mut loaded) {
-                        Ok(Some(probes)) => {
-                            self.libraries.insert(key.clone(), probes);
-                        }
+                        Ok(Some(probes)) => self.keep_library(key.clone(), probes),
                         Ok(None) => {}
                         Err(reason) => outcomes.push(self.failed(index, &object.path, reason)),
                     }
                 }
                 let Some(library) = self.libraries.get(&key) else { continue };
                 let symbols = library.symbols.clone();
-                let probes = library.probes.len();
+                let probes = library.attached_at_once(self.integrations[index].probes());
                 let target = LinkTarget::Library(key.clone());
                 if !self.has_links(process.pid, &target) {
                     let host_path = process.host_path(&object.path);
-                    match self.attach_library(&key, &host_path, process.pid) {
+                    match self.attach_library(&key, &host_path, process.pid, false) {
                         Ok(links) => {
                             self.store_links(process.pid, target, links);
                         }
@@ -780,8 +867,12 @@ impl Instrumenter {
         }
         if self.report_sites {
             for (probe_index, location) in &sites {
+                let armed = match defs[*probe_index].armed_by {
+                    Some(trigger) => format!(" (armed by the first call of {})", defs[trigger].symbol),
+                    None => String::new(),
+                };
                 eprintln!(
-                    "ddtrace-agent: {}: probe site {} in {} at file offset {:#x}, {}",
+                    "ddtrace-agent: {}: probe site {}{armed} in {} at file offset {:#x}, {}",
                     self.integrations[index].name(),
                     defs[*probe_index].symbol,
                     object.path.display(),
@@ -791,28 +882,53 @@ impl Instrumenter {
             }
         }
         let mut probes = Vec::with_capacity(sites.len());
-        for (probe_index, location) in sites {
+        let armed_later = |trigger: usize| sites.iter().any(|(other, _)| defs[*other].armed_by == Some(trigger));
+        let triggers: Vec<bool> = sites.iter().map(|(probe_index, _)| armed_later(*probe_index)).collect();
+        for ((probe_index, location), announces) in sites.into_iter().zip(triggers) {
             let file_offset = location.file_offset;
-            let id = self.programs.register_probe_at(&defs[probe_index], location.go).map_err(|e| e.to_string())?;
+            let def = ProbeDef { announce_first_hit: announces, ..defs[probe_index] };
+            let id = self.programs.register_probe_at(&def, location.go).map_err(|e| e.to_string())?;
             self.route(id, Route::Integration { integration: index, probe: probe_index });
             probes.push((id, probe_index, file_offset));
         }
         Ok(Some(LibraryProbes { symbols, probes }))
     }
 
+    /// Keeps a resolved library's probes, and which of them arm others.
+    fn keep_library(&mut self, key: LibraryKey, probes: LibraryProbes) {
+        let defs = self.integrations[key.2].probes();
+        let arms = |trigger: usize| probes.probes.iter().any(|p| defs[p.1].armed_by == Some(trigger));
+        for &(id, probe_index, _) in &probes.probes {
+            if arms(probe_index) {
+                self.triggers.insert(id, key.clone());
+            }
+        }
+        self.libraries.insert(key, probes);
+    }
+
     fn failed(&self, index: usize, path: &Path, reason: String) -> AttachOutcome {
         AttachOutcome::Failed { integration: self.integrations[index].name(), path: path.to_path_buf(), reason }
     }
 
-    /// Attaches every probe of library `key` to process `pid`; any failure detaches the ones
-    /// already attached (the links are dropped).
-    fn attach_library(&mut self, key: &LibraryKey, host_path: &Path, pid: u32) -> Result<Vec<ProbeLinks>, String> {
+    /// Attaches the probes of library `key` to process `pid`: those armed by another's first
+    /// hit when `armed`, else the others. Any failure detaches the ones already attached (the
+    /// links are dropped).
+    fn attach_library(
+        &mut self,
+        key: &LibraryKey,
+        host_path: &Path,
+        pid: u32,
+        armed: bool,
+    ) -> Result<Vec<ProbeLinks>, String> {
         let pid = self.link_pid(pid);
         let library = &self.libraries[key];
         let defs = self.integrations[key.2].probes();
         let mut links = Vec::with_capacity(library.probes.len());
         for &(id, probe_index, file_offset) in &library.probes {
             let def = &defs[probe_index];
+            if def.armed_by.is_some() != armed {
+                continue;
+            }
             links.push(
                 self.programs.attach_to_process(id, def, host_path, file_offset, pid).map_err(|e| e.to_string())?,
             );

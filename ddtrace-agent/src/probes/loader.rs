@@ -107,6 +107,8 @@ pub struct KernelPrograms {
     tracked: Array<MapData, u64>,
     /// Bit `tgid`: the process runs Go (its socket events carry the goroutine).
     go_processes: Array<MapData, u64>,
+    /// First hits the kernel announced, by `tgid << 32 | probe id`.
+    announced_hits: HashMap<MapData, u64, u8>,
     counters: PerCpuArray<MapData, u64>,
     /// Low half: the side and the kernel's flags; high half: which socket (see the kernel's map).
     sockets: HashMap<MapData, SocketKey, SocketEntry>,
@@ -201,6 +203,10 @@ impl KernelPrograms {
         let go_processes =
             Array::try_from(ebpf.take_map(names::GO_PROCESSES).ok_or(ProbeError::Missing(names::GO_PROCESSES))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
+        let announced_hits = HashMap::try_from(
+            ebpf.take_map(names::ANNOUNCED_HITS).ok_or(ProbeError::Missing(names::ANNOUNCED_HITS))?,
+        )
+        .map_err(|e| ProbeError::Load(e.to_string()))?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).ok_or(ProbeError::Missing(names::COUNTERS))?)
                 .map_err(|e| ProbeError::Load(e.to_string()))?;
@@ -231,6 +237,7 @@ impl KernelPrograms {
             specs,
             tracked,
             go_processes,
+            announced_hits,
             counters,
             sockets,
             python,
@@ -386,6 +393,12 @@ impl KernelPrograms {
         if (word & bit != 0) != go {
             let _ = self.go_processes.set(index, if go { word | bit } else { word & !bit }, 0);
         }
+    }
+
+    /// Lets the kernel announce probe `probe_id`'s first hit in process `tgid` again (the process
+    /// exited, or runs another program).
+    pub fn forget_announced_hit(&mut self, tgid: u32, probe_id: ProbeId) {
+        let _ = self.announced_hits.remove(&((tgid as u64) << 32 | probe_id as u64));
     }
 
     /// Flips bit `tgid` of the filter bitmap. The kernel flips bits too (forks, exits, node

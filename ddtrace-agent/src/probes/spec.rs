@@ -55,6 +55,12 @@ pub struct ProbeDef {
     pub forget_caller: bool,
     /// Without this symbol the integration cannot work on that library.
     pub required: bool,
+    /// Attached to a process only once the integration's probe of this index has run there
+    /// (its first hit is announced): a probe whose records only that one reads costs nothing
+    /// in a process that never calls it.
+    pub armed_by: Option<usize>,
+    /// Announce this probe's first hit in each process (another probe is `armed_by` it).
+    pub announce_first_hit: bool,
     pub kind: ProbeKind,
 }
 
@@ -72,6 +78,8 @@ impl ProbeDef {
             record_caller: None,
             forget_caller: false,
             required: false,
+            armed_by: None,
+            announce_first_hit: false,
             kind: ProbeKind::Call,
         }
     }
@@ -123,6 +131,13 @@ impl ProbeDef {
         self
     }
 
+    /// Attached only once probe `trigger` (an index in the same integration) has run in the
+    /// process: see [`ProbeDef::armed_by`].
+    pub const fn armed_by(mut self, trigger: usize) -> Self {
+        self.armed_by = Some(trigger);
+        self
+    }
+
     /// A probe in Go code on `symbol` running kernel program `program`: see
     /// [`ProbeKind::GoCode`].
     pub const fn go_code(symbol: &'static str, program: &'static str, sends: bool) -> Self {
@@ -156,6 +171,9 @@ impl ProbeDef {
         if self.urgent {
             spec.flags |= probe_flags::WAKE_READER;
         }
+        if self.announce_first_hit {
+            spec.flags |= probe_flags::ANNOUNCE_FIRST_HIT;
+        }
         if let ProbeKind::TlsData { sends, length_out } = self.kind {
             if sends {
                 spec.flags |= probe_flags::TLS_WRITE;
@@ -181,6 +199,14 @@ mod tests {
         let spec = def.kernel_spec();
         assert_eq!(spec.flags, probe_flags::CAPTURE_STRING | probe_flags::READ_OUT_POINTER_AT_EXIT);
         assert_eq!((spec.capture_arg, spec.out_arg), (1, 3));
+    }
+
+    #[test]
+    fn a_probe_that_arms_others_asks_the_kernel_to_announce_its_first_hit() {
+        let armed = ProbeDef::entry("g").armed_by(0);
+        assert_eq!((armed.armed_by, armed.kernel_spec().flags), (Some(0), 0));
+        let trigger = ProbeDef { announce_first_hit: true, ..ProbeDef::entry("f") };
+        assert_eq!(trigger.kernel_spec().flags, probe_flags::ANNOUNCE_FIRST_HIT);
     }
 
     #[test]
