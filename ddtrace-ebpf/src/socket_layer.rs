@@ -116,15 +116,20 @@ pub fn ddtrace_sock_received(ctx: RawTracePointContext) -> u32 {
 /// `TP_PROTO(struct sock *sk, int ret, int flags)`: `ret` bytes moved through `sk`.
 #[inline(always)]
 fn on_transfer(ctx: &RawTracePointContext, received: bool) {
+    let moved = ctx.arg::<u64>(1) as i32;
+    // A failed call (a non-blocking read's EAGAIN: every other read of an event loop) moved
+    // nothing: out before any map is touched, in every process.
+    if moved < 0 {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if !is_tracked(tgid) {
         return;
     }
-    let moved = ctx.arg::<u64>(1) as i32;
     let sk = ctx.arg::<u64>(0);
-    if moved <= 0 {
-        if moved == 0 && received {
+    if moved == 0 {
+        if received {
             at_end_of_stream(tgid, sk);
         }
         return;
