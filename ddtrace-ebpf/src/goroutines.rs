@@ -16,7 +16,7 @@
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs},
+    helpers::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, uprobe},
     maps::Array,
     programs::ProbeContext,
@@ -25,7 +25,7 @@ use ddtrace_common::{socket_op, TRACKED_PROCESS_WORDS};
 
 use super::{
     go_sites::counted_hit,
-    slot_tables::{self, Slot, SLOTS},
+    slot_tables::{self, Set, SETS},
     user_memory,
 };
 
@@ -37,24 +37,24 @@ static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS,
 
 /// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
 #[map(name = "GO_REQUEST_SENDERS")]
-static GO_REQUEST_SENDERS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static GO_REQUEST_SENDERS: Array<Set> = Array::with_max_entries(SETS, 0);
 
 /// `(process, a served request's context)` -> the goroutine serving it.
 #[map(name = "GO_SERVED_CONTEXTS")]
-static GO_SERVED_CONTEXTS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static GO_SERVED_CONTEXTS: Array<Set> = Array::with_max_entries(SETS, 0);
 
 /// `(process, goroutine)` -> the context of the request it serves now: a context found in
 /// `GO_SERVED_CONTEXTS` counts only while its goroutine still serves it (a freed context's
 /// address may come back as another).
 #[map(name = "GO_SERVING")]
-static GO_SERVING: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static GO_SERVING: Array<Set> = Array::with_max_entries(SETS, 0);
 
 /// How far up a context's parents the walk goes (a handler's timeout and values add a few).
 const MAX_CONTEXT_DEPTH: usize = 8;
 
 /// A write loop's goroutine -> the goroutine it writes the current request for.
 #[map(name = "GO_WRITING_FOR")]
-static GO_WRITING_FOR: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static GO_WRITING_FOR: Array<Set> = Array::with_max_entries(SETS, 0);
 
 #[inline(always)]
 fn runs_go(tgid: u32) -> bool {
@@ -86,13 +86,14 @@ pub fn moved_by(tgid: u32, op: u32, g: u64) -> u64 {
 /// R14 of the current thread's user registers: in Go code, the running goroutine.
 #[inline(always)]
 fn running_goroutine() -> u64 {
-    // SAFETY: helpers on the current task; the registers are read with a checked kernel read.
+    // SAFETY: `bpf_task_pt_regs` gives the verifier a typed pointer to the task's `pt_regs`:
+    // R14 is read with a plain load (which the kernel guards against faults), not a helper call.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
         if regs.is_null() {
             return 0;
         }
-        bpf_probe_read_kernel(&(*regs).r14).unwrap_or(0)
+        core::ptr::read_volatile(&(*regs).r14)
     }
 }
 

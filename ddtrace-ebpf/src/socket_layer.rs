@@ -24,7 +24,7 @@ use ddtrace_common::{event_kind, socket_op, SocketEntry, SocketKey};
 use super::{
     header, is_tracked, note_clone,
     python::{self, Recorder},
-    slot_tables::{self, Slot, SLOTS},
+    slot_tables::{self, Set, SETS},
     socket_addresses,
     sockets::{
         self, emit_connection, is_transfer, nr, report_transfer, socket_value, AddressSource, Transfer, SOCKETS,
@@ -66,7 +66,7 @@ static TCP_OWNERS: LruHashMap<u64, SocketKey> = LruHashMap::with_max_entries(655
 /// which every TCP socket does before it is freed, and when a new connection takes the address.
 /// Not for Unix sockets, whose close is not seen.
 #[map(name = "SILENCED_SOCKETS")]
-static SILENCED_SOCKETS: Array<Slot> = Array::with_max_entries(SLOTS, 0);
+static SILENCED_SOCKETS: Array<Set> = Array::with_max_entries(SETS, 0);
 
 /// The system call the current task is in, from its registers saved on entry.
 #[repr(C)]

@@ -616,7 +616,7 @@ fn the_https_traffic_of_a_child_a_go_program_starts_is_traced_from_its_first_req
     let _serial = ddtrace_tests::serial();
     let agent = TestAgent::start();
     let port = free_port();
-    let mut parent = NativeApp::spawn(go_http_stripped(), &["spawn", "tls-server", &port.to_string()]);
+    let parent = NativeApp::spawn(go_http_stripped(), &["spawn", "tls-server", &port.to_string()]);
     let mut daemon = attach(parent.pid(), &agent, "go-spawned");
     const CALLS: usize = 12;
     let url = format!("https://127.0.0.1:{port}/users/{{n}}");
