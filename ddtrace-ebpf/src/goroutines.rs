@@ -33,7 +33,8 @@ use super::{
 #[map(name = "GO_PROCESSES")]
 static GO_PROCESSES: Array<u64> = Array::with_max_entries(TRACKED_PROCESS_WORDS, 0);
 
-// Every table below is direct-mapped (`slot_tables`): a request pays no hash-map insert.
+// Every table below is a small set-associative array (`slot_tables`): a request pays no
+// hash-map insert.
 
 /// `(process, *http.Request)` -> the goroutine whose `roundTrip` sent it.
 #[map(name = "GO_REQUEST_SENDERS")]

@@ -18,7 +18,7 @@
 use aya_ebpf::maps::Array;
 
 /// Sets per table: a power of two (the index is the hash's top bits). 512 sets of two 24-byte
-/// slots and the map's header fit in 32 KiB.
+/// slots and a word, and the map's header, fit in 32 KiB.
 pub const SETS: u32 = 1 << SET_BITS;
 const SET_BITS: u32 = 9;
 
@@ -32,14 +32,15 @@ pub struct Slot {
     check: u64,
 }
 
-/// Two slots for the keys of one hash, the latest put first. Direct-mapped (one slot a hash),
-/// a table this small lost an in-flight request's entry to a newer key about once in 60
-/// requests at 8 in flight (Go's fan-out test failed one run in two); a key is lost here only
-/// when two newer keys of its set came after it.
+/// Two slots for the keys of one hash. Direct-mapped (one slot a hash), a table this small lost
+/// an in-flight request's entry to a newer key about once in 60 requests at 8 in flight (Go's
+/// fan-out test failed); a key is lost here only to two newer keys of its set.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Set {
     ways: [Slot; 2],
+    /// The way written last: a new key takes the other one.
+    last: u64,
 }
 
 /// Fibonacci hashing: Go's heap addresses share their low bits (alignment), the multiply
@@ -60,36 +61,42 @@ fn holds(slot: &Slot, tgid: u32, key: u64) -> bool {
     slot.key == key && slot.value != 0 && slot.check == check(tgid, key, slot.value)
 }
 
-/// Writes `key -> value` into `slot`; a concurrent reader sees the check fail, not a mix.
-#[inline(always)]
-unsafe fn write(slot: *mut Slot, key: u64, value: u64, check: u64) {
-    (*slot).check = 0;
-    (*slot).key = key;
-    (*slot).value = value;
-    (*slot).check = check;
-}
-
-/// `key` of process `tgid` now maps to `value` (0 is no value).
+/// `key` of process `tgid` now maps to `value` (0 is no value). Only this key's fields are
+/// written, in its own slot or a victim's: a put never moves another key's entry, which could
+/// bring back a value another CPU removed or replaced meanwhile.
 #[inline(always)]
 pub fn put(table: &Array<Set>, tgid: u32, key: u64, value: u64) {
     let Some(set) = table.get_ptr_mut(index(tgid, key)) else { return };
-    // SAFETY: slots of the array's value; a concurrent writer can only make a check fail.
+    // SAFETY: fields of the array's value, written with volatile stores in this order: a
+    // concurrent writer of the same slot leaves fields of both, which the check word refuses.
     unsafe {
-        let (first, second) = (&raw mut (*set).ways[0], &raw mut (*set).ways[1]);
-        // The first slot's key moves to the second, unless it is this key (then it is
-        // replaced in place, and the second slot keeps the key before it).
-        if (*first).key != key {
-            let moved = *first;
-            write(second, moved.key, moved.value, moved.check);
-        }
-        write(first, key, value, check(tgid, key, value));
+        let ways = &raw mut (*set).ways;
+        let way = if (*ways)[0].key == key {
+            0
+        } else if (*ways)[1].key == key {
+            1
+        } else if (*ways)[0].check == 0 {
+            0
+        } else if (*ways)[1].check == 0 {
+            1
+        } else {
+            // The way not written last; `& 1` keeps the index in bounds for the verifier.
+            ((*set).last ^ 1) & 1
+        } as usize;
+        let slot = &raw mut (*ways)[way];
+        core::ptr::write_volatile(&raw mut (*slot).check, 0);
+        core::ptr::write_volatile(&raw mut (*slot).key, key);
+        core::ptr::write_volatile(&raw mut (*slot).value, value);
+        core::ptr::write_volatile(&raw mut (*slot).check, check(tgid, key, value));
+        (*set).last = way as u64;
     }
 }
 
 /// What `key` of process `tgid` maps to, if its set still holds it.
 #[inline(always)]
 pub fn get(table: &Array<Set>, tgid: u32, key: u64) -> Option<u64> {
-    let set = table.get(index(tgid, key))?;
+    // A copy: the value returned is the one checked.
+    let set = *table.get(index(tgid, key))?;
     if holds(&set.ways[0], tgid, key) {
         return Some(set.ways[0].value);
     }
@@ -105,7 +112,7 @@ pub fn remove(table: &Array<Set>, tgid: u32, key: u64) {
         for way in 0..2 {
             let slot = &raw mut (*set).ways[way];
             if holds(&*slot, tgid, key) {
-                (*slot).check = 0;
+                core::ptr::write_volatile(&raw mut (*slot).check, 0);
             }
         }
     }

@@ -9,8 +9,8 @@ use crate::{
     integrations::{handlers::Handlers, Integration},
     interpreters::{python::NamedFrame, InterpreterFrames, Interpreters},
     probes::{
-        Detacher, InterpreterStack, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeLinks, ProbeScope,
-        ProcessChange, ProcessChangeKind,
+        Detacher, InterpreterStack, KernelPrograms, ProbeDef, ProbeError, ProbeEvent, ProbeId, ProbeKind, ProbeLinks,
+        ProbeScope, ProcessChange, ProcessChangeKind,
     },
     symbols::{ElfSymbols, SymbolError},
     target::{
@@ -526,6 +526,7 @@ impl Instrumenter {
                     for integration in &mut self.integrations {
                         integration.on_process_exit(change.tgid);
                     }
+                    self.forget_announced_hits(change.tgid);
                     return (None, Vec::new());
                 }
                 self.process_exited(change.tgid);
@@ -559,23 +560,29 @@ impl Instrumenter {
 
     /// Attaches to process `tgid` the probes of `library` that `trigger`'s first hit there arms
     /// (`announced_ns`: when it hit).
+    ///
+    /// The kernel announces a first hit once: the hit is kept as announced when the probes are
+    /// in place or their attach failed for good; otherwise (a process not known yet, the file
+    /// not found in its maps) the kernel is told to announce it again at its next hit.
     fn arm(&mut self, tgid: u32, trigger: ProbeId, library: LibraryKey, announced_ns: u64) -> Vec<AttachOutcome> {
-        self.announced_hits.entry(tgid).or_default().insert(trigger);
         let target = LinkTarget::Armed(library.clone());
         if self.has_links(tgid, &target) {
-            return Vec::new(); // armed already (global scope, or a process exec'd the same file)
+            // Armed already (global scope, or a process exec'd the same file).
+            self.announced_hits.entry(tgid).or_default().insert(trigger);
+            return Vec::new();
         }
-        let Some(process) = self.processes.get(&tgid).cloned() else { return Vec::new() };
-        let Ok(objects) = process.mapped_objects() else { return Vec::new() }; // exiting
-        let mut mapped = None;
-        for object in &objects {
-            let identity = self.file_identity(&process, object);
-            if identity.is_some_and(|(dev, inode)| dev == library.0 && inode == library.1) {
-                mapped = Some(object.path.clone());
-                break;
-            }
-        }
-        let Some(path) = mapped else { return Vec::new() };
+        let mapped = self.processes.get(&tgid).cloned().and_then(|process| {
+            let objects = process.mapped_objects().ok()?; // exiting
+            objects.iter().find_map(|object| {
+                let identity = self.file_identity(&process, object)?;
+                (identity.0 == library.0 && identity.1 == library.1).then(|| (process.clone(), object.path.clone()))
+            })
+        });
+        let Some((process, path)) = mapped else {
+            self.programs.forget_announced_hit(tgid, trigger);
+            return Vec::new();
+        };
+        self.announced_hits.entry(tgid).or_default().insert(trigger);
         let integration = library.2;
         match self.attach_library(&library, &process.host_path(&path), tgid, true) {
             Ok(links) => {
@@ -636,9 +643,7 @@ impl Instrumenter {
                 LinkTarget::Library(key) if foreseen.contains(&(process.pid, key.clone())) => false,
                 LinkTarget::Library((dev, inode, _))
                 | LinkTarget::Armed((dev, inode, _))
-                | LinkTarget::Linker((dev, inode)) => {
-                    !mapped.contains(&(dev.as_str(), *inode))
-                }
+                | LinkTarget::Linker((dev, inode)) => !mapped.contains(&(dev.as_str(), *inode)),
             })
             .cloned()
             .collect();
@@ -894,11 +899,18 @@ impl Instrumenter {
         Ok(Some(LibraryProbes { symbols, probes }))
     }
 
-    /// Keeps a resolved library's probes, and which of them arm others.
+    /// Keeps a resolved library's probes, and which of them arm others. Only a probe in Go code
+    /// announces its first hit (the kernel does it where such a hit is counted), and its program
+    /// reports nothing else: any event of its id is that announcement.
     fn keep_library(&mut self, key: LibraryKey, probes: LibraryProbes) {
         let defs = self.integrations[key.2].probes();
         let arms = |trigger: usize| probes.probes.iter().any(|p| defs[p.1].armed_by == Some(trigger));
         for &(id, probe_index, _) in &probes.probes {
+            debug_assert!(
+                !arms(probe_index) || matches!(defs[probe_index].kind, ProbeKind::GoCode { .. }),
+                "{} arms other probes but is not a probe in Go code",
+                defs[probe_index].symbol
+            );
             if arms(probe_index) {
                 self.triggers.insert(id, key.clone());
             }
