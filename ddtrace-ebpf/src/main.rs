@@ -254,7 +254,7 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
         }
         emit_entry_with_capture(src, limit, at, args, frame, spec.flags);
     } else {
-        emit_entry(at, args, frame, spec.flags);
+        let _ = emit_entry(at, args, frame, spec.flags);
     }
     0
 }
@@ -262,23 +262,19 @@ pub fn ddtrace_entry(ctx: ProbeContext) -> u32 {
 /// An argument-less entry event for probe `probe_id`, waking the reader; whether it was written.
 #[inline(always)]
 pub(crate) fn announce_hit(pid_tgid: u64, probe_id: u32) -> bool {
+    emit_entry(header(event_kind::ENTRY, probe_id, pid_tgid), [0; ENTRY_ARGS], 0, probe_flags::WAKE_READER)
+}
+
+/// Whether the event was written (the ring had room).
+#[inline(always)]
+fn emit_entry(at: EventHeader, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) -> bool {
     let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
         count(counter::DROPPED_RING_FULL);
         return false;
     };
-    slot.write(EntryEvent { header: header(event_kind::ENTRY, probe_id, pid_tgid), args: [0; ENTRY_ARGS], frame: 0 });
-    slot.submit(BPF_RB_FORCE_WAKEUP as u64);
-    true
-}
-
-#[inline(always)]
-fn emit_entry(at: EventHeader, args: [u64; ENTRY_ARGS], frame: u64, spec_flags: u32) {
-    let Some(mut slot) = EVENTS.reserve::<EntryEvent>(0) else {
-        count(counter::DROPPED_RING_FULL);
-        return;
-    };
     slot.write(EntryEvent { header: at, args, frame });
     slot.submit(submit_flags(spec_flags));
+    true
 }
 
 #[inline(always)]

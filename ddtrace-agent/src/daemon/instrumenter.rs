@@ -29,8 +29,14 @@ static LINKER_PROBE: ProbeDef = ProbeDef::entry(LINKER_RENDEZVOUS_SYMBOL).urgent
 /// What a probe id leads to.
 #[derive(Debug, Clone, Copy)]
 enum Route {
-    Integration { integration: usize, probe: usize },
+    Integration {
+        integration: usize,
+        probe: usize,
+    },
     LibraryLoaded,
+    /// A probe that arms others of its library (in `Instrumenter::triggers`): its only event is
+    /// its first hit in a process.
+    FirstHit,
 }
 
 /// One line of the attach report a user reads at start and when libraries arrive.
@@ -161,6 +167,8 @@ struct LibraryProbes {
     symbols: Arc<ElfSymbols>,
     /// (probe id, index of the probe in its integration, file offset of the function).
     probes: Vec<(ProbeId, usize, u64)>,
+    /// The probes whose first hit arms others (`ProbeDef::armed_by`).
+    triggers: Vec<ProbeId>,
 }
 
 impl LibraryProbes {
@@ -397,10 +405,6 @@ impl Instrumenter {
     /// Routes one kernel event. Returns attach outcomes when the event was a library load.
     pub fn handle(&mut self, event: &ProbeEvent, contexts: &mut ContextTree) -> Vec<AttachOutcome> {
         tracing::trace!(?event, "kernel event");
-        if let Some(library) = self.triggers.get(&event.probe_id()).cloned() {
-            // A trigger's program reports nothing else: this is its first hit in the process.
-            return self.arm(event.tgid(), event.probe_id(), library, event.ktime_ns());
-        }
         match self.routes.get(event.probe_id() as usize).copied().flatten() {
             Some(Route::Integration { integration, probe }) => {
                 if let ProbeEvent::Entry(entry) = event {
@@ -429,6 +433,10 @@ impl Instrumenter {
                 }
                 outcomes
             }
+            Some(Route::FirstHit) => match self.triggers.get(&event.probe_id()).cloned() {
+                Some(library) => self.arm(event.tgid(), event.probe_id(), library, event.ktime_ns()),
+                None => Vec::new(),
+            },
             None => Vec::new(),
         }
     }
@@ -887,33 +895,35 @@ impl Instrumenter {
             }
         }
         let mut probes = Vec::with_capacity(sites.len());
-        let armed_later = |trigger: usize| sites.iter().any(|(other, _)| defs[*other].armed_by == Some(trigger));
-        let triggers: Vec<bool> = sites.iter().map(|(probe_index, _)| armed_later(*probe_index)).collect();
-        for ((probe_index, location), announces) in sites.into_iter().zip(triggers) {
+        let mut triggers = Vec::new();
+        let arms_others = |trigger: usize| sites.iter().any(|(other, _)| defs[*other].armed_by == Some(trigger));
+        let announcing: Vec<bool> = sites.iter().map(|(probe_index, _)| arms_others(*probe_index)).collect();
+        for ((probe_index, location), announces) in sites.into_iter().zip(announcing) {
             let file_offset = location.file_offset;
             let def = ProbeDef { announce_first_hit: announces, ..defs[probe_index] };
             let id = self.programs.register_probe_at(&def, location.go).map_err(|e| e.to_string())?;
-            self.route(id, Route::Integration { integration: index, probe: probe_index });
+            if announces {
+                // Only a probe in Go code announces its first hit (the kernel does it where such
+                // a hit is counted), and its program reports nothing else.
+                debug_assert!(
+                    matches!(def.kind, ProbeKind::GoCode { .. }),
+                    "{} arms other probes but is not a probe in Go code",
+                    def.symbol
+                );
+                self.route(id, Route::FirstHit);
+                triggers.push(id);
+            } else {
+                self.route(id, Route::Integration { integration: index, probe: probe_index });
+            }
             probes.push((id, probe_index, file_offset));
         }
-        Ok(Some(LibraryProbes { symbols, probes }))
+        Ok(Some(LibraryProbes { symbols, probes, triggers }))
     }
 
-    /// Keeps a resolved library's probes, and which of them arm others. Only a probe in Go code
-    /// announces its first hit (the kernel does it where such a hit is counted), and its program
-    /// reports nothing else: any event of its id is that announcement.
+    /// Keeps a resolved library's probes, and which library each of its triggers arms.
     fn keep_library(&mut self, key: LibraryKey, probes: LibraryProbes) {
-        let defs = self.integrations[key.2].probes();
-        let arms = |trigger: usize| probes.probes.iter().any(|p| defs[p.1].armed_by == Some(trigger));
-        for &(id, probe_index, _) in &probes.probes {
-            debug_assert!(
-                !arms(probe_index) || matches!(defs[probe_index].kind, ProbeKind::GoCode { .. }),
-                "{} arms other probes but is not a probe in Go code",
-                defs[probe_index].symbol
-            );
-            if arms(probe_index) {
-                self.triggers.insert(id, key.clone());
-            }
+        for &id in &probes.triggers {
+            self.triggers.insert(id, key.clone());
         }
         self.libraries.insert(key, probes);
     }
