@@ -98,6 +98,9 @@ const AGENT_STOP_GRACE: Duration = Duration::from_secs(60);
 const DEFAULT_CYCLES: usize = 6;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    // The benchmarks run the tests' programs (Go, nginx, the database servers, a C compiler): on
+    // a fresh machine they install what the tests install (one dpkg query when all is there).
+    crate::system_packages::ensure()?;
     // Each flag names a benchmark of its own; none is the uprobe cost below.
     let chosen: Vec<(&str, fn(&BenchArgs) -> Result<ExitCode>)> = [
         (args.profiler.profiler, "--profiler", crate::bench_profiler::run as fn(&BenchArgs) -> Result<ExitCode>),

@@ -22,6 +22,7 @@ mod bench_profiler;
 mod bench_redis;
 mod bench_sink;
 mod bench_soak;
+mod bench_tracked_bit;
 mod bench_vs_ddtrace;
 mod bootstrap;
 mod build_ebpf;
