@@ -37,7 +37,7 @@ pub struct BenchArgs {
     pub rounds: usize,
     /// How many times (b) and (c) are measured in alternation (the VM drifts: more cycles, a
     /// steadier median). Default 6; with --profiler, how many times each configuration runs the
-    /// workload, default 5.
+    /// workload, default 5; with --go, cycles of each of (b) and (c), default 8.
     #[arg(long)]
     pub cycles: Option<usize>,
     /// Calls of the probed function per round.

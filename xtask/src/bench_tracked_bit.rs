@@ -23,20 +23,48 @@ const ATTR_BYTES: usize = 128;
 /// entries and flags, six u32s).
 const INFO_NAME_OFFSET: usize = 24;
 
-/// Clears `pid`'s bit in the `TRACKED_PROCESSES` map of agent `agent_pid`.
+/// Clears `pid`'s bit in the `TRACKED_PROCESSES` map of agent `agent_pid`; an error if it was
+/// not set (then the agent does not trace `pid`, and the phase would measure something else).
 pub fn clear(agent_pid: u32, pid: u32) -> Result<()> {
     let map = tracked_processes_map(agent_pid)?;
+    let word = read_word(&map, pid)?;
+    if word & bit(pid) == 0 {
+        bail!("agent {agent_pid} does not trace process {pid}: its bit is not set");
+    }
     let key = (pid / 64).to_ne_bytes();
-    let mut word = [0u8; 8];
-    let mut attr = [0u8; ATTR_BYTES];
-    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
-    attr[16..24].copy_from_slice(&(word.as_mut_ptr() as u64).to_ne_bytes());
-    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("could not read the traced-process bitmap")?;
-    let cleared = (u64::from_ne_bytes(word) & !(1u64 << (pid % 64))).to_ne_bytes();
+    let cleared = (word & !bit(pid)).to_ne_bytes();
+    let mut attr = element_attr(&map, &key);
     attr[16..24].copy_from_slice(&(cleared.as_ptr() as u64).to_ne_bytes());
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).context("could not write the traced-process bitmap")?;
     Ok(())
+}
+
+/// Whether `pid`'s bit is set in agent `agent_pid`'s `TRACKED_PROCESSES` map (to check, after
+/// a phase, that the agent did not set it again).
+pub fn is_set(agent_pid: u32, pid: u32) -> Result<bool> {
+    let map = tracked_processes_map(agent_pid)?;
+    Ok(read_word(&map, pid)? & bit(pid) != 0)
+}
+
+fn bit(pid: u32) -> u64 {
+    1u64 << (pid % 64)
+}
+
+fn read_word(map: &OwnedFd, pid: u32) -> Result<u64> {
+    let key = (pid / 64).to_ne_bytes();
+    let mut word = [0u8; 8];
+    let mut attr = element_attr(map, &key);
+    attr[16..24].copy_from_slice(&(word.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).context("could not read the traced-process bitmap")?;
+    Ok(u64::from_ne_bytes(word))
+}
+
+/// The attributes of a lookup or an update of `key` in `map`, the value's pointer left to fill.
+fn element_attr(map: &OwnedFd, key: &[u8; 4]) -> [u8; ATTR_BYTES] {
+    let mut attr = [0u8; ATTR_BYTES];
+    attr[0..4].copy_from_slice(&(map.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(key.as_ptr() as u64).to_ne_bytes());
+    attr
 }
 
 fn tracked_processes_map(agent_pid: u32) -> Result<OwnedFd> {
@@ -52,7 +80,7 @@ fn tracked_processes_map(agent_pid: u32) -> Result<OwnedFd> {
         let Ok(fd) = bpf(BPF_MAP_GET_FD_BY_ID, &mut attr) else { continue };
         // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        if map_name(&fd)?.as_slice() == MAP_NAME {
+        if map_name(&fd).is_ok_and(|name| name.as_slice() == MAP_NAME) {
             return Ok(fd);
         }
     }
