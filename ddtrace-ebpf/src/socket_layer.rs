@@ -62,9 +62,9 @@ static TCP_OWNERS: LruHashMap<u64, SocketKey> = LruHashMap::with_max_entries(655
 /// TCP sockets whose transfers are not reported (silenced by the daemon, or carrying TLS), by
 /// `struct sock *` (value: the process), checked before anything else: such a transfer then
 /// costs one array set (two slots), not the saved registers and a hash lookup (a traced Redis
-/// server's every GET, a Go HTTPS server's every TLS record). Emptied when the socket reaches TCP_CLOSE,
-/// which every TCP socket does before it is freed, and when a new connection takes the address.
-/// Not for Unix sockets, whose close is not seen.
+/// server's every GET, a Go HTTPS server's every TLS record). Emptied when the socket reaches
+/// TCP_CLOSE, which every TCP socket does before it is freed, and when a new connection takes
+/// the address. Not for Unix sockets, whose close is not seen.
 #[map(name = "SILENCED_SOCKETS")]
 static SILENCED_SOCKETS: Array<Set> = Array::with_max_entries(SETS, 0);
 

@@ -110,7 +110,11 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         bail!("--cycles, --rate, --duration and --connections must be at least 1");
     }
     if cycles % 2 == 1 {
-        step("bench", "odd --cycles: server 1 is traced once more than server 2, and their own difference (1-3%) weighs on the median");
+        step(
+            "bench",
+            "odd --cycles: server 1 is traced once more than server 2, and their own difference (1-3%) weighs on \
+             the median",
+        );
     }
     let agent = root_and_agent(args)?;
     let out_dir = workspace::target_dir().join("bench");
@@ -154,7 +158,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         step(
             "bench",
             format!(
-                "{}, cycle {}: server {} traced {:.1} µs/req, p50 {:.0} µs; untraced {:.1} µs/req, p50 {:.0} µs; ratio {:.3}; agent cpu {:.1} ms/1k req",
+                "{}, cycle {}: server {} traced {:.1} µs/req, p50 {:.0} µs; untraced {:.1} µs/req, p50 {:.0} µs; \
+                 ratio {:.3}; agent cpu {:.1} ms/1k req",
                 mode.label(),
                 cycle + 1,
                 traced + 1,
